@@ -1,0 +1,194 @@
+//! One typed config: every setting is a flag with an environment fallback (`--help` lists them).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A secret that never prints (`Debug` and logs show `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// The ingress configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ingest", version, about = "wxpipe ingress: WeChat pushes to Kafka")]
+pub struct Config {
+    /// Address the ingress listens on.
+    #[arg(long, env = "INGEST_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Path that WeChat calls.
+    #[arg(long, env = "INGEST_PATH", default_value = "/wechat")]
+    pub path: String,
+
+    /// The account's server-config Token (signature check).
+    #[arg(long, env = "WECHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+
+    /// The account's AppID.
+    #[arg(long, env = "WECHAT_APPID")]
+    pub appid: Option<String>,
+
+    /// Seconds a signed `timestamp` may differ from now (replay window; 0 disables).
+    #[arg(long, env = "WECHAT_TIMESTAMP_TOLERANCE", default_value_t = 300)]
+    pub timestamp_tolerance: u64,
+
+    /// Kafka bootstrap servers; unset runs the embedded broker (for trying wxpipe out).
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Prefix of every topic name.
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "wechat")]
+    pub topic_prefix: String,
+
+    /// `redis://…` or `memory://`.
+    #[arg(long, env = "REDIS_URL", default_value = "memory://")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key wxpipe writes.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "wxpipe")]
+    pub key_prefix: String,
+
+    /// Milliseconds from a push's arrival to its answer: past it, a push not yet durable gets
+    /// 503. Must stay below WeChat's 5 s.
+    #[arg(long, env = "INGEST_ACK_DEADLINE_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(100..=4500))]
+    pub ack_deadline_ms: u64,
+
+    /// Largest accepted body, in bytes (413 past it).
+    #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Seconds a dedup claim is kept after its event is durable. Unset: long enough to cover
+    /// WeChat's retries and the replay window (2 × tolerance + 60 s; a day when the window is off).
+    #[arg(long, env = "INGEST_DEDUP_TTL")]
+    pub dedup_ttl_secs: Option<u64>,
+
+    /// Milliseconds one Redis call may take before the push goes on without it.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
+    pub redis_timeout_ms: u64,
+
+    /// Extra librdkafka producer properties, `key=value` separated by commas
+    /// (e.g. `security.protocol=ssl,compression.type=lz4`).
+    #[arg(long, env = "KAFKA_PRODUCER_CONFIG", value_delimiter = ',')]
+    pub kafka_producer_config: Vec<String>,
+
+    /// Partitions of each topic the embedded broker creates.
+    #[arg(long, env = "EMBEDDED_PARTITIONS", default_value_t = 4)]
+    pub embedded_partitions: i32,
+}
+
+impl Config {
+    pub fn ack_deadline(&self) -> Duration {
+        Duration::from_millis(self.ack_deadline_ms)
+    }
+
+    /// How long a pending claim lives: a little past the ack deadline, and below WeChat's 5 s
+    /// retry interval, so a claim left by a process that died is gone before the retry.
+    pub fn claim_lease(&self) -> Duration {
+        (self.ack_deadline() + Duration::from_millis(1000)).min(Duration::from_millis(4900))
+    }
+
+    pub fn dedup_ttl(&self) -> Duration {
+        Duration::from_secs(self.dedup_ttl_secs.unwrap_or(match self.timestamp_tolerance {
+            0 => 24 * 3600,
+            tolerance => 2 * tolerance + 60,
+        }))
+    }
+
+    /// How long a (timestamp, nonce) stays bound to its body: as long as a request carrying it
+    /// can pass the replay window.
+    pub fn nonce_ttl(&self) -> Duration {
+        self.dedup_ttl()
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// Checks what clap cannot: at least one account is configured.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.token.as_ref().is_none_or(|t| t.expose().is_empty()) {
+            return Err("WECHAT_TOKEN is required (the Token of the account's server config)".into());
+        }
+        if !self.path.starts_with('/') {
+            return Err(format!("INGEST_PATH must start with '/': {:?}", self.path));
+        }
+        for pair in &self.kafka_producer_config {
+            if !pair.contains('=') {
+                return Err(format!("KAFKA_PRODUCER_CONFIG entry is not key=value: {pair:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A config for tests and embedding: defaults plus a token.
+    pub fn for_token(token: &str) -> Config {
+        let mut config = Config::parse_from(["ingest"]);
+        config.token = Some(Secret::new(token));
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let config = Config::for_token("hunter2");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn lease_stays_below_wechat_retry_interval() {
+        let mut config = Config::for_token("t");
+        for ms in [100, 3000, 4500] {
+            config.ack_deadline_ms = ms;
+            assert!(config.claim_lease() > config.ack_deadline());
+            assert!(config.claim_lease() < Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn dedup_ttl_covers_the_replay_window() {
+        let mut config = Config::for_token("t");
+        assert_eq!(config.dedup_ttl(), Duration::from_secs(660));
+        config.timestamp_tolerance = 0;
+        assert_eq!(config.dedup_ttl(), Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn missing_token_is_a_clear_error() {
+        let mut config = Config::for_token("");
+        assert!(config.validate().unwrap_err().contains("WECHAT_TOKEN"));
+        config.token = Some(Secret::new("t"));
+        assert!(config.validate().is_ok());
+    }
+}

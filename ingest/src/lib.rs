@@ -1,0 +1,85 @@
+//! wxpipe's ingress: WeChat Official Account pushes in, durable Kafka records out.
+//!
+//! ```text
+//! POST /wechat ─▶ http ─▶ verify ─▶ parse ─▶ normalize ─▶ store (claim) ─▶ publish ─▶ 200 ""
+//!                  │        │         │          │              │              │
+//!              413/408    403       400        400     503 in flight     503 not durable
+//! ```
+//!
+//! - [`http`]: routes, body limits, status mapping; [`server`]: the accept loop.
+//! - [`verify`]: signatures and the replay window.
+//! - [`parse`]: strict XML → [`parse::Push`]; [`normalize`]: → [`schemas::Event`] and its id.
+//! - [`store`]: the dedup claim protocol, `redis://` or `memory://`.
+//! - [`publish`]: the idempotent Kafka producer; [`embedded`]: the in-process broker.
+//! - [`pipeline`]: one push through all of the above; [`run`] wires it to a listener.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub mod config;
+pub mod embedded;
+pub mod error;
+pub mod http;
+pub mod normalize;
+pub mod parse;
+pub mod pipeline;
+pub mod publish;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+pub mod verify;
+
+pub use config::Config;
+
+/// Why the ingress could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("KAFKA_BROKERS is not set (main starts the embedded broker; library callers pass brokers)")]
+    NoBrokers,
+    #[error("kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("dedup store: {0}")]
+    Store(#[from] store::StoreError),
+}
+
+/// Serves WeChat pushes on `listener` until `shutdown` resolves; then finishes in-flight
+/// pushes (each ends durable-and-200 or not-200) and flushes the producer.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let brokers = config.kafka_brokers.as_deref().ok_or(StartError::NoBrokers)?;
+    let store: Arc<dyn store::DedupStore> =
+        Arc::from(store::open(&config.redis_url, &config.key_prefix, config.redis_timeout()).await?);
+    let publisher = Arc::new(publish::Publisher::new(
+        brokers,
+        &config.topic_prefix,
+        config.ack_deadline(),
+        &config.kafka_producer_config,
+    )?);
+    let pipeline = Arc::new(pipeline::Pipeline::new(&config, store, Arc::clone(&publisher)));
+    let routes = Arc::new(http::Routes {
+        path: config.path.clone(),
+        max_body_bytes: config.max_body_bytes,
+        pipeline,
+    });
+    tracing::info!(
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        path = %config.path,
+        redis = %if config.redis_url.starts_with("memory://") { "memory://" } else { "redis" },
+        "ingest listening"
+    );
+    let grace = config.ack_deadline() + Duration::from_secs(1);
+    if !server::serve(listener, routes, shutdown, grace).await {
+        tracing::warn!(?grace, "shutdown grace period ran out with requests in flight");
+    }
+    let flushed = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        tracing::warn!("producer not fully flushed at shutdown");
+    }
+    tracing::info!("ingest stopped");
+    Ok(())
+}

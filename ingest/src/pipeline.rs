@@ -1,0 +1,212 @@
+//! One push, from verified request to durable record: the unit of work of the ingress.
+//!
+//! verify → parse → normalize → claim → publish → confirm (or release). The 200 is returned
+//! only once Kafka's delivery report says the record is durable, or for a retry of an event
+//! that is.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sha1::{Digest, Sha1};
+
+use crate::config::{Config, Secret};
+use crate::error::{PushError, Rejection, Unavailable};
+use crate::normalize::normalize;
+use crate::parse::Push;
+use crate::publish::Publisher;
+use crate::store::{Claim, ClaimRequest, DedupStore, NonceBinding};
+use crate::verify;
+
+/// The query string WeChat signs a request with.
+#[derive(Debug, Default)]
+pub struct Query {
+    pub signature: Option<String>,
+    pub timestamp: Option<String>,
+    pub nonce: Option<String>,
+    pub echostr: Option<String>,
+}
+
+impl Query {
+    pub fn parse(query: Option<&str>) -> Query {
+        let mut q = Query::default();
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let slot = match key.as_ref() {
+                "signature" => &mut q.signature,
+                "timestamp" => &mut q.timestamp,
+                "nonce" => &mut q.nonce,
+                "echostr" => &mut q.echostr,
+                _ => continue,
+            };
+            slot.get_or_insert_with(|| value.into_owned());
+        }
+        q
+    }
+
+    fn required<'a>(value: &'a Option<String>, name: &'static str) -> Result<&'a str, Rejection> {
+        value.as_deref().ok_or(Rejection::MissingParam(name))
+    }
+}
+
+/// A push answered 200.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Published now, and durable.
+    Published,
+    /// A retry of an event already durable: nothing published.
+    Duplicate,
+}
+
+/// Everything a push needs, shared by all requests.
+#[derive(Debug)]
+pub struct Pipeline {
+    token: Secret,
+    tolerance: u64,
+    deadline: Duration,
+    lease: Duration,
+    dedup_ttl: Duration,
+    nonce_ttl: Duration,
+    store: Arc<dyn DedupStore>,
+    publisher: Arc<Publisher>,
+    /// Makes each attempt's claim token unique: this process's start time, then a counter.
+    instance: String,
+    attempts: AtomicU64,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Pipeline {
+    pub fn new(config: &Config, store: Arc<dyn DedupStore>, publisher: Arc<Publisher>) -> Self {
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Pipeline {
+            token: config.token.clone().expect("validated config has a token"),
+            tolerance: config.timestamp_tolerance,
+            deadline: config.ack_deadline(),
+            lease: config.claim_lease(),
+            dedup_ttl: config.dedup_ttl(),
+            nonce_ttl: config.nonce_ttl(),
+            store,
+            publisher,
+            instance: format!("{}.{}.{}", std::process::id(), started.as_secs(), started.subsec_nanos()),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn DedupStore> {
+        &self.store
+    }
+
+    pub fn publisher(&self) -> &Arc<Publisher> {
+        &self.publisher
+    }
+
+    /// `GET`: WeChat's URL verification. Returns the `echostr` to echo.
+    pub fn verify_url(&self, query: Query) -> Result<String, Rejection> {
+        let signature = Query::required(&query.signature, "signature")?;
+        let timestamp = Query::required(&query.timestamp, "timestamp")?;
+        let nonce = Query::required(&query.nonce, "nonce")?;
+        Query::required(&query.echostr, "echostr")?;
+        verify::check(signature, &mut [self.token.expose(), timestamp, nonce])?;
+        Ok(query.echostr.unwrap_or_default())
+    }
+
+    /// `POST`: one push, received at `arrived`. `Ok` means answer 200.
+    pub async fn push(self: &Arc<Self>, query: &Query, body: &[u8], arrived: Instant) -> Result<Accepted, PushError> {
+        let signature = Query::required(&query.signature, "signature")?;
+        let timestamp = Query::required(&query.timestamp, "timestamp")?;
+        let nonce = Query::required(&query.nonce, "nonce")?;
+        verify::check(signature, &mut [self.token.expose(), timestamp, nonce])?;
+        verify::check_timestamp(timestamp, unix_now(), self.tolerance)?;
+
+        let push = Push::try_from(body)?;
+        let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let event = normalize(push, received_at)?;
+        let topic = event.topic();
+        let payload = serde_json::to_vec(&event).expect("an event serializes");
+
+        // In plaintext mode the signature does not cover the body: bind (timestamp, nonce) to
+        // the body's digest, so a captured query cannot carry another body.
+        let body_digest = hex::encode(Sha1::digest(body));
+        let token = format!("{}.{}", self.instance, self.attempts.fetch_add(1, Ordering::Relaxed));
+        let request = ClaimRequest {
+            id: &event.id,
+            token: &token,
+            lease: self.lease,
+            nonce: Some(NonceBinding {
+                account: &event.account,
+                timestamp,
+                nonce,
+                body_digest: &body_digest,
+                ttl: self.nonce_ttl,
+            }),
+        };
+        // Redis down: publish without a claim. A duplicate is better than a loss, and every
+        // 200 still means "on Kafka".
+        let claimed = match self.store.claim(request).await {
+            Ok(Claim::Claimed) => true,
+            Ok(Claim::Done) => return Ok(Accepted::Duplicate),
+            Ok(Claim::InFlight) => return Err(Unavailable::InFlight.into()),
+            Ok(Claim::Replayed) => return Err(Rejection::ReplayedNonce.into()),
+            Err(error) => {
+                tracing::warn!(%error, id = %event.id, "dedup store unavailable: publishing without a claim");
+                false
+            }
+        };
+
+        let delivery = match self.publisher.enqueue(topic, &event.openid, &payload) {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                self.settle(&event.id, &token, claimed, Err(&error)).await;
+                return Err(Unavailable::Publish(error).into());
+            }
+        };
+        let mut delivered = Box::pin(Publisher::delivered(delivery));
+        match tokio::time::timeout_at((arrived + self.deadline).into(), delivered.as_mut()).await {
+            Ok(outcome) => {
+                self.settle(&event.id, &token, claimed, outcome.as_ref()).await;
+                outcome.map(|()| Accepted::Published).map_err(|e| Unavailable::Publish(e).into())
+            }
+            Err(_elapsed) => {
+                // The outcome is unknown: keep the claim pending until librdkafka reports, so a
+                // retry meanwhile gets 503, then confirm or release. If the lease runs out
+                // first, a retry publishes a second copy with the same id: better than a loss.
+                let pipeline = Arc::clone(self);
+                let id = event.id;
+                tokio::spawn(async move {
+                    let outcome = delivered.await;
+                    pipeline.settle(&id, &token, claimed, outcome.as_ref()).await;
+                });
+                Err(Unavailable::Deadline.into())
+            }
+        }
+    }
+
+    /// Records a publish outcome: durable → confirm the id; failed → release our claim.
+    async fn settle(&self, id: &str, token: &str, claimed: bool, outcome: Result<&(), &crate::publish::PublishError>) {
+        match outcome {
+            Ok(()) => {
+                if let Err(error) = self.store.confirm(id, self.dedup_ttl).await {
+                    tracing::warn!(%error, %id, "event is durable but its claim could not be confirmed");
+                }
+            }
+            Err(publish_error) => {
+                if publish_error.is_permanent() {
+                    tracing::error!(error = %publish_error, %id, "kafka refused the event permanently");
+                } else {
+                    tracing::warn!(error = %publish_error, %id, "kafka did not take the event");
+                }
+                if claimed {
+                    if let Err(error) = self.store.release(id, token).await {
+                        tracing::warn!(%error, %id, "claim not released; it expires with its lease");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Normalized event → Kafka record, through an idempotent producer with `acks=all`.
+//!
+//! [`Publisher::enqueue`] hands the record to librdkafka and returns the future of its
+//! delivery report; the caller bounds the wait with its own deadline, since librdkafka's
+//! `message.timeout.ms` overruns by seconds when brokers are down.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+use schemas::Topic;
+
+/// Why Kafka did not take a record, sorted so the caller can act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Will likely succeed later: queue full, brokers unreachable, timeouts.
+    #[error("retriable: {0}")]
+    Retriable(KafkaError),
+    /// Will fail again as it is (too large, not authorized): a person must act.
+    #[error("permanent: {0}")]
+    Permanent(KafkaError),
+    #[error("{0}")]
+    Unknown(KafkaError),
+    /// The producer went away before reporting.
+    #[error("delivery report lost (producer closed)")]
+    Canceled,
+}
+
+impl PublishError {
+    pub fn classify(error: KafkaError) -> Self {
+        use RDKafkaErrorCode as C;
+        match error.rdkafka_error_code() {
+            Some(
+                C::QueueFull
+                | C::MessageTimedOut
+                | C::AllBrokersDown
+                | C::BrokerTransportFailure
+                | C::RequestTimedOut
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::NetworkException
+                | C::UnknownTopicOrPartition,
+            ) => PublishError::Retriable(error),
+            Some(
+                C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::InvalidRecord
+                | C::Fatal,
+            ) => PublishError::Permanent(error),
+            _ => PublishError::Unknown(error),
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, PublishError::Permanent(_))
+    }
+}
+
+/// The Kafka side of the ingress.
+pub struct Publisher {
+    producer: FutureProducer,
+    /// Full topic names, computed once.
+    topics: HashMap<Topic, String>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// A producer for `brokers`; `overrides` (`key=value`) are applied last.
+    pub fn new(
+        brokers: &str,
+        prefix: &str,
+        ack_deadline: Duration,
+        overrides: &[String],
+    ) -> Result<Self, KafkaError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            // Past our own deadline the push was answered 503; librdkafka may still deliver it
+            // (then its claim is confirmed) or give up a little later (then it is released).
+            .set("message.timeout.ms", (ack_deadline.as_millis() + 2000).to_string())
+            // librdkafka's default (10 s) makes the first sends after a broker returns time out.
+            .set("reconnect.backoff.ms", "50")
+            .set("reconnect.backoff.max.ms", "1000")
+            .set("socket.keepalive.enable", "true");
+        for pair in overrides {
+            if let Some((key, value)) = pair.split_once('=') {
+                config.set(key.trim(), value.trim());
+            }
+        }
+        let producer: FutureProducer = config.create()?;
+        let topics = Topic::all().map(|t| (t, t.name(prefix))).collect();
+        Ok(Publisher { producer, topics })
+    }
+
+    pub fn topic_name(&self, topic: Topic) -> &str {
+        &self.topics[&topic]
+    }
+
+    /// Hands a record to the producer; the returned future resolves with its delivery report.
+    pub fn enqueue(&self, topic: Topic, key: &str, payload: &[u8]) -> Result<DeliveryFuture, PublishError> {
+        let record = FutureRecord::to(self.topic_name(topic)).key(key).payload(payload);
+        self.producer
+            .send_result(record)
+            .map_err(|(error, _)| PublishError::classify(error))
+    }
+
+    /// Waits for a delivery report, mapped to our error.
+    pub async fn delivered(delivery: DeliveryFuture) -> Result<(), PublishError> {
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => Err(PublishError::classify(error)),
+            Err(_canceled) => Err(PublishError::Canceled),
+        }
+    }
+
+    /// Whether the cluster answers a metadata request within `timeout` (blocking).
+    pub fn reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.client().fetch_metadata(None, timeout).map(drop)
+    }
+
+    /// Sends what is queued, waiting at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+}

@@ -1,0 +1,105 @@
+//! The dedup store: claims on event ids and (timestamp, nonce) bindings, behind one small
+//! trait with two engines chosen by URL: `redis://` (production) and `memory://` (the
+//! embedded default, one process only).
+//!
+//! The claim protocol, which never turns a failure into a lost event:
+//!
+//! ```text
+//! claim(id)  ── SET id pending:<token> NX PX lease ──▶ Claimed ─▶ publish ─┬─ durable ─▶ confirm: SET id done PX ttl ─▶ 200
+//!            │                                                             └─ failed  ─▶ release (if still ours)    ─▶ 503
+//!            ├─▶ Done      (a retry of a durable event)              ─▶ 200, nothing published
+//!            └─▶ InFlight  (an attempt is still publishing)          ─▶ 503, WeChat retries
+//! ```
+//!
+//! A process that dies holding a claim loses nothing: the lease runs out before WeChat's next
+//! retry, which then claims and publishes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+mod memory;
+mod redis;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The id is ours to publish.
+    Claimed,
+    /// The event is already durable: answer 200 and publish nothing.
+    Done,
+    /// Another attempt holds the claim and its outcome is not known yet.
+    InFlight,
+    /// The (timestamp, nonce) was seen with another body: a replay. Nothing was claimed.
+    Replayed,
+}
+
+/// A (timestamp, nonce) pair and the digest of the body first seen with it.
+#[derive(Debug, Clone, Copy)]
+pub struct NonceBinding<'a> {
+    pub account: &'a str,
+    pub timestamp: &'a str,
+    pub nonce: &'a str,
+    pub body_digest: &'a str,
+    pub ttl: Duration,
+}
+
+/// One claim attempt: checks the nonce binding (when given) and claims the id, in one round trip.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    pub id: &'a str,
+    /// Unique to this attempt, so only it can release its claim.
+    pub token: &'a str,
+    pub lease: Duration,
+    pub nonce: Option<NonceBinding<'a>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("store call timed out")]
+    Timeout,
+    #[error("unknown store URL scheme in {0:?} (expected redis:// or memory://)")]
+    Scheme(String),
+}
+
+/// The dedup store. Key names are under `prefix` (`{prefix}:dedup:{id}`, `{prefix}:nonce:…`).
+pub trait DedupStore: Send + Sync + std::fmt::Debug {
+    fn claim<'a>(&'a self, req: ClaimRequest<'a>) -> BoxFuture<'a, Result<Claim, StoreError>>;
+    /// Marks the id durable for `ttl`, whoever holds the claim.
+    fn confirm<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Drops the claim if `token` still holds it.
+    fn release<'a>(&'a self, id: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// Opens the engine a URL names.
+pub async fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Box<dyn DedupStore>, StoreError> {
+    if url.starts_with("memory://") {
+        Ok(Box::new(MemoryStore::new(prefix)))
+    } else if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") {
+        Ok(Box::new(RedisStore::connect(url, prefix, timeout).await?))
+    } else {
+        Err(StoreError::Scheme(url.to_owned()))
+    }
+}
+
+fn dedup_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}:dedup:{id}")
+}
+
+fn nonce_key(prefix: &str, n: &NonceBinding<'_>) -> String {
+    format!("{prefix}:nonce:{}:{}:{}", n.account, n.timestamp, n.nonce)
+}
+
+fn pending(token: &str) -> String {
+    format!("pending:{token}")
+}
+
+const DONE: &str = "done";

@@ -37,7 +37,11 @@ impl FromStr for Secret {
 
 /// The ingress configuration.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ingest", version, about = "wxpipe ingress: WeChat pushes to Kafka")]
+#[command(
+    name = "ingest",
+    version,
+    about = "wxpipe ingress: WeChat pushes to Kafka"
+)]
 pub struct Config {
     /// Address the ingress listens on.
     #[arg(long, env = "INGEST_LISTEN", default_value = "0.0.0.0:8080")]
@@ -85,6 +89,10 @@ pub struct Config {
     #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Milliseconds a client may take to send its request headers, and again its body.
+    #[arg(long, env = "INGEST_READ_TIMEOUT_MS", default_value_t = 5000)]
+    pub read_timeout_ms: u64,
+
     /// Seconds a dedup claim is kept after its event is durable. Unset: long enough to cover
     /// WeChat's retries and the replay window (2 × tolerance + 60 s; a day when the window is off).
     #[arg(long, env = "INGEST_DEDUP_TTL")]
@@ -116,16 +124,23 @@ impl Config {
     }
 
     pub fn dedup_ttl(&self) -> Duration {
-        Duration::from_secs(self.dedup_ttl_secs.unwrap_or(match self.timestamp_tolerance {
-            0 => 24 * 3600,
-            tolerance => 2 * tolerance + 60,
-        }))
+        Duration::from_secs(
+            self.dedup_ttl_secs
+                .unwrap_or(match self.timestamp_tolerance {
+                    0 => 24 * 3600,
+                    tolerance => 2 * tolerance + 60,
+                }),
+        )
     }
 
     /// How long a (timestamp, nonce) stays bound to its body: as long as a request carrying it
     /// can pass the replay window.
     pub fn nonce_ttl(&self) -> Duration {
         self.dedup_ttl()
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
     }
 
     pub fn redis_timeout(&self) -> Duration {
@@ -135,14 +150,18 @@ impl Config {
     /// Checks what clap cannot: at least one account is configured.
     pub fn validate(&self) -> Result<(), String> {
         if self.token.as_ref().is_none_or(|t| t.expose().is_empty()) {
-            return Err("WECHAT_TOKEN is required (the Token of the account's server config)".into());
+            return Err(
+                "WECHAT_TOKEN is required (the Token of the account's server config)".into(),
+            );
         }
         if !self.path.starts_with('/') {
             return Err(format!("INGEST_PATH must start with '/': {:?}", self.path));
         }
         for pair in &self.kafka_producer_config {
             if !pair.contains('=') {
-                return Err(format!("KAFKA_PRODUCER_CONFIG entry is not key=value: {pair:?}"));
+                return Err(format!(
+                    "KAFKA_PRODUCER_CONFIG entry is not key=value: {pair:?}"
+                ));
             }
         }
         Ok(())

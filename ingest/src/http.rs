@@ -12,23 +12,23 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::error::{PushError, Rejection};
 use crate::pipeline::{Pipeline, Query};
 
-/// How long a client may take to send its body once the headers are in.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Routes and limits, shared by every connection.
 #[derive(Debug)]
 pub struct Routes {
     pub path: String,
     pub max_body_bytes: usize,
+    /// How long a client may take to send its body once the headers are in.
+    pub read_timeout: Duration,
     pub pipeline: Arc<Pipeline>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("static header"),
+    );
     response
 }
 
@@ -68,8 +68,12 @@ impl Routes {
             }
             Err(error) => {
                 match &error {
-                    PushError::Rejected(_) => tracing::info!(reason = error.reason(), %error, "push rejected"),
-                    PushError::Unavailable(_) => tracing::warn!(reason = error.reason(), %error, "push not durable: 503"),
+                    PushError::Rejected(_) => {
+                        tracing::info!(reason = error.reason(), %error, "push rejected")
+                    }
+                    PushError::Unavailable(_) => {
+                        tracing::warn!(reason = error.reason(), %error, "push not durable: 503")
+                    }
                 }
                 rejected(&error)
             }
@@ -88,10 +92,12 @@ impl Routes {
             return Err(Rejection::TooLarge(limit));
         }
         let collect = Limited::new(req.into_body(), limit).collect();
-        match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        match tokio::time::timeout(self.read_timeout, collect).await {
             Err(_) => Err(Rejection::BodyTimeout),
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Rejection::TooLarge(limit)),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(Rejection::TooLarge(limit))
+            }
             Ok(Err(_)) => Err(Rejection::BodyTimeout),
         }
     }
@@ -102,7 +108,8 @@ impl Routes {
             return text(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {error}\n"));
         }
         let publisher = Arc::clone(self.pipeline.publisher());
-        let kafka = tokio::task::spawn_blocking(move || publisher.reachable(Duration::from_secs(1))).await;
+        let kafka =
+            tokio::task::spawn_blocking(move || publisher.reachable(Duration::from_secs(1))).await;
         match kafka {
             Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
             Ok(Err(error)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("kafka: {error}\n")),

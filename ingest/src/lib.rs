@@ -39,7 +39,9 @@ pub use config::Config;
 pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("KAFKA_BROKERS is not set (main starts the embedded broker; library callers pass brokers)")]
+    #[error(
+        "KAFKA_BROKERS is not set (main starts the embedded broker; library callers pass brokers)"
+    )]
     NoBrokers,
     #[error("kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -49,21 +51,39 @@ pub enum StartError {
 
 /// Serves WeChat pushes on `listener` until `shutdown` resolves; then finishes in-flight
 /// pushes (each ends durable-and-200 or not-200) and flushes the producer.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     config.validate().map_err(StartError::Config)?;
-    let brokers = config.kafka_brokers.as_deref().ok_or(StartError::NoBrokers)?;
-    let store: Arc<dyn store::DedupStore> =
-        Arc::from(store::open(&config.redis_url, &config.key_prefix, config.redis_timeout()).await?);
+    let brokers = config
+        .kafka_brokers
+        .as_deref()
+        .ok_or(StartError::NoBrokers)?;
+    let store: Arc<dyn store::DedupStore> = Arc::from(
+        store::open(
+            &config.redis_url,
+            &config.key_prefix,
+            config.redis_timeout(),
+        )
+        .await?,
+    );
     let publisher = Arc::new(publish::Publisher::new(
         brokers,
         &config.topic_prefix,
         config.ack_deadline(),
         &config.kafka_producer_config,
     )?);
-    let pipeline = Arc::new(pipeline::Pipeline::new(&config, store, Arc::clone(&publisher)));
+    let pipeline = Arc::new(pipeline::Pipeline::new(
+        &config,
+        store,
+        Arc::clone(&publisher),
+    ));
     let routes = Arc::new(http::Routes {
         path: config.path.clone(),
         max_body_bytes: config.max_body_bytes,
+        read_timeout: config.read_timeout(),
         pipeline,
     });
     tracing::info!(
@@ -74,9 +94,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     );
     let grace = config.ack_deadline() + Duration::from_secs(1);
     if !server::serve(listener, routes, shutdown, grace).await {
-        tracing::warn!(?grace, "shutdown grace period ran out with requests in flight");
+        tracing::warn!(
+            ?grace,
+            "shutdown grace period ran out with requests in flight"
+        );
     }
-    let flushed = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await;
+    let flushed =
+        tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await;
     if !matches!(flushed, Ok(Ok(()))) {
         tracing::warn!("producer not fully flushed at shutdown");
     }

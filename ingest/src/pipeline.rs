@@ -93,7 +93,12 @@ impl Pipeline {
             nonce_ttl: config.nonce_ttl(),
             store,
             publisher,
-            instance: format!("{}.{}.{}", std::process::id(), started.as_secs(), started.subsec_nanos()),
+            instance: format!(
+                "{}.{}.{}",
+                std::process::id(),
+                started.as_secs(),
+                started.subsec_nanos()
+            ),
             attempts: AtomicU64::new(0),
         }
     }
@@ -117,7 +122,12 @@ impl Pipeline {
     }
 
     /// `POST`: one push, received at `arrived`. `Ok` means answer 200.
-    pub async fn push(self: &Arc<Self>, query: &Query, body: &[u8], arrived: Instant) -> Result<Accepted, PushError> {
+    pub async fn push(
+        self: &Arc<Self>,
+        query: &Query,
+        body: &[u8],
+        arrived: Instant,
+    ) -> Result<Accepted, PushError> {
         let signature = Query::required(&query.signature, "signature")?;
         let timestamp = Query::required(&query.timestamp, "timestamp")?;
         let nonce = Query::required(&query.nonce, "nonce")?;
@@ -133,7 +143,11 @@ impl Pipeline {
         // In plaintext mode the signature does not cover the body: bind (timestamp, nonce) to
         // the body's digest, so a captured query cannot carry another body.
         let body_digest = hex::encode(Sha1::digest(body));
-        let token = format!("{}.{}", self.instance, self.attempts.fetch_add(1, Ordering::Relaxed));
+        let token = format!(
+            "{}.{}",
+            self.instance,
+            self.attempts.fetch_add(1, Ordering::Relaxed)
+        );
         let request = ClaimRequest {
             id: &event.id,
             token: &token,
@@ -169,8 +183,11 @@ impl Pipeline {
         let mut delivered = Box::pin(Publisher::delivered(delivery));
         match tokio::time::timeout_at((arrived + self.deadline).into(), delivered.as_mut()).await {
             Ok(outcome) => {
-                self.settle(&event.id, &token, claimed, outcome.as_ref()).await;
-                outcome.map(|()| Accepted::Published).map_err(|e| Unavailable::Publish(e).into())
+                self.settle(&event.id, &token, claimed, outcome.as_ref())
+                    .await;
+                outcome
+                    .map(|()| Accepted::Published)
+                    .map_err(|e| Unavailable::Publish(e).into())
             }
             Err(_elapsed) => {
                 // The outcome is unknown: keep the claim pending until librdkafka reports, so a
@@ -180,7 +197,9 @@ impl Pipeline {
                 let id = event.id;
                 tokio::spawn(async move {
                     let outcome = delivered.await;
-                    pipeline.settle(&id, &token, claimed, outcome.as_ref()).await;
+                    pipeline
+                        .settle(&id, &token, claimed, outcome.as_ref())
+                        .await;
                 });
                 Err(Unavailable::Deadline.into())
             }
@@ -188,7 +207,13 @@ impl Pipeline {
     }
 
     /// Records a publish outcome: durable → confirm the id; failed → release our claim.
-    async fn settle(&self, id: &str, token: &str, claimed: bool, outcome: Result<&(), &crate::publish::PublishError>) {
+    async fn settle(
+        &self,
+        id: &str,
+        token: &str,
+        claimed: bool,
+        outcome: Result<&(), &crate::publish::PublishError>,
+    ) {
         match outcome {
             Ok(()) => {
                 if let Err(error) = self.store.confirm(id, self.dedup_ttl).await {

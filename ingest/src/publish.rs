@@ -92,7 +92,10 @@ impl Publisher {
             .set("linger.ms", "1")
             // Past our own deadline the push was answered 503; librdkafka may still deliver it
             // (then its claim is confirmed) or give up a little later (then it is released).
-            .set("message.timeout.ms", (ack_deadline.as_millis() + 2000).to_string())
+            .set(
+                "message.timeout.ms",
+                (ack_deadline.as_millis() + 2000).to_string(),
+            )
             // librdkafka's default (10 s) makes the first sends after a broker returns time out.
             .set("reconnect.backoff.ms", "50")
             .set("reconnect.backoff.max.ms", "1000")
@@ -112,8 +115,15 @@ impl Publisher {
     }
 
     /// Hands a record to the producer; the returned future resolves with its delivery report.
-    pub fn enqueue(&self, topic: Topic, key: &str, payload: &[u8]) -> Result<DeliveryFuture, PublishError> {
-        let record = FutureRecord::to(self.topic_name(topic)).key(key).payload(payload);
+    pub fn enqueue(
+        &self,
+        topic: Topic,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<DeliveryFuture, PublishError> {
+        let record = FutureRecord::to(self.topic_name(topic))
+            .key(key)
+            .payload(payload);
         self.producer
             .send_result(record)
             .map_err(|(error, _)| PublishError::classify(error))
@@ -130,7 +140,10 @@ impl Publisher {
 
     /// Whether the cluster answers a metadata request within `timeout` (blocking).
     pub fn reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.client().fetch_metadata(None, timeout).map(drop)
+        self.producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(drop)
     }
 
     /// Sends what is queued, waiting at most `timeout`.

@@ -12,12 +12,14 @@ use tokio::net::TcpListener;
 
 use crate::http::Routes;
 
-/// How long a client may take to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Serves until `shutdown` resolves, then stops accepting and gives in-flight requests `grace`
 /// to finish. Returns whether they all did.
-pub async fn serve(listener: TcpListener, routes: Arc<Routes>, shutdown: impl Future<Output = ()>, grace: Duration) -> bool {
+pub async fn serve(
+    listener: TcpListener,
+    routes: Arc<Routes>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> bool {
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -34,6 +36,7 @@ pub async fn serve(listener: TcpListener, routes: Arc<Routes>, shutdown: impl Fu
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let read_timeout = routes.read_timeout;
         let routes = Arc::clone(&routes);
         let service = service_fn(move |req| {
             let routes = Arc::clone(&routes);
@@ -41,7 +44,7 @@ pub async fn serve(listener: TcpListener, routes: Arc<Routes>, shutdown: impl Fu
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(read_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

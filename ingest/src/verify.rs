@@ -82,8 +82,17 @@ mod tests {
     #[test]
     fn malformed_signatures_are_rejected() {
         let mut parts = ["a", "b", "c"];
-        for bad in ["", "zz", "a9993e364706816aba3e25717850c26c9cd0d8", "a9993e364706816aba3e25717850c26c9cd0d89d00"] {
-            assert_eq!(check(bad, &mut parts), Err(Rejection::BadSignature), "{bad:?}");
+        for bad in [
+            "",
+            "zz",
+            "a9993e364706816aba3e25717850c26c9cd0d8",
+            "a9993e364706816aba3e25717850c26c9cd0d89d00",
+        ] {
+            assert_eq!(
+                check(bad, &mut parts),
+                Err(Rejection::BadSignature),
+                "{bad:?}"
+            );
         }
     }
 
@@ -92,9 +101,18 @@ mod tests {
         assert_eq!(check_timestamp("1000", 1000, 300), Ok(1000));
         assert_eq!(check_timestamp("700", 1000, 300), Ok(700));
         assert_eq!(check_timestamp("1300", 1000, 300), Ok(1300));
-        assert_eq!(check_timestamp("699", 1000, 300), Err(Rejection::StaleTimestamp));
-        assert_eq!(check_timestamp("1301", 1000, 300), Err(Rejection::StaleTimestamp));
+        assert_eq!(
+            check_timestamp("699", 1000, 300),
+            Err(Rejection::StaleTimestamp)
+        );
+        assert_eq!(
+            check_timestamp("1301", 1000, 300),
+            Err(Rejection::StaleTimestamp)
+        );
         assert_eq!(check_timestamp("1", 1000, 0), Ok(1));
-        assert_eq!(check_timestamp("x", 1000, 0), Err(Rejection::StaleTimestamp));
+        assert_eq!(
+            check_timestamp("x", 1000, 0),
+            Err(Rejection::StaleTimestamp)
+        );
     }
 }

@@ -159,7 +159,10 @@ mod tests {
             "event.other"
         );
         assert_eq!(Topic::of(Kind::Message, "text").suffix(), "message.text");
-        assert_eq!(Topic::of(Kind::Message, "hologram").suffix(), "message.other");
+        assert_eq!(
+            Topic::of(Kind::Message, "hologram").suffix(),
+            "message.other"
+        );
     }
 
     #[test]
@@ -167,7 +170,11 @@ mod tests {
         let mut count = 0;
         for topic in Topic::all() {
             let schema: serde_json::Value = serde_json::from_str(schema(topic)).unwrap();
-            assert!(jsonschema::validator_for(&schema).is_ok(), "{}", topic.suffix());
+            assert!(
+                jsonschema::validator_for(&schema).is_ok(),
+                "{}",
+                topic.suffix()
+            );
             count += 1;
         }
         assert_eq!(count, KNOWN_EVENTS.len() + KNOWN_MESSAGES.len() + 2);

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{dedup_key, nonce_key, pending, BoxFuture, Claim, ClaimRequest, DedupStore, StoreError, DONE};
+use super::{
+    dedup_key, nonce_key, pending, BoxFuture, Claim, ClaimRequest, DedupStore, StoreError, DONE,
+};
 
 #[derive(Debug, Default)]
 struct Entries {
@@ -77,7 +79,12 @@ impl DedupStore for MemoryStore {
 
     fn confirm<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut entries = self.entries.lock().expect("memory store lock");
-        entries.set(dedup_key(&self.prefix, id), DONE.to_owned(), ttl, Instant::now());
+        entries.set(
+            dedup_key(&self.prefix, id),
+            DONE.to_owned(),
+            ttl,
+            Instant::now(),
+        );
         Box::pin(async { Ok(()) })
     }
 

@@ -80,10 +80,17 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug {
 }
 
 /// Opens the engine a URL names.
-pub async fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Box<dyn DedupStore>, StoreError> {
+pub async fn open(
+    url: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<Box<dyn DedupStore>, StoreError> {
     if url.starts_with("memory://") {
         Ok(Box::new(MemoryStore::new(prefix)))
-    } else if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") {
+    } else if url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis+unix://")
+    {
         Ok(Box::new(RedisStore::connect(url, prefix, timeout).await?))
     } else {
         Err(StoreError::Scheme(url.to_owned()))

@@ -6,7 +6,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::{dedup_key, nonce_key, pending, BoxFuture, Claim, ClaimRequest, DedupStore, StoreError, DONE};
+use super::{
+    dedup_key, nonce_key, pending, BoxFuture, Claim, ClaimRequest, DedupStore, StoreError, DONE,
+};
 
 /// KEYS: dedup key, [nonce key]. ARGV: pending value, lease ms, [body digest, nonce ttl ms].
 /// Returns 0 claimed, 1 done, 2 in flight, 3 replayed.
@@ -46,7 +48,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,7 +74,10 @@ impl RedisStore {
         })
     }
 
-    async fn bounded<T>(&self, call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Timeout),
@@ -82,7 +89,9 @@ impl DedupStore for RedisStore {
     fn claim<'a>(&'a self, req: ClaimRequest<'a>) -> BoxFuture<'a, Result<Claim, StoreError>> {
         Box::pin(async move {
             let mut invocation = self.claim.key(dedup_key(&self.prefix, req.id));
-            invocation.arg(pending(req.token)).arg(req.lease.as_millis() as u64);
+            invocation
+                .arg(pending(req.token))
+                .arg(req.lease.as_millis() as u64);
             if let Some(nonce) = &req.nonce {
                 invocation
                     .key(nonce_key(&self.prefix, nonce))
@@ -104,7 +113,8 @@ impl DedupStore for RedisStore {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let key = dedup_key(&self.prefix, id);
-            self.bounded(conn.pset_ex::<_, _, ()>(key, DONE, ttl.as_millis() as u64)).await
+            self.bounded(conn.pset_ex::<_, _, ()>(key, DONE, ttl.as_millis() as u64))
+                .await
         })
     }
 
@@ -113,14 +123,18 @@ impl DedupStore for RedisStore {
             let mut conn = self.conn.clone();
             let mut invocation = self.release.key(dedup_key(&self.prefix, id));
             invocation.arg(pending(token));
-            self.bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
+            self.bounded(invocation.invoke_async::<i64>(&mut conn))
+                .await
+                .map(drop)
         })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            self.bounded(redis::cmd("PING").query_async::<String>(&mut conn)).await.map(drop)
+            self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
+                .await
+                .map(drop)
         })
     }
 }

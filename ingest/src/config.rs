@@ -55,9 +55,22 @@ pub struct Config {
     #[arg(long, env = "WECHAT_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
 
-    /// The account's AppID.
+    /// The account's AppID (checked inside every encrypted push).
     #[arg(long, env = "WECHAT_APPID")]
     pub appid: Option<String>,
+
+    /// The account's AppSecret (workers' API calls).
+    #[arg(long, env = "WECHAT_APPSECRET", hide_env_values = true)]
+    pub appsecret: Option<Secret>,
+
+    /// 43-character EncodingAESKey: enables compatible and safe mode.
+    #[arg(long, env = "WECHAT_ENCODING_AES_KEY", hide_env_values = true)]
+    pub encoding_aes_key: Option<Secret>,
+
+    /// TOML file of several accounts (`[accounts.NAME]` with `token`, `appid`,
+    /// `encoding_aes_key`, `appsecret`, `original_id`), each served at `{INGEST_PATH}/NAME`.
+    #[arg(long, env = "INGEST_ACCOUNTS")]
+    pub accounts_file: Option<std::path::PathBuf>,
 
     /// Seconds a signed `timestamp` may differ from now (replay window; 0 disables).
     #[arg(long, env = "WECHAT_TIMESTAMP_TOLERANCE", default_value_t = 300)]

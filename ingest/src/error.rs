@@ -16,6 +16,12 @@ pub enum Rejection {
     StaleTimestamp,
     #[error("timestamp and nonce already used with another body")]
     ReplayedNonce,
+    #[error("decryption failed: {0}")]
+    Decrypt(#[from] crate::decrypt::CryptoError),
+    #[error("encrypted push, but this account has no EncodingAESKey")]
+    NoAesKey,
+    #[error("push is addressed to another account")]
+    WrongAccount,
     #[error("malformed push: {0}")]
     Malformed(#[from] ParseError),
     #[error("body over {0} bytes")]
@@ -32,9 +38,12 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::MissingParam(_) | Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
-            Rejection::BadSignature | Rejection::StaleTimestamp | Rejection::ReplayedNonce => {
-                StatusCode::FORBIDDEN
-            }
+            Rejection::BadSignature
+            | Rejection::StaleTimestamp
+            | Rejection::ReplayedNonce
+            | Rejection::Decrypt(_)
+            | Rejection::NoAesKey
+            | Rejection::WrongAccount => StatusCode::FORBIDDEN,
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -49,6 +58,9 @@ impl Rejection {
             Rejection::BadSignature => "bad_signature",
             Rejection::StaleTimestamp => "stale_timestamp",
             Rejection::ReplayedNonce => "replayed_nonce",
+            Rejection::Decrypt(_) => "decrypt_failed",
+            Rejection::NoAesKey => "no_aes_key",
+            Rejection::WrongAccount => "wrong_account",
             Rejection::Malformed(_) => "malformed",
             Rejection::TooLarge(_) => "too_large",
             Rejection::BodyTimeout => "body_timeout",

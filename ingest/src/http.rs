@@ -9,13 +9,14 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::accounts::{Account, Accounts};
 use crate::error::{PushError, Rejection};
 use crate::pipeline::{Pipeline, Query};
 
 /// Routes and limits, shared by every connection.
 #[derive(Debug)]
 pub struct Routes {
-    pub path: String,
+    pub accounts: Accounts,
     pub max_body_bytes: usize,
     /// How long a client may take to send its body once the headers are in.
     pub read_timeout: Duration,
@@ -39,23 +40,31 @@ fn rejected(error: &PushError) -> Response<Full<Bytes>> {
 impl Routes {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let arrived = Instant::now();
+        if let Some(account) = self.accounts.at(req.uri().path()) {
+            let account = Arc::clone(account);
+            return self.wechat(&account, req, arrived).await;
+        }
         match req.uri().path() {
-            p if p == self.path => self.wechat(req, arrived).await,
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.ready().await,
             _ => rejected(&Rejection::NotFound.into()),
         }
     }
 
-    async fn wechat(&self, req: Request<Incoming>, arrived: Instant) -> Response<Full<Bytes>> {
+    async fn wechat(
+        &self,
+        account: &Account,
+        req: Request<Incoming>,
+        arrived: Instant,
+    ) -> Response<Full<Bytes>> {
         let query = Query::parse(req.uri().query());
         let result = match *req.method() {
-            Method::GET => match self.pipeline.verify_url(query) {
+            Method::GET => match self.pipeline.verify_url(account, query) {
                 Ok(echostr) => return text(StatusCode::OK, echostr),
                 Err(rejection) => Err(rejection.into()),
             },
             Method::POST => match self.body(req).await {
-                Ok(body) => self.pipeline.push(&query, &body, arrived).await,
+                Ok(body) => self.pipeline.push(account, &query, &body, arrived).await,
                 Err(rejection) => Err(rejection.into()),
             },
             _ => Err(Rejection::MethodNotAllowed.into()),

@@ -1,13 +1,14 @@
 //! wxpipe's ingress: WeChat Official Account pushes in, durable Kafka records out.
 //!
 //! ```text
-//! POST /wechat ─▶ http ─▶ verify ─▶ parse ─▶ normalize ─▶ store (claim) ─▶ publish ─▶ 200 ""
-//!                  │        │         │          │              │              │
-//!              413/408    403       400        400     503 in flight     503 not durable
+//! POST /wechat[/NAME] ─▶ http ─▶ verify ─▶ decrypt ─▶ parse ─▶ normalize ─▶ store (claim) ─▶ publish ─▶ 200 ""
+//!                         │        │         │         │          │              │              │
+//!                     413/408    403       403       400        400     503 in flight   503 not durable
 //! ```
 //!
 //! - [`http`]: routes, body limits, status mapping; [`server`]: the accept loop.
-//! - [`verify`]: signatures and the replay window.
+//! - [`accounts`]: which account a path serves, with its secrets.
+//! - [`verify`]: signatures and the replay window; [`decrypt`]: compatible and safe mode.
 //! - [`parse`]: strict XML → [`parse::Push`]; [`normalize`]: → [`schemas::Event`] and its id.
 //! - [`store`]: the dedup claim protocol, `redis://` or `memory://`.
 //! - [`publish`]: the idempotent Kafka producer; [`embedded`]: the in-process broker.
@@ -19,7 +20,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub mod accounts;
 pub mod config;
+pub mod decrypt;
 pub mod embedded;
 pub mod error;
 pub mod http;
@@ -57,6 +60,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     config.validate().map_err(StartError::Config)?;
+    let accounts = accounts::Accounts::load(&config).map_err(StartError::Config)?;
     let brokers = config
         .kafka_brokers
         .as_deref()
@@ -81,14 +85,14 @@ pub async fn run(
         Arc::clone(&publisher),
     ));
     let routes = Arc::new(http::Routes {
-        path: config.path.clone(),
+        accounts,
         max_body_bytes: config.max_body_bytes,
         read_timeout: config.read_timeout(),
         pipeline,
     });
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        path = %config.path,
+        accounts = %routes.accounts.iter().map(|(path, a)| format!("{}={path}", a.name)).collect::<Vec<_>>().join(","),
         redis = %if config.redis_url.starts_with("memory://") { "memory://" } else { "redis" },
         "ingest listening"
     );

@@ -1,6 +1,8 @@
-//! [`Push`] → [`schemas::Event`]: the contract's JSON, with the dedup identity.
+//! [`Push`] → [`schemas::Event`]: the contract's JSON, with the dedup identity. The typed
+//! fields of each type come from [`schemas::spec`]; what they do not take stays in `extra`.
 
-use schemas::{Detail, DetailShape, Event, Kind, Topic};
+use schemas::spec::{Field, FieldType};
+use schemas::{Event, Kind, Topic};
 use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
 
@@ -34,11 +36,7 @@ pub fn identity(
     msg_id: Option<&str>,
     event_key: Option<&str>,
 ) -> String {
-    let kind = match kind {
-        Kind::Event => "event",
-        Kind::Message => "message",
-    };
-    let mut id = format!("{account}:{openid}:{created_at}:{kind}.{type_}");
+    let mut id = format!("{account}:{openid}:{created_at}:{}.{type_}", kind.as_str());
     if let Some(msg_id) = msg_id.map(str::trim).filter(|m| !m.is_empty()) {
         id.push_str(":m");
         id.push_str(msg_id);
@@ -51,87 +49,182 @@ pub fn identity(
     id
 }
 
-fn number(push: &mut Push, field: &'static str, range: f64) -> Result<f64, ParseError> {
-    let text = push.take_text(field).ok_or(ParseError::Missing(field))?;
-    text.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite() && n.abs() <= range)
-        .ok_or(ParseError::BadField(field))
+/// Removes the element at `path` below `map`, and any parent it leaves empty.
+fn take_in(map: &mut Map<String, Value>, path: &[&str]) -> Option<Value> {
+    let (first, rest) = path.split_first()?;
+    if rest.is_empty() {
+        return map.remove(*first);
+    }
+    let child = map.get_mut(*first)?.as_object_mut()?;
+    let taken = take_in(child, rest);
+    if child.is_empty() {
+        map.remove(*first);
+    }
+    taken
 }
 
-fn non_empty(value: Option<String>) -> Option<String> {
-    value.filter(|v| !v.is_empty())
+/// Removes the element at `path` below `<xml>`, and any parent it leaves empty.
+fn take_top(fields: &mut Vec<(String, Value)>, path: &[&str]) -> Option<Value> {
+    let (first, rest) = path.split_first()?;
+    let at = fields.iter().position(|(name, _)| name == first)?;
+    if rest.is_empty() {
+        return Some(fields.remove(at).1);
+    }
+    let child = fields[at].1.as_object_mut()?;
+    let taken = take_in(child, rest);
+    if child.is_empty() {
+        fields.remove(at);
+    }
+    taken
+}
+
+/// Where a field's value comes from: the top of the push, or a list item.
+trait Source {
+    fn take(&mut self, path: &[&str]) -> Option<Value>;
+}
+
+impl Source for Vec<(String, Value)> {
+    fn take(&mut self, path: &[&str]) -> Option<Value> {
+        take_top(self, path)
+    }
+}
+
+impl Source for Map<String, Value> {
+    fn take(&mut self, path: &[&str]) -> Option<Value> {
+        take_in(self, path)
+    }
+}
+
+/// The element a field is read from, as WeChat names it, for error messages.
+fn xml_name(field: &Field) -> &'static str {
+    field.from[0].last().copied().unwrap_or(field.json)
+}
+
+fn leaf(value: Option<Value>, field: &Field) -> Result<Option<String>, ParseError> {
+    match value {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ParseError::BadField(xml_name(field))),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(text: &str, field: &Field) -> Result<T, ParseError> {
+    text.trim()
+        .parse()
+        .map_err(|_| ParseError::BadField(xml_name(field)))
+}
+
+/// Reads one typed field out of `source`, as its type says.
+fn typed(source: &mut impl Source, field: &Field) -> Result<Value, ParseError> {
+    let raw = field.from.iter().find_map(|path| source.take(path));
+    Ok(match field.ty {
+        FieldType::Text => Value::String(leaf(raw, field)?.unwrap_or_default()),
+        FieldType::OptText => leaf(raw, field)?
+            .filter(|s| !s.is_empty())
+            .map_or(Value::Null, Value::String),
+        FieldType::Scene => {
+            leaf(raw, field)?
+                .filter(|s| !s.is_empty())
+                .map_or(Value::Null, |key| match key.strip_prefix("qrscene_") {
+                    Some(scene) => Value::String(scene.to_owned()),
+                    None => Value::String(key),
+                })
+        }
+        FieldType::Number { max } => {
+            let text = leaf(raw, field)?
+                .filter(|s| !s.trim().is_empty())
+                .ok_or(ParseError::Missing(xml_name(field)))?;
+            let n: f64 = parse_number(&text, field)?;
+            if !n.is_finite() || n.abs() > max {
+                return Err(ParseError::BadField(xml_name(field)));
+            }
+            Value::from(n)
+        }
+        FieldType::OptNumber => match leaf(raw, field)?.filter(|s| !s.trim().is_empty()) {
+            None => Value::Null,
+            Some(text) => {
+                let n: f64 = parse_number(&text, field)?;
+                if !n.is_finite() {
+                    return Err(ParseError::BadField(xml_name(field)));
+                }
+                Value::from(n)
+            }
+        },
+        FieldType::OptInt => match leaf(raw, field)?.filter(|s| !s.trim().is_empty()) {
+            None => Value::Null,
+            Some(text) => Value::from(parse_number::<i64>(&text, field)?),
+        },
+        FieldType::List { items } => {
+            let entries = match raw {
+                None => Vec::new(),
+                Some(Value::Array(entries)) => entries,
+                Some(Value::String(s)) if s.trim().is_empty() => Vec::new(),
+                Some(entry) => vec![entry],
+            };
+            let list = entries
+                .into_iter()
+                .map(|entry| {
+                    let Value::Object(mut item) = entry else {
+                        return Err(ParseError::BadField(xml_name(field)));
+                    };
+                    let mut out = Map::new();
+                    for item_field in items {
+                        out.insert(item_field.json.to_owned(), typed(&mut item, item_field)?);
+                    }
+                    // Children the spec does not name are kept under their XML name.
+                    out.extend(item);
+                    Ok(Value::Object(out))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Value::Array(list)
+        }
+    })
 }
 
 /// Normalizes a push received at `received_at` (RFC 3339).
 pub fn normalize(mut push: Push, received_at: String) -> Result<Event, ParseError> {
     check_id(&push.to_user, "ToUserName")?;
     check_id(&push.from_user, "FromUserName")?;
-    let (kind, type_, original_event) = if push.msg_type.trim().eq_ignore_ascii_case("event") {
+    let (kind, type_, original) = if push.msg_type.trim().eq_ignore_ascii_case("event") {
         let event = push
             .take_text("Event")
             .filter(|e| !e.trim().is_empty())
             .ok_or(ParseError::Missing("Event"))?;
-        (Kind::Event, event.trim().to_ascii_lowercase(), Some(event))
+        (Kind::Event, event.trim().to_ascii_lowercase(), event)
     } else {
+        let msg_type = push.msg_type.clone();
         (
             Kind::Message,
-            push.msg_type.trim().to_ascii_lowercase(),
-            None,
+            msg_type.trim().to_ascii_lowercase(),
+            msg_type,
         )
     };
     // WeChat spells it `MsgId` in messages and `MsgID` in some events.
-    let msg_id = push
-        .text("MsgId")
-        .or_else(|| push.text("MsgID"))
-        .map(str::to_owned);
+    let msg_id = push.text("MsgId").or_else(|| push.text("MsgID"));
     let id = identity(
         &push.to_user,
         &push.from_user,
         push.create_time,
         kind,
         &type_,
-        msg_id.as_deref(),
+        msg_id,
         push.text("EventKey"),
     );
 
-    let detail = match Detail::shape(kind, &type_) {
-        DetailShape::Qr => {
-            let key = non_empty(push.take_text("EventKey"));
-            Detail::Qr {
-                scene: key.map(|k| match k.strip_prefix("qrscene_") {
-                    Some(scene) => scene.to_owned(),
-                    None => k,
-                }),
-                ticket: non_empty(push.take_text("Ticket")),
-            }
-        }
-        DetailShape::Location => Detail::Location {
-            latitude: number(&mut push, "Latitude", 90.0)?,
-            longitude: number(&mut push, "Longitude", 180.0)?,
-            precision: number(&mut push, "Precision", f64::MAX)?,
-        },
-        DetailShape::Click => Detail::Click {
-            key: push.take_text("EventKey").unwrap_or_default(),
-        },
-        DetailShape::View => Detail::View {
-            url: push.take_text("EventKey").unwrap_or_default(),
-        },
-        DetailShape::None => Detail::None {},
-    };
-
     let topic = Topic::of(kind, &type_);
+    let mut fields = Map::new();
+    for field in topic.spec().map_or(&[][..], |spec| spec.fields) {
+        fields.insert(field.json.to_owned(), typed(&mut push.fields, field)?);
+    }
     let mut extra: Map<String, Value> = push.fields.into_iter().collect();
-    if topic.type_name() == "other" {
+    if topic.spec().is_none() {
         // `type` is lower-cased; keep the name exactly as WeChat sent it.
-        let original = original_event.unwrap_or(push.msg_type);
-        let field = if kind == Kind::Event {
+        let name = if kind == Kind::Event {
             "Event"
         } else {
             "MsgType"
         };
-        extra.insert(field.into(), Value::String(original));
+        extra.insert(name.into(), Value::String(original));
     }
 
     Ok(Event {
@@ -142,7 +235,7 @@ pub fn normalize(mut push: Push, received_at: String) -> Result<Event, ParseErro
         received_at,
         kind,
         type_,
-        detail,
+        fields,
         extra,
     })
 }
@@ -154,6 +247,10 @@ mod tests {
     use serde_json::json;
 
     const AT: &str = "2026-11-26T00:00:00.000Z";
+
+    fn typed(e: &Event) -> serde_json::Value {
+        serde_json::Value::Object(e.fields.clone())
+    }
 
     fn event(xml: &str) -> Result<Event, ParseError> {
         normalize(Push::try_from(xml.as_bytes())?, AT.into())
@@ -186,13 +283,7 @@ mod tests {
         assert_eq!(e.openid, "FromUser");
         assert_eq!(e.created_at, 123456789);
         assert_eq!(e.received_at, AT);
-        assert_eq!(
-            e.detail,
-            Detail::Qr {
-                scene: None,
-                ticket: None
-            }
-        );
+        assert_eq!(typed(&e), json!({"scene": null, "ticket": null}));
         assert!(e.extra.is_empty());
         assert_eq!(e.topic().suffix(), "event.subscribe");
         assert_eq!(e.id, "toUser:FromUser:123456789:event.subscribe");
@@ -202,13 +293,7 @@ mod tests {
     fn seed_qr_subscribe() {
         let e = event(SEED_QR_SUBSCRIBE).unwrap();
         assert_eq!(e.topic().suffix(), "event.subscribe");
-        assert_eq!(
-            e.detail,
-            Detail::Qr {
-                scene: Some("123123".into()),
-                ticket: Some("TICKET".into())
-            }
-        );
+        assert_eq!(typed(&e), json!({"scene": "123123", "ticket": "TICKET"}));
         assert!(e.extra.is_empty());
     }
 
@@ -218,11 +303,8 @@ mod tests {
         assert_eq!(e.topic().suffix(), "event.scan");
         assert_eq!(e.type_, "scan");
         assert_eq!(
-            e.detail,
-            Detail::Qr {
-                scene: Some("SCENE_VALUE".into()),
-                ticket: Some("TICKET".into())
-            }
+            typed(&e),
+            json!({"scene": "SCENE_VALUE", "ticket": "TICKET"})
         );
     }
 
@@ -232,12 +314,8 @@ mod tests {
         assert_eq!(e.topic().suffix(), "event.location");
         assert_eq!(e.openid, "fromUser");
         assert_eq!(
-            e.detail,
-            Detail::Location {
-                latitude: 23.137466,
-                longitude: 113.352425,
-                precision: 119.38504
-            }
+            typed(&e),
+            json!({"latitude": 23.137466, "longitude": 113.352425, "precision": 119.38504})
         );
         assert!(e.extra.is_empty());
     }
@@ -246,27 +324,17 @@ mod tests {
     fn seed_click_and_view() {
         let click = event(SEED_CLICK).unwrap();
         assert_eq!(click.topic().suffix(), "event.click");
-        assert_eq!(
-            click.detail,
-            Detail::Click {
-                key: "EVENTKEY".into()
-            }
-        );
+        assert_eq!(typed(&click), json!({"key": "EVENTKEY"}));
         let view = event(SEED_VIEW).unwrap();
         assert_eq!(view.topic().suffix(), "event.view");
-        assert_eq!(
-            view.detail,
-            Detail::View {
-                url: "www.qq.com".into()
-            }
-        );
+        assert_eq!(typed(&view), json!({"url": "www.qq.com", "menu_id": null}));
     }
 
     #[test]
     fn seed_unsubscribe() {
         let e = event(&ev("<Event><![CDATA[unsubscribe]]></Event>")).unwrap();
         assert_eq!(e.topic().suffix(), "event.unsubscribe");
-        assert_eq!(e.detail, Detail::None {});
+        assert_eq!(typed(&e), json!({}));
     }
 
     #[test]
@@ -295,14 +363,13 @@ mod tests {
 
     #[test]
     fn qr_scene_only_loses_the_qrscene_prefix() {
-        let scene = |key: &str| match event(&ev(&format!(
-            "<Event>subscribe</Event><EventKey><![CDATA[{key}]]></EventKey>"
-        )))
-        .unwrap()
-        .detail
-        {
-            Detail::Qr { scene, .. } => scene,
-            other => panic!("{other:?}"),
+        let scene = |key: &str| {
+            event(&ev(&format!(
+                "<Event>subscribe</Event><EventKey><![CDATA[{key}]]></EventKey>"
+            )))
+            .unwrap()
+            .text("scene")
+            .map(str::to_owned)
         };
         assert_eq!(scene("qrscene_42"), Some("42".into()));
         assert_eq!(scene("last_trade_no_42"), Some("last_trade_no_42".into()));
@@ -330,7 +397,9 @@ mod tests {
         let e = event(&push("<MsgType><![CDATA[text]]></MsgType><Content>hi</Content><MsgId>1234567890123456</MsgId>")).unwrap();
         assert_eq!(e.topic().suffix(), "message.text");
         assert_eq!(e.kind, Kind::Message);
-        assert_eq!(e.extra["MsgId"], "1234567890123456");
+        assert_eq!(e.text("msg_id"), Some("1234567890123456"));
+        assert_eq!(e.text("content"), Some("hi"));
+        assert!(e.extra.is_empty());
         assert!(
             e.id.ends_with(":message.text:m1234567890123456"),
             "{}",
@@ -433,12 +502,7 @@ mod tests {
             "<Event>CLICK</Event><EventKey>a&amp;b&#x4e2d;&#25991;&lt;</EventKey>",
         ))
         .unwrap();
-        assert_eq!(
-            e.detail,
-            Detail::Click {
-                key: "a&b中文<".into()
-            }
-        );
+        assert_eq!(typed(&e), json!({"key": "a&b中文<"}));
     }
 
     #[test]
@@ -471,8 +535,7 @@ mod tests {
                 entry["create_time"].as_str().unwrap(),
                 "{file}"
             );
-            let schema: serde_json::Value =
-                serde_json::from_str(schemas::schema(e.topic())).unwrap();
+            let schema = schemas::json_schema(e.topic());
             let value = serde_json::to_value(&e).unwrap();
             assert!(jsonschema::is_valid(&schema, &value), "{file}: {value}");
         }

@@ -164,8 +164,9 @@ fn name_of(raw: &[u8]) -> Result<String, ParseError> {
         .map_err(|_| ParseError::NotUtf8)
 }
 
-/// Reads `<xml>…</xml>` and returns its children, refusing duplicates among them.
-fn parse_document(body: &[u8]) -> Result<Vec<(String, Value)>, ParseError> {
+/// Reads `<xml>…</xml>` and returns its children in document order, refusing duplicates
+/// among them (the envelope of an encrypted push is read with this too).
+pub fn parse_document(body: &[u8]) -> Result<Vec<(String, Value)>, ParseError> {
     let text = std::str::from_utf8(body).map_err(|_| ParseError::NotUtf8)?;
     let mut reader = Reader::from_str(text);
     reader.config_mut().check_end_names = true;

@@ -1,6 +1,6 @@
 //! One push, from verified request to durable record: the unit of work of the ingress.
 //!
-//! verify → parse → normalize → claim → publish → confirm (or release). The 200 is returned
+//! verify → decrypt → parse → normalize → claim → publish → confirm (or release). The 200 is returned
 //! only once Kafka's delivery report says the record is durable, or for a retry of an event
 //! that is.
 
@@ -10,10 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha1::{Digest, Sha1};
 
-use crate::config::{Config, Secret};
+use crate::accounts::Account;
+use crate::config::Config;
 use crate::error::{PushError, Rejection, Unavailable};
 use crate::normalize::normalize;
-use crate::parse::Push;
+use crate::parse::{self, ParseError, Push};
 use crate::publish::Publisher;
 use crate::store::{Claim, ClaimRequest, DedupStore, NonceBinding};
 use crate::verify;
@@ -25,6 +26,9 @@ pub struct Query {
     pub timestamp: Option<String>,
     pub nonce: Option<String>,
     pub echostr: Option<String>,
+    /// `aes` in compatible and safe mode.
+    pub encrypt_type: Option<String>,
+    pub msg_signature: Option<String>,
 }
 
 impl Query {
@@ -36,6 +40,8 @@ impl Query {
                 "timestamp" => &mut q.timestamp,
                 "nonce" => &mut q.nonce,
                 "echostr" => &mut q.echostr,
+                "encrypt_type" => &mut q.encrypt_type,
+                "msg_signature" => &mut q.msg_signature,
                 _ => continue,
             };
             slot.get_or_insert_with(|| value.into_owned());
@@ -46,6 +52,14 @@ impl Query {
     fn required<'a>(value: &'a Option<String>, name: &'static str) -> Result<&'a str, Rejection> {
         value.as_deref().ok_or(Rejection::MissingParam(name))
     }
+}
+
+/// A verified push: its plaintext XML and the signed query values.
+struct Opened<'b> {
+    xml: std::borrow::Cow<'b, [u8]>,
+    timestamp: &'b str,
+    nonce: &'b str,
+    encrypted: bool,
 }
 
 /// A push answered 200.
@@ -60,7 +74,6 @@ pub enum Accepted {
 /// Everything a push needs, shared by all requests.
 #[derive(Debug)]
 pub struct Pipeline {
-    token: Secret,
     tolerance: u64,
     deadline: Duration,
     lease: Duration,
@@ -85,7 +98,6 @@ impl Pipeline {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         Pipeline {
-            token: config.token.clone().expect("validated config has a token"),
             tolerance: config.timestamp_tolerance,
             deadline: config.ack_deadline(),
             lease: config.claim_lease(),
@@ -112,36 +124,90 @@ impl Pipeline {
     }
 
     /// `GET`: WeChat's URL verification. Returns the `echostr` to echo.
-    pub fn verify_url(&self, query: Query) -> Result<String, Rejection> {
+    pub fn verify_url(&self, account: &Account, query: Query) -> Result<String, Rejection> {
         let signature = Query::required(&query.signature, "signature")?;
         let timestamp = Query::required(&query.timestamp, "timestamp")?;
         let nonce = Query::required(&query.nonce, "nonce")?;
         Query::required(&query.echostr, "echostr")?;
-        verify::check(signature, &mut [self.token.expose(), timestamp, nonce])?;
+        verify::check(signature, &mut [account.token.expose(), timestamp, nonce])?;
         Ok(query.echostr.unwrap_or_default())
     }
 
-    /// `POST`: one push, received at `arrived`. `Ok` means answer 200.
+    /// Verifies a push and returns its plaintext XML: the body itself, or in compatible and
+    /// safe mode the decrypted `Encrypt` (the plaintext fields beside it do not count).
+    fn open<'b>(
+        &self,
+        account: &Account,
+        query: &'b Query,
+        body: &'b [u8],
+    ) -> Result<Opened<'b>, Rejection> {
+        let signature = Query::required(&query.signature, "signature")?;
+        let timestamp = Query::required(&query.timestamp, "timestamp")?;
+        let nonce = Query::required(&query.nonce, "nonce")?;
+        verify::check(signature, &mut [account.token.expose(), timestamp, nonce])?;
+        verify::check_timestamp(timestamp, unix_now(), self.tolerance)?;
+        if !query
+            .encrypt_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("aes"))
+        {
+            return Ok(Opened {
+                xml: body.into(),
+                timestamp,
+                nonce,
+                encrypted: false,
+            });
+        }
+        let msg_signature = Query::required(&query.msg_signature, "msg_signature")?;
+        let key = account.aes_key.as_ref().ok_or(Rejection::NoAesKey)?;
+        let envelope = parse::parse_document(body)?;
+        let encrypt = envelope
+            .iter()
+            .find_map(|(name, value)| (name == "Encrypt").then(|| value.as_str()).flatten())
+            .ok_or(ParseError::Missing("Encrypt"))?;
+        verify::check(
+            msg_signature,
+            &mut [account.token.expose(), timestamp, nonce, encrypt],
+        )?;
+        let appid = account.appid.as_deref().unwrap_or_default();
+        Ok(Opened {
+            xml: key.decrypt(encrypt, appid)?.into(),
+            timestamp,
+            nonce,
+            encrypted: true,
+        })
+    }
+
+    /// `POST`: one push for `account`, received at `arrived`. `Ok` means answer 200.
     pub async fn push(
         self: &Arc<Self>,
+        account: &Account,
         query: &Query,
         body: &[u8],
         arrived: Instant,
     ) -> Result<Accepted, PushError> {
-        let signature = Query::required(&query.signature, "signature")?;
-        let timestamp = Query::required(&query.timestamp, "timestamp")?;
-        let nonce = Query::required(&query.nonce, "nonce")?;
-        verify::check(signature, &mut [self.token.expose(), timestamp, nonce])?;
-        verify::check_timestamp(timestamp, unix_now(), self.tolerance)?;
-
-        let push = Push::try_from(body)?;
+        let Opened {
+            xml,
+            timestamp,
+            nonce,
+            encrypted,
+        } = self.open(account, query, body)?;
+        let push = Push::try_from(&xml[..])?;
+        if account
+            .original_id
+            .as_ref()
+            .is_some_and(|id| *id != push.to_user)
+        {
+            return Err(Rejection::WrongAccount.into());
+        }
         let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let event = normalize(push, received_at)?;
         let topic = event.topic();
         let payload = serde_json::to_vec(&event).expect("an event serializes");
 
         // In plaintext mode the signature does not cover the body: bind (timestamp, nonce) to
-        // the body's digest, so a captured query cannot carry another body.
+        // the body's digest, so a captured query cannot carry another body. (In compatible and
+        // safe mode `msg_signature` covers the ciphertext.)
         let body_digest = hex::encode(Sha1::digest(body));
         let token = format!(
             "{}.{}",
@@ -152,7 +218,7 @@ impl Pipeline {
             id: &event.id,
             token: &token,
             lease: self.lease,
-            nonce: Some(NonceBinding {
+            nonce: (!encrypted).then_some(NonceBinding {
                 account: &event.account,
                 timestamp,
                 nonce,

@@ -1,20 +1,24 @@
 //! The JSON contract of every wxpipe topic.
 //!
 //! ```text
-//! ingest: XML push ──normalize──▶ Event ──serde_json──▶ Kafka record value
-//! worker: Kafka record value ──Event::from_json──▶ Event ──▶ effect
+//! spec::TYPES ──▶ ingest: XML push ──normalize──▶ Event ──serde_json──▶ Kafka record value
+//!      │          worker: Kafka record value ──Event::from_json──▶ Event ──▶ effect
+//!      └────────▶ json_schema: the JSON Schema of every topic (topics/*.json, for consumers)
 //! ```
 //!
 //! [`Event`] is the one record type on every topic; [`Topic`] names the topic an event goes
-//! to; [`schema`] returns the JSON Schema of a topic (the files in `schemas/topics/`, which
-//! downstream consumers can use without Rust).
+//! to; [`spec`] lists the typed fields of every known type; [`json_schema`] derives each
+//! topic's JSON Schema from it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub mod json_schema;
+pub mod spec;
 mod topic;
 
-pub use topic::{Topic, KNOWN_EVENTS, KNOWN_MESSAGES};
+pub use json_schema::json_schema;
+pub use topic::Topic;
 
 /// Whether a push is an event (`MsgType` = `event`) or a user message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -24,9 +28,17 @@ pub enum Kind {
     Message,
 }
 
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Event => "event",
+            Kind::Message => "message",
+        }
+    }
+}
+
 /// One normalized push: the value of every record wxpipe writes to Kafka.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "WireEvent")]
 pub struct Event {
     /// The dedup identity; the same for every retry of one push.
     pub id: String,
@@ -42,58 +54,13 @@ pub struct Event {
     /// Lower-case event or message type.
     #[serde(rename = "type")]
     pub type_: String,
-    /// The typed fields of the types that carry data.
+    /// The typed fields of the type ([`spec::TYPES`]), by JSON name; written flat into the
+    /// record.
     #[serde(flatten)]
-    pub detail: Detail,
-    /// Every element not mapped above, so nothing is lost. Leaf elements are strings;
-    /// nested elements are objects, and repeated children arrays.
+    pub fields: Map<String, Value>,
+    /// Every element not mapped to a field, so nothing is lost. A leaf element is a string; a
+    /// nested element an object of its children, with repeated children as an array.
     pub extra: Map<String, Value>,
-}
-
-/// Typed fields, by type. Serialized flat into the event object.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum Detail {
-    /// `subscribe` and `scan`: the QR code's scene value and ticket, when there is one.
-    Qr {
-        scene: Option<String>,
-        ticket: Option<String>,
-    },
-    /// The `LOCATION` event.
-    Location {
-        latitude: f64,
-        longitude: f64,
-        precision: f64,
-    },
-    /// The `CLICK` event: the menu key.
-    Click { key: String },
-    /// The `VIEW` event: the URL opened.
-    View { url: String },
-    /// Types without typed fields.
-    None {},
-}
-
-impl Detail {
-    /// Which detail a (kind, type) carries; `None` for the rest.
-    pub fn shape(kind: Kind, type_: &str) -> DetailShape {
-        match (kind, type_) {
-            (Kind::Event, "subscribe" | "scan") => DetailShape::Qr,
-            (Kind::Event, "location") => DetailShape::Location,
-            (Kind::Event, "click") => DetailShape::Click,
-            (Kind::Event, "view") => DetailShape::View,
-            _ => DetailShape::None,
-        }
-    }
-}
-
-/// The variant of [`Detail`] a type carries, without its values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DetailShape {
-    Qr,
-    Location,
-    Click,
-    View,
-    None,
 }
 
 impl Event {
@@ -106,138 +73,45 @@ impl Event {
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
-}
 
-/// Every field any topic may carry; [`Event`] is built from it by its type.
-#[derive(Deserialize)]
-struct WireEvent {
-    id: String,
-    account: String,
-    openid: String,
-    created_at: i64,
-    received_at: String,
-    kind: Kind,
-    #[serde(rename = "type")]
-    type_: String,
-    #[serde(default)]
-    scene: Option<String>,
-    #[serde(default)]
-    ticket: Option<String>,
-    latitude: Option<f64>,
-    longitude: Option<f64>,
-    precision: Option<f64>,
-    key: Option<String>,
-    url: Option<String>,
-    extra: Map<String, Value>,
-}
-
-impl TryFrom<WireEvent> for Event {
-    type Error = String;
-
-    fn try_from(w: WireEvent) -> Result<Self, Self::Error> {
-        let missing = |field: &str| format!("`{field}` is required for type `{}`", w.type_);
-        let detail = match Detail::shape(w.kind, &w.type_) {
-            DetailShape::Qr => Detail::Qr {
-                scene: w.scene,
-                ticket: w.ticket,
-            },
-            DetailShape::Location => Detail::Location {
-                latitude: w.latitude.ok_or_else(|| missing("latitude"))?,
-                longitude: w.longitude.ok_or_else(|| missing("longitude"))?,
-                precision: w.precision.ok_or_else(|| missing("precision"))?,
-            },
-            DetailShape::Click => Detail::Click {
-                key: w.key.ok_or_else(|| missing("key"))?,
-            },
-            DetailShape::View => Detail::View {
-                url: w.url.ok_or_else(|| missing("url"))?,
-            },
-            DetailShape::None => Detail::None {},
-        };
-        Ok(Event {
-            id: w.id,
-            account: w.account,
-            openid: w.openid,
-            created_at: w.created_at,
-            received_at: w.received_at,
-            kind: w.kind,
-            type_: w.type_,
-            detail,
-            extra: w.extra,
-        })
+    /// A typed string field (`scene`, `key`, `content`…); `None` when absent or null.
+    pub fn text(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).and_then(Value::as_str)
     }
-}
 
-/// The JSON Schema (draft 2020-12) of a topic's record values.
-pub fn schema(topic: Topic) -> &'static str {
-    topic::schema(topic)
+    /// A typed number field (`latitude`…); `None` when absent or null.
+    pub fn number(&self, field: &str) -> Option<f64> {
+        self.fields.get(field).and_then(Value::as_f64)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn sample(type_: &str, detail: Detail) -> Event {
-        Event {
-            id: "gh_1:o1:1:subscribe".into(),
-            account: "gh_1".into(),
-            openid: "o1".into(),
-            created_at: 1,
-            received_at: "2026-11-26T00:00:00.000Z".into(),
-            kind: Kind::Event,
-            type_: type_.into(),
-            detail,
-            extra: Map::new(),
-        }
+    #[test]
+    fn round_trips_with_flat_typed_fields() {
+        let value = json!({
+            "id": "gh_1:o1:1:event.location", "account": "gh_1", "openid": "o1", "created_at": 1,
+            "received_at": "2026-11-26T00:00:00.000Z", "kind": "event", "type": "location",
+            "latitude": 23.1, "longitude": 113.3, "precision": 119.4, "extra": {"X": "y"}
+        });
+        let event: Event = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(event.number("latitude"), Some(23.1));
+        assert_eq!(event.extra["X"], "y");
+        assert_eq!(event.topic().suffix(), "event.location");
+        assert_eq!(serde_json::to_value(&event).unwrap(), value);
     }
 
     #[test]
-    fn round_trips_every_detail() {
-        let cases = [
-            sample(
-                "subscribe",
-                Detail::Qr {
-                    scene: Some("123".into()),
-                    ticket: None,
-                },
-            ),
-            sample(
-                "location",
-                Detail::Location {
-                    latitude: 23.1,
-                    longitude: 113.3,
-                    precision: 119.4,
-                },
-            ),
-            sample("click", Detail::Click { key: "K".into() }),
-            sample("view", Detail::View { url: "u".into() }),
-            sample("unsubscribe", Detail::None {}),
-        ];
-        for event in cases {
-            let json = serde_json::to_vec(&event).unwrap();
-            assert_eq!(Event::from_json(&json).unwrap(), event);
-        }
-    }
-
-    #[test]
-    fn qr_fields_serialize_as_null_when_absent() {
-        let event = sample(
-            "subscribe",
-            Detail::Qr {
-                scene: None,
-                ticket: None,
-            },
-        );
-        let value = serde_json::to_value(&event).unwrap();
-        assert_eq!(value["scene"], Value::Null);
-        assert_eq!(value["ticket"], Value::Null);
-        assert!(value.get("key").is_none());
-    }
-
-    #[test]
-    fn location_without_coordinates_is_rejected() {
-        let json = br#"{"id":"i","account":"a","openid":"o","created_at":1,
-            "received_at":"t","kind":"event","type":"location","extra":{}}"#;
-        assert!(Event::from_json(json).is_err());
+    fn text_accessor_treats_null_as_absent() {
+        let event: Event = serde_json::from_value(json!({
+            "id": "i", "account": "a", "openid": "o", "created_at": 1, "received_at": "t",
+            "kind": "event", "type": "subscribe", "scene": null, "ticket": "T", "extra": {}
+        }))
+        .unwrap();
+        assert_eq!(event.text("scene"), None);
+        assert_eq!(event.text("ticket"), Some("T"));
     }
 }

@@ -320,7 +320,7 @@ pub fn now() -> i64 {
 
 /// Asserts a record validates against its topic's schema.
 pub fn assert_schema_valid(topic: Topic, value: &serde_json::Value) {
-    let schema: serde_json::Value = serde_json::from_str(schemas::schema(topic)).unwrap();
+    let schema = schemas::json_schema(topic);
     let validator = jsonschema::validator_for(&schema).unwrap();
     let errors: Vec<String> = validator
         .iter_errors(value)

@@ -1,0 +1,225 @@
+//! The accounts one deployment serves: the `WECHAT_*` settings at `{INGEST_PATH}`, and each
+//! `[accounts.NAME]` of the `INGEST_ACCOUNTS` TOML file at `{INGEST_PATH}/NAME`. Each account
+//! is verified with its own secrets only.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::config::{Config, Secret};
+use crate::decrypt::AesKey;
+
+/// One Official Account.
+#[derive(Debug)]
+pub struct Account {
+    /// `default` for the `WECHAT_*` account, else the table name.
+    pub name: String,
+    pub token: Secret,
+    pub appid: Option<String>,
+    /// Present: compatible and safe mode are accepted.
+    pub aes_key: Option<AesKey>,
+    pub appsecret: Option<Secret>,
+    /// The `gh_…` id; when set, a push whose `ToUserName` differs is refused.
+    pub original_id: Option<String>,
+}
+
+/// One `[accounts.NAME]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountEntry {
+    token: String,
+    appid: Option<String>,
+    encoding_aes_key: Option<String>,
+    appsecret: Option<String>,
+    original_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountsFile {
+    #[serde(default)]
+    accounts: HashMap<String, AccountEntry>,
+}
+
+/// Every served account, by the path it is served at.
+#[derive(Debug, Default)]
+pub struct Accounts {
+    by_path: HashMap<String, Arc<Account>>,
+}
+
+fn build(
+    name: &str,
+    token: &str,
+    appid: Option<String>,
+    aes_key: Option<&str>,
+    appsecret: Option<String>,
+    original_id: Option<String>,
+) -> Result<Account, String> {
+    if token.is_empty() {
+        return Err(format!("account {name}: token is empty"));
+    }
+    let aes_key = match aes_key.filter(|k| !k.is_empty()) {
+        None => None,
+        Some(key) => {
+            if appid.as_deref().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "account {name}: an EncodingAESKey needs the AppID too (it is checked inside every encrypted push)"
+                ));
+            }
+            Some(AesKey::parse(key).map_err(|e| format!("account {name}: {e}"))?)
+        }
+    };
+    Ok(Account {
+        name: name.to_owned(),
+        token: Secret::new(token),
+        appid,
+        aes_key,
+        appsecret: appsecret.filter(|s| !s.is_empty()).map(Secret::new),
+        original_id: original_id.filter(|s| !s.is_empty()),
+    })
+}
+
+impl Accounts {
+    /// The accounts a config names: a clear message when any is unusable.
+    pub fn load(config: &Config) -> Result<Accounts, String> {
+        let mut accounts = Accounts::default();
+        if let Some(token) = config.token.as_ref().filter(|t| !t.expose().is_empty()) {
+            let account = build(
+                "default",
+                token.expose(),
+                config.appid.clone(),
+                config.encoding_aes_key.as_ref().map(Secret::expose),
+                config.appsecret.as_ref().map(|s| s.expose().to_owned()),
+                None,
+            )?;
+            accounts
+                .by_path
+                .insert(config.path.clone(), Arc::new(account));
+        }
+        if let Some(file) = &config.accounts_file {
+            for (name, entry) in Self::read_file(file)? {
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    return Err(format!(
+                        "account name {name:?}: use letters, digits, '_' and '-' only"
+                    ));
+                }
+                let account = build(
+                    &name,
+                    &entry.token,
+                    entry.appid,
+                    entry.encoding_aes_key.as_deref(),
+                    entry.appsecret,
+                    entry.original_id,
+                )?;
+                let path = format!("{}/{name}", config.path.trim_end_matches('/'));
+                accounts.by_path.insert(path, Arc::new(account));
+            }
+        }
+        if accounts.by_path.is_empty() {
+            return Err("no account configured: set WECHAT_TOKEN, or INGEST_ACCOUNTS with at least one [accounts.NAME]".into());
+        }
+        Ok(accounts)
+    }
+
+    fn read_file(path: &Path) -> Result<Vec<(String, AccountEntry)>, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("INGEST_ACCOUNTS {}: {e}", path.display()))?;
+        let file: AccountsFile = toml::from_str(&text)
+            .map_err(|e| format!("INGEST_ACCOUNTS {}: {e}", path.display()))?;
+        let mut entries: Vec<_> = file.accounts.into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(entries)
+    }
+
+    /// The account served at a request path.
+    pub fn at(&self, path: &str) -> Option<&Arc<Account>> {
+        self.by_path.get(path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_path.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_path.is_empty()
+    }
+
+    /// (path, account) pairs, sorted by path.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Account>)> {
+        let mut all: Vec<_> = self.by_path.iter().map(|(p, a)| (p.as_str(), a)).collect();
+        all.sort_by_key(|(p, _)| *p);
+        all.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with_file(toml: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "wxpipe-accounts-{}-{}",
+            std::process::id(),
+            toml.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("accounts.toml");
+        std::fs::write(&file, toml).unwrap();
+        let mut config = Config::for_token("t");
+        config.token = None;
+        config.accounts_file = Some(file);
+        config
+    }
+
+    #[test]
+    fn accounts_are_served_under_the_path_by_name() {
+        let mut config = config_with_file(
+            r#"
+            [accounts.shop]
+            token = "shop-token"
+            appid = "wxshop"
+            encoding_aes_key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+            original_id = "gh_shop"
+
+            [accounts.news]
+            token = "news-token"
+            "#,
+        );
+        config.token = Some(Secret::new("default-token"));
+        let accounts = Accounts::load(&config).unwrap();
+        assert_eq!(accounts.len(), 3);
+        let paths: Vec<&str> = accounts.iter().map(|(p, _)| p).collect();
+        assert_eq!(paths, ["/wechat", "/wechat/news", "/wechat/shop"]);
+        let shop = accounts.at("/wechat/shop").unwrap();
+        assert_eq!(shop.token.expose(), "shop-token");
+        assert!(shop.aes_key.is_some());
+        assert_eq!(shop.original_id.as_deref(), Some("gh_shop"));
+        assert!(accounts.at("/wechat/news").unwrap().aes_key.is_none());
+        assert_eq!(
+            accounts.at("/wechat").unwrap().token.expose(),
+            "default-token"
+        );
+    }
+
+    #[test]
+    fn unusable_files_are_clear_errors() {
+        for (toml, expected) in [
+            ("[accounts.a]\nappid = \"x\"\n", "token"),
+            ("[accounts.a]\ntoken = \"t\"\nencoding_aes_key = \"short\"\nappid = \"wx\"\n", "43"),
+            ("[accounts.a]\ntoken = \"t\"\nencoding_aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\"\n", "AppID"),
+            ("[accounts.\"a/b\"]\ntoken = \"t\"\n", "letters"),
+            ("[accounts.a]\ntoken = \"t\"\ntypo = 1\n", "typo"),
+            ("not toml [", "INGEST_ACCOUNTS"),
+            ("", "no account"),
+        ] {
+            let error = Accounts::load(&config_with_file(toml)).unwrap_err();
+            assert!(error.contains(expected), "{toml:?}: {error}");
+        }
+    }
+}

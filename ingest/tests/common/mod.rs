@@ -206,9 +206,14 @@ impl TestApp {
 
     /// POSTs a push with the given query string.
     pub async fn post_with_query(&self, query: &str, xml: &str) -> (u16, String) {
+        self.post_to(&self.config.path, query, xml).await
+    }
+
+    /// POSTs a body to a path with the given query string.
+    pub async fn post_to(&self, path: &str, query: &str, xml: &str) -> (u16, String) {
         let response = self
             .client
-            .post(self.url(&format!("{}?{query}", self.config.path)))
+            .post(self.url(&format!("{path}?{query}")))
             .body(xml.to_owned())
             .send()
             .await
@@ -309,6 +314,15 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+/// Writes an `INGEST_ACCOUNTS` file into a fresh temporary folder and returns its path.
+pub fn accounts_file(toml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique("wxpipe-accounts-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("accounts.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
 }
 
 pub fn now() -> i64 {

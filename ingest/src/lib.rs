@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 pub mod accounts;
 pub mod config;
 pub mod decrypt;
+pub mod docs;
 pub mod embedded;
 pub mod error;
 pub mod http;

@@ -62,9 +62,16 @@ struct Generated {
 fn generated() -> impl Strategy<Value = Generated> {
     let types: Vec<(Kind, String)> = spec::TYPES
         .iter()
-        .filter(|t| t.fields.iter().all(|f| !matches!(f.ty, spec::FieldType::Number { .. })))
+        .filter(|t| {
+            t.fields
+                .iter()
+                .all(|f| !matches!(f.ty, spec::FieldType::Number { .. }))
+        })
         .map(|t| (t.kind, t.name.to_owned()))
-        .chain([(Kind::Event, "brand_new_event".into()), (Kind::Message, "hologram".into())])
+        .chain([
+            (Kind::Event, "brand_new_event".into()),
+            (Kind::Message, "hologram".into()),
+        ])
         .collect();
     (
         prop::sample::select(types),
@@ -75,8 +82,18 @@ fn generated() -> impl Strategy<Value = Generated> {
     )
         .prop_map(|((kind, type_), openid, create_time, extra, cdata)| {
             let mut seen = std::collections::HashSet::new();
-            let extra = extra.into_iter().filter(|(name, _)| seen.insert(name.clone())).collect();
-            Generated { kind, type_, openid, create_time, extra, cdata }
+            let extra = extra
+                .into_iter()
+                .filter(|(name, _)| seen.insert(name.clone()))
+                .collect();
+            Generated {
+                kind,
+                type_,
+                openid,
+                create_time,
+                extra,
+                cdata,
+            }
         })
 }
 
@@ -88,7 +105,10 @@ impl Generated {
             self.openid, self.create_time
         );
         match self.kind {
-            Kind::Event => xml.push_str(&format!("<MsgType>event</MsgType><Event>{}</Event>", self.type_.to_uppercase())),
+            Kind::Event => xml.push_str(&format!(
+                "<MsgType>event</MsgType><Event>{}</Event>",
+                self.type_.to_uppercase()
+            )),
             Kind::Message => xml.push_str(&format!("<MsgType>{}</MsgType>", self.type_)),
         }
         for (name, element) in &self.extra {
@@ -125,7 +145,10 @@ impl Generated {
                             Some(Value::Array(items)) => items.push(Value::String(text.clone())),
                             Some(first) => {
                                 let first = first.take();
-                                object.insert(child.clone(), Value::Array(vec![first, Value::String(text.clone())]));
+                                object.insert(
+                                    child.clone(),
+                                    Value::Array(vec![first, Value::String(text.clone())]),
+                                );
                             }
                         }
                     }
@@ -145,7 +168,10 @@ impl Generated {
     }
 }
 
-fn validator(topic: Topic, cache: &mut HashMap<Topic, jsonschema::Validator>) -> &jsonschema::Validator {
+fn validator(
+    topic: Topic,
+    cache: &mut HashMap<Topic, jsonschema::Validator>,
+) -> &jsonschema::Validator {
     cache
         .entry(topic)
         .or_insert_with(|| jsonschema::validator_for(&schemas::json_schema(topic)).unwrap())

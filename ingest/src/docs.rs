@@ -77,13 +77,16 @@ pub fn topics_section(vectors: &Path) -> String {
             .ok()?;
             (event.topic() == topic).then_some((entry["file"].as_str()?.to_owned(), event))
         });
-        if let Some((file, event)) = sample {
-            let json = serde_json::to_string_pretty(&event).expect("serializes");
-            let _ = writeln!(
-                out,
-                "Sample (from `tests/vectors/{file}`):\n\n```json\n{json}\n```"
-            );
-        }
+        let (source, event) = sample
+            .map(|(file, event)| (format!("from `tests/vectors/{file}`"), event))
+            .unwrap_or_else(|| {
+                (
+                    "a made-up push; the corpus has none".to_owned(),
+                    made_up(topic),
+                )
+            });
+        let json = serde_json::to_string_pretty(&event).expect("serializes");
+        let _ = writeln!(out, "Sample ({source}):\n\n```json\n{json}\n```");
     }
     out.push_str(END);
     out

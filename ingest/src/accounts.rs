@@ -3,10 +3,9 @@
 //! is verified with its own secrets only.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use schemas::accounts::AccountsFile;
 
 use crate::config::{Config, Secret};
 use crate::decrypt::AesKey;
@@ -23,24 +22,6 @@ pub struct Account {
     pub appsecret: Option<Secret>,
     /// The `gh_…` id; when set, a push whose `ToUserName` differs is refused.
     pub original_id: Option<String>,
-}
-
-/// One `[accounts.NAME]` table.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AccountEntry {
-    token: String,
-    appid: Option<String>,
-    encoding_aes_key: Option<String>,
-    appsecret: Option<String>,
-    original_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AccountsFile {
-    #[serde(default)]
-    accounts: HashMap<String, AccountEntry>,
 }
 
 /// Every served account, by the path it is served at.
@@ -99,22 +80,13 @@ impl Accounts {
                 .insert(config.path.clone(), Arc::new(account));
         }
         if let Some(file) = &config.accounts_file {
-            for (name, entry) in Self::read_file(file)? {
-                if name.is_empty()
-                    || !name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                {
-                    return Err(format!(
-                        "account name {name:?}: use letters, digits, '_' and '-' only"
-                    ));
-                }
+            for (name, entry) in AccountsFile::read(file)?.accounts {
                 let account = build(
                     &name,
-                    &entry.token,
+                    entry.token.expose(),
                     entry.appid,
-                    entry.encoding_aes_key.as_deref(),
-                    entry.appsecret,
+                    entry.encoding_aes_key.as_ref().map(Secret::expose),
+                    entry.appsecret.map(|s| s.expose().to_owned()),
                     entry.original_id,
                 )?;
                 let path = format!("{}/{name}", config.path.trim_end_matches('/'));
@@ -125,16 +97,6 @@ impl Accounts {
             return Err("no account configured: set WECHAT_TOKEN, or INGEST_ACCOUNTS with at least one [accounts.NAME]".into());
         }
         Ok(accounts)
-    }
-
-    fn read_file(path: &Path) -> Result<Vec<(String, AccountEntry)>, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("INGEST_ACCOUNTS {}: {e}", path.display()))?;
-        let file: AccountsFile = toml::from_str(&text)
-            .map_err(|e| format!("INGEST_ACCOUNTS {}: {e}", path.display()))?;
-        let mut entries: Vec<_> = file.accounts.into_iter().collect();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(entries)
     }
 
     /// The account served at a request path.

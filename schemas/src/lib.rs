@@ -6,6 +6,7 @@
 //!      └────────▶ json_schema: the JSON Schema of every topic (topics/*.json, for consumers)
 //! ```
 //!
+//! [`accounts`] is the `INGEST_ACCOUNTS` file format, which the ingress and the workers share.
 //! [`Event`] is the one record type on every topic; [`Topic`] names the topic an event goes
 //! to; [`spec`] lists the typed fields of every known type; [`json_schema`] derives each
 //! topic's JSON Schema from it.
@@ -13,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub mod accounts;
 pub mod json_schema;
 pub mod spec;
 mod topic;

@@ -294,13 +294,13 @@ async fn a_failed_publish_is_503_releases_the_claim_and_the_retry_lands_once() {
         200
     );
 
-    mock.cluster().request_errors(
+    mock.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
     );
     let (status, reason) = app.post_with_query(&query, &xml).await;
     assert_eq!(status, 503, "{reason}");
-    mock.cluster().clear_request_errors(RDKafkaApiKey::Produce);
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
 
     let mut conn = redis.conn();
     let keys: Vec<String> = conn
@@ -335,7 +335,7 @@ async fn kafka_down_is_503_within_the_deadline_and_the_retry_lands_once() {
         200
     );
 
-    mock.cluster().broker_down(1).unwrap();
+    mock.broker_down(1).unwrap();
     let xml = seed("<Event>unsubscribe</Event>", "u_down", now());
     let query = TestApp::signed_query(TOKEN, "down-nonce");
     let started = std::time::Instant::now();
@@ -345,7 +345,7 @@ async fn kafka_down_is_503_within_the_deadline_and_the_retry_lands_once() {
         started.elapsed() < Duration::from_millis(4500),
         "answered before WeChat's 5 s"
     );
-    mock.cluster().broker_up(1).unwrap();
+    mock.broker_up(1).unwrap();
 
     // WeChat retries until it gets a 200; meanwhile the first attempt may still be in flight.
     let mut statuses = Vec::new();

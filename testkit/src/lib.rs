@@ -1,0 +1,284 @@
+//! The test harness shared by wxpipe's crates (a dev-dependency only).
+//!
+//! - [`RedisServer`]: a real `redis-server` process on a free loopback port.
+//! - [`Kafka`]: librdkafka's mock cluster (a Kafka-protocol broker in this process, with fault
+//!   controls), or the brokers in `KAFKA_BROKERS`; [`Kafka::count`] and [`Kafka::read`] see what
+//!   a topic holds, [`Kafka::produce`] writes to one.
+//! - [`unique`], [`free_port`], [`eventually`]: names, ports and polling with a deadline.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+/// A name no other test (or run) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}{}x{}x{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` every 50 ms until it holds or `within` passes; returns whether it held.
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `redis-server` process on a loopback port, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server must be installed (`tests/run` installs it from Debian's packages)",
+            );
+        let server = RedisServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = redis::Client::open(server.url()).unwrap();
+        loop {
+            if let Ok(mut conn) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                    return server;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Where records go in a test: the mock cluster (with fault controls), or real brokers.
+pub enum Kafka {
+    Mock(MockCluster<'static, DefaultProducerContext>),
+    Real(String),
+}
+
+impl std::fmt::Debug for Kafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kafka({})", self.brokers())
+    }
+}
+
+impl Kafka {
+    /// The mock cluster with `topics` created (2 partitions each), unless `KAFKA_BROKERS` is set.
+    pub fn start(topics: &[String]) -> Kafka {
+        match std::env::var("KAFKA_BROKERS") {
+            Ok(brokers) if !brokers.is_empty() => Kafka::Real(brokers),
+            _ => Kafka::mock(topics),
+        }
+    }
+
+    pub fn mock(topics: &[String]) -> Kafka {
+        let cluster = MockCluster::new(1).unwrap();
+        for topic in topics {
+            cluster.create_topic(topic, 2, 1).unwrap();
+        }
+        Kafka::Mock(cluster)
+    }
+
+    pub fn brokers(&self) -> String {
+        match self {
+            Kafka::Mock(cluster) => cluster.bootstrap_servers(),
+            Kafka::Real(brokers) => brokers.clone(),
+        }
+    }
+
+    /// The mock cluster, for tests that inject faults; `None` against real brokers.
+    pub fn mock_cluster(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
+        match self {
+            Kafka::Mock(cluster) => Some(cluster),
+            Kafka::Real(_) => None,
+        }
+    }
+
+    fn consumer(&self) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", unique("g"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap()
+    }
+
+    /// How many records a topic holds, by end offsets (nothing is read).
+    pub fn count(&self, topic: &str) -> i64 {
+        let consumer = self.consumer();
+        let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+            return 0;
+        };
+        let Some(t) = metadata.topics().first() else {
+            return 0;
+        };
+        t.partitions()
+            .iter()
+            .map(|p| {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                    .unwrap_or((0, 0));
+                high - low
+            })
+            .sum()
+    }
+
+    /// Reads a topic from the beginning until `expected` records are in (or 10 s pass):
+    /// (key, value, headers) of each.
+    pub fn read(&self, topic: &str, expected: usize) -> Vec<Record> {
+        let consumer = self.consumer();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            assignment
+                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&assignment).unwrap();
+        let mut records = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while records.len() < expected && Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message.unwrap();
+                use rdkafka::message::Headers;
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    key: message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: message.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+        }
+        records
+    }
+
+    /// Writes records and waits until they are all acknowledged.
+    pub fn produce(&self, topic: &str, records: &[(&str, &[u8])]) {
+        let producer: ThreadedProducer<_> = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        for (key, value) in records {
+            let mut record = BaseRecord::<_, _, ()>::to(topic).key(*key).payload(*value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        record = back;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+}
+
+/// A record read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}

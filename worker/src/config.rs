@@ -1,0 +1,193 @@
+//! One typed config for the workers: flags with environment fallbacks (`worker --help`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+use schemas::accounts::Secret;
+
+/// A worker role: one consumer group, one kind of effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Role {
+    /// `unsubscribe`: delete the binding, mark unsubscribed; `subscribe`: mark subscribed.
+    Unbind,
+    /// `subscribe`: send the welcome message.
+    Welcome,
+    /// `LOCATION`: store the latest location and a bounded history.
+    Location,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Unbind, Role::Welcome, Role::Location];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Unbind => "unbind",
+            Role::Welcome => "welcome",
+            Role::Location => "location",
+        }
+    }
+
+    /// The consumer group, by the contract.
+    pub fn group(self) -> String {
+        format!("wxpipe-{}", self.name())
+    }
+
+    /// The topics this role consumes, under a prefix.
+    pub fn topics(self, prefix: &str) -> Vec<String> {
+        let types: &[&str] = match self {
+            Role::Unbind => &["subscribe", "unsubscribe"],
+            Role::Welcome => &["subscribe"],
+            Role::Location => &["location"],
+        };
+        types.iter().map(|t| format!("{prefix}.event.{t}")).collect()
+    }
+
+    /// Where records this role cannot handle go.
+    pub fn dlq_topic(self, prefix: &str) -> String {
+        format!("{prefix}.dlq.{}", self.name())
+    }
+}
+
+/// The settings only workers have; the ingress embeds them for its in-process workers.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerSettings {
+    /// Base URL of the WeChat API (tests point it at a local fake).
+    #[arg(long, env = "WECHAT_API_BASE", default_value = "https://api.weixin.qq.com")]
+    pub api_base: String,
+
+    /// Milliseconds one WeChat API call may take.
+    #[arg(long, env = "WECHAT_API_TIMEOUT_MS", default_value_t = 5000)]
+    pub api_timeout_ms: u64,
+
+    /// Text of the welcome message.
+    #[arg(long, env = "WELCOME_TEXT", default_value = "感谢关注！Thanks for following!")]
+    pub welcome_text: String,
+
+    /// Per-scene welcome texts for QR-code follows, as a JSON object `{"scene": "text"}`.
+    #[arg(long, env = "WELCOME_SCENE_TEXTS", value_parser = parse_scene_texts, default_value = "{}")]
+    pub welcome_scene_texts: SceneTexts,
+
+    /// Events handled at once per role (welcome sends run concurrently up to this).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Attempts at a failing effect before its record goes to the dead-letter topic.
+    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+
+    /// Locations kept per user in the history.
+    #[arg(long, env = "LOCATION_HISTORY_LEN", default_value_t = 100)]
+    pub location_history: usize,
+
+    /// Extra librdkafka consumer properties, `key=value` separated by commas.
+    #[arg(long, env = "KAFKA_CONSUMER_CONFIG", value_delimiter = ',')]
+    pub kafka_consumer_config: Vec<String>,
+}
+
+/// Welcome texts by QR-code scene.
+#[derive(Debug, Clone, Default)]
+pub struct SceneTexts(pub HashMap<String, String>);
+
+fn parse_scene_texts(json: &str) -> Result<SceneTexts, String> {
+    serde_json::from_str(json)
+        .map(SceneTexts)
+        .map_err(|e| format!("WELCOME_SCENE_TEXTS must be a JSON object of strings: {e}"))
+}
+
+/// The worker configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "worker", version, about = "wxpipe workers: unbinding, welcome messages, locations")]
+pub struct Config {
+    /// Roles to run (repeatable); all of them when unset.
+    #[arg(long = "role", env = "WORKER_ROLES", value_delimiter = ',')]
+    pub roles: Vec<Role>,
+
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Prefix of every topic name.
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "wechat")]
+    pub topic_prefix: String,
+
+    /// `redis://…` or `memory://`.
+    #[arg(long, env = "REDIS_URL", default_value = "memory://")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key wxpipe writes.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "wxpipe")]
+    pub key_prefix: String,
+
+    /// Milliseconds one Redis call may take.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+
+    /// The account's AppID (the account of `WECHAT_*`, used when `INGEST_ACCOUNTS` has none
+    /// with the event's `original_id`).
+    #[arg(long, env = "WECHAT_APPID")]
+    pub appid: Option<String>,
+
+    /// The account's AppSecret; without one, welcome messages are logged, not sent.
+    #[arg(long, env = "WECHAT_APPSECRET", hide_env_values = true)]
+    pub appsecret: Option<Secret>,
+
+    /// The accounts file the ingress serves; the worker finds AppID and AppSecret in it by
+    /// `original_id`.
+    #[arg(long, env = "INGEST_ACCOUNTS")]
+    pub accounts_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub settings: WorkerSettings,
+}
+
+impl Config {
+    pub fn roles(&self) -> Vec<Role> {
+        if self.roles.is_empty() {
+            Role::ALL.to_vec()
+        } else {
+            let mut roles = self.roles.clone();
+            roles.dedup();
+            roles
+        }
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// Defaults, for tests and embedding.
+    pub fn defaults() -> Config {
+        Config::parse_from(["worker"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_name_their_groups_and_topics() {
+        assert_eq!(Role::Welcome.group(), "wxpipe-welcome");
+        assert_eq!(Role::Unbind.topics("wechat"), ["wechat.event.subscribe", "wechat.event.unsubscribe"]);
+        assert_eq!(Role::Location.dlq_topic("p"), "p.dlq.location");
+    }
+
+    #[test]
+    fn roles_parse_repeated_or_comma_separated() {
+        let config = Config::parse_from(["worker", "--role", "welcome", "--role", "location"]);
+        assert_eq!(config.roles(), [Role::Welcome, Role::Location]);
+        let config = Config::parse_from(["worker", "--role", "unbind,welcome"]);
+        assert_eq!(config.roles(), [Role::Unbind, Role::Welcome]);
+        assert_eq!(Config::parse_from(["worker"]).roles(), Role::ALL);
+        assert!(Config::try_parse_from(["worker", "--role", "nope"]).is_err());
+    }
+
+    #[test]
+    fn scene_texts_are_a_json_object() {
+        let config = Config::parse_from(["worker", "--welcome-scene-texts", r#"{"42": "Hi from the poster"}"#]);
+        assert_eq!(config.settings.welcome_scene_texts.0["42"], "Hi from the poster");
+        assert!(Config::try_parse_from(["worker", "--welcome-scene-texts", "[1]"]).is_err());
+    }
+}

@@ -1,0 +1,295 @@
+//! The at-least-once consumer loop of one role.
+//!
+//! ```text
+//! recv ─▶ parse ─▶ Effects::apply ─┬─ Done / Skipped ───────────────────────▶ done
+//!          │                       ├─ Retry ─▶ backoff, up to max_attempts ─▶ DLQ ─▶ done
+//!          └─ not an Event ────────┴─ Poison ─────────────────────────────────▶ DLQ ─▶ done
+//! done ─▶ OffsetTracker ─▶ store the offset below which everything is done ─▶ auto-commit
+//! ```
+//!
+//! Records are handled concurrently (up to `WORKER_CONCURRENCY`), in any order: every effect
+//! is idempotent and last-write-wins, so order does not matter, and an offset is stored only
+//! once every record before it is done. A worker killed at any point loses nothing: what was
+//! not stored is redelivered.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use schemas::Event;
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Role;
+use crate::effects::{Effects, Outcome};
+
+/// Offsets in flight per partition, and the offset it is safe to store.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    partitions: HashMap<(String, i32), PartitionState>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    in_flight: BTreeSet<i64>,
+    /// The highest offset done so far.
+    max_done: Option<i64>,
+    /// The last offset handed to `store_offsets` (the next one to consume).
+    stored: Option<i64>,
+}
+
+impl OffsetTracker {
+    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+        let state = self.partitions.entry((topic.to_owned(), partition)).or_default();
+        state.in_flight.insert(offset);
+        // The group resumed here: nothing below needs storing.
+        state.stored.get_or_insert(offset);
+    }
+
+    /// Marks an offset done; returns the next offset to store (every offset below it is
+    /// done) when it moved forward.
+    pub fn complete(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        let state = self.partitions.get_mut(&(topic.to_owned(), partition))?;
+        state.in_flight.remove(&offset);
+        state.max_done = Some(state.max_done.map_or(offset, |m| m.max(offset)));
+        let next = match state.in_flight.first() {
+            Some(lowest) => *lowest,
+            None => state.max_done? + 1,
+        };
+        if state.stored.is_some_and(|s| s >= next) {
+            return None;
+        }
+        state.stored = Some(next);
+        Some(next)
+    }
+
+    /// Records in flight, all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.partitions.values().map(|p| p.in_flight.len()).sum()
+    }
+}
+
+/// One role's consumer and everything its tasks share.
+pub struct RoleConsumer {
+    pub role: Role,
+    consumer: StreamConsumer,
+    dlq: FutureProducer,
+    dlq_topic: String,
+    effects: Arc<Effects>,
+    tracker: Mutex<OffsetTracker>,
+    max_attempts: u32,
+}
+
+impl std::fmt::Debug for RoleConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleConsumer").field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+/// Settings of one role's consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub max_attempts: u32,
+    pub overrides: Vec<String>,
+}
+
+/// Back-off before attempt `n` (1-based) of a failing effect.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
+}
+
+impl RoleConsumer {
+    pub fn new(role: Role, settings: &ConsumerSettings, effects: Arc<Effects>) -> Result<Self, KafkaError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &settings.brokers)
+            .set("group.id", role.group())
+            // Offsets are stored by hand after each effect and committed in the background.
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            // A group with no committed offset starts from the earliest record.
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "30000")
+            .set("reconnect.backoff.max.ms", "1000");
+        for pair in &settings.overrides {
+            if let Some((key, value)) = pair.split_once('=') {
+                config.set(key.trim(), value.trim());
+            }
+        }
+        let consumer: StreamConsumer = config.create()?;
+        let topics = role.topics(&settings.topic_prefix);
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let dlq: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+        Ok(RoleConsumer {
+            role,
+            consumer,
+            dlq,
+            dlq_topic: role.dlq_topic(&settings.topic_prefix),
+            effects,
+            tracker: Mutex::new(OffsetTracker::default()),
+            max_attempts: settings.max_attempts.max(1),
+        })
+    }
+
+    /// Consumes until `shutdown` turns true, then lets in-flight work finish (within `grace`)
+    /// and commits what is done.
+    pub async fn run(self: Arc<Self>, concurrency: usize, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        tracing::info!(role = self.role.name(), group = %self.role.group(), "worker consuming");
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore open"),
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let message = tokio::select! {
+                message = self.consumer.recv() => message,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let message = match message {
+                Ok(message) => message.detach(),
+                Err(error) => {
+                    tracing::warn!(role = self.role.name(), %error, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            self.tracker
+                .lock()
+                .expect("tracker lock")
+                .begin(message.topic(), message.partition(), message.offset());
+            let this = Arc::clone(&self);
+            tokio::spawn(async move {
+                this.handle(&message).await;
+                this.done(message.topic(), message.partition(), message.offset());
+                drop(permit);
+            });
+        }
+        // Drain: every permit back means every task finished.
+        let drained = tokio::time::timeout(grace, permits.acquire_many(concurrency.max(1) as u32)).await;
+        if drained.is_err() {
+            tracing::warn!(role = self.role.name(), "shutdown grace ran out: unfinished records will be redelivered");
+        }
+        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(role = self.role.name(), %error, "final commit");
+        }
+        tracing::info!(role = self.role.name(), "worker stopped");
+    }
+
+    /// One record, to its end: effect done or skipped, or dead-lettered.
+    pub async fn handle(&self, message: &rdkafka::message::OwnedMessage) {
+        let payload = message.payload().unwrap_or_default();
+        let outcome = match Event::from_json(payload) {
+            Err(error) => Outcome::Poison(format!("not a wxpipe event: {error}")),
+            Ok(event) => self.apply_with_retries(&event).await,
+        };
+        match &outcome {
+            Outcome::Done => {}
+            Outcome::Skipped(reason) => tracing::debug!(role = self.role.name(), %reason, "skipped"),
+            Outcome::Retry(reason) | Outcome::Poison(reason) => self.dead_letter(message, reason).await,
+        }
+    }
+
+    async fn apply_with_retries(&self, event: &Event) -> Outcome {
+        let mut attempt = 1;
+        loop {
+            let outcome = self.effects.apply(self.role, event).await;
+            match outcome {
+                Outcome::Retry(ref reason) if attempt < self.max_attempts => {
+                    tracing::debug!(role = self.role.name(), id = %event.id, attempt, %reason, "effect failed: retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// Writes the record to the role's dead-letter topic, with the error in a header; keeps
+    /// trying until Kafka takes it, since its offset must not be stored before.
+    async fn dead_letter(&self, message: &rdkafka::message::OwnedMessage, reason: &str) {
+        tracing::error!(role = self.role.name(), topic = message.topic(), partition = message.partition(),
+            offset = message.offset(), %reason, "record dead-lettered");
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "error", value: Some(reason) })
+            .insert(Header { key: "source_topic", value: Some(message.topic()) })
+            .insert(Header { key: "source_partition", value: Some(&partition) })
+            .insert(Header { key: "source_offset", value: Some(&offset) });
+        let mut attempt = 0;
+        loop {
+            let mut record = FutureRecord::to(&self.dlq_topic)
+                .payload(message.payload().unwrap_or_default())
+                .headers(headers.clone());
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            match self.dlq.send(record, Duration::from_secs(10)).await {
+                Ok(_) => return,
+                Err((error, _)) => {
+                    attempt += 1;
+                    tracing::warn!(role = self.role.name(), %error, "dead-letter write failed: retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    fn done(&self, topic: &str, partition: i32, offset: i64) {
+        let next = self.tracker.lock().expect("tracker lock").complete(topic, partition, offset);
+        if let Some(next) = next {
+            let mut list = TopicPartitionList::new();
+            if list.add_partition_offset(topic, partition, Offset::Offset(next)).is_ok() {
+                // Fails when the partition was revoked meanwhile: its new owner redelivers.
+                if let Err(error) = self.consumer.store_offsets(&list) {
+                    tracing::debug!(%error, topic, partition, "offset not stored");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_stored_only_below_the_lowest_in_flight() {
+        let mut t = OffsetTracker::default();
+        for offset in 10..15 {
+            t.begin("a", 0, offset);
+        }
+        assert_eq!(t.complete("a", 0, 12), None, "10 and 11 are still in flight");
+        assert_eq!(t.complete("a", 0, 11), None);
+        assert_eq!(t.complete("a", 0, 10), Some(13), "10..=12 done: next is 13");
+        assert_eq!(t.complete("a", 0, 14), None, "13 still in flight");
+        assert_eq!(t.complete("a", 0, 13), Some(15));
+        assert_eq!(t.in_flight(), 0);
+        // Partitions are independent.
+        t.begin("a", 1, 0);
+        t.begin("b", 0, 7);
+        assert_eq!(t.complete("b", 0, 7), Some(8));
+        assert_eq!(t.complete("a", 1, 0), Some(1));
+        // An offset never moves back.
+        t.begin("a", 0, 3);
+        assert_eq!(t.complete("a", 0, 3), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) < backoff(2));
+        assert_eq!(backoff(30), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,163 @@
+//! One event's effect, by role: the unit of work of the workers. [`Effects::apply`] returns an
+//! [`Outcome`]; the consumer loop around it decides retries, the dead-letter topic and offsets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemas::Event;
+
+use crate::config::{Role, SceneTexts};
+use crate::store::{Applied, EffectStore, Location, SendClaim, Subscription};
+use crate::wechat::{Credentials, ErrorClass, WeChat};
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The effect is done (now, or earlier: redelivered and late events change nothing).
+    Done,
+    /// Nothing to do, or a permanent failure that was logged and counted: move on.
+    Skipped(String),
+    /// A passing failure: try again later.
+    Retry(String),
+    /// The record cannot be handled as it is: it goes to the dead-letter topic.
+    Poison(String),
+}
+
+impl Outcome {
+    /// A label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Retry(_) => "retry",
+            Outcome::Poison(_) => "poison",
+        }
+    }
+}
+
+/// How long a welcome send is claimed: well over one API call with its token refresh.
+const SEND_LEASE: Duration = Duration::from_secs(30);
+/// How long a sent welcome is remembered: longer than Kafka's default retention, so a
+/// redelivery from anywhere in the log sends nothing.
+const SENT_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
+
+/// Everything the effects need.
+#[derive(Debug)]
+pub struct Effects {
+    pub store: Arc<dyn EffectStore>,
+    pub wechat: WeChat,
+    /// API credentials by the account's original id (`ToUserName`).
+    pub accounts: HashMap<String, Credentials>,
+    /// Credentials for accounts not in `accounts` (`WECHAT_APPID` / `WECHAT_APPSECRET`).
+    pub default_account: Option<Credentials>,
+    pub welcome_text: String,
+    pub scene_texts: SceneTexts,
+    pub location_history: usize,
+    /// This process, for send claims.
+    pub owner: String,
+}
+
+impl Effects {
+    pub async fn apply(&self, role: Role, event: &Event) -> Outcome {
+        match role {
+            Role::Unbind => self.unbind(event).await,
+            Role::Welcome => self.welcome(event).await,
+            Role::Location => self.location(event).await,
+        }
+    }
+
+    async fn unbind(&self, event: &Event) -> Outcome {
+        let subscribed = match event.type_.as_str() {
+            "subscribe" => true,
+            "unsubscribe" => false,
+            other => return Outcome::Skipped(format!("{other} is not a subscription event")),
+        };
+        let change = Subscription {
+            account: &event.account,
+            openid: &event.openid,
+            subscribed,
+            created_at: event.created_at,
+            scene: event.text("scene"),
+        };
+        match self.store.subscription(change).await {
+            Ok(Applied::Yes) => Outcome::Done,
+            Ok(Applied::Stale) => {
+                tracing::debug!(id = %event.id, "a newer subscription state is already stored");
+                Outcome::Done
+            }
+            Err(error) => Outcome::Retry(error.to_string()),
+        }
+    }
+
+    fn welcome_text(&self, event: &Event) -> &str {
+        event
+            .text("scene")
+            .and_then(|scene| self.scene_texts.0.get(scene))
+            .unwrap_or(&self.welcome_text)
+    }
+
+    async fn welcome(&self, event: &Event) -> Outcome {
+        if event.type_ != "subscribe" {
+            return Outcome::Skipped(format!("{} is not a subscribe", event.type_));
+        }
+        let text = self.welcome_text(event);
+        let Some(creds) = self.accounts.get(&event.account).or(self.default_account.as_ref()) else {
+            tracing::info!(account = %event.account, openid = %event.openid, %text, "welcome message (logged, not sent: no AppSecret configured)");
+            return Outcome::Done;
+        };
+        match self.store.begin_send(&event.id, &self.owner, SEND_LEASE).await {
+            Ok(SendClaim::Claimed) => {}
+            Ok(SendClaim::Sent) => return Outcome::Done,
+            Ok(SendClaim::InFlight) => return Outcome::Retry("another worker is sending this welcome".into()),
+            Err(error) => return Outcome::Retry(error.to_string()),
+        }
+        match self.wechat.send_text(creds, &event.openid, text).await {
+            Ok(()) => {
+                if let Err(error) = self.store.finish_send(&event.id, SENT_TTL).await {
+                    // Sent, but not recorded: a redelivery within the lease is still refused;
+                    // after it, it could send again. Retrying the record is the best we can do.
+                    tracing::warn!(%error, id = %event.id, "welcome sent but not recorded");
+                }
+                Outcome::Done
+            }
+            Err(error) => match error.class() {
+                ErrorClass::Permanent => {
+                    // Sending again would fail again: remember it as handled.
+                    let _ = self.store.finish_send(&event.id, SENT_TTL).await;
+                    tracing::warn!(%error, errcode = error.errcode(), id = %event.id, "welcome not sent (permanent)");
+                    Outcome::Skipped(error.to_string())
+                }
+                ErrorClass::Retriable | ErrorClass::TokenInvalid => {
+                    let _ = self.store.abandon_send(&event.id, &self.owner).await;
+                    Outcome::Retry(error.to_string())
+                }
+            },
+        }
+    }
+
+    async fn location(&self, event: &Event) -> Outcome {
+        if event.type_ != "location" {
+            return Outcome::Skipped(format!("{} is not a location", event.type_));
+        }
+        let (Some(latitude), Some(longitude), Some(precision)) =
+            (event.number("latitude"), event.number("longitude"), event.number("precision"))
+        else {
+            return Outcome::Poison("location without coordinates".into());
+        };
+        let location = Location {
+            id: &event.id,
+            account: &event.account,
+            openid: &event.openid,
+            latitude,
+            longitude,
+            precision,
+            created_at: event.created_at,
+            history: self.location_history,
+        };
+        match self.store.location(location).await {
+            Ok(_) => Outcome::Done,
+            Err(error) => Outcome::Retry(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! wxpipe's workers: Kafka consumers that act on the event stream, at least once and
+//! idempotently.
+//!
+//! ```text
+//! {prefix}.event.subscribe ──┬─▶ unbind   ─▶ user state: subscribed=1, scene      (LWW by created_at)
+//! {prefix}.event.unsubscribe ┘             ─▶ user state: subscribed=0, binding deleted
+//! {prefix}.event.subscribe ────▶ welcome  ─▶ WeChat customer-service text, once per event
+//! {prefix}.event.location ─────▶ location ─▶ latest location + GEO set + bounded history
+//!                       (poison or failing records) ─▶ {prefix}.dlq.{role}
+//! ```
+//!
+//! - [`config`]: settings and [`config::Role`]s; [`consume`]: the at-least-once loop of a role.
+//! - [`effects`]: one event's effect, the unit of work; [`store`]: the state, `redis://` or
+//!   `memory://`; [`wechat`]: the API calls and the shared access token.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use schemas::accounts::AccountsFile;
+use tokio::sync::watch;
+
+pub mod config;
+pub mod consume;
+pub mod effects;
+pub mod store;
+pub mod wechat;
+
+pub use config::{Config, Role};
+
+use crate::consume::{ConsumerSettings, RoleConsumer};
+use crate::effects::Effects;
+use crate::wechat::{Credentials, WeChat};
+
+/// Why the workers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("KAFKA_BROKERS is not set")]
+    NoBrokers,
+    #[error("{0}")]
+    Accounts(String),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A name for this process in locks and claims.
+fn owner() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{}.{}", std::process::id(), now.as_secs(), now.subsec_nanos())
+}
+
+/// Builds the effects a config describes.
+pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
+    let store = store::open(&config.redis_url, &config.key_prefix, config.redis_timeout()).await?;
+    let owner = owner();
+    let wechat = WeChat::new(
+        &config.settings.api_base,
+        Duration::from_millis(config.settings.api_timeout_ms),
+        Arc::clone(&store),
+        owner.clone(),
+    )?;
+    let mut accounts = HashMap::new();
+    if let Some(path) = &config.accounts_file {
+        for (name, entry) in AccountsFile::read(path).map_err(StartError::Accounts)?.accounts {
+            match (entry.original_id, entry.appid, entry.appsecret) {
+                (Some(original_id), Some(appid), Some(appsecret)) => {
+                    accounts.insert(original_id, Credentials { appid, appsecret });
+                }
+                _ => tracing::info!(account = %name, "no original_id, appid and appsecret: its welcome messages are logged, not sent"),
+            }
+        }
+    }
+    let default_account = match (&config.appid, &config.appsecret) {
+        (Some(appid), Some(appsecret)) if !appsecret.expose().is_empty() => {
+            Some(Credentials { appid: appid.clone(), appsecret: appsecret.clone() })
+        }
+        _ => None,
+    };
+    if accounts.is_empty() && default_account.is_none() && config.roles().contains(&Role::Welcome) {
+        tracing::warn!("no AppSecret configured: welcome messages are logged instead of sent");
+    }
+    Ok(Arc::new(Effects {
+        store,
+        wechat,
+        accounts,
+        default_account,
+        welcome_text: config.settings.welcome_text.clone(),
+        scene_texts: config.settings.welcome_scene_texts.clone(),
+        location_history: config.settings.location_history,
+        owner,
+    }))
+}
+
+/// Runs the configured roles until `shutdown` resolves; then each finishes its in-flight
+/// records (or leaves them for redelivery) within `grace`, below the session timeout.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let brokers = config.kafka_brokers.clone().ok_or(StartError::NoBrokers)?;
+    let effects = effects(&config).await?;
+    let settings = ConsumerSettings {
+        brokers,
+        topic_prefix: config.topic_prefix.clone(),
+        max_attempts: config.settings.max_attempts,
+        overrides: config.settings.kafka_consumer_config.clone(),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for role in config.roles() {
+        let consumer = Arc::new(RoleConsumer::new(role, &settings, Arc::clone(&effects))?);
+        tasks.push(tokio::spawn(consumer.run(config.settings.concurrency, stopped.clone(), Duration::from_secs(10))));
+    }
+    shutdown.await;
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! The WeChat API calls the workers make: `cgi-bin/stable_token` and the customer-service text
+//! message. The access token is cached in the store and shared by every worker process; one
+//! process at a time fetches it, under a lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemas::accounts::Secret;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::store::{EffectStore, StoreError};
+
+/// An account's API credentials.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub appid: String,
+    pub appsecret: Secret,
+}
+
+/// What to do about a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The access token is invalid or expired: refresh it and retry once.
+    TokenInvalid,
+    /// Will fail again (user unfollowed, out of the reply window, bad OpenID…): log, count, move on.
+    Permanent,
+    /// May succeed later (system busy, rate limits, transport): retry with backoff.
+    Retriable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("transport: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("errcode {errcode}: {errmsg}")]
+    Code { errcode: i64, errmsg: String },
+    #[error("unexpected response: {0}")]
+    Response(String),
+    #[error("token store: {0}")]
+    Store(#[from] StoreError),
+    #[error("no token: another process holds the fetch lock and none appeared in time")]
+    TokenWait,
+}
+
+impl ApiError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ApiError::Code { errcode, .. } => match errcode {
+                40001 | 40014 | 42001 => ErrorClass::TokenInvalid,
+                // 45015 out of the 48-hour/1-minute window, 45047 over the quota for this user,
+                // 43004 user does not follow, 40003 bad OpenID, 48001 API not authorized.
+                45015 | 45047 | 43004 | 40003 | 48001 => ErrorClass::Permanent,
+                // -1 system busy, 45009 daily limit, 45011 rate limit; and anything unknown,
+                // bounded by the worker's attempts.
+                _ => ErrorClass::Retriable,
+            },
+            ApiError::Response(_) | ApiError::Transport(_) | ApiError::Store(_) | ApiError::TokenWait => ErrorClass::Retriable,
+        }
+    }
+
+    /// The errcode, for metrics; transport and other failures are -2.
+    pub fn errcode(&self) -> i64 {
+        match self {
+            ApiError::Code { errcode, .. } => *errcode,
+            _ => -2,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    #[serde(default)]
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+impl Reply {
+    fn ok(self) -> Result<Reply, ApiError> {
+        if self.errcode == 0 {
+            Ok(self)
+        } else {
+            Err(ApiError::Code { errcode: self.errcode, errmsg: self.errmsg })
+        }
+    }
+}
+
+/// How long a process may hold the token fetch lock.
+const LOCK_TTL: Duration = Duration::from_secs(10);
+/// How long to wait for another process's fetch before failing (and retrying later).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// A cached token expires this much before WeChat's own expiry.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
+
+/// The API client.
+#[derive(Debug, Clone)]
+pub struct WeChat {
+    http: reqwest::Client,
+    base: String,
+    store: Arc<dyn EffectStore>,
+    /// This process, for the fetch lock.
+    owner: String,
+}
+
+impl WeChat {
+    pub fn new(base: &str, timeout: Duration, store: Arc<dyn EffectStore>, owner: String) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .build()?;
+        Ok(WeChat { http, base: base.trim_end_matches('/').to_owned(), store, owner })
+    }
+
+    /// Sends a customer-service text message; refreshes the token and retries once when
+    /// WeChat says it is invalid.
+    pub async fn send_text(&self, creds: &Credentials, openid: &str, content: &str) -> Result<(), ApiError> {
+        let token = self.token(creds).await?;
+        match self.post_text(&token, openid, content).await {
+            Err(e) if e.class() == ErrorClass::TokenInvalid => {
+                tracing::info!(appid = %creds.appid, errcode = e.errcode(), "access token rejected: refreshing");
+                let fresh = self.refresh(creds, &token).await?;
+                self.post_text(&fresh, openid, content).await
+            }
+            other => other,
+        }
+    }
+
+    async fn post_text(&self, token: &str, openid: &str, content: &str) -> Result<(), ApiError> {
+        let body = json!({"touser": openid, "msgtype": "text", "text": {"content": content}});
+        let reply: Reply = self
+            .http
+            .post(format!("{}/cgi-bin/message/custom/send", self.base))
+            .query(&[("access_token", token)])
+            .json(&body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        reply.ok().map(drop)
+    }
+
+    /// The cached token, or a fresh one fetched by this process or another.
+    pub async fn token(&self, creds: &Credentials) -> Result<String, ApiError> {
+        self.token_avoiding(creds, None).await
+    }
+
+    /// Forgets `failed` (only if it is still the cached token: another process may have
+    /// refreshed already) and returns a token that is not it.
+    async fn refresh(&self, creds: &Credentials, failed: &str) -> Result<String, ApiError> {
+        self.store.drop_token(&creds.appid, failed).await?;
+        self.token_avoiding(creds, Some(failed)).await
+    }
+
+    async fn token_avoiding(&self, creds: &Credentials, failed: Option<&str>) -> Result<String, ApiError> {
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            if let Some(token) = self.store.token(&creds.appid).await?.filter(|t| Some(t.as_str()) != failed) {
+                return Ok(token);
+            }
+            if self.store.lock_token(&creds.appid, &self.owner, LOCK_TTL).await? {
+                let fetched = self.fetch(creds, failed).await;
+                self.store.unlock_token(&creds.appid, &self.owner).await?;
+                return fetched;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::TokenWait);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fetches from `stable_token` and caches; asks WeChat to force a new token only when the
+    /// normal call returns the one that just failed.
+    async fn fetch(&self, creds: &Credentials, failed: Option<&str>) -> Result<String, ApiError> {
+        let mut force = false;
+        loop {
+            let reply: Reply = self
+                .http
+                .post(format!("{}/cgi-bin/stable_token", self.base))
+                .json(&json!({
+                    "grant_type": "client_credential",
+                    "appid": creds.appid,
+                    "secret": creds.appsecret.expose(),
+                    "force_refresh": force,
+                }))
+                .send()
+                .await?
+                .json::<Reply>()
+                .await?
+                .ok()?;
+            let token = reply.access_token.filter(|t| !t.is_empty()).ok_or_else(|| ApiError::Response("no access_token".into()))?;
+            if failed == Some(token.as_str()) && !force {
+                force = true;
+                continue;
+            }
+            let lifetime = Duration::from_secs(reply.expires_in.unwrap_or(7200));
+            let ttl = lifetime.saturating_sub(EXPIRY_MARGIN).max(lifetime / 2).max(Duration::from_secs(1));
+            self.store.set_token(&creds.appid, &token, ttl).await?;
+            tracing::info!(appid = %creds.appid, ttl_secs = ttl.as_secs(), forced = force, "access token fetched");
+            return Ok(token);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errcodes_are_sorted_as_documented() {
+        let class = |errcode| ApiError::Code { errcode, errmsg: String::new() }.class();
+        for code in [40001, 40014, 42001] {
+            assert_eq!(class(code), ErrorClass::TokenInvalid, "{code}");
+        }
+        for code in [45015, 45047, 43004, 40003, 48001] {
+            assert_eq!(class(code), ErrorClass::Permanent, "{code}");
+        }
+        for code in [-1, 45009, 45011, 99999] {
+            assert_eq!(class(code), ErrorClass::Retriable, "{code}");
+        }
+        assert_eq!(ApiError::TokenWait.class(), ErrorClass::Retriable);
+    }
+}

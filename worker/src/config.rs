@@ -41,7 +41,10 @@ impl Role {
             Role::Welcome => &["subscribe"],
             Role::Location => &["location"],
         };
-        types.iter().map(|t| format!("{prefix}.event.{t}")).collect()
+        types
+            .iter()
+            .map(|t| format!("{prefix}.event.{t}"))
+            .collect()
     }
 
     /// Where records this role cannot handle go.
@@ -54,7 +57,11 @@ impl Role {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
     /// Base URL of the WeChat API (tests point it at a local fake).
-    #[arg(long, env = "WECHAT_API_BASE", default_value = "https://api.weixin.qq.com")]
+    #[arg(
+        long,
+        env = "WECHAT_API_BASE",
+        default_value = "https://api.weixin.qq.com"
+    )]
     pub api_base: String,
 
     /// Milliseconds one WeChat API call may take.
@@ -62,7 +69,11 @@ pub struct WorkerSettings {
     pub api_timeout_ms: u64,
 
     /// Text of the welcome message.
-    #[arg(long, env = "WELCOME_TEXT", default_value = "感谢关注！Thanks for following!")]
+    #[arg(
+        long,
+        env = "WELCOME_TEXT",
+        default_value = "感谢关注！Thanks for following!"
+    )]
     pub welcome_text: String,
 
     /// Per-scene welcome texts for QR-code follows, as a JSON object `{"scene": "text"}`.
@@ -98,7 +109,11 @@ fn parse_scene_texts(json: &str) -> Result<SceneTexts, String> {
 
 /// The worker configuration.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "worker", version, about = "wxpipe workers: unbinding, welcome messages, locations")]
+#[command(
+    name = "worker",
+    version,
+    about = "wxpipe workers: unbinding, welcome messages, locations"
+)]
 pub struct Config {
     /// Roles to run (repeatable); all of them when unset.
     #[arg(long = "role", env = "WORKER_ROLES", value_delimiter = ',')]
@@ -170,7 +185,10 @@ mod tests {
     #[test]
     fn roles_name_their_groups_and_topics() {
         assert_eq!(Role::Welcome.group(), "wxpipe-welcome");
-        assert_eq!(Role::Unbind.topics("wechat"), ["wechat.event.subscribe", "wechat.event.unsubscribe"]);
+        assert_eq!(
+            Role::Unbind.topics("wechat"),
+            ["wechat.event.subscribe", "wechat.event.unsubscribe"]
+        );
         assert_eq!(Role::Location.dlq_topic("p"), "p.dlq.location");
     }
 
@@ -186,8 +204,15 @@ mod tests {
 
     #[test]
     fn scene_texts_are_a_json_object() {
-        let config = Config::parse_from(["worker", "--welcome-scene-texts", r#"{"42": "Hi from the poster"}"#]);
-        assert_eq!(config.settings.welcome_scene_texts.0["42"], "Hi from the poster");
+        let config = Config::parse_from([
+            "worker",
+            "--welcome-scene-texts",
+            r#"{"42": "Hi from the poster"}"#,
+        ]);
+        assert_eq!(
+            config.settings.welcome_scene_texts.0["42"],
+            "Hi from the poster"
+        );
         assert!(Config::try_parse_from(["worker", "--welcome-scene-texts", "[1]"]).is_err());
     }
 }

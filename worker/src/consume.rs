@@ -44,7 +44,10 @@ struct PartitionState {
 
 impl OffsetTracker {
     pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
-        let state = self.partitions.entry((topic.to_owned(), partition)).or_default();
+        let state = self
+            .partitions
+            .entry((topic.to_owned(), partition))
+            .or_default();
         state.in_flight.insert(offset);
         // The group resumed here: nothing below needs storing.
         state.stored.get_or_insert(offset);
@@ -86,7 +89,9 @@ pub struct RoleConsumer {
 
 impl std::fmt::Debug for RoleConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoleConsumer").field("role", &self.role).finish_non_exhaustive()
+        f.debug_struct("RoleConsumer")
+            .field("role", &self.role)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,7 +110,11 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 impl RoleConsumer {
-    pub fn new(role: Role, settings: &ConsumerSettings, effects: Arc<Effects>) -> Result<Self, KafkaError> {
+    pub fn new(
+        role: Role,
+        settings: &ConsumerSettings,
+        effects: Arc<Effects>,
+    ) -> Result<Self, KafkaError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &settings.brokers)
@@ -145,7 +154,12 @@ impl RoleConsumer {
 
     /// Consumes until `shutdown` turns true, then lets in-flight work finish (within `grace`)
     /// and commits what is done.
-    pub async fn run(self: Arc<Self>, concurrency: usize, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    pub async fn run(
+        self: Arc<Self>,
+        concurrency: usize,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) {
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
         tracing::info!(role = self.role.name(), group = %self.role.group(), "worker consuming");
         loop {
@@ -165,10 +179,11 @@ impl RoleConsumer {
                     continue;
                 }
             };
-            self.tracker
-                .lock()
-                .expect("tracker lock")
-                .begin(message.topic(), message.partition(), message.offset());
+            self.tracker.lock().expect("tracker lock").begin(
+                message.topic(),
+                message.partition(),
+                message.offset(),
+            );
             let this = Arc::clone(&self);
             tokio::spawn(async move {
                 this.handle(&message).await;
@@ -177,9 +192,13 @@ impl RoleConsumer {
             });
         }
         // Drain: every permit back means every task finished.
-        let drained = tokio::time::timeout(grace, permits.acquire_many(concurrency.max(1) as u32)).await;
+        let drained =
+            tokio::time::timeout(grace, permits.acquire_many(concurrency.max(1) as u32)).await;
         if drained.is_err() {
-            tracing::warn!(role = self.role.name(), "shutdown grace ran out: unfinished records will be redelivered");
+            tracing::warn!(
+                role = self.role.name(),
+                "shutdown grace ran out: unfinished records will be redelivered"
+            );
         }
         if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(role = self.role.name(), %error, "final commit");
@@ -196,8 +215,12 @@ impl RoleConsumer {
         };
         match &outcome {
             Outcome::Done => {}
-            Outcome::Skipped(reason) => tracing::debug!(role = self.role.name(), %reason, "skipped"),
-            Outcome::Retry(reason) | Outcome::Poison(reason) => self.dead_letter(message, reason).await,
+            Outcome::Skipped(reason) => {
+                tracing::debug!(role = self.role.name(), %reason, "skipped")
+            }
+            Outcome::Retry(reason) | Outcome::Poison(reason) => {
+                self.dead_letter(message, reason).await
+            }
         }
     }
 
@@ -224,10 +247,22 @@ impl RoleConsumer {
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "error", value: Some(reason) })
-            .insert(Header { key: "source_topic", value: Some(message.topic()) })
-            .insert(Header { key: "source_partition", value: Some(&partition) })
-            .insert(Header { key: "source_offset", value: Some(&offset) });
+            .insert(Header {
+                key: "error",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "source_topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "source_partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "source_offset",
+                value: Some(&offset),
+            });
         let mut attempt = 0;
         loop {
             let mut record = FutureRecord::to(&self.dlq_topic)
@@ -248,10 +283,17 @@ impl RoleConsumer {
     }
 
     fn done(&self, topic: &str, partition: i32, offset: i64) {
-        let next = self.tracker.lock().expect("tracker lock").complete(topic, partition, offset);
+        let next = self
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .complete(topic, partition, offset);
         if let Some(next) = next {
             let mut list = TopicPartitionList::new();
-            if list.add_partition_offset(topic, partition, Offset::Offset(next)).is_ok() {
+            if list
+                .add_partition_offset(topic, partition, Offset::Offset(next))
+                .is_ok()
+            {
                 // Fails when the partition was revoked meanwhile: its new owner redelivers.
                 if let Err(error) = self.consumer.store_offsets(&list) {
                     tracing::debug!(%error, topic, partition, "offset not stored");
@@ -271,7 +313,11 @@ mod tests {
         for offset in 10..15 {
             t.begin("a", 0, offset);
         }
-        assert_eq!(t.complete("a", 0, 12), None, "10 and 11 are still in flight");
+        assert_eq!(
+            t.complete("a", 0, 12),
+            None,
+            "10 and 11 are still in flight"
+        );
         assert_eq!(t.complete("a", 0, 11), None);
         assert_eq!(t.complete("a", 0, 10), Some(13), "10..=12 done: next is 13");
         assert_eq!(t.complete("a", 0, 14), None, "13 still in flight");

@@ -36,8 +36,6 @@ impl Outcome {
     }
 }
 
-/// How long a welcome send is claimed: well over one API call with its token refresh.
-const SEND_LEASE: Duration = Duration::from_secs(30);
 /// How long a sent welcome is remembered: longer than Kafka's default retention, so a
 /// redelivery from anywhere in the log sends nothing.
 const SENT_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
@@ -54,6 +52,9 @@ pub struct Effects {
     pub welcome_text: String,
     pub scene_texts: SceneTexts,
     pub location_history: usize,
+    /// How long a welcome send is claimed: over one API call with its token refresh. A worker
+    /// that dies mid-send holds it that long; then another sends.
+    pub send_lease: Duration,
     /// This process, for send claims.
     pub owner: String,
 }
@@ -102,15 +103,33 @@ impl Effects {
             return Outcome::Skipped(format!("{} is not a subscribe", event.type_));
         }
         let text = self.welcome_text(event);
-        let Some(creds) = self.accounts.get(&event.account).or(self.default_account.as_ref()) else {
+        let Some(creds) = self
+            .accounts
+            .get(&event.account)
+            .or(self.default_account.as_ref())
+        else {
             tracing::info!(account = %event.account, openid = %event.openid, %text, "welcome message (logged, not sent: no AppSecret configured)");
             return Outcome::Done;
         };
-        match self.store.begin_send(&event.id, &self.owner, SEND_LEASE).await {
-            Ok(SendClaim::Claimed) => {}
-            Ok(SendClaim::Sent) => return Outcome::Done,
-            Ok(SendClaim::InFlight) => return Outcome::Retry("another worker is sending this welcome".into()),
-            Err(error) => return Outcome::Retry(error.to_string()),
+        // Another worker may be sending it (a rebalance handed us its record), or may have
+        // died sending it: wait for its lease to end either way.
+        let waited_until = tokio::time::Instant::now() + self.send_lease + Duration::from_secs(1);
+        loop {
+            match self
+                .store
+                .begin_send(&event.id, &self.owner, self.send_lease)
+                .await
+            {
+                Ok(SendClaim::Claimed) => break,
+                Ok(SendClaim::Sent) => return Outcome::Done,
+                Ok(SendClaim::InFlight) if tokio::time::Instant::now() < waited_until => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(SendClaim::InFlight) => {
+                    return Outcome::Retry("another worker holds this welcome".into())
+                }
+                Err(error) => return Outcome::Retry(error.to_string()),
+            }
         }
         match self.wechat.send_text(creds, &event.openid, text).await {
             Ok(()) => {
@@ -140,9 +159,11 @@ impl Effects {
         if event.type_ != "location" {
             return Outcome::Skipped(format!("{} is not a location", event.type_));
         }
-        let (Some(latitude), Some(longitude), Some(precision)) =
-            (event.number("latitude"), event.number("longitude"), event.number("precision"))
-        else {
+        let (Some(latitude), Some(longitude), Some(precision)) = (
+            event.number("latitude"),
+            event.number("longitude"),
+            event.number("precision"),
+        ) else {
             return Outcome::Poison("location without coordinates".into());
         };
         let location = Location {

@@ -50,13 +50,25 @@ pub enum StartError {
 
 /// A name for this process in locks and claims.
 fn owner() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    format!("{}.{}.{}", std::process::id(), now.as_secs(), now.subsec_nanos())
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}.{}.{}",
+        std::process::id(),
+        now.as_secs(),
+        now.subsec_nanos()
+    )
 }
 
 /// Builds the effects a config describes.
 pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
-    let store = store::open(&config.redis_url, &config.key_prefix, config.redis_timeout()).await?;
+    let store = store::open(
+        &config.redis_url,
+        &config.key_prefix,
+        config.redis_timeout(),
+    )
+    .await?;
     let owner = owner();
     let wechat = WeChat::new(
         &config.settings.api_base,
@@ -66,19 +78,25 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
     )?;
     let mut accounts = HashMap::new();
     if let Some(path) = &config.accounts_file {
-        for (name, entry) in AccountsFile::read(path).map_err(StartError::Accounts)?.accounts {
+        for (name, entry) in AccountsFile::read(path)
+            .map_err(StartError::Accounts)?
+            .accounts
+        {
             match (entry.original_id, entry.appid, entry.appsecret) {
                 (Some(original_id), Some(appid), Some(appsecret)) => {
                     accounts.insert(original_id, Credentials { appid, appsecret });
                 }
-                _ => tracing::info!(account = %name, "no original_id, appid and appsecret: its welcome messages are logged, not sent"),
+                _ => {
+                    tracing::info!(account = %name, "no original_id, appid and appsecret: its welcome messages are logged, not sent")
+                }
             }
         }
     }
     let default_account = match (&config.appid, &config.appsecret) {
-        (Some(appid), Some(appsecret)) if !appsecret.expose().is_empty() => {
-            Some(Credentials { appid: appid.clone(), appsecret: appsecret.clone() })
-        }
+        (Some(appid), Some(appsecret)) if !appsecret.expose().is_empty() => Some(Credentials {
+            appid: appid.clone(),
+            appsecret: appsecret.clone(),
+        }),
         _ => None,
     };
     if accounts.is_empty() && default_account.is_none() && config.roles().contains(&Role::Welcome) {
@@ -92,6 +110,7 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
         welcome_text: config.settings.welcome_text.clone(),
         scene_texts: config.settings.welcome_scene_texts.clone(),
         location_history: config.settings.location_history,
+        send_lease: Duration::from_millis(config.settings.api_timeout_ms * 2 + 2000),
         owner,
     }))
 }
@@ -111,7 +130,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut tasks = Vec::new();
     for role in config.roles() {
         let consumer = Arc::new(RoleConsumer::new(role, &settings, Arc::clone(&effects))?);
-        tasks.push(tokio::spawn(consumer.run(config.settings.concurrency, stopped.clone(), Duration::from_secs(10))));
+        tasks.push(tokio::spawn(consumer.run(
+            config.settings.concurrency,
+            stopped.clone(),
+            Duration::from_secs(10),
+        )));
     }
     shutdown.await;
     let _ = stop.send(true);

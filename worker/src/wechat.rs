@@ -55,7 +55,10 @@ impl ApiError {
                 // bounded by the worker's attempts.
                 _ => ErrorClass::Retriable,
             },
-            ApiError::Response(_) | ApiError::Transport(_) | ApiError::Store(_) | ApiError::TokenWait => ErrorClass::Retriable,
+            ApiError::Response(_)
+            | ApiError::Transport(_)
+            | ApiError::Store(_)
+            | ApiError::TokenWait => ErrorClass::Retriable,
         }
     }
 
@@ -83,7 +86,10 @@ impl Reply {
         if self.errcode == 0 {
             Ok(self)
         } else {
-            Err(ApiError::Code { errcode: self.errcode, errmsg: self.errmsg })
+            Err(ApiError::Code {
+                errcode: self.errcode,
+                errmsg: self.errmsg,
+            })
         }
     }
 }
@@ -106,17 +112,32 @@ pub struct WeChat {
 }
 
 impl WeChat {
-    pub fn new(base: &str, timeout: Duration, store: Arc<dyn EffectStore>, owner: String) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        base: &str,
+        timeout: Duration,
+        store: Arc<dyn EffectStore>,
+        owner: String,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .build()?;
-        Ok(WeChat { http, base: base.trim_end_matches('/').to_owned(), store, owner })
+        Ok(WeChat {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            store,
+            owner,
+        })
     }
 
     /// Sends a customer-service text message; refreshes the token and retries once when
     /// WeChat says it is invalid.
-    pub async fn send_text(&self, creds: &Credentials, openid: &str, content: &str) -> Result<(), ApiError> {
+    pub async fn send_text(
+        &self,
+        creds: &Credentials,
+        openid: &str,
+        content: &str,
+    ) -> Result<(), ApiError> {
         let token = self.token(creds).await?;
         match self.post_text(&token, openid, content).await {
             Err(e) if e.class() == ErrorClass::TokenInvalid => {
@@ -154,13 +175,26 @@ impl WeChat {
         self.token_avoiding(creds, Some(failed)).await
     }
 
-    async fn token_avoiding(&self, creds: &Credentials, failed: Option<&str>) -> Result<String, ApiError> {
+    async fn token_avoiding(
+        &self,
+        creds: &Credentials,
+        failed: Option<&str>,
+    ) -> Result<String, ApiError> {
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
-            if let Some(token) = self.store.token(&creds.appid).await?.filter(|t| Some(t.as_str()) != failed) {
+            if let Some(token) = self
+                .store
+                .token(&creds.appid)
+                .await?
+                .filter(|t| Some(t.as_str()) != failed)
+            {
                 return Ok(token);
             }
-            if self.store.lock_token(&creds.appid, &self.owner, LOCK_TTL).await? {
+            if self
+                .store
+                .lock_token(&creds.appid, &self.owner, LOCK_TTL)
+                .await?
+            {
                 let fetched = self.fetch(creds, failed).await;
                 self.store.unlock_token(&creds.appid, &self.owner).await?;
                 return fetched;
@@ -191,13 +225,19 @@ impl WeChat {
                 .json::<Reply>()
                 .await?
                 .ok()?;
-            let token = reply.access_token.filter(|t| !t.is_empty()).ok_or_else(|| ApiError::Response("no access_token".into()))?;
+            let token = reply
+                .access_token
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| ApiError::Response("no access_token".into()))?;
             if failed == Some(token.as_str()) && !force {
                 force = true;
                 continue;
             }
             let lifetime = Duration::from_secs(reply.expires_in.unwrap_or(7200));
-            let ttl = lifetime.saturating_sub(EXPIRY_MARGIN).max(lifetime / 2).max(Duration::from_secs(1));
+            let ttl = lifetime
+                .saturating_sub(EXPIRY_MARGIN)
+                .max(lifetime / 2)
+                .max(Duration::from_secs(1));
             self.store.set_token(&creds.appid, &token, ttl).await?;
             tracing::info!(appid = %creds.appid, ttl_secs = ttl.as_secs(), forced = force, "access token fetched");
             return Ok(token);
@@ -211,7 +251,13 @@ mod tests {
 
     #[test]
     fn errcodes_are_sorted_as_documented() {
-        let class = |errcode| ApiError::Code { errcode, errmsg: String::new() }.class();
+        let class = |errcode| {
+            ApiError::Code {
+                errcode,
+                errmsg: String::new(),
+            }
+            .class()
+        };
         for code in [40001, 40014, 42001] {
             assert_eq!(class(code), ErrorClass::TokenInvalid, "{code}");
         }

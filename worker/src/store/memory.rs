@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{
-    history_member, Applied, BoxFuture, EffectStore, LatestLocation, Location, SendClaim, StoreError, Subscription,
-    UserState,
+    history_member, Applied, BoxFuture, EffectStore, LatestLocation, Location, SendClaim,
+    StoreError, Subscription, UserState,
 };
 
 type UserKey = (String, String);
@@ -55,7 +55,10 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut State) -> T) -> BoxFuture<'_, Result<T, StoreError>> {
+    fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> T,
+    ) -> BoxFuture<'_, Result<T, StoreError>> {
         let result = f(&mut self.state.lock().expect("memory store lock"));
         Box::pin(async move { Ok(result) })
     }
@@ -66,11 +69,15 @@ fn key(account: &str, openid: &str) -> UserKey {
 }
 
 impl EffectStore for MemoryStore {
-    fn subscription<'a>(&'a self, c: Subscription<'a>) -> BoxFuture<'a, Result<Applied, StoreError>> {
+    fn subscription<'a>(
+        &'a self,
+        c: Subscription<'a>,
+    ) -> BoxFuture<'a, Result<Applied, StoreError>> {
         self.with(|s| {
             let k = key(c.account, c.openid);
             if let Some(current) = s.users.get(&k) {
-                let loses_tie = c.created_at == current.updated_at && c.subscribed && !current.subscribed;
+                let loses_tie =
+                    c.created_at == current.updated_at && c.subscribed && !current.subscribed;
                 if c.created_at < current.updated_at || loses_tie {
                     return Applied::Stale;
                 }
@@ -83,7 +90,14 @@ impl EffectStore for MemoryStore {
             if !c.subscribed {
                 s.bindings.remove(&k);
             }
-            s.users.insert(k, UserState { subscribed: c.subscribed, updated_at: c.created_at, scene });
+            s.users.insert(
+                k,
+                UserState {
+                    subscribed: c.subscribed,
+                    updated_at: c.created_at,
+                    scene,
+                },
+            );
             Applied::Yes
         })
     }
@@ -96,16 +110,29 @@ impl EffectStore for MemoryStore {
             while history.len() > l.history.max(1) {
                 history.pop_first();
             }
-            if s.locations.get(&k).is_some_and(|current| l.created_at < current.created_at) {
+            if s.locations
+                .get(&k)
+                .is_some_and(|current| l.created_at < current.created_at)
+            {
                 return Applied::Stale;
             }
-            let latest = LatestLocation { latitude: l.latitude, longitude: l.longitude, precision: l.precision, created_at: l.created_at };
+            let latest = LatestLocation {
+                latitude: l.latitude,
+                longitude: l.longitude,
+                precision: l.precision,
+                created_at: l.created_at,
+            };
             s.locations.insert(k, latest);
             Applied::Yes
         })
     }
 
-    fn begin_send<'a>(&'a self, id: &'a str, owner: &'a str, lease: Duration) -> BoxFuture<'a, Result<SendClaim, StoreError>> {
+    fn begin_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<SendClaim, StoreError>> {
         self.with(|s| {
             let k = format!("welcome:{id}");
             match s.leased(&k) {
@@ -119,11 +146,19 @@ impl EffectStore for MemoryStore {
         })
     }
 
-    fn finish_send<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn finish_send<'a>(
+        &'a self,
+        id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.with(|s| s.lease(format!("welcome:{id}"), "sent".into(), ttl))
     }
 
-    fn abandon_send<'a>(&'a self, id: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn abandon_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.with(|s| s.delete_if(&format!("welcome:{id}"), &format!("sending:{owner}")))
     }
 
@@ -131,15 +166,29 @@ impl EffectStore for MemoryStore {
         self.with(|s| s.leased(&format!("token:{appid}")).map(str::to_owned))
     }
 
-    fn set_token<'a>(&'a self, appid: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn set_token<'a>(
+        &'a self,
+        appid: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.with(|s| s.lease(format!("token:{appid}"), token.to_owned(), ttl))
     }
 
-    fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn drop_token<'a>(
+        &'a self,
+        appid: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.with(|s| s.delete_if(&format!("token:{appid}"), token))
     }
 
-    fn lock_token<'a>(&'a self, appid: &'a str, owner: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn lock_token<'a>(
+        &'a self,
+        appid: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.with(|s| {
             let k = format!("token_lock:{appid}");
             if s.leased(&k).is_some() {
@@ -150,7 +199,11 @@ impl EffectStore for MemoryStore {
         })
     }
 
-    fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn unlock_token<'a>(
+        &'a self,
+        appid: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.with(|s| s.delete_if(&format!("token_lock:{appid}"), owner))
     }
 
@@ -158,25 +211,46 @@ impl EffectStore for MemoryStore {
         self.with(|_| ())
     }
 
-    fn user<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Option<UserState>, StoreError>> {
+    fn user<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserState>, StoreError>> {
         self.with(|s| s.users.get(&key(account, openid)).cloned())
     }
 
-    fn binding<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+    fn binding<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         self.with(|s| s.bindings.get(&key(account, openid)).cloned())
     }
 
-    fn set_binding<'a>(&'a self, account: &'a str, openid: &'a str, user: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn set_binding<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.with(|s| {
             s.bindings.insert(key(account, openid), user.to_owned());
         })
     }
 
-    fn latest_location<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Option<LatestLocation>, StoreError>> {
+    fn latest_location<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LatestLocation>, StoreError>> {
         self.with(|s| s.locations.get(&key(account, openid)).copied())
     }
 
-    fn location_history<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+    fn location_history<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         self.with(|s| {
             s.history
                 .get(&key(account, openid))

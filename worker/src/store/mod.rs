@@ -85,44 +85,100 @@ pub enum SendClaim {
 pub trait EffectStore: Send + Sync + std::fmt::Debug {
     /// Applies a subscribe or unsubscribe, last write wins by `created_at`; an unsubscribe
     /// wins a tie, and deletes the binding when it takes effect.
-    fn subscription<'a>(&'a self, change: Subscription<'a>) -> BoxFuture<'a, Result<Applied, StoreError>>;
+    fn subscription<'a>(
+        &'a self,
+        change: Subscription<'a>,
+    ) -> BoxFuture<'a, Result<Applied, StoreError>>;
     /// Adds a location to the history (idempotent by event id) and, when newer, makes it the
     /// latest (hash and GEO set).
-    fn location<'a>(&'a self, location: Location<'a>) -> BoxFuture<'a, Result<Applied, StoreError>>;
+    fn location<'a>(&'a self, location: Location<'a>)
+        -> BoxFuture<'a, Result<Applied, StoreError>>;
 
     /// Claims the welcome send of event `id` for `lease`.
-    fn begin_send<'a>(&'a self, id: &'a str, owner: &'a str, lease: Duration) -> BoxFuture<'a, Result<SendClaim, StoreError>>;
+    fn begin_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<SendClaim, StoreError>>;
     /// Records the send of `id` as done, for `ttl`.
-    fn finish_send<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn finish_send<'a>(
+        &'a self,
+        id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Gives up a claim that `owner` still holds, so a retry can send.
-    fn abandon_send<'a>(&'a self, id: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn abandon_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The cached access token of an AppID.
     fn token<'a>(&'a self, appid: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
     /// Caches a token for `ttl`.
-    fn set_token<'a>(&'a self, appid: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn set_token<'a>(
+        &'a self,
+        appid: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Forgets the cached token only if it is still `token` (another process may have
     /// refreshed it already).
-    fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn drop_token<'a>(
+        &'a self,
+        appid: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Takes the fetch lock of an AppID for `ttl`; false when another process holds it.
-    fn lock_token<'a>(&'a self, appid: &'a str, owner: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn lock_token<'a>(
+        &'a self,
+        appid: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Releases the fetch lock if `owner` still holds it.
-    fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn unlock_token<'a>(
+        &'a self,
+        appid: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     // Reads, for the host application, operators and tests.
 
     /// A user's subscription state.
-    fn user<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Option<UserState>, StoreError>>;
+    fn user<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserState>, StoreError>>;
     /// The host application's binding of an OpenID, if any.
-    fn binding<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+    fn binding<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
     /// Binds an OpenID to the host application's user (what the host application does).
-    fn set_binding<'a>(&'a self, account: &'a str, openid: &'a str, user: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn set_binding<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// A user's latest location.
-    fn latest_location<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Option<LatestLocation>, StoreError>>;
+    fn latest_location<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LatestLocation>, StoreError>>;
     /// A user's location history, oldest first (JSON entries).
-    fn location_history<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+    fn location_history<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
 }
 
 /// `{p}:user:{account}:{openid}`.
@@ -143,11 +199,20 @@ pub struct LatestLocation {
 }
 
 /// Opens the engine a URL names.
-pub async fn open(url: &str, prefix: &str, timeout: Duration) -> Result<std::sync::Arc<dyn EffectStore>, StoreError> {
+pub async fn open(
+    url: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<std::sync::Arc<dyn EffectStore>, StoreError> {
     if url.starts_with("memory://") {
         Ok(std::sync::Arc::new(MemoryStore::new()))
-    } else if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") {
-        Ok(std::sync::Arc::new(RedisStore::connect(url, prefix, timeout)?))
+    } else if url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis+unix://")
+    {
+        Ok(std::sync::Arc::new(RedisStore::connect(
+            url, prefix, timeout,
+        )?))
     } else {
         Err(StoreError::Scheme(url.to_owned()))
     }

@@ -6,8 +6,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::{
-    history_member, Applied, BoxFuture, EffectStore, LatestLocation, Location, SendClaim, StoreError, Subscription,
-    UserState, GEO_MAX_LATITUDE,
+    history_member, Applied, BoxFuture, EffectStore, LatestLocation, Location, SendClaim,
+    StoreError, Subscription, UserState, GEO_MAX_LATITUDE,
 };
 
 /// KEYS: user hash, binding. ARGV: subscribed (1/0), created_at, scene.
@@ -71,7 +71,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,7 +106,10 @@ impl RedisStore {
         key
     }
 
-    async fn bounded<T>(&self, call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Timeout),
@@ -115,7 +120,9 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let mut invocation = self.delete_if.key(key);
         invocation.arg(value);
-        self.bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
+        self.bounded(invocation.invoke_async::<i64>(&mut conn))
+            .await
+            .map(drop)
     }
 }
 
@@ -128,23 +135,32 @@ fn applied(code: i64) -> Applied {
 }
 
 impl EffectStore for RedisStore {
-    fn subscription<'a>(&'a self, c: Subscription<'a>) -> BoxFuture<'a, Result<Applied, StoreError>> {
+    fn subscription<'a>(
+        &'a self,
+        c: Subscription<'a>,
+    ) -> BoxFuture<'a, Result<Applied, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let mut invocation = self.subscription.key(self.key(&["user", c.account, c.openid]));
+            let mut invocation = self
+                .subscription
+                .key(self.key(&["user", c.account, c.openid]));
             invocation
                 .key(self.key(&["binding", c.account, c.openid]))
                 .arg(if c.subscribed { "1" } else { "0" })
                 .arg(c.created_at)
                 .arg(c.scene.unwrap_or(""));
-            self.bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(applied)
+            self.bounded(invocation.invoke_async::<i64>(&mut conn))
+                .await
+                .map(applied)
         })
     }
 
     fn location<'a>(&'a self, l: Location<'a>) -> BoxFuture<'a, Result<Applied, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let mut invocation = self.location.key(self.key(&["location", l.account, l.openid]));
+            let mut invocation = self
+                .location
+                .key(self.key(&["location", l.account, l.openid]));
             invocation
                 .key(self.key(&["geo", l.account]))
                 .key(self.key(&["location_history", l.account, l.openid]))
@@ -156,11 +172,18 @@ impl EffectStore for RedisStore {
                 .arg(history_member(&l))
                 .arg(l.history.max(1))
                 .arg(l.latitude.clamp(-GEO_MAX_LATITUDE, GEO_MAX_LATITUDE));
-            self.bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(applied)
+            self.bounded(invocation.invoke_async::<i64>(&mut conn))
+                .await
+                .map(applied)
         })
     }
 
-    fn begin_send<'a>(&'a self, id: &'a str, owner: &'a str, lease: Duration) -> BoxFuture<'a, Result<SendClaim, StoreError>> {
+    fn begin_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<SendClaim, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let mut invocation = self.begin_send.key(self.key(&["welcome", id]));
@@ -174,14 +197,27 @@ impl EffectStore for RedisStore {
         })
     }
 
-    fn finish_send<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn finish_send<'a>(
+        &'a self,
+        id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            self.bounded(conn.pset_ex::<_, _, ()>(self.key(&["welcome", id]), "sent", ttl.as_millis() as u64)).await
+            self.bounded(conn.pset_ex::<_, _, ()>(
+                self.key(&["welcome", id]),
+                "sent",
+                ttl.as_millis() as u64,
+            ))
+            .await
         })
     }
 
-    fn abandon_send<'a>(&'a self, id: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn abandon_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(self.delete_if(self.key(&["welcome", id]), format!("sending:{owner}")))
     }
 
@@ -192,18 +228,37 @@ impl EffectStore for RedisStore {
         })
     }
 
-    fn set_token<'a>(&'a self, appid: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn set_token<'a>(
+        &'a self,
+        appid: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            self.bounded(conn.pset_ex::<_, _, ()>(self.key(&["token", appid]), token, ttl.as_millis().max(1) as u64)).await
+            self.bounded(conn.pset_ex::<_, _, ()>(
+                self.key(&["token", appid]),
+                token,
+                ttl.as_millis().max(1) as u64,
+            ))
+            .await
         })
     }
 
-    fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn drop_token<'a>(
+        &'a self,
+        appid: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(self.delete_if(self.key(&["token", appid]), token.to_owned()))
     }
 
-    fn lock_token<'a>(&'a self, appid: &'a str, owner: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn lock_token<'a>(
+        &'a self,
+        appid: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let set: Option<String> = self
@@ -221,22 +276,32 @@ impl EffectStore for RedisStore {
         })
     }
 
-    fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn unlock_token<'a>(
+        &'a self,
+        appid: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(self.delete_if(self.key(&["token_lock", appid]), owner.to_owned()))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            self.bounded(redis::cmd("PING").query_async::<String>(&mut conn)).await.map(drop)
+            self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
+                .await
+                .map(drop)
         })
     }
 
-    fn user<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Option<UserState>, StoreError>> {
+    fn user<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserState>, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let (subscribed, updated_at, scene): (Option<String>, Option<i64>, Option<String>) = self
-                .bounded(
+            let (subscribed, updated_at, scene): (Option<String>, Option<i64>, Option<String>) =
+                self.bounded(
                     redis::cmd("HMGET")
                         .arg(self.key(&["user", account, openid]))
                         .arg("subscribed")
@@ -245,32 +310,54 @@ impl EffectStore for RedisStore {
                         .query_async(&mut conn),
                 )
                 .await?;
-            Ok(subscribed.zip(updated_at).map(|(subscribed, updated_at)| UserState {
-                subscribed: subscribed == "1",
-                updated_at,
-                scene: scene.unwrap_or_default(),
-            }))
+            Ok(subscribed
+                .zip(updated_at)
+                .map(|(subscribed, updated_at)| UserState {
+                    subscribed: subscribed == "1",
+                    updated_at,
+                    scene: scene.unwrap_or_default(),
+                }))
         })
     }
 
-    fn binding<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+    fn binding<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            self.bounded(conn.get(self.key(&["binding", account, openid]))).await
+            self.bounded(conn.get(self.key(&["binding", account, openid])))
+                .await
         })
     }
 
-    fn set_binding<'a>(&'a self, account: &'a str, openid: &'a str, user: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn set_binding<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            self.bounded(conn.set::<_, _, ()>(self.key(&["binding", account, openid]), user)).await
+            self.bounded(conn.set::<_, _, ()>(self.key(&["binding", account, openid]), user))
+                .await
         })
     }
 
-    fn latest_location<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Option<LatestLocation>, StoreError>> {
+    fn latest_location<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LatestLocation>, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let (latitude, longitude, precision, created_at): (Option<f64>, Option<f64>, Option<f64>, Option<i64>) = self
+            let (latitude, longitude, precision, created_at): (
+                Option<f64>,
+                Option<f64>,
+                Option<f64>,
+                Option<i64>,
+            ) = self
                 .bounded(
                     redis::cmd("HMGET")
                         .arg(self.key(&["location", account, openid]))
@@ -283,17 +370,27 @@ impl EffectStore for RedisStore {
                 .await?;
             Ok(match (latitude, longitude, precision, created_at) {
                 (Some(latitude), Some(longitude), Some(precision), Some(created_at)) => {
-                    Some(LatestLocation { latitude, longitude, precision, created_at })
+                    Some(LatestLocation {
+                        latitude,
+                        longitude,
+                        precision,
+                        created_at,
+                    })
                 }
                 _ => None,
             })
         })
     }
 
-    fn location_history<'a>(&'a self, account: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+    fn location_history<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            self.bounded(conn.zrange(self.key(&["location_history", account, openid]), 0, -1)).await
+            self.bounded(conn.zrange(self.key(&["location_history", account, openid]), 0, -1))
+                .await
         })
     }
 }

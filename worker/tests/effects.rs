@@ -1,0 +1,384 @@
+//! The workers end to end: events on Kafka, a real `redis-server`, a fake WeChat API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use worker::store::EffectStore;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    assert!(
+        eventually(WAIT, &mut check).await,
+        "timed out waiting for {what}"
+    );
+}
+
+async fn wait_for_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_effect_happens() {
+    let env = Env::start().await;
+    let store = env.store().await;
+    store.set_binding("gh_a", "leaver", "user-9").await.unwrap();
+    env.produce(
+        "subscribe",
+        &[
+            subscribe("gh_a", "plain", 100, None),
+            subscribe("gh_a", "poster", 101, Some("42")),
+        ],
+    );
+    env.produce("subscribe", &[subscribe("gh_a", "leaver", 90, None)]);
+    env.produce("unsubscribe", &[unsubscribe("gh_a", "leaver", 110)]);
+    env.produce(
+        "location",
+        &[location("gh_a", "walker", 120, 23.137466, 113.352425)],
+    );
+    let (stop, task) = env.spawn(&[
+        "--welcome-scene-texts",
+        r#"{"42": "Welcome, poster reader"}"#,
+    ]);
+
+    wait_for("three welcomes", || env.wechat.sends().len() == 3).await;
+    let sends = env.wechat.sends();
+    assert!(
+        sends.contains(&("poster".into(), "Welcome, poster reader".into())),
+        "{sends:?}"
+    );
+    assert!(
+        sends
+            .iter()
+            .any(|(to, text)| to == "plain" && text.contains("Thanks for following")),
+        "{sends:?}"
+    );
+    wait_for_async("unbinding", || async {
+        store.binding("gh_a", "leaver").await.unwrap().is_none()
+    })
+    .await;
+    let leaver = store.user("gh_a", "leaver").await.unwrap().unwrap();
+    assert!(!leaver.subscribed);
+    assert_eq!(leaver.updated_at, 110);
+    let poster = store.user("gh_a", "poster").await.unwrap().unwrap();
+    assert!(poster.subscribed);
+    assert_eq!(poster.scene, "42");
+    wait_for_async("location", || async {
+        store
+            .latest_location("gh_a", "walker")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let latest = store
+        .latest_location("gh_a", "walker")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (latest.latitude, latest.longitude, latest.created_at),
+        (23.137466, 113.352425, 120)
+    );
+    assert_eq!(
+        store
+            .location_history("gh_a", "walker")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(env.wechat.token_fetches(), [false], "one token, cached");
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_events_change_nothing_more() {
+    let env = Env::start().await;
+    let store = env.store().await;
+    let welcome = subscribe("gh_a", "twice", 100, None);
+    // The same event three times on the log (a producer retry, a replay).
+    env.produce("subscribe", &[welcome.clone(), welcome.clone(), welcome]);
+    let (stop, task) = env.spawn(&[]);
+    wait_for("a welcome", || env.wechat.sends_to("twice") >= 1).await;
+    drop(stop);
+    task.await.unwrap();
+    // And once more after a restart, from a consumer group that starts again.
+    env.produce(
+        "subscribe",
+        &[
+            subscribe("gh_a", "twice", 100, None),
+            subscribe("gh_a", "marker", 101, None),
+        ],
+    );
+    let (stop, task) = env.spawn(&[]);
+    wait_for("the marker's welcome", || {
+        env.wechat.sends_to("marker") == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        env.wechat.sends_to("twice"),
+        1,
+        "one welcome per subscribe event"
+    );
+    assert!(
+        store
+            .user("gh_a", "twice")
+            .await
+            .unwrap()
+            .unwrap()
+            .subscribed
+    );
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_older_unsubscribe_does_not_undo_a_newer_subscribe() {
+    let env = Env::start().await;
+    let store = env.store().await;
+    env.produce("subscribe", &[subscribe("gh_a", "back", 200, Some("7"))]);
+    let (stop, task) = env.spawn(&["--role", "unbind"]);
+    wait_for_async("subscribed", || async {
+        store.user("gh_a", "back").await.unwrap().is_some()
+    })
+    .await;
+    store.set_binding("gh_a", "back", "user-1").await.unwrap();
+    env.produce(
+        "unsubscribe",
+        &[
+            unsubscribe("gh_a", "back", 150),
+            unsubscribe("gh_a", "marker", 1),
+        ],
+    );
+    wait_for_async("the marker", || async {
+        store.user("gh_a", "marker").await.unwrap().is_some()
+    })
+    .await;
+    let state = store.user("gh_a", "back").await.unwrap().unwrap();
+    assert!(state.subscribed, "still subscribed");
+    assert_eq!((state.updated_at, state.scene.as_str()), (200, "7"));
+    assert_eq!(
+        store.binding("gh_a", "back").await.unwrap().as_deref(),
+        Some("user-1"),
+        "binding kept"
+    );
+    assert!(
+        env.wechat.sends().is_empty(),
+        "the unbind role sends nothing"
+    );
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_refreshed_once_and_the_message_sent_once() {
+    let env = Env::start().await;
+    env.produce("subscribe", &[subscribe("gh_a", "first", 100, None)]);
+    let (stop, task) = env.spawn(&["--role", "welcome"]);
+    wait_for("the first welcome", || env.wechat.sends_to("first") == 1).await;
+    // WeChat expires the token mid-stream.
+    env.wechat.expire_tokens();
+    env.produce(
+        "subscribe",
+        &[
+            subscribe("gh_a", "second", 101, None),
+            subscribe("gh_a", "third", 102, None),
+        ],
+    );
+    wait_for("two more welcomes", || env.wechat.sends().len() == 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.wechat.sends_to("second"), 1);
+    assert_eq!(env.wechat.sends_to("third"), 1);
+    let fetches = env.wechat.token_fetches();
+    assert_eq!(
+        fetches.len(),
+        2,
+        "one refresh, shared by both sends: {fetches:?}"
+    );
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_share_one_token_and_send_each_welcome_once() {
+    let env = Env::start().await;
+    let users: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+    let records: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| subscribe("gh_a", u, 1000 + i as i64, None))
+        .collect();
+    env.produce("subscribe", &records);
+    let mut a = env.spawn_process(&["--role", "welcome"]);
+    let mut b = env.spawn_process(&["--role", "welcome"]);
+    wait_for("40 welcomes", || env.wechat.sends().len() >= 40).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for user in &users {
+        assert_eq!(env.wechat.sends_to(user), 1, "{user}");
+    }
+    assert_eq!(
+        env.wechat.token_fetches().len(),
+        1,
+        "one token for both processes"
+    );
+    let _ = a.kill();
+    let _ = b.kill();
+    let _ = a.wait();
+    let _ = b.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_nothing() {
+    let env = Env::start().await;
+    let store = env.store().await;
+    env.wechat.set_send_delay(Duration::from_millis(150));
+    let n = 30;
+    let subs: Vec<_> = (0..n)
+        .map(|i| subscribe("gh_a", &format!("k{i}"), 1000 + i, None))
+        .collect();
+    let locs: Vec<_> = (0..n)
+        .map(|i| location("gh_a", &format!("k{i}"), 1000 + i, 10.0, 20.0))
+        .collect();
+    env.produce("subscribe", &subs);
+    env.produce("location", &locs);
+    let mut child = env.spawn_process(&["--concurrency", "4"]);
+    wait_for("a few welcomes", || env.wechat.sends().len() >= 5).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = env.wechat.sends().len();
+    assert!(before < n as usize, "killed mid-batch ({before} sent)");
+
+    let mut child = env.spawn_process(&["--concurrency", "4"]);
+    wait_for("every welcome", || {
+        (0..n).all(|i| env.wechat.sends_to(&format!("k{i}")) >= 1)
+    })
+    .await;
+    for i in 0..n {
+        let openid = format!("k{i}");
+        wait_for_async("every state", || async {
+            store
+                .user("gh_a", &openid)
+                .await
+                .unwrap()
+                .is_some_and(|u| u.subscribed)
+        })
+        .await;
+        wait_for_async("every location", || async {
+            store
+                .latest_location("gh_a", &openid)
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await;
+    }
+    // Only sends that were in flight at the kill may repeat.
+    let repeats: usize = (0..n)
+        .map(|i| env.wechat.sends_to(&format!("k{i}")) - 1)
+        .sum();
+    assert!(
+        repeats <= 4,
+        "{repeats} repeated sends, with 4 in flight at most"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_and_failing_records_reach_the_dead_letter_topic() {
+    let env = Env::start().await;
+    env.wechat.fail("always_busy", -1, u32::MAX);
+    env.wechat.fail("gone", 43004, u32::MAX);
+    env.wechat.fail("flaky", -1, 1);
+    env.kafka.produce(
+        &env.topic("subscribe"),
+        &[("junk", b"{not json".as_slice())],
+    );
+    env.produce(
+        "subscribe",
+        &[
+            subscribe("gh_a", "always_busy", 1, None),
+            subscribe("gh_a", "gone", 2, None),
+            subscribe("gh_a", "flaky", 3, None),
+            subscribe("gh_a", "fine", 4, None),
+        ],
+    );
+    env.kafka.produce(&env.topic("location"), &[("nowhere", br#"{"id":"x","account":"gh_a","openid":"nowhere","created_at":1,"received_at":"t","kind":"event","type":"location","extra":{}}"#.as_slice())]);
+    let (stop, task) = env.spawn(&[]);
+    let dlq = format!("{}.dlq.welcome", env.prefix);
+    wait_for("two welcome dead letters", || env.kafka.count(&dlq) == 2).await;
+    wait_for("the location dead letter", || {
+        env.kafka.count(&format!("{}.dlq.location", env.prefix)) == 1
+    })
+    .await;
+    wait_for("the fine and flaky welcomes", || {
+        env.wechat.sends_to("fine") == 1 && env.wechat.sends_to("flaky") == 1
+    })
+    .await;
+    let letters = env.kafka.read(&dlq, 2);
+    let mut errors: Vec<(Option<String>, String)> = letters
+        .iter()
+        .map(|r| {
+            (
+                r.key.clone(),
+                r.header("error").unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    errors.sort();
+    assert_eq!(errors[0].0.as_deref(), Some("always_busy"));
+    assert!(errors[0].1.contains("errcode -1"), "{errors:?}");
+    assert_eq!(errors[1].0.as_deref(), Some("junk"));
+    assert!(errors[1].1.contains("not a wxpipe event"), "{errors:?}");
+    assert!(letters
+        .iter()
+        .all(|r| r.header("source_topic") == Some(env.topic("subscribe").as_str())));
+    // A permanent refusal is logged and skipped, not dead-lettered, and not retried.
+    assert_eq!(env.wechat.sends_to("gone"), 0);
+    // The unbind role handled every valid subscribe anyway, and skipped nothing it could do.
+    assert_eq!(
+        env.kafka.count(&format!("{}.dlq.unbind", env.prefix)),
+        1,
+        "only the junk record"
+    );
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_appsecret_welcomes_are_logged_not_sent() {
+    let env = Env::start().await;
+    let store = env.store().await;
+    env.produce("subscribe", &[subscribe("gh_a", "quiet", 100, None)]);
+    let mut config = env.config(&[]);
+    config.appsecret = None;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(worker::run(config, async {
+        let _ = rx.await;
+    }));
+    wait_for_async("the subscription state", || async {
+        store.user("gh_a", "quiet").await.unwrap().is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(env.wechat.sends().is_empty());
+    assert!(env.wechat.token_fetches().is_empty());
+    drop(tx);
+    task.await.unwrap().unwrap();
+}

@@ -5,7 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use worker::store::EffectStore;
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -94,6 +94,14 @@ pub struct Config {
     /// Partitions of each topic the embedded broker creates.
     #[arg(long, env = "EMBEDDED_PARTITIONS", default_value_t = 4)]
     pub embedded_partitions: i32,
+
+    /// Settings of the workers the embedded default runs in-process.
+    #[command(flatten)]
+    pub worker: worker::config::WorkerSettings,
+
+    /// Whether `run` also runs the workers (the embedded default does).
+    #[arg(skip)]
+    pub run_workers: bool,
 }
 
 impl Config {
@@ -149,6 +157,20 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The config of the in-process workers: the same Kafka, store and accounts.
+    pub fn worker_config(&self) -> worker::Config {
+        let mut config = worker::Config::defaults();
+        config.kafka_brokers = self.kafka_brokers.clone();
+        config.topic_prefix = self.topic_prefix.clone();
+        config.redis_url = self.redis_url.clone();
+        config.key_prefix = self.key_prefix.clone();
+        config.appid = self.appid.clone();
+        config.appsecret = self.appsecret.clone();
+        config.accounts_file = self.accounts_file.clone();
+        config.settings = self.worker.clone();
+        config
     }
 
     /// A config for tests and embedding: defaults plus a token.

@@ -51,6 +51,8 @@ pub enum StartError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("dedup store: {0}")]
     Store(#[from] store::StoreError),
+    #[error("workers: {0}")]
+    Workers(#[from] worker::StartError),
 }
 
 /// Serves WeChat pushes on `listener` until `shutdown` resolves; then finishes in-flight
@@ -97,6 +99,17 @@ pub async fn run(
         redis = %if config.redis_url.starts_with("memory://") { "memory://" } else { "redis" },
         "ingest listening"
     );
+    // The embedded default runs the workers here, so one command shows the whole flow.
+    let workers = if config.run_workers {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(worker::run(config.worker_config(), async {
+            let _ = stopped.await;
+        }));
+        tracing::info!("workers running in-process (unbind, welcome, location)");
+        Some((stop, task))
+    } else {
+        None
+    };
     let grace = config.ack_deadline() + Duration::from_secs(1);
     if !server::serve(listener, routes, shutdown, grace).await {
         tracing::warn!(
@@ -108,6 +121,13 @@ pub async fn run(
         tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await;
     if !matches!(flushed, Ok(Ok(()))) {
         tracing::warn!("producer not fully flushed at shutdown");
+    }
+    if let Some((stop, task)) = workers {
+        let _ = stop.send(());
+        match task.await {
+            Ok(result) => result?,
+            Err(error) => tracing::warn!(%error, "workers ended abnormally"),
+        }
     }
     tracing::info!("ingest stopped");
     Ok(())

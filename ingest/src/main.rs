@@ -32,6 +32,7 @@ fn main() -> ExitCode {
                      exit. Set KAFKA_BROKERS and REDIS_URL for real use."
                 );
                 config.kafka_brokers = Some(embedded.bootstrap_servers());
+                config.run_workers = true;
                 Some(embedded)
             }
             Err(error) => {

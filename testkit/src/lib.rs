@@ -4,7 +4,12 @@
 //! - [`Kafka`]: librdkafka's mock cluster (a Kafka-protocol broker in this process, with fault
 //!   controls), or the brokers in `KAFKA_BROKERS`; [`Kafka::count`] and [`Kafka::read`] see what
 //!   a topic holds, [`Kafka::produce`] writes to one.
+//! - [`FakeWeChat`]: the WeChat API calls the workers make, served on a local port.
 //! - [`unique`], [`free_port`], [`eventually`]: names, ports and polling with a deadline.
+
+mod fake_wechat;
+
+pub use fake_wechat::{FakeState, FakeWeChat};
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

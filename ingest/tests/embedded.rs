@@ -1,0 +1,99 @@
+//! The README's first command: `ingest` with no Kafka or Redis runs the whole pipeline, the
+//! workers included, through the real binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use testkit::FakeWeChat;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_command_runs_the_whole_pipeline() {
+    let wechat = FakeWeChat::start().await;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("REDIS_URL")
+        .envs([
+            ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+            ("WECHAT_TOKEN", TOKEN.to_owned()),
+            ("WECHAT_APPID", "wxdemo".to_owned()),
+            ("WECHAT_APPSECRET", "demo-secret".to_owned()),
+            ("WECHAT_API_BASE", wechat.base()),
+            ("RUST_LOG", "info".to_owned()),
+            ("NO_COLOR", "1".to_owned()),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&line);
+            sink.lock().unwrap().push('\n');
+        }
+    });
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..100 {
+        if client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "ingest came up: {}", log.lock().unwrap());
+    assert!(
+        log.lock().unwrap().contains("EMBEDDED MODE"),
+        "it says so at start-up"
+    );
+
+    let xml = format!(
+        "<xml><ToUserName><![CDATA[gh_demo]]></ToUserName><FromUserName><![CDATA[oNewFan]]></FromUserName>\
+         <CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event></xml>",
+        now()
+    );
+    let query = TestApp::signed_query(TOKEN, "embedded");
+    let response = client
+        .post(format!("{base}/wechat?{query}"))
+        .body(xml)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "");
+    assert!(
+        eventually(Duration::from_secs(20), || wechat.sends_to("oNewFan") == 1).await,
+        "the in-process welcome worker sent a welcome: {}",
+        log.lock().unwrap()
+    );
+
+    // SIGTERM: a clean, prompt exit.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "exited after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+}

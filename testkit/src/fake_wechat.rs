@@ -1,0 +1,159 @@
+//! A fake WeChat API: `cgi-bin/stable_token` and `cgi-bin/message/custom/send`, with
+//! expiring tokens, injected errcodes and delays.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+/// What the fake WeChat API saw and how it behaves.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    /// (touser, content) of every accepted send.
+    pub sends: Vec<(String, String)>,
+    /// Every stable_token call's `force_refresh`.
+    pub token_fetches: Vec<bool>,
+    /// Tokens WeChat no longer accepts (42001).
+    pub expired: HashSet<String>,
+    /// errcode to answer for a user, and how many times (u32::MAX = always).
+    pub failures: HashMap<String, (i64, u32)>,
+    /// Delay before answering a send.
+    pub send_delay: Duration,
+    issued: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeWeChat {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeWeChat {
+    pub async fn start() -> FakeWeChat {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(FakeState::default()));
+        let shared = Arc::clone(&state);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| answer(Arc::clone(&state), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeWeChat { addr, state }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn sends(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().sends.clone()
+    }
+
+    pub fn sends_to(&self, openid: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .sends
+            .iter()
+            .filter(|(to, _)| to == openid)
+            .count()
+    }
+
+    pub fn token_fetches(&self) -> Vec<bool> {
+        self.state.lock().unwrap().token_fetches.clone()
+    }
+
+    /// Makes every token issued so far expired.
+    pub fn expire_tokens(&self) {
+        let mut s = self.state.lock().unwrap();
+        for n in 1..=s.issued {
+            s.expired.insert(format!("TOKEN-{n}"));
+        }
+    }
+
+    pub fn fail(&self, openid: &str, errcode: i64, times: u32) {
+        self.state
+            .lock()
+            .unwrap()
+            .failures
+            .insert(openid.to_owned(), (errcode, times));
+    }
+
+    pub fn set_send_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().send_delay = delay;
+    }
+}
+
+async fn answer(
+    state: Arc<Mutex<FakeState>>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let reply = match path.as_str() {
+        "/cgi-bin/stable_token" => {
+            let mut s = state.lock().unwrap();
+            s.token_fetches
+                .push(body["force_refresh"].as_bool().unwrap_or(false));
+            // Like WeChat's stable_token: the same token until it expires or a refresh is forced.
+            let current = format!("TOKEN-{}", s.issued);
+            if s.issued > 0 && !s.expired.contains(&current) && body["force_refresh"] != true {
+                json!({"access_token": current, "expires_in": 7200})
+            } else {
+                s.issued += 1;
+                json!({"access_token": format!("TOKEN-{}", s.issued), "expires_in": 7200})
+            }
+        }
+        "/cgi-bin/message/custom/send" => {
+            let delay = state.lock().unwrap().send_delay;
+            tokio::time::sleep(delay).await;
+            let token = query
+                .strip_prefix("access_token=")
+                .unwrap_or_default()
+                .to_owned();
+            let to = body["touser"].as_str().unwrap_or_default().to_owned();
+            let mut s = state.lock().unwrap();
+            if s.expired.contains(&token) || !token.starts_with("TOKEN-") {
+                json!({"errcode": 42001, "errmsg": "access_token expired"})
+            } else if let Some((errcode, times)) = s.failures.get_mut(&to).filter(|(_, n)| *n > 0) {
+                *times = times.saturating_sub(u32::from(*times != u32::MAX));
+                json!({"errcode": *errcode, "errmsg": "injected"})
+            } else {
+                let content = body["text"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                s.sends.push((to, content));
+                json!({"errcode": 0, "errmsg": "ok"})
+            }
+        }
+        _ => json!({"errcode": 404, "errmsg": "no such API"}),
+    };
+    Ok(Response::new(Full::new(Bytes::from(reply.to_string()))))
+}

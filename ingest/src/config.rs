@@ -69,6 +69,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(100..=4500))]
     pub ack_deadline_ms: u64,
 
+    /// Pushes handled at once; past it a push gets 503 at once, so memory stays bounded
+    /// while Kafka is slow.
+    #[arg(long, env = "INGEST_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+
     /// Largest accepted body, in bytes (413 past it).
     #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -170,6 +175,8 @@ impl Config {
         config.appsecret = self.appsecret.clone();
         config.accounts_file = self.accounts_file.clone();
         config.settings = self.worker.clone();
+        // The ingress serves /metrics and /readyz for the whole process.
+        config.admin_listen = String::new();
         config
     }
 

@@ -79,8 +79,8 @@ pub enum Unavailable {
     Publish(#[from] crate::publish::PublishError),
     #[error("kafka did not confirm the event within the ack deadline")]
     Deadline,
-    #[error("shutting down")]
-    ShuttingDown,
+    #[error("too many pushes in flight")]
+    Overloaded,
 }
 
 impl Unavailable {
@@ -89,7 +89,7 @@ impl Unavailable {
             Unavailable::InFlight => "in_flight",
             Unavailable::Publish(_) => "publish_failed",
             Unavailable::Deadline => "deadline",
-            Unavailable::ShuttingDown => "shutting_down",
+            Unavailable::Overloaded => "overloaded",
         }
     }
 }

@@ -10,8 +10,9 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::accounts::{Account, Accounts};
-use crate::error::{PushError, Rejection};
-use crate::pipeline::{Pipeline, Query};
+use crate::error::{PushError, Rejection, Unavailable};
+use crate::pipeline::{Accepted, Pipeline, Query};
+use schemas::Topic;
 
 /// Routes and limits, shared by every connection.
 #[derive(Debug)]
@@ -20,6 +21,9 @@ pub struct Routes {
     pub max_body_bytes: usize,
     /// How long a client may take to send its body once the headers are in.
     pub read_timeout: Duration,
+    /// Pushes being handled; past its size, a push gets 503 at once, so memory stays bounded
+    /// when Kafka is slow.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub pipeline: Arc<Pipeline>,
 }
 
@@ -47,6 +51,7 @@ impl Routes {
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.ready().await,
+            "/metrics" => ops::admin::metrics(),
             _ => rejected(&Rejection::NotFound.into()),
         }
     }
@@ -58,35 +63,85 @@ impl Routes {
         arrived: Instant,
     ) -> Response<Full<Bytes>> {
         let query = Query::parse(req.uri().query());
-        let result = match *req.method() {
-            Method::GET => match self.pipeline.verify_url(account, query) {
-                Ok(echostr) => return text(StatusCode::OK, echostr),
-                Err(rejection) => Err(rejection.into()),
-            },
-            Method::POST => match self.body(req).await {
-                Ok(body) => self.pipeline.push(account, &query, &body, arrived).await,
-                Err(rejection) => Err(rejection.into()),
-            },
-            _ => Err(Rejection::MethodNotAllowed.into()),
-        };
-        match result {
-            // WeChat reads an empty body as "received, do not retry, no reply".
-            Ok(accepted) => {
-                tracing::debug!(?accepted, "push accepted");
-                text(StatusCode::OK, Bytes::new())
-            }
-            Err(error) => {
-                match &error {
-                    PushError::Rejected(_) => {
-                        tracing::info!(reason = error.reason(), %error, "push rejected")
-                    }
-                    PushError::Unavailable(_) => {
-                        tracing::warn!(reason = error.reason(), %error, "push not durable: 503")
+        match *req.method() {
+            Method::GET => {
+                let result = self.pipeline.verify_url(account, query);
+                let outcome = if result.is_ok() {
+                    "verified"
+                } else {
+                    "rejected"
+                };
+                metrics::counter!("wxpipe_url_verifications_total", "account" => account.name.clone(), "outcome" => outcome)
+                    .increment(1);
+                match result {
+                    Ok(echostr) => text(StatusCode::OK, echostr),
+                    Err(rejection) => {
+                        tracing::info!(account = %account.name, reason = rejection.reason(), %rejection, "URL verification rejected");
+                        rejected(&rejection.into())
                     }
                 }
-                rejected(&error)
             }
+            Method::POST => {
+                let Ok(_permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+                    return self.answer(
+                        account,
+                        None,
+                        Err(Unavailable::Overloaded.into()),
+                        arrived,
+                    );
+                };
+                let in_flight = metrics::gauge!("wxpipe_pushes_in_flight");
+                in_flight.increment(1.0);
+                let (topic, result) = match self.body(req).await {
+                    Ok(body) => self.pipeline.push(account, &query, &body, arrived).await,
+                    Err(rejection) => (None, Err(rejection.into())),
+                };
+                in_flight.decrement(1.0);
+                // WeChat reads an empty body as "received, do not retry, no reply".
+                self.answer(account, topic, result, arrived)
+            }
+            _ => self.answer(
+                account,
+                None,
+                Err(Rejection::MethodNotAllowed.into()),
+                arrived,
+            ),
         }
+    }
+
+    /// Answers a push, with one log line for a refusal and the push's metrics.
+    fn answer(
+        &self,
+        account: &Account,
+        topic: Option<Topic>,
+        result: Result<Accepted, PushError>,
+        arrived: Instant,
+    ) -> Response<Full<Bytes>> {
+        let type_ = topic.map_or("unknown", Topic::type_name);
+        let kind = topic.map_or("unknown", |t| t.kind().as_str());
+        let (outcome, reason, response) = match &result {
+            Ok(Accepted::Published) => ("published", "", text(StatusCode::OK, Bytes::new())),
+            Ok(Accepted::Duplicate) => ("duplicate", "", text(StatusCode::OK, Bytes::new())),
+            Err(error) => {
+                let outcome = match error {
+                    PushError::Rejected(_) => {
+                        tracing::info!(account = %account.name, reason = error.reason(), %error, "push rejected");
+                        "rejected"
+                    }
+                    PushError::Unavailable(_) => {
+                        tracing::warn!(account = %account.name, reason = error.reason(), %error, "push not durable: 503");
+                        "failed"
+                    }
+                };
+                (outcome, error.reason(), rejected(error))
+            }
+        };
+        metrics::counter!("wxpipe_pushes_total", "account" => account.name.clone(), "kind" => kind, "type" => type_,
+            "outcome" => outcome, "reason" => reason)
+        .increment(1);
+        metrics::histogram!("wxpipe_push_ack_seconds", "outcome" => outcome)
+            .record(arrived.elapsed().as_secs_f64());
+        response
     }
 
     /// Reads the body within the size limit and the read timeout.

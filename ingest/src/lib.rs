@@ -32,7 +32,6 @@ pub mod parse;
 pub mod pipeline;
 pub mod publish;
 pub mod server;
-pub mod shutdown;
 pub mod store;
 pub mod verify;
 
@@ -91,6 +90,7 @@ pub async fn run(
         accounts,
         max_body_bytes: config.max_body_bytes,
         read_timeout: config.read_timeout(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
         pipeline,
     });
     tracing::info!(

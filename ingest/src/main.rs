@@ -6,15 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use ingest::embedded::Embedded;
 use ingest::Config;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn")),
-        )
-        .init();
+    ops::init_logs();
     let mut config = Config::parse();
     if let Err(message) = config.validate() {
         eprintln!("ingest: {message}");
@@ -56,7 +50,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match ingest::run(listener, config, ingest::shutdown::signal()).await {
+        match ingest::run(listener, config, ops::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("ingest: {error}");

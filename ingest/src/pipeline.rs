@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use schemas::Topic;
 use sha1::{Digest, Sha1};
 
 use crate::accounts::Account;
@@ -178,13 +179,29 @@ impl Pipeline {
         })
     }
 
-    /// `POST`: one push for `account`, received at `arrived`. `Ok` means answer 200.
+    /// `POST`: one push for `account`, received at `arrived`. `Ok` means answer 200. Also
+    /// returns the push's topic when it got that far, for metrics.
     pub async fn push(
         self: &Arc<Self>,
         account: &Account,
         query: &Query,
         body: &[u8],
         arrived: Instant,
+    ) -> (Option<Topic>, Result<Accepted, PushError>) {
+        let mut topic = None;
+        let result = self
+            .push_to(account, query, body, arrived, &mut topic)
+            .await;
+        (topic, result)
+    }
+
+    async fn push_to(
+        self: &Arc<Self>,
+        account: &Account,
+        query: &Query,
+        body: &[u8],
+        arrived: Instant,
+        topic_seen: &mut Option<Topic>,
     ) -> Result<Accepted, PushError> {
         let Opened {
             xml,
@@ -203,6 +220,7 @@ impl Pipeline {
         let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let event = normalize(push, received_at)?;
         let topic = event.topic();
+        *topic_seen = Some(topic);
         let payload = serde_json::to_vec(&event).expect("an event serializes");
 
         // In plaintext mode the signature does not cover the body: bind (timestamp, nonce) to
@@ -234,11 +252,13 @@ impl Pipeline {
             Ok(Claim::InFlight) => return Err(Unavailable::InFlight.into()),
             Ok(Claim::Replayed) => return Err(Rejection::ReplayedNonce.into()),
             Err(error) => {
-                tracing::warn!(%error, id = %event.id, "dedup store unavailable: publishing without a claim");
+                metrics::counter!("wxpipe_redis_errors_total", "op" => "claim").increment(1);
+                tracing::warn!(%error, id = %ops::redact_id(&event.id), "dedup store unavailable: publishing without a claim");
                 false
             }
         };
 
+        let produced = Instant::now();
         let delivery = match self.publisher.enqueue(topic, &event.openid, &payload) {
             Ok(delivery) => delivery,
             Err(error) => {
@@ -246,7 +266,15 @@ impl Pipeline {
                 return Err(Unavailable::Publish(error).into());
             }
         };
-        let mut delivered = Box::pin(Publisher::delivered(delivery));
+        let in_flight = metrics::gauge!("wxpipe_kafka_in_flight");
+        in_flight.increment(1.0);
+        let mut delivered = Box::pin(async move {
+            let outcome = Publisher::delivered(delivery).await;
+            in_flight.decrement(1.0);
+            metrics::histogram!("wxpipe_kafka_produce_seconds")
+                .record(produced.elapsed().as_secs_f64());
+            outcome
+        });
         match tokio::time::timeout_at((arrived + self.deadline).into(), delivered.as_mut()).await {
             Ok(outcome) => {
                 self.settle(&event.id, &token, claimed, outcome.as_ref())
@@ -283,18 +311,21 @@ impl Pipeline {
         match outcome {
             Ok(()) => {
                 if let Err(error) = self.store.confirm(id, self.dedup_ttl).await {
-                    tracing::warn!(%error, %id, "event is durable but its claim could not be confirmed");
+                    metrics::counter!("wxpipe_redis_errors_total", "op" => "confirm").increment(1);
+                    tracing::warn!(%error, id = %ops::redact_id(id), "event is durable but its claim could not be confirmed");
                 }
             }
             Err(publish_error) => {
                 if publish_error.is_permanent() {
-                    tracing::error!(error = %publish_error, %id, "kafka refused the event permanently");
+                    tracing::error!(error = %publish_error, id = %ops::redact_id(id), "kafka refused the event permanently");
                 } else {
-                    tracing::warn!(error = %publish_error, %id, "kafka did not take the event");
+                    tracing::warn!(error = %publish_error, id = %ops::redact_id(id), "kafka did not take the event");
                 }
                 if claimed {
                     if let Err(error) = self.store.release(id, token).await {
-                        tracing::warn!(%error, %id, "claim not released; it expires with its lease");
+                        metrics::counter!("wxpipe_redis_errors_total", "op" => "release")
+                            .increment(1);
+                        tracing::warn!(%error, id = %ops::redact_id(id), "claim not released; it expires with its lease");
                     }
                 }
             }

@@ -153,6 +153,10 @@ pub struct Config {
     #[arg(long, env = "INGEST_ACCOUNTS")]
     pub accounts_file: Option<PathBuf>,
 
+    /// Address of the admin endpoints (`/healthz`, `/readyz`, `/metrics`); empty disables.
+    #[arg(long, env = "WORKER_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
+    pub admin_listen: String,
+
     #[command(flatten)]
     pub settings: WorkerSettings,
 }

@@ -208,6 +208,7 @@ impl RoleConsumer {
 
     /// One record, to its end: effect done or skipped, or dead-lettered.
     pub async fn handle(&self, message: &rdkafka::message::OwnedMessage) {
+        let started = std::time::Instant::now();
         let payload = message.payload().unwrap_or_default();
         let outcome = match Event::from_json(payload) {
             Err(error) => Outcome::Poison(format!("not a wxpipe event: {error}")),
@@ -222,6 +223,14 @@ impl RoleConsumer {
                 self.dead_letter(message, reason).await
             }
         }
+        let outcome = match outcome {
+            Outcome::Done => "done",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Retry(_) | Outcome::Poison(_) => "dead_lettered",
+        };
+        metrics::counter!("wxpipe_worker_events_total", "role" => self.role.name(), "outcome" => outcome).increment(1);
+        metrics::histogram!("wxpipe_worker_effect_seconds", "role" => self.role.name())
+            .record(started.elapsed().as_secs_f64());
     }
 
     async fn apply_with_retries(&self, event: &Event) -> Outcome {
@@ -230,7 +239,7 @@ impl RoleConsumer {
             let outcome = self.effects.apply(self.role, event).await;
             match outcome {
                 Outcome::Retry(ref reason) if attempt < self.max_attempts => {
-                    tracing::debug!(role = self.role.name(), id = %event.id, attempt, %reason, "effect failed: retrying");
+                    tracing::debug!(role = self.role.name(), id = %ops::redact_id(&event.id), attempt, %reason, "effect failed: retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }

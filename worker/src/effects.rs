@@ -84,7 +84,7 @@ impl Effects {
         match self.store.subscription(change).await {
             Ok(Applied::Yes) => Outcome::Done,
             Ok(Applied::Stale) => {
-                tracing::debug!(id = %event.id, "a newer subscription state is already stored");
+                tracing::debug!(id = %ops::redact_id(&event.id), "a newer subscription state is already stored");
                 Outcome::Done
             }
             Err(error) => Outcome::Retry(error.to_string()),
@@ -108,7 +108,7 @@ impl Effects {
             .get(&event.account)
             .or(self.default_account.as_ref())
         else {
-            tracing::info!(account = %event.account, openid = %event.openid, %text, "welcome message (logged, not sent: no AppSecret configured)");
+            tracing::info!(account = %event.account, openid = %ops::hash_openid(&event.openid), %text, "welcome message (logged, not sent: no AppSecret configured)");
             return Outcome::Done;
         };
         // Another worker may be sending it (a rebalance handed us its record), or may have
@@ -136,7 +136,7 @@ impl Effects {
                 if let Err(error) = self.store.finish_send(&event.id, SENT_TTL).await {
                     // Sent, but not recorded: a redelivery within the lease is still refused;
                     // after it, it could send again. Retrying the record is the best we can do.
-                    tracing::warn!(%error, id = %event.id, "welcome sent but not recorded");
+                    tracing::warn!(%error, id = %ops::redact_id(&event.id), "welcome sent but not recorded");
                 }
                 Outcome::Done
             }
@@ -144,7 +144,7 @@ impl Effects {
                 ErrorClass::Permanent => {
                     // Sending again would fail again: remember it as handled.
                     let _ = self.store.finish_send(&event.id, SENT_TTL).await;
-                    tracing::warn!(%error, errcode = error.errcode(), id = %event.id, "welcome not sent (permanent)");
+                    tracing::warn!(%error, errcode = error.errcode(), id = %ops::redact_id(&event.id), "welcome not sent (permanent)");
                     Outcome::Skipped(error.to_string())
                 }
                 ErrorClass::Retriable | ErrorClass::TokenInvalid => {

@@ -46,6 +46,32 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("admin listener {0}")]
+    Admin(String),
+}
+
+/// Ready when the store answers and the Kafka cluster returns metadata, now.
+fn readiness(store: Arc<dyn store::EffectStore>, brokers: String) -> ops::admin::Readiness {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: Option<Arc<BaseConsumer>> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .ok()
+        .map(Arc::new);
+    Arc::new(move || {
+        let store = Arc::clone(&store);
+        let probe = probe.clone();
+        Box::pin(async move {
+            store.ping().await.map_err(|e| format!("redis: {e}"))?;
+            let probe = probe.ok_or("kafka: no client")?;
+            tokio::task::spawn_blocking(move || {
+                probe.fetch_metadata(None, Duration::from_secs(1)).map(drop)
+            })
+            .await
+            .map_err(|e| format!("kafka: {e}"))?
+            .map_err(|e| format!("kafka: {e}"))
+        })
+    })
 }
 
 /// A name for this process in locks and claims.
@@ -128,6 +154,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
+    if !config.admin_listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.admin_listen)
+            .await
+            .map_err(|e| StartError::Admin(format!("{}: {e}", config.admin_listen)))?;
+        tracing::info!(addr = %config.admin_listen, "admin endpoints listening");
+        let check = readiness(Arc::clone(&effects.store), settings.brokers.clone());
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(ops::admin::serve(
+            listener,
+            check,
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        )));
+    }
     for role in config.roles() {
         let consumer = Arc::new(RoleConsumer::new(role, &settings, Arc::clone(&effects))?);
         tasks.push(tokio::spawn(consumer.run(

@@ -3,15 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn")),
-        )
-        .init();
+    ops::init_logs();
     let config = worker::Config::parse();
     if config.kafka_brokers.is_none() {
         eprintln!("worker: KAFKA_BROKERS is required (the embedded default runs the workers inside `ingest`)");
@@ -24,22 +18,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(worker::run(config, signal())) {
+    match runtime.block_on(worker::run(config, ops::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("worker: {error}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// Waits for Ctrl-C (SIGINT) or SIGTERM.
-async fn signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -81,6 +81,15 @@ struct Reply {
     expires_in: Option<u64>,
 }
 
+/// Counts an API call by errcode (-2: no answer).
+fn count(api: &'static str, result: &Result<Reply, ApiError>) {
+    let errcode = match result {
+        Ok(reply) => reply.errcode,
+        Err(error) => error.errcode(),
+    };
+    metrics::counter!("wxpipe_wechat_api_calls_total", "api" => api, "errcode" => errcode.to_string()).increment(1);
+}
+
 impl Reply {
     fn ok(self) -> Result<Reply, ApiError> {
         if self.errcode == 0 {
@@ -151,16 +160,21 @@ impl WeChat {
 
     async fn post_text(&self, token: &str, openid: &str, content: &str) -> Result<(), ApiError> {
         let body = json!({"touser": openid, "msgtype": "text", "text": {"content": content}});
-        let reply: Reply = self
-            .http
-            .post(format!("{}/cgi-bin/message/custom/send", self.base))
-            .query(&[("access_token", token)])
-            .json(&body)
-            .send()
-            .await?
-            .json()
-            .await?;
-        reply.ok().map(drop)
+        let reply = async {
+            Ok::<Reply, ApiError>(
+                self.http
+                    .post(format!("{}/cgi-bin/message/custom/send", self.base))
+                    .query(&[("access_token", token)])
+                    .json(&body)
+                    .send()
+                    .await?
+                    .json()
+                    .await?,
+            )
+        }
+        .await;
+        count("custom_send", &reply);
+        reply?.ok().map(drop)
     }
 
     /// The cached token, or a fresh one fetched by this process or another.
@@ -211,20 +225,25 @@ impl WeChat {
     async fn fetch(&self, creds: &Credentials, failed: Option<&str>) -> Result<String, ApiError> {
         let mut force = false;
         loop {
-            let reply: Reply = self
-                .http
-                .post(format!("{}/cgi-bin/stable_token", self.base))
-                .json(&json!({
-                    "grant_type": "client_credential",
-                    "appid": creds.appid,
-                    "secret": creds.appsecret.expose(),
-                    "force_refresh": force,
-                }))
-                .send()
-                .await?
-                .json::<Reply>()
-                .await?
-                .ok()?;
+            let reply = async {
+                Ok::<Reply, ApiError>(
+                    self.http
+                        .post(format!("{}/cgi-bin/stable_token", self.base))
+                        .json(&json!({
+                            "grant_type": "client_credential",
+                            "appid": creds.appid,
+                            "secret": creds.appsecret.expose(),
+                            "force_refresh": force,
+                        }))
+                        .send()
+                        .await?
+                        .json::<Reply>()
+                        .await?,
+                )
+            }
+            .await;
+            count("stable_token", &reply);
+            let reply = reply?.ok()?;
             let token = reply
                 .access_token
                 .filter(|t| !t.is_empty())

@@ -121,6 +121,7 @@ impl Env {
                 "KAFKA_CONSUMER_CONFIG",
                 "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
             ),
+            ("WORKER_ADMIN_LISTEN", "127.0.0.1:0".into()),
         ]
     }
 
@@ -140,6 +141,7 @@ impl Env {
                 "WECHAT_API_TIMEOUT_MS" => "--api-timeout-ms",
                 "WORKER_MAX_ATTEMPTS" => "--max-attempts",
                 "KAFKA_CONSUMER_CONFIG" => "--kafka-consumer-config",
+                "WORKER_ADMIN_LISTEN" => "--admin-listen",
                 other => panic!("no flag for {other}"),
             };
             args.push(flag.into());

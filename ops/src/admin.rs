@@ -1,0 +1,86 @@
+//! A small HTTP server for operators: `GET /healthz` (alive), `GET /readyz` (the readiness
+//! check passes now; 503 with its reason otherwise) and `GET /metrics` (Prometheus text).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::CONTENT_TYPE;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+/// A readiness check: `Ok` when ready, else the reason.
+pub type Readiness =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("static header"),
+    );
+    response
+}
+
+/// `GET /metrics`: this process's metrics.
+pub fn metrics() -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::OK, crate::prometheus().render());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        "text/plain; version=0.0.4; charset=utf-8"
+            .parse()
+            .expect("static header"),
+    );
+    response
+}
+
+/// The answer to `/readyz`.
+pub async fn ready(check: &Readiness) -> Response<Full<Bytes>> {
+    match check().await {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+    }
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, check: Readiness, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let check = Arc::clone(&check);
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let check = Arc::clone(&check);
+                async move {
+                    Ok::<_, std::convert::Infallible>(match req.uri().path() {
+                        "/healthz" => text(StatusCode::OK, "ok\n"),
+                        "/readyz" => ready(&check).await,
+                        "/metrics" => metrics(),
+                        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+                    })
+                }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -74,6 +74,14 @@ pub struct Config {
     #[arg(long, env = "INGEST_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: usize,
 
+    /// Local disk spool for pushes Kafka cannot take in time; unset: no spool (503 instead).
+    #[arg(long, env = "INGEST_SPOOL_DIR")]
+    pub spool_dir: Option<std::path::PathBuf>,
+
+    /// Spool size limit in bytes; past it, 503.
+    #[arg(long, env = "INGEST_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
+
     /// Largest accepted body, in bytes (413 past it).
     #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,

@@ -81,6 +81,8 @@ pub enum Unavailable {
     Deadline,
     #[error("too many pushes in flight")]
     Overloaded,
+    #[error("kafka unavailable and the spool refused: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
 }
 
 impl Unavailable {
@@ -90,6 +92,7 @@ impl Unavailable {
             Unavailable::Publish(_) => "publish_failed",
             Unavailable::Deadline => "deadline",
             Unavailable::Overloaded => "overloaded",
+            Unavailable::Spool(_) => "spool_failed",
         }
     }
 }

@@ -122,6 +122,7 @@ impl Routes {
         let (outcome, reason, response) = match &result {
             Ok(Accepted::Published) => ("published", "", text(StatusCode::OK, Bytes::new())),
             Ok(Accepted::Duplicate) => ("duplicate", "", text(StatusCode::OK, Bytes::new())),
+            Ok(Accepted::Spooled) => ("spooled", "", text(StatusCode::OK, Bytes::new())),
             Err(error) => {
                 let outcome = match error {
                     PushError::Rejected(_) => {

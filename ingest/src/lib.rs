@@ -32,6 +32,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod publish;
 pub mod server;
+pub mod spool;
 pub mod store;
 pub mod verify;
 
@@ -50,6 +51,8 @@ pub enum StartError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("dedup store: {0}")]
     Store(#[from] store::StoreError),
+    #[error("spool: {0}")]
+    Spool(#[from] spool::SpoolError),
     #[error("workers: {0}")]
     Workers(#[from] worker::StartError),
 }
@@ -81,10 +84,19 @@ pub async fn run(
         config.ack_deadline(),
         &config.kafka_producer_config,
     )?);
+    let spool = match &config.spool_dir {
+        Some(dir) => Some(spool::Spool::open(dir, config.spool_max_bytes)?),
+        None => None,
+    };
+    let (stop_replay, replay_stopped) = tokio::sync::watch::channel(false);
+    let replay = spool.as_ref().map(|spool| {
+        tokio::spawn(Arc::clone(spool).replay(Arc::clone(&publisher), replay_stopped))
+    });
     let pipeline = Arc::new(pipeline::Pipeline::new(
         &config,
         store,
         Arc::clone(&publisher),
+        spool,
     ));
     let routes = Arc::new(http::Routes {
         accounts,
@@ -116,6 +128,10 @@ pub async fn run(
             ?grace,
             "shutdown grace period ran out with requests in flight"
         );
+    }
+    let _ = stop_replay.send(true);
+    if let Some(replay) = replay {
+        let _ = replay.await;
     }
     let flushed =
         tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await;

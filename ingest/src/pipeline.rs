@@ -17,8 +17,13 @@ use crate::error::{PushError, Rejection, Unavailable};
 use crate::normalize::normalize;
 use crate::parse::{self, ParseError, Push};
 use crate::publish::Publisher;
+use crate::spool::{Spool, SpoolRecord};
 use crate::store::{Claim, ClaimRequest, DedupStore, NonceBinding};
 use crate::verify;
+
+/// With a spool, Kafka's share of the ack deadline ends this much earlier, leaving time to
+/// fsync the push to the spool instead.
+const SPOOL_RESERVE: Duration = Duration::from_millis(500);
 
 /// The query string WeChat signs a request with.
 #[derive(Debug, Default)]
@@ -70,6 +75,8 @@ pub enum Accepted {
     Published,
     /// A retry of an event already durable: nothing published.
     Duplicate,
+    /// Kafka could not take it in time: fsync'd to the local spool, replayed to Kafka later.
+    Spooled,
 }
 
 /// Everything a push needs, shared by all requests.
@@ -82,6 +89,7 @@ pub struct Pipeline {
     nonce_ttl: Duration,
     store: Arc<dyn DedupStore>,
     publisher: Arc<Publisher>,
+    spool: Option<Arc<Spool>>,
     /// Makes each attempt's claim token unique: this process's start time, then a counter.
     instance: String,
     attempts: AtomicU64,
@@ -94,7 +102,12 @@ fn unix_now() -> i64 {
 }
 
 impl Pipeline {
-    pub fn new(config: &Config, store: Arc<dyn DedupStore>, publisher: Arc<Publisher>) -> Self {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn DedupStore>,
+        publisher: Arc<Publisher>,
+        spool: Option<Arc<Spool>>,
+    ) -> Self {
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -106,6 +119,7 @@ impl Pipeline {
             nonce_ttl: config.nonce_ttl(),
             store,
             publisher,
+            spool,
             instance: format!(
                 "{}.{}.{}",
                 std::process::id(),
@@ -258,10 +272,35 @@ impl Pipeline {
             }
         };
 
+        // While the spool holds records, new pushes queue behind them, so order holds.
+        let spool = self.spool.as_ref();
+        let record = || SpoolRecord {
+            topic: self.publisher.topic_name(topic).to_owned(),
+            key: event.openid.clone(),
+            value: payload.clone(),
+        };
+        if let Some(spool) = spool.filter(|s| s.active()) {
+            return self
+                .spool(spool, &event.id, &token, claimed, &record())
+                .await;
+        }
+        // With a spool, Kafka gets the deadline less the time an fsync may take.
+        let deadline = arrived + self.deadline
+            - if spool.is_some() {
+                SPOOL_RESERVE
+            } else {
+                Duration::ZERO
+            };
+
         let produced = Instant::now();
         let delivery = match self.publisher.enqueue(topic, &event.openid, &payload) {
             Ok(delivery) => delivery,
             Err(error) => {
+                if let Some(spool) = spool.filter(|_| !error.is_permanent()) {
+                    return self
+                        .spool(spool, &event.id, &token, claimed, &record())
+                        .await;
+                }
                 self.settle(&event.id, &token, claimed, Err(&error)).await;
                 return Err(Unavailable::Publish(error).into());
             }
@@ -275,7 +314,12 @@ impl Pipeline {
                 .record(produced.elapsed().as_secs_f64());
             outcome
         });
-        match tokio::time::timeout_at((arrived + self.deadline).into(), delivered.as_mut()).await {
+        match tokio::time::timeout_at(deadline.into(), delivered.as_mut()).await {
+            Ok(Err(error)) if spool.is_some() && !error.is_permanent() => {
+                let spool = spool.expect("checked");
+                self.spool(spool, &event.id, &token, claimed, &record())
+                    .await
+            }
             Ok(outcome) => {
                 self.settle(&event.id, &token, claimed, outcome.as_ref())
                     .await;
@@ -284,18 +328,54 @@ impl Pipeline {
                     .map_err(|e| Unavailable::Publish(e).into())
             }
             Err(_elapsed) => {
-                // The outcome is unknown: keep the claim pending until librdkafka reports, so a
-                // retry meanwhile gets 503, then confirm or release. If the lease runs out
-                // first, a retry publishes a second copy with the same id: better than a loss.
+                // The outcome is unknown. Spooled: the event is durable now, and if Kafka takes
+                // the first attempt too, that is a second copy with the same id. Not spooled:
+                // keep the claim pending until librdkafka reports, so a retry meanwhile gets
+                // 503, then confirm or release; if the lease runs out first, a retry publishes
+                // a second copy with the same id: better than a loss.
+                let result = match spool {
+                    Some(spool) => self.spool(spool, &event.id, &token, false, &record()).await,
+                    None => Err(Unavailable::Deadline.into()),
+                };
+                let release = claimed && result.is_err();
                 let pipeline = Arc::clone(self);
                 let id = event.id;
                 tokio::spawn(async move {
                     let outcome = delivered.await;
                     pipeline
-                        .settle(&id, &token, claimed, outcome.as_ref())
+                        .settle(&id, &token, release, outcome.as_ref())
                         .await;
                 });
-                Err(Unavailable::Deadline.into())
+                result
+            }
+        }
+    }
+
+    /// Appends a push to the spool: once fsync'd it is durable, so its claim is confirmed and
+    /// it is answered 200; the replay task takes it to Kafka.
+    async fn spool(
+        &self,
+        spool: &Spool,
+        id: &str,
+        token: &str,
+        release: bool,
+        record: &SpoolRecord,
+    ) -> Result<Accepted, PushError> {
+        match spool.append(record).await {
+            Ok(()) => {
+                metrics::counter!("wxpipe_spool_records_total", "op" => "appended").increment(1);
+                if let Err(error) = self.store.confirm(id, self.dedup_ttl).await {
+                    metrics::counter!("wxpipe_redis_errors_total", "op" => "confirm").increment(1);
+                    tracing::warn!(%error, id = %ops::redact_id(id), "event is spooled but its claim could not be confirmed");
+                }
+                Ok(Accepted::Spooled)
+            }
+            Err(error) => {
+                tracing::error!(%error, id = %ops::redact_id(id), "kafka unavailable and the spool refused the event");
+                if release {
+                    let _ = self.store.release(id, token).await;
+                }
+                Err(Unavailable::Spool(error).into())
             }
         }
     }

@@ -114,6 +114,19 @@ impl Publisher {
         &self.topics[&topic]
     }
 
+    /// Hands a record for a topic by name (the spool's replay) to the producer.
+    pub fn enqueue_named(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<DeliveryFuture, PublishError> {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        self.producer
+            .send_result(record)
+            .map_err(|(error, _)| PublishError::classify(error))
+    }
+
     /// Hands a record to the producer; the returned future resolves with its delivery report.
     pub fn enqueue(
         &self,

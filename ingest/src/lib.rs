@@ -65,6 +65,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     config.validate().map_err(StartError::Config)?;
+    // Install the metrics recorder before anything records.
+    ops::prometheus();
     let accounts = accounts::Accounts::load(&config).map_err(StartError::Config)?;
     let brokers = config
         .kafka_brokers

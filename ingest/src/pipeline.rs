@@ -277,6 +277,7 @@ impl Pipeline {
         let record = || SpoolRecord {
             topic: self.publisher.topic_name(topic).to_owned(),
             key: event.openid.clone(),
+            id: event.id.clone(),
             value: payload.clone(),
         };
         if let Some(spool) = spool.filter(|s| s.active()) {
@@ -332,16 +333,25 @@ impl Pipeline {
                 // the first attempt too, that is a second copy with the same id. Not spooled:
                 // keep the claim pending until librdkafka reports, so a retry meanwhile gets
                 // 503, then confirm or release; if the lease runs out first, a retry publishes
-                // a second copy with the same id: better than a loss.
+                // a second copy with the same id: better than a loss. (The replay waits for
+                // the first attempt's outcome, and skips the event if Kafka took it.)
                 let result = match spool {
-                    Some(spool) => self.spool(spool, &event.id, &token, false, &record()).await,
+                    Some(spool) => {
+                        spool.outcome_pending();
+                        self.spool(spool, &event.id, &token, false, &record()).await
+                    }
                     None => Err(Unavailable::Deadline.into()),
                 };
                 let release = claimed && result.is_err();
+                let spooled = result.is_ok();
+                let spool = spool.cloned();
                 let pipeline = Arc::clone(self);
                 let id = event.id;
                 tokio::spawn(async move {
                     let outcome = delivered.await;
+                    if let Some(spool) = spool {
+                        spool.outcome_known(&id, spooled && outcome.is_ok());
+                    }
                     pipeline
                         .settle(&id, &token, release, outcome.as_ref())
                         .await;

@@ -6,7 +6,7 @@
 //! ```text
 //! {dir}/{seq:016x}.seg  = record*
 //! record                = len:u32 LE ‖ crc32(body):u32 LE ‖ body
-//! body                  = topic_len:u16 LE ‖ topic ‖ key_len:u16 LE ‖ key ‖ value
+//! body                  = topic_len:u16 LE ‖ topic ‖ key_len:u16 LE ‖ key ‖ id_len:u16 LE ‖ id ‖ value
 //! ```
 //!
 //! One writer thread appends and fsyncs, committing every append that arrived meanwhile with
@@ -46,18 +46,21 @@ pub enum SpoolError {
 pub struct SpoolRecord {
     pub topic: String,
     pub key: String,
+    /// The event id, so a copy that Kafka took after all is not replayed again.
+    pub id: String,
     pub value: Vec<u8>,
 }
 
 impl SpoolRecord {
     fn encode(&self) -> Result<Vec<u8>, SpoolError> {
-        let topic_len = u16::try_from(self.topic.len()).map_err(|_| SpoolError::TooLarge)?;
-        let key_len = u16::try_from(self.key.len()).map_err(|_| SpoolError::TooLarge)?;
-        let mut body = Vec::with_capacity(4 + self.topic.len() + self.key.len() + self.value.len());
-        body.extend_from_slice(&topic_len.to_le_bytes());
-        body.extend_from_slice(self.topic.as_bytes());
-        body.extend_from_slice(&key_len.to_le_bytes());
-        body.extend_from_slice(self.key.as_bytes());
+        let mut body = Vec::with_capacity(
+            6 + self.topic.len() + self.key.len() + self.id.len() + self.value.len(),
+        );
+        for field in [&self.topic, &self.key, &self.id] {
+            let len = u16::try_from(field.len()).map_err(|_| SpoolError::TooLarge)?;
+            body.extend_from_slice(&len.to_le_bytes());
+            body.extend_from_slice(field.as_bytes());
+        }
         body.extend_from_slice(&self.value);
         let mut framed = Vec::with_capacity(HEADER + body.len());
         framed.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -67,14 +70,19 @@ impl SpoolRecord {
     }
 
     fn decode(body: &[u8]) -> Option<SpoolRecord> {
-        let (topic_len, rest) = body.split_first_chunk::<2>()?;
-        let (topic, rest) = rest.split_at_checked(u16::from_le_bytes(*topic_len) as usize)?;
-        let (key_len, rest) = rest.split_first_chunk::<2>()?;
-        let (key, value) = rest.split_at_checked(u16::from_le_bytes(*key_len) as usize)?;
+        let mut rest = body;
+        let mut field = || {
+            let (len, tail) = rest.split_first_chunk::<2>()?;
+            let (value, tail) = tail.split_at_checked(u16::from_le_bytes(*len) as usize)?;
+            rest = tail;
+            String::from_utf8(value.to_vec()).ok()
+        };
+        let (topic, key, id) = (field()?, field()?, field()?);
         Some(SpoolRecord {
-            topic: String::from_utf8(topic.to_vec()).ok()?,
-            key: String::from_utf8(key.to_vec()).ok()?,
-            value: value.to_vec(),
+            topic,
+            key,
+            id,
+            value: rest.to_vec(),
         })
     }
 }
@@ -149,6 +157,12 @@ pub struct Spool {
     bytes: AtomicU64,
     backlog: Mutex<Backlog>,
     writer: Mutex<mpsc::Sender<Command>>,
+    /// Ids that Kafka took after all (a produce that outlived its deadline, then was spooled):
+    /// the replay skips them. Lost on a crash, which costs only a copy with the same id.
+    delivered: Mutex<std::collections::HashSet<String>>,
+    /// Spooled events whose first produce is still pending in librdkafka (bounded by its
+    /// `message.timeout.ms`); the replay waits for them, so it knows which to skip.
+    unknown: AtomicU64,
 }
 
 impl Spool {
@@ -182,6 +196,8 @@ impl Spool {
                 appending: 0,
             }),
             writer: Mutex::new(tx),
+            delivered: Mutex::default(),
+            unknown: AtomicU64::new(0),
         });
         let writer_dir = dir.to_owned();
         std::thread::Builder::new()
@@ -195,6 +211,22 @@ impl Spool {
             );
         }
         Ok(spool)
+    }
+
+    /// Notes a spooled event whose first produce has not reported yet.
+    pub fn outcome_pending(&self) {
+        self.unknown.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Records how that first produce ended: when Kafka took it, the replay skips the event.
+    pub fn outcome_known(&self, id: &str, delivered: bool) {
+        if delivered {
+            self.delivered
+                .lock()
+                .expect("delivered lock")
+                .insert(id.to_owned());
+        }
+        self.unknown.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Whether pushes must go through the spool now (it holds records not yet on Kafka).
@@ -266,8 +298,8 @@ impl Spool {
             if *stop.borrow() {
                 return;
             }
-            if !self.active() {
-                let _ = tokio::time::timeout(Duration::from_millis(200), stop.changed()).await;
+            if !self.active() || self.unknown.load(Ordering::SeqCst) > 0 {
+                let _ = tokio::time::timeout(Duration::from_millis(100), stop.changed()).await;
                 continue;
             }
             match self.replay_sealed(&publisher).await {
@@ -285,6 +317,13 @@ impl Spool {
         let sealed = self.seal().await.map_err(|e| e.to_string())?;
         for (_, path) in &sealed {
             let (records, valid) = read_segment(path).map_err(|e| e.to_string())?;
+            let records: Vec<SpoolRecord> = {
+                let mut delivered = self.delivered.lock().expect("delivered lock");
+                records
+                    .into_iter()
+                    .filter(|r| !delivered.remove(&r.id))
+                    .collect()
+            };
             for chunk in records.chunks(512) {
                 let deliveries: Vec<_> = chunk
                     .iter()
@@ -414,6 +453,7 @@ mod tests {
         SpoolRecord {
             topic: "wechat.event.subscribe".into(),
             key: format!("o{i}"),
+            id: format!("gh:o{i}:1:event.subscribe"),
             value: format!("{{\"id\":\"{i}\"}}").into_bytes(),
         }
     }
@@ -529,10 +569,16 @@ mod tests {
         let r = SpoolRecord {
             topic: "t".into(),
             key: "中文".into(),
+            id: "i".into(),
             value: vec![0, 1, 2, 255],
         };
         let framed = r.encode().unwrap();
         assert_eq!(SpoolRecord::decode(&framed[HEADER..]), Some(r));
         assert_eq!(SpoolRecord::decode(&[5, 0, b'a']), None);
+        assert_eq!(
+            SpoolRecord::decode(&[1, 0, b'a', 1, 0, b'b']),
+            None,
+            "no id"
+        );
     }
 }

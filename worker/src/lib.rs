@@ -145,6 +145,7 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
 /// records (or leaves them for redelivery) within `grace`, below the session timeout.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let brokers = config.kafka_brokers.clone().ok_or(StartError::NoBrokers)?;
+    ops::prometheus();
     let effects = effects(&config).await?;
     let settings = ConsumerSettings {
         brokers,

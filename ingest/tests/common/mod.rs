@@ -126,6 +126,20 @@ impl TestApp {
             .collect()
     }
 
+    /// Signals the ingress to stop (as SIGTERM would), without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the ingress to finish after `signal_stop`.
+    pub async fn join(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
     /// Stops the ingress gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -1,0 +1,424 @@
+//! Faults, through the real server: Kafka down for longer than WeChat's retries (the spool),
+//! Redis restarted, overload, shutdown under load, and the metrics that show it all.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn push(from: &str, created_at: i64) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_faults]]></ToUserName><FromUserName><![CDATA[{from}]]></FromUserName>\
+         <CreateTime>{created_at}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event></xml>"
+    )
+}
+
+fn spool_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(unique("wxpipe-spool-"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_longer_than_wechat_retries_loses_nothing_with_a_spool() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.spool_dir = Some(spool_dir());
+    let app = TestApp::spawn_with(config).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
+
+    mock.broker_down(1).unwrap();
+    let t = now();
+    let mut answered = Vec::new();
+    for i in 0..20 {
+        let xml = push("same_user", t + i);
+        let started = Instant::now();
+        let (status, reason) = app.post_push(&xml).await;
+        assert_eq!(status, 200, "spooled: {reason}");
+        assert!(started.elapsed() < Duration::from_millis(4500));
+        answered.push(xml);
+    }
+    // A retry of a spooled push is a duplicate: no second record later.
+    assert_eq!(app.post_push(&answered[0]).await.0, 200);
+
+    mock.broker_up(1).unwrap();
+    let records = app.read("event.subscribe", 21);
+    assert_eq!(records.len(), 21);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.count("event.subscribe"), 21, "each spooled push once");
+    // One user's events keep their order.
+    let times: Vec<i64> = records
+        .iter()
+        .filter(|(k, _, _)| k == "same_user")
+        .map(|(_, e, _)| e.created_at)
+        .collect();
+    assert_eq!(times, (0..20).map(|i| t + i).collect::<Vec<_>>());
+    // Drained: new pushes go straight to Kafka again.
+    assert!(
+        eventually(Duration::from_secs(10), || app.count("event.subscribe")
+            == 21)
+        .await
+    );
+    assert_eq!(app.post_push(&push("after", now())).await.0, 200);
+    assert_eq!(app.read("event.subscribe", 22).len(), 22);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_means_503() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.spool_dir = Some(spool_dir());
+    config.spool_max_bytes = 800;
+    let app = TestApp::spawn_with(config).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
+    mock.broker_down(1).unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        statuses.push(app.post_push(&push(&format!("f{i}"), now())).await.0);
+    }
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
+    let accepted: Vec<String> = (0..6)
+        .filter(|i| statuses[*i] == 200)
+        .map(|i| format!("f{i}"))
+        .collect();
+    mock.broker_up(1).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || app.count("event.subscribe")
+            > accepted.len() as i64)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let keys: Vec<String> = app
+        .read("event.subscribe", 7)
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
+    for key in &accepted {
+        assert_eq!(
+            keys.iter().filter(|k| *k == key).count(),
+            1,
+            "{key} answered 200: on Kafka once ({keys:?})"
+        );
+    }
+    // A 503'd push whose produce outlived its deadline may land too (an unknown outcome is
+    // never turned into a loss); nothing else does, and nothing twice.
+    let mut unique_keys = keys.clone();
+    unique_keys.sort();
+    unique_keys.dedup();
+    assert_eq!(unique_keys.len(), keys.len(), "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k == "warm" || k.starts_with('f')),
+        "{keys:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_ingress_loses_nothing_answered_200() {
+    let redis = RedisServer::start();
+    let prefix = unique("t");
+    let topics: Vec<String> = schemas::Topic::all().map(|t| t.name(&prefix)).collect();
+    let kafka = Kafka::mock(&topics);
+    let mock = kafka.mock_cluster().unwrap();
+    let spool = spool_dir();
+    let port = free_port();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+            .envs([
+                ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+                ("WECHAT_TOKEN", TOKEN.to_owned()),
+                ("KAFKA_BROKERS", kafka.brokers()),
+                ("KAFKA_TOPIC_PREFIX", prefix.clone()),
+                ("REDIS_URL", redis.url()),
+                ("INGEST_SPOOL_DIR", spool.display().to_string()),
+                ("INGEST_ACK_DEADLINE_MS", "1500".to_owned()),
+                ("RUST_LOG", "warn".to_owned()),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let wait_up = || async {
+        for _ in 0..100 {
+            if client.get(format!("{base}/healthz")).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("ingest did not come up");
+    };
+    let mut child = start();
+    wait_up().await;
+    mock.broker_down(1).unwrap();
+    let mut answered = 0;
+    for i in 0..10 {
+        let query = TestApp::signed_query(TOKEN, &unique("n"));
+        let response = client
+            .post(format!("{base}/wechat?{query}"))
+            .body(push(&format!("k{i}"), now()))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 10, "all spooled");
+    child.kill().unwrap(); // SIGKILL: no flush, no goodbye
+    child.wait().unwrap();
+    mock.broker_up(1).unwrap();
+
+    let mut child = start();
+    wait_up().await;
+    let topic = format!("{prefix}.event.subscribe");
+    assert!(
+        eventually(Duration::from_secs(20), || kafka.count(&topic) >= 10).await,
+        "replayed after restart"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut keys: Vec<String> = kafka
+        .read(&topic, 10)
+        .into_iter()
+        .filter_map(|r| r.key)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 10, "every push answered 200 is on Kafka");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_run_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let app = TestApp::spawn(&redis.url()).await;
+    let before = push("r_before", now());
+    assert_eq!(app.post_push(&before).await.0, 200);
+
+    redis.stop();
+    // Policy: dedup is off while Redis is down; every 200 is still on Kafka.
+    let during = push("r_during", now());
+    assert_eq!(app.post_push(&during).await.0, 200);
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("redis"));
+
+    let _redis = RedisServer::start_on(port);
+    let mut ok = false;
+    for _ in 0..50 {
+        if app
+            .client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "ready again");
+    let after = push("r_after", now());
+    assert_eq!(app.post_push(&after).await.0, 200);
+    assert_eq!(app.post_push(&after).await.0, 200, "dedup works again");
+    assert_eq!(app.read("event.subscribe", 3).len(), 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.count("event.subscribe"), 3);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_in_flight_cap_a_push_gets_503_at_once() {
+    let mut config = test_config("memory://");
+    config.max_in_flight = 2;
+    let app = std::sync::Arc::new(TestApp::spawn_with(config).await);
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
+    mock.broker_down(1).unwrap();
+    // Two pushes wait for Kafka up to the deadline; the third is refused at once.
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            let query = TestApp::signed_query(TOKEN, &unique("n"));
+            let url = app.url(&format!("/wechat?{query}"));
+            let body = push(&format!("slow{i}"), now());
+            let client = app.client.clone();
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let (status, reason) = app.post_push(&push("third", now())).await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("in flight"), "{reason}");
+    assert!(started.elapsed() < Duration::from_millis(500), "at once");
+    for task in slow {
+        assert_eq!(task.await.unwrap(), 503, "not durable within the deadline");
+    }
+    mock.broker_up(1).unwrap();
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("reason=\"overloaded\""), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_leaves_every_200_on_kafka() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis.url()).await;
+    let url = |query: &str| app.url(&format!("/wechat?{query}"));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let client = app.client.clone();
+        let target = url(&TestApp::signed_query(TOKEN, &unique("n")));
+        let from = format!("s{i}");
+        let body = push(&from, now());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 2)).await;
+            let status = client
+                .post(target)
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            (from, status)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Stop while requests are still arriving.
+    let mut app = app;
+    let started = Instant::now();
+    app.signal_stop();
+    let mut ok = Vec::new();
+    for task in tasks {
+        let (from, status) = task.await.unwrap();
+        if status == 200 {
+            ok.push(from);
+        }
+    }
+    app.join().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded grace period"
+    );
+    assert!(!ok.is_empty(), "some pushes were answered before the stop");
+    let keys: std::collections::HashSet<String> = app
+        .kafka
+        .read(&app.topic("event.subscribe"), ok.len())
+        .into_iter()
+        .filter_map(|r| r.key)
+        .collect();
+    for from in &ok {
+        assert!(
+            keys.contains(from),
+            "{from} was answered 200 but is not on Kafka"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_was_sent() {
+    let account = unique("acct").replace('x', "_");
+    let mut config = test_config("memory://");
+    config.accounts_file = Some(accounts_file(&format!(
+        "[accounts.{account}]\ntoken = \"metrics-token\"\n"
+    )));
+    let app = TestApp::spawn_with(config).await;
+    let path = format!("/wechat/{account}");
+    for i in 0..3 {
+        let query = TestApp::signed_query("metrics-token", &unique("n"));
+        assert_eq!(
+            app.post_to(&path, &query, &push(&format!("m{i}"), now()))
+                .await
+                .0,
+            200
+        );
+    }
+    let query = TestApp::signed_query("metrics-token", &unique("n"));
+    assert_eq!(
+        app.post_to(&path, &query, &push("m0", now() - 10_000_000))
+            .await
+            .0,
+        200,
+        "another second: new event"
+    );
+    let retry_query = TestApp::signed_query("metrics-token", "retry");
+    let body = push("dup", now());
+    assert_eq!(app.post_to(&path, &retry_query, &body).await.0, 200);
+    assert_eq!(app.post_to(&path, &retry_query, &body).await.0, 200);
+    let bad = TestApp::signed_query("wrong", &unique("n"));
+    assert_eq!(app.post_to(&path, &bad, &push("m9", now())).await.0, 403);
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |outcome: &str, reason: &str, type_: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("wxpipe_pushes_total{")
+                    && l.contains(&format!("account=\"{account}\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+                    && l.contains(&format!("reason=\"{reason}\""))
+                    && l.contains(&format!("type=\"{type_}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    let mine: Vec<&str> = metrics.lines().filter(|l| l.contains(&account)).collect();
+    assert_eq!(
+        line("published", "", "subscribe").as_deref(),
+        Some("5"),
+        "{mine:#?}"
+    );
+    assert_eq!(line("duplicate", "", "subscribe").as_deref(), Some("1"));
+    assert_eq!(
+        line("rejected", "bad_signature", "unknown").as_deref(),
+        Some("1")
+    );
+    assert!(
+        metrics.contains("wxpipe_push_ack_seconds_bucket"),
+        "ack latency histogram"
+    );
+    assert!(
+        metrics.contains("wxpipe_kafka_produce_seconds"),
+        "produce latency"
+    );
+    assert!(metrics.contains("wxpipe_kafka_in_flight"));
+    app.stop().await;
+}

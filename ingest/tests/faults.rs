@@ -244,7 +244,7 @@ async fn redis_restarted_mid_run_recovers_by_itself() {
 async fn past_the_in_flight_cap_a_push_gets_503_at_once() {
     let mut config = test_config("memory://");
     config.max_in_flight = 2;
-    let app = std::sync::Arc::new(TestApp::spawn_with(config).await);
+    let app = TestApp::spawn_with(config).await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };

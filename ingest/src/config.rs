@@ -115,6 +115,23 @@ pub struct Config {
     /// Whether `run` also runs the workers (the embedded default does).
     #[arg(skip)]
     pub run_workers: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `ingest` does instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Create every topic wxpipe writes (for clusters where auto-creation is off), then exit.
+    Topics {
+        /// Partitions per topic: the ceiling on consumers per group, and on produce parallelism.
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        /// Replicas per partition (3 for `acks=all` to survive a broker loss).
+        #[arg(long, default_value_t = 3)]
+        replication_factor: i32,
+    },
 }
 
 impl Config {

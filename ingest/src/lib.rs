@@ -34,6 +34,7 @@ pub mod publish;
 pub mod server;
 pub mod spool;
 pub mod store;
+pub mod topics;
 pub mod verify;
 
 pub use config::Config;

@@ -4,12 +4,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use ingest::config::Command;
 use ingest::embedded::Embedded;
+use ingest::topics::Created;
 use ingest::Config;
 
 fn main() -> ExitCode {
     ops::init_logs();
     let mut config = Config::parse();
+    if let Some(Command::Topics {
+        partitions,
+        replication_factor,
+    }) = config.command.clone()
+    {
+        return create_topics(&config, partitions, replication_factor);
+    }
     if let Err(message) = config.validate() {
         eprintln!("ingest: {message}");
         return ExitCode::from(2);
@@ -58,4 +67,50 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `ingest topics`: creates every topic, prints one line per topic, exits non-zero if any failed.
+fn create_topics(config: &Config, partitions: i32, replication: i32) -> ExitCode {
+    let Some(brokers) = &config.kafka_brokers else {
+        eprintln!("ingest topics: KAFKA_BROKERS is required");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ingest: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let results = runtime.block_on(ingest::topics::create_all(
+        brokers,
+        &config.topic_prefix,
+        partitions,
+        replication,
+        &config.kafka_producer_config,
+    ));
+    match results {
+        Ok(results) => {
+            let mut failed = false;
+            for (topic, created) in results {
+                match created {
+                    Created::Created => println!("created {topic}"),
+                    Created::Exists => println!("exists  {topic}"),
+                    Created::Failed(reason) => {
+                        failed = true;
+                        println!("FAILED  {topic}: {reason}");
+                    }
+                }
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(error) => {
+            eprintln!("ingest topics: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

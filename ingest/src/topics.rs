@@ -1,0 +1,60 @@
+//! `ingest topics`: creates every topic wxpipe writes, for clusters where auto-creation is off.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+use schemas::Topic;
+
+/// Every topic name under a prefix: one per known type, the `other` topics, and the workers'
+/// dead-letter topics.
+pub fn all_topics(prefix: &str) -> Vec<String> {
+    Topic::all()
+        .map(|t| t.name(prefix))
+        .chain(worker::Role::ALL.map(|role| role.dlq_topic(prefix)))
+        .collect()
+}
+
+/// What became of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    Exists,
+    Failed(String),
+}
+
+/// Creates every topic; topics that exist are left as they are.
+pub async fn create_all(
+    brokers: &str,
+    prefix: &str,
+    partitions: i32,
+    replication: i32,
+    overrides: &[String],
+) -> Result<Vec<(String, Created)>, KafkaError> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for pair in overrides {
+        if let Some((key, value)) = pair.split_once('=') {
+            config.set(key.trim(), value.trim());
+        }
+    }
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let names = all_topics(prefix);
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(&topics, &options).await?;
+    Ok(results
+        .into_iter()
+        .map(|result| match result {
+            Ok(name) => (name, Created::Created),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => (name, Created::Exists),
+            Err((name, code)) => (name, Created::Failed(code.to_string())),
+        })
+        .collect())
+}

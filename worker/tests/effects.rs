@@ -381,3 +381,58 @@ async fn without_an_appsecret_welcomes_are_logged_not_sent() {
     drop(tx);
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_reports_health_and_metrics() {
+    let env = Env::start().await;
+    let port = free_port();
+    env.produce("subscribe", &[subscribe("gh_a", "counted", 100, None)]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .envs(env.vars())
+        .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the welcome", || env.wechat.sends_to("counted") == 1).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("http://127.0.0.1:{port}{path}")).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    let has = |needle: &str| {
+        metrics
+            .lines()
+            .any(|l| l.contains(needle) && !l.starts_with('#'))
+    };
+    assert!(
+        has("wxpipe_worker_events_total{") && has("role=\"welcome\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wxpipe_wechat_api_calls_total")
+                && l.contains("api=\"custom_send\"")
+                && l.contains("errcode=\"0\"")),
+        "{metrics}"
+    );
+    assert!(has("wxpipe_worker_effect_seconds_bucket"));
+
+    // SIGTERM: a clean exit; the logs were JSON lines, without OpenIDs in clear.
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", output.status);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.lines().count() > 0);
+    for line in stdout.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(value.get("level").is_some(), "{line}");
+        assert!(!line.contains("counted"), "an OpenID in clear: {line}");
+    }
+}

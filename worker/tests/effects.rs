@@ -387,7 +387,7 @@ async fn the_admin_port_reports_health_and_metrics() {
     let env = Env::start().await;
     let port = free_port();
     env.produce("subscribe", &[subscribe("gh_a", "counted", 100, None)]);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
         .envs(env.vars())
         .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
         .env("LOG_FORMAT", "json")

@@ -1,0 +1,321 @@
+//! `wxload`: load-tests a wxpipe deployment the way WeChat would, and hosts the servers the
+//! benchmarks compare against.
+//!
+//! ```text
+//! wxload run --url http://127.0.0.1:8080/wechat --token T --connections 64 --count 100000 \
+//!            --kafka-brokers localhost:9092        # then: sent, acked, on Kafka, latencies
+//! wxload baseline --listen 127.0.0.1:9000          # the bare limit: 200 and nothing else
+//! wxload fake-wechat --listen 127.0.0.1:9100       # a WeChat API for worker benchmarks
+//! wxload produce --kafka-brokers B --type subscribe --count 100000
+//! ```
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use ingest::decrypt::AesKey;
+
+mod kafka;
+mod push;
+mod run;
+mod servers;
+
+use push::{Mix, Signer};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wxload",
+    version,
+    about = "Load-test wxpipe the way WeChat pushes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send signed pushes and report what was acknowledged and what reached Kafka.
+    Run(RunArgs),
+    /// Serve the bare limit: 200 with an empty body, nothing else.
+    Baseline {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+    },
+    /// Serve a fake WeChat API (stable_token, custom send, /stats).
+    FakeWechat {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: String,
+    },
+    /// Write normalized events straight to Kafka (a backlog for worker benchmarks).
+    Produce {
+        #[arg(long, env = "KAFKA_BROKERS")]
+        kafka_brokers: String,
+        #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "wechat")]
+        topic_prefix: String,
+        #[arg(long = "type", default_value = "subscribe")]
+        type_: String,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The URL WeChat calls, path included.
+    #[arg(long, default_value = "http://127.0.0.1:8080/wechat")]
+    url: String,
+    #[arg(long, env = "WECHAT_TOKEN")]
+    token: String,
+    /// Safe mode: the EncodingAESKey (with --appid).
+    #[arg(long, env = "WECHAT_ENCODING_AES_KEY")]
+    aes_key: Option<String>,
+    #[arg(long, env = "WECHAT_APPID")]
+    appid: Option<String>,
+    /// ToUserName of every push.
+    #[arg(long, default_value = "gh_wxload")]
+    account: String,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Pushes per second in all; 0 = as fast as answered.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Pushes to send (default 10000 unless --duration).
+    #[arg(long)]
+    count: Option<u64>,
+    /// How long to send, e.g. 30s.
+    #[arg(long, value_parser = humantime_duration)]
+    duration: Option<Duration>,
+    /// Distinct users (OpenIDs).
+    #[arg(long, default_value_t = 100_000)]
+    users: u64,
+    /// Weighted push types.
+    #[arg(
+        long,
+        default_value = "subscribe=5,unsubscribe=2,scan=3,location=40,click=20,view=10,text=20"
+    )]
+    mix: String,
+    /// WeChat's wait before it retries.
+    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    timeout: Duration,
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    #[arg(long, default_value = "1s", value_parser = humantime_duration)]
+    retry_delay: Duration,
+    /// Kafka to count what arrived (unset: no Kafka figures).
+    #[arg(long, env = "KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "wechat")]
+    topic_prefix: String,
+    /// Read every record back to find duplicates and missing ids (when the broker still holds them).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    read_back: bool,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {text:?} (ms, s, m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Baseline { listen } => {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| listen.clone())?;
+            println!("baseline listening on {}", listener.local_addr()?);
+            servers::baseline(listener).await;
+            Ok(())
+        }
+        Command::FakeWechat { listen } => {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| listen.clone())?;
+            println!("fake WeChat API listening on {}", listener.local_addr()?);
+            servers::fake_wechat(listener).await;
+            Ok(())
+        }
+        Command::Produce {
+            kafka_brokers,
+            topic_prefix,
+            type_,
+            count,
+            users,
+        } => produce(&kafka_brokers, &topic_prefix, &type_, count, users).await,
+        Command::Run(args) => run_load(args).await,
+    }
+}
+
+async fn produce(
+    brokers: &str,
+    prefix: &str,
+    type_: &str,
+    count: u64,
+    users: u64,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mix = Mix::parse(type_).map_err(anyhow::Error::msg)?;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let signer = Signer {
+        token: String::new(),
+        aes: None,
+    };
+    let base_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let started = std::time::Instant::now();
+    let mut pending = Vec::new();
+    for seq in 0..count {
+        let request = push::build(seq, users, base_time, &mix, "gh_wxload", "/", &signer);
+        let push = ingest::parse::Push::try_from(request.body.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let at = humantime_rfc3339_now();
+        let event = ingest::normalize::normalize(push, at).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let topic = event.topic().name(prefix);
+        let value = serde_json::to_vec(&event)?;
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(&topic).key(&event.openid).payload(&value))
+                .map_err(|(e, _)| e)?,
+        );
+        if pending.len() >= 10_000 {
+            for delivery in pending.drain(..) {
+                delivery.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for delivery in pending {
+        delivery.await?.map_err(|(e, _)| e)?;
+    }
+    println!(
+        "produced {count} {type_} events in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn humantime_rfc3339_now() -> String {
+    // Millisecond RFC 3339, as the ingress writes `received_at`.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}Z", now.as_secs(), now.subsec_millis())
+}
+
+async fn run_load(args: RunArgs) -> anyhow::Result<()> {
+    let url = args
+        .url
+        .strip_prefix("http://")
+        .context("--url must be http://host:port/path")?;
+    let (addr, path) = url
+        .split_once('/')
+        .map_or((url, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let aes = match (&args.aes_key, &args.appid) {
+        (Some(key), Some(appid)) => Some((
+            AesKey::parse(key).map_err(|e| anyhow::anyhow!("{e}"))?,
+            appid.clone(),
+        )),
+        (Some(_), None) => bail!("--aes-key needs --appid"),
+        _ => None,
+    };
+    let count = args.count.or(if args.duration.is_none() {
+        Some(10_000)
+    } else {
+        None
+    });
+    let before = args
+        .kafka_brokers
+        .as_deref()
+        .map(|b| kafka::end_offsets(b, &args.topic_prefix));
+    let load = run::Load {
+        addr: addr.to_owned(),
+        path,
+        connections: args.connections,
+        rate: args.rate,
+        count,
+        duration: args.duration,
+        users: args.users.max(1),
+        mix: Mix::parse(&args.mix).map_err(anyhow::Error::msg)?,
+        account: args.account.clone(),
+        signer: Signer {
+            token: args.token.clone(),
+            aes,
+        },
+        timeout: args.timeout,
+        retries: args.retries,
+        retry_delay: args.retry_delay,
+        progress: !args.no_progress,
+    };
+    let outcome = run::run(load).await;
+    let percentile = |q: f64| outcome.latency.value_at_quantile(q) as f64 / 1000.0;
+    let throughput = outcome.acked as f64 / outcome.elapsed.as_secs_f64().max(1e-9);
+    let mut report = serde_json::json!({
+        "sent": outcome.sent,
+        "acked": outcome.acked,
+        "failed": outcome.failed,
+        "retried": outcome.retried,
+        "seconds": outcome.elapsed.as_secs_f64(),
+        "throughput_per_s": throughput,
+        "latency_ms": {
+            "p50": percentile(0.50), "p90": percentile(0.90), "p99": percentile(0.99),
+            "max": outcome.latency.max() as f64 / 1000.0,
+        },
+    });
+    if let (Some(brokers), Some(before)) = (args.kafka_brokers.as_deref(), before) {
+        let brokers = brokers.to_owned();
+        let prefix = args.topic_prefix.clone();
+        let read_back = args.read_back;
+        let acked_ids = outcome.acked_ids;
+        let kafka_report = tokio::task::spawn_blocking(move || {
+            let after = kafka::settled(&brokers, &prefix, Duration::from_secs(30));
+            let on_kafka = kafka::written(&before, &after);
+            let mut figures = serde_json::json!({ "on_kafka": on_kafka });
+            if read_back {
+                match kafka::read_ids(&brokers, &before, &after) {
+                    Some(ids) => {
+                        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+                        let missing = acked_ids.iter().filter(|id| !unique.contains(id)).count();
+                        figures["duplicates"] = serde_json::json!(ids.len() - unique.len());
+                        figures["missing"] = serde_json::json!(missing);
+                    }
+                    None => {
+                        figures["read_back"] =
+                            serde_json::json!("skipped: the broker no longer holds all of it")
+                    }
+                }
+            }
+            figures
+        })
+        .await?;
+        report["kafka"] = kafka_report;
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(path) = args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}

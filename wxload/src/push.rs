@@ -1,0 +1,239 @@
+//! Generated pushes, signed the way WeChat signs them (plaintext or safe mode).
+
+use ingest::decrypt::AesKey;
+
+/// The kinds of push a load mixes, with the XML fields each carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushType {
+    Subscribe,
+    Unsubscribe,
+    Scan,
+    Location,
+    Click,
+    View,
+    Text,
+}
+
+impl PushType {
+    pub fn parse(name: &str) -> Option<PushType> {
+        Some(match name {
+            "subscribe" => PushType::Subscribe,
+            "unsubscribe" => PushType::Unsubscribe,
+            "scan" => PushType::Scan,
+            "location" => PushType::Location,
+            "click" => PushType::Click,
+            "view" => PushType::View,
+            "text" => PushType::Text,
+            _ => return None,
+        })
+    }
+
+    fn fields(self, seq: u64) -> String {
+        match self {
+            PushType::Subscribe => format!(
+                "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event>\
+                 <EventKey><![CDATA[qrscene_{}]]></EventKey><Ticket><![CDATA[TICKET]]></Ticket>",
+                seq % 100
+            ),
+            PushType::Unsubscribe => "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[unsubscribe]]></Event>".into(),
+            PushType::Scan => format!(
+                "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[SCAN]]></Event>\
+                 <EventKey><![CDATA[{}]]></EventKey><Ticket><![CDATA[TICKET]]></Ticket>",
+                seq % 100
+            ),
+            PushType::Location => format!(
+                "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[LOCATION]]></Event>\
+                 <Latitude>{:.6}</Latitude><Longitude>{:.6}</Longitude><Precision>30.000000</Precision>",
+                23.0 + (seq % 1000) as f64 / 1000.0,
+                113.0 + (seq % 997) as f64 / 1000.0
+            ),
+            PushType::Click => format!(
+                "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[CLICK]]></Event><EventKey><![CDATA[MENU_{}]]></EventKey>",
+                seq % 8
+            ),
+            PushType::View => "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[VIEW]]></Event>\
+                 <EventKey><![CDATA[https://example.com/menu]]></EventKey>"
+                .into(),
+            PushType::Text => format!(
+                "<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[hello {seq}]]></Content><MsgId>{}</MsgId>",
+                6_000_000_000_000_000_000u64 + seq
+            ),
+        }
+    }
+}
+
+/// A weighted mix of push types: `subscribe=10,location=50,...`.
+#[derive(Debug, Clone)]
+pub struct Mix(Vec<(PushType, u32)>);
+
+impl Mix {
+    pub fn parse(text: &str) -> Result<Mix, String> {
+        let mut entries = Vec::new();
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let (name, weight) = part.split_once('=').unwrap_or((part, "1"));
+            let kind = PushType::parse(name.trim())
+                .ok_or_else(|| format!("unknown push type {name:?}"))?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad weight in {part:?}"))?;
+            entries.push((kind, weight));
+        }
+        if entries.iter().map(|(_, w)| w).sum::<u32>() == 0 {
+            return Err("the mix is empty".into());
+        }
+        Ok(Mix(entries))
+    }
+
+    /// The type of push number `seq`: deterministic, in the mix's proportions.
+    pub fn pick(&self, seq: u64) -> PushType {
+        let total: u64 = self.0.iter().map(|(_, w)| u64::from(*w)).sum();
+        // Spread the sequence over the weights without a pattern that lines up with users.
+        let mut at = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) % total;
+        for (kind, weight) in &self.0 {
+            if at < u64::from(*weight) {
+                return *kind;
+            }
+            at -= u64::from(*weight);
+        }
+        self.0[0].0
+    }
+}
+
+/// How to sign.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    pub token: String,
+    /// Safe mode: the key and the AppID inside every message.
+    pub aes: Option<(AesKey, String)>,
+}
+
+/// One push, ready to send (and to send again, identically, on retry).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub path_and_query: String,
+    pub body: String,
+    pub id: String,
+}
+
+/// Builds push number `seq`: user `seq % users`, `CreateTime` advancing one second per round
+/// of users, so no two pushes share an identity.
+pub fn build(
+    seq: u64,
+    users: u64,
+    base_time: i64,
+    mix: &Mix,
+    account: &str,
+    path: &str,
+    signer: &Signer,
+) -> Request {
+    let kind = mix.pick(seq);
+    let openid = format!("oLoad{:012}", seq % users);
+    let created_at = base_time + (seq / users) as i64;
+    let xml = format!(
+        "<xml><ToUserName><![CDATA[{account}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>\
+         <CreateTime>{created_at}</CreateTime>{}</xml>",
+        kind.fields(seq)
+    );
+    let push = ingest::parse::Push::try_from(xml.as_bytes()).expect("generated pushes parse");
+    let id = ingest::normalize::normalize(push, String::new())
+        .expect("generated pushes normalize")
+        .id;
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .to_string();
+    let nonce = format!("{}", seq.wrapping_mul(2_654_435_761) % 1_000_000_000);
+    let signature = hex::encode(ingest::verify::signature(&mut [
+        &signer.token,
+        &timestamp,
+        &nonce,
+    ]));
+    let (path_and_query, body) = match &signer.aes {
+        None => (
+            format!("{path}?signature={signature}&timestamp={timestamp}&nonce={nonce}"),
+            xml,
+        ),
+        Some((key, appid)) => {
+            let mut random = [0u8; 16];
+            random[..8].copy_from_slice(&seq.to_le_bytes());
+            let encrypt = key.encrypt(xml.as_bytes(), appid, random);
+            let msg_signature = hex::encode(ingest::verify::signature(&mut [
+                &signer.token,
+                &timestamp,
+                &nonce,
+                &encrypt,
+            ]));
+            (
+                format!(
+                    "{path}?signature={signature}&timestamp={timestamp}&nonce={nonce}&openid={openid}&encrypt_type=aes&msg_signature={msg_signature}"
+                ),
+                format!("<xml><ToUserName><![CDATA[{account}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"),
+            )
+        }
+    };
+    Request {
+        path_and_query,
+        body,
+        id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_keeps_its_proportions() {
+        let mix = Mix::parse("subscribe=1,location=3").unwrap();
+        let locations = (0..10_000)
+            .filter(|s| mix.pick(*s) == PushType::Location)
+            .count();
+        assert!((7_000..8_000).contains(&locations), "{locations}");
+        assert!(Mix::parse("nope=1").is_err());
+        assert!(Mix::parse("click=0").is_err());
+    }
+
+    #[test]
+    fn every_push_has_its_own_identity_and_passes_the_ingress_checks() {
+        let mix = Mix::parse("subscribe,unsubscribe,scan,location,click,view,text").unwrap();
+        let signer = Signer {
+            token: "t".into(),
+            aes: None,
+        };
+        let mut ids = std::collections::HashSet::new();
+        for seq in 0..2_000 {
+            let r = build(seq, 100, 1_700_000_000, &mix, "gh_load", "/wechat", &signer);
+            assert!(ids.insert(r.id.clone()), "{}", r.id);
+        }
+    }
+
+    #[test]
+    fn safe_mode_pushes_decrypt() {
+        let key = AesKey::parse("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap();
+        let signer = Signer {
+            token: "t".into(),
+            aes: Some((key.clone(), "wxapp".into())),
+        };
+        let r = build(
+            7,
+            10,
+            1_700_000_000,
+            &Mix::parse("text").unwrap(),
+            "gh_load",
+            "/wechat",
+            &signer,
+        );
+        assert!(r.path_and_query.contains("encrypt_type=aes"));
+        let envelope = ingest::parse::parse_document(r.body.as_bytes()).unwrap();
+        let encrypt = envelope
+            .iter()
+            .find(|(n, _)| n == "Encrypt")
+            .unwrap()
+            .1
+            .as_str()
+            .unwrap();
+        let xml = key.decrypt(encrypt, "wxapp").unwrap();
+        assert!(String::from_utf8(xml).unwrap().contains("hello 7"));
+    }
+}

@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Send signed pushes and report what was acknowledged and what reached Kafka.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve the bare limit: 200 with an empty body, nothing else.
     Baseline {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
             count,
             users,
         } => produce(&kafka_brokers, &topic_prefix, &type_, count, users).await,
-        Command::Run(args) => run_load(args).await,
+        Command::Run(args) => run_load(*args).await,
     }
 }
 

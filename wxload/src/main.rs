@@ -47,6 +47,16 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9100")]
         listen: String,
     },
+    /// Host a Kafka-protocol broker (librdkafka's mock cluster) until killed; prints its address.
+    /// It keeps only a few MB per partition: count by end offsets, not by reading back.
+    MockKafka {
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+        #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "wechat")]
+        topic_prefix: String,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
     /// Write normalized events straight to Kafka (a backlog for worker benchmarks).
     Produce {
         #[arg(long, env = "KAFKA_BROKERS")]
@@ -163,6 +173,18 @@ async fn main() -> anyhow::Result<()> {
             users,
         } => produce(&kafka_brokers, &topic_prefix, &type_, count, users).await,
         Command::Run(args) => run_load(*args).await,
+        Command::MockKafka {
+            brokers,
+            topic_prefix,
+            partitions,
+        } => {
+            let embedded = ingest::embedded::Embedded::start(brokers, &topic_prefix, partitions)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", embedded.bootstrap_servers());
+            tokio::signal::ctrl_c().await?;
+            drop(embedded);
+            Ok(())
+        }
     }
 }
 

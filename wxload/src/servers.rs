@@ -2,7 +2,6 @@
 //! API that counts welcome messages and when they arrived.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -53,34 +52,50 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A fake WeChat API for worker benchmarks; `GET /stats` answers
-/// `{"sends": n, "first_ms": …, "last_ms": …}` (Unix milliseconds).
+/// A fake WeChat API for worker benchmarks. `GET /stats?since=MS` answers
+/// `{"sends": n, "p50_ms": …, "p99_ms": …, "max_ms": …}`: when the sends arrived, in
+/// milliseconds after `MS` (Unix milliseconds, e.g. when the backlog was written).
 pub async fn fake_wechat(listener: TcpListener) {
-    let sends = Arc::new(AtomicU64::new(0));
-    let first = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(AtomicU64::new(0));
+    let sends = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     serve(listener, move |req: Request<hyper::body::Incoming>| {
-        let (sends, first, last) = (Arc::clone(&sends), Arc::clone(&first), Arc::clone(&last));
+        let sends = Arc::clone(&sends);
         async move {
             let path = req.uri().path().to_owned();
+            let since: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("since="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             let _ = req.into_body().collect().await;
             let body = match path.as_str() {
                 "/cgi-bin/stable_token" => {
                     r#"{"access_token":"BENCH-TOKEN","expires_in":7200}"#.to_owned()
                 }
                 "/cgi-bin/message/custom/send" => {
-                    let now = now_ms();
-                    let _ = first.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
-                    last.store(now, Ordering::SeqCst);
-                    sends.fetch_add(1, Ordering::SeqCst);
+                    sends.lock().expect("sends lock").push(now_ms());
                     r#"{"errcode":0,"errmsg":"ok"}"#.to_owned()
                 }
-                "/stats" => format!(
-                    r#"{{"sends":{},"first_ms":{},"last_ms":{}}}"#,
-                    sends.load(Ordering::SeqCst),
-                    first.load(Ordering::SeqCst),
-                    last.load(Ordering::SeqCst)
-                ),
+                "/stats" => {
+                    let mut times: Vec<u64> = sends
+                        .lock()
+                        .expect("sends lock")
+                        .iter()
+                        .map(|t| t.saturating_sub(since))
+                        .collect();
+                    times.sort_unstable();
+                    let at = |q: f64| {
+                        let rank = ((times.len() as f64 * q).ceil() as usize).saturating_sub(1);
+                        times.get(rank).copied().unwrap_or(0)
+                    };
+                    format!(
+                        r#"{{"sends":{},"p50_ms":{},"p99_ms":{},"max_ms":{}}}"#,
+                        times.len(),
+                        at(0.50),
+                        at(0.99),
+                        times.last().copied().unwrap_or(0)
+                    )
+                }
                 _ => r#"{"errcode":404,"errmsg":"no such API"}"#.to_owned(),
             };
             Response::new(Full::new(Bytes::from(body)))

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The benchmark: in one run, on this machine, measures
+#   (a) the bare limit: a hyper server that answers 200 and does nothing, under the load below;
+#   (b) the full ingress, with a real redis-server and a Kafka-protocol broker (librdkafka's
+#       mock cluster in its own process), under the same load;
+# and prints (b)/(a), latency percentiles, the ingress's peak memory, latency against offered
+# load (CSV and a PNG plot), and the workers' throughput per role with the welcome latency of
+# a 100k-event backlog. Results go to bench/results/. Figures are ratios against the baseline
+# measured in the same run: these machines are shared and noisy.
+#
+#   bench/run.sh                 # everything, a few minutes
+#   DURATION=5s bench/run.sh     # shorter loads
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+BACKLOG=${BACKLOG:-100000}
+OUT=bench/results
+mkdir -p "$OUT"
+TOKEN=bench-token
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+command -v redis-server >/dev/null || { echo "bench: redis-server is required (tests/run installs it)" >&2; exit 1; }
+cargo build --release --locked --bin ingest --bin worker --bin wxload >&2
+BIN=target/release
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bench: $1 did not come up" >&2; exit 1; }
+rss_peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+PIDS+=($!)
+PREFIX=bench$$
+KAFKA_LOG=$(mktemp)
+$BIN/wxload mock-kafka --brokers 1 --topic-prefix "$PREFIX" --partitions 8 >"$KAFKA_LOG" &
+PIDS+=($!)
+for _ in $(seq 50); do [ -s "$KAFKA_LOG" ] && break; sleep 0.1; done
+BROKERS=$(head -1 "$KAFKA_LOG")
+
+echo "== (a) bare limit" >&2
+BASE_PORT=$(free_port)
+$BIN/wxload baseline --listen "127.0.0.1:$BASE_PORT" >/dev/null &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$BASE_PORT/"
+$BIN/wxload run --url "http://127.0.0.1:$BASE_PORT/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
+  --duration "$DURATION" --no-progress --json "$OUT/baseline.json" >/dev/null
+
+echo "== (b) full ingress" >&2
+INGEST_PORT=$(free_port)
+INGEST_LISTEN=127.0.0.1:$INGEST_PORT WECHAT_TOKEN=$TOKEN KAFKA_BROKERS=$BROKERS KAFKA_TOPIC_PREFIX=$PREFIX \
+  REDIS_URL=redis://127.0.0.1:$REDIS_PORT/ RUST_LOG=warn $BIN/ingest &
+INGEST_PID=$!
+PIDS+=($INGEST_PID)
+wait_http "http://127.0.0.1:$INGEST_PORT/healthz"
+# Warm up connections and metadata.
+$BIN/wxload run --url "http://127.0.0.1:$INGEST_PORT/wechat" --token "$TOKEN" --count 2000 --no-progress \
+  --connections 8 >/dev/null
+$BIN/wxload run --url "http://127.0.0.1:$INGEST_PORT/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
+  --duration "$DURATION" --no-progress --kafka-brokers "$BROKERS" --topic-prefix "$PREFIX" \
+  --json "$OUT/ingress.json" >/dev/null
+
+BASE_TPS=$(json "$OUT/baseline.json" 'round(d["throughput_per_s"])')
+INGRESS_TPS=$(json "$OUT/ingress.json" 'round(d["throughput_per_s"])')
+
+echo "== latency against offered load" >&2
+echo "offered_per_s,achieved_per_s,p50_ms,p90_ms,p99_ms,max_ms,failed" >"$OUT/latency.csv"
+for pct in 10 25 50 75 90; do
+  RATE=$((BASE_TPS * pct / 100))
+  $BIN/wxload run --url "http://127.0.0.1:$INGEST_PORT/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
+    --rate "$RATE" --duration "$DURATION" --no-progress --json "$OUT/rate-$pct.json" >/dev/null
+  json "$OUT/rate-$pct.json" "f'$RATE,{d[\"throughput_per_s\"]:.0f},{d[\"latency_ms\"][\"p50\"]},{d[\"latency_ms\"][\"p90\"]},{d[\"latency_ms\"][\"p99\"]},{d[\"latency_ms\"][\"max\"]},{d[\"failed\"]}'" >>"$OUT/latency.csv"
+done
+PEAK_KIB=$(rss_peak_kib "$INGEST_PID")
+kill "$INGEST_PID"; wait "$INGEST_PID" 2>/dev/null || true
+
+echo "== workers" >&2
+FAKE_PORT=$(free_port)
+$BIN/wxload fake-wechat --listen "127.0.0.1:$FAKE_PORT" >/dev/null &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$FAKE_PORT/stats"
+WPREFIX=w$$
+$BIN/wxload mock-kafka --brokers 1 --topic-prefix "$WPREFIX" --partitions 8 >"$KAFKA_LOG" &
+PIDS+=($!)
+for _ in $(seq 50); do [ -s "$KAFKA_LOG" ] && sleep 0.2 && break; sleep 0.1; done
+WBROKERS=$(tail -1 "$KAFKA_LOG")
+echo "role,events,seconds,events_per_s" >"$OUT/workers.csv"
+ADMIN_PORT=$(free_port)
+metric_sum() { curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v r="role=\"$1\"" '/^wxpipe_worker_events_total/ && index($0, r) {s += $NF} END {print s+0}'; }
+run_role() { # role, events
+  local role=$1 events=$2 start end
+  start=$(date +%s.%N)
+  KAFKA_BROKERS=$WBROKERS KAFKA_TOPIC_PREFIX=$WPREFIX REDIS_URL=redis://127.0.0.1:$REDIS_PORT/ REDIS_KEY_PREFIX=$WPREFIX \
+    WECHAT_APPID=wxbench WECHAT_APPSECRET=secret WECHAT_API_BASE=http://127.0.0.1:$FAKE_PORT \
+    WORKER_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT RUST_LOG=warn $BIN/worker --role "$role" &
+  local pid=$!
+  wait_http "http://127.0.0.1:$ADMIN_PORT/healthz"
+  for _ in $(seq 1200); do [ "$(metric_sum "$role")" -ge "$events" ] && break; sleep 0.1; done
+  end=$(date +%s.%N)
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  python3 -c "print(f'$role,$events,{$end-$start:.2f},{$events/($end-$start):.0f}')" >>"$OUT/workers.csv"
+}
+BACKLOG_AT=$(python3 -c 'import time; print(int(time.time()*1000))')
+$BIN/wxload produce --kafka-brokers "$WBROKERS" --topic-prefix "$WPREFIX" --type subscribe --count "$BACKLOG" --users "$BACKLOG" >&2
+$BIN/wxload produce --kafka-brokers "$WBROKERS" --topic-prefix "$WPREFIX" --type location --count "$BACKLOG" --users "$BACKLOG" >&2
+WELCOME_FROM=$(python3 -c 'import time; print(int(time.time()*1000))')
+run_role welcome "$BACKLOG"
+curl -fsS "http://127.0.0.1:$FAKE_PORT/stats?since=$WELCOME_FROM" >"$OUT/welcome.json"
+run_role unbind "$BACKLOG"
+run_role location "$BACKLOG"
+
+python3 - "$OUT" <<'PY'
+import csv, json, sys
+out = sys.argv[1]
+rows = list(csv.DictReader(open(f"{out}/latency.csv")))
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    x = [float(r["offered_per_s"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99")):
+        ax.plot(x, [float(r[key]) for r in rows], marker="o", label=label)
+    ax.axhline(10, color="grey", linestyle="--", linewidth=0.8, label="10 ms target")
+    ax.set_xlabel("offered load (pushes/s)")
+    ax.set_ylabel("ack latency (ms)")
+    ax.set_title("wxpipe ingress: ack latency against offered load")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(f"{out}/latency.png", dpi=120)
+except ImportError:
+    print("bench: matplotlib not installed (pip install matplotlib): no plot", file=sys.stderr)
+PY
+
+BASE_P99=$(json "$OUT/baseline.json" 'd["latency_ms"]["p99"]')
+python3 - "$OUT" "$PEAK_KIB" <<'PY'
+import csv, json, sys
+out, peak_kib = sys.argv[1], int(sys.argv[2])
+base, ing = json.load(open(f"{out}/baseline.json")), json.load(open(f"{out}/ingress.json"))
+welcome = json.load(open(f"{out}/welcome.json"))
+half = next((r for r in csv.DictReader(open(f"{out}/latency.csv")) if r and int(r["offered_per_s"]) > 0 and abs(int(r["offered_per_s"]) / base["throughput_per_s"] - 0.5) < 0.01), None)
+summary = {
+    "baseline_per_s": round(base["throughput_per_s"]),
+    "ingress_per_s": round(ing["throughput_per_s"]),
+    "ratio": round(ing["throughput_per_s"] / base["throughput_per_s"], 3),
+    "ingress_latency_ms_at_max": ing["latency_ms"],
+    "baseline_latency_ms_at_max": base["latency_ms"],
+    "ingress_p99_ms_at_half_baseline": float(half["p99_ms"]) if half else None,
+    "ingress_peak_rss_mib": round(peak_kib / 1024, 1),
+    "ingress_kafka": ing.get("kafka"),
+    "ingress_failed": ing["failed"],
+    "workers": list(csv.DictReader(open(f"{out}/workers.csv"))),
+    "welcome_backlog": welcome,
+}
+json.dump(summary, open(f"{out}/summary.json", "w"), indent=2)
+print(json.dumps(summary, indent=2))
+PY

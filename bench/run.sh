@@ -32,15 +32,15 @@ wait_http() { for _ in $(seq 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0
 rss_peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
 
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-PIDS+=($!)
 PREFIX=bench$$
 KAFKA_LOG=$(mktemp)
 $BIN/wxload mock-kafka --brokers 1 --topic-prefix "$PREFIX" --partitions 8 >"$KAFKA_LOG" &
 PIDS+=($!)
-for _ in $(seq 50); do [ -s "$KAFKA_LOG" ] && break; sleep 0.1; done
-BROKERS=$(head -1 "$KAFKA_LOG")
+kafka_address() { for _ in $(seq 300); do [ -s "$KAFKA_LOG" ] && { head -1 "$KAFKA_LOG"; return; }; sleep 0.1; done; echo "bench: no Kafka" >&2; exit 1; }
+BROKERS=$(kafka_address)
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+PIDS+=($!)
 
 echo "== (a) bare limit" >&2
 BASE_PORT=$(free_port)
@@ -84,10 +84,10 @@ $BIN/wxload fake-wechat --listen "127.0.0.1:$FAKE_PORT" >/dev/null &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$FAKE_PORT/stats"
 WPREFIX=w$$
+KAFKA_LOG=$(mktemp)
 $BIN/wxload mock-kafka --brokers 1 --topic-prefix "$WPREFIX" --partitions 8 >"$KAFKA_LOG" &
 PIDS+=($!)
-for _ in $(seq 50); do [ -s "$KAFKA_LOG" ] && sleep 0.2 && break; sleep 0.1; done
-WBROKERS=$(tail -1 "$KAFKA_LOG")
+WBROKERS=$(kafka_address)
 echo "role,events,seconds,events_per_s" >"$OUT/workers.csv"
 ADMIN_PORT=$(free_port)
 metric_sum() { curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v r="role=\"$1\"" '/^wxpipe_worker_events_total/ && index($0, r) {s += $NF} END {print s+0}'; }

@@ -100,6 +100,17 @@ impl Mix {
     }
 }
 
+/// A number unique to this process, so two runs never share nonces.
+fn run_salt() -> &'static str {
+    static SALT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SALT.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("{}{:09}x", std::process::id(), now.subsec_nanos())
+    })
+}
+
 /// How to sign.
 #[derive(Debug, Clone)]
 pub struct Signer {
@@ -143,7 +154,9 @@ pub fn build(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
         .to_string();
-    let nonce = format!("{}", seq.wrapping_mul(2_654_435_761) % 1_000_000_000);
+    // A nonce no other push of any run reuses (the ingress refuses a (timestamp, nonce) pair
+    // that comes back with another body).
+    let nonce = format!("{}{seq}", run_salt());
     let signature = hex::encode(ingest::verify::signature(&mut [
         &signer.token,
         &timestamp,

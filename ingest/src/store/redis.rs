@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{
@@ -30,14 +30,6 @@ end
 return 2
 ";
 
-/// KEYS: dedup key. ARGV: pending value. Deletes the claim only if this attempt still holds it.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
@@ -58,19 +50,13 @@ impl RedisStore {
     /// Connects lazily: the store is usable at once and (re)connects on first use, so the
     /// ingress starts, and recovers, while Redis is down.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = ops::redis::connect(url, timeout)?;
         Ok(RedisStore {
             conn,
             prefix: prefix.to_owned(),
             timeout,
             claim: Script::new(CLAIM),
-            release: Script::new(RELEASE),
+            release: Script::new(ops::redis::DELETE_IF),
         })
     }
 
@@ -78,9 +64,9 @@ impl RedisStore {
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Timeout),
+        match ops::redis::bounded(self.timeout, call).await {
+            Some(result) => Ok(result?),
+            None => Err(StoreError::Timeout),
         }
     }
 }

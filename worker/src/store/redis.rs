@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{
@@ -51,14 +51,6 @@ if v == 'sent' then return 1 end
 return 2
 ";
 
-/// KEYS: key. ARGV: expected value. Deletes the key only if it still holds the value.
-const DELETE_IF: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
@@ -80,20 +72,15 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// Connects lazily, and reconnects by itself.
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+        let conn = ops::redis::connect(url, timeout)?;
         Ok(RedisStore {
-            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            conn,
             prefix: prefix.to_owned(),
             timeout,
             subscription: Script::new(SUBSCRIPTION),
             location: Script::new(LOCATION),
             begin_send: Script::new(BEGIN_SEND),
-            delete_if: Script::new(DELETE_IF),
+            delete_if: Script::new(ops::redis::DELETE_IF),
         })
     }
 
@@ -110,9 +97,9 @@ impl RedisStore {
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Timeout),
+        match ops::redis::bounded(self.timeout, call).await {
+            Some(result) => Ok(result?),
+            None => Err(StoreError::Timeout),
         }
     }
 

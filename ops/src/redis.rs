@@ -1,0 +1,36 @@
+//! How wxpipe talks to Redis, in every crate: one multiplexed connection that connects lazily
+//! and reconnects by itself (so a process starts, and recovers, while Redis is down), and a
+//! timeout on every call.
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// KEYS: key. ARGV: expected value. Deletes the key only if it still holds the value (a
+/// claim or lock released only by its holder).
+pub const DELETE_IF: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// A lazily connecting, self-healing multiplexed connection.
+pub fn connect(url: &str, timeout: Duration) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// A call bounded by `timeout`: `None` when it ran out.
+pub async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Option<redis::RedisResult<T>> {
+    tokio::time::timeout(timeout, call).await.ok()
+}

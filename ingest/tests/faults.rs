@@ -214,22 +214,7 @@ async fn redis_restarted_mid_run_recovers_by_itself() {
     assert!(ready.text().await.unwrap().contains("redis"));
 
     let _redis = RedisServer::start_on(port);
-    let mut ok = false;
-    for _ in 0..50 {
-        if app
-            .client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ok = app.wait_ready(Duration::from_millis(5000)).await;
     assert!(ok, "ready again");
     let after = push("r_after", now());
     assert_eq!(app.post_push(&after).await.0, 200);
@@ -279,15 +264,7 @@ async fn past_the_in_flight_cap_a_push_gets_503_at_once() {
         assert_eq!(task.await.unwrap(), 503, "not durable within the deadline");
     }
     mock.broker_up(1).unwrap();
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = app.get("/metrics").await;
     assert!(metrics.contains("reason=\"overloaded\""), "{metrics}");
 }
 
@@ -379,15 +356,7 @@ async fn metrics_count_what_was_sent() {
     let bad = TestApp::signed_query("wrong", &unique("n"));
     assert_eq!(app.post_to(&path, &bad, &push("m9", now())).await.0, 403);
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = app.get("/metrics").await;
     let line = |outcome: &str, reason: &str, type_: &str| {
         metrics
             .lines()

@@ -429,22 +429,7 @@ async fn redis_unreachable_still_publishes_every_push_answered_200() {
     // Redis comes back: dedup resumes by itself.
     let _redis = RedisServer::start_on(port);
     let other = seed("<Event>subscribe</Event>", "u_back", now());
-    let mut ok = false;
-    for _ in 0..40 {
-        if app
-            .client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ok = app.wait_ready(Duration::from_millis(4000)).await;
     assert!(ok, "ready again once Redis is back");
     assert_eq!(app.post_push(&other).await.0, 200);
     assert_eq!(app.post_push(&other).await.0, 200);

@@ -126,6 +126,25 @@ impl TestApp {
             .collect()
     }
 
+    /// GETs a path: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// Polls `/readyz` every 100 ms until it answers 200 or `within` passes.
+    pub async fn wait_ready(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.get("/readyz").await.0 == 200 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// Signals the ingress to stop (as SIGTERM would), without waiting.
     pub fn signal_stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -3,6 +3,7 @@
 //! timeout on every call.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -27,10 +28,27 @@ pub fn connect(url: &str, timeout: Duration) -> redis::RedisResult<ConnectionMan
     ConnectionManager::new_lazy_with_config(client, config)
 }
 
-/// A call bounded by `timeout`: `None` when it ran out.
+/// What the stores' trait methods return, so they work behind `dyn`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a store call failed, for every store engine of every crate.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("store call timed out")]
+    Timeout,
+    #[error("unknown store URL scheme in {0:?} (expected redis:// or memory://)")]
+    Scheme(String),
+}
+
+/// A call bounded by `timeout`.
 pub async fn bounded<T>(
     timeout: Duration,
     call: impl Future<Output = redis::RedisResult<T>>,
-) -> Option<redis::RedisResult<T>> {
-    tokio::time::timeout(timeout, call).await.ok()
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::Timeout),
+    }
 }

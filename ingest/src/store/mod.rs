@@ -14,8 +14,6 @@
 //! A process that dies holding a claim loses nothing: the lease runs out before WeChat's next
 //! retry, which then claims and publishes.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 mod memory;
@@ -24,7 +22,7 @@ mod redis;
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use ops::redis::{BoxFuture, StoreError};
 
 /// What a claim found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,16 +55,6 @@ pub struct ClaimRequest<'a> {
     pub token: &'a str,
     pub lease: Duration,
     pub nonce: Option<NonceBinding<'a>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
-    #[error("store call timed out")]
-    Timeout,
-    #[error("unknown store URL scheme in {0:?} (expected redis:// or memory://)")]
-    Scheme(String),
 }
 
 /// The dedup store. Key names are under `prefix` (`{prefix}:dedup:{id}`, `{prefix}:nonce:…`).

@@ -16,8 +16,6 @@
 //! | `{p}:token:{appid}` | the cached access token, expiring before WeChat's does |
 //! | `{p}:token_lock:{appid}` | the lock held while one process fetches a token |
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 mod memory;
@@ -26,17 +24,7 @@ mod redis;
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
-    #[error("store call timed out")]
-    Timeout,
-    #[error("unknown store URL scheme in {0:?} (expected redis:// or memory://)")]
-    Scheme(String),
-}
+pub use ops::redis::{BoxFuture, StoreError};
 
 /// A subscription change: a `subscribe` (with its scene) or an `unsubscribe`.
 #[derive(Debug, Clone, Copy)]

@@ -97,10 +97,7 @@ impl RedisStore {
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match ops::redis::bounded(self.timeout, call).await {
-            Some(result) => Ok(result?),
-            None => Err(StoreError::Timeout),
-        }
+        ops::redis::bounded(self.timeout, call).await
     }
 
     async fn delete_if(&self, key: String, value: String) -> Result<(), StoreError> {

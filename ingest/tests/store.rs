@@ -114,6 +114,69 @@ async fn suite(store: &dyn DedupStore) {
             .unwrap(),
         Claim::Claimed
     );
+
+    concurrent(store).await;
+}
+
+/// Many pushes at once, as under load (where the `redis://` engine batches them): each op
+/// still has exactly the effect it would have alone.
+async fn concurrent(store: &dyn DedupStore) {
+    use futures_util::future::join_all;
+
+    // Of many simultaneous attempts at one id, exactly one wins.
+    let tokens: Vec<String> = (0..64).map(|n| format!("t{n}")).collect();
+    let claims = join_all(tokens.iter().map(|t| store.claim(claim("race", t)))).await;
+    let won = claims
+        .iter()
+        .filter(|c| *c.as_ref().unwrap() == Claim::Claimed)
+        .count();
+    let in_flight = claims
+        .iter()
+        .filter(|c| *c.as_ref().unwrap() == Claim::InFlight)
+        .count();
+    assert_eq!((won, in_flight), (1, 63), "{claims:?}");
+
+    // Distinct ids claimed, confirmed or released, and replays refused, all interleaved.
+    let ids: Vec<String> = (0..200).map(|n| format!("many-{n}")).collect();
+    let claims = join_all(ids.iter().map(|id| store.claim(claim(id, "a")))).await;
+    assert!(
+        claims
+            .iter()
+            .all(|c| *c.as_ref().unwrap() == Claim::Claimed),
+        "{claims:?}"
+    );
+    let (confirmed, released) = ids.split_at(100);
+    let settled = join_all(
+        confirmed
+            .iter()
+            .map(|id| store.confirm(id, TTL))
+            .chain(released.iter().map(|id| store.release(id, "a"))),
+    )
+    .await;
+    assert!(settled.iter().all(Result::is_ok), "{settled:?}");
+    let nonces: Vec<String> = (0..200).map(|n| format!("cn{n}")).collect();
+    let again = join_all(
+        ids.iter()
+            .zip(&nonces)
+            .map(|(id, nonce)| store.claim(with_nonce(id, "b", nonce, "digest-1"))),
+    )
+    .await;
+    for (n, claim) in again.iter().enumerate() {
+        let expected = if n < 100 { Claim::Done } else { Claim::Claimed };
+        assert_eq!(*claim.as_ref().unwrap(), expected, "{}", ids[n]);
+    }
+    let replays = join_all(
+        ids.iter()
+            .zip(&nonces)
+            .map(|(id, nonce)| store.claim(with_nonce(id, "c", nonce, "digest-2"))),
+    )
+    .await;
+    assert!(
+        replays
+            .iter()
+            .all(|c| *c.as_ref().unwrap() == Claim::Replayed),
+        "{replays:?}"
+    );
 }
 
 #[tokio::test]
@@ -159,6 +222,46 @@ async fn redis_engine_keys_live_under_the_prefix() {
         ttl > 0 && ttl <= LEASE.as_millis() as i64,
         "a pending claim has a lease: {ttl}"
     );
+}
+
+#[tokio::test]
+async fn redis_engine_fails_fast_while_redis_is_down_and_recovers() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let timeout = Duration::from_millis(250);
+    let store = store::open(&redis.url(), &unique("k"), timeout)
+        .await
+        .unwrap();
+    assert_eq!(store.claim(claim("up", "a")).await.unwrap(), Claim::Claimed);
+
+    redis.stop();
+    // Every op of every batch gets an error, within a bounded time, not a hang.
+    let started = std::time::Instant::now();
+    let ids: Vec<String> = (0..50).map(|n| format!("down-{n}")).collect();
+    let down =
+        futures_util::future::join_all(ids.iter().map(|id| store.claim(claim(id, "a")))).await;
+    assert!(down.iter().all(Result::is_err), "{down:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let _redis = RedisServer::start_on(port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.claim(claim("back", "a")).await {
+            Ok(claim) => {
+                assert_eq!(claim, Claim::Claimed);
+                break;
+            }
+            Err(error) if std::time::Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the store did not recover: {error}"),
+        }
+    }
 }
 
 #[tokio::test]

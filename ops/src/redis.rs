@@ -38,6 +38,12 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("store call timed out")]
     Timeout,
+    /// A batched call failed; every op in the batch gets its reason.
+    #[error("batched store call failed: {0}")]
+    Batch(String),
+    /// The task that sends batched calls is gone (the process is stopping).
+    #[error("store closed")]
+    Closed,
     #[error("unknown store URL scheme in {0:?} (expected redis:// or memory://)")]
     Scheme(String),
 }

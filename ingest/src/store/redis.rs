@@ -1,41 +1,97 @@
-//! The `redis://` engine: one multiplexed connection that reconnects by itself, and Lua
-//! scripts so that each step of the claim protocol is one atomic round trip.
+//! The `redis://` engine: one multiplexed connection that reconnects by itself, and group
+//! commit: the claims, confirms and releases of concurrent pushes are queued to one task that
+//! sends each batch as a single call of one Lua script.
+//!
+//! ```text
+//! push ─ claim ──┐                     ┌─▶ EVALSHA batch [op, op, …] ─▶ [code, code, …] ─┐
+//! push ─ confirm ┼─▶ queue ─▶ batcher ─┤   (applied in queue order, atomically)          ├─▶ each caller
+//! push ─ claim ──┘                     └─ next batch waits for this one ◀─────────────────┘
+//! ```
+//!
+//! A batch is applied in queue order, so each op has exactly the effect it would have alone;
+//! under load a batch carries the ops of many pushes, so Redis dispatches one script per batch
+//! instead of one command per op, and each push still waits for its own outcome (a confirm
+//! is applied before the push is answered 200). The first op of an idle queue goes out at
+//! once: batching adds no wait, it only takes what queued up during the previous round trip.
 
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::Script;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    dedup_key, nonce_key, pending, BoxFuture, Claim, ClaimRequest, DedupStore, StoreError, DONE,
+    dedup_key, nonce_key, pending, BoxFuture, Claim, ClaimRequest, DedupStore, StoreError,
 };
 
-/// KEYS: dedup key, [nonce key]. ARGV: pending value, lease ms, [body digest, nonce ttl ms].
-/// Returns 0 claimed, 1 done, 2 in flight, 3 replayed.
-const CLAIM: &str = r"
-if KEYS[2] then
-  local seen = redis.call('GET', KEYS[2])
-  if not seen then
-    redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-  elseif seen ~= ARGV[3] then
-    return 3
+/// KEYS and ARGV hold the ops one after another; returns one integer per op.
+/// - `c` claim: KEYS dedup; ARGV pending value, lease ms → 0 claimed, 1 done, 2 in flight.
+/// - `n` claim with a nonce binding: KEYS dedup, nonce; ARGV pending value, lease ms, body
+///   digest, nonce ttl ms → as `c`, or 3 replayed (then nothing is claimed).
+/// - `d` confirm: KEYS dedup; ARGV ttl ms → 0.
+/// - `r` release: KEYS dedup; ARGV pending value → 0 (deleted only if still that value).
+const BATCH: &str = r"
+local out, k, a = {}, 1, 1
+while a <= #ARGV do
+  local op, key = ARGV[a], KEYS[k]
+  if op == 'd' then
+    redis.call('SET', key, 'done', 'PX', ARGV[a + 1])
+    out[#out + 1] = 0
+    k, a = k + 1, a + 2
+  elseif op == 'r' then
+    if redis.call('GET', key) == ARGV[a + 1] then
+      redis.call('DEL', key)
+    end
+    out[#out + 1] = 0
+    k, a = k + 1, a + 2
+  else
+    local code
+    if op == 'n' then
+      local seen = redis.call('GET', KEYS[k + 1])
+      if not seen then
+        redis.call('SET', KEYS[k + 1], ARGV[a + 3], 'PX', ARGV[a + 4])
+      elseif seen ~= ARGV[a + 3] then
+        code = 3
+      end
+    end
+    if not code then
+      if redis.call('SET', key, ARGV[a + 1], 'NX', 'PX', ARGV[a + 2]) then
+        code = 0
+      elseif redis.call('GET', key) == 'done' then
+        code = 1
+      else
+        code = 2
+      end
+    end
+    out[#out + 1] = code
+    if op == 'n' then
+      k, a = k + 2, a + 5
+    else
+      k, a = k + 1, a + 3
+    end
   end
 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 0
-end
-if redis.call('GET', KEYS[1]) == 'done' then
-  return 1
-end
-return 2
+return out
 ";
+
+/// Ops in one batch at most: bounds the script's run time, during which Redis serves no one
+/// else.
+const MAX_BATCH: usize = 256;
+
+/// One queued op with its keys and arguments ready, and where its outcome goes.
+#[derive(Debug)]
+struct Op {
+    code: &'static str,
+    keys: [Option<String>; 2],
+    args: Vec<String>,
+    reply: oneshot::Sender<Result<i64, StoreError>>,
+}
 
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
-    claim: Script,
-    release: Script,
+    queue: mpsc::UnboundedSender<Op>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -48,41 +104,100 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects lazily: the store is usable at once and (re)connects on first use, so the
-    /// ingress starts, and recovers, while Redis is down.
+    /// ingress starts, and recovers, while Redis is down. Must be called within a Tokio
+    /// runtime: it spawns the batcher, which ends when the store is dropped.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let conn = ops::redis::connect(url, timeout)?;
+        let (queue, ops) = mpsc::unbounded_channel();
+        tokio::spawn(batcher(conn.clone(), timeout, ops));
         Ok(RedisStore {
             conn,
             prefix: prefix.to_owned(),
             timeout,
-            claim: Script::new(CLAIM),
-            release: Script::new(ops::redis::DELETE_IF),
+            queue,
         })
     }
 
-    async fn bounded<T>(
+    /// Queues an op and waits for its outcome.
+    async fn call(
         &self,
-        call: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        ops::redis::bounded(self.timeout, call).await
+        code: &'static str,
+        keys: [Option<String>; 2],
+        args: Vec<String>,
+    ) -> Result<i64, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        let op = Op {
+            code,
+            keys,
+            args,
+            reply,
+        };
+        self.queue.send(op).map_err(|_| StoreError::Closed)?;
+        outcome.await.unwrap_or(Err(StoreError::Closed))
     }
+}
+
+/// Sends what is queued, one batch at a time, until every sender is gone. Each batch is
+/// bounded by `timeout`; when it fails, every op in it gets the error, which the pipeline
+/// already handles per op (publish without a claim; a confirm or release left to expire).
+async fn batcher(
+    mut conn: ConnectionManager,
+    timeout: Duration,
+    mut queue: mpsc::UnboundedReceiver<Op>,
+) {
+    let script = Script::new(BATCH);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut invocation = script.prepare_invoke();
+        for op in &batch {
+            invocation.arg(op.code);
+            for key in op.keys.iter().flatten() {
+                invocation.key(key);
+            }
+            for arg in &op.args {
+                invocation.arg(arg);
+            }
+        }
+        metrics::histogram!("wxpipe_redis_batch_ops").record(batch.len() as f64);
+        let result: Result<Vec<i64>, StoreError> =
+            ops::redis::bounded(timeout, invocation.invoke_async(&mut conn)).await;
+        let failure = match result {
+            Ok(codes) if codes.len() == batch.len() => {
+                for (op, code) in batch.drain(..).zip(codes) {
+                    let _ = op.reply.send(Ok(code));
+                }
+                continue;
+            }
+            Ok(codes) => format!(
+                "a batch of {} ops was answered with {} codes",
+                batch.len(),
+                codes.len()
+            ),
+            Err(error) => error.to_string(),
+        };
+        for op in batch.drain(..) {
+            let _ = op.reply.send(Err(StoreError::Batch(failure.clone())));
+        }
+    }
+}
+
+fn ms(duration: Duration) -> String {
+    duration.as_millis().to_string()
 }
 
 impl DedupStore for RedisStore {
     fn claim<'a>(&'a self, req: ClaimRequest<'a>) -> BoxFuture<'a, Result<Claim, StoreError>> {
         Box::pin(async move {
-            let mut invocation = self.claim.key(dedup_key(&self.prefix, req.id));
-            invocation
-                .arg(pending(req.token))
-                .arg(req.lease.as_millis() as u64);
-            if let Some(nonce) = &req.nonce {
-                invocation
-                    .key(nonce_key(&self.prefix, nonce))
-                    .arg(nonce.body_digest)
-                    .arg(nonce.ttl.as_millis() as u64);
-            }
-            let mut conn = self.conn.clone();
-            let code: u8 = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            let dedup = Some(dedup_key(&self.prefix, req.id));
+            let (value, lease) = (pending(req.token), ms(req.lease));
+            let code = match &req.nonce {
+                None => self.call("c", [dedup, None], vec![value, lease]).await?,
+                Some(nonce) => {
+                    let keys = [dedup, Some(nonce_key(&self.prefix, nonce))];
+                    let args = vec![value, lease, nonce.body_digest.to_owned(), ms(nonce.ttl)];
+                    self.call("n", keys, args).await?
+                }
+            };
             Ok(match code {
                 0 => Claim::Claimed,
                 1 => Claim::Done,
@@ -94,19 +209,15 @@ impl DedupStore for RedisStore {
 
     fn confirm<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let key = dedup_key(&self.prefix, id);
-            self.bounded(conn.pset_ex::<_, _, ()>(key, DONE, ttl.as_millis() as u64))
-                .await
+            let key = Some(dedup_key(&self.prefix, id));
+            self.call("d", [key, None], vec![ms(ttl)]).await.map(drop)
         })
     }
 
     fn release<'a>(&'a self, id: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let mut invocation = self.release.key(dedup_key(&self.prefix, id));
-            invocation.arg(pending(token));
-            self.bounded(invocation.invoke_async::<i64>(&mut conn))
+            let key = Some(dedup_key(&self.prefix, id));
+            self.call("r", [key, None], vec![pending(token)])
                 .await
                 .map(drop)
         })
@@ -115,9 +226,12 @@ impl DedupStore for RedisStore {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
-                .await
-                .map(drop)
+            ops::redis::bounded(
+                self.timeout,
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await
+            .map(drop)
         })
     }
 }

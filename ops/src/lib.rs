@@ -30,6 +30,9 @@ pub fn init_logs() {
     };
 }
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The metrics recorder of this process, installed on first use. Latencies are histograms
 /// with buckets fit for milliseconds-to-seconds.
 pub fn prometheus() -> &'static PrometheusHandle {
@@ -46,6 +49,15 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Another recorder may already be installed (a test process): metrics then go there.
         let _ = metrics::set_global_recorder(recorder);
+        // The recorder keeps every histogram sample until it is drained, which a scrape does;
+        // with no Prometheus scraping, memory would grow with every push. Drain it here too.
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            });
         handle
     })
 }

@@ -104,6 +104,9 @@ pub struct ConsumerSettings {
     pub overrides: Vec<String>,
 }
 
+/// How long a stopping worker waits for its final commit and group leave.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Back-off before attempt `n` (1-based) of a failing effect.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
@@ -188,6 +191,9 @@ impl RoleConsumer {
             tokio::spawn(async move {
                 this.handle(&message).await;
                 this.done(message.topic(), message.partition(), message.offset());
+                // Before the permit: once every permit is back, no task holds the consumer,
+                // so the close below is the last reference.
+                drop(this);
                 drop(permit);
             });
         }
@@ -200,10 +206,31 @@ impl RoleConsumer {
                 "shutdown grace ran out: unfinished records will be redelivered"
             );
         }
-        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(role = self.role.name(), %error, "final commit");
+        let role = self.role.name();
+        match tokio::time::timeout(CLOSE_TIMEOUT, self.close()).await {
+            Ok(Ok(())) => tracing::info!(role, "worker stopped"),
+            Ok(Err(error)) => tracing::warn!(role, %error, "final commit failed: records since the last commit will be redelivered"),
+            Err(_) => tracing::warn!(role, "Kafka did not answer the final commit in time: records since the last commit will be redelivered"),
         }
-        tracing::info!(role = self.role.name(), "worker stopped");
+    }
+
+    /// Commits what is done and closes the consumer (leaving the group, so its partitions move
+    /// at once). Both block while Kafka is unreachable, librdkafka's synchronous commit without
+    /// a bound: they run on a thread of their own, which the caller may stop waiting for.
+    async fn close(self: Arc<Self>) -> Result<(), KafkaError> {
+        let (closed, outcome) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("consumer-close".into())
+            .spawn(move || {
+                let committed = self.consumer.commit_consumer_state(CommitMode::Sync);
+                drop(self);
+                let _ = closed.send(committed);
+            });
+        if let Err(error) = thread {
+            tracing::warn!(%error, "no thread for the final commit");
+            return Err(KafkaError::Canceled);
+        }
+        outcome.await.unwrap_or(Err(KafkaError::Canceled))
     }
 
     /// One record, to its end: effect done or skipped, or dead-lettered.

@@ -436,3 +436,46 @@ async fn the_admin_port_reports_health_and_metrics() {
         assert!(!line.contains("counted"), "an OpenID in clear: {line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_kafka_is_down_stops_the_worker_promptly() {
+    let env = Env::start().await;
+    let Some(mock) = env.kafka.mock_cluster() else {
+        return; // a real broker cannot be taken down from here
+    };
+    env.produce(
+        "subscribe",
+        &[subscribe("gh_a", "before-outage", 100, None)],
+    );
+    // The consumer settings a deployment has (the test default shortens the session timeout).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .envs(env.vars())
+        .env("KAFKA_CONSUMER_CONFIG", "")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the welcome", || env.wechat.sends_to("before-outage") == 1).await;
+
+    mock.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    // The final commit and the group leave cannot reach Kafka: they are given up on, and
+    // what was not committed is redelivered to the next worker (at least once).
+    let stopped = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if stopped.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("the worker did not stop within 15 s of SIGTERM while Kafka was down");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+    let _ = mock.broker_up(1);
+}

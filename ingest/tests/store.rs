@@ -265,6 +265,41 @@ async fn redis_engine_fails_fast_while_redis_is_down_and_recovers() {
 }
 
 #[tokio::test]
+async fn redis_engine_an_op_redis_refuses_fails_alone() {
+    let redis = RedisServer::start();
+    let prefix = unique("k");
+    let store = store::open(&redis.url(), &prefix, Duration::from_millis(250))
+        .await
+        .unwrap();
+    // A key of another type where a claim goes: Redis refuses the GET of the claim step.
+    let mut conn = redis.conn();
+    redis::cmd("LPUSH")
+        .arg(format!("{prefix}:dedup:bad"))
+        .arg("x")
+        .query::<()>(&mut conn)
+        .unwrap();
+    // In one batch with it, the others are claimed as they would be alone.
+    let ids: Vec<String> = (0..40)
+        .map(|n| {
+            if n == 20 {
+                "bad".into()
+            } else {
+                format!("good-{n}")
+            }
+        })
+        .collect();
+    let claims =
+        futures_util::future::join_all(ids.iter().map(|id| store.claim(claim(id, "a")))).await;
+    for (id, claim) in ids.iter().zip(&claims) {
+        if id == "bad" {
+            assert!(claim.is_err(), "{claim:?}");
+        } else {
+            assert_eq!(*claim.as_ref().unwrap(), Claim::Claimed, "{id}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn unknown_scheme_is_an_error() {
     let error = store::open("postgres://x", "k", Duration::from_millis(250))
         .await

@@ -30,46 +30,56 @@ use super::{
 ///   digest, nonce ttl ms → as `c`, or 3 replayed (then nothing is claimed).
 /// - `d` confirm: KEYS dedup; ARGV ttl ms → 0.
 /// - `r` release: KEYS dedup; ARGV pending value → 0 (deleted only if still that value).
+///
+/// Each op runs under `pcall`: one that Redis refuses (a key of another type under the
+/// prefix) is -1, and the ops around it are applied as they would be alone.
 const BATCH: &str = r"
-local out, k, a = {}, 1, 1
-while a <= #ARGV do
-  local op, key = ARGV[a], KEYS[k]
-  if op == 'd' then
-    redis.call('SET', key, 'done', 'PX', ARGV[a + 1])
-    out[#out + 1] = 0
-    k, a = k + 1, a + 2
-  elseif op == 'r' then
-    if redis.call('GET', key) == ARGV[a + 1] then
-      redis.call('DEL', key)
-    end
-    out[#out + 1] = 0
-    k, a = k + 1, a + 2
-  else
-    local code
-    if op == 'n' then
-      local seen = redis.call('GET', KEYS[k + 1])
-      if not seen then
-        redis.call('SET', KEYS[k + 1], ARGV[a + 3], 'PX', ARGV[a + 4])
-      elseif seen ~= ARGV[a + 3] then
-        code = 3
-      end
-    end
-    if not code then
-      if redis.call('SET', key, ARGV[a + 1], 'NX', 'PX', ARGV[a + 2]) then
-        code = 0
-      elseif redis.call('GET', key) == 'done' then
-        code = 1
-      else
-        code = 2
-      end
-    end
-    out[#out + 1] = code
-    if op == 'n' then
-      k, a = k + 2, a + 5
-    else
-      k, a = k + 1, a + 3
+local function claim(dedup, pending, lease, nonce, digest, ttl)
+  if nonce then
+    local seen = redis.call('GET', nonce)
+    if not seen then
+      redis.call('SET', nonce, digest, 'PX', ttl)
+    elseif seen ~= digest then
+      return 3
     end
   end
+  if redis.call('SET', dedup, pending, 'NX', 'PX', lease) then
+    return 0
+  elseif redis.call('GET', dedup) == 'done' then
+    return 1
+  end
+  return 2
+end
+
+local function confirm(dedup, ttl)
+  redis.call('SET', dedup, 'done', 'PX', ttl)
+  return 0
+end
+
+local function release(dedup, pending)
+  if redis.call('GET', dedup) == pending then
+    redis.call('DEL', dedup)
+  end
+  return 0
+end
+
+local out, k, a = {}, 1, 1
+while a <= #ARGV do
+  local op, ok, code = ARGV[a]
+  if op == 'c' then
+    ok, code = pcall(claim, KEYS[k], ARGV[a + 1], ARGV[a + 2])
+    k, a = k + 1, a + 3
+  elseif op == 'n' then
+    ok, code = pcall(claim, KEYS[k], ARGV[a + 1], ARGV[a + 2], KEYS[k + 1], ARGV[a + 3], ARGV[a + 4])
+    k, a = k + 2, a + 5
+  elseif op == 'd' then
+    ok, code = pcall(confirm, KEYS[k], ARGV[a + 1])
+    k, a = k + 1, a + 2
+  else
+    ok, code = pcall(release, KEYS[k], ARGV[a + 1])
+    k, a = k + 1, a + 2
+  end
+  out[#out + 1] = ok and code or -1
 end
 return out
 ";
@@ -77,6 +87,9 @@ return out
 /// Ops in one batch at most: bounds the script's run time, during which Redis serves no one
 /// else.
 const MAX_BATCH: usize = 256;
+
+/// Why an op the script ran under `pcall` failed.
+const REFUSED: &str = "Redis refused the op (a key of another type under the prefix?)";
 
 /// One queued op with its keys and arguments ready, and where its outcome goes.
 #[derive(Debug)]
@@ -164,7 +177,11 @@ async fn batcher(
         let failure = match result {
             Ok(codes) if codes.len() == batch.len() => {
                 for (op, code) in batch.drain(..).zip(codes) {
-                    let _ = op.reply.send(Ok(code));
+                    let outcome = match code {
+                        0.. => Ok(code),
+                        _ => Err(StoreError::Batch(REFUSED.into())),
+                    };
+                    let _ = op.reply.send(outcome);
                 }
                 continue;
             }

@@ -3,10 +3,15 @@
 #   (a) the bare limit: a hyper server that answers 200 and does nothing, under the load below;
 #   (b) the full ingress, with a real redis-server and a Kafka-protocol broker (librdkafka's
 #       mock cluster in its own process), under the same load;
-# and prints (b)/(a), latency percentiles, the ingress's peak memory, latency against offered
-# load (CSV and a PNG plot), and the workers' throughput per role with the welcome latency of
-# a 100k-event backlog. Results go to bench/results/. Figures are ratios against the baseline
-# measured in the same run: these machines are shared and noisy.
+# and prints (b)/(a), latency percentiles, the ingress's peak memory, the CPU each process
+# spends per push, latency against offered load (CSV and a PNG plot), and the workers'
+# throughput per role with the welcome latency of a 100k-event backlog. Results go to
+# bench/results/. Figures are ratios against the baseline measured in the same run: these
+# machines are shared and noisy, and CPU per push is the steadiest figure of all.
+#
+# Both servers are driven over CONNECTIONS connections (256): enough to saturate each, so
+# both figures are throughput limits. At 64 the ingress is latency-bound (64 pushes in flight
+# over a ~2 ms ack cannot exceed 32k/s whatever the CPU), which the run also reports.
 #
 #   bench/run.sh                 # everything, a few minutes
 #   DURATION=5s bench/run.sh     # shorter loads
@@ -14,7 +19,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
-CONNECTIONS=${CONNECTIONS:-64}
+CONNECTIONS=${CONNECTIONS:-256}
+# Offered loads of the latency curve, in % of the bare limit.
+RATES=${RATES:-5 10 20 30 40 50}
 BACKLOG=${BACKLOG:-100000}
 OUT=bench/results
 mkdir -p "$OUT"
@@ -30,25 +37,32 @@ BIN=target/release
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bench: $1 did not come up" >&2; exit 1; }
 rss_peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# CPU time of a process so far, in clock ticks (1/100 s): utime + stime.
+ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
 
 PREFIX=bench$$
 KAFKA_LOG=$(mktemp)
 $BIN/wxload mock-kafka --brokers 1 --topic-prefix "$PREFIX" --partitions 8 >"$KAFKA_LOG" &
-PIDS+=($!)
+KAFKA_PID=$!
+PIDS+=($KAFKA_PID)
 kafka_address() { for _ in $(seq 300); do [ -s "$KAFKA_LOG" ] && { head -1 "$KAFKA_LOG"; return; }; sleep 0.1; done; echo "bench: no Kafka" >&2; exit 1; }
 BROKERS=$(kafka_address)
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-PIDS+=($!)
+REDIS_PID=$!
+PIDS+=($REDIS_PID)
 
 echo "== (a) bare limit" >&2
 BASE_PORT=$(free_port)
 $BIN/wxload baseline --listen "127.0.0.1:$BASE_PORT" >/dev/null &
-PIDS+=($!)
+BASE_PID=$!
+PIDS+=($BASE_PID)
 wait_http "http://127.0.0.1:$BASE_PORT/"
+B0=$(ticks "$BASE_PID")
 $BIN/wxload run --url "http://127.0.0.1:$BASE_PORT/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
   --duration "$DURATION" --no-progress --json "$OUT/baseline.json" >/dev/null
+BASE_TICKS=$(($(ticks "$BASE_PID") - B0))
 
 echo "== (b) full ingress" >&2
 INGEST_PORT=$(free_port)
@@ -60,16 +74,27 @@ wait_http "http://127.0.0.1:$INGEST_PORT/healthz"
 # Warm up connections and metadata.
 $BIN/wxload run --url "http://127.0.0.1:$INGEST_PORT/wechat" --token "$TOKEN" --count 2000 --no-progress \
   --connections 8 >/dev/null
+I0=$(ticks "$INGEST_PID"); R0=$(ticks "$REDIS_PID"); K0=$(ticks "$KAFKA_PID")
+$BIN/wxload run --url "http://127.0.0.1:$INGEST_PORT/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
+  --duration "$DURATION" --no-progress --json "$OUT/ingress.json" >/dev/null
+INGEST_TICKS=$(($(ticks "$INGEST_PID") - I0)); REDIS_TICKS=$(($(ticks "$REDIS_PID") - R0))
+KAFKA_TICKS=$(($(ticks "$KAFKA_PID") - K0))
+# The same load again, then what reached Kafka: counted by end offsets and read back by id
+# (apart from the run above, whose CPU figures the read-back would blur).
+echo "== (b) durability: every acked push on Kafka once" >&2
 $BIN/wxload run --url "http://127.0.0.1:$INGEST_PORT/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
   --duration "$DURATION" --no-progress --kafka-brokers "$BROKERS" --topic-prefix "$PREFIX" \
-  --json "$OUT/ingress.json" >/dev/null
+  --json "$OUT/durability.json" >/dev/null
+echo "== (b) full ingress over 64 connections (latency-bound)" >&2
+$BIN/wxload run --url "http://127.0.0.1:$INGEST_PORT/wechat" --token "$TOKEN" --connections 64 \
+  --duration "$DURATION" --no-progress --json "$OUT/ingress-64.json" >/dev/null
 
 BASE_TPS=$(json "$OUT/baseline.json" 'round(d["throughput_per_s"])')
 INGRESS_TPS=$(json "$OUT/ingress.json" 'round(d["throughput_per_s"])')
 
 echo "== latency against offered load" >&2
 echo "offered_per_s,achieved_per_s,p50_ms,p90_ms,p99_ms,max_ms,failed" >"$OUT/latency.csv"
-for pct in 10 25 50 75 90; do
+for pct in $RATES; do
   RATE=$((BASE_TPS * pct / 100))
   $BIN/wxload run --url "http://127.0.0.1:$INGEST_PORT/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
     --rate "$RATE" --duration "$DURATION" --no-progress --json "$OUT/rate-$pct.json" >/dev/null
@@ -126,8 +151,9 @@ try:
     for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99")):
         ax.plot(x, [float(r[key]) for r in rows], marker="o", label=label)
     ax.axhline(10, color="grey", linestyle="--", linewidth=0.8, label="10 ms target")
-    ax.set_xlabel("offered load (pushes/s)")
-    ax.set_ylabel("ack latency (ms)")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (pushes/s, open loop)")
+    ax.set_ylabel("ack latency (ms, log scale)")
     ax.set_title("wxpipe ingress: ack latency against offered load")
     ax.legend()
     ax.grid(True, alpha=0.3)
@@ -138,21 +164,34 @@ except ImportError:
 PY
 
 BASE_P99=$(json "$OUT/baseline.json" 'd["latency_ms"]["p99"]')
-python3 - "$OUT" "$PEAK_KIB" <<'PY'
+CONNECTIONS=$CONNECTIONS python3 - "$OUT" "$PEAK_KIB" "$BASE_TICKS" "$INGEST_TICKS" "$REDIS_TICKS" "$KAFKA_TICKS" <<'PY'
 import csv, json, sys
 out, peak_kib = sys.argv[1], int(sys.argv[2])
+import os
+base_ticks, ingest_ticks, redis_ticks, kafka_ticks = (int(t) for t in sys.argv[3:7])
 base, ing = json.load(open(f"{out}/baseline.json")), json.load(open(f"{out}/ingress.json"))
+ing64 = json.load(open(f"{out}/ingress-64.json"))
+dur = json.load(open(f"{out}/durability.json"))
+per_push = lambda seconds, run: round(seconds * 1e6 / max(run["acked"], 1), 1)
 welcome = json.load(open(f"{out}/welcome.json"))
 half = next((r for r in csv.DictReader(open(f"{out}/latency.csv")) if r and int(r["offered_per_s"]) > 0 and abs(int(r["offered_per_s"]) / base["throughput_per_s"] - 0.5) < 0.01), None)
 summary = {
     "baseline_per_s": round(base["throughput_per_s"]),
     "ingress_per_s": round(ing["throughput_per_s"]),
     "ratio": round(ing["throughput_per_s"] / base["throughput_per_s"], 3),
+    "connections": int(os.environ["CONNECTIONS"]),
+    "ingress_per_s_64_connections": round(ing64["throughput_per_s"]),
+    "ingress_latency_ms_64_connections": ing64["latency_ms"],
+    "cpu_us_per_push": {
+        "baseline": {"server": per_push(base_ticks / 100, base), "generator": per_push(base["cpu_seconds"] or 0, base)},
+        "ingress": {"ingest": per_push(ingest_ticks / 100, ing), "redis": per_push(redis_ticks / 100, ing),
+                    "kafka_broker": per_push(kafka_ticks / 100, ing), "generator": per_push(ing["cpu_seconds"] or 0, ing)},
+    },
     "ingress_latency_ms_at_max": ing["latency_ms"],
     "baseline_latency_ms_at_max": base["latency_ms"],
     "ingress_p99_ms_at_half_baseline": float(half["p99_ms"]) if half else None,
     "ingress_peak_rss_mib": round(peak_kib / 1024, 1),
-    "ingress_kafka": ing.get("kafka"),
+    "durability": {"acked": dur["acked"], "failed": dur["failed"], **(dur.get("kafka") or {})},
     "ingress_failed": ing["failed"],
     "workers": list(csv.DictReader(open(f"{out}/workers.csv"))),
     "welcome_backlog": welcome,

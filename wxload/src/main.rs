@@ -293,6 +293,7 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.no_progress,
     };
     let outcome = run::run(load).await;
+    let cpu = cpu_seconds();
     let percentile = |q: f64| outcome.latency.value_at_quantile(q) as f64 / 1000.0;
     let throughput = outcome.acked as f64 / outcome.elapsed.as_secs_f64().max(1e-9);
     let mut report = serde_json::json!({
@@ -302,6 +303,8 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
         "retried": outcome.retried,
         "seconds": outcome.elapsed.as_secs_f64(),
         "throughput_per_s": throughput,
+        // The generator's own CPU time, so a benchmark can tell its share of the machine.
+        "cpu_seconds": cpu,
         "latency_ms": {
             "p50": percentile(0.50), "p90": percentile(0.90), "p99": percentile(0.99),
             "max": outcome.latency.max() as f64 / 1000.0,
@@ -340,4 +343,14 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(())
+}
+
+/// This process's CPU time so far (user + system), where `/proc` tells it.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which may hold spaces, start at the state (field 3);
+    // utime and stime are fields 14 and 15, in clock ticks of 1/100 s on Linux.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+    Some((ticks(14)? + ticks(15)?) / 100.0)
 }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Compares two builds of the ingress in one run on this machine: each drives the same load
+# (wxload, CONNECTIONS connections, DURATION) against the same redis-server and Kafka-protocol
+# broker, alternately, ROUNDS times, and prints per round the throughput, the ack latency and
+# the CPU time each process spent per push (ingest, redis-server, broker, generator), which is
+# far steadier than throughput on a shared machine.
+#
+#   git worktree add /tmp/old HEAD~3 && (cd /tmp/old && cargo build --release --bin ingest)
+#   bench/compare.sh /tmp/old/target/release/ingest target/release/ingest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OLD=${1:?usage: bench/compare.sh OLD_INGEST NEW_INGEST}
+NEW=${2:?usage: bench/compare.sh OLD_INGEST NEW_INGEST}
+DURATION=${DURATION:-8s}
+CONNECTIONS=${CONNECTIONS:-256}
+ROUNDS=${ROUNDS:-3}
+TOKEN=bench-token
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+command -v redis-server >/dev/null || { echo "compare: redis-server is required (tests/run installs it)" >&2; exit 1; }
+cargo build --release --locked --bin wxload >&2
+WXLOAD=target/release/wxload
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "compare: $1 did not come up" >&2; exit 1; }
+ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+
+KAFKA_LOG=$(mktemp)
+$WXLOAD mock-kafka --brokers 1 --topic-prefix cmp --partitions 8 >"$KAFKA_LOG" &
+KAFKA_PID=$!
+PIDS+=($KAFKA_PID)
+for _ in $(seq 300); do [ -s "$KAFKA_LOG" ] && break; sleep 0.1; done
+sleep 0.2
+BROKERS=$(head -1 "$KAFKA_LOG")
+[ -n "$BROKERS" ] || { echo "compare: no Kafka" >&2; exit 1; }
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+REDIS_PID=$!
+PIDS+=($REDIS_PID)
+
+measure() { # label, ingest binary
+  local port pid i0 r0 k0 json
+  port=$(free_port)
+  json=$(mktemp)
+  INGEST_LISTEN=127.0.0.1:$port WECHAT_TOKEN=$TOKEN KAFKA_BROKERS=$BROKERS KAFKA_TOPIC_PREFIX=cmp \
+    REDIS_URL=redis://127.0.0.1:$REDIS_PORT/ RUST_LOG=error "$2" &
+  pid=$!
+  wait_http "http://127.0.0.1:$port/healthz"
+  $WXLOAD run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --count 2000 --connections 8 --no-progress >/dev/null
+  i0=$(ticks "$pid"); r0=$(ticks "$REDIS_PID"); k0=$(ticks "$KAFKA_PID")
+  $WXLOAD run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
+    --duration "$DURATION" --no-progress --json "$json" >/dev/null
+  python3 - "$1" "$json" $(($(ticks "$pid") - i0)) $(($(ticks "$REDIS_PID") - r0)) $(($(ticks "$KAFKA_PID") - k0)) <<'PY'
+import json, sys
+label, path, ingest, redis, kafka = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+d = json.load(open(path))
+us = lambda ticks: ticks * 1e4 / max(d["acked"], 1)
+print(f"{label:4} {d['throughput_per_s']:8.0f}/s  p50 {d['latency_ms']['p50']:6.2f} p99 {d['latency_ms']['p99']:6.2f} ms  "
+      f"failed {d['failed']}  µs/push: ingest {us(ingest):5.1f} redis {us(redis):5.1f} "
+      f"broker {us(kafka):4.1f} generator {(d['cpu_seconds'] or 0) * 1e6 / max(d['acked'], 1):5.1f}")
+PY
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+for round in $(seq "$ROUNDS"); do
+  echo "== round $round"
+  measure old "$OLD"
+  measure new "$NEW"
+done

@@ -80,20 +80,8 @@ async fn one_command_runs_the_whole_pipeline() {
     );
 
     // SIGTERM: a clean, prompt exit.
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "exited after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = testkit::terminate(&mut child, Duration::from_secs(20))
+        .await
+        .expect("exited after SIGTERM");
     assert!(status.success(), "{status}");
 }

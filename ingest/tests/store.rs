@@ -179,6 +179,13 @@ async fn concurrent(store: &dyn DedupStore) {
     );
 }
 
+/// The `redis://` engine on `redis`, with keys under `prefix`.
+async fn redis_store(redis: &RedisServer, prefix: &str) -> Box<dyn DedupStore> {
+    store::open(&redis.url(), prefix, Duration::from_millis(250))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn memory_engine() {
     let store = store::open("memory://", &unique("k"), Duration::from_millis(250))
@@ -190,9 +197,7 @@ async fn memory_engine() {
 #[tokio::test]
 async fn redis_engine() {
     let redis = RedisServer::start();
-    let store = store::open(&redis.url(), &unique("k"), Duration::from_millis(250))
-        .await
-        .unwrap();
+    let store = redis_store(&redis, &unique("k")).await;
     suite(store.as_ref()).await;
 }
 
@@ -200,9 +205,7 @@ async fn redis_engine() {
 async fn redis_engine_keys_live_under_the_prefix() {
     let redis = RedisServer::start();
     let prefix = unique("k");
-    let store = store::open(&redis.url(), &prefix, Duration::from_millis(250))
-        .await
-        .unwrap();
+    let store = redis_store(&redis, &prefix).await;
     store
         .claim(with_nonce("id-1", "a", "n1", "d"))
         .await
@@ -228,10 +231,7 @@ async fn redis_engine_keys_live_under_the_prefix() {
 async fn redis_engine_fails_fast_while_redis_is_down_and_recovers() {
     let mut redis = RedisServer::start();
     let port = redis.port;
-    let timeout = Duration::from_millis(250);
-    let store = store::open(&redis.url(), &unique("k"), timeout)
-        .await
-        .unwrap();
+    let store = redis_store(&redis, &unique("k")).await;
     assert_eq!(store.claim(claim("up", "a")).await.unwrap(), Claim::Claimed);
 
     redis.stop();
@@ -268,9 +268,7 @@ async fn redis_engine_fails_fast_while_redis_is_down_and_recovers() {
 async fn redis_engine_an_op_redis_refuses_fails_alone() {
     let redis = RedisServer::start();
     let prefix = unique("k");
-    let store = store::open(&redis.url(), &prefix, Duration::from_millis(250))
-        .await
-        .unwrap();
+    let store = redis_store(&redis, &prefix).await;
     // A key of another type where a claim goes: Redis refuses the GET of the claim step.
     let mut conn = redis.conn();
     redis::cmd("LPUSH")

@@ -5,7 +5,8 @@
 //!   controls), or the brokers in `KAFKA_BROKERS`; [`Kafka::count`] and [`Kafka::read`] see what
 //!   a topic holds, [`Kafka::produce`] writes to one.
 //! - [`FakeWeChat`]: the WeChat API calls the workers make, served on a local port.
-//! - [`unique`], [`free_port`], [`eventually`]: names, ports and polling with a deadline.
+//! - [`unique`], [`free_port`], [`eventually`], [`terminate`]: names, ports, polling and
+//!   SIGTERM with a deadline.
 
 mod fake_wechat;
 
@@ -54,6 +55,26 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
         }
         if Instant::now() >= deadline {
             return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit; `None` (and a SIGKILL) if it has not
+/// exited `within`.
+pub async fn terminate(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

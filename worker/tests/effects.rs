@@ -459,23 +459,11 @@ async fn sigterm_while_kafka_is_down_stops_the_worker_promptly() {
 
     mock.broker_down(1).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
     // The final commit and the group leave cannot reach Kafka: they are given up on, and
     // what was not committed is redelivered to the next worker (at least once).
-    let stopped = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if stopped.elapsed() > Duration::from_secs(15) {
-            let _ = child.kill();
-            panic!("the worker did not stop within 15 s of SIGTERM while Kafka was down");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = testkit::terminate(&mut child, Duration::from_secs(15))
+        .await
+        .expect("the worker stops within 15 s of SIGTERM while Kafka is down");
     assert!(status.success(), "{status}");
     let _ = mock.broker_up(1);
 }

@@ -176,6 +176,18 @@ impl Config {
                 "WECHAT_TOKEN is required (the Token of the account's server config)".into(),
             );
         }
+        // Blank is neither the embedded default nor a broker list: refuse it rather than run
+        // a producer that reaches nothing, or the embedded broker where Kafka was meant.
+        if self
+            .kafka_brokers
+            .as_deref()
+            .is_some_and(|b| b.trim().is_empty())
+        {
+            return Err(
+                "KAFKA_BROKERS is set but empty: unset it for the embedded default, or list the brokers"
+                    .into(),
+            );
+        }
         if !self.path.starts_with('/') {
             return Err(format!("INGEST_PATH must start with '/': {:?}", self.path));
         }
@@ -216,6 +228,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blank_kafka_brokers_are_a_config_error() {
+        let mut config = Config::for_token("t");
+        for blank in ["", " "] {
+            config.kafka_brokers = Some(blank.into());
+            let error = config.validate().unwrap_err();
+            assert!(error.contains("KAFKA_BROKERS"), "{error}");
+        }
+        config.kafka_brokers = Some("localhost:9092".into());
+        assert_eq!(config.validate(), Ok(()));
+        config.kafka_brokers = None;
+        assert_eq!(config.validate(), Ok(()), "unset: the embedded default");
+    }
 
     #[test]
     fn secrets_never_print() {

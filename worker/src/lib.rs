@@ -36,7 +36,7 @@ use crate::wechat::{Credentials, WeChat};
 /// Why the workers could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("KAFKA_BROKERS is not set")]
+    #[error("KAFKA_BROKERS is not set, or empty")]
     NoBrokers,
     #[error("{0}")]
     Accounts(String),
@@ -144,7 +144,11 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
 /// Runs the configured roles until `shutdown` resolves; then each finishes its in-flight
 /// records (or leaves them for redelivery) within `grace`, below the session timeout.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let brokers = config.kafka_brokers.clone().ok_or(StartError::NoBrokers)?;
+    let brokers = config
+        .kafka_brokers
+        .clone()
+        .filter(|b| !b.trim().is_empty())
+        .ok_or(StartError::NoBrokers)?;
     ops::prometheus();
     let effects = effects(&config).await?;
     let settings = ConsumerSettings {

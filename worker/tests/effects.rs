@@ -467,3 +467,15 @@ async fn sigterm_while_kafka_is_down_stops_the_worker_promptly() {
     assert!(status.success(), "{status}");
     let _ = mock.broker_up(1);
 }
+
+#[tokio::test]
+async fn blank_kafka_brokers_refuse_to_start() {
+    let mut config = worker::Config::defaults();
+    config.kafka_brokers = Some(" ".into());
+    let started = worker::run(config, std::future::pending());
+    let error = tokio::time::timeout(Duration::from_secs(10), started)
+        .await
+        .expect("refused at once, not run")
+        .unwrap_err();
+    assert!(matches!(error, worker::StartError::NoBrokers), "{error}");
+}

@@ -215,8 +215,8 @@ impl RoleConsumer {
     }
 
     /// Commits what is done and closes the consumer (leaving the group, so its partitions move
-    /// at once). Both block while Kafka is unreachable, librdkafka's synchronous commit without
-    /// a bound: they run on a thread of their own, which the caller may stop waiting for.
+    /// at once). Both block while Kafka is unreachable (librdkafka's synchronous commit has no
+    /// timeout), so they run on a thread of their own, which the caller may stop waiting for.
     async fn close(self: Arc<Self>) -> Result<(), KafkaError> {
         let (closed, outcome) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()

@@ -16,11 +16,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::statistics::{Partition, Statistics};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use schemas::Event;
 use tokio::sync::{watch, Semaphore};
 
@@ -76,10 +77,46 @@ impl OffsetTracker {
     }
 }
 
+/// Exports a role's consumer lag from librdkafka's statistics (`statistics.interval.ms`): per
+/// topic, the records between the group's committed offset and the end of each partition this
+/// consumer is assigned.
+#[derive(Debug)]
+pub struct LagContext {
+    role: &'static str,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for (name, topic) in &statistics.topics {
+            let lag: i64 = topic.partitions.values().filter_map(partition_lag).sum();
+            metrics::gauge!("wxpipe_worker_consumer_lag", "role" => self.role, "topic" => name.clone())
+                .set(lag as f64);
+        }
+    }
+}
+
+/// Records of an assigned partition not yet committed by the group. (librdkafka's own
+/// `consumer_lag` is -1 until the first commit, which would show a new group's backlog as 0.)
+fn partition_lag(p: &Partition) -> Option<i64> {
+    // -1 is librdkafka's internal partition; a negative end offset is not known yet.
+    if p.partition < 0 || !p.desired || p.hi_offset < 0 {
+        return None;
+    }
+    // A group with no committed offset starts from the earliest record.
+    let from = if p.committed_offset >= 0 {
+        p.committed_offset
+    } else {
+        p.lo_offset.max(0)
+    };
+    Some((p.hi_offset - from).max(0))
+}
+
+impl ConsumerContext for LagContext {}
+
 /// One role's consumer and everything its tasks share.
 pub struct RoleConsumer {
     pub role: Role,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     dlq: FutureProducer,
     dlq_topic: String,
     effects: Arc<Effects>,
@@ -129,13 +166,16 @@ impl RoleConsumer {
             // A group with no committed offset starts from the earliest record.
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "30000")
+            // Consumer lag for the metrics (LagContext).
+            .set("statistics.interval.ms", "5000")
             .set("reconnect.backoff.max.ms", "1000");
         for pair in &settings.overrides {
             if let Some((key, value)) = pair.split_once('=') {
                 config.set(key.trim(), value.trim());
             }
         }
-        let consumer: StreamConsumer = config.create()?;
+        let consumer: StreamConsumer<LagContext> =
+            config.create_with_context(LagContext { role: role.name() })?;
         let topics = role.topics(&settings.topic_prefix);
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -367,6 +407,34 @@ mod tests {
         // An offset never moves back.
         t.begin("a", 0, 3);
         assert_eq!(t.complete("a", 0, 3), None);
+    }
+
+    #[test]
+    fn lag_counts_from_the_committed_offset_or_the_earliest_record() {
+        let assigned = |lo, hi, committed| Partition {
+            partition: 0,
+            desired: true,
+            lo_offset: lo,
+            hi_offset: hi,
+            committed_offset: committed,
+            ..Partition::default()
+        };
+        // A new group, nothing committed yet (-1001): its whole backlog lags.
+        assert_eq!(partition_lag(&assigned(10, 50, -1001)), Some(40));
+        assert_eq!(partition_lag(&assigned(10, 50, 45)), Some(5));
+        assert_eq!(partition_lag(&assigned(10, 50, 50)), Some(0));
+        // Not ours, librdkafka's internal partition, or no end offset yet: not counted.
+        let unassigned = Partition {
+            desired: false,
+            ..assigned(0, 50, 0)
+        };
+        assert_eq!(partition_lag(&unassigned), None);
+        let internal = Partition {
+            partition: -1,
+            ..assigned(0, 50, 0)
+        };
+        assert_eq!(partition_lag(&internal), None);
+        assert_eq!(partition_lag(&assigned(-1, -1, -1001)), None);
     }
 
     #[test]

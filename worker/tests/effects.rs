@@ -479,3 +479,29 @@ async fn blank_kafka_brokers_refuse_to_start() {
         .unwrap_err();
     assert!(matches!(error, worker::StartError::NoBrokers), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_counts_what_is_not_done_and_falls_to_zero() {
+    let env = Env::start().await;
+    // One record at a time, 0.8 s each (below the API timeout): the backlog drains for ~4 s.
+    env.wechat.set_send_delay(Duration::from_millis(800));
+    let events: Vec<_> = (0..5)
+        .map(|n| subscribe("gh_a", &format!("lagging-{n}"), 100 + n, None))
+        .collect();
+    env.produce("subscribe", &events);
+    let (stop, task) = env.spawn(&["--role", "welcome", "--concurrency", "1"]);
+    let series = format!("topic=\"{}\"", env.topic("subscribe"));
+    let lag = || {
+        ops::prometheus().render().lines().find_map(|line| {
+            let labels = line.strip_prefix("wxpipe_worker_consumer_lag{")?;
+            (labels.contains("role=\"welcome\"") && labels.contains(&series))
+                .then(|| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .flatten()
+        })
+    };
+    wait_for("the backlog as lag", || lag().is_some_and(|l| l >= 1.0)).await;
+    wait_for("the lag back to 0", || lag() == Some(0.0)).await;
+    assert_eq!(env.wechat.sends().len(), 5);
+    drop(stop);
+    task.await.unwrap();
+}

@@ -119,7 +119,8 @@ impl Env {
             ("WORKER_MAX_ATTEMPTS", "3".into()),
             (
                 "KAFKA_CONSUMER_CONFIG",
-                "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
+                "session.timeout.ms=6000,heartbeat.interval.ms=500,statistics.interval.ms=500"
+                    .into(),
             ),
             ("WORKER_ADMIN_LISTEN", "127.0.0.1:0".into()),
         ]

@@ -72,6 +72,12 @@ async fn every_effect_happens() {
     let leaver = store.user("gh_a", "leaver").await.unwrap().unwrap();
     assert!(!leaver.subscribed);
     assert_eq!(leaver.updated_at, 110);
+    // The unbind role takes the subscribe and unsubscribe topics concurrently: the leaver's
+    // unsubscribe says nothing about when the poster's subscribe was applied.
+    wait_for_async("the poster's subscription", || async {
+        store.user("gh_a", "poster").await.unwrap().is_some()
+    })
+    .await;
     let poster = store.user("gh_a", "poster").await.unwrap().unwrap();
     assert!(poster.subscribed);
     assert_eq!(poster.scene, "42");
@@ -135,6 +141,11 @@ async fn redelivered_events_change_nothing_more() {
         1,
         "one welcome per subscribe event"
     );
+    // The unbind role has its own group: wait for it too.
+    wait_for_async("the subscription", || async {
+        store.user("gh_a", "twice").await.unwrap().is_some()
+    })
+    .await;
     assert!(
         store
             .user("gh_a", "twice")
@@ -152,18 +163,18 @@ async fn a_late_older_unsubscribe_does_not_undo_a_newer_subscribe() {
     let env = Env::start().await;
     let store = env.store().await;
     env.produce("subscribe", &[subscribe("gh_a", "back", 200, Some("7"))]);
-    let (stop, task) = env.spawn(&["--role", "unbind"]);
+    // One record at a time, and the marker on back's partition (keyed like it): once the
+    // marker is applied, so is back's late unsubscribe.
+    let (stop, task) = env.spawn(&["--role", "unbind", "--concurrency", "1"]);
     wait_for_async("subscribed", || async {
         store.user("gh_a", "back").await.unwrap().is_some()
     })
     .await;
     store.set_binding("gh_a", "back", "user-1").await.unwrap();
+    let (_, marker) = unsubscribe("gh_a", "marker", 1);
     env.produce(
         "unsubscribe",
-        &[
-            unsubscribe("gh_a", "back", 150),
-            unsubscribe("gh_a", "marker", 1),
-        ],
+        &[unsubscribe("gh_a", "back", 150), ("back".into(), marker)],
     );
     wait_for_async("the marker", || async {
         store.user("gh_a", "marker").await.unwrap().is_some()

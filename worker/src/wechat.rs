@@ -209,7 +209,17 @@ impl WeChat {
                 .lock_token(&creds.appid, &self.owner, LOCK_TTL)
                 .await?
             {
-                let fetched = self.fetch(creds, failed).await;
+                // Another process (or task) may have fetched and unlocked between our look at
+                // the cache and our lock: look again before spending a call of the quota.
+                let cached = self
+                    .store
+                    .token(&creds.appid)
+                    .await?
+                    .filter(|t| Some(t.as_str()) != failed);
+                let fetched = match cached {
+                    Some(token) => Ok(token),
+                    None => self.fetch(creds, failed).await,
+                };
                 self.store.unlock_token(&creds.appid, &self.owner).await?;
                 return fetched;
             }

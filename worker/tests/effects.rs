@@ -516,3 +516,41 @@ async fn consumer_lag_counts_what_is_not_done_and_falls_to_zero() {
     drop(stop);
     task.await.unwrap();
 }
+
+/// Many tasks of two processes (two clients with their own lock owners) asking for a token at
+/// once, round after round: each round fetches exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_token_requests_fetch_one_token_per_round() {
+    use worker::wechat::{Credentials, WeChat};
+    let env = Env::start().await;
+    let store = env.store().await;
+    let client = |owner: &str| {
+        WeChat::new(
+            &env.wechat.base(),
+            Duration::from_secs(2),
+            std::sync::Arc::clone(&store),
+            owner.into(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (client("process-a"), client("process-b"));
+    let creds = Credentials {
+        appid: "wxrace".into(),
+        appsecret: schemas::accounts::Secret::new("secret"),
+    };
+    for round in 1..=20 {
+        let asks = (0..16).map(|n| {
+            let client = if n % 2 == 0 { &a } else { &b };
+            client.token(&creds)
+        });
+        for token in futures_util::future::join_all(asks).await {
+            token.unwrap();
+        }
+        assert_eq!(env.wechat.token_fetches().len(), round, "round {round}");
+        // The cached token expires: the next round must fetch again, once.
+        store
+            .drop_token("wxrace", &store.token("wxrace").await.unwrap().unwrap())
+            .await
+            .unwrap();
+    }
+}

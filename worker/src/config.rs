@@ -176,6 +176,13 @@ impl Config {
         Duration::from_millis(self.redis_timeout_ms)
     }
 
+    /// The bootstrap servers, unless unset or blank (a blank list reaches no broker).
+    pub fn brokers(&self) -> Option<&str> {
+        self.kafka_brokers
+            .as_deref()
+            .filter(|b| !b.trim().is_empty())
+    }
+
     /// Defaults, for tests and embedding.
     pub fn defaults() -> Config {
         Config::parse_from(["worker"])

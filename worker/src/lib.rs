@@ -144,11 +144,7 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
 /// Runs the configured roles until `shutdown` resolves; then each finishes its in-flight
 /// records (or leaves them for redelivery) within `grace`, below the session timeout.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let brokers = config
-        .kafka_brokers
-        .clone()
-        .filter(|b| !b.trim().is_empty())
-        .ok_or(StartError::NoBrokers)?;
+    let brokers = config.brokers().ok_or(StartError::NoBrokers)?.to_owned();
     ops::prometheus();
     let effects = effects(&config).await?;
     let settings = ConsumerSettings {

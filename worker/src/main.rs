@@ -7,11 +7,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     ops::init_logs();
     let config = worker::Config::parse();
-    if config
-        .kafka_brokers
-        .as_deref()
-        .is_none_or(|b| b.trim().is_empty())
-    {
+    if config.brokers().is_none() {
         eprintln!("worker: KAFKA_BROKERS is required (the embedded default runs the workers inside `ingest`)");
         return ExitCode::from(2);
     }

@@ -196,12 +196,7 @@ impl WeChat {
     ) -> Result<String, ApiError> {
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
-            if let Some(token) = self
-                .store
-                .token(&creds.appid)
-                .await?
-                .filter(|t| Some(t.as_str()) != failed)
-            {
+            if let Some(token) = self.cached(creds, failed).await? {
                 return Ok(token);
             }
             if self
@@ -211,12 +206,7 @@ impl WeChat {
             {
                 // Another process (or task) may have fetched and unlocked between our look at
                 // the cache and our lock: look again before spending a call of the quota.
-                let cached = self
-                    .store
-                    .token(&creds.appid)
-                    .await?
-                    .filter(|t| Some(t.as_str()) != failed);
-                let fetched = match cached {
+                let fetched = match self.cached(creds, failed).await? {
                     Some(token) => Ok(token),
                     None => self.fetch(creds, failed).await,
                 };
@@ -228,6 +218,19 @@ impl WeChat {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The cached token, unless it is the one that just `failed`.
+    async fn cached(
+        &self,
+        creds: &Credentials,
+        failed: Option<&str>,
+    ) -> Result<Option<String>, ApiError> {
+        Ok(self
+            .store
+            .token(&creds.appid)
+            .await?
+            .filter(|t| Some(t.as_str()) != failed))
     }
 
     /// Fetches from `stable_token` and caches; asks WeChat to force a new token only when the

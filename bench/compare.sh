@@ -16,29 +16,12 @@ DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-256}
 ROUNDS=${ROUNDS:-3}
 TOKEN=bench-token
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-command -v redis-server >/dev/null || { echo "compare: redis-server is required (tests/run installs it)" >&2; exit 1; }
+BIN=target/release
+. bench/lib.sh
 cargo build --release --locked --bin wxload >&2
-WXLOAD=target/release/wxload
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "compare: $1 did not come up" >&2; exit 1; }
-ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 
-KAFKA_LOG=$(mktemp)
-$WXLOAD mock-kafka --brokers 1 --topic-prefix cmp --partitions 8 >"$KAFKA_LOG" &
-KAFKA_PID=$!
-PIDS+=($KAFKA_PID)
-for _ in $(seq 300); do [ -s "$KAFKA_LOG" ] && break; sleep 0.1; done
-sleep 0.2
-BROKERS=$(head -1 "$KAFKA_LOG")
-[ -n "$BROKERS" ] || { echo "compare: no Kafka" >&2; exit 1; }
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-REDIS_PID=$!
-PIDS+=($REDIS_PID)
+start_kafka cmp
+start_redis
 
 measure() { # label, ingest binary
   local port pid i0 r0 k0 json
@@ -48,9 +31,9 @@ measure() { # label, ingest binary
     REDIS_URL=redis://127.0.0.1:$REDIS_PORT/ RUST_LOG=error "$2" &
   pid=$!
   wait_http "http://127.0.0.1:$port/healthz"
-  $WXLOAD run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --count 2000 --connections 8 --no-progress >/dev/null
+  $BIN/wxload run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --count 2000 --connections 8 --no-progress >/dev/null
   i0=$(ticks "$pid"); r0=$(ticks "$REDIS_PID"); k0=$(ticks "$KAFKA_PID")
-  $WXLOAD run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
+  $BIN/wxload run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
     --duration "$DURATION" --no-progress --json "$json" >/dev/null
   python3 - "$1" "$json" $(($(ticks "$pid") - i0)) $(($(ticks "$REDIS_PID") - r0)) $(($(ticks "$KAFKA_PID") - k0)) <<'PY'
 import json, sys

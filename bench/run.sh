@@ -26,32 +26,16 @@ BACKLOG=${BACKLOG:-100000}
 OUT=bench/results
 mkdir -p "$OUT"
 TOKEN=bench-token
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-command -v redis-server >/dev/null || { echo "bench: redis-server is required (tests/run installs it)" >&2; exit 1; }
-cargo build --release --locked --bin ingest --bin worker --bin wxload >&2
 BIN=target/release
+. bench/lib.sh
+cargo build --release --locked --bin ingest --bin worker --bin wxload >&2
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bench: $1 did not come up" >&2; exit 1; }
 rss_peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-# CPU time of a process so far, in clock ticks (1/100 s): utime + stime.
-ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
 
 PREFIX=bench$$
-KAFKA_LOG=$(mktemp)
-$BIN/wxload mock-kafka --brokers 1 --topic-prefix "$PREFIX" --partitions 8 >"$KAFKA_LOG" &
-KAFKA_PID=$!
-PIDS+=($KAFKA_PID)
-kafka_address() { for _ in $(seq 300); do [ -s "$KAFKA_LOG" ] && { head -1 "$KAFKA_LOG"; return; }; sleep 0.1; done; echo "bench: no Kafka" >&2; exit 1; }
-BROKERS=$(kafka_address)
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-REDIS_PID=$!
-PIDS+=($REDIS_PID)
+start_kafka "$PREFIX"
+start_redis
 
 echo "== (a) bare limit" >&2
 BASE_PORT=$(free_port)
@@ -109,10 +93,8 @@ $BIN/wxload fake-wechat --listen "127.0.0.1:$FAKE_PORT" >/dev/null &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$FAKE_PORT/stats"
 WPREFIX=w$$
-KAFKA_LOG=$(mktemp)
-$BIN/wxload mock-kafka --brokers 1 --topic-prefix "$WPREFIX" --partitions 8 >"$KAFKA_LOG" &
-PIDS+=($!)
-WBROKERS=$(kafka_address)
+start_kafka "$WPREFIX"
+WBROKERS=$BROKERS
 echo "role,events,seconds,events_per_s" >"$OUT/workers.csv"
 ADMIN_PORT=$(free_port)
 metric_sum() { curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v r="role=\"$1\"" '/^wxpipe_worker_events_total/ && index($0, r) {s += $NF} END {print s+0}'; }

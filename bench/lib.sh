@@ -1,0 +1,37 @@
+# Shared by bench/run.sh and bench/compare.sh (sourced, after BIN is set): the processes a
+# benchmark starts, ended on exit, and the helpers to start and watch them.
+
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+command -v redis-server >/dev/null || { echo "bench: redis-server is required (tests/run installs it)" >&2; exit 1; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bench: $1 did not come up" >&2; exit 1; }
+# CPU time of a process so far, in clock ticks (1/100 s): utime + stime.
+ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+
+# start_kafka PREFIX: a Kafka-protocol broker in its own process (librdkafka's mock cluster,
+# 8 partitions a topic); sets KAFKA_PID and BROKERS once it has printed its whole address.
+start_kafka() {
+  local log
+  log=$(mktemp)
+  "$BIN/wxload" mock-kafka --brokers 1 --topic-prefix "$1" --partitions 8 >"$log" &
+  KAFKA_PID=$!
+  PIDS+=("$KAFKA_PID")
+  for _ in $(seq 300); do
+    if [ "$(wc -l <"$log")" -ge 1 ]; then BROKERS=$(head -1 "$log"); return; fi
+    sleep 0.1
+  done
+  echo "bench: no Kafka" >&2
+  exit 1
+}
+
+# start_redis: a redis-server without persistence on a free port; sets REDIS_PORT, REDIS_PID.
+start_redis() {
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+}

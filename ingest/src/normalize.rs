@@ -24,9 +24,10 @@ fn check_id(value: &str, field: &'static str) -> Result<(), ParseError> {
 }
 
 /// The dedup identity: FromUserName + CreateTime, as WeChat recommends, qualified by the
-/// account and the type, by `MsgId` where the push has one, and by a digest of `EventKey`
-/// where it has one (two CLICKs on different keys in one second are two events). Every retry
-/// of a push carries the same fields, so it gets the same identity.
+/// account and the type, by `MsgId` where the push has one (kept readable), and by a digest of
+/// every other field of the push (`fields_digest`, see [`fields_digest`]). A retry repeats
+/// every field, so it keeps its identity; two events that differ in any field (two CLICKs on
+/// different keys, two `kf_create_session` with different `KfAccount`) are two.
 pub fn identity(
     account: &str,
     openid: &str,
@@ -34,19 +35,62 @@ pub fn identity(
     kind: Kind,
     type_: &str,
     msg_id: Option<&str>,
-    event_key: Option<&str>,
+    fields_digest: &str,
 ) -> String {
     let mut id = format!("{account}:{openid}:{created_at}:{}.{type_}", kind.as_str());
     if let Some(msg_id) = msg_id.map(str::trim).filter(|m| !m.is_empty()) {
         id.push_str(":m");
         id.push_str(msg_id);
     }
-    if let Some(key) = event_key.filter(|k| !k.is_empty()) {
-        let digest = Sha1::digest(key.as_bytes());
-        id.push_str(":k");
-        id.push_str(&hex::encode(&digest[..8]));
-    }
+    id.push_str(":h");
+    id.push_str(fields_digest);
     id
+}
+
+/// 16 hex digits of SHA-1 over the fields in a canonical form: names sorted at every level,
+/// each name and value length-prefixed, so no two different sets of fields share a form.
+/// The four fields every push has and `Event` are not in it: the identity names them already.
+pub fn fields_digest(fields: &[(String, Value)]) -> String {
+    fn feed(hasher: &mut Sha1, value: &Value) {
+        match value {
+            Value::String(s) => {
+                hasher.update(b"s");
+                hasher.update((s.len() as u64).to_be_bytes());
+                hasher.update(s.as_bytes());
+            }
+            Value::Array(items) => {
+                hasher.update(b"a");
+                hasher.update((items.len() as u64).to_be_bytes());
+                for item in items {
+                    feed(hasher, item);
+                }
+            }
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                feed_entries(hasher, entries.into_iter());
+            }
+            // The parser makes only strings, arrays and objects.
+            other => feed(hasher, &Value::String(other.to_string())),
+        }
+    }
+    fn feed_entries<'a>(
+        hasher: &mut Sha1,
+        entries: impl ExactSizeIterator<Item = (&'a String, &'a Value)>,
+    ) {
+        hasher.update(b"o");
+        hasher.update((entries.len() as u64).to_be_bytes());
+        for (name, value) in entries {
+            hasher.update((name.len() as u64).to_be_bytes());
+            hasher.update(name.as_bytes());
+            feed(hasher, value);
+        }
+    }
+    let mut entries: Vec<_> = fields.iter().map(|(n, v)| (n, v)).collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let mut hasher = Sha1::new();
+    feed_entries(&mut hasher, entries.into_iter());
+    hex::encode(&hasher.finalize()[..8])
 }
 
 /// Removes the element at `path` below `map`, and any parent it leaves empty.
@@ -208,7 +252,7 @@ pub fn normalize(mut push: Push, received_at: String) -> Result<Event, ParseErro
         kind,
         &type_,
         msg_id,
-        push.text("EventKey"),
+        &fields_digest(&push.fields),
     );
 
     let topic = Topic::of(kind, &type_);
@@ -286,7 +330,11 @@ mod tests {
         assert_eq!(typed(&e), json!({"scene": null, "ticket": null}));
         assert!(e.extra.is_empty());
         assert_eq!(e.topic().suffix(), "event.subscribe");
-        assert_eq!(e.id, "toUser:FromUser:123456789:event.subscribe");
+        // The digest of no further fields: pinned, so the canonical form cannot drift.
+        assert_eq!(
+            e.id,
+            "toUser:FromUser:123456789:event.subscribe:ha918d2e6588b8206"
+        );
     }
 
     #[test]
@@ -401,7 +449,7 @@ mod tests {
         assert_eq!(e.text("content"), Some("hi"));
         assert!(e.extra.is_empty());
         assert!(
-            e.id.ends_with(":message.text:m1234567890123456"),
+            e.id.contains(":message.text:m1234567890123456:h"),
             "{}",
             e.id
         );
@@ -424,26 +472,61 @@ mod tests {
             id("<Event>VIEW</Event><EventKey>A</EventKey>")
         );
         // Other accounts, users and seconds are other events.
-        let base = identity("gh_a", "o1", 1, Kind::Event, "subscribe", None, None);
+        let base = identity("gh_a", "o1", 1, Kind::Event, "subscribe", None, "0");
         assert_ne!(
             base,
-            identity("gh_b", "o1", 1, Kind::Event, "subscribe", None, None)
+            identity("gh_b", "o1", 1, Kind::Event, "subscribe", None, "0")
         );
         assert_ne!(
             base,
-            identity("gh_a", "o2", 1, Kind::Event, "subscribe", None, None)
+            identity("gh_a", "o2", 1, Kind::Event, "subscribe", None, "0")
         );
         assert_ne!(
             base,
-            identity("gh_a", "o1", 2, Kind::Event, "subscribe", None, None)
+            identity("gh_a", "o1", 2, Kind::Event, "subscribe", None, "0")
         );
         assert_ne!(
             base,
-            identity("gh_a", "o1", 1, Kind::Message, "subscribe", None, None)
+            identity("gh_a", "o1", 1, Kind::Message, "subscribe", None, "0")
         );
         assert_ne!(
-            identity("gh_a", "o1", 1, Kind::Message, "text", Some("1"), None),
-            identity("gh_a", "o1", 1, Kind::Message, "text", Some("2"), None)
+            identity("gh_a", "o1", 1, Kind::Message, "text", Some("1"), "0"),
+            identity("gh_a", "o1", 1, Kind::Message, "text", Some("2"), "0")
+        );
+        // Events that differ only in a field the spec does not type are two events too
+        // (WxJava issues 2231 and 2705): the digest covers every field, nested ones included.
+        let session = |kf: &str| {
+            id(&format!(
+                "<Event>kf_create_session</Event><KfAccount>{kf}</KfAccount>"
+            ))
+        };
+        assert_eq!(session("a@x"), session("a@x"));
+        assert_ne!(session("a@x"), session("b@x"));
+        assert_ne!(
+            id("<Event>user_get_card</Event><CardId>c</CardId><UserCardCode>1</UserCardCode>"),
+            id("<Event>user_get_card</Event><CardId>c</CardId><UserCardCode>2</UserCardCode>")
+        );
+        let pics = |md5: &str| {
+            id(&format!(
+                "<Event>pic_weixin</Event><EventKey>k</EventKey><SendPicsInfo><Count>1</Count>\
+                 <PicList><item><PicMd5Sum>{md5}</PicMd5Sum></item></PicList></SendPicsInfo>"
+            ))
+        };
+        assert_ne!(pics("aa"), pics("bb"));
+        // A field moved to another parent, or a value split differently between two fields,
+        // is another event: the canonical form is unambiguous.
+        assert_ne!(
+            id("<Event>x</Event><A>bc</A><B></B>"),
+            id("<Event>x</Event><A>b</A><B>c</B>")
+        );
+        assert_ne!(
+            id("<Event>x</Event><A><B>1</B></A>"),
+            id("<Event>x</Event><B><A>1</A></B>")
+        );
+        // The order of the fields is not part of the identity.
+        assert_eq!(
+            id("<Event>x</Event><A>1</A><B>2</B>"),
+            id("<Event>x</Event><B>2</B><A>1</A>")
         );
         // MsgID (events) and MsgId (messages) both count.
         assert_ne!(

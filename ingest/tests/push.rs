@@ -385,7 +385,7 @@ async fn an_attempt_in_flight_makes_the_retry_wait_and_a_dead_holder_loses_nothi
         Kind::Event,
         "subscribe",
         None,
-        None,
+        &ingest::normalize::fields_digest(&[]),
     );
     // A process that claimed the push and died: its claim is pending with a short lease.
     let mut conn = redis.conn();

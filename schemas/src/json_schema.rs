@@ -8,7 +8,7 @@ use crate::spec::{Field, FieldType, TYPES};
 use crate::{Kind, Topic};
 
 /// The version in every schema's `$id`; bumped on an incompatible change.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 fn field_schema(field: &Field) -> Value {
     let mut schema = match field.ty {

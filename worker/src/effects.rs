@@ -40,6 +40,27 @@ impl Outcome {
 /// redelivery from anywhere in the log sends nothing.
 const SENT_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
 
+/// How far ahead of this worker's clock an event's `created_at` may count in a last-write-wins
+/// comparison. The ingress refuses a `CreateTime` more than 60 s ahead of the signed timestamp;
+/// a record from before that check (or from another producer) with a far-future `created_at`
+/// would otherwise win every comparison forever and make each later event of its user stale.
+pub const MAX_CREATED_AT_AHEAD: i64 = 120;
+
+/// The `created_at` an event competes with: its own, or at most [`MAX_CREATED_AT_AHEAD`]
+/// past now.
+fn competing_created_at(event: &Event) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let ceiling = now + MAX_CREATED_AT_AHEAD;
+    if event.created_at > ceiling {
+        tracing::warn!(id = %ops::redact_id(&event.id), created_at = event.created_at, "created_at is far ahead of this clock: it competes as now + the allowed skew");
+        ceiling
+    } else {
+        event.created_at
+    }
+}
+
 /// Everything the effects need.
 #[derive(Debug)]
 pub struct Effects {
@@ -78,7 +99,7 @@ impl Effects {
             account: &event.account,
             openid: &event.openid,
             subscribed,
-            created_at: event.created_at,
+            created_at: competing_created_at(event),
             scene: event.text("scene"),
         };
         match self.store.subscription(change).await {
@@ -173,7 +194,7 @@ impl Effects {
             latitude,
             longitude,
             precision,
-            created_at: event.created_at,
+            created_at: competing_created_at(event),
             history: self.location_history,
         };
         match self.store.location(location).await {

@@ -112,6 +112,50 @@ async fn every_effect_happens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_future_created_at_never_wins_last_write_wins() {
+    // A forged (or pre-check) unsubscribe stamped in year 2255 must not make every later
+    // event of its user stale: it competes as "now + a small skew" at most.
+    let env = Env::start().await;
+    let store = env.store().await;
+    env.produce(
+        "unsubscribe",
+        &[unsubscribe("gh_a", "victim", 9_000_000_000)],
+    );
+    env.produce(
+        "location",
+        &[location("gh_a", "victim", 9_000_000_000, 1.0, 2.0)],
+    );
+    let (stop, task) = env.spawn(&[]);
+    wait_for_async("the unsubscribe", || async {
+        store.user("gh_a", "victim").await.unwrap().is_some()
+    })
+    .await;
+    wait_for_async("the location", || async {
+        store
+            .latest_location("gh_a", "victim")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let ceiling = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + worker::effects::MAX_CREATED_AT_AHEAD;
+    let user = store.user("gh_a", "victim").await.unwrap().unwrap();
+    assert!(user.updated_at <= ceiling, "{}", user.updated_at);
+    let latest = store
+        .latest_location("gh_a", "victim")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(latest.created_at <= ceiling, "{}", latest.created_at);
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_events_change_nothing_more() {
     let env = Env::start().await;
     let store = env.store().await;

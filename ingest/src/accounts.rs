@@ -22,6 +22,9 @@ pub struct Account {
     pub appsecret: Option<Secret>,
     /// The `gh_…` id; when set, a push whose `ToUserName` differs is refused.
     pub original_id: Option<String>,
+    /// With an AES key, plaintext pushes are refused unless this is set: WeChat always sends
+    /// `encrypt_type=aes` in compatible and safe mode, so a plaintext push is a downgrade.
+    pub accept_plaintext: bool,
 }
 
 /// Every served account, by the path it is served at.
@@ -37,6 +40,7 @@ fn build(
     aes_key: Option<&str>,
     appsecret: Option<String>,
     original_id: Option<String>,
+    accept_plaintext: bool,
 ) -> Result<Account, String> {
     if token.is_empty() {
         return Err(format!("account {name}: token is empty"));
@@ -59,6 +63,7 @@ fn build(
         aes_key,
         appsecret: appsecret.filter(|s| !s.is_empty()).map(Secret::new),
         original_id: original_id.filter(|s| !s.is_empty()),
+        accept_plaintext,
     })
 }
 
@@ -74,6 +79,7 @@ impl Accounts {
                 config.encoding_aes_key.as_ref().map(Secret::expose),
                 config.appsecret.as_ref().map(|s| s.expose().to_owned()),
                 None,
+                config.accept_plaintext,
             )?;
             accounts
                 .by_path
@@ -88,6 +94,7 @@ impl Accounts {
                     entry.encoding_aes_key.as_ref().map(Secret::expose),
                     entry.appsecret.map(|s| s.expose().to_owned()),
                     entry.original_id,
+                    entry.accept_plaintext,
                 )?;
                 let path = format!("{}/{name}", config.path.trim_end_matches('/'));
                 accounts.by_path.insert(path, Arc::new(account));

@@ -1,9 +1,10 @@
 //! One typed config: every setting is a flag with an environment fallback (`--help` lists them).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clap::Parser;
+use ipnet::IpNet;
 pub use schemas::accounts::Secret;
 
 /// The ingress configuration.
@@ -37,6 +38,12 @@ pub struct Config {
     /// 43-character EncodingAESKey: enables compatible and safe mode.
     #[arg(long, env = "WECHAT_ENCODING_AES_KEY", hide_env_values = true)]
     pub encoding_aes_key: Option<Secret>,
+
+    /// Let plaintext pushes through although the account has an EncodingAESKey (WeChat always
+    /// encrypts then): only for the minutes of switching modes in WeChat's console. Each such
+    /// push is logged as a warning.
+    #[arg(long, env = "WECHAT_ACCEPT_PLAINTEXT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub accept_plaintext: bool,
 
     /// TOML file of several accounts (`[accounts.NAME]` with `token`, `appid`,
     /// `encoding_aes_key`, `appsecret`, `original_id`), each served at `{INGEST_PATH}/NAME`.
@@ -73,6 +80,22 @@ pub struct Config {
     /// while Kafka is slow.
     #[arg(long, env = "INGEST_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: usize,
+
+    /// Open connections at most; past it, the oldest connection that has not sent a complete
+    /// request is closed for each new one (or the new one, when every connection is busy).
+    #[arg(long, env = "INGEST_MAX_CONNECTIONS", default_value_t = 16384,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Comma-separated CIDRs (or addresses) a push may come from, e.g. the callback addresses
+    /// WeChat publishes; a request from elsewhere gets 403. Unset: any address.
+    #[arg(long, env = "INGEST_ALLOWED_IPS", value_delimiter = ',', value_parser = parse_net)]
+    pub allowed_ips: Vec<IpNet>,
+
+    /// Comma-separated CIDRs of proxies whose `X-Forwarded-For` is believed: the rightmost
+    /// address in it that is not such a proxy is the client. Unset: the header is ignored.
+    #[arg(long, env = "INGEST_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<IpNet>,
 
     /// Local disk spool for pushes Kafka cannot take in time; unset: no spool (503 instead).
     #[arg(long, env = "INGEST_SPOOL_DIR")]
@@ -134,6 +157,14 @@ pub enum Command {
     },
 }
 
+/// A CIDR, or a single address (a /32 or /128).
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("not a CIDR or an IP address: {text:?}"))
+}
+
 impl Config {
     pub fn ack_deadline(&self) -> Duration {
         Duration::from_millis(self.ack_deadline_ms)
@@ -171,9 +202,11 @@ impl Config {
 
     /// Checks what clap cannot: at least one account is configured.
     pub fn validate(&self) -> Result<(), String> {
-        if self.token.as_ref().is_none_or(|t| t.expose().is_empty()) {
+        if self.token.as_ref().is_none_or(|t| t.expose().is_empty()) && self.accounts_file.is_none()
+        {
             return Err(
-                "WECHAT_TOKEN is required (the Token of the account's server config)".into(),
+                "WECHAT_TOKEN is required (the Token of the account's server config) unless INGEST_ACCOUNTS is set"
+                    .into(),
             );
         }
         // Blank is neither the embedded default nor a broker list: refuse it rather than run
@@ -244,6 +277,23 @@ mod tests {
     }
 
     #[test]
+    fn address_lists_take_cidrs_and_addresses() {
+        let config = Config::try_parse_from([
+            "ingest",
+            "--allowed-ips",
+            "101.226.0.0/16, 10.1.2.3,::1",
+            "--trusted-proxies",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        let shown: Vec<String> = config.allowed_ips.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["101.226.0.0/16", "10.1.2.3/32", "::1/128"]);
+        assert_eq!(config.trusted_proxies.len(), 1);
+        let error = Config::try_parse_from(["ingest", "--allowed-ips", "10.0.0.0/33"]).unwrap_err();
+        assert!(error.to_string().contains("10.0.0.0/33"), "{error}");
+    }
+
+    #[test]
     fn secrets_never_print() {
         let config = Config::for_token("hunter2");
         assert!(!format!("{config:?}").contains("hunter2"));
@@ -272,6 +322,11 @@ mod tests {
         let mut config = Config::for_token("");
         assert!(config.validate().unwrap_err().contains("WECHAT_TOKEN"));
         config.token = Some(Secret::new("t"));
+        assert!(config.validate().is_ok());
+        // An accounts file alone is enough: the README says the token is required unless
+        // INGEST_ACCOUNTS is set.
+        config.token = None;
+        config.accounts_file = Some("accounts.toml".into());
         assert!(config.validate().is_ok());
     }
 }

@@ -22,6 +22,14 @@ pub enum Rejection {
     NoAesKey,
     #[error("push is addressed to another account")]
     WrongAccount,
+    #[error(
+        "plaintext push to an account with an EncodingAESKey (WeChat encrypts every push for it)"
+    )]
+    PlaintextRefused,
+    #[error("CreateTime is more than 60 s ahead of the signed timestamp")]
+    CreateTimeAhead,
+    #[error("source address not allowed")]
+    SourceNotAllowed,
     #[error("malformed push: {0}")]
     Malformed(#[from] ParseError),
     #[error("body over {0} bytes")]
@@ -43,7 +51,10 @@ impl Rejection {
             | Rejection::ReplayedNonce
             | Rejection::Decrypt(_)
             | Rejection::NoAesKey
-            | Rejection::WrongAccount => StatusCode::FORBIDDEN,
+            | Rejection::WrongAccount
+            | Rejection::PlaintextRefused
+            | Rejection::CreateTimeAhead
+            | Rejection::SourceNotAllowed => StatusCode::FORBIDDEN,
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -61,6 +72,9 @@ impl Rejection {
             Rejection::Decrypt(_) => "decrypt_failed",
             Rejection::NoAesKey => "no_aes_key",
             Rejection::WrongAccount => "wrong_account",
+            Rejection::PlaintextRefused => "plaintext_refused",
+            Rejection::CreateTimeAhead => "create_time_ahead",
+            Rejection::SourceNotAllowed => "source_not_allowed",
             Rejection::Malformed(_) => "malformed",
             Rejection::TooLarge(_) => "too_large",
             Rejection::BodyTimeout => "body_timeout",
@@ -81,6 +95,8 @@ pub enum Unavailable {
     Deadline,
     #[error("too many pushes in flight")]
     Overloaded,
+    #[error("the push failed inside the ingress")]
+    Internal,
     #[error("kafka unavailable and the spool refused: {0}")]
     Spool(#[from] crate::spool::SpoolError),
 }
@@ -92,6 +108,7 @@ impl Unavailable {
             Unavailable::Publish(_) => "publish_failed",
             Unavailable::Deadline => "deadline",
             Unavailable::Overloaded => "overloaded",
+            Unavailable::Internal => "internal",
             Unavailable::Spool(_) => "spool_failed",
         }
     }

@@ -1,17 +1,22 @@
 //! HTTP in and out: routes, body limits, and the mapping of outcomes to statuses.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
+use ipnet::IpNet;
 
 use crate::accounts::{Account, Accounts};
 use crate::error::{PushError, Rejection, Unavailable};
 use crate::pipeline::{Accepted, Pipeline, Query};
+use crate::server::Busy;
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 use schemas::Topic;
 
 /// Routes and limits, shared by every connection.
@@ -25,6 +30,35 @@ pub struct Routes {
     /// when Kafka is slow.
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub pipeline: Arc<Pipeline>,
+    /// Where WeChat's requests may come from; empty: anywhere.
+    pub allowed_ips: Vec<IpNet>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// The client of a request: the peer, or, when the peer is a trusted proxy, the rightmost
+/// address of `X-Forwarded-For` that is not a trusted proxy (the leftmost when all are).
+/// `None` when a hop that must be read is not an address.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = peer.to_canonical();
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut hops = Vec::new();
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        for hop in value.to_str().ok()?.split(',') {
+            hops.push(hop.trim());
+        }
+    }
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        client = hop.parse::<IpAddr>().ok()?.to_canonical();
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    Some(client)
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -42,11 +76,27 @@ fn rejected(error: &PushError) -> Response<Full<Bytes>> {
 }
 
 impl Routes {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Answers one request from `peer` on a connection that `busy` marks while a complete
+    /// request is being handled (so the connection limit closes other connections first).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: IpAddr,
+        busy: &Busy,
+    ) -> Response<Full<Bytes>> {
         let arrived = Instant::now();
         if let Some(account) = self.accounts.at(req.uri().path()) {
             let account = Arc::clone(account);
-            return self.wechat(&account, req, arrived).await;
+            if !self.allowed(peer, req.headers()) {
+                tracing::info!(account = %account.name, %peer, "request from outside INGEST_ALLOWED_IPS refused");
+                return self.answer(
+                    &account,
+                    None,
+                    Err(Rejection::SourceNotAllowed.into()),
+                    arrived,
+                );
+            }
+            return self.wechat(account, req, arrived, busy).await;
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -56,12 +106,23 @@ impl Routes {
         }
     }
 
+    /// Whether a request from `peer` with these headers comes from an allowed address.
+    fn allowed(&self, peer: IpAddr, headers: &HeaderMap) -> bool {
+        if self.allowed_ips.is_empty() {
+            return true;
+        }
+        client_ip(peer, headers, &self.trusted_proxies)
+            .is_some_and(|ip| self.allowed_ips.iter().any(|net| net.contains(&ip)))
+    }
+
     async fn wechat(
         &self,
-        account: &Account,
+        account: Arc<Account>,
         req: Request<Incoming>,
         arrived: Instant,
+        busy: &Busy,
     ) -> Response<Full<Bytes>> {
+        let account = &account;
         let query = Query::parse(req.uri().query());
         match *req.method() {
             Method::GET => {
@@ -82,7 +143,23 @@ impl Routes {
                 }
             }
             Method::POST => {
-                let Ok(_permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+                // The query is checked before the body is read, and the in-flight permit taken
+                // only once the whole body is in: a request without a valid signature, or one
+                // whose body never comes, holds nothing that genuine pushes need.
+                let signed = match self.pipeline.check_query(account, query) {
+                    Ok(signed) => signed,
+                    Err(rejection) => {
+                        return self.answer(account, None, Err(rejection.into()), arrived)
+                    }
+                };
+                let body = match self.body(req).await {
+                    Ok(body) => body,
+                    Err(rejection) => {
+                        return self.answer(account, None, Err(rejection.into()), arrived)
+                    }
+                };
+                let _busy = busy.mark();
+                let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
                     return self.answer(
                         account,
                         None,
@@ -90,13 +167,25 @@ impl Routes {
                         arrived,
                     );
                 };
-                let in_flight = metrics::gauge!("wxpipe_pushes_in_flight");
-                in_flight.increment(1.0);
-                let (topic, result) = match self.body(req).await {
-                    Ok(body) => self.pipeline.push(account, &query, &body, arrived).await,
-                    Err(rejection) => (None, Err(rejection.into())),
+                // The push runs in its own task, to its end, whatever the client does: a
+                // client that hangs up drops this future, never a push halfway.
+                let pipeline = Arc::clone(&self.pipeline);
+                let owner = Arc::clone(account);
+                let push = tokio::spawn(async move {
+                    let in_flight = metrics::gauge!("wxpipe_pushes_in_flight");
+                    in_flight.increment(1.0);
+                    let outcome = pipeline.push(&owner, &signed, &body, arrived).await;
+                    in_flight.decrement(1.0);
+                    drop(permit);
+                    outcome
+                });
+                let (topic, result) = match push.await {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        tracing::error!(%error, "push task failed");
+                        (None, Err(Unavailable::Internal.into()))
+                    }
                 };
-                in_flight.decrement(1.0);
                 // WeChat reads an empty body as "received, do not retry, no reply".
                 self.answer(account, topic, result, arrived)
             }

@@ -31,6 +31,7 @@ pub mod normalize;
 pub mod parse;
 pub mod pipeline;
 pub mod publish;
+pub mod recent;
 pub mod server;
 pub mod spool;
 pub mod store;
@@ -107,6 +108,8 @@ pub async fn run(
         read_timeout: config.read_timeout(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
         pipeline,
+        allowed_ips: config.allowed_ips.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
     });
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -126,7 +129,8 @@ pub async fn run(
         None
     };
     let grace = config.ack_deadline() + Duration::from_secs(1);
-    if !server::serve(listener, routes, shutdown, grace).await {
+    let max_connections = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
+    if !server::serve(listener, routes, max_connections, shutdown, grace).await {
         tracing::warn!(
             ?grace,
             "shutdown grace period ran out with requests in flight"

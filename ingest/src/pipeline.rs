@@ -17,6 +17,7 @@ use crate::error::{PushError, Rejection, Unavailable};
 use crate::normalize::normalize;
 use crate::parse::{self, ParseError, Push};
 use crate::publish::Publisher;
+use crate::recent::{Binding, RecentNonces};
 use crate::spool::{Spool, SpoolRecord};
 use crate::store::{Claim, ClaimRequest, DedupStore, NonceBinding};
 use crate::verify;
@@ -60,11 +61,32 @@ impl Query {
     }
 }
 
-/// A verified push: its plaintext XML and the signed query values.
+/// How far a push's `CreateTime` may lie ahead of its signed `timestamp`: WeChat stamps the
+/// event before it signs the request, so a later `CreateTime` is a forgery that would win every
+/// last-write-wins comparison downstream.
+pub const MAX_CREATE_TIME_AHEAD: i64 = 60;
+
+/// A query whose `signature` and `timestamp` passed: checked before the body is read, so an
+/// unsigned request costs neither a read nor an in-flight permit.
+#[derive(Debug)]
+pub struct Signed {
+    query: Query,
+    timestamp: i64,
+}
+
+impl Signed {
+    fn timestamp(&self) -> &str {
+        self.query.timestamp.as_deref().unwrap_or_default()
+    }
+
+    fn nonce(&self) -> &str {
+        self.query.nonce.as_deref().unwrap_or_default()
+    }
+}
+
+/// A verified push: its plaintext XML, and whether it came encrypted.
 struct Opened<'b> {
     xml: std::borrow::Cow<'b, [u8]>,
-    timestamp: &'b str,
-    nonce: &'b str,
     encrypted: bool,
 }
 
@@ -90,6 +112,8 @@ pub struct Pipeline {
     store: Arc<dyn DedupStore>,
     publisher: Arc<Publisher>,
     spool: Option<Arc<Spool>>,
+    /// This instance's (timestamp, nonce) bindings, checked while the store cannot answer.
+    recent_nonces: RecentNonces,
     /// Makes each attempt's claim token unique: this process's start time, then a counter.
     instance: String,
     attempts: AtomicU64,
@@ -120,6 +144,7 @@ impl Pipeline {
             store,
             publisher,
             spool,
+            recent_nonces: RecentNonces::new(config.nonce_ttl()),
             instance: format!(
                 "{}.{}.{}",
                 std::process::id(),
@@ -148,28 +173,41 @@ impl Pipeline {
         Ok(query.echostr.unwrap_or_default())
     }
 
-    /// Verifies a push and returns its plaintext XML: the body itself, or in compatible and
-    /// safe mode the decrypted `Encrypt` (the plaintext fields beside it do not count).
-    fn open<'b>(
-        &self,
-        account: &Account,
-        query: &'b Query,
-        body: &'b [u8],
-    ) -> Result<Opened<'b>, Rejection> {
+    /// Checks a push's query: its `signature` over (token, timestamp, nonce) and the replay
+    /// window. WeChat sends `signature` in every mode, so this needs no body.
+    pub fn check_query(&self, account: &Account, query: Query) -> Result<Signed, Rejection> {
         let signature = Query::required(&query.signature, "signature")?;
         let timestamp = Query::required(&query.timestamp, "timestamp")?;
         let nonce = Query::required(&query.nonce, "nonce")?;
         verify::check(signature, &mut [account.token.expose(), timestamp, nonce])?;
-        verify::check_timestamp(timestamp, unix_now(), self.tolerance)?;
+        let timestamp = verify::check_timestamp(timestamp, unix_now(), self.tolerance)?;
+        Ok(Signed { query, timestamp })
+    }
+
+    /// Returns a signed push's plaintext XML: the body itself, or in compatible and safe mode
+    /// the decrypted `Encrypt` (the plaintext fields beside it do not count).
+    fn open<'b>(
+        &self,
+        account: &Account,
+        signed: &'b Signed,
+        body: &'b [u8],
+    ) -> Result<Opened<'b>, Rejection> {
+        let query = &signed.query;
         if !query
             .encrypt_type
             .as_deref()
             .is_some_and(|t| t.eq_ignore_ascii_case("aes"))
         {
+            // WeChat always encrypts for an account with a key: a plaintext push there is a
+            // captured query with its `encrypt_type` and `msg_signature` dropped.
+            if account.aes_key.is_some() {
+                if !account.accept_plaintext {
+                    return Err(Rejection::PlaintextRefused);
+                }
+                tracing::warn!(account = %account.name, "plaintext push accepted for an account with an EncodingAESKey (accept_plaintext is on)");
+            }
             return Ok(Opened {
                 xml: body.into(),
-                timestamp,
-                nonce,
                 encrypted: false,
             });
         }
@@ -182,13 +220,16 @@ impl Pipeline {
             .ok_or(ParseError::Missing("Encrypt"))?;
         verify::check(
             msg_signature,
-            &mut [account.token.expose(), timestamp, nonce, encrypt],
+            &mut [
+                account.token.expose(),
+                signed.timestamp(),
+                signed.nonce(),
+                encrypt,
+            ],
         )?;
         let appid = account.appid.as_deref().unwrap_or_default();
         Ok(Opened {
             xml: key.decrypt(encrypt, appid)?.into(),
-            timestamp,
-            nonce,
             encrypted: true,
         })
     }
@@ -198,13 +239,13 @@ impl Pipeline {
     pub async fn push(
         self: &Arc<Self>,
         account: &Account,
-        query: &Query,
+        signed: &Signed,
         body: &[u8],
         arrived: Instant,
     ) -> (Option<Topic>, Result<Accepted, PushError>) {
         let mut topic = None;
         let result = self
-            .push_to(account, query, body, arrived, &mut topic)
+            .push_to(account, signed, body, arrived, &mut topic)
             .await;
         (topic, result)
     }
@@ -212,17 +253,12 @@ impl Pipeline {
     async fn push_to(
         self: &Arc<Self>,
         account: &Account,
-        query: &Query,
+        signed: &Signed,
         body: &[u8],
         arrived: Instant,
         topic_seen: &mut Option<Topic>,
     ) -> Result<Accepted, PushError> {
-        let Opened {
-            xml,
-            timestamp,
-            nonce,
-            encrypted,
-        } = self.open(account, query, body)?;
+        let Opened { xml, encrypted } = self.open(account, signed, body)?;
         let push = Push::try_from(&xml[..])?;
         if account
             .original_id
@@ -230,6 +266,9 @@ impl Pipeline {
             .is_some_and(|id| *id != push.to_user)
         {
             return Err(Rejection::WrongAccount.into());
+        }
+        if push.create_time > signed.timestamp.saturating_add(MAX_CREATE_TIME_AHEAD) {
+            return Err(Rejection::CreateTimeAhead.into());
         }
         let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let event = normalize(push, received_at)?;
@@ -239,8 +278,10 @@ impl Pipeline {
 
         // In plaintext mode the signature does not cover the body: bind (timestamp, nonce) to
         // the body's digest, so a captured query cannot carry another body. (In compatible and
-        // safe mode `msg_signature` covers the ciphertext.)
+        // safe mode `msg_signature` covers the ciphertext.) The binding is keyed by the account
+        // the request was routed to, never by anything the body says.
         let body_digest = hex::encode(Sha1::digest(body));
+        let (timestamp, nonce) = (signed.timestamp(), signed.nonce());
         let token = format!(
             "{}.{}",
             self.instance,
@@ -251,16 +292,27 @@ impl Pipeline {
             token: &token,
             lease: self.lease,
             nonce: (!encrypted).then_some(NonceBinding {
-                account: &event.account,
+                account: &account.name,
                 timestamp,
                 nonce,
                 body_digest: &body_digest,
                 ttl: self.nonce_ttl,
             }),
         };
+        let claim = self.store.claim(request).await;
+        // This instance keeps every binding the store did not refuse, and checks it alone
+        // while the store cannot answer.
+        if !encrypted && !matches!(claim, Ok(Claim::Replayed)) {
+            let here = self
+                .recent_nonces
+                .bind(&account.name, timestamp, nonce, &body_digest);
+            if claim.is_err() && here == Binding::Replayed {
+                return Err(Rejection::ReplayedNonce.into());
+            }
+        }
         // Redis down: publish without a claim. A duplicate is better than a loss, and every
         // 200 still means "on Kafka".
-        let claimed = match self.store.claim(request).await {
+        let claimed = match claim {
             Ok(Claim::Claimed) => true,
             Ok(Claim::Done) => return Ok(Accepted::Duplicate),
             Ok(Claim::InFlight) => return Err(Unavailable::InFlight.into()),

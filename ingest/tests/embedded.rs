@@ -85,3 +85,49 @@ async fn one_command_runs_the_whole_pipeline() {
         .expect("exited after SIGTERM");
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_file_alone_is_enough_to_start() {
+    // The README: WECHAT_TOKEN is required unless INGEST_ACCOUNTS is set.
+    let kafka = testkit::Kafka::start(&[]);
+    let accounts = accounts_file(&format!("[accounts.shop]\ntoken = \"{TOKEN}\"\n"));
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
+        .env_remove("WECHAT_TOKEN")
+        .env_remove("REDIS_URL")
+        .envs([
+            ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+            ("INGEST_ACCOUNTS", accounts.display().to_string()),
+            ("KAFKA_BROKERS", kafka.brokers()),
+            ("KAFKA_TOPIC_PREFIX", unique("t")),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(exit) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            panic!("ingest exited ({exit}): {stderr}");
+        }
+        let query = TestApp::signed_query(TOKEN, "n");
+        if let Ok(response) = client
+            .get(format!("{base}/wechat/shop?{query}&echostr=up"))
+            .send()
+            .await
+        {
+            status = Some((response.status().as_u16(), response.text().await.unwrap()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, Some((200, "up".to_owned())));
+    let exit = testkit::terminate(&mut child, Duration::from_secs(20))
+        .await
+        .expect("exited after SIGTERM");
+    assert!(exit.success(), "{exit}");
+}

@@ -8,6 +8,7 @@
 //! encoding_aes_key = "…"   # optional
 //! appsecret = "…"          # optional
 //! original_id = "gh_…"     # optional
+//! accept_plaintext = false # optional: with a key, let plaintext through while switching modes
 //! ```
 
 use std::collections::BTreeMap;
@@ -55,6 +56,10 @@ pub struct AccountEntry {
     pub encoding_aes_key: Option<Secret>,
     pub appsecret: Option<Secret>,
     pub original_id: Option<String>,
+    /// With an `encoding_aes_key`: let plaintext pushes through too (only while switching
+    /// modes in WeChat's console).
+    #[serde(default)]
+    pub accept_plaintext: bool,
 }
 
 /// The whole file: accounts by name, sorted.

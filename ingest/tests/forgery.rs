@@ -1,0 +1,344 @@
+//! Attacks through the real server: captured signatures carrying forged bodies, downgrades,
+//! future timestamps, unauthenticated exhaustion, foreign source addresses, and events the
+//! identity must not merge.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+fn push(to: &str, from: &str, create_time: i64, event: &str, more: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[{to}]]></ToUserName><FromUserName><![CDATA[{from}]]></FromUserName>\
+         <CreateTime>{create_time}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[{event}]]></Event>{more}</xml>"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_with_a_key_refuses_plaintext_unless_told_to_accept_it() {
+    // A captured safe-mode query with `encrypt_type` and `msg_signature` dropped still has a
+    // valid `signature`: it must not carry a plaintext body.
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.appid = Some("wxapp".into());
+    config.encoding_aes_key = Some(ingest::config::Secret::new(KEY));
+    let app = TestApp::spawn_with(config).await;
+    let forged = push("gh_test", "victim", now(), "unsubscribe", "");
+    let (status, reason) = app.post_push(&forged).await;
+    assert_eq!(status, 403, "{reason}");
+    assert!(reason.contains("plaintext"), "{reason}");
+    assert_eq!(app.count_all(), 0);
+    app.stop().await;
+
+    // While switching modes in WeChat's console, the operator lets plaintext through.
+    let mut config = test_config(&redis.url());
+    config.appid = Some("wxapp".into());
+    config.encoding_aes_key = Some(ingest::config::Secret::new(KEY));
+    config.accept_plaintext = true;
+    let app = TestApp::spawn_with(config).await;
+    assert_eq!(app.post_push(&forged).await.0, 200);
+    assert_eq!(app.read("event.unsubscribe", 1).len(), 1);
+    app.stop().await;
+
+    // The same per account of the accounts file.
+    let mut config = test_config(&redis.url());
+    config.token = None;
+    config.accounts_file = Some(accounts_file(&format!(
+        "[accounts.strict]\ntoken = \"{TOKEN}\"\nappid = \"wx1\"\nencoding_aes_key = \"{KEY}\"\n\n\
+         [accounts.lax]\ntoken = \"{TOKEN}\"\nappid = \"wx2\"\nencoding_aes_key = \"{KEY}\"\naccept_plaintext = true\n"
+    )));
+    let app = TestApp::spawn_with(config).await;
+    let query = || TestApp::signed_query(TOKEN, &unique("n"));
+    assert_eq!(
+        app.post_to("/wechat/strict", &query(), &forged).await.0,
+        403
+    );
+    assert_eq!(app.post_to("/wechat/lax", &query(), &forged).await.0, 200);
+    assert_eq!(app.read("event.unsubscribe", 1).len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_query_carries_no_other_body_whatever_its_to_user_name() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis.url()).await;
+    let query = TestApp::signed_query(TOKEN, "captured");
+    let genuine = push("gh_test", "fan", now(), "subscribe", "");
+    assert_eq!(app.post_with_query(&query, &genuine).await.0, 200);
+    // The binding is keyed by the routed account, not by the body's ToUserName.
+    for to in ["gh_test", "gh_other"] {
+        let forged = push(to, "victim", now(), "unsubscribe", "");
+        let (status, reason) = app.post_with_query(&query, &forged).await;
+        assert_eq!(status, 403, "ToUserName {to}: {reason}");
+    }
+    // WeChat's retry repeats the body, and passes.
+    assert_eq!(app.post_with_query(&query, &genuine).await.0, 200);
+    assert_eq!(app.count("event.unsubscribe"), 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_the_binding_is_checked_in_memory() {
+    let port = free_port();
+    let app = TestApp::spawn(&format!("redis://127.0.0.1:{port}/")).await;
+    let query = TestApp::signed_query(TOKEN, "captured-offline");
+    let genuine = push("gh_test", "fan", now(), "subscribe", "");
+    assert_eq!(app.post_with_query(&query, &genuine).await.0, 200);
+    let forged = push("gh_test", "victim", now(), "unsubscribe", "");
+    let (status, reason) = app.post_with_query(&query, &forged).await;
+    assert_eq!(status, 403, "{reason}");
+    assert_eq!(
+        app.post_with_query(&query, &genuine).await.0,
+        200,
+        "a retry"
+    );
+    assert_eq!(app.count("event.unsubscribe"), 0);
+
+    // A binding made while Redis answered is remembered here too, for when it stops.
+    let mut redis = RedisServer::start_on(port);
+    assert!(app.wait_ready(Duration::from_secs(5)).await);
+    let query = TestApp::signed_query(TOKEN, "captured-online");
+    let genuine = push("gh_test", "fan2", now(), "subscribe", "");
+    assert_eq!(app.post_with_query(&query, &genuine).await.0, 200);
+    redis.stop();
+    let (status, reason) = app.post_with_query(&query, &forged).await;
+    assert_eq!(status, 403, "{reason}");
+    assert_eq!(app.count("event.unsubscribe"), 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_time_ahead_of_the_signed_timestamp_is_refused() {
+    let app = TestApp::spawn("memory://").await;
+    let ts = now();
+    let query = TestApp::signed_query_at(TOKEN, &ts.to_string(), "future");
+    for create_time in [9_000_000_000, ts + 61] {
+        let forged = push("gh_test", "victim", create_time, "unsubscribe", "");
+        let (status, reason) = app.post_with_query(&query, &forged).await;
+        assert_eq!(status, 403, "{create_time}: {reason}");
+        assert!(reason.contains("CreateTime"), "{reason}");
+    }
+    // Up to 60 s ahead (clocks differ), and any time before (WeChat delivers late), pass.
+    for (nonce, create_time) in [("n1", ts + 60), ("n2", ts - 86_400)] {
+        let query = TestApp::signed_query_at(TOKEN, &ts.to_string(), nonce);
+        let genuine = push("gh_test", "fan", create_time, "unsubscribe", "");
+        assert_eq!(app.post_with_query(&query, &genuine).await.0, 200);
+    }
+    assert_eq!(app.read("event.unsubscribe", 2).len(), 2);
+    app.stop().await;
+}
+
+/// Sends raw bytes on a new connection and returns it.
+async fn connect_and_send(app: &TestApp, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// The status line of the answer on `stream`, within `within`.
+async fn status_line(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(within, stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    head.lines().next().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_signature_is_refused_before_the_body_is_read() {
+    let mut config = test_config("memory://");
+    config.read_timeout_ms = 5000;
+    let app = TestApp::spawn_with(config).await;
+    let bad = TestApp::signed_query("not-the-token", "x");
+    let mut stream = connect_and_send(
+        &app,
+        format!("POST /wechat?{bad} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let line = status_line(&mut stream, Duration::from_secs(2)).await;
+    assert_eq!(line.as_deref(), Some("HTTP/1.1 403 Forbidden"), "at once");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_send_their_body_hold_no_permit() {
+    let mut config = test_config("memory://");
+    config.max_in_flight = 4;
+    config.read_timeout_ms = 10_000;
+    let app = TestApp::spawn_with(config).await;
+    // A valid (replayed) query, headers only: the body never comes.
+    let query = TestApp::signed_query(TOKEN, "replayed");
+    let mut silent = Vec::new();
+    for _ in 0..12 {
+        silent.push(
+            connect_and_send(
+                &app,
+                format!("POST /wechat?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let genuine = push("gh_test", "fan", now(), "subscribe", "");
+    let (status, reason) = app.post_push(&genuine).await;
+    assert_eq!(status, 200, "{reason}");
+    assert_eq!(app.read("event.subscribe", 1).len(), 1);
+    drop(silent);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_past_the_limit_are_closed_first() {
+    let mut config = test_config("memory://");
+    config.max_connections = 8;
+    config.read_timeout_ms = 30_000;
+    let app = TestApp::spawn_with(config).await;
+    let query = TestApp::signed_query(TOKEN, "slow");
+    // 40 connections: idle ones, and ones stuck in their headers or their body.
+    let mut held = Vec::new();
+    for i in 0..40 {
+        let bytes = match i % 3 {
+            0 => String::new(),
+            1 => "POST /wechat HTTP/1.1\r\nHost: x\r\n".to_owned(),
+            _ => format!(
+                "POST /wechat?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n<xml>"
+            ),
+        };
+        held.push(connect_and_send(&app, bytes.as_bytes()).await);
+    }
+    // Genuine pushes still get through, each on a new connection.
+    for i in 0..5 {
+        let client = reqwest::Client::new();
+        let response = client
+            .post(app.url(&format!(
+                "/wechat?{}",
+                TestApp::signed_query(TOKEN, &unique("n"))
+            )))
+            .body(push("gh_test", &format!("fan{i}"), now(), "subscribe", ""))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // The server closed all but a few of the held connections.
+    let mut closed = 0;
+    for stream in &mut held {
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 40 - 8, "only {closed} of 40 closed");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_from_outside_the_allowlist_are_refused() {
+    let genuine = || push("gh_test", &unique("fan"), now(), "subscribe", "");
+    let forwarded = |app: &TestApp, xff: &str| {
+        app.client
+            .post(app.url(&format!(
+                "/wechat?{}",
+                TestApp::signed_query(TOKEN, &unique("n"))
+            )))
+            .header("X-Forwarded-For", xff.to_owned())
+            .body(genuine())
+    };
+
+    // Straight from 127.0.0.1, outside the list: 403, with or without a forged header.
+    let mut config = test_config("memory://");
+    config.allowed_ips = vec!["10.9.0.0/16".parse().unwrap()];
+    let app = TestApp::spawn_with(config).await;
+    assert_eq!(app.post_push(&genuine()).await.0, 403);
+    let response = forwarded(&app, "10.9.9.9").send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        403,
+        "the header is ignored without trusted proxies"
+    );
+    app.stop().await;
+
+    // Behind a trusted proxy, the rightmost untrusted hop is the client.
+    let mut config = test_config("memory://");
+    config.allowed_ips = vec!["10.9.0.0/16".parse().unwrap()];
+    config.trusted_proxies = vec![
+        "127.0.0.0/8".parse().unwrap(),
+        "10.1.0.0/16".parse().unwrap(),
+    ];
+    let app = TestApp::spawn_with(config).await;
+    for (xff, status) in [
+        ("10.9.9.9", 200),
+        ("6.6.6.6, 10.9.9.9", 200),
+        ("10.9.9.9, 10.1.2.3", 200),
+        ("10.9.9.9, 6.6.6.6", 403),
+        ("10.9.9.9, 6.6.6.6, 10.1.2.3", 403),
+        ("not-an-address", 403),
+    ] {
+        let response = forwarded(&app, xff).send().await.unwrap();
+        assert_eq!(response.status(), status, "X-Forwarded-For: {xff}");
+    }
+    assert_eq!(
+        app.post_push(&genuine()).await.0,
+        403,
+        "no header: the proxy itself"
+    );
+    assert_eq!(app.read("event.subscribe", 3).len(), 3);
+    app.stop().await;
+
+    // A list that holds the address lets it through.
+    let mut config = test_config("memory://");
+    config.allowed_ips = vec!["127.0.0.1/32".parse().unwrap()];
+    let app = TestApp::spawn_with(config).await;
+    assert_eq!(app.post_push(&genuine()).await.0, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_differ_in_any_field_are_never_merged() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis.url()).await;
+    let t = now();
+    let cases = [
+        (
+            "event.kf_create_session",
+            push("gh_test", "u1", t, "kf_create_session", "<KfAccount>a@x</KfAccount>"),
+            push("gh_test", "u1", t, "kf_create_session", "<KfAccount>b@x</KfAccount>"),
+        ),
+        (
+            "event.other",
+            push("gh_test", "u1", t, "user_get_card", "<CardId>c</CardId><UserCardCode>1</UserCardCode>"),
+            push("gh_test", "u1", t, "user_get_card", "<CardId>c</CardId><UserCardCode>2</UserCardCode>"),
+        ),
+        (
+            "event.subscribe_msg_sent_event",
+            push("gh_test", "u1", t, "subscribe_msg_sent_event",
+                 "<SubscribeMsgSentEvent><List><TemplateId>t</TemplateId><MsgID>1</MsgID><ErrorCode>0</ErrorCode><ErrorStatus>success</ErrorStatus></List></SubscribeMsgSentEvent>"),
+            push("gh_test", "u1", t, "subscribe_msg_sent_event",
+                 "<SubscribeMsgSentEvent><List><TemplateId>t</TemplateId><MsgID>2</MsgID><ErrorCode>0</ErrorCode><ErrorStatus>success</ErrorStatus></List></SubscribeMsgSentEvent>"),
+        ),
+    ];
+    for (topic, first, second) in &cases {
+        assert_eq!(app.post_push(first).await.0, 200);
+        assert_eq!(app.post_push(second).await.0, 200);
+        // WeChat's retry of either repeats every field: the same id, nothing published.
+        assert_eq!(app.post_push(first).await.0, 200);
+        let records = app.read(topic, 2);
+        assert_eq!(records.len(), 2, "{topic}");
+        assert_ne!(records[0].1.id, records[1].1.id);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.count_all(), 6, "two of each, no retry published");
+    app.stop().await;
+}

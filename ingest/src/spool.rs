@@ -13,6 +13,12 @@
 //! one fsync. While the spool holds anything, new pushes are spooled too, so records reach
 //! Kafka in the order they were answered. On start, a torn tail (a record cut short by a crash,
 //! or with a bad checksum) is cut off: it was never answered 200.
+//!
+//! After a failed write or fsync the segment is never written again: it is cut back to what
+//! was committed (as far as the disk lets us) and sealed, and the next append starts a new
+//! segment. Reading a segment stops at its first bad record, so anything appended after a
+//! partial one would be lost at the next start; and a failed fsync may have dropped dirty
+//! pages, so fsyncing the same file again proves nothing.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -136,6 +142,15 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// What the writer shares with the spool: the committed length of each segment on disk, so
+/// the byte count drops by exactly what each replayed segment held, and the spooled events
+/// whose first produce is still pending, so a segment that holds one is not sealed.
+#[derive(Debug, Default)]
+struct Shared {
+    committed: Mutex<std::collections::BTreeMap<u64, u64>>,
+    unknown: AtomicU64,
+}
+
 enum Command {
     Append(Vec<u8>, oneshot::Sender<Result<(), SpoolError>>),
     /// Start a new segment if the current one holds anything; reply with the sealed ones.
@@ -160,9 +175,10 @@ pub struct Spool {
     /// Ids that Kafka took after all (a produce that outlived its deadline, then was spooled):
     /// the replay skips them. Lost on a crash, which costs only a copy with the same id.
     delivered: Mutex<std::collections::HashSet<String>>,
-    /// Spooled events whose first produce is still pending in librdkafka (bounded by its
-    /// `message.timeout.ms`); the replay waits for them, so it knows which to skip.
-    unknown: AtomicU64,
+    /// Committed segment lengths, and spooled events whose first produce is still pending in
+    /// librdkafka (bounded by its `message.timeout.ms`): the replay waits for those, so it
+    /// knows which to skip.
+    shared: Arc<Shared>,
 }
 
 impl Spool {
@@ -171,6 +187,7 @@ impl Spool {
         fs::create_dir_all(dir)?;
         let mut bytes = 0;
         let mut next_seq = 0;
+        let shared = Arc::new(Shared::default());
         for (seq, path) in segments(dir)? {
             let (records, valid) = read_segment(&path)?;
             let len = fs::metadata(&path)?.len();
@@ -182,6 +199,11 @@ impl Spool {
                 fs::remove_file(&path)?;
             } else {
                 bytes += valid;
+                shared
+                    .committed
+                    .lock()
+                    .expect("committed lock")
+                    .insert(seq, valid);
             }
             next_seq = seq + 1;
         }
@@ -197,12 +219,12 @@ impl Spool {
             }),
             writer: Mutex::new(tx),
             delivered: Mutex::default(),
-            unknown: AtomicU64::new(0),
+            shared: Arc::clone(&shared),
         });
         let writer_dir = dir.to_owned();
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || write_loop(&writer_dir, next_seq, &rx))?;
+            .spawn(move || write_loop(&writer_dir, next_seq, &rx, &shared))?;
         metrics::gauge!("wxpipe_spool_bytes").set(bytes as f64);
         if bytes > 0 {
             tracing::warn!(
@@ -215,7 +237,7 @@ impl Spool {
 
     /// Notes a spooled event whose first produce has not reported yet.
     pub fn outcome_pending(&self) {
-        self.unknown.fetch_add(1, Ordering::SeqCst);
+        self.shared.unknown.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Records how that first produce ended: when Kafka took it, the replay skips the event.
@@ -226,7 +248,7 @@ impl Spool {
                 .expect("delivered lock")
                 .insert(id.to_owned());
         }
-        self.unknown.fetch_sub(1, Ordering::SeqCst);
+        self.shared.unknown.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Whether pushes must go through the spool now (it holds records not yet on Kafka).
@@ -298,7 +320,7 @@ impl Spool {
             if *stop.borrow() {
                 return;
             }
-            if !self.active() || self.unknown.load(Ordering::SeqCst) > 0 {
+            if !self.active() || self.shared.unknown.load(Ordering::SeqCst) > 0 {
                 let _ = tokio::time::timeout(Duration::from_millis(100), stop.changed()).await;
                 continue;
             }
@@ -315,8 +337,10 @@ impl Spool {
 
     async fn replay_sealed(&self, publisher: &Publisher) -> Result<(), String> {
         let sealed = self.seal().await.map_err(|e| e.to_string())?;
-        for (_, path) in &sealed {
-            let (records, valid) = read_segment(path).map_err(|e| e.to_string())?;
+        for (seq, path) in &sealed {
+            // A segment cut short by a write error may hold records past what was committed
+            // (answered 503): they are replayed too, a copy with the same id at worst.
+            let (records, _) = read_segment(path).map_err(|e| e.to_string())?;
             let records: Vec<SpoolRecord> = {
                 let mut delivered = self.delivered.lock().expect("delivered lock");
                 records
@@ -339,8 +363,14 @@ impl Spool {
                     .increment(chunk.len() as u64);
             }
             fs::remove_file(path).map_err(|e| e.to_string())?;
-            self.bytes
-                .fetch_sub(valid.min(self.bytes()), Ordering::SeqCst);
+            let committed = self
+                .shared
+                .committed
+                .lock()
+                .expect("committed lock")
+                .remove(seq)
+                .unwrap_or(0);
+            self.bytes.fetch_sub(committed, Ordering::SeqCst);
             metrics::gauge!("wxpipe_spool_bytes").set(self.bytes() as f64);
             tracing::info!(records = records.len(), "spool: segment replayed to Kafka");
         }
@@ -355,16 +385,34 @@ impl Spool {
     }
 }
 
+/// The segment being written: its file, and how much of it is committed (fsync'd and answered).
+#[derive(Debug, Default)]
+struct Current {
+    seq: u64,
+    file: Option<File>,
+    /// Bytes written since the segment began, committed or not.
+    written: u64,
+    committed: u64,
+}
+
+impl Current {
+    /// Ends the segment; the next append starts a new one.
+    fn seal(&mut self) {
+        if self.file.is_some() || self.written > 0 {
+            self.file = None;
+            self.written = 0;
+            self.committed = 0;
+            self.seq += 1;
+        }
+    }
+}
+
 /// The writer thread: appends, one fsync per batch of appends, and sealing.
-fn write_loop(dir: &Path, mut seq: u64, commands: &mpsc::Receiver<Command>) {
-    let open = |seq: u64| {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(segment_path(dir, seq))
+fn write_loop(dir: &Path, seq: u64, commands: &mpsc::Receiver<Command>, shared: &Shared) {
+    let mut current = Current {
+        seq,
+        ..Current::default()
     };
-    let mut file: Option<File> = None;
-    let mut written = 0u64;
     while let Ok(first) = commands.recv() {
         let mut batch = vec![first];
         batch.extend(commands.try_iter().take(1023));
@@ -375,74 +423,97 @@ fn write_loop(dir: &Path, mut seq: u64, commands: &mpsc::Receiver<Command>) {
                 Command::Append(framed, reply) => {
                     if result.is_ok() {
                         result = (|| {
-                            if file.is_none() {
-                                file = Some(open(seq)?);
+                            if current.file.is_none() {
+                                current.file = Some(
+                                    OpenOptions::new()
+                                        .create(true)
+                                        .append(true)
+                                        .open(segment_path(dir, current.seq))?,
+                                );
                                 sync_dir(dir)?;
                             }
-                            file.as_mut().expect("open").write_all(&framed)?;
-                            written += framed.len() as u64;
-                            Ok(())
+                            current.written += framed.len() as u64;
+                            current.file.as_mut().expect("open").write_all(&framed)
                         })();
                     }
                     waiting.push(reply);
                 }
                 Command::Seal(reply) => {
-                    // Commit what this batch wrote before sealing it.
-                    let sealed = commit(&mut file, &mut waiting, &mut result).and_then(|()| {
-                        if written > 0 || file.is_some() {
-                            file = None;
-                            written = 0;
-                            seq += 1;
-                        }
-                        Ok(segments(dir)?
-                            .into_iter()
-                            .filter(|(s, _)| *s < seq)
-                            .collect())
-                    });
+                    // Commit what this batch wrote before sealing it. A segment that may hold
+                    // an event whose first produce is pending is not sealed: its replay must
+                    // know whether to skip it.
+                    let sealed = commit(dir, &mut current, &mut waiting, &mut result, shared)
+                        .and_then(|()| {
+                            if shared.unknown.load(Ordering::SeqCst) > 0 {
+                                return Ok(Vec::new());
+                            }
+                            current.seal();
+                            Ok(segments(dir)?
+                                .into_iter()
+                                .filter(|(s, _)| *s < current.seq)
+                                .collect())
+                        });
                     let _ = reply.send(sealed);
                 }
             }
         }
-        let _ = commit(&mut file, &mut waiting, &mut result);
-        if written >= SEGMENT_BYTES {
-            file = None;
-            written = 0;
-            seq += 1;
+        let _ = commit(dir, &mut current, &mut waiting, &mut result, shared);
+        if current.written >= SEGMENT_BYTES {
+            current.seal();
         }
     }
 }
 
-/// fsyncs what was written and answers every append waiting on it.
+/// fsyncs what was written and answers every append waiting on it. On a failed write or
+/// fsync, the segment is cut back to its committed length and sealed for good.
 fn commit(
-    file: &mut Option<File>,
+    dir: &Path,
+    current: &mut Current,
     waiting: &mut Vec<oneshot::Sender<Result<(), SpoolError>>>,
     result: &mut io::Result<()>,
+    shared: &Shared,
 ) -> io::Result<()> {
     if waiting.is_empty() {
         return Ok(());
     }
     if result.is_ok() {
-        if let Some(f) = file.as_mut() {
+        if let Some(f) = current.file.as_mut() {
             *result = f.sync_data();
         }
     }
-    let outcome = match result {
-        Ok(()) => Ok(()),
-        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-    };
+    let outcome = std::mem::replace(result, Ok(()));
+    match &outcome {
+        Ok(()) => {
+            current.committed = current.written;
+            shared
+                .committed
+                .lock()
+                .expect("committed lock")
+                .insert(current.seq, current.committed);
+        }
+        Err(error) => {
+            tracing::error!(%error, segment = current.seq, "spool write failed: sealing the segment at its committed length");
+            metrics::counter!("wxpipe_spool_write_errors_total").increment(1);
+            // Best effort: if the disk refuses even this, the records past the committed
+            // length are replayed too (their pushes were answered 503: a copy at worst).
+            let path = segment_path(dir, current.seq);
+            let cut = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(current.committed));
+            if current.committed == 0 && cut.is_ok() {
+                let _ = fs::remove_file(&path);
+            }
+            current.seal();
+        }
+    }
     for reply in waiting.drain(..) {
         let _ = reply.send(match &outcome {
             Ok(()) => Ok(()),
             Err(e) => Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))),
         });
     }
-    if outcome.is_err() {
-        // A failed write may have left a partial record: start a fresh segment.
-        *file = None;
-    }
-    let done = outcome.map(drop);
-    *result = Ok(());
-    done
+    outcome
 }
 
 #[cfg(test)]
@@ -562,6 +633,67 @@ mod tests {
             Err(SpoolError::Full(_))
         ));
         assert_eq!(spool.bytes(), one * 3);
+    }
+
+    #[tokio::test]
+    async fn a_segment_with_a_pending_first_produce_is_not_sealed() {
+        // The replay checks for pending outcomes, then seals: a push that times out in
+        // between must not land in the sealed segment, or it is replayed and then lands twice.
+        let dir = temp_dir();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&record(0)).await.unwrap();
+        spool.outcome_pending();
+        spool.append(&record(1)).await.unwrap();
+        assert!(spool.seal().await.unwrap().is_empty(), "held while pending");
+        spool.outcome_known(&record(1).id, true);
+        let sealed = spool.seal().await.unwrap();
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(read_segment(&sealed[0].1).unwrap().0.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_seals_its_segment_and_later_appends_survive_a_restart() {
+        // A record written halfway (the disk filled up) must not make the reader stop before
+        // records appended after it.
+        let dir = temp_dir();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&record(0)).await.unwrap();
+        let (_, first) = segments(&dir).unwrap().pop().unwrap();
+        // The half-written record a failed write leaves behind, then the writer's commit of
+        // that batch with the write's error injected.
+        let mut torn = record(9).encode().unwrap();
+        torn.truncate(5);
+        OpenOptions::new()
+            .append(true)
+            .open(&first)
+            .unwrap()
+            .write_all(&torn)
+            .unwrap();
+        let mut current = Current {
+            seq: 0,
+            file: None,
+            written: fs::metadata(&first).unwrap().len(),
+            committed: record(0).encode().unwrap().len() as u64,
+        };
+        let shared = Shared::default();
+        let (tx, _rx) = oneshot::channel();
+        let mut result = Err(io::Error::other("injected: no space left on device"));
+        assert!(commit(&dir, &mut current, &mut vec![tx], &mut result, &shared).is_err());
+        assert_eq!(
+            current.seq, 1,
+            "sealed: the next append starts a new segment"
+        );
+        assert_eq!(
+            fs::metadata(&first).unwrap().len(),
+            record(0).encode().unwrap().len() as u64,
+            "cut back to what was committed"
+        );
+        drop(spool);
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&record(1)).await.unwrap();
+        drop(spool);
+        let _reopened = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(all_records(&dir), vec![record(0), record(1)]);
     }
 
     #[test]

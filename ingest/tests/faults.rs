@@ -391,3 +391,82 @@ async fn metrics_count_what_was_sent() {
     assert!(metrics.contains("wxpipe_kafka_in_flight"));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_write_error_never_costs_later_acknowledged_events() {
+    // The review's reproduction: spool on a small disk, Kafka down, pushes 200 until the disk
+    // fills (503), space freed, more pushes 200, SIGKILL, restart: every 200 is on Kafka.
+    let Some(disk) = SmallDisk::mount("256k") else {
+        return;
+    };
+    let redis = RedisServer::start();
+    let prefix = unique("t");
+    let topics: Vec<String> = schemas::Topic::all().map(|t| t.name(&prefix)).collect();
+    let kafka = Kafka::mock(&topics);
+    let mock = kafka.mock_cluster().unwrap();
+    let port = free_port();
+    let spool = disk.path.join("spool");
+    let envs = [
+        ("KAFKA_BROKERS", kafka.brokers()),
+        ("KAFKA_TOPIC_PREFIX", prefix.clone()),
+        ("REDIS_URL", redis.url()),
+        ("INGEST_SPOOL_DIR", spool.display().to_string()),
+        ("INGEST_ACK_DEADLINE_MS", "1000".to_owned()),
+    ];
+    let mut child = spawn_ingest(port, &envs);
+    wait_up(port).await;
+    mock.broker_down(1).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let key = format!("a{i}");
+        if post_to_port(port, &push(&key, now())).await == 200 {
+            acked.push(key);
+        }
+    }
+    assert_eq!(acked.len(), 50, "spooled");
+    // A large push on a full disk: the write fails partway.
+    disk.fill();
+    let big = push("refused", now()).replace(
+        "</xml>",
+        &format!("<Note>{}</Note></xml>", "x".repeat(20_000)),
+    );
+    assert_eq!(post_to_port(port, &big).await, 503, "disk full");
+    disk.free();
+    for i in 0..5 {
+        let key = format!("b{i}");
+        assert_eq!(post_to_port(port, &push(&key, now())).await, 200, "{key}");
+        acked.push(key);
+    }
+    child.kill();
+    mock.broker_up(1).unwrap();
+
+    let _child = spawn_ingest(port, &envs);
+    wait_up(port).await;
+    let topic = format!("{prefix}.event.subscribe");
+    eventually(Duration::from_secs(20), || {
+        kafka.count(&topic) >= acked.len() as i64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let count = kafka.count(&topic) as usize;
+    let keys: Vec<String> = kafka
+        .read(&topic, count)
+        .into_iter()
+        .filter_map(|r| r.key)
+        .collect();
+    let missing: Vec<&String> = acked.iter().filter(|k| !keys.contains(k)).collect();
+    assert!(missing.is_empty(), "answered 200 but lost: {missing:?}");
+    // The replay drained the spool: its accounting is back to zero.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let bytes = metrics
+        .lines()
+        .find(|l| l.starts_with("wxpipe_spool_bytes"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(bytes, Some(0.0), "{metrics}");
+}

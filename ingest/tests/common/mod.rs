@@ -208,3 +208,108 @@ pub fn assert_schema_valid(topic: Topic, value: &serde_json::Value) {
         topic.suffix()
     );
 }
+
+/// An `ingest` process, killed (SIGKILL) when dropped, so a failing test leaves none behind.
+pub struct Ingest(pub std::process::Child);
+
+impl Ingest {
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts the `ingest` binary on `port` with the test token and the given settings.
+pub fn spawn_ingest(port: u16, envs: &[(&str, String)]) -> Ingest {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+        .envs([
+            ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+            ("WECHAT_TOKEN", TOKEN.to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ])
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Ingest(child)
+}
+
+/// Waits up to 10 s for an ingress on `port` to answer `/healthz`.
+pub async fn wait_up(port: u16) {
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("ingest did not come up on port {port}");
+}
+
+/// POSTs a signed push to an ingress on `port`: the status.
+pub async fn post_to_port(port: u16, xml: &str) -> u16 {
+    let query = TestApp::signed_query(TOKEN, &unique("n"));
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/wechat?{query}"))
+        .body(xml.to_owned())
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// A small tmpfs (root only): a disk that fills up. `None` where it cannot be mounted.
+pub struct SmallDisk {
+    pub path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(size: &str) -> Option<SmallDisk> {
+        let path = std::env::temp_dir().join(unique("wxpipe-disk-"));
+        std::fs::create_dir_all(&path).ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(SmallDisk { path })
+    }
+
+    /// Fills the disk with a filler file until a write fails.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.path.join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while filler.write_all(&chunk).is_ok() {}
+        let _ = filler.write_all(&[0]);
+    }
+
+    pub fn free(&self) {
+        let _ = std::fs::remove_file(self.path.join("filler"));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

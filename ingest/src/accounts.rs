@@ -87,6 +87,10 @@ impl Accounts {
         }
         if let Some(file) = &config.accounts_file {
             for (name, entry) in AccountsFile::read(file)?.accounts {
+                // The name keys the account's nonce bindings and metrics.
+                if accounts.by_path.contains_key(&config.path) && name == "default" {
+                    return Err("account name \"default\" is taken by the WECHAT_* account: rename the table in INGEST_ACCOUNTS".into());
+                }
                 let account = build(
                     &name,
                     entry.token.expose(),
@@ -132,10 +136,11 @@ mod tests {
     use super::*;
 
     fn config_with_file(toml: &str) -> Config {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "wxpipe-accounts-{}-{}",
             std::process::id(),
-            toml.len()
+            FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("accounts.toml");
@@ -190,5 +195,14 @@ mod tests {
             let error = Accounts::load(&config_with_file(toml)).unwrap_err();
             assert!(error.contains(expected), "{toml:?}: {error}");
         }
+    }
+
+    #[test]
+    fn default_names_the_wechat_account_when_it_is_set() {
+        let mut config = config_with_file("[accounts.default]\ntoken = \"t\"\n");
+        assert!(Accounts::load(&config).is_ok(), "no WECHAT_* account: free");
+        config.token = Some(Secret::new("t"));
+        let error = Accounts::load(&config).unwrap_err();
+        assert!(error.contains("default"), "{error}");
     }
 }

@@ -61,6 +61,23 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option
     Some(client)
 }
 
+/// A push being handled: holds its in-flight permit and counts it in the gauge until dropped,
+/// however the push ends.
+struct InFlight(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl InFlight {
+    fn enter(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("wxpipe_pushes_in_flight").increment(1.0);
+        InFlight(permit)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("wxpipe_pushes_in_flight").decrement(1.0);
+    }
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
@@ -85,6 +102,8 @@ impl Routes {
         busy: &Busy,
     ) -> Response<Full<Bytes>> {
         let arrived = Instant::now();
+        // A request with no body is complete once its headers are in.
+        let _complete = (req.method() != Method::POST).then(|| busy.mark());
         if let Some(account) = self.accounts.at(req.uri().path()) {
             let account = Arc::clone(account);
             if !self.allowed(peer, req.headers()) {
@@ -172,12 +191,8 @@ impl Routes {
                 let pipeline = Arc::clone(&self.pipeline);
                 let owner = Arc::clone(account);
                 let push = tokio::spawn(async move {
-                    let in_flight = metrics::gauge!("wxpipe_pushes_in_flight");
-                    in_flight.increment(1.0);
-                    let outcome = pipeline.push(&owner, &signed, &body, arrived).await;
-                    in_flight.decrement(1.0);
-                    drop(permit);
-                    outcome
+                    let _in_flight = InFlight::enter(permit);
+                    pipeline.push(&owner, &signed, &body, arrived).await
                 });
                 let (topic, result) = match push.await {
                     Ok(outcome) => outcome,

@@ -102,11 +102,15 @@ pub async fn run(
         Arc::clone(&publisher),
         spool,
     ));
+    let max_in_flight = config
+        .max_in_flight
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
     let routes = Arc::new(http::Routes {
         accounts,
         max_body_bytes: config.max_body_bytes,
         read_timeout: config.read_timeout(),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
+        in_flight: Arc::clone(&in_flight),
         pipeline,
         allowed_ips: config.allowed_ips.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
@@ -129,8 +133,15 @@ pub async fn run(
         None
     };
     let grace = config.ack_deadline() + Duration::from_secs(1);
-    let max_connections = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
-    if !server::serve(listener, routes, max_connections, shutdown, grace).await {
+    let max_connections = server::connection_limit(config.max_connections);
+    let mut finished = server::serve(listener, routes, max_connections, shutdown, grace).await;
+    // Pushes run in tasks of their own (a client that hung up does not wait for its push):
+    // each holds an in-flight permit to its end, so holding them all means none is left.
+    let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
+    finished &= tokio::time::timeout(grace, in_flight.acquire_many(all))
+        .await
+        .is_ok();
+    if !finished {
         tracing::warn!(
             ?grace,
             "shutdown grace period ran out with requests in flight"

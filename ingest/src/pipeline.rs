@@ -300,13 +300,17 @@ impl Pipeline {
             }),
         };
         let claim = self.store.claim(request).await;
-        // This instance keeps every binding the store did not refuse, and checks it alone
-        // while the store cannot answer.
+        // This instance keeps every binding the store did not refuse, and refuses a pair it
+        // saw with another body whatever the store says: the store may have missed the first
+        // body (it was down then, or lost the key in a failover).
         if !encrypted && !matches!(claim, Ok(Claim::Replayed)) {
             let here = self
                 .recent_nonces
                 .bind(&account.name, timestamp, nonce, &body_digest);
-            if claim.is_err() && here == Binding::Replayed {
+            if here == Binding::Replayed {
+                if let Ok(Claim::Claimed) = claim {
+                    let _ = self.store.release(&event.id, &token).await;
+                }
                 return Err(Rejection::ReplayedNonce.into());
             }
         }

@@ -19,29 +19,45 @@ use crate::http::Routes;
 /// Marks a connection busy while it has a complete request being answered.
 #[derive(Debug, Default)]
 pub struct Busy {
+    /// Requests being answered, or [`CLOSING`] once the limit chose this connection.
     requests: AtomicUsize,
     /// Closes the connection when the limit needs its place.
     close: Notify,
 }
 
+/// The state of a connection the limit is closing: it can no longer be marked busy.
+const CLOSING: usize = usize::MAX;
+
 /// Holds a connection busy until dropped.
 #[derive(Debug)]
-pub struct BusyGuard<'a>(&'a Busy);
+pub struct BusyGuard<'a>(Option<&'a Busy>);
 
 impl Busy {
+    /// Marks the connection busy, unless the limit is closing it already (then the request
+    /// is still answered if the connection lasts, but nothing holds it open).
     pub fn mark(&self) -> BusyGuard<'_> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        BusyGuard(self)
+        let marked = self
+            .requests
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n != CLOSING).then_some(n + 1)
+            })
+            .is_ok();
+        BusyGuard(marked.then_some(self))
     }
 
-    fn is_idle(&self) -> bool {
-        self.requests.load(Ordering::SeqCst) == 0
+    /// Claims an idle connection for closing; fails when it is busy (atomically with `mark`).
+    fn close_if_idle(&self) -> bool {
+        self.requests
+            .compare_exchange(0, CLOSING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
     }
 }
 
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
-        self.0.requests.fetch_sub(1, Ordering::SeqCst);
+        if let Some(busy) = self.0 {
+            busy.requests.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -62,7 +78,7 @@ impl Connections {
         if open.len() >= self.max {
             let idle = open
                 .iter()
-                .find(|(_, busy)| busy.is_idle())
+                .find(|(_, busy)| busy.close_if_idle())
                 .map(|(id, _)| *id)?;
             let evicted = open.remove(&idle).expect("found above");
             evicted.close.notify_one();
@@ -80,6 +96,26 @@ impl Connections {
         open.remove(&id);
         metrics::gauge!("wxpipe_connections_open").set(open.len() as f64);
     }
+}
+
+/// Descriptors kept free of connections: Redis, Kafka, the spool, the admin listener, logs.
+const SPARE_FILES: u64 = 256;
+
+/// The connection limit this process can keep: it raises its open-file limit to the hard
+/// ceiling, and caps `wanted` below it, so the limit's eviction runs before `accept` fails
+/// for lack of descriptors (which would leave genuine pushes waiting in the backlog).
+pub fn connection_limit(wanted: u64) -> usize {
+    let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let most = files.saturating_sub(SPARE_FILES).max(1);
+    if wanted > most {
+        tracing::warn!(
+            wanted,
+            open_files = files,
+            using = most,
+            "INGEST_MAX_CONNECTIONS is above what the open-file limit allows: raise the limit (ulimit -n) or lower the setting"
+        );
+    }
+    usize::try_from(wanted.min(most)).unwrap_or(usize::MAX)
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and gives in-flight requests `grace`

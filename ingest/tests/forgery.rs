@@ -100,9 +100,13 @@ async fn while_redis_is_down_the_binding_is_checked_in_memory() {
     );
     assert_eq!(app.count("event.unsubscribe"), 0);
 
-    // A binding made while Redis answered is remembered here too, for when it stops.
+    // Redis comes back without the binding made while it was down: still refused here.
     let mut redis = RedisServer::start_on(port);
     assert!(app.wait_ready(Duration::from_secs(5)).await);
+    let (status, reason) = app.post_with_query(&query, &forged).await;
+    assert_eq!(status, 403, "after Redis is back: {reason}");
+
+    // A binding made while Redis answered is remembered here too, for when it stops.
     let query = TestApp::signed_query(TOKEN, "captured-online");
     let genuine = push("gh_test", "fan2", now(), "subscribe", "");
     assert_eq!(app.post_with_query(&query, &genuine).await.0, 200);

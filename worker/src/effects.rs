@@ -40,25 +40,25 @@ impl Outcome {
 /// redelivery from anywhere in the log sends nothing.
 const SENT_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
 
-/// How far ahead of this worker's clock an event's `created_at` may count in a last-write-wins
-/// comparison. The ingress refuses a `CreateTime` more than 60 s ahead of the signed timestamp;
-/// a record from before that check (or from another producer) with a far-future `created_at`
-/// would otherwise win every comparison forever and make each later event of its user stale.
-pub const MAX_CREATED_AT_AHEAD: i64 = 120;
+/// How far ahead of this worker's clock an event's `created_at` may be. The ingress refuses a
+/// `CreateTime` more than 60 s ahead of the signed timestamp (itself within the replay window
+/// of the ingress's clock); a record stamped further ahead (written before that check, or by
+/// another producer) would win every last-write-wins comparison and make each later event of
+/// its user stale, so it is never applied: it goes to the dead-letter topic.
+pub const MAX_CREATED_AT_AHEAD: i64 = 600;
 
-/// The `created_at` an event competes with: its own, or at most [`MAX_CREATED_AT_AHEAD`]
-/// past now.
-fn competing_created_at(event: &Event) -> i64 {
+/// Refuses an event stamped too far in the future to compete in last-write-wins.
+fn check_created_at(event: &Event) -> Result<i64, Outcome> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let ceiling = now + MAX_CREATED_AT_AHEAD;
-    if event.created_at > ceiling {
-        tracing::warn!(id = %ops::redact_id(&event.id), created_at = event.created_at, "created_at is far ahead of this clock: it competes as now + the allowed skew");
-        ceiling
-    } else {
-        event.created_at
+    if event.created_at > now + MAX_CREATED_AT_AHEAD {
+        return Err(Outcome::Poison(format!(
+            "created_at {} is more than {MAX_CREATED_AT_AHEAD} s ahead of this worker's clock",
+            event.created_at
+        )));
     }
+    Ok(event.created_at)
 }
 
 /// Everything the effects need.
@@ -95,11 +95,15 @@ impl Effects {
             "unsubscribe" => false,
             other => return Outcome::Skipped(format!("{other} is not a subscription event")),
         };
+        let created_at = match check_created_at(event) {
+            Ok(created_at) => created_at,
+            Err(poison) => return poison,
+        };
         let change = Subscription {
             account: &event.account,
             openid: &event.openid,
             subscribed,
-            created_at: competing_created_at(event),
+            created_at,
             scene: event.text("scene"),
         };
         match self.store.subscription(change).await {
@@ -187,6 +191,10 @@ impl Effects {
         ) else {
             return Outcome::Poison("location without coordinates".into());
         };
+        let created_at = match check_created_at(event) {
+            Ok(created_at) => created_at,
+            Err(poison) => return poison,
+        };
         let location = Location {
             id: &event.id,
             account: &event.account,
@@ -194,7 +202,7 @@ impl Effects {
             latitude,
             longitude,
             precision,
-            created_at: competing_created_at(event),
+            created_at,
             history: self.location_history,
         };
         match self.store.location(location).await {

@@ -128,7 +128,8 @@ pub struct Request {
 }
 
 /// Builds push number `seq`: user `seq % users`, `CreateTime` advancing one second per round
-/// of users, so no two pushes share an identity.
+/// of users but never past now (the ingress refuses a `CreateTime` ahead of the signed
+/// timestamp), and a `LoadSeq` element, so no two pushes share an identity.
 pub fn build(
     seq: u64,
     users: u64,
@@ -140,20 +141,20 @@ pub fn build(
 ) -> Request {
     let kind = mix.pick(seq);
     let openid = format!("oLoad{:012}", seq % users);
-    let created_at = base_time + (seq / users) as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let created_at = (base_time + (seq / users) as i64).min(now as i64);
     let xml = format!(
         "<xml><ToUserName><![CDATA[{account}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>\
-         <CreateTime>{created_at}</CreateTime>{}</xml>",
+         <CreateTime>{created_at}</CreateTime>{}<LoadSeq>{seq}</LoadSeq></xml>",
         kind.fields(seq)
     );
     let push = ingest::parse::Push::try_from(xml.as_bytes()).expect("generated pushes parse");
     let id = ingest::normalize::normalize(push, String::new())
         .expect("generated pushes normalize")
         .id;
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        .to_string();
+    let timestamp = now.to_string();
     // A nonce no other push of any run reuses (the ingress refuses a (timestamp, nonce) pair
     // that comes back with another body).
     let nonce = format!("{}{seq}", run_salt());
@@ -217,6 +218,25 @@ mod tests {
         let mut ids = std::collections::HashSet::new();
         for seq in 0..2_000 {
             let r = build(seq, 100, 1_700_000_000, &mix, "gh_load", "/wechat", &signer);
+            assert!(ids.insert(r.id.clone()), "{}", r.id);
+        }
+        // Many rounds of few users from now on: CreateTime never passes the signed timestamp.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        for seq in (0..100_000).step_by(997) {
+            let r = build(seq, 10, now, &mix, "gh_load", "/wechat", &signer);
+            let push = ingest::parse::Push::try_from(r.body.as_bytes()).unwrap();
+            let timestamp: i64 = r
+                .path_and_query
+                .split("timestamp=")
+                .nth(1)
+                .and_then(|t| t.split('&').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(push.create_time <= timestamp, "{seq}");
             assert!(ids.insert(r.id.clone()), "{}", r.id);
         }
     }

@@ -200,6 +200,13 @@ impl Config {
         Duration::from_millis(self.redis_timeout_ms)
     }
 
+    /// How long a push's claim may take, waiting in the group-commit queue included: two
+    /// Redis calls (the one before it, and its own), and never more than a third of the ack
+    /// deadline, so a stalled Redis leaves the rest for Kafka and the answer comes in time.
+    pub fn claim_budget(&self) -> Duration {
+        (2 * self.redis_timeout()).min(self.ack_deadline() / 3)
+    }
+
     /// Checks what clap cannot: at least one account is configured.
     pub fn validate(&self) -> Result<(), String> {
         if self.token.as_ref().is_none_or(|t| t.expose().is_empty()) && self.accounts_file.is_none()

@@ -16,10 +16,11 @@ use crate::config::Config;
 use crate::error::{PushError, Rejection, Unavailable};
 use crate::normalize::normalize;
 use crate::parse::{self, ParseError, Push};
+use crate::publish::PublishError;
 use crate::publish::Publisher;
 use crate::recent::{Binding, RecentNonces};
 use crate::spool::{Spool, SpoolRecord};
-use crate::store::{Claim, ClaimRequest, DedupStore, NonceBinding};
+use crate::store::{Claim, ClaimRequest, DedupStore, NonceBinding, StoreError};
 use crate::verify;
 
 /// With a spool, Kafka's share of the ack deadline ends this much earlier, leaving time to
@@ -112,6 +113,8 @@ pub struct Pipeline {
     store: Arc<dyn DedupStore>,
     publisher: Arc<Publisher>,
     spool: Option<Arc<Spool>>,
+    /// How long a claim may take, queue wait included, before the push goes on without it.
+    claim_budget: Duration,
     /// This instance's (timestamp, nonce) bindings, checked while the store cannot answer.
     recent_nonces: RecentNonces,
     /// Makes each attempt's claim token unique: this process's start time, then a counter.
@@ -144,6 +147,7 @@ impl Pipeline {
             store,
             publisher,
             spool,
+            claim_budget: config.claim_budget(),
             recent_nonces: RecentNonces::new(config.nonce_ttl()),
             instance: format!(
                 "{}.{}.{}",
@@ -299,7 +303,12 @@ impl Pipeline {
                 ttl: self.nonce_ttl,
             }),
         };
-        let claim = self.store.claim(request).await;
+        // The claim gets a share of the deadline, queue wait included: a Redis that cannot
+        // answer in time is a Redis that is down, and the push goes on without it.
+        let claim = match tokio::time::timeout(self.claim_budget, self.store.claim(request)).await {
+            Ok(claim) => claim,
+            Err(_) => Err(StoreError::Timeout),
+        };
         // This instance keeps every binding the store did not refuse, and refuses a pair it
         // saw with another body whatever the store says: the store may have missed the first
         // body (it was down then, or lost the key in a failover).
@@ -309,7 +318,8 @@ impl Pipeline {
                 .bind(&account.name, timestamp, nonce, &body_digest);
             if here == Binding::Replayed {
                 if let Ok(Claim::Claimed) = claim {
-                    let _ = self.store.release(&event.id, &token).await;
+                    self.settle_by(arrived + self.deadline, &event.id, &token, true, Err(None))
+                        .await;
                 }
                 return Err(Rejection::ReplayedNonce.into());
             }
@@ -327,22 +337,49 @@ impl Pipeline {
                 false
             }
         };
-
-        // While the spool holds records, new pushes queue behind them, so order holds.
-        let spool = self.spool.as_ref();
-        let record = || SpoolRecord {
+        let record = SpoolRecord {
             topic: self.publisher.topic_name(topic).to_owned(),
             key: event.openid.clone(),
             id: event.id.clone(),
-            value: payload.clone(),
+            value: payload,
         };
-        if let Some(spool) = spool.filter(|s| s.active()) {
-            return self
-                .spool(spool, &event.id, &token, claimed, &record())
-                .await;
+        self.deliver(arrived, record, token, claimed).await
+    }
+
+    /// Makes a claimed (or, with Redis down, unclaimed) record durable: on Kafka within the
+    /// deadline, or in the spool. This is the durability policy:
+    ///
+    /// - While the spool holds records, a push joins them, so records reach Kafka in the
+    ///   order they were answered; if the spool cannot take it (disk full or failing), it goes
+    ///   to Kafka directly (it may then overtake spooled records of its user).
+    /// - Otherwise Kafka gets the deadline (less the time an fsync may take, with a spool); a
+    ///   push Kafka refuses for now, or does not confirm in time, goes to the spool.
+    /// - The answer never waits past the deadline for Redis: a confirm or release still
+    ///   running then finishes in the background.
+    async fn deliver(
+        self: &Arc<Self>,
+        arrived: Instant,
+        record: SpoolRecord,
+        token: String,
+        claimed: bool,
+    ) -> Result<Accepted, PushError> {
+        let answer_by = arrived + self.deadline;
+        // A push that claimed waits (until its deadline at most) for its confirm or release, so
+        // WeChat's retries find it settled; one that could not claim does not wait on Redis.
+        let settle_wait = if claimed { answer_by } else { Instant::now() };
+        let id = record.id.clone();
+        let mut spool = self.spool.as_ref();
+        if let Some(active) = spool.filter(|s| s.active()) {
+            match active.append(&record).await {
+                Ok(()) => return Ok(self.spooled(settle_wait, &id).await),
+                Err(error) => {
+                    tracing::warn!(%error, id = %ops::redact_id(&id), "the spool refused a push: sending it to Kafka directly");
+                    spool = None;
+                }
+            }
         }
         // With a spool, Kafka gets the deadline less the time an fsync may take.
-        let deadline = arrived + self.deadline
+        let deadline = answer_by
             - if spool.is_some() {
                 SPOOL_RESERVE
             } else {
@@ -350,15 +387,19 @@ impl Pipeline {
             };
 
         let produced = Instant::now();
-        let delivery = match self.publisher.enqueue(topic, &event.openid, &payload) {
+        let delivery = match self
+            .publisher
+            .enqueue_named(&record.topic, &record.key, &record.value)
+        {
             Ok(delivery) => delivery,
             Err(error) => {
                 if let Some(spool) = spool.filter(|_| !error.is_permanent()) {
                     return self
-                        .spool(spool, &event.id, &token, claimed, &record())
+                        .spool(spool, settle_wait, &id, &token, claimed, &record)
                         .await;
                 }
-                self.settle(&event.id, &token, claimed, Err(&error)).await;
+                self.settle_by(settle_wait, &id, &token, claimed, Err(Some(&error)))
+                    .await;
                 return Err(Unavailable::Publish(error).into());
             }
         };
@@ -374,11 +415,12 @@ impl Pipeline {
         match tokio::time::timeout_at(deadline.into(), delivered.as_mut()).await {
             Ok(Err(error)) if spool.is_some() && !error.is_permanent() => {
                 let spool = spool.expect("checked");
-                self.spool(spool, &event.id, &token, claimed, &record())
+                self.spool(spool, settle_wait, &id, &token, claimed, &record)
                     .await
             }
             Ok(outcome) => {
-                self.settle(&event.id, &token, claimed, outcome.as_ref())
+                let settled = outcome.as_ref().map(drop).map_err(Some);
+                self.settle_by(settle_wait, &id, &token, claimed, settled)
                     .await;
                 outcome
                     .map(|()| Accepted::Published)
@@ -394,7 +436,8 @@ impl Pipeline {
                 let result = match spool {
                     Some(spool) => {
                         spool.outcome_pending();
-                        self.spool(spool, &event.id, &token, false, &record()).await
+                        self.spool(spool, settle_wait, &id, &token, false, &record)
+                            .await
                     }
                     None => Err(Unavailable::Deadline.into()),
                 };
@@ -402,14 +445,18 @@ impl Pipeline {
                 let spooled = result.is_ok();
                 let spool = spool.cloned();
                 let pipeline = Arc::clone(self);
-                let id = event.id;
                 tokio::spawn(async move {
                     let outcome = delivered.await;
                     if let Some(spool) = spool {
                         spool.outcome_known(&id, spooled && outcome.is_ok());
                     }
                     pipeline
-                        .settle(&id, &token, release, outcome.as_ref())
+                        .settle(
+                            &id,
+                            &token,
+                            release,
+                            outcome.as_ref().map(drop).map_err(Some),
+                        )
                         .await;
                 });
                 result
@@ -417,42 +464,65 @@ impl Pipeline {
         }
     }
 
+    /// A push the spool took: durable now, so its id is confirmed (whoever holds the claim).
+    async fn spooled(self: &Arc<Self>, settle_wait: Instant, id: &str) -> Accepted {
+        metrics::counter!("wxpipe_spool_records_total", "op" => "appended").increment(1);
+        self.settle_by(settle_wait, id, "", false, Ok(())).await;
+        Accepted::Spooled
+    }
+
     /// Appends a push to the spool: once fsync'd it is durable, so its claim is confirmed and
     /// it is answered 200; the replay task takes it to Kafka.
     async fn spool(
-        &self,
+        self: &Arc<Self>,
         spool: &Spool,
+        settle_wait: Instant,
         id: &str,
         token: &str,
         release: bool,
         record: &SpoolRecord,
     ) -> Result<Accepted, PushError> {
         match spool.append(record).await {
-            Ok(()) => {
-                metrics::counter!("wxpipe_spool_records_total", "op" => "appended").increment(1);
-                if let Err(error) = self.store.confirm(id, self.dedup_ttl).await {
-                    metrics::counter!("wxpipe_redis_errors_total", "op" => "confirm").increment(1);
-                    tracing::warn!(%error, id = %ops::redact_id(id), "event is spooled but its claim could not be confirmed");
-                }
-                Ok(Accepted::Spooled)
-            }
+            Ok(()) => Ok(self.spooled(settle_wait, id).await),
             Err(error) => {
                 tracing::error!(%error, id = %ops::redact_id(id), "kafka unavailable and the spool refused the event");
                 if release {
-                    let _ = self.store.release(id, token).await;
+                    self.settle_by(settle_wait, id, token, true, Err(None))
+                        .await;
                 }
                 Err(Unavailable::Spool(error).into())
             }
         }
     }
 
-    /// Records a publish outcome: durable → confirm the id; failed → release our claim.
+    /// Settles a claim in a task of its own (so it completes whatever happens to the push),
+    /// waiting for it until `by` at most: a Redis stall never holds an answer past its deadline.
+    async fn settle_by(
+        self: &Arc<Self>,
+        by: Instant,
+        id: &str,
+        token: &str,
+        claimed: bool,
+        outcome: Result<(), Option<&PublishError>>,
+    ) {
+        let pipeline = Arc::clone(self);
+        let (id, token) = (id.to_owned(), token.to_owned());
+        let outcome = outcome.map_err(|e| e.cloned());
+        let task = tokio::spawn(async move {
+            let outcome = outcome.as_ref().map(drop).map_err(Option::as_ref);
+            pipeline.settle(&id, &token, claimed, outcome).await;
+        });
+        let _ = tokio::time::timeout_at(by.into(), task).await;
+    }
+
+    /// Records a publish outcome: durable → confirm the id; failed (`Err(None)`: before Kafka
+    /// was asked) → release our claim.
     async fn settle(
         &self,
         id: &str,
         token: &str,
         claimed: bool,
-        outcome: Result<&(), &crate::publish::PublishError>,
+        outcome: Result<(), Option<&PublishError>>,
     ) {
         match outcome {
             Ok(()) => {
@@ -462,10 +532,14 @@ impl Pipeline {
                 }
             }
             Err(publish_error) => {
-                if publish_error.is_permanent() {
-                    tracing::error!(error = %publish_error, id = %ops::redact_id(id), "kafka refused the event permanently");
-                } else {
-                    tracing::warn!(error = %publish_error, id = %ops::redact_id(id), "kafka did not take the event");
+                match publish_error {
+                    Some(e) if e.is_permanent() => {
+                        tracing::error!(error = %e, id = %ops::redact_id(id), "kafka refused the event permanently");
+                    }
+                    Some(e) => {
+                        tracing::warn!(error = %e, id = %ops::redact_id(id), "kafka did not take the event");
+                    }
+                    None => {}
                 }
                 if claimed {
                     if let Err(error) = self.store.release(id, token).await {

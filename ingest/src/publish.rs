@@ -13,7 +13,7 @@ use rdkafka::ClientConfig;
 use schemas::Topic;
 
 /// Why Kafka did not take a record, sorted so the caller can act on it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// Will likely succeed later: queue full, brokers unreachable, timeouts.
     #[error("retriable: {0}")]

@@ -470,3 +470,173 @@ async fn a_spool_write_error_never_costs_later_acknowledged_events() {
         .and_then(|v| v.parse::<f64>().ok());
     assert_eq!(bytes, Some(0.0), "{metrics}");
 }
+
+/// The value of an unlabelled gauge on an ingress's `/metrics`.
+async fn gauge(url: &str, name: &str) -> Option<f64> {
+    let metrics = reqwest::get(url).await.ok()?.text().await.ok()?;
+    metrics
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_never_holds_an_answer_past_the_deadline() {
+    // Redis stops answering (CLIENT PAUSE) under 600 concurrent pushes: each is still
+    // answered 200 within the ack deadline, published unclaimed, and once only.
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.ack_deadline_ms = 1500;
+    config.redis_timeout_ms = 1000;
+    let app = TestApp::spawn_with(config).await;
+    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(6000)
+        .arg("ALL")
+        .query(&mut redis.conn())
+        .unwrap();
+    let client = reqwest::Client::new();
+    let t = now();
+    let pushes = (0..600).map(|i| {
+        let client = client.clone();
+        let url = app.url(&format!(
+            "/wechat?{}",
+            TestApp::signed_query(TOKEN, &unique("n"))
+        ));
+        async move {
+            let started = Instant::now();
+            let status = client
+                .post(url)
+                .body(push(&format!("stall{i}"), t))
+                .send()
+                .await
+                .map_or(0, |r| r.status().as_u16());
+            (status, started.elapsed())
+        }
+    });
+    let answers = futures_util::future::join_all(pushes).await;
+    let slowest = answers.iter().map(|(_, took)| *took).max().unwrap();
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "the slowest answer took {slowest:?}"
+    );
+    assert_eq!(app.read("event.subscribe", 601).len(), 601);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.count("event.subscribe"), 601, "no duplicates");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_disk_sends_pushes_to_a_healthy_kafka() {
+    // The spool holds records (Kafka was down) and its disk is full when Kafka comes back:
+    // pushes go to Kafka directly instead of 503, and the spool still drains.
+    let Some(disk) = SmallDisk::mount("256k") else {
+        return;
+    };
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.spool_dir = Some(disk.path.join("spool"));
+    config.ack_deadline_ms = 1000;
+    let app = TestApp::spawn_with(config).await;
+    let mock = app.kafka.mock_cluster().unwrap();
+    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
+    mock.broker_down(1).unwrap();
+    for i in 0..10 {
+        assert_eq!(app.post_push(&push(&format!("s{i}"), now())).await.0, 200);
+    }
+    // Long enough for the replay to back off to its longest wait.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    disk.fill();
+    mock.broker_up(1).unwrap();
+    for i in 0..5 {
+        let (status, reason) = app.post_push(&push(&format!("d{i}"), now())).await;
+        assert_eq!(status, 200, "d{i}: {reason}");
+    }
+    disk.free();
+    assert!(
+        eventually(Duration::from_secs(20), || app.count("event.subscribe")
+            >= 16)
+        .await,
+        "every push on Kafka"
+    );
+    let metrics = app.url("/metrics");
+    let mut drained = false;
+    for _ in 0..100 {
+        if gauge(&metrics, "wxpipe_spool_bytes").await == Some(0.0) {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(drained, "the spool drained");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hanging_up_at_every_stage_never_stop_the_replay() {
+    // Kafka down and Redis slow, with a spool: clients hang up at every moment of their
+    // push (claim, publish wait, deadline, spool append). Afterwards the replay still drains
+    // the spool, and new pushes go straight to Kafka.
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.spool_dir = Some(spool_dir());
+    config.ack_deadline_ms = 1000;
+    let app = TestApp::spawn_with(config).await;
+    let mock = app.kafka.mock_cluster().unwrap();
+    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
+    mock.broker_down(1).unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300)
+        .arg("ALL")
+        .query(&mut redis.conn())
+        .unwrap();
+    // Hang-ups from 5 ms to 1.2 s after sending, densest around the moment the deadline
+    // sends the push to the spool (deadline less the fsync reserve: 500 ms here).
+    let delays: Vec<u64> = (1..=40)
+        .map(|i| i * 30)
+        .chain((0..120).map(|i| 470 + i / 2))
+        .collect();
+    let hang_ups = delays.into_iter().enumerate().map(|(i, ms)| {
+        let url = app.url(&format!(
+            "/wechat?{}",
+            TestApp::signed_query(TOKEN, &unique("n"))
+        ));
+        async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_millis(ms))
+                .build()
+                .unwrap();
+            let _ = client
+                .post(url)
+                .body(push(&format!("h{i}"), now()))
+                .send()
+                .await;
+        }
+    });
+    futures_util::future::join_all(hang_ups).await;
+    mock.broker_up(1).unwrap();
+    let metrics = app.url("/metrics");
+    let mut drained = false;
+    for _ in 0..200 {
+        if gauge(&metrics, "wxpipe_spool_bytes").await == Some(0.0) {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(drained, "the spool drained");
+    let before = app.count("event.subscribe");
+    assert_eq!(app.post_push(&push("after", now())).await.0, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || app.count("event.subscribe")
+            > before)
+        .await,
+        "a new push reaches Kafka"
+    );
+    app.stop().await;
+}

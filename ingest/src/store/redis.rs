@@ -161,6 +161,13 @@ async fn batcher(
     let script = Script::new(BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // A claim whose push stopped waiting (its budget ran out while Redis was slow) went
+        // on without it: claiming now would only make its id look in flight. Confirms and
+        // releases are applied whoever waits for them.
+        batch.retain(|op| !(matches!(op.code, "c" | "n") && op.reply.is_closed()));
+        if batch.is_empty() {
+            continue;
+        }
         let mut invocation = script.prepare_invoke();
         for op in &batch {
             invocation.arg(op.code);

@@ -19,6 +19,11 @@ pub struct Config {
     #[arg(long, env = "INGEST_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Address of `/healthz`, `/readyz` and `/metrics` (empty disables). The public listener
+    /// serves only WeChat's paths, so nothing operational faces the internet.
+    #[arg(long, env = "INGEST_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: String,
+
     /// Path that WeChat calls.
     #[arg(long, env = "INGEST_PATH", default_value = "/wechat")]
     pub path: String,

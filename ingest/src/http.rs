@@ -117,12 +117,8 @@ impl Routes {
             }
             return self.wechat(account, req, arrived, busy).await;
         }
-        match req.uri().path() {
-            "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" => self.ready().await,
-            "/metrics" => ops::admin::metrics(),
-            _ => rejected(&Rejection::NotFound.into()),
-        }
+        // Operators' endpoints are on the admin listener only.
+        rejected(&Rejection::NotFound.into())
     }
 
     /// Whether a request from `peer` with these headers comes from an allowed address.
@@ -268,21 +264,6 @@ impl Routes {
                 Err(Rejection::TooLarge(limit))
             }
             Ok(Err(_)) => Err(Rejection::BodyTimeout),
-        }
-    }
-
-    /// Ready when Redis and Kafka answer now.
-    async fn ready(&self) -> Response<Full<Bytes>> {
-        if let Err(error) = self.pipeline.store().ping().await {
-            return text(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {error}\n"));
-        }
-        let publisher = Arc::clone(self.pipeline.publisher());
-        let kafka =
-            tokio::task::spawn_blocking(move || publisher.reachable(Duration::from_secs(1))).await;
-        match kafka {
-            Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
-            Ok(Err(error)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("kafka: {error}\n")),
-            Err(error) => text(StatusCode::SERVICE_UNAVAILABLE, format!("kafka: {error}\n")),
         }
     }
 }

@@ -57,12 +57,33 @@ pub enum StartError {
     Spool(#[from] spool::SpoolError),
     #[error("workers: {0}")]
     Workers(#[from] worker::StartError),
+    #[error("admin listener {0}")]
+    Admin(String),
 }
 
 /// Serves WeChat pushes on `listener` until `shutdown` resolves; then finishes in-flight
 /// pushes (each ends durable-and-200 or not-200) and flushes the producer.
 pub async fn run(
     listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let admin = match config.admin_listen.as_str() {
+        "" => None,
+        addr => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Admin(format!("{addr}: {e}")))?,
+        ),
+    };
+    serve(listener, admin, config, shutdown).await
+}
+
+/// [`run`] with the admin listener (`/healthz`, `/readyz`, `/metrics`) already bound, or none.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
@@ -106,6 +127,19 @@ pub async fn run(
         .max_in_flight
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin = admin.map(|listener| {
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoints listening");
+        let pipeline = Arc::clone(&pipeline);
+        let check: ops::admin::Readiness = Arc::new(move || {
+            let pipeline = Arc::clone(&pipeline);
+            Box::pin(async move { pipeline.readiness().await })
+        });
+        let mut stopped = admin_stopped.clone();
+        tokio::spawn(ops::admin::serve(listener, check, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }))
+    });
     let routes = Arc::new(http::Routes {
         accounts,
         max_body_bytes: config.max_body_bytes,
@@ -146,6 +180,10 @@ pub async fn run(
             ?grace,
             "shutdown grace period ran out with requests in flight"
         );
+    }
+    let _ = stop_admin.send(true);
+    if let Some(admin) = admin {
+        let _ = admin.await;
     }
     let _ = stop_replay.send(true);
     if let Some(replay) = replay {

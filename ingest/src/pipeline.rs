@@ -159,12 +159,46 @@ impl Pipeline {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn DedupStore> {
-        &self.store
-    }
-
-    pub fn publisher(&self) -> &Arc<Publisher> {
-        &self.publisher
+    /// Whether a push can be made durable now: Kafka answers, or the spool can take it. Redis
+    /// down is degraded (pushes go on without claims), never unready: behind a load balancer,
+    /// a Redis blip would otherwise take every ingress out at once.
+    pub async fn readiness(&self) -> Result<String, String> {
+        let up = |dependency: &'static str, up: bool| {
+            metrics::gauge!("wxpipe_dependency_up", "dependency" => dependency).set(if up {
+                1.0
+            } else {
+                0.0
+            });
+        };
+        let redis = self.store.ping().await.map_err(|e| format!("redis: {e}"));
+        up("redis", redis.is_ok());
+        let publisher = Arc::clone(&self.publisher);
+        let kafka =
+            tokio::task::spawn_blocking(move || publisher.reachable(Duration::from_secs(1)))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|reached| reached.map_err(|e| e.to_string()))
+                .map_err(|e| format!("kafka: {e}"));
+        up("kafka", kafka.is_ok());
+        let spool = self.spool.as_ref().map(|spool| spool.writable());
+        if let Some(writable) = spool {
+            up("spool", writable);
+        }
+        let mut degraded: Vec<String> = Vec::new();
+        if let Err(redis) = redis {
+            degraded.push(format!("{redis} (publishing without dedup claims)"));
+        }
+        match (kafka, spool) {
+            (Ok(()), _) => {}
+            (Err(kafka), Some(true)) => degraded.push(format!("{kafka} (spooling)")),
+            (Err(kafka), Some(false)) => return Err(format!("{kafka}; spool: not writable")),
+            (Err(kafka), None) => return Err(kafka),
+        }
+        if degraded.is_empty() {
+            Ok("ready".into())
+        } else {
+            Ok(format!("degraded: {}", degraded.join("; ")))
+        }
     }
 
     /// `GET`: WeChat's URL verification. Returns the `echostr` to echo.

@@ -149,6 +149,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 struct Shared {
     committed: Mutex<std::collections::BTreeMap<u64, u64>>,
     unknown: AtomicU64,
+    /// The last commit failed (the disk is full or failing); the next good one clears it.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 enum Command {
@@ -254,6 +256,12 @@ impl Spool {
     /// Whether pushes must go through the spool now (it holds records not yet on Kafka).
     pub fn active(&self) -> bool {
         self.backlog.lock().expect("backlog lock").active
+    }
+
+    /// Whether the spool can take a push now, as far as it knows: below its limit, and its
+    /// last write did not fail.
+    pub fn writable(&self) -> bool {
+        self.bytes() < self.max_bytes && !self.shared.failing.load(Ordering::SeqCst)
     }
 
     /// Bytes held.
@@ -484,6 +492,7 @@ fn commit(
     let outcome = std::mem::replace(result, Ok(()));
     match &outcome {
         Ok(()) => {
+            shared.failing.store(false, Ordering::SeqCst);
             current.committed = current.written;
             shared
                 .committed
@@ -492,6 +501,7 @@ fn commit(
                 .insert(current.seq, current.committed);
         }
         Err(error) => {
+            shared.failing.store(true, Ordering::SeqCst);
             tracing::error!(%error, segment = current.seq, "spool write failed: sealing the segment at its committed length");
             metrics::counter!("wxpipe_spool_write_errors_total").increment(1);
             // Best effort: if the disk refuses even this, the records past the committed

@@ -22,7 +22,7 @@ fn compose_variables(compose: &str) -> BTreeSet<String> {
         if in_env && indent <= 4 {
             in_env = false;
         }
-        if in_env {
+        if in_env && !trimmed.starts_with('#') {
             if let Some((key, _)) = trimmed.split_once(':') {
                 vars.insert(key.trim().to_owned());
             }
@@ -106,7 +106,9 @@ fn compose_runs_our_binaries_with_settings_they_know() {
         .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned()))
         .filter(|k| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
     for var in compose_variables(&compose).into_iter().chain(example_vars) {
-        if kafka_image_settings(&var) || var == "INGEST_PORT" {
+        if kafka_image_settings(&var)
+            || ["INGEST_PORT", "INGEST_ADMIN_PORT"].contains(&var.as_str())
+        {
             continue;
         }
         assert!(
@@ -118,4 +120,66 @@ fn compose_runs_our_binaries_with_settings_they_know() {
         checked += 1;
     }
     assert!(checked >= 8, "{checked}");
+}
+
+/// The lines of one service of the compose file: its own line and every line indented deeper.
+fn service(compose: &str, name: &str) -> String {
+    let header = format!("  {name}:");
+    compose
+        .lines()
+        .skip_while(|l| *l != header)
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.is_empty() || l.starts_with("   "))
+        .map(|(_, l)| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn compose_keeps_kafka_data_builds_every_image_and_checks_health_on_the_admin_port() {
+    let compose = read("docker-compose.yml");
+    let kafka = service(&compose, "kafka");
+    assert!(!kafka.is_empty(), "a kafka service");
+    // apache/kafka writes to /tmp/kraft-combined-logs unless KAFKA_LOG_DIRS says otherwise.
+    let log_dirs = kafka
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("KAFKA_LOG_DIRS:"))
+        .expect("KAFKA_LOG_DIRS is set")
+        .trim();
+    assert!(
+        kafka.contains(&format!("kafka-data:{log_dirs}")),
+        "the kafka-data volume is mounted at {log_dirs}"
+    );
+    assert!(
+        kafka.contains("EXTERNAL://") && kafka.contains(":9094"),
+        "consumers on the host have a listener"
+    );
+    for name in ["ingest", "worker", "topics"] {
+        assert!(
+            service(&compose, name).contains("build: ."),
+            "{name} builds the image itself"
+        );
+    }
+    let ingest = service(&compose, "ingest");
+    assert!(ingest.contains("INGEST_ADMIN_LISTEN: 0.0.0.0:9090"));
+    assert!(ingest.contains("http://localhost:9090/readyz"), "{ingest}");
+    // Where Docker Compose exists, it must accept the file.
+    let compose_cli = std::process::Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !compose_cli {
+        eprintln!("docker compose is not installed here: `docker compose config` not run");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new("docker")
+        .args(["compose", "--env-file", ".env.example", "config", "--quiet"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -14,11 +14,13 @@ use testkit::FakeWeChat;
 async fn one_command_runs_the_whole_pipeline() {
     let wechat = FakeWeChat::start().await;
     let port = free_port();
+    let admin = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
         .env_remove("KAFKA_BROKERS")
         .env_remove("REDIS_URL")
         .envs([
             ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+            ("INGEST_ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
             ("WECHAT_TOKEN", TOKEN.to_owned()),
             ("WECHAT_APPID", "wxdemo".to_owned()),
             ("WECHAT_APPSECRET", "demo-secret".to_owned()),
@@ -43,7 +45,7 @@ async fn one_command_runs_the_whole_pipeline() {
     let mut up = false;
     for _ in 0..100 {
         if client
-            .get(format!("{base}/healthz"))
+            .get(format!("http://127.0.0.1:{admin}/healthz"))
             .send()
             .await
             .is_ok_and(|r| r.status() == 200)
@@ -97,6 +99,7 @@ async fn an_accounts_file_alone_is_enough_to_start() {
         .env_remove("REDIS_URL")
         .envs([
             ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+            ("INGEST_ADMIN_LISTEN", String::new()),
             ("INGEST_ACCOUNTS", accounts.display().to_string()),
             ("KAFKA_BROKERS", kafka.brokers()),
             ("KAFKA_TOPIC_PREFIX", unique("t")),

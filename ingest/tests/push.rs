@@ -423,8 +423,13 @@ async fn redis_unreachable_still_publishes_every_push_answered_200() {
     let xml = seed("<Event>subscribe</Event>", "u_noredis", now());
     assert_eq!(app.post_push(&xml).await.0, 200);
     assert_eq!(app.read("event.subscribe", 1).len(), 1);
-    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(response.status(), 503, "not ready while Redis is down");
+    // Redis down is degraded, not unready: pushes are still made durable.
+    let (status, body) = app.admin_get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("degraded") && body.contains("redis"),
+        "{body}"
+    );
 
     // Redis comes back: dedup resumes by itself.
     let _redis = RedisServer::start_on(port);
@@ -484,9 +489,102 @@ async fn slow_clients_are_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_and_readyz() {
     let app = TestApp::spawn("memory://").await;
-    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(app.admin_get("/healthz").await, (200, "ok\n".to_owned()));
+    assert_eq!(app.admin_get("/readyz").await, (200, "ready\n".to_owned()));
+    // Nothing operational on the public listener.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(app.get(path).await.0, 404, "{path}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_what_can_make_a_push_durable() {
+    // Kafka down without a spool: unready. With a spool it can take: ready, degraded.
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis.url()).await;
+    let mock = app.kafka.mock_cluster().unwrap();
+    assert!(app.wait_ready(Duration::from_secs(5)).await);
+    mock.broker_down(1).unwrap();
+    let (status, body) = app.admin_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("kafka"), "{body}");
+    mock.broker_up(1).unwrap();
+    assert!(app.wait_ready(Duration::from_secs(10)).await);
+    app.stop().await;
+
+    let mut config = test_config(&redis.url());
+    config.spool_dir = Some(std::env::temp_dir().join(unique("wxpipe-spool-")));
+    let app = TestApp::spawn_with(config).await;
+    let mock = app.kafka.mock_cluster().unwrap();
+    assert!(app.wait_ready(Duration::from_secs(5)).await);
+    mock.broker_down(1).unwrap();
+    let (status, body) = app.admin_get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("degraded") && body.contains("spooling"),
+        "{body}"
+    );
+    let (_, metrics) = app.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("wxpipe_dependency_up{dependency=\"kafka\"} 0"),
+        "{metrics}"
+    );
+    mock.broker_up(1).unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_has_help_and_type() {
+    let app = TestApp::spawn("memory://").await;
+    assert_eq!(
+        app.post_push(&seed("<Event>subscribe</Event>", "u_m", now()))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(app.admin_get("/readyz").await.0, 200);
+    let (_, metrics) = app.admin_get("/metrics").await;
+    let described = |kind: &str, family: &str| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&format!("# {kind} {family} ")))
+    };
+    let mut families = std::collections::BTreeSet::new();
+    for line in metrics
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| described("TYPE", f)))
+            .unwrap_or(name);
+        families.insert(family.to_owned());
+    }
+    for family in &families {
+        assert!(described("TYPE", family), "no TYPE for {family}");
+        assert!(described("HELP", family), "no HELP for {family}");
+    }
+    for expected in [
+        "wxpipe_build_info",
+        "wxpipe_pushes_total",
+        "wxpipe_push_ack_seconds",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            families.contains(expected),
+            "{expected} missing: {families:?}"
+        );
+    }
+    assert!(
+        metrics.contains(&format!(
+            "wxpipe_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{metrics}"
+    );
     app.stop().await;
 }

@@ -1,5 +1,6 @@
 //! A small HTTP server for operators: `GET /healthz` (alive), `GET /readyz` (the readiness
-//! check passes now; 503 with its reason otherwise) and `GET /metrics` (Prometheus text).
+//! check passes now, with what it found; 503 with its reason otherwise) and `GET /metrics`
+//! (Prometheus text, with the process's CPU, memory and open files).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,9 +16,10 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-/// A readiness check: `Ok` when ready, else the reason.
+/// A readiness check: `Ok` with a one-line state (`ready`, or `degraded: …`) when ready, else
+/// the reason.
 pub type Readiness =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
 
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
@@ -31,7 +33,9 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>>
 
 /// `GET /metrics`: this process's metrics.
 pub fn metrics() -> Response<Full<Bytes>> {
-    let mut response = text(StatusCode::OK, crate::prometheus().render());
+    let mut body = crate::prometheus().render();
+    body.push_str(&crate::process::render());
+    let mut response = text(StatusCode::OK, body);
     response.headers_mut().insert(
         CONTENT_TYPE,
         "text/plain; version=0.0.4; charset=utf-8"
@@ -44,7 +48,7 @@ pub fn metrics() -> Response<Full<Bytes>> {
 /// The answer to `/readyz`.
 pub async fn ready(check: &Readiness) -> Response<Full<Bytes>> {
     match check().await {
-        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Ok(state) => text(StatusCode::OK, format!("{state}\n")),
         Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
 }

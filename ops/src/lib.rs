@@ -14,6 +14,7 @@ use sha1::{Digest, Sha1};
 use tracing_subscriber::EnvFilter;
 
 pub mod admin;
+mod process;
 pub mod redis;
 
 /// Installs the log subscriber: human-readable lines, or one JSON object per line when
@@ -49,6 +50,8 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Another recorder may already be installed (a test process): metrics then go there.
         let _ = metrics::set_global_recorder(recorder);
+        describe_metrics();
+        metrics::gauge!("wxpipe_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // The recorder keeps every histogram sample until it is drained, which a scrape does;
         // with no Prometheus scraping, memory would grow with every push. Drain it here too.
         let upkeep = handle.clone();
@@ -60,6 +63,91 @@ pub fn prometheus() -> &'static PrometheusHandle {
             });
         handle
     })
+}
+
+/// Gives every metric of both binaries its `# HELP` line (and its type), in one place.
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "wxpipe_build_info",
+        "Always 1; the version label says which wxpipe runs"
+    );
+    describe_counter!(
+        "wxpipe_pushes_total",
+        "Pushes answered, by account, kind, type, outcome and reason"
+    );
+    describe_histogram!(
+        "wxpipe_push_ack_seconds",
+        Unit::Seconds,
+        "From a push's arrival to its answer, by outcome"
+    );
+    describe_gauge!(
+        "wxpipe_pushes_in_flight",
+        "Pushes being handled now (holding an in-flight place)"
+    );
+    describe_counter!(
+        "wxpipe_url_verifications_total",
+        "URL verifications (GET), by account and outcome"
+    );
+    describe_gauge!(
+        "wxpipe_connections_open",
+        "Open client connections of the ingress"
+    );
+    describe_counter!(
+        "wxpipe_connections_closed_total",
+        "Connections the ingress closed to stay under INGEST_MAX_CONNECTIONS, by reason"
+    );
+    describe_gauge!(
+        "wxpipe_kafka_in_flight",
+        "Records sent to Kafka and not yet acknowledged"
+    );
+    describe_histogram!(
+        "wxpipe_kafka_produce_seconds",
+        Unit::Seconds,
+        "From a record's produce to its delivery report"
+    );
+    describe_counter!(
+        "wxpipe_redis_errors_total",
+        "Redis calls that failed or timed out, by op"
+    );
+    describe_histogram!(
+        "wxpipe_redis_batch_ops",
+        "Dedup ops carried by one group-committed Redis call"
+    );
+    describe_gauge!(
+        "wxpipe_dependency_up",
+        "1 when the dependency answered the last readiness check, else 0"
+    );
+    describe_gauge!(
+        "wxpipe_spool_bytes",
+        Unit::Bytes,
+        "Bytes held in the spool, not yet on Kafka"
+    );
+    describe_counter!(
+        "wxpipe_spool_records_total",
+        "Records appended to and replayed from the spool, by op"
+    );
+    describe_counter!(
+        "wxpipe_spool_write_errors_total",
+        "Spool writes or fsyncs that failed (the segment was sealed)"
+    );
+    describe_counter!(
+        "wxpipe_worker_events_total",
+        "Events a worker role handled, by role, type and outcome"
+    );
+    describe_histogram!(
+        "wxpipe_worker_effect_seconds",
+        Unit::Seconds,
+        "How long one effect took, by role"
+    );
+    describe_gauge!(
+        "wxpipe_worker_consumer_lag",
+        "Records not yet committed by a role's consumer group, by role and topic"
+    );
+    describe_counter!(
+        "wxpipe_wechat_api_calls_total",
+        "Calls to the WeChat API, by API and outcome"
+    );
 }
 
 /// An OpenID as it may appear in logs: the first 12 hex digits of its SHA-1, enough to follow

@@ -69,7 +69,8 @@ fn readiness(store: Arc<dyn store::EffectStore>, brokers: String) -> ops::admin:
             })
             .await
             .map_err(|e| format!("kafka: {e}"))?
-            .map_err(|e| format!("kafka: {e}"))
+            .map_err(|e| format!("kafka: {e}"))?;
+            Ok("ready".to_owned())
         })
     })
 }

@@ -18,6 +18,8 @@ pub const TOKEN: &str = "wxpipe-test-token";
 /// A running ingress.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`.
+    pub admin: SocketAddr,
     pub config: Config,
     pub kafka: Kafka,
     pub client: reqwest::Client,
@@ -47,12 +49,20 @@ impl TestApp {
         config.kafka_brokers = Some(kafka.brokers());
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(ingest::run(listener, config.clone(), async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(ingest::serve(
+            listener,
+            Some(admin_listener),
+            config.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         TestApp {
             addr,
+            admin,
             config,
             kafka,
             client: reqwest::Client::new(),
@@ -126,18 +136,27 @@ impl TestApp {
             .collect()
     }
 
-    /// GETs a path: (status, body).
+    /// GETs a path of the public listener: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
         let response = self.client.get(self.url(path)).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.text().await.unwrap())
     }
 
-    /// Polls `/readyz` every 100 ms until it answers 200 or `within` passes.
+    /// GETs a path of the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.admin);
+        let response = self.client.get(url).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// Polls `/readyz` every 100 ms until it answers 200 `ready` (not degraded) or `within`
+    /// passes.
     pub async fn wait_ready(&self, within: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
-            if self.get("/readyz").await.0 == 200 {
+            if self.admin_get("/readyz").await == (200, "ready\n".to_owned()) {
                 return true;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -231,6 +250,7 @@ pub fn spawn_ingest(port: u16, envs: &[(&str, String)]) -> Ingest {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
         .envs([
             ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+            ("INGEST_ADMIN_LISTEN", String::new()),
             ("WECHAT_TOKEN", TOKEN.to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ])

@@ -127,8 +127,14 @@ pub struct Config {
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
     pub redis_timeout_ms: u64,
 
-    /// Extra librdkafka producer properties, `key=value` separated by commas
-    /// (e.g. `security.protocol=ssl,compression.type=lz4`).
+    /// librdkafka properties for every Kafka client of ingest and of the workers it runs
+    /// (producer, consumers, dead-letter producer, probes, `ingest topics`), `key=value`
+    /// separated by commas: TLS, SASL and the like.
+    #[arg(long, env = "KAFKA_CONFIG", value_delimiter = ',')]
+    pub kafka_config: Vec<String>,
+
+    /// Extra librdkafka producer properties, `key=value` separated by commas, applied over
+    /// `KAFKA_CONFIG` (e.g. `compression.type=lz4`).
     #[arg(long, env = "KAFKA_PRODUCER_CONFIG", value_delimiter = ',')]
     pub kafka_producer_config: Vec<String>,
 
@@ -236,12 +242,10 @@ impl Config {
         if !self.path.starts_with('/') {
             return Err(format!("INGEST_PATH must start with '/': {:?}", self.path));
         }
-        for pair in &self.kafka_producer_config {
-            if !pair.contains('=') {
-                return Err(format!(
-                    "KAFKA_PRODUCER_CONFIG entry is not key=value: {pair:?}"
-                ));
-            }
+        worker::kafka::check_pairs("KAFKA_CONFIG", &self.kafka_config)?;
+        worker::kafka::check_pairs("KAFKA_PRODUCER_CONFIG", &self.kafka_producer_config)?;
+        if self.run_workers {
+            self.worker_config().validate()?;
         }
         Ok(())
     }
@@ -250,6 +254,7 @@ impl Config {
     pub fn worker_config(&self) -> worker::Config {
         let mut config = worker::Config::defaults();
         config.kafka_brokers = self.kafka_brokers.clone();
+        config.kafka_config = self.kafka_config.clone();
         config.topic_prefix = self.topic_prefix.clone();
         config.redis_url = self.redis_url.clone();
         config.key_prefix = self.key_prefix.clone();
@@ -303,6 +308,30 @@ mod tests {
         assert_eq!(config.trusted_proxies.len(), 1);
         let error = Config::try_parse_from(["ingest", "--allowed-ips", "10.0.0.0/33"]).unwrap_err();
         assert!(error.to_string().contains("10.0.0.0/33"), "{error}");
+    }
+
+    #[test]
+    fn kafka_property_lists_are_checked_for_every_client() {
+        let mut config = Config::for_token("t");
+        config.kafka_config = vec!["security.protocol=ssl".into(), "oops".into()];
+        assert!(config.validate().unwrap_err().contains("KAFKA_CONFIG"));
+        config.kafka_config = vec!["security.protocol=ssl".into()];
+        config.kafka_producer_config = vec!["linger.ms".into()];
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("KAFKA_PRODUCER_CONFIG"));
+        config.kafka_producer_config.clear();
+        // The in-process workers' consumer settings are checked too, and get KAFKA_CONFIG.
+        config.run_workers = true;
+        config.worker.kafka_consumer_config = vec!["fetch.wait.max.ms".into()];
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("KAFKA_CONSUMER_CONFIG"));
+        config.worker.kafka_consumer_config.clear();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.worker_config().kafka_config, config.kafka_config);
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub async fn serve(
         brokers,
         &config.topic_prefix,
         config.ack_deadline(),
-        &config.kafka_producer_config,
+        &[&config.kafka_config, &config.kafka_producer_config],
     )?);
     let spool = match &config.spool_dir {
         Some(dir) => Some(spool::Spool::open(dir, config.spool_max_bytes)?),

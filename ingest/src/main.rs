@@ -92,7 +92,7 @@ fn create_topics(config: &Config, partitions: i32, replication: i32) -> ExitCode
         &config.topic_prefix,
         partitions,
         replication,
-        &config.kafka_producer_config,
+        &[&config.kafka_config, &config.kafka_producer_config],
     ));
     match results {
         Ok(results) => {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientConfig;
 use schemas::Topic;
 
 /// Why Kafka did not take a record, sorted so the caller can act on it.
@@ -77,34 +76,32 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// A producer for `brokers`; `overrides` (`key=value`) are applied last.
+    /// A producer for `brokers`; `layers` of `key=value` (`KAFKA_CONFIG`, then
+    /// `KAFKA_PRODUCER_CONFIG`) are applied last.
     pub fn new(
         brokers: &str,
         prefix: &str,
         ack_deadline: Duration,
-        overrides: &[String],
+        layers: &[&[String]],
     ) -> Result<Self, KafkaError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            // Past our own deadline the push was answered 503; librdkafka may still deliver it
-            // (then its claim is confirmed) or give up a little later (then it is released).
-            .set(
-                "message.timeout.ms",
-                (ack_deadline.as_millis() + 2000).to_string(),
-            )
-            // librdkafka's default (10 s) makes the first sends after a broker returns time out.
-            .set("reconnect.backoff.ms", "50")
-            .set("reconnect.backoff.max.ms", "1000")
-            .set("socket.keepalive.enable", "true");
-        for pair in overrides {
-            if let Some((key, value)) = pair.split_once('=') {
-                config.set(key.trim(), value.trim());
-            }
-        }
+        // Past our own deadline the push was answered 503; librdkafka may still deliver it
+        // (then its claim is confirmed) or give up a little later (then it is released).
+        let message_timeout = (ack_deadline.as_millis() + 2000).to_string();
+        let config = worker::kafka::client_config(
+            brokers,
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("linger.ms", "1"),
+                ("message.timeout.ms", &message_timeout),
+                // librdkafka's default (10 s) makes the first sends after a broker returns
+                // time out.
+                ("reconnect.backoff.ms", "50"),
+                ("reconnect.backoff.max.ms", "1000"),
+                ("socket.keepalive.enable", "true"),
+            ],
+            layers,
+        );
         let producer: FutureProducer = config.create()?;
         let topics = Topic::all().map(|t| (t, t.name(prefix))).collect();
         Ok(Publisher { producer, topics })

@@ -6,7 +6,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
 use schemas::Topic;
 
 /// Every topic name under a prefix: one per known type, the `other` topics, and the workers'
@@ -32,16 +31,10 @@ pub async fn create_all(
     prefix: &str,
     partitions: i32,
     replication: i32,
-    overrides: &[String],
+    layers: &[&[String]],
 ) -> Result<Vec<(String, Created)>, KafkaError> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    for pair in overrides {
-        if let Some((key, value)) = pair.split_once('=') {
-            config.set(key.trim(), value.trim());
-        }
-    }
-    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        worker::kafka::client_config(brokers, &[], layers).create()?;
     let names = all_topics(prefix);
     let topics: Vec<NewTopic<'_>> = names
         .iter()

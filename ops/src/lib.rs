@@ -145,6 +145,10 @@ fn describe_metrics() {
         "Records not yet committed by a role's consumer group, by role and topic"
     );
     describe_counter!(
+        "wxpipe_worker_dead_letter_failures_total",
+        "Dead-letter writes that failed (the record's partition waits), by role"
+    );
+    describe_counter!(
         "wxpipe_wechat_api_calls_total",
         "Calls to the WeChat API, by API and outcome"
     );

@@ -123,6 +123,11 @@ pub struct Config {
     #[arg(long, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
 
+    /// librdkafka properties for every Kafka client (consumers, the dead-letter producer, the
+    /// readiness probe), `key=value` separated by commas: TLS, SASL and the like.
+    #[arg(long, env = "KAFKA_CONFIG", value_delimiter = ',')]
+    pub kafka_config: Vec<String>,
+
     /// Prefix of every topic name.
     #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "wechat")]
     pub topic_prefix: String,
@@ -174,6 +179,15 @@ impl Config {
 
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// Checks what clap cannot: the Kafka property lists are `key=value` pairs.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::kafka::check_pairs("KAFKA_CONFIG", &self.kafka_config)?;
+        crate::kafka::check_pairs(
+            "KAFKA_CONSUMER_CONFIG",
+            &self.settings.kafka_consumer_config,
+        )
     }
 
     /// The bootstrap servers, unless unset or blank (a blank list reaches no broker).

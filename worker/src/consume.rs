@@ -122,6 +122,7 @@ pub struct RoleConsumer {
     effects: Arc<Effects>,
     tracker: Mutex<OffsetTracker>,
     max_attempts: u32,
+    dead_letters: Arc<DeadLetterState>,
 }
 
 impl std::fmt::Debug for RoleConsumer {
@@ -132,13 +133,91 @@ impl std::fmt::Debug for RoleConsumer {
     }
 }
 
+/// Records whose dead-letter write is failing now, by source (topic, partition, offset): each
+/// holds its partition back (its offset must not be committed before), so readiness reports
+/// them, never a silent stall.
+#[derive(Debug, Default)]
+pub struct DeadLetterState {
+    failing: Mutex<std::collections::BTreeMap<(String, i32, i64), String>>,
+}
+
+impl DeadLetterState {
+    /// Why dead-lettering is stuck, if it is.
+    pub fn stuck(&self) -> Option<String> {
+        let failing = self.failing.lock().expect("dead letters lock");
+        let ((topic, partition, offset), error) = failing.iter().next()?;
+        Some(format!(
+            "dead-letter writes failing for {} record(s), e.g. {topic}/{partition}@{offset}: {error}",
+            failing.len()
+        ))
+    }
+
+    fn failed(&self, source: (String, i32, i64), error: String) -> bool {
+        self.failing
+            .lock()
+            .expect("dead letters lock")
+            .insert(source, error)
+            .is_none()
+    }
+
+    fn written(&self, source: &(String, i32, i64)) {
+        self.failing
+            .lock()
+            .expect("dead letters lock")
+            .remove(source);
+    }
+}
+
 /// Settings of one role's consumer.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
     pub brokers: String,
     pub topic_prefix: String,
     pub max_attempts: u32,
+    /// `KAFKA_CONFIG`: for every client.
+    pub common: Vec<String>,
+    /// `KAFKA_CONSUMER_CONFIG`: for the consumers, on top.
     pub overrides: Vec<String>,
+    /// Shared by every role, and read by the readiness check.
+    pub dead_letters: Arc<DeadLetterState>,
+}
+
+impl ConsumerSettings {
+    /// A role's consumer: offsets stored by hand after each effect and committed in the
+    /// background; a group with no committed offset starts from the earliest record.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        crate::kafka::client_config(
+            &self.brokers,
+            &[
+                ("group.id", group),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("session.timeout.ms", "30000"),
+                // Consumer lag for the metrics (LagContext).
+                ("statistics.interval.ms", "5000"),
+                ("reconnect.backoff.max.ms", "1000"),
+            ],
+            &[&self.common, &self.overrides],
+        )
+    }
+
+    /// The dead-letter producer: it must be able to write any record the consumer could read,
+    /// so its size limit is librdkafka's largest (the broker's own limit still applies).
+    pub fn dead_letter_config(&self) -> ClientConfig {
+        crate::kafka::client_config(
+            &self.brokers,
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("message.max.bytes", "1000000000"),
+                // An attempt ends (and is retried) within 10 s, so a failing write shows.
+                ("message.timeout.ms", "10000"),
+            ],
+            &[&self.common],
+        )
+    }
 }
 
 /// How long a stopping worker waits for its final commit and group leave.
@@ -155,35 +234,13 @@ impl RoleConsumer {
         settings: &ConsumerSettings,
         effects: Arc<Effects>,
     ) -> Result<Self, KafkaError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &settings.brokers)
-            .set("group.id", role.group())
-            // Offsets are stored by hand after each effect and committed in the background.
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            // A group with no committed offset starts from the earliest record.
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "30000")
-            // Consumer lag for the metrics (LagContext).
-            .set("statistics.interval.ms", "5000")
-            .set("reconnect.backoff.max.ms", "1000");
-        for pair in &settings.overrides {
-            if let Some((key, value)) = pair.split_once('=') {
-                config.set(key.trim(), value.trim());
-            }
-        }
-        let consumer: StreamConsumer<LagContext> =
-            config.create_with_context(LagContext { role: role.name() })?;
+        let consumer: StreamConsumer<LagContext> = settings
+            .consumer_config(&role.group())
+            .create_with_context(LagContext { role: role.name() })?;
         let topics = role.topics(&settings.topic_prefix);
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        let dlq: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()?;
+        let dlq: FutureProducer = settings.dead_letter_config().create()?;
         Ok(RoleConsumer {
             role,
             consumer,
@@ -192,6 +249,7 @@ impl RoleConsumer {
             effects,
             tracker: Mutex::new(OffsetTracker::default()),
             max_attempts: settings.max_attempts.max(1),
+            dead_letters: Arc::clone(&settings.dead_letters),
         })
     }
 
@@ -339,6 +397,11 @@ impl RoleConsumer {
                 key: "source_offset",
                 value: Some(&offset),
             });
+        let source = (
+            message.topic().to_owned(),
+            message.partition(),
+            message.offset(),
+        );
         let mut attempt = 0;
         loop {
             let mut record = FutureRecord::to(&self.dlq_topic)
@@ -348,10 +411,26 @@ impl RoleConsumer {
                 record = record.key(key);
             }
             match self.dlq.send(record, Duration::from_secs(10)).await {
-                Ok(_) => return,
+                Ok(_) => {
+                    if attempt > 0 {
+                        tracing::info!(
+                            role = self.role.name(),
+                            "dead-letter write succeeded after failing: the partition moves on"
+                        );
+                    }
+                    self.dead_letters.written(&source);
+                    return;
+                }
                 Err((error, _)) => {
                     attempt += 1;
-                    tracing::warn!(role = self.role.name(), %error, "dead-letter write failed: retrying");
+                    metrics::counter!("wxpipe_worker_dead_letter_failures_total", "role" => self.role.name())
+                        .increment(1);
+                    if self.dead_letters.failed(source.clone(), error.to_string()) {
+                        tracing::error!(role = self.role.name(), topic = %self.dlq_topic, %error,
+                            "dead-letter write failed: this record's partition waits until it succeeds (readiness says so)");
+                    } else {
+                        tracing::warn!(role = self.role.name(), %error, attempt, "dead-letter write failed again: retrying");
+                    }
                     tokio::time::sleep(backoff(attempt)).await;
                 }
             }

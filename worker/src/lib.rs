@@ -24,6 +24,7 @@ use tokio::sync::watch;
 pub mod config;
 pub mod consume;
 pub mod effects;
+pub mod kafka;
 pub mod store;
 pub mod wechat;
 
@@ -48,20 +49,33 @@ pub enum StartError {
     Http(#[from] reqwest::Error),
     #[error("admin listener {0}")]
     Admin(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// Ready when the store answers and the Kafka cluster returns metadata, now.
-fn readiness(store: Arc<dyn store::EffectStore>, brokers: String) -> ops::admin::Readiness {
+fn readiness(
+    store: Arc<dyn store::EffectStore>,
+    settings: &ConsumerSettings,
+) -> ops::admin::Readiness {
+    let dead_letters = Arc::clone(&settings.dead_letters);
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let probe: Option<Arc<BaseConsumer>> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .ok()
-        .map(Arc::new);
+    let probe: Option<Arc<BaseConsumer>> = kafka::client_config(
+        &settings.brokers,
+        &[],
+        &[&settings.common, &settings.overrides],
+    )
+    .create()
+    .ok()
+    .map(Arc::new);
     Arc::new(move || {
         let store = Arc::clone(&store);
         let probe = probe.clone();
+        let dead_letters = Arc::clone(&dead_letters);
         Box::pin(async move {
+            if let Some(stuck) = dead_letters.stuck() {
+                return Err(stuck);
+            }
             store.ping().await.map_err(|e| format!("redis: {e}"))?;
             let probe = probe.ok_or("kafka: no client")?;
             tokio::task::spawn_blocking(move || {
@@ -146,13 +160,16 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
 /// records (or leaves them for redelivery) within `grace`, below the session timeout.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let brokers = config.brokers().ok_or(StartError::NoBrokers)?.to_owned();
+    config.validate().map_err(StartError::Config)?;
     ops::prometheus();
     let effects = effects(&config).await?;
     let settings = ConsumerSettings {
         brokers,
         topic_prefix: config.topic_prefix.clone(),
         max_attempts: config.settings.max_attempts,
+        common: config.kafka_config.clone(),
         overrides: config.settings.kafka_consumer_config.clone(),
+        dead_letters: Arc::default(),
     };
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -161,7 +178,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .await
             .map_err(|e| StartError::Admin(format!("{}: {e}", config.admin_listen)))?;
         tracing::info!(addr = %config.admin_listen, "admin endpoints listening");
-        let check = readiness(Arc::clone(&effects.store), settings.brokers.clone());
+        let check = readiness(Arc::clone(&effects.store), &settings);
         let mut stopped = stopped.clone();
         tasks.push(tokio::spawn(ops::admin::serve(
             listener,

@@ -11,6 +11,10 @@ fn main() -> ExitCode {
         eprintln!("worker: KAFKA_BROKERS is required (the embedded default runs the workers inside `ingest`)");
         return ExitCode::from(2);
     }
+    if let Err(error) = config.validate() {
+        eprintln!("worker: invalid configuration: {error}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

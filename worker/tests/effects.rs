@@ -607,3 +607,150 @@ async fn concurrent_token_requests_fetch_one_token_per_round() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_larger_than_a_default_producer_takes_is_dead_lettered() {
+    // The consumer reads a 1,010,000-byte record; the dead-letter producer's default limit
+    // is 1,000,000, which stalled the partition forever.
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let env = Env::start().await;
+    let big = vec![b'x'; 1_010_000];
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", env.kafka.brokers())
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::to(&env.topic("location"))
+                .key("big")
+                .payload(&big),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    env.produce("location", &[location("gh_a", "after_big", 120, 1.0, 2.0)]);
+    let (stop, task) = env.spawn(&["--role", "location"]);
+    let dlq = format!("{}.dlq.location", env.prefix);
+    wait_for("the big record dead-lettered", || {
+        env.kafka.count(&dlq) == 1
+    })
+    .await;
+    let store = env.store().await;
+    wait_for_async("the next record's effect", || async {
+        store
+            .latest_location("gh_a", "after_big")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_dead_letter_write_makes_the_worker_unready_until_it_succeeds() {
+    // A record that fails (Redis is down) must go to the dead-letter topic, which Kafka
+    // refuses for a while: the worker says so in /readyz instead of stalling silently.
+    let env = Env::start().await;
+    env.produce("location", &[location("gh_a", "stuck", 120, 1.0, 2.0)]);
+    let port = free_port();
+    let dead_redis = format!("redis://127.0.0.1:{}/", free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .envs(env.vars())
+        .env("REDIS_URL", dead_redis)
+        .env("WORKER_ROLES", "location")
+        .env("WORKER_MAX_ATTEMPTS", "6")
+        .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let ready = || async {
+        let response = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        Some((response.status().as_u16(), response.text().await.ok()?))
+    };
+    // Up, in its group and the record fetched (its six attempts take over 10 s), then Kafka
+    // goes away.
+    wait_for_async("the admin port", || async { ready().await.is_some() }).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mock = env.kafka.mock_cluster().unwrap();
+    mock.broker_down(1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut said = None;
+    while std::time::Instant::now() < deadline {
+        if let Some((503, body)) = ready().await {
+            if body.contains("dead-letter") {
+                said = Some(body);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        said.is_some(),
+        "readiness never named the failing dead-letter write"
+    );
+    mock.broker_up(1).unwrap();
+    let dlq = format!("{}.dlq.location", env.prefix);
+    wait_for("the dead letter written", || env.kafka.count(&dlq) == 1).await;
+    wait_for_async("readiness no longer blaming dead letters", || async {
+        ready()
+            .await
+            .is_some_and(|(_, body)| !body.contains("dead-letter"))
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_settings_reach_every_client_and_bad_ones_stop_the_start() {
+    let settings = worker::consume::ConsumerSettings {
+        brokers: "b:9092".into(),
+        topic_prefix: "p".into(),
+        max_attempts: 1,
+        common: vec![
+            "security.protocol=sasl_ssl".into(),
+            "sasl.mechanism=PLAIN".into(),
+        ],
+        overrides: vec!["session.timeout.ms=6000".into()],
+        dead_letters: Default::default(),
+    };
+    let consumer = settings.consumer_config("g");
+    let dead_letter = settings.dead_letter_config();
+    for config in [&consumer, &dead_letter] {
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.mechanism"), Some("PLAIN"));
+    }
+    assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+    // The dead-letter producer takes any record the consumer can read.
+    let max: u64 = dead_letter
+        .get("message.max.bytes")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(max >= 1_000_000_000, "{max}");
+
+    // A setting librdkafka cannot read is a clear start-up error naming it.
+    let env = Env::start().await;
+    for (setting, value) in [
+        ("KAFKA_CONFIG", "security.protocol"),
+        ("KAFKA_CONSUMER_CONFIG", "fetch.wait.max.ms"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .envs(env.vars())
+            .env(setting, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{setting}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(setting), "{stderr}");
+    }
+}

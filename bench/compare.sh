@@ -24,13 +24,15 @@ start_kafka cmp
 start_redis
 
 measure() { # label, ingest binary
-  local port pid i0 r0 k0 json
+  local port admin pid i0 r0 k0 json
   port=$(free_port)
+  admin=$(free_port)
   json=$(mktemp)
-  INGEST_LISTEN=127.0.0.1:$port WECHAT_TOKEN=$TOKEN KAFKA_BROKERS=$BROKERS KAFKA_TOPIC_PREFIX=cmp \
+  INGEST_LISTEN=127.0.0.1:$port INGEST_ADMIN_LISTEN=127.0.0.1:$admin WECHAT_TOKEN=$TOKEN \
+    KAFKA_BROKERS=$BROKERS KAFKA_TOPIC_PREFIX=cmp \
     REDIS_URL=redis://127.0.0.1:$REDIS_PORT/ RUST_LOG=error "$2" &
   pid=$!
-  wait_http "http://127.0.0.1:$port/healthz"
+  wait_ingest "$port" "$admin"
   $BIN/wxload run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --count 2000 --connections 8 --no-progress >/dev/null
   i0=$(ticks "$pid"); r0=$(ticks "$REDIS_PID"); k0=$(ticks "$KAFKA_PID")
   $BIN/wxload run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \

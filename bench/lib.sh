@@ -9,6 +9,17 @@ command -v redis-server >/dev/null || { echo "bench: redis-server is required (t
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bench: $1 did not come up" >&2; exit 1; }
+# wait_ingest PORT ADMIN_PORT: an ingress answers /healthz on its admin listener (builds before
+# the admin listener answered it on the public port: those pass too).
+wait_ingest() {
+  for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$2/healthz" >/dev/null 2>&1 && return 0
+    curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "bench: the ingress on port $1 did not come up" >&2
+  exit 1
+}
 # CPU time of a process so far, in clock ticks (1/100 s): utime + stime.
 ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 

@@ -50,11 +50,13 @@ BASE_TICKS=$(($(ticks "$BASE_PID") - B0))
 
 echo "== (b) full ingress" >&2
 INGEST_PORT=$(free_port)
-INGEST_LISTEN=127.0.0.1:$INGEST_PORT WECHAT_TOKEN=$TOKEN KAFKA_BROKERS=$BROKERS KAFKA_TOPIC_PREFIX=$PREFIX \
+INGEST_ADMIN_PORT=$(free_port)
+INGEST_LISTEN=127.0.0.1:$INGEST_PORT INGEST_ADMIN_LISTEN=127.0.0.1:$INGEST_ADMIN_PORT WECHAT_TOKEN=$TOKEN \
+  KAFKA_BROKERS=$BROKERS KAFKA_TOPIC_PREFIX=$PREFIX \
   REDIS_URL=redis://127.0.0.1:$REDIS_PORT/ RUST_LOG=warn $BIN/ingest &
 INGEST_PID=$!
 PIDS+=($INGEST_PID)
-wait_http "http://127.0.0.1:$INGEST_PORT/healthz"
+wait_ingest "$INGEST_PORT" "$INGEST_ADMIN_PORT"
 # Warm up connections and metadata.
 $BIN/wxload run --url "http://127.0.0.1:$INGEST_PORT/wechat" --token "$TOKEN" --count 2000 --no-progress \
   --connections 8 >/dev/null

@@ -647,3 +647,43 @@ async fn clients_hanging_up_at_every_stage_never_stop_the_replay() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_black_holed_or_cut_by_the_network_never_delays_or_loses_a_push() {
+    // Not a paused Redis but a network that swallows bytes, then one that resets connections.
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis_addr(&redis.url())).await;
+    let mut config = test_config(&proxy.redis_url());
+    config.ack_deadline_ms = 1500;
+    let app = TestApp::spawn_with(config).await;
+    assert_eq!(app.post_push(&push("net_warm", now())).await.0, 200);
+
+    proxy.stall();
+    for i in 0..20 {
+        let started = Instant::now();
+        let (status, reason) = app.post_push(&push(&format!("net_stall{i}"), now())).await;
+        assert_eq!(status, 200, "{reason}");
+        assert!(
+            started.elapsed() < Duration::from_millis(2000),
+            "answered in {:?}",
+            started.elapsed()
+        );
+    }
+    proxy.cut();
+    proxy.resume();
+    // The connection comes back by itself, and dedup with it.
+    assert!(
+        app.wait_ready(Duration::from_secs(10)).await,
+        "Redis reachable again"
+    );
+    let again = push("net_back", now());
+    let query = TestApp::signed_query(TOKEN, "net-back");
+    for _ in 0..3 {
+        assert_eq!(app.post_with_query(&query, &again).await.0, 200);
+    }
+    let records = app.read("event.subscribe", 22);
+    assert_eq!(records.len(), 22, "every push answered 200 is on Kafka");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.count("event.subscribe"), 22, "the retries deduplicated");
+    app.stop().await;
+}

@@ -7,10 +7,15 @@
 //! - [`FakeWeChat`]: the WeChat API calls the workers make, served on a local port.
 //! - [`unique`], [`free_port`], [`eventually`], [`terminate`]: names, ports, polling and
 //!   SIGTERM with a deadline.
+//! - [`Proxy`] and [`SmallDisk`]: faults to inject, a network that stalls or cuts and a disk
+//!   that fills up (with Redis's `CLIENT PAUSE`, the mock cluster's broker controls, and
+//!   clients that hang up, these are the fault suite's tools).
 
 mod fake_wechat;
+mod faults;
 
 pub use fake_wechat::{FakeState, FakeWeChat};
+pub use faults::{redis_addr, Proxy, SmallDisk};
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

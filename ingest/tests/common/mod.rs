@@ -11,7 +11,9 @@ use schemas::{Event, Topic};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use testkit::{eventually, free_port, unique, Kafka, RedisServer};
+pub use testkit::{
+    eventually, free_port, redis_addr, unique, Kafka, Proxy, RedisServer, SmallDisk,
+};
 
 pub const TOKEN: &str = "wxpipe-test-token";
 
@@ -287,49 +289,4 @@ pub async fn post_to_port(port: u16, xml: &str) -> u16 {
         .send()
         .await
         .map_or(0, |r| r.status().as_u16())
-}
-
-/// A small tmpfs (root only): a disk that fills up. `None` where it cannot be mounted.
-pub struct SmallDisk {
-    pub path: std::path::PathBuf,
-}
-
-impl SmallDisk {
-    pub fn mount(size: &str) -> Option<SmallDisk> {
-        let path = std::env::temp_dir().join(unique("wxpipe-disk-"));
-        std::fs::create_dir_all(&path).ok()?;
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-            return None;
-        }
-        Some(SmallDisk { path })
-    }
-
-    /// Fills the disk with a filler file until a write fails.
-    pub fn fill(&self) {
-        use std::io::Write;
-        let mut filler = std::fs::File::create(self.path.join("filler")).unwrap();
-        let chunk = vec![0u8; 4096];
-        while filler.write_all(&chunk).is_ok() {}
-        let _ = filler.write_all(&[0]);
-    }
-
-    pub fn free(&self) {
-        let _ = std::fs::remove_file(self.path.join("filler"));
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }

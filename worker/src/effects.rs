@@ -191,6 +191,16 @@ impl Effects {
         ) else {
             return Outcome::Poison("location without coordinates".into());
         };
+        // Checked before any write: the store's GEO set refuses what is off the globe, and an
+        // effect must be whole or nothing.
+        if !(-90.0..=90.0).contains(&latitude)
+            || !(-180.0..=180.0).contains(&longitude)
+            || !precision.is_finite()
+        {
+            return Outcome::Poison(format!(
+                "coordinates off the globe: latitude {latitude}, longitude {longitude}"
+            ));
+        }
         let created_at = match check_created_at(event) {
             Ok(created_at) => created_at,
             Err(poison) => return poison,

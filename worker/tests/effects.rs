@@ -754,3 +754,31 @@ async fn kafka_settings_reach_every_client_and_bad_ones_stop_the_start() {
         assert!(stderr.contains(setting), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_off_the_globe_is_poison_with_no_effect() {
+    // Longitude 500: GEOADD refuses it, and Redis keeps what a script wrote before the error;
+    // the coordinates are checked before any write.
+    let env = Env::start().await;
+    let store = env.store().await;
+    env.produce("location", &[location("gh_a", "lost", 120, 23.1, 500.0)]);
+    env.produce("location", &[location("gh_a", "lost", 110, 23.2, 113.0)]);
+    let (stop, task) = env.spawn(&["--role", "location"]);
+    let dlq = format!("{}.dlq.location", env.prefix);
+    wait_for("the bad location dead-lettered", || {
+        env.kafka.count(&dlq) == 1
+    })
+    .await;
+    wait_for_async("the older, valid location applied", || async {
+        store
+            .latest_location("gh_a", "lost")
+            .await
+            .unwrap()
+            .is_some_and(|l| l.created_at == 110)
+    })
+    .await;
+    let history = store.location_history("gh_a", "lost").await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    drop(stop);
+    task.await.unwrap();
+}

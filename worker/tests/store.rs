@@ -107,6 +107,17 @@ async fn suite(s: &dyn EffectStore) {
     let latest = s.latest_location("gh_a", "o1").await.unwrap().unwrap();
     assert_eq!((latest.latitude, latest.created_at), (23.3, 30));
     assert_eq!(s.location_history("gh_a", "o1").await.unwrap().len(), 3);
+    // Another location in the same second, then a redelivery of the first: the redelivery
+    // changes nothing.
+    let of_o2 = |id, latitude| Location {
+        openid: "o2",
+        ..loc(id, 30, latitude)
+    };
+    s.location(of_o2("f1", 23.3)).await.unwrap();
+    s.location(of_o2("f2", 23.5)).await.unwrap();
+    s.location(of_o2("f1", 23.3)).await.unwrap();
+    let latest = s.latest_location("gh_a", "o2").await.unwrap().unwrap();
+    assert_eq!(latest.latitude, 23.5, "a redelivery changes nothing");
     s.location(loc("e4", 40, 89.9)).await.unwrap();
     let history = s.location_history("gh_a", "o1").await.unwrap();
     assert_eq!(history.len(), 3, "capped");

@@ -106,7 +106,11 @@ impl EffectStore for MemoryStore {
         self.with(|s| {
             let k = key(l.account, l.openid);
             let history = s.history.entry(k.clone()).or_default();
-            history.insert((l.created_at, history_member(&l)));
+            // Already in the history: a redelivery, which changes nothing (its effect is in
+            // place).
+            if !history.insert((l.created_at, history_member(&l))) {
+                return Applied::Yes;
+            }
             while history.len() > l.history.max(1) {
                 history.pop_first();
             }

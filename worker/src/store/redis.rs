@@ -30,14 +30,22 @@ return 1
 
 /// KEYS: location hash, GEO set, history. ARGV: latitude, longitude, precision, created_at,
 /// openid, history member, history length, GEO latitude.
+///
+/// Redis does not undo a script's writes on a runtime error, so the one command that can
+/// refuse its input (GEOADD) runs before any other write; and an event already in the history
+/// is a redelivery, which changes nothing (its effect is in place: 1).
 const LOCATION: &str = r"
+if redis.call('ZSCORE', KEYS[3], ARGV[6]) then return 1 end
+local at = tonumber(redis.call('HGET', KEYS[1], 'created_at'))
+local latest = not at or tonumber(ARGV[4]) >= at
+if latest then
+  redis.call('GEOADD', KEYS[2], ARGV[2], ARGV[8], ARGV[5])
+  redis.call('HSET', KEYS[1], 'latitude', ARGV[1], 'longitude', ARGV[2], 'precision', ARGV[3], 'created_at', ARGV[4])
+end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[7]) + 1))
-local at = tonumber(redis.call('HGET', KEYS[1], 'created_at'))
-if at and tonumber(ARGV[4]) < at then return 0 end
-redis.call('HSET', KEYS[1], 'latitude', ARGV[1], 'longitude', ARGV[2], 'precision', ARGV[3], 'created_at', ARGV[4])
-redis.call('GEOADD', KEYS[2], ARGV[2], ARGV[8], ARGV[5])
-return 1
+if latest then return 1 end
+return 0
 ";
 
 /// KEYS: welcome key. ARGV: owner, lease ms. 0 claimed, 1 sent, 2 in flight.

@@ -157,8 +157,9 @@ pub async fn serve(
     );
     // The embedded default runs the workers here, so one command shows the whole flow.
     let workers = if config.run_workers {
+        let workers = worker::start(config.worker_config()).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(worker::run(config.worker_config(), async {
+        let task = tokio::spawn(workers.run(async {
             let _ = stopped.await;
         }));
         tracing::info!("workers running in-process (unbind, welcome, location)");
@@ -196,9 +197,8 @@ pub async fn serve(
     }
     if let Some((stop, task)) = workers {
         let _ = stop.send(());
-        match task.await {
-            Ok(result) => result?,
-            Err(error) => tracing::warn!(%error, "workers ended abnormally"),
+        if let Err(error) = task.await {
+            tracing::warn!(%error, "workers ended abnormally");
         }
     }
     tracing::info!("ingest stopped");

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::{Partition, Statistics};
@@ -320,7 +320,11 @@ impl RoleConsumer {
         let thread = std::thread::Builder::new()
             .name("consumer-close".into())
             .spawn(move || {
-                let committed = self.consumer.commit_consumer_state(CommitMode::Sync);
+                // Nothing stored since the last commit is not a failure.
+                let committed = match self.consumer.commit_consumer_state(CommitMode::Sync) {
+                    Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+                    other => other,
+                };
                 drop(self);
                 let _ = closed.send(committed);
             });

@@ -156,9 +156,25 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
     }))
 }
 
-/// Runs the configured roles until `shutdown` resolves; then each finishes its in-flight
-/// records (or leaves them for redelivery) within `grace`, below the session timeout.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+/// Workers built and ready to consume: every client created, the admin port bound. Built by
+/// [`start`], so a configuration that cannot work (a property librdkafka refuses, a port in
+/// use) fails before anything runs, and the embedded ingress can refuse to start with it.
+pub struct Workers {
+    consumers: Vec<Arc<RoleConsumer>>,
+    admin: Option<(tokio::net::TcpListener, ops::admin::Readiness)>,
+    concurrency: usize,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("consumers", &self.consumers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds every role's consumer and the admin listener.
+pub async fn start(config: Config) -> Result<Workers, StartError> {
     let brokers = config.brokers().ok_or(StartError::NoBrokers)?.to_owned();
     config.validate().map_err(StartError::Config)?;
     ops::prometheus();
@@ -171,35 +187,70 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         overrides: config.settings.kafka_consumer_config.clone(),
         dead_letters: Arc::default(),
     };
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = Vec::new();
-    if !config.admin_listen.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&config.admin_listen)
-            .await
-            .map_err(|e| StartError::Admin(format!("{}: {e}", config.admin_listen)))?;
-        tracing::info!(addr = %config.admin_listen, "admin endpoints listening");
-        let check = readiness(Arc::clone(&effects.store), &settings);
-        let mut stopped = stopped.clone();
-        tasks.push(tokio::spawn(ops::admin::serve(
-            listener,
-            check,
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            },
-        )));
+    let consumers = config
+        .roles()
+        .into_iter()
+        .map(|role| {
+            RoleConsumer::new(role, &settings, Arc::clone(&effects))
+                .map(Arc::new)
+                .map_err(|e| {
+                    StartError::Config(format!(
+                        "the {} consumer: {e} (check KAFKA_CONFIG and KAFKA_CONSUMER_CONFIG)",
+                        role.name()
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let admin = match config.admin_listen.as_str() {
+        "" => None,
+        addr => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Admin(format!("{addr}: {e}")))?;
+            tracing::info!(%addr, "admin endpoints listening");
+            Some((listener, readiness(Arc::clone(&effects.store), &settings)))
+        }
+    };
+    Ok(Workers {
+        consumers,
+        admin,
+        concurrency: config.settings.concurrency,
+    })
+}
+
+impl Workers {
+    /// Runs the roles until `shutdown` resolves; then each finishes its in-flight records (or
+    /// leaves them for redelivery) within its grace, below the session timeout.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if let Some((listener, check)) = self.admin {
+            let mut stopped = stopped.clone();
+            tasks.push(tokio::spawn(ops::admin::serve(
+                listener,
+                check,
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                },
+            )));
+        }
+        for consumer in self.consumers {
+            tasks.push(tokio::spawn(consumer.run(
+                self.concurrency,
+                stopped.clone(),
+                Duration::from_secs(10),
+            )));
+        }
+        shutdown.await;
+        let _ = stop.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
     }
-    for role in config.roles() {
-        let consumer = Arc::new(RoleConsumer::new(role, &settings, Arc::clone(&effects))?);
-        tasks.push(tokio::spawn(consumer.run(
-            config.settings.concurrency,
-            stopped.clone(),
-            Duration::from_secs(10),
-        )));
-    }
-    shutdown.await;
-    let _ = stop.send(true);
-    for task in tasks {
-        let _ = task.await;
-    }
+}
+
+/// [`start`], then [`Workers::run`] until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    start(config).await?.run(shutdown).await;
     Ok(())
 }

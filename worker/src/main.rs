@@ -22,11 +22,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(worker::run(config, ops::shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("worker: {error}");
-            ExitCode::FAILURE
+    runtime.block_on(async {
+        match worker::start(config).await {
+            Ok(workers) => {
+                workers.run(ops::shutdown_signal()).await;
+                ExitCode::SUCCESS
+            }
+            // Nothing ran: the configuration cannot work as it is.
+            Err(error) => {
+                eprintln!("worker: {error}");
+                ExitCode::from(2)
+            }
         }
-    }
+    })
 }

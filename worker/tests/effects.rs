@@ -782,3 +782,49 @@ async fn a_location_off_the_globe_is_poison_with_no_effect() {
     drop(stop);
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_property_librdkafka_refuses_stops_the_start_and_a_clean_stop_raises_no_alarm() {
+    let env = Env::start().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .envs(env.vars())
+        .env("KAFKA_CONSUMER_CONFIG", "no.such.property=1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("KAFKA_CONSUMER_CONFIG") && stderr.contains("no.such.property"),
+        "{stderr}"
+    );
+
+    // Nothing consumed, then SIGTERM: no "final commit failed" alarm (NoOffset is not one).
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .envs(env.vars())
+        .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    wait_for_async("ready", || async {
+        client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    // In the group, with its partitions assigned.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let status = testkit::terminate(&mut child, Duration::from_secs(20))
+        .await
+        .expect("exited after SIGTERM");
+    assert!(status.success(), "{status}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("worker stopped"), "{log}");
+    assert!(!log.contains("final commit failed"), "{log}");
+}

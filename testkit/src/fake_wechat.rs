@@ -28,6 +28,8 @@ pub struct FakeState {
     pub failures: HashMap<String, (i64, u32)>,
     /// Delay before answering a send.
     pub send_delay: Duration,
+    /// stable_token always answers this token, forced or not (and sends refuse it).
+    pub stuck_token: Option<String>,
     issued: u32,
 }
 
@@ -123,7 +125,11 @@ async fn answer(
                 .push(body["force_refresh"].as_bool().unwrap_or(false));
             // Like WeChat's stable_token: the same token until it expires or a refresh is forced.
             let current = format!("TOKEN-{}", s.issued);
-            if s.issued > 0 && !s.expired.contains(&current) && body["force_refresh"] != true {
+            if let Some(stuck) = s.stuck_token.clone() {
+                s.expired.insert(stuck.clone());
+                json!({"access_token": stuck, "expires_in": 7200})
+            } else if s.issued > 0 && !s.expired.contains(&current) && body["force_refresh"] != true
+            {
                 json!({"access_token": current, "expires_in": 7200})
             } else {
                 s.issued += 1;

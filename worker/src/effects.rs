@@ -172,6 +172,12 @@ impl Effects {
                     tracing::warn!(%error, errcode = error.errcode(), id = %ops::redact_id(&event.id), "welcome not sent (permanent)");
                     Outcome::Skipped(error.to_string())
                 }
+                ErrorClass::Account => {
+                    tracing::error!(%error, errcode = error.errcode(), account = %event.account,
+                        "the account cannot send welcomes: check its AppID, AppSecret and API permissions");
+                    let _ = self.store.abandon_send(&event.id, &self.owner).await;
+                    Outcome::Retry(error.to_string())
+                }
                 ErrorClass::Retriable | ErrorClass::TokenInvalid => {
                     let _ = self.store.abandon_send(&event.id, &self.owner).await;
                     Outcome::Retry(error.to_string())

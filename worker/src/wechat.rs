@@ -23,8 +23,12 @@ pub struct Credentials {
 pub enum ErrorClass {
     /// The access token is invalid or expired: refresh it and retry once.
     TokenInvalid,
-    /// Will fail again (user unfollowed, out of the reply window, bad OpenID…): log, count, move on.
+    /// Will fail again for this user (unfollowed, out of the reply window, over the user's
+    /// quota): log, count, move on.
     Permanent,
+    /// The account cannot send (API not authorised, wrong credentials): nothing goes out for
+    /// any user until a person fixes it, so the send is retried, never recorded as done.
+    Account,
     /// May succeed later (system busy, rate limits, transport): retry with backoff.
     Retriable,
 }
@@ -49,8 +53,11 @@ impl ApiError {
             ApiError::Code { errcode, .. } => match errcode {
                 40001 | 40014 | 42001 => ErrorClass::TokenInvalid,
                 // 45015 out of the 48-hour/1-minute window, 45047 over the quota for this user,
-                // 43004 user does not follow, 40003 bad OpenID, 48001 API not authorized.
-                45015 | 45047 | 43004 | 40003 | 48001 => ErrorClass::Permanent,
+                // 43004 user does not follow.
+                45015 | 45047 | 43004 => ErrorClass::Permanent,
+                // 48001 API not authorised; 40003 invalid credentials (as WeChat answers for
+                // an account whose AppID falls back to another account's).
+                48001 | 40003 => ErrorClass::Account,
                 // -1 system busy, 45009 daily limit, 45011 rate limit; and anything unknown,
                 // bounded by the worker's attempts.
                 _ => ErrorClass::Retriable,
@@ -103,10 +110,9 @@ impl Reply {
     }
 }
 
-/// How long a process may hold the token fetch lock.
-const LOCK_TTL: Duration = Duration::from_secs(10);
-/// How long to wait for another process's fetch before failing (and retrying later).
-const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long to wait for another process's fetch before failing (and retrying later), beyond
+/// the longest a fetch may take.
+const LOCK_WAIT_MARGIN: Duration = Duration::from_secs(2);
 /// A cached token expires this much before WeChat's own expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
 
@@ -118,6 +124,9 @@ pub struct WeChat {
     store: Arc<dyn EffectStore>,
     /// This process, for the fetch lock.
     owner: String,
+    /// The longest a token fetch may take (a call, then a forced one), and so the fetch
+    /// lock's lease: the lock never expires while its holder still fetches.
+    fetch_bound: Duration,
 }
 
 impl WeChat {
@@ -136,6 +145,7 @@ impl WeChat {
             base: base.trim_end_matches('/').to_owned(),
             store,
             owner,
+            fetch_bound: 2 * timeout + Duration::from_secs(1),
         })
     }
 
@@ -194,21 +204,28 @@ impl WeChat {
         creds: &Credentials,
         failed: Option<&str>,
     ) -> Result<String, ApiError> {
-        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let deadline = tokio::time::Instant::now() + self.fetch_bound + LOCK_WAIT_MARGIN;
         loop {
             if let Some(token) = self.cached(creds, failed).await? {
                 return Ok(token);
             }
             if self
                 .store
-                .lock_token(&creds.appid, &self.owner, LOCK_TTL)
+                .lock_token(
+                    &creds.appid,
+                    &self.owner,
+                    self.fetch_bound + LOCK_WAIT_MARGIN,
+                )
                 .await?
             {
                 // Another process (or task) may have fetched and unlocked between our look at
                 // the cache and our lock: look again before spending a call of the quota.
+                // The fetch is bounded by the lock's lease, so no other process fetches too.
                 let fetched = match self.cached(creds, failed).await? {
                     Some(token) => Ok(token),
-                    None => self.fetch(creds, failed).await,
+                    None => tokio::time::timeout(self.fetch_bound, self.fetch(creds, failed))
+                        .await
+                        .unwrap_or(Err(ApiError::TokenWait)),
                 };
                 self.store.unlock_token(&creds.appid, &self.owner).await?;
                 return fetched;
@@ -261,9 +278,16 @@ impl WeChat {
                 .access_token
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| ApiError::Response("no access_token".into()))?;
-            if failed == Some(token.as_str()) && !force {
-                force = true;
-                continue;
+            if failed == Some(token.as_str()) {
+                if !force {
+                    force = true;
+                    continue;
+                }
+                // Even a forced refresh returned the token WeChat just refused: caching it
+                // would make every send fail until it expires. Try again later.
+                return Err(ApiError::Response(
+                    "a forced refresh returned the rejected token".into(),
+                ));
             }
             let lifetime = Duration::from_secs(reply.expires_in.unwrap_or(7200));
             let ttl = lifetime
@@ -293,8 +317,11 @@ mod tests {
         for code in [40001, 40014, 42001] {
             assert_eq!(class(code), ErrorClass::TokenInvalid, "{code}");
         }
-        for code in [45015, 45047, 43004, 40003, 48001] {
+        for code in [45015, 45047, 43004] {
             assert_eq!(class(code), ErrorClass::Permanent, "{code}");
+        }
+        for code in [40003, 48001] {
+            assert_eq!(class(code), ErrorClass::Account, "{code}");
         }
         for code in [-1, 45009, 45011, 99999] {
             assert_eq!(class(code), ErrorClass::Retriable, "{code}");

@@ -828,3 +828,61 @@ async fn a_property_librdkafka_refuses_stops_the_start_and_a_clean_stop_raises_n
     assert!(log.contains("worker stopped"), "{log}");
     assert!(!log.contains("final commit failed"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_api_just_rejected_is_never_cached() {
+    // WeChat keeps answering the refused token, even to a forced refresh: caching it would
+    // make every send fail until it expires.
+    use worker::wechat::{Credentials, WeChat};
+    let env = Env::start().await;
+    let store = env.store().await;
+    env.wechat.state.lock().unwrap().stuck_token = Some("TOKEN-STUCK".into());
+    let client = WeChat::new(
+        &env.wechat.base(),
+        Duration::from_secs(2),
+        std::sync::Arc::clone(&store),
+        "process-a".into(),
+    )
+    .unwrap();
+    let creds = Credentials {
+        appid: "wxstuck".into(),
+        appsecret: schemas::accounts::Secret::new("secret"),
+    };
+    assert!(client.send_text(&creds, "o1", "hi").await.is_err());
+    assert_eq!(
+        env.wechat.token_fetches(),
+        [false, false, true],
+        "a fetch, then on 42001 a normal and a forced one"
+    );
+    assert_ne!(
+        store.token("wxstuck").await.unwrap().as_deref(),
+        Some("TOKEN-STUCK"),
+        "the rejected token is not cached"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_level_refusal_is_never_recorded_as_sent() {
+    // 48001 (API not authorised) concerns the account, not the user: once the configuration
+    // is fixed the welcome must still go out, so it is retried and dead-lettered (for a
+    // redrive), never marked sent.
+    let env = Env::start().await;
+    let store = env.store().await;
+    env.wechat.fail("refused", 48001, u32::MAX);
+    let (key, value) = subscribe("gh_a", "refused", 100, None);
+    let id = schemas::Event::from_json(&value).unwrap().id;
+    env.produce("subscribe", &[(key, value)]);
+    let (stop, task) = env.spawn(&["--role", "welcome"]);
+    let dlq = format!("{}.dlq.welcome", env.prefix);
+    wait_for("the welcome dead-lettered", || env.kafka.count(&dlq) == 1).await;
+    assert_eq!(
+        store
+            .begin_send(&id, "checker", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        worker::store::SendClaim::Claimed,
+        "not recorded as sent"
+    );
+    drop(stop);
+    task.await.unwrap();
+}

@@ -95,8 +95,7 @@ pub enum Unavailable {
     Deadline,
     #[error("too many pushes in flight")]
     Overloaded,
-    #[error("the push failed inside the ingress")]
-    Internal,
+
     #[error("kafka unavailable and the spool refused: {0}")]
     Spool(#[from] crate::spool::SpoolError),
 }
@@ -108,7 +107,6 @@ impl Unavailable {
             Unavailable::Publish(_) => "publish_failed",
             Unavailable::Deadline => "deadline",
             Unavailable::Overloaded => "overloaded",
-            Unavailable::Internal => "internal",
             Unavailable::Spool(_) => "spool_failed",
         }
     }

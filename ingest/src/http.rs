@@ -34,6 +34,7 @@ pub struct Routes {
     pub allowed_ips: Vec<IpNet>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    pub metrics: PushMetrics,
 }
 
 /// The client of a request: the peer, or, when the peer is a trusted proxy, the rightmost
@@ -63,18 +64,60 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option
 
 /// A push being handled: holds its in-flight permit and counts it in the gauge until dropped,
 /// however the push ends.
-struct InFlight(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+struct InFlight<'a>(
+    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+    &'a metrics::Gauge,
+);
 
-impl InFlight {
-    fn enter(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
-        metrics::gauge!("wxpipe_pushes_in_flight").increment(1.0);
-        InFlight(permit)
+impl<'a> InFlight<'a> {
+    fn enter(permit: tokio::sync::OwnedSemaphorePermit, gauge: &'a metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        InFlight(permit, gauge)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        metrics::gauge!("wxpipe_pushes_in_flight").decrement(1.0);
+        self.1.decrement(1.0);
+    }
+}
+
+/// The hot path's metric handles, looked up once.
+#[derive(Debug)]
+pub struct PushMetrics {
+    in_flight: metrics::Gauge,
+    /// `wxpipe_push_ack_seconds` by outcome: published, duplicate, spooled, rejected, failed.
+    ack_seconds: [metrics::Histogram; 5],
+}
+
+impl PushMetrics {
+    /// Handles on the installed recorder (call after it is installed).
+    pub fn new() -> Self {
+        let ack = |outcome: &'static str| metrics::histogram!("wxpipe_push_ack_seconds", "outcome" => outcome);
+        PushMetrics {
+            in_flight: metrics::gauge!("wxpipe_pushes_in_flight"),
+            ack_seconds: [
+                ack("published"),
+                ack("duplicate"),
+                ack("spooled"),
+                ack("rejected"),
+                ack("failed"),
+            ],
+        }
+    }
+
+    fn ack_seconds(&self, outcome: &str) -> &metrics::Histogram {
+        let at = ["published", "duplicate", "spooled", "rejected"]
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(4);
+        &self.ack_seconds[at]
+    }
+}
+
+impl Default for PushMetrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -182,21 +225,12 @@ impl Routes {
                         arrived,
                     );
                 };
-                // The push runs in its own task, to its end, whatever the client does: a
-                // client that hangs up drops this future, never a push halfway.
-                let pipeline = Arc::clone(&self.pipeline);
-                let owner = Arc::clone(account);
-                let push = tokio::spawn(async move {
-                    let _in_flight = InFlight::enter(permit);
-                    pipeline.push(&owner, &signed, &body, arrived).await
-                });
-                let (topic, result) = match push.await {
-                    Ok(outcome) => outcome,
-                    Err(error) => {
-                        tracing::error!(%error, "push task failed");
-                        (None, Err(Unavailable::Internal.into()))
-                    }
-                };
+                // A client that hangs up drops this future at whatever await it is in: every
+                // counter the push holds is released by a guard (this permit, the spool's), a
+                // pending produce outcome is followed by a task of its own, and a claim left
+                // pending expires with its lease.
+                let _in_flight = InFlight::enter(permit, &self.metrics.in_flight);
+                let (topic, result) = self.pipeline.push(account, &signed, &body, arrived).await;
                 // WeChat reads an empty body as "received, do not retry, no reply".
                 self.answer(account, topic, result, arrived)
             }
@@ -240,7 +274,8 @@ impl Routes {
         metrics::counter!("wxpipe_pushes_total", "account" => account.name.clone(), "kind" => kind, "type" => type_,
             "outcome" => outcome, "reason" => reason)
         .increment(1);
-        metrics::histogram!("wxpipe_push_ack_seconds", "outcome" => outcome)
+        self.metrics
+            .ack_seconds(outcome)
             .record(arrived.elapsed().as_secs_f64());
         response
     }

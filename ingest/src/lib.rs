@@ -148,6 +148,7 @@ pub async fn serve(
         pipeline,
         allowed_ips: config.allowed_ips.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
+        metrics: http::PushMetrics::new(),
     });
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -170,8 +171,7 @@ pub async fn serve(
     let grace = config.ack_deadline() + Duration::from_secs(1);
     let max_connections = server::connection_limit(config.max_connections);
     let mut finished = server::serve(listener, routes, max_connections, shutdown, grace).await;
-    // Pushes run in tasks of their own (a client that hung up does not wait for its push):
-    // each holds an in-flight permit to its end, so holding them all means none is left.
+    // Each push holds an in-flight permit to its end: holding them all means none is left.
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     finished &= tokio::time::timeout(grace, in_flight.acquire_many(all))
         .await

@@ -19,12 +19,16 @@ use crate::parse::{self, ParseError, Push};
 use crate::publish::PublishError;
 use crate::publish::Publisher;
 use crate::recent::{Binding, RecentNonces};
-use crate::spool::{Spool, SpoolRecord};
+use crate::spool::{Spool, SpoolError, SpoolRecord};
 use crate::store::{Claim, ClaimRequest, DedupStore, NonceBinding, StoreError};
 use crate::verify;
 
-/// With a spool, Kafka's share of the ack deadline ends this much earlier, leaving time to
-/// fsync the push to the spool instead.
+/// How long a push waits for the replay to finish draining the spool before it joins the
+/// backlog instead (at most a quarter of the ack deadline).
+const DRAIN_WAIT: Duration = Duration::from_millis(250);
+
+/// With a spool, Kafka's share of the ack deadline ends this much earlier (at most a quarter
+/// of the deadline), leaving time to fsync the push to the spool instead.
 const SPOOL_RESERVE: Duration = Duration::from_millis(500);
 
 /// The query string WeChat signs a request with.
@@ -91,6 +95,27 @@ struct Opened<'b> {
     encrypted: bool,
 }
 
+/// A normalized push on its way to Kafka, borrowed: a spool record is made of it only when the
+/// push goes to the spool.
+#[derive(Debug, Clone, Copy)]
+struct Outgoing<'a> {
+    topic: &'a str,
+    key: &'a str,
+    id: &'a str,
+    value: &'a [u8],
+}
+
+impl Outgoing<'_> {
+    fn to_spool(self) -> SpoolRecord {
+        SpoolRecord {
+            topic: self.topic.to_owned(),
+            key: self.key.to_owned(),
+            id: self.id.to_owned(),
+            value: self.value.to_vec(),
+        }
+    }
+}
+
 /// A push answered 200.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
@@ -115,6 +140,9 @@ pub struct Pipeline {
     spool: Option<Arc<Spool>>,
     /// How long a claim may take, queue wait included, before the push goes on without it.
     claim_budget: Duration,
+    /// Metric handles of the hot path, looked up once.
+    kafka_in_flight: metrics::Gauge,
+    produce_seconds: metrics::Histogram,
     /// This instance's (timestamp, nonce) bindings, checked while the store cannot answer.
     recent_nonces: RecentNonces,
     /// Makes each attempt's claim token unique: this process's start time, then a counter.
@@ -148,6 +176,8 @@ impl Pipeline {
             publisher,
             spool,
             claim_budget: config.claim_budget(),
+            kafka_in_flight: metrics::gauge!("wxpipe_kafka_in_flight"),
+            produce_seconds: metrics::histogram!("wxpipe_kafka_produce_seconds"),
             recent_nonces: RecentNonces::new(config.nonce_ttl()),
             instance: format!(
                 "{}.{}.{}",
@@ -170,17 +200,31 @@ impl Pipeline {
                 0.0
             });
         };
-        let redis = self.store.ping().await.map_err(|e| format!("redis: {e}"));
-        up("redis", redis.is_ok());
+        // Both at once: a probe waits at most about a second, whatever is down.
         let publisher = Arc::clone(&self.publisher);
-        let kafka =
+        let (redis, kafka) = tokio::join!(self.store.ping(), async move {
             tokio::task::spawn_blocking(move || publisher.reachable(Duration::from_secs(1)))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|reached| reached.map_err(|e| e.to_string()))
-                .map_err(|e| format!("kafka: {e}"));
+        });
+        let redis = redis.map_err(|e| format!("redis: {e}"));
+        let kafka = kafka.map_err(|e| format!("kafka: {e}"));
+        up("redis", redis.is_ok());
         up("kafka", kafka.is_ok());
-        let spool = self.spool.as_ref().map(|spool| spool.writable());
+        let spool = match &self.spool {
+            // A disk that failed is probed again, so readiness comes back with it.
+            Some(spool) if !spool.writable() && spool.bytes() < spool.max_bytes() => {
+                let spool = Arc::clone(spool);
+                Some(
+                    tokio::task::spawn_blocking(move || spool.probe())
+                        .await
+                        .unwrap_or(false),
+                )
+            }
+            Some(spool) => Some(spool.writable()),
+            None => None,
+        };
         if let Some(writable) = spool {
             up("spool", writable);
         }
@@ -318,7 +362,8 @@ impl Pipeline {
         // the body's digest, so a captured query cannot carry another body. (In compatible and
         // safe mode `msg_signature` covers the ciphertext.) The binding is keyed by the account
         // the request was routed to, never by anything the body says.
-        let body_digest = hex::encode(Sha1::digest(body));
+        let body_sha1: [u8; 20] = Sha1::digest(body).into();
+        let body_digest = hex::encode(body_sha1);
         let (timestamp, nonce) = (signed.timestamp(), signed.nonce());
         let token = format!(
             "{}.{}",
@@ -349,7 +394,7 @@ impl Pipeline {
         if !encrypted && !matches!(claim, Ok(Claim::Replayed)) {
             let here = self
                 .recent_nonces
-                .bind(&account.name, timestamp, nonce, &body_digest);
+                .bind(&account.name, timestamp, nonce, &body_sha1);
             if here == Binding::Replayed {
                 if let Ok(Claim::Claimed) = claim {
                     self.settle_by(arrived + self.deadline, &event.id, &token, true, Err(None))
@@ -371,13 +416,13 @@ impl Pipeline {
                 false
             }
         };
-        let record = SpoolRecord {
-            topic: self.publisher.topic_name(topic).to_owned(),
-            key: event.openid.clone(),
-            id: event.id.clone(),
-            value: payload,
+        let outgoing = Outgoing {
+            topic: self.publisher.topic_name(topic),
+            key: &event.openid,
+            id: &event.id,
+            value: &payload,
         };
-        self.deliver(arrived, record, token, claimed).await
+        self.deliver(arrived, outgoing, &token, claimed).await
     }
 
     /// Makes a claimed (or, with Redis down, unclaimed) record durable: on Kafka within the
@@ -393,21 +438,37 @@ impl Pipeline {
     async fn deliver(
         self: &Arc<Self>,
         arrived: Instant,
-        record: SpoolRecord,
-        token: String,
+        out: Outgoing<'_>,
+        token: &str,
         claimed: bool,
     ) -> Result<Accepted, PushError> {
         let answer_by = arrived + self.deadline;
         // A push that claimed waits (until its deadline at most) for its confirm or release, so
         // WeChat's retries find it settled; one that could not claim does not wait on Redis.
         let settle_wait = if claimed { answer_by } else { Instant::now() };
-        let id = record.id.clone();
+        let id = out.id;
         let mut spool = self.spool.as_ref();
-        if let Some(active) = spool.filter(|s| s.active()) {
-            match active.append(&record).await {
-                Ok(()) => return Ok(self.spooled(settle_wait, &id).await),
-                Err(error) => {
-                    tracing::warn!(%error, id = %ops::redact_id(&id), "the spool refused a push: sending it to Kafka directly");
+        // While the replay takes the last of the backlog, wait for it (briefly) rather than
+        // join the backlog: under steady load the spool would otherwise never empty.
+        let drain_by = Instant::now() + DRAIN_WAIT.min(self.deadline / 4);
+        let joins = match spool.filter(|s| s.active()) {
+            Some(active) => !active.wait_drained(drain_by).await,
+            None => false,
+        };
+        if let Some(active) = spool.filter(|_| joins) {
+            // Half the time left at most: a spool that hangs (a stalled volume) leaves the
+            // other half to Kafka.
+            let by = Instant::now() + answer_by.saturating_duration_since(Instant::now()) / 2;
+            let appended = tokio::time::timeout_at(by.into(), active.append(&out.to_spool())).await;
+            match appended {
+                Ok(Ok(())) => return Ok(self.spooled(settle_wait, id).await),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, id = %ops::redact_id(id), "the spool refused a push: sending it to Kafka directly");
+                    spool = None;
+                }
+                Err(_) => {
+                    active.mark_stalled();
+                    tracing::warn!(id = %ops::redact_id(id), "the spool did not take a push in time: sending it to Kafka directly");
                     spool = None;
                 }
             }
@@ -415,46 +476,43 @@ impl Pipeline {
         // With a spool, Kafka gets the deadline less the time an fsync may take.
         let deadline = answer_by
             - if spool.is_some() {
-                SPOOL_RESERVE
+                SPOOL_RESERVE.min(self.deadline / 4)
             } else {
                 Duration::ZERO
             };
 
         let produced = Instant::now();
-        let delivery = match self
-            .publisher
-            .enqueue_named(&record.topic, &record.key, &record.value)
-        {
+        let delivery = match self.publisher.enqueue_named(out.topic, out.key, out.value) {
             Ok(delivery) => delivery,
             Err(error) => {
                 if let Some(spool) = spool.filter(|_| !error.is_permanent()) {
                     return self
-                        .spool(spool, settle_wait, &id, &token, claimed, &record)
+                        .spool(spool, settle_wait, id, token, claimed, &out.to_spool())
                         .await;
                 }
-                self.settle_by(settle_wait, &id, &token, claimed, Err(Some(&error)))
+                self.settle_by(settle_wait, id, token, claimed, Err(Some(&error)))
                     .await;
                 return Err(Unavailable::Publish(error).into());
             }
         };
-        let in_flight = metrics::gauge!("wxpipe_kafka_in_flight");
+        let (in_flight, produce_seconds) =
+            (self.kafka_in_flight.clone(), self.produce_seconds.clone());
         in_flight.increment(1.0);
         let mut delivered = Box::pin(async move {
             let outcome = Publisher::delivered(delivery).await;
             in_flight.decrement(1.0);
-            metrics::histogram!("wxpipe_kafka_produce_seconds")
-                .record(produced.elapsed().as_secs_f64());
+            produce_seconds.record(produced.elapsed().as_secs_f64());
             outcome
         });
         match tokio::time::timeout_at(deadline.into(), delivered.as_mut()).await {
             Ok(Err(error)) if spool.is_some() && !error.is_permanent() => {
                 let spool = spool.expect("checked");
-                self.spool(spool, settle_wait, &id, &token, claimed, &record)
+                self.spool(spool, settle_wait, id, token, claimed, &out.to_spool())
                     .await
             }
             Ok(outcome) => {
                 let settled = outcome.as_ref().map(drop).map_err(Some);
-                self.settle_by(settle_wait, &id, &token, claimed, settled)
+                self.settle_by(settle_wait, id, token, claimed, settled)
                     .await;
                 outcome
                     .map(|()| Accepted::Published)
@@ -467,32 +525,40 @@ impl Pipeline {
                 // 503, then confirm or release; if the lease runs out first, a retry publishes
                 // a second copy with the same id: better than a loss. (The replay waits for
                 // the first attempt's outcome, and skips the event if Kafka took it.)
-                let result = match spool {
-                    Some(spool) => {
-                        spool.outcome_pending();
-                        self.spool(spool, settle_wait, &id, &token, false, &record)
-                            .await
-                    }
-                    None => Err(Unavailable::Deadline.into()),
-                };
-                let release = claimed && result.is_err();
-                let spooled = result.is_ok();
-                let spool = spool.cloned();
-                let pipeline = Arc::clone(self);
+                // The task that follows the first produce starts before the spool append, so
+                // a push dropped during the append (its client hung up) still settles: the
+                // task then counts the record as not spooled (the replay may send a copy with
+                // the same id) and releases the claim (a retry may too).
+                let (spooled_tx, spooled_rx) = tokio::sync::oneshot::channel::<bool>();
+                if let Some(spool) = spool {
+                    spool.outcome_pending();
+                }
+                let follower = spool.cloned();
+                let (pipeline, id_, token_) = (Arc::clone(self), id.to_owned(), token.to_owned());
                 tokio::spawn(async move {
                     let outcome = delivered.await;
-                    if let Some(spool) = spool {
-                        spool.outcome_known(&id, spooled && outcome.is_ok());
+                    let spooled = spooled_rx.await.unwrap_or(false);
+                    if let Some(spool) = follower {
+                        spool.outcome_known(&id_, spooled && outcome.is_ok());
                     }
+                    let release = claimed && !spooled;
                     pipeline
                         .settle(
-                            &id,
-                            &token,
+                            &id_,
+                            &token_,
                             release,
                             outcome.as_ref().map(drop).map_err(Some),
                         )
                         .await;
                 });
+                let result = match spool {
+                    Some(spool) => {
+                        self.spool(spool, settle_wait, id, token, false, &out.to_spool())
+                            .await
+                    }
+                    None => Err(Unavailable::Deadline.into()),
+                };
+                let _ = spooled_tx.send(result.is_ok());
                 result
             }
         }
@@ -516,7 +582,21 @@ impl Pipeline {
         release: bool,
         record: &SpoolRecord,
     ) -> Result<Accepted, PushError> {
-        match spool.append(record).await {
+        // Never past the answer's deadline (and a little): a spool that hangs gets a 503,
+        // and WeChat retries. If the append lands after all, the replay sends a copy with
+        // the same id.
+        let by = settle_wait.max(Instant::now()) + SPOOL_RESERVE;
+        let appended = match tokio::time::timeout_at(by.into(), spool.append(record)).await {
+            Ok(appended) => appended,
+            Err(_) => {
+                spool.mark_stalled();
+                Err(SpoolError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the spool did not take the push in time",
+                )))
+            }
+        };
+        match appended {
             Ok(()) => Ok(self.spooled(settle_wait, id).await),
             Err(error) => {
                 tracing::error!(%error, id = %ops::redact_id(id), "kafka unavailable and the spool refused the event");
@@ -529,24 +609,19 @@ impl Pipeline {
         }
     }
 
-    /// Settles a claim in a task of its own (so it completes whatever happens to the push),
-    /// waiting for it until `by` at most: a Redis stall never holds an answer past its deadline.
+    /// Settles a claim, waiting for it until `by` at most: a Redis stall never holds an answer
+    /// past its deadline. A confirm or release is queued to the store on the first poll, and
+    /// the store applies a queued step whoever still waits for it, so stopping to wait here
+    /// does not cancel it.
     async fn settle_by(
-        self: &Arc<Self>,
+        &self,
         by: Instant,
         id: &str,
         token: &str,
         claimed: bool,
         outcome: Result<(), Option<&PublishError>>,
     ) {
-        let pipeline = Arc::clone(self);
-        let (id, token) = (id.to_owned(), token.to_owned());
-        let outcome = outcome.map_err(|e| e.cloned());
-        let task = tokio::spawn(async move {
-            let outcome = outcome.as_ref().map(drop).map_err(Option::as_ref);
-            pipeline.settle(&id, &token, claimed, outcome).await;
-        });
-        let _ = tokio::time::timeout_at(by.into(), task).await;
+        let _ = tokio::time::timeout_at(by.into(), self.settle(id, token, claimed, outcome)).await;
     }
 
     /// Records a publish outcome: durable → confirm the id; failed (`Err(None)`: before Kafka

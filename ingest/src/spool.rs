@@ -31,6 +31,9 @@ use tokio::sync::oneshot;
 
 use crate::publish::Publisher;
 
+/// Records Kafka refused for good, kept for a person (not a segment: never replayed).
+const REJECTED: &str = "rejected.seg.kept";
+
 /// A segment is sealed for replay past this size.
 const SEGMENT_BYTES: u64 = 8 << 20;
 const HEADER: usize = 8;
@@ -147,6 +150,10 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// whose first produce is still pending, so a segment that holds one is not sealed.
 #[derive(Debug, Default)]
 struct Shared {
+    /// Bytes held: committed segments, and appends under way (reserved before the write, so
+    /// the limit holds; the writer gives back what a failed write reserved, whether or not
+    /// its push still waits).
+    bytes: AtomicU64,
     committed: Mutex<std::collections::BTreeMap<u64, u64>>,
     unknown: AtomicU64,
     /// The last commit failed (the disk is full or failing); the next good one clears it.
@@ -164,6 +171,32 @@ enum Command {
 struct Backlog {
     active: bool,
     appending: usize,
+    /// The replay is taking the last of the backlog: new pushes wait for it (briefly) instead
+    /// of appending, so that under steady load the spool gets empty and pushes go straight to
+    /// Kafka again.
+    draining: bool,
+}
+
+/// Below this, the replay drains: new pushes wait for the last round instead of appending.
+const DRAIN_BELOW: u64 = 4 << 20;
+
+/// An append under way: counted in the backlog until dropped, however the append ends (a
+/// push whose client hung up drops it at its await), so the spool can tell it is drained.
+struct Appending<'a>(&'a Mutex<Backlog>);
+
+impl<'a> Appending<'a> {
+    fn enter(backlog: &'a Mutex<Backlog>) -> Self {
+        let mut state = backlog.lock().expect("backlog lock");
+        state.active = true;
+        state.appending += 1;
+        Appending(backlog)
+    }
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.0.lock().expect("backlog lock").appending -= 1;
+    }
 }
 
 /// The spool. Cheap to share behind an `Arc`.
@@ -171,12 +204,13 @@ struct Backlog {
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
-    bytes: AtomicU64,
     backlog: Mutex<Backlog>,
     writer: Mutex<mpsc::Sender<Command>>,
     /// Ids that Kafka took after all (a produce that outlived its deadline, then was spooled):
     /// the replay skips them. Lost on a crash, which costs only a copy with the same id.
     delivered: Mutex<std::collections::HashSet<String>>,
+    /// Wakes pushes waiting for a drain (see [`Spool::wait_drained`]).
+    drained: tokio::sync::Notify,
     /// Committed segment lengths, and spooled events whose first produce is still pending in
     /// librdkafka (bounded by its `message.timeout.ms`): the replay waits for those, so it
     /// knows which to skip.
@@ -190,6 +224,7 @@ impl Spool {
         let mut bytes = 0;
         let mut next_seq = 0;
         let shared = Arc::new(Shared::default());
+        let held = &shared.bytes;
         for (seq, path) in segments(dir)? {
             let (records, valid) = read_segment(&path)?;
             let len = fs::metadata(&path)?.len();
@@ -201,6 +236,7 @@ impl Spool {
                 fs::remove_file(&path)?;
             } else {
                 bytes += valid;
+                held.fetch_add(valid, Ordering::SeqCst);
                 shared
                     .committed
                     .lock()
@@ -214,11 +250,12 @@ impl Spool {
         let spool = Arc::new(Spool {
             dir: dir.to_owned(),
             max_bytes,
-            bytes: AtomicU64::new(bytes),
             backlog: Mutex::new(Backlog {
                 active: bytes > 0,
                 appending: 0,
+                draining: false,
             }),
+            drained: tokio::sync::Notify::new(),
             writer: Mutex::new(tx),
             delivered: Mutex::default(),
             shared: Arc::clone(&shared),
@@ -258,30 +295,63 @@ impl Spool {
         self.backlog.lock().expect("backlog lock").active
     }
 
+    /// While the replay drains the last of the backlog, waits (until `by` at most) for it to
+    /// finish: `true` when the spool is empty and a push may go straight to Kafka, its order
+    /// kept (everything spooled before it is on Kafka).
+    pub async fn wait_drained(&self, by: std::time::Instant) -> bool {
+        let drained = self.drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        {
+            let backlog = self.backlog.lock().expect("backlog lock");
+            if !backlog.active {
+                return true;
+            }
+            if !backlog.draining {
+                return false;
+            }
+        }
+        let _ = tokio::time::timeout_at(by.into(), drained).await;
+        !self.active()
+    }
+
+    fn stop_draining(&self) {
+        self.backlog.lock().expect("backlog lock").draining = false;
+        self.drained.notify_waiters();
+    }
+
     /// Whether the spool can take a push now, as far as it knows: below its limit, and its
     /// last write did not fail.
     pub fn writable(&self) -> bool {
         self.bytes() < self.max_bytes && !self.shared.failing.load(Ordering::SeqCst)
     }
 
+    /// Marks the disk as failing (an append did not finish in time): readiness probes it
+    /// again before it counts on the spool.
+    pub fn mark_stalled(&self) {
+        self.shared.failing.store(true, Ordering::SeqCst);
+    }
+
+    /// The size limit.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.shared.bytes.load(Ordering::Relaxed)
     }
 
     /// Appends a record and waits for its fsync.
     pub async fn append(&self, record: &SpoolRecord) -> Result<(), SpoolError> {
         let framed = record.encode()?;
         let len = framed.len() as u64;
-        if self.bytes.fetch_add(len, Ordering::SeqCst) + len > self.max_bytes {
-            self.bytes.fetch_sub(len, Ordering::SeqCst);
+        let bytes = &self.shared.bytes;
+        if bytes.fetch_add(len, Ordering::SeqCst) + len > self.max_bytes {
+            bytes.fetch_sub(len, Ordering::SeqCst);
             return Err(SpoolError::Full(self.max_bytes));
         }
-        {
-            let mut backlog = self.backlog.lock().expect("backlog lock");
-            backlog.active = true;
-            backlog.appending += 1;
-        }
+        let _appending = Appending::enter(&self.backlog);
         let (tx, rx) = oneshot::channel();
         let sent = self
             .writer
@@ -289,13 +359,13 @@ impl Spool {
             .expect("writer lock")
             .send(Command::Append(framed, tx));
         let result = match sent {
+            // A failed write's reservation is given back by the writer.
             Ok(()) => rx.await.unwrap_or(Err(SpoolError::Closed)),
-            Err(_) => Err(SpoolError::Closed),
+            Err(_) => {
+                bytes.fetch_sub(len, Ordering::SeqCst);
+                Err(SpoolError::Closed)
+            }
         };
-        self.backlog.lock().expect("backlog lock").appending -= 1;
-        if result.is_err() {
-            self.bytes.fetch_sub(len, Ordering::SeqCst);
-        }
         metrics::gauge!("wxpipe_spool_bytes").set(self.bytes() as f64);
         result
     }
@@ -315,6 +385,53 @@ impl Spool {
         }
     }
 
+    /// A segment gone from the spool: its committed bytes leave the count.
+    fn forget_segment(&self, seq: u64) {
+        let committed = self
+            .shared
+            .committed
+            .lock()
+            .expect("committed lock")
+            .remove(&seq)
+            .unwrap_or(0);
+        let _ = self
+            .shared
+            .bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                Some(held.saturating_sub(committed))
+            });
+        metrics::gauge!("wxpipe_spool_bytes").set(self.bytes() as f64);
+    }
+
+    /// Keeps a record Kafka refused for good in `rejected.seg` (the spool's own format, for a
+    /// person to inspect or re-send), fsync'd, before the segment holding it is deleted.
+    fn reject(&self, record: &SpoolRecord, error: &str) -> Result<(), SpoolError> {
+        tracing::error!(%error, id = %ops::redact_id(&record.id), file = %self.dir.join(REJECTED).display(),
+            "spool: Kafka refused a record for good; kept aside, the replay goes on");
+        metrics::counter!("wxpipe_spool_records_total", "op" => "rejected").increment(1);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(REJECTED))?;
+        file.write_all(&record.encode()?)?;
+        file.sync_data()?;
+        Ok(())
+    }
+
+    /// Whether the spool's disk takes a write now: a probe file written and fsync'd. Clears
+    /// the mark a failed write left, once the disk is back.
+    pub fn probe(&self) -> bool {
+        let path = self.dir.join("probe");
+        let written = File::create(&path)
+            .and_then(|mut f| f.write_all(b"probe").and_then(|()| f.sync_data()))
+            .is_ok();
+        let _ = fs::remove_file(&path);
+        if written {
+            self.shared.failing.store(false, Ordering::SeqCst);
+        }
+        written
+    }
+
     /// Replays the spool to Kafka until `stop` turns true: each sealed segment in order, every
     /// record acknowledged before the segment is deleted. A record is re-sent after a failure
     /// or a crash mid-segment: a second copy with the same id, never a loss.
@@ -332,9 +449,10 @@ impl Spool {
                 let _ = tokio::time::timeout(Duration::from_millis(100), stop.changed()).await;
                 continue;
             }
-            match self.replay_sealed(&publisher).await {
+            match self.replay_sealed(&publisher, &stop).await {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(error) => {
+                    self.stop_draining();
                     tracing::warn!(%error, "spool replay: Kafka not taking writes yet");
                     let _ = tokio::time::timeout(backoff, stop.changed()).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -343,12 +461,30 @@ impl Spool {
         }
     }
 
-    async fn replay_sealed(&self, publisher: &Publisher) -> Result<(), String> {
+    async fn replay_sealed(
+        &self,
+        publisher: &Publisher,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), String> {
         let sealed = self.seal().await.map_err(|e| e.to_string())?;
         for (seq, path) in &sealed {
+            if *stop.borrow() {
+                return Ok(());
+            }
             // A segment cut short by a write error may hold records past what was committed
             // (answered 503): they are replayed too, a copy with the same id at worst.
-            let (records, _) = read_segment(path).map_err(|e| e.to_string())?;
+            let records = match read_segment(path) {
+                Ok((records, _)) => records,
+                Err(error) => {
+                    // Unreadable (EIO): set aside for a person, so the rest can drain.
+                    let aside = path.with_extension("seg.unreadable");
+                    tracing::error!(%error, segment = %path.display(), aside = %aside.display(),
+                        "spool: a segment cannot be read; set aside, the replay goes on");
+                    fs::rename(path, &aside).map_err(|e| e.to_string())?;
+                    self.forget_segment(*seq);
+                    continue;
+                }
+            };
             let records: Vec<SpoolRecord> = {
                 let mut delivered = self.delivered.lock().expect("delivered lock");
                 records
@@ -362,24 +498,22 @@ impl Spool {
                     .map(|r| publisher.enqueue_named(&r.topic, &r.key, &r.value))
                     .collect::<Result<_, _>>()
                     .map_err(|e| e.to_string())?;
-                for delivery in deliveries {
-                    Publisher::delivered(delivery)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                for (record, delivery) in chunk.iter().zip(deliveries) {
+                    match Publisher::delivered(delivery).await {
+                        Ok(()) => {}
+                        // Kafka will never take it as it is (too large, not authorised): keep
+                        // it for a person instead of blocking every record behind it.
+                        Err(error) if error.is_permanent() => self
+                            .reject(record, &error.to_string())
+                            .map_err(|e| format!("keeping a rejected record: {e}"))?,
+                        Err(error) => return Err(error.to_string()),
+                    }
                 }
                 metrics::counter!("wxpipe_spool_records_total", "op" => "replayed")
                     .increment(chunk.len() as u64);
             }
             fs::remove_file(path).map_err(|e| e.to_string())?;
-            let committed = self
-                .shared
-                .committed
-                .lock()
-                .expect("committed lock")
-                .remove(seq)
-                .unwrap_or(0);
-            self.bytes.fetch_sub(committed, Ordering::SeqCst);
-            metrics::gauge!("wxpipe_spool_bytes").set(self.bytes() as f64);
+            self.forget_segment(*seq);
             tracing::info!(records = records.len(), "spool: segment replayed to Kafka");
         }
         let _ = sync_dir(&self.dir);
@@ -387,7 +521,12 @@ impl Spool {
         let mut backlog = self.backlog.lock().expect("backlog lock");
         if backlog.appending == 0 && self.bytes() == 0 {
             backlog.active = false;
+            backlog.draining = false;
+            self.drained.notify_waiters();
             tracing::info!("spool drained: pushes go straight to Kafka again");
+        } else if self.bytes() < DRAIN_BELOW && !backlog.draining {
+            // Little is left: new pushes wait for the next round instead of appending.
+            backlog.draining = true;
         }
         Ok(())
     }
@@ -444,7 +583,7 @@ fn write_loop(dir: &Path, seq: u64, commands: &mpsc::Receiver<Command>, shared: 
                             current.file.as_mut().expect("open").write_all(&framed)
                         })();
                     }
-                    waiting.push(reply);
+                    waiting.push((reply, framed.len() as u64));
                 }
                 Command::Seal(reply) => {
                     // Commit what this batch wrote before sealing it. A segment that may hold
@@ -477,7 +616,7 @@ fn write_loop(dir: &Path, seq: u64, commands: &mpsc::Receiver<Command>, shared: 
 fn commit(
     dir: &Path,
     current: &mut Current,
-    waiting: &mut Vec<oneshot::Sender<Result<(), SpoolError>>>,
+    waiting: &mut Vec<(oneshot::Sender<Result<(), SpoolError>>, u64)>,
     result: &mut io::Result<()>,
     shared: &Shared,
 ) -> io::Result<()> {
@@ -517,7 +656,10 @@ fn commit(
             current.seal();
         }
     }
-    for reply in waiting.drain(..) {
+    for (reply, len) in waiting.drain(..) {
+        if outcome.is_err() {
+            shared.bytes.fetch_sub(len, Ordering::SeqCst);
+        }
         let _ = reply.send(match &outcome {
             Ok(()) => Ok(()),
             Err(e) => Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))),
@@ -688,7 +830,7 @@ mod tests {
         let shared = Shared::default();
         let (tx, _rx) = oneshot::channel();
         let mut result = Err(io::Error::other("injected: no space left on device"));
-        assert!(commit(&dir, &mut current, &mut vec![tx], &mut result, &shared).is_err());
+        assert!(commit(&dir, &mut current, &mut vec![(tx, 0)], &mut result, &shared).is_err());
         assert_eq!(
             current.seq, 1,
             "sealed: the next append starts a new segment"
@@ -704,6 +846,18 @@ mod tests {
         drop(spool);
         let _reopened = Spool::open(&dir, 1 << 20).unwrap();
         assert_eq!(all_records(&dir), vec![record(0), record(1)]);
+    }
+
+    #[test]
+    fn a_stalled_disk_counts_as_failing_until_a_probe_write_succeeds() {
+        let dir = temp_dir();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        assert!(spool.writable());
+        spool.mark_stalled();
+        assert!(!spool.writable(), "readiness no longer counts on it");
+        assert!(spool.probe(), "the disk takes a write");
+        assert!(spool.writable());
+        assert!(!dir.join("probe").exists(), "the probe file is removed");
     }
 
     #[test]

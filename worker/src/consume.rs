@@ -133,26 +133,31 @@ impl std::fmt::Debug for RoleConsumer {
     }
 }
 
-/// Records whose dead-letter write is failing now, by source (topic, partition, offset): each
+/// A record of a role: (role, topic, partition, offset).
+type Source = (&'static str, String, i32, i64);
+
+/// Records whose dead-letter write is failing now, by role and source (two roles read
+/// `event.subscribe`), as (role, topic, partition, offset): each
 /// holds its partition back (its offset must not be committed before), so readiness reports
 /// them, never a silent stall.
 #[derive(Debug, Default)]
 pub struct DeadLetterState {
-    failing: Mutex<std::collections::BTreeMap<(String, i32, i64), String>>,
+    /// Why each record's dead-letter write failed last.
+    failing: Mutex<std::collections::BTreeMap<Source, String>>,
 }
 
 impl DeadLetterState {
     /// Why dead-lettering is stuck, if it is.
     pub fn stuck(&self) -> Option<String> {
         let failing = self.failing.lock().expect("dead letters lock");
-        let ((topic, partition, offset), error) = failing.iter().next()?;
+        let ((role, topic, partition, offset), error) = failing.iter().next()?;
         Some(format!(
-            "dead-letter writes failing for {} record(s), e.g. {topic}/{partition}@{offset}: {error}",
+            "dead-letter writes failing for {} record(s), e.g. {role} {topic}/{partition}@{offset}: {error}",
             failing.len()
         ))
     }
 
-    fn failed(&self, source: (String, i32, i64), error: String) -> bool {
+    fn failed(&self, source: Source, error: String) -> bool {
         self.failing
             .lock()
             .expect("dead letters lock")
@@ -160,7 +165,7 @@ impl DeadLetterState {
             .is_none()
     }
 
-    fn written(&self, source: &(String, i32, i64)) {
+    fn written(&self, source: &Source) {
         self.failing
             .lock()
             .expect("dead letters lock")
@@ -402,6 +407,7 @@ impl RoleConsumer {
                 value: Some(&offset),
             });
         let source = (
+            self.role.name(),
             message.topic().to_owned(),
             message.partition(),
             message.offset(),

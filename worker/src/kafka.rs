@@ -27,10 +27,14 @@ pub fn client_config(
 
 /// Checks a `key=value` list setting: the error names the setting and the entry.
 pub fn check_pairs(setting: &str, pairs: &[String]) -> Result<(), String> {
-    match pairs.iter().find(|pair| {
-        pair.split_once('=')
-            .is_none_or(|(key, _)| key.trim().is_empty())
-    }) {
+    // An empty entry (an empty variable) is no property at all.
+    match pairs
+        .iter()
+        .filter(|pair| !pair.trim().is_empty())
+        .find(|pair| {
+            pair.split_once('=')
+                .is_none_or(|(key, _)| key.trim().is_empty())
+        }) {
         Some(bad) => Err(format!("{setting} entry is not key=value: {bad:?}")),
         None => Ok(()),
     }
@@ -64,5 +68,6 @@ mod tests {
             "{error}"
         );
         assert!(check_pairs("X", &["=v".into()]).is_err());
+        assert!(check_pairs("X", &["".into()]).is_ok(), "an empty variable");
     }
 }

@@ -14,6 +14,8 @@
 //! is applied before the push is answered 200). The first op of an idle queue goes out at
 //! once: batching adds no wait, it only takes what queued up during the previous round trip.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -105,7 +107,15 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     queue: mpsc::UnboundedSender<Op>,
+    /// Ops queued and not yet taken by the batcher.
+    queued: Arc<AtomicUsize>,
 }
+
+/// Ops the queue holds at most. While Redis is unreachable each batch takes a whole timeout,
+/// so the queue drains slower than pushes arrive: past this, an op fails at once (a claim
+/// goes on without the store; a confirm or release is left to expire), and memory stays
+/// bounded whatever the outage.
+const MAX_QUEUED: usize = 16 * MAX_BATCH;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,12 +132,14 @@ impl RedisStore {
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let conn = ops::redis::connect(url, timeout)?;
         let (queue, ops) = mpsc::unbounded_channel();
-        tokio::spawn(batcher(conn.clone(), timeout, ops));
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(batcher(conn.clone(), timeout, ops, Arc::clone(&queued)));
         Ok(RedisStore {
             conn,
             prefix: prefix.to_owned(),
             timeout,
             queue,
+            queued,
         })
     }
 
@@ -138,6 +150,10 @@ impl RedisStore {
         keys: [Option<String>; 2],
         args: Vec<String>,
     ) -> Result<i64, StoreError> {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::Batch("the queue to Redis is full".into()));
+        }
         let (reply, outcome) = oneshot::channel();
         let op = Op {
             code,
@@ -157,10 +173,12 @@ async fn batcher(
     mut conn: ConnectionManager,
     timeout: Duration,
     mut queue: mpsc::UnboundedReceiver<Op>,
+    queued: Arc<AtomicUsize>,
 ) {
     let script = Script::new(BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        queued.fetch_sub(batch.len(), Ordering::Relaxed);
         // A claim whose push stopped waiting (its budget ran out while Redis was slow) went
         // on without it: claiming now would only make its id look in flight. Confirms and
         // releases are applied whoever waits for them.

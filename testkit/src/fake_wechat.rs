@@ -30,6 +30,11 @@ pub struct FakeState {
     pub send_delay: Duration,
     /// stable_token always answers this token, forced or not (and sends refuse it).
     pub stuck_token: Option<String>,
+    /// Tokens sends refuse (40001) though stable_token still hands them out unforced, as
+    /// WeChat does for a token invalidated before its expiry.
+    pub refused: HashSet<String>,
+    /// Delay before answering stable_token.
+    pub token_delay: Duration,
     issued: u32,
 }
 
@@ -120,6 +125,8 @@ async fn answer(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let reply = match path.as_str() {
         "/cgi-bin/stable_token" => {
+            let delay = state.lock().unwrap().token_delay;
+            tokio::time::sleep(delay).await;
             let mut s = state.lock().unwrap();
             s.token_fetches
                 .push(body["force_refresh"].as_bool().unwrap_or(false));
@@ -147,6 +154,8 @@ async fn answer(
             let mut s = state.lock().unwrap();
             if s.expired.contains(&token) || !token.starts_with("TOKEN-") {
                 json!({"errcode": 42001, "errmsg": "access_token expired"})
+            } else if s.refused.contains(&token) {
+                json!({"errcode": 40001, "errmsg": "invalid credential"})
             } else if let Some((errcode, times)) = s.failures.get_mut(&to).filter(|(_, n)| *n > 0) {
                 *times = times.saturating_sub(u32::from(*times != u32::MAX));
                 json!({"errcode": *errcode, "errmsg": "injected"})

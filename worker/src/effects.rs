@@ -73,8 +73,8 @@ pub struct Effects {
     pub welcome_text: String,
     pub scene_texts: SceneTexts,
     pub location_history: usize,
-    /// How long a welcome send is claimed: over one API call with its token refresh. A worker
-    /// that dies mid-send holds it that long; then another sends.
+    /// How long a welcome send is claimed: the longest a send may take (it is cut there), plus
+    /// a margin. A worker that dies mid-send holds it that long; then another sends.
     pub send_lease: Duration,
     /// This process, for send claims.
     pub owner: String,
@@ -156,7 +156,20 @@ impl Effects {
                 Err(error) => return Outcome::Retry(error.to_string()),
             }
         }
-        match self.wechat.send_text(creds, &event.openid, text).await {
+        // Cut at its bound, which the lease covers: no other handler can claim this welcome
+        // while the send goes on. Cut, its outcome is unknown (a post may have been written),
+        // and WeChat's send has no idempotency key: it is not repeated.
+        let bound = self.send_lease.saturating_sub(Duration::from_secs(2));
+        let send = self.wechat.send_text(creds, &event.openid, text);
+        let sent = match tokio::time::timeout(bound, send).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                let _ = self.store.finish_send(&event.id, SENT_TTL).await;
+                tracing::warn!(id = %ops::redact_id(&event.id), "welcome send outlived its bound: its outcome is unknown, and it is not repeated");
+                return Outcome::Skipped("send outcome unknown".into());
+            }
+        };
+        match sent {
             Ok(()) => {
                 if let Err(error) = self.store.finish_send(&event.id, SENT_TTL).await {
                     // Sent, but not recorded: a redelivery within the lease is still refused;

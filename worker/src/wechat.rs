@@ -127,6 +127,8 @@ pub struct WeChat {
     /// The longest a token fetch may take (a call, then a forced one), and so the fetch
     /// lock's lease: the lock never expires while its holder still fetches.
     fetch_bound: Duration,
+    /// One API call's timeout.
+    timeout: Duration,
 }
 
 impl WeChat {
@@ -146,7 +148,17 @@ impl WeChat {
             store,
             owner,
             fetch_bound: 2 * timeout + Duration::from_secs(1),
+            timeout,
         })
+    }
+
+    /// The longest [`WeChat::send_text`] may take: a token (a wait for another process's
+    /// fetch, then a fetch of its own), a post, a refresh (the same again) and a second post.
+    /// A welcome's send lease must cover it, or another handler could send the same welcome
+    /// while this one is still at it.
+    pub fn send_bound(&self) -> Duration {
+        let token = 2 * self.fetch_bound + LOCK_WAIT_MARGIN;
+        2 * token + 2 * self.timeout
     }
 
     /// Sends a customer-service text message; refreshes the token and retries once when

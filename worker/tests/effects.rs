@@ -886,3 +886,27 @@ async fn an_account_level_refusal_is_never_recorded_as_sent() {
     drop(stop);
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_send_keeps_its_lease_and_the_welcome_goes_out_once() {
+    // Every answer slow (0.95 s, the timeout being 1 s) and the first token refused: one send
+    // takes a fetch, a post, a refresh (a fetch, then a forced one) and a second post, about
+    // 4.75 s, past the old lease of twice the timeout plus 2 s. The same event twice on the
+    // topic: the second handler must wait for the first, not send again.
+    let env = Env::start().await;
+    {
+        let mut fake = env.wechat.state.lock().unwrap();
+        fake.send_delay = Duration::from_millis(950);
+        fake.token_delay = Duration::from_millis(950);
+        fake.refused.insert("TOKEN-1".into());
+    }
+    let welcome = subscribe("gh_a", "slow", 100, None);
+    env.produce("subscribe", &[welcome.clone(), welcome]);
+    let (stop, task) = env.spawn(&["--role", "welcome", "--concurrency", "4"]);
+    wait_for("the welcome", || env.wechat.sends_to("slow") >= 1).await;
+    // Long enough for a second handler that took over an expired lease to send too.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(env.wechat.sends_to("slow"), 1, "{:?}", env.wechat.sends());
+    drop(stop);
+    task.await.unwrap();
+}

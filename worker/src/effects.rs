@@ -73,8 +73,9 @@ pub struct Effects {
     pub welcome_text: String,
     pub scene_texts: SceneTexts,
     pub location_history: usize,
-    /// How long a welcome send is claimed: the longest a send may take (it is cut there), plus
-    /// a margin. A worker that dies mid-send holds it that long; then another sends.
+    /// How long a welcome send is claimed at a time: over one API call with its token refresh,
+    /// renewed while the send runs. A worker that dies mid-send holds it that long at most;
+    /// then another sends.
     pub send_lease: Duration,
     /// This process, for send claims.
     pub owner: String,
@@ -156,18 +157,30 @@ impl Effects {
                 Err(error) => return Outcome::Retry(error.to_string()),
             }
         }
-        // Cut at its bound, which the lease covers: no other handler can claim this welcome
-        // while the send goes on. Cut, its outcome is unknown (a post may have been written),
-        // and WeChat's send has no idempotency key: it is not repeated.
-        let bound = self.send_lease.saturating_sub(Duration::from_secs(2));
+        // The lease is renewed every third of it while the send runs, so no other handler can
+        // claim this welcome meanwhile, however slow WeChat is; and the send is cut at its
+        // bound. Cut, its outcome is unknown (a post may have been written), and WeChat's send
+        // has no idempotency key: it is recorded and not repeated.
+        let cut_at = tokio::time::Instant::now() + self.wechat.send_bound();
         let send = self.wechat.send_text(creds, &event.openid, text);
-        let sent = match tokio::time::timeout(bound, send).await {
-            Ok(sent) => sent,
-            Err(_) => {
-                let _ = self.store.finish_send(&event.id, SENT_TTL).await;
-                tracing::warn!(id = %ops::redact_id(&event.id), "welcome send outlived its bound: its outcome is unknown, and it is not repeated");
-                return Outcome::Skipped("send outcome unknown".into());
+        tokio::pin!(send);
+        let sent = loop {
+            tokio::select! {
+                sent = &mut send => break Some(sent),
+                () = tokio::time::sleep(self.send_lease / 3) => {
+                    if tokio::time::Instant::now() >= cut_at {
+                        break None;
+                    }
+                    if let Err(error) = self.store.renew_send(&event.id, &self.owner, self.send_lease).await {
+                        tracing::warn!(%error, id = %ops::redact_id(&event.id), "welcome lease not renewed");
+                    }
+                }
             }
+        };
+        let Some(sent) = sent else {
+            let _ = self.store.finish_send(&event.id, SENT_TTL).await;
+            tracing::warn!(id = %ops::redact_id(&event.id), "welcome send outlived its bound: its outcome is unknown, and it is not repeated");
+            return Outcome::Skipped("send outcome unknown".into());
         };
         match sent {
             Ok(()) => {

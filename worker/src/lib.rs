@@ -143,7 +143,6 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
     if accounts.is_empty() && default_account.is_none() && config.roles().contains(&Role::Welcome) {
         tracing::warn!("no AppSecret configured: welcome messages are logged instead of sent");
     }
-    let wechat_send_bound = wechat.send_bound();
     Ok(Arc::new(Effects {
         store,
         wechat,
@@ -152,8 +151,7 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
         welcome_text: config.settings.welcome_text.clone(),
         scene_texts: config.settings.welcome_scene_texts.clone(),
         location_history: config.settings.location_history,
-        // The whole send is cut at its bound, so the lease never runs out while it goes on.
-        send_lease: wechat_send_bound + Duration::from_secs(2),
+        send_lease: Duration::from_millis(config.settings.api_timeout_ms * 2 + 2000),
         owner,
     }))
 }

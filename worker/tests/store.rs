@@ -156,6 +156,17 @@ async fn suite(s: &dyn EffectStore) {
         s.begin_send("id1", "w2", lease).await.unwrap(),
         SendClaim::Claimed
     );
+    // A long send keeps its claim by renewing it; only its holder can.
+    assert!(s.renew_send("id1", "w2", lease).await.unwrap());
+    assert!(!s.renew_send("id1", "w1", lease).await.unwrap(), "not w1's");
+    tokio::time::sleep(lease / 2).await;
+    assert!(s.renew_send("id1", "w2", lease).await.unwrap());
+    tokio::time::sleep(lease / 2 + Duration::from_millis(50)).await;
+    assert_eq!(
+        s.begin_send("id1", "w3", lease).await.unwrap(),
+        SendClaim::InFlight,
+        "renewed past its first lease"
+    );
     s.finish_send("id1", Duration::from_secs(60)).await.unwrap();
     assert_eq!(
         s.begin_send("id1", "w3", lease).await.unwrap(),

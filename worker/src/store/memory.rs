@@ -158,6 +158,22 @@ impl EffectStore for MemoryStore {
         self.with(|s| s.lease(format!("welcome:{id}"), "sent".into(), ttl))
     }
 
+    fn renew_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.with(|s| {
+            let (key, value) = (format!("welcome:{id}"), format!("sending:{owner}"));
+            let ours = s.leased(&key) == Some(value.as_str());
+            if ours {
+                s.lease(key, value, lease);
+            }
+            ours
+        })
+    }
+
     fn abandon_send<'a>(
         &'a self,
         id: &'a str,

@@ -95,6 +95,14 @@ pub trait EffectStore: Send + Sync + std::fmt::Debug {
         id: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Extends a claim that `owner` still holds by `lease` (a send that runs long keeps it);
+    /// `false` when it is no longer theirs.
+    fn renew_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Gives up a claim that `owner` still holds, so a retry can send.
     fn abandon_send<'a>(
         &'a self,

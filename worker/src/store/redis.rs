@@ -48,6 +48,15 @@ if latest then return 1 end
 return 0
 ";
 
+/// KEYS: welcome key. ARGV: the holder's value, lease ms. 1 renewed, 0 no longer theirs.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
 /// KEYS: welcome key. ARGV: owner, lease ms. 0 claimed, 1 sent, 2 in flight.
 const BEGIN_SEND: &str = r"
 local v = redis.call('GET', KEYS[1])
@@ -66,6 +75,7 @@ pub struct RedisStore {
     subscription: Script,
     location: Script,
     begin_send: Script,
+    renew: Script,
     delete_if: Script,
 }
 
@@ -88,6 +98,7 @@ impl RedisStore {
             subscription: Script::new(SUBSCRIPTION),
             location: Script::new(LOCATION),
             begin_send: Script::new(BEGIN_SEND),
+            renew: Script::new(RENEW),
             delete_if: Script::new(ops::redis::DELETE_IF),
         })
     }
@@ -202,6 +213,24 @@ impl EffectStore for RedisStore {
                 ttl.as_millis() as u64,
             ))
             .await
+        })
+    }
+
+    fn renew_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut invocation = self.renew.key(self.key(&["welcome", id]));
+            invocation
+                .arg(format!("sending:{owner}"))
+                .arg(lease.as_millis() as u64);
+            self.bounded(invocation.invoke_async::<i64>(&mut conn))
+                .await
+                .map(|renewed| renewed == 1)
         })
     }
 

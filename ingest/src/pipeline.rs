@@ -565,7 +565,7 @@ impl Pipeline {
     }
 
     /// A push the spool took: durable now, so its id is confirmed (whoever holds the claim).
-    async fn spooled(self: &Arc<Self>, settle_wait: Instant, id: &str) -> Accepted {
+    async fn spooled(&self, settle_wait: Instant, id: &str) -> Accepted {
         metrics::counter!("wxpipe_spool_records_total", "op" => "appended").increment(1);
         self.settle_by(settle_wait, id, "", false, Ok(())).await;
         Accepted::Spooled
@@ -574,7 +574,7 @@ impl Pipeline {
     /// Appends a push to the spool: once fsync'd it is durable, so its claim is confirmed and
     /// it is answered 200; the replay task takes it to Kafka.
     async fn spool(
-        self: &Arc<Self>,
+        &self,
         spool: &Spool,
         settle_wait: Instant,
         id: &str,

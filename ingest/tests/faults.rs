@@ -464,18 +464,8 @@ async fn a_spool_write_error_never_costs_later_acknowledged_events() {
     let missing: Vec<&String> = acked.iter().filter(|k| !keys.contains(k)).collect();
     assert!(missing.is_empty(), "answered 200 but lost: {missing:?}");
     // The replay drained the spool: its accounting is back to zero.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let bytes = metrics
-        .lines()
-        .find(|l| l.starts_with("wxpipe_spool_bytes"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok());
-    assert_eq!(bytes, Some(0.0), "{metrics}");
+    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    assert_eq!(gauge(&metrics, "wxpipe_spool_bytes").await, Some(0.0));
 }
 
 /// The value of an unlabelled gauge on an ingress's `/metrics`.
@@ -486,6 +476,19 @@ async fn gauge(url: &str, name: &str) -> Option<f64> {
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
+}
+
+/// Polls the app's `wxpipe_spool_bytes` every 100 ms until it is 0 or `within` passes.
+async fn spool_drains(app: &TestApp, within: Duration) -> bool {
+    let metrics = format!("http://{}/metrics", app.admin);
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if gauge(&metrics, "wxpipe_spool_bytes").await == Some(0.0) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,16 +573,10 @@ async fn a_full_spool_disk_sends_pushes_to_a_healthy_kafka() {
         .await,
         "every push on Kafka"
     );
-    let metrics = format!("http://{}/metrics", app.admin);
-    let mut drained = false;
-    for _ in 0..100 {
-        if gauge(&metrics, "wxpipe_spool_bytes").await == Some(0.0) {
-            drained = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(drained, "the spool drained");
+    assert!(
+        spool_drains(&app, Duration::from_millis(10000)).await,
+        "the spool drained"
+    );
     app.stop().await;
 }
 
@@ -627,16 +624,10 @@ async fn clients_hanging_up_at_every_stage_never_stop_the_replay() {
     });
     futures_util::future::join_all(hang_ups).await;
     mock.broker_up(1).unwrap();
-    let metrics = format!("http://{}/metrics", app.admin);
-    let mut drained = false;
-    for _ in 0..200 {
-        if gauge(&metrics, "wxpipe_spool_bytes").await == Some(0.0) {
-            drained = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(drained, "the spool drained");
+    assert!(
+        spool_drains(&app, Duration::from_millis(20000)).await,
+        "the spool drained"
+    );
     let before = app.count("event.subscribe");
     assert_eq!(app.post_push(&push("after", now())).await.0, 200);
     assert!(

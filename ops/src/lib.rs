@@ -148,6 +148,15 @@ fn describe_metrics() {
         "wxpipe_worker_dead_letter_failures_total",
         "Dead-letter writes that failed (the record's partition waits), by role"
     );
+    describe_histogram!(
+        "wxpipe_worker_dependency_wait_seconds",
+        Unit::Seconds,
+        "Backoffs of records waiting for a failing dependency, by role (the sum is the time spent waiting)"
+    );
+    describe_gauge!(
+        "wxpipe_worker_waiting_records",
+        "Records of a role waiting for a failing dependency (the role is paused meanwhile)"
+    );
     describe_counter!(
         "wxpipe_wechat_api_calls_total",
         "Calls to the WeChat API, by API and outcome"

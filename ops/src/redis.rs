@@ -48,6 +48,42 @@ pub enum StoreError {
     Scheme(String),
 }
 
+impl StoreError {
+    /// Whether the failure is Redis being unreachable, slow, loading, failing over, out of
+    /// memory or refusing our credentials: it concerns every call, not the data of one, and
+    /// passes when Redis is back. Anything else (a wrong type at a key, a script error) is
+    /// about the call itself.
+    pub fn is_outage(&self) -> bool {
+        let error = match self {
+            StoreError::Timeout | StoreError::Batch(_) | StoreError::Closed => return true,
+            StoreError::Scheme(_) => return false,
+            StoreError::Redis(error) => error,
+        };
+        if error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+        {
+            return true;
+        }
+        matches!(
+            error.code(),
+            Some(
+                "LOADING"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    | "OOM"
+                    | "BUSY"
+                    | "NOAUTH"
+                    | "WRONGPASS"
+                    | "NOPERM"
+            )
+        ) || error.kind() == redis::ErrorKind::AuthenticationFailed
+    }
+}
+
 /// A call bounded by `timeout`.
 pub async fn bounded<T>(
     timeout: Duration,

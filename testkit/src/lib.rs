@@ -228,6 +228,40 @@ impl Kafka {
             .sum()
     }
 
+    /// The records of a topic below `group`'s committed offsets, summed over its partitions
+    /// (a partition with nothing committed counts 0).
+    pub fn committed(&self, group: &str, topic: &str) -> i64 {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+            return 0;
+        };
+        let mut list = TopicPartitionList::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            list.add_partition(topic, p.id());
+        }
+        let Ok(committed) = consumer.committed_offsets(list, Duration::from_secs(5)) else {
+            return 0;
+        };
+        committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let low = consumer
+                    .fetch_watermarks(topic, e.partition(), Duration::from_secs(5))
+                    .map_or(0, |(low, _)| low);
+                match e.offset() {
+                    Offset::Offset(at) => at - low,
+                    _ => 0,
+                }
+            })
+            .sum()
+    }
+
     /// Reads a topic from the beginning until `expected` records are in (or 10 s pass):
     /// (key, value, headers) of each.
     pub fn read(&self, topic: &str, expected: usize) -> Vec<Record> {

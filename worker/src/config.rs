@@ -84,7 +84,8 @@ pub struct WorkerSettings {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
 
-    /// Attempts at a failing effect before its record goes to the dead-letter topic.
+    /// Attempts at a failure that is not an outage (an unknown errcode, a Redis error about
+    /// the data) before its record goes to the dead-letter topic; outages are waited out.
     #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
 

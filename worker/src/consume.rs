@@ -1,29 +1,35 @@
 //! The at-least-once consumer loop of one role.
 //!
 //! ```text
-//! recv ─▶ parse ─▶ Effects::apply ─┬─ Done / Skipped ───────────────────────▶ done
-//!          │                       ├─ Retry ─▶ backoff, up to max_attempts ─▶ DLQ ─▶ done
-//!          └─ not an Event ────────┴─ Poison ─────────────────────────────────▶ DLQ ─▶ done
+//! recv ─▶ parse ─▶ Effects::apply ─┬─ Done / Skipped ─────────────────────────────────▶ done
+//!          │                       ├─ Wait (an outage) ─▶ capped backoff, while it lasts ─┘
+//!          │                       ├─ Retry (unexplained) ─▶ up to max_attempts ─▶ DLQ ─▶ done
+//!          └─ not an Event ────────┴─ Poison ───────────────────────────────────▶ DLQ ─▶ done
 //! done ─▶ OffsetTracker ─▶ store the offset below which everything is done ─▶ auto-commit
 //! ```
 //!
 //! Records are handled concurrently (up to `WORKER_CONCURRENCY`), in any order: every effect
 //! is idempotent and last-write-wins, so order does not matter, and an offset is stored only
 //! once every record before it is done. A worker killed at any point loses nothing: what was
-//! not stored is redelivered.
+//! not stored is redelivered. A role pauses its partitions while it is full or while a record
+//! waits for a dependency, and keeps polling, so the group keeps it.
+//!
+//! The unbind role holds each unsubscribe until the group has applied every subscribe that was
+//! already in the log when it arrived ([`Gate`]): a re-follow then wins over the older
+//! unsubscribe, whatever the lag between the two topics.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::{Partition, Statistics};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use schemas::Event;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Role;
 use crate::effects::{Effects, Outcome};
@@ -69,6 +75,16 @@ impl OffsetTracker {
         }
         state.stored = Some(next);
         Some(next)
+    }
+
+    /// The offset below which every record of a partition is done, as far as this process
+    /// knows (it has handled records of the partition).
+    pub fn done_below(&self, topic: &str, partition: i32) -> Option<i64> {
+        let state = self.partitions.get(&(topic.to_owned(), partition))?;
+        match state.in_flight.first() {
+            Some(lowest) => Some(*lowest),
+            None => state.stored.max(state.max_done.map(|m| m + 1)),
+        }
     }
 
     /// Records in flight, all partitions.
@@ -123,6 +139,105 @@ pub struct RoleConsumer {
     tracker: Mutex<OffsetTracker>,
     max_attempts: u32,
     dead_letters: Arc<DeadLetterState>,
+    waits: Arc<WaitState>,
+    concurrency: usize,
+    /// One per record being handled: the role reads no further ahead than this.
+    permits: Arc<Semaphore>,
+    flow: Mutex<Flow>,
+    /// Told when an unsubscribe enters the gate.
+    changed: Notify,
+    /// The unbind role's unsubscribes, held until the subscribes before them are applied.
+    gate: Option<Gate>,
+}
+
+/// What decides whether a role's partitions are paused.
+#[derive(Debug, Default)]
+struct Flow {
+    /// Records being handled.
+    in_flight: usize,
+    /// Of those, records waiting for a dependency.
+    waiting: usize,
+    /// Unsubscribes held by the gate.
+    gated: usize,
+    paused_all: bool,
+    paused_gated: bool,
+}
+
+/// Records held back for a dependency, by role, for readiness and the logs.
+#[derive(Debug, Default)]
+pub struct WaitState {
+    roles: Mutex<std::collections::BTreeMap<&'static str, RoleWait>>,
+}
+
+#[derive(Debug)]
+struct RoleWait {
+    records: usize,
+    since: Instant,
+    reason: String,
+}
+
+impl WaitState {
+    /// Why a role is waiting, if one is.
+    pub fn waiting(&self) -> Option<String> {
+        let roles = self.roles.lock().expect("waits lock");
+        let (role, wait) = roles.iter().next()?;
+        Some(format!(
+            "the {role} role has waited {} s for a dependency ({} record(s)): {}",
+            wait.since.elapsed().as_secs(),
+            wait.records,
+            wait.reason
+        ))
+    }
+
+    fn enter(&self, role: &'static str, reason: &str) {
+        let mut roles = self.roles.lock().expect("waits lock");
+        let wait = roles.entry(role).or_insert_with(|| RoleWait {
+            records: 0,
+            since: Instant::now(),
+            reason: String::new(),
+        });
+        wait.records += 1;
+        reason.clone_into(&mut wait.reason);
+    }
+
+    fn still(&self, role: &'static str, reason: &str) {
+        if let Some(wait) = self.roles.lock().expect("waits lock").get_mut(role) {
+            reason.clone_into(&mut wait.reason);
+        }
+    }
+
+    fn leave(&self, role: &'static str) {
+        let mut roles = self.roles.lock().expect("waits lock");
+        if let Some(wait) = roles.get_mut(role) {
+            wait.records -= 1;
+            if wait.records == 0 {
+                roles.remove(role);
+            }
+        }
+    }
+}
+
+/// A record waiting for a dependency: its role stays paused until every such record is done.
+struct Waiting<'a> {
+    consumer: &'a RoleConsumer,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(consumer: &'a RoleConsumer, reason: &str) -> Self {
+        let role = consumer.role.name();
+        tracing::warn!(role, %reason, "a dependency is failing: the record waits and the role pauses until it answers");
+        consumer.waits.enter(role, reason);
+        consumer.update_flow(|flow| flow.waiting += 1);
+        Waiting { consumer }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let role = self.consumer.role.name();
+        self.consumer.waits.leave(role);
+        self.consumer.update_flow(|flow| flow.waiting -= 1);
+    }
 }
 
 impl std::fmt::Debug for RoleConsumer {
@@ -185,6 +300,10 @@ pub struct ConsumerSettings {
     pub overrides: Vec<String>,
     /// Shared by every role, and read by the readiness check.
     pub dead_letters: Arc<DeadLetterState>,
+    /// Shared by every role, and read by the readiness check.
+    pub waits: Arc<WaitState>,
+    /// Records handled at once per role.
+    pub concurrency: usize,
 }
 
 impl ConsumerSettings {
@@ -228,9 +347,39 @@ impl ConsumerSettings {
 /// How long a stopping worker waits for its final commit and group leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A role polls at least this often, paused or not: the group drops a member that stops
+/// polling for `max.poll.interval.ms`.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the gate looks at the subscribes' progress, and how long its Kafka queries may take.
+const GATE_TICK: Duration = Duration::from_millis(100);
+const GATE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Unsubscribes the gate holds, per unit of concurrency, before it pauses their partitions.
+const GATE_DEPTH: usize = 4;
+
 /// Back-off before attempt `n` (1-based) of a failing effect.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
+}
+
+/// Sleeps for `pause`, or returns `false` at once when the worker is stopping.
+async fn sleep_unless_stopping(pause: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(pause) => true,
+        _ = shutdown.wait_for(|stop| *stop) => false,
+    }
+}
+
+/// The unbind role's unsubscribes, held until the group has applied every subscribe that was
+/// in the log when they arrived. Both topics are keyed by OpenID, but a partition of one need
+/// not be consumed with the same partition of the other (partition counts, assignors), so the
+/// gate waits for every partition of the subscribe topic: up to the end offsets it samples
+/// after the unsubscribes arrived, as this process's own progress or the group's commits show.
+struct Gate {
+    subscribe_topic: String,
+    unsubscribe_topic: String,
+    pending: Mutex<Vec<OwnedMessage>>,
 }
 
 impl RoleConsumer {
@@ -243,9 +392,14 @@ impl RoleConsumer {
             .consumer_config(&role.group())
             .create_with_context(LagContext { role: role.name() })?;
         let topics = role.topics(&settings.topic_prefix);
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names)?;
         let dlq: FutureProducer = settings.dead_letter_config().create()?;
+        let gate = (role == Role::Unbind).then(|| Gate {
+            subscribe_topic: topics[0].clone(),
+            unsubscribe_topic: topics[1].clone(),
+            pending: Mutex::default(),
+        });
         Ok(RoleConsumer {
             role,
             consumer,
@@ -255,27 +409,42 @@ impl RoleConsumer {
             tracker: Mutex::new(OffsetTracker::default()),
             max_attempts: settings.max_attempts.max(1),
             dead_letters: Arc::clone(&settings.dead_letters),
+            waits: Arc::clone(&settings.waits),
+            concurrency: settings.concurrency.max(1),
+            permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            flow: Mutex::default(),
+            changed: Notify::new(),
+            gate,
         })
     }
 
     /// Consumes until `shutdown` turns true, then lets in-flight work finish (within `grace`)
     /// and commits what is done.
-    pub async fn run(
-        self: Arc<Self>,
-        concurrency: usize,
-        mut shutdown: watch::Receiver<bool>,
-        grace: Duration,
-    ) {
-        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
         tracing::info!(role = self.role.name(), group = %self.role.group(), "worker consuming");
+        let gate = self
+            .gate
+            .is_some()
+            .then(|| tokio::spawn(Arc::clone(&self).run_gate(shutdown.clone())));
         loop {
+            // A permit, then a record; the group drops a member that stops polling, so a role
+            // whose permits are all held (records waiting for a dependency) still polls, its
+            // partitions paused.
             let permit = tokio::select! {
-                permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore open"),
+                biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
+                permit = Arc::clone(&self.permits).acquire_owned() => Some(permit.expect("semaphore open")),
+                () = tokio::time::sleep(POLL_EVERY) => None,
             };
             let message = tokio::select! {
-                message = self.consumer.recv() => message,
+                biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
+                message = self.consumer.recv() => message,
+                () = tokio::time::sleep(POLL_EVERY) => {
+                    // Partitions assigned since the pause are paused too.
+                    self.apply_pause(&self.flow.lock().expect("flow lock"), false);
+                    continue;
+                }
             };
             let message = match message {
                 Ok(message) => message.detach(),
@@ -290,19 +459,26 @@ impl RoleConsumer {
                 message.partition(),
                 message.offset(),
             );
-            let this = Arc::clone(&self);
-            tokio::spawn(async move {
-                this.handle(&message).await;
-                this.done(message.topic(), message.partition(), message.offset());
-                // Before the permit: once every permit is back, no task holds the consumer,
-                // so the close below is the last reference.
-                drop(this);
-                drop(permit);
-            });
+            match &self.gate {
+                Some(gate) if message.topic() == gate.unsubscribe_topic => {
+                    gate.pending.lock().expect("gate lock").push(message);
+                    self.update_flow(|flow| flow.gated += 1);
+                    self.changed.notify_one();
+                }
+                // Without a permit (read by a keep-alive poll), it waits for one in its task.
+                _ => self.spawn_record(message, permit, shutdown.clone()),
+            }
         }
-        // Drain: every permit back means every task finished.
-        let drained =
-            tokio::time::timeout(grace, permits.acquire_many(concurrency.max(1) as u32)).await;
+        if let Some(gate) = gate {
+            let _ = gate.await;
+        }
+        // Drain: in-flight records finish, or stop where they wait, within the grace.
+        let drained = tokio::time::timeout(grace, async {
+            while self.flow.lock().expect("flow lock").in_flight > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
         if drained.is_err() {
             tracing::warn!(
                 role = self.role.name(),
@@ -315,6 +491,204 @@ impl RoleConsumer {
             Ok(Err(error)) => tracing::warn!(role, %error, "final commit failed: records since the last commit will be redelivered"),
             Err(_) => tracing::warn!(role, "Kafka did not answer the final commit in time: records since the last commit will be redelivered"),
         }
+    }
+
+    /// Handles a record in a task of its own, under a permit; stores its offset when it is
+    /// done (not when the worker stopped it halfway).
+    fn spawn_record(
+        self: &Arc<Self>,
+        message: OwnedMessage,
+        permit: Option<OwnedSemaphorePermit>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        self.update_flow(|flow| flow.in_flight += 1);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let _permit = match permit {
+                Some(permit) => permit,
+                None => Arc::clone(&this.permits)
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore open"),
+            };
+            if this.handle(&message, shutdown).await {
+                this.done(message.topic(), message.partition(), message.offset());
+            }
+            this.update_flow(|flow| flow.in_flight -= 1);
+        });
+    }
+
+    /// Changes the flow counters, then pauses or resumes partitions to match: all of them
+    /// while a record waits for a dependency; the unsubscribes while the gate is full.
+    fn update_flow(&self, change: impl FnOnce(&mut Flow)) {
+        let mut flow = self.flow.lock().expect("flow lock");
+        change(&mut flow);
+        let all = flow.waiting > 0;
+        let gated = flow.gated >= self.concurrency * GATE_DEPTH
+            || (flow.paused_gated && flow.gated > self.concurrency * GATE_DEPTH / 2);
+        metrics::gauge!("wxpipe_worker_waiting_records", "role" => self.role.name())
+            .set(flow.waiting as f64);
+        if (all, gated) == (flow.paused_all, flow.paused_gated) {
+            return;
+        }
+        if all != flow.paused_all {
+            tracing::debug!(
+                role = self.role.name(),
+                paused = all,
+                "partitions paused or resumed"
+            );
+        }
+        flow.paused_all = all;
+        flow.paused_gated = gated;
+        self.apply_pause(&flow, true);
+    }
+
+    /// Pauses (and, with `resume`, resumes) the assigned partitions as `flow` says. Pausing
+    /// again is harmless, and covers partitions assigned since; a resume drops what was
+    /// fetched ahead, so it is sent only when the state changes.
+    fn apply_pause(&self, flow: &Flow, resume: bool) {
+        if !flow.paused_all && !flow.paused_gated && !resume {
+            return;
+        }
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let (mut paused, mut resumed) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for element in assignment.elements() {
+            let gated = self
+                .gate
+                .as_ref()
+                .is_some_and(|g| g.unsubscribe_topic == element.topic());
+            let list = if flow.paused_all || (flow.paused_gated && gated) {
+                &mut paused
+            } else {
+                &mut resumed
+            };
+            list.add_partition(element.topic(), element.partition());
+        }
+        if paused.count() > 0 {
+            if let Err(error) = self.consumer.pause(&paused) {
+                tracing::debug!(%error, "pause failed");
+            }
+        }
+        if resume && resumed.count() > 0 {
+            if let Err(error) = self.consumer.resume(&resumed) {
+                tracing::debug!(%error, "resume failed");
+            }
+        }
+    }
+
+    /// Releases held unsubscribes, batch by batch, once the subscribes before them are applied.
+    async fn run_gate(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let gate = self.gate.as_ref().expect("the unbind role has a gate");
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let batch = std::mem::take(&mut *gate.pending.lock().expect("gate lock"));
+            if batch.is_empty() {
+                tokio::select! {
+                    () = self.changed.notified() => {}
+                    () = tokio::time::sleep(GATE_TICK) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+                continue;
+            }
+            // The end of every subscribe partition, sampled after the batch arrived.
+            let ends = loop {
+                match self.query(|this| this.subscribe_ends()).await {
+                    Ok(ends) => break ends,
+                    Err(error) => {
+                        tracing::warn!(%error, "unsubscribes held: the subscribe topic's end offsets are unknown");
+                        if !sleep_unless_stopping(Duration::from_millis(500), &mut shutdown).await {
+                            return;
+                        }
+                    }
+                }
+            };
+            while !self.subscribes_applied(&ends).await {
+                if !sleep_unless_stopping(GATE_TICK, &mut shutdown).await {
+                    return;
+                }
+            }
+            let released = batch.len();
+            for message in batch {
+                self.spawn_record(message, None, shutdown.clone());
+            }
+            self.update_flow(|flow| flow.gated -= released);
+        }
+    }
+
+    /// Runs a blocking Kafka query on a thread of its own.
+    async fn query<T: Send + 'static>(
+        self: &Arc<Self>,
+        call: impl FnOnce(&Self) -> Result<T, KafkaError> + Send + 'static,
+    ) -> Result<T, KafkaError> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || call(&this))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+    }
+
+    /// (partition, low, high) of every partition of the subscribe topic.
+    fn subscribe_ends(&self) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+        let topic = &self.gate.as_ref().expect("gate").subscribe_topic;
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), GATE_QUERY_TIMEOUT)?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        partitions
+            .into_iter()
+            .map(|p| {
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(topic, p, GATE_QUERY_TIMEOUT)?;
+                Ok((p, low, high))
+            })
+            .collect()
+    }
+
+    /// Whether every subscribe below `ends` is applied: known here for the partitions this
+    /// process handles, from the group's committed offsets for the others.
+    async fn subscribes_applied(self: &Arc<Self>, ends: &[(i32, i64, i64)]) -> bool {
+        let topic = self.gate.as_ref().expect("gate").subscribe_topic.clone();
+        let unknown: Vec<(i32, i64, i64)> = {
+            let tracker = self.tracker.lock().expect("tracker lock");
+            ends.iter()
+                .filter(|(p, low, high)| {
+                    high > low
+                        && tracker
+                            .done_below(&topic, *p)
+                            .is_none_or(|done| done < *high)
+                })
+                .copied()
+                .collect()
+        };
+        if unknown.is_empty() {
+            return true;
+        }
+        let mut list = TopicPartitionList::new();
+        for (p, _, _) in &unknown {
+            list.add_partition(&topic, *p);
+        }
+        let committed = self
+            .query(move |this| this.consumer.committed_offsets(list, GATE_QUERY_TIMEOUT))
+            .await;
+        let Ok(committed) = committed else {
+            return false;
+        };
+        unknown.iter().all(|(p, low, high)| {
+            match committed.find_partition(&topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(at)) => at >= *high,
+                // Nothing committed yet: only an empty partition is done.
+                _ => low >= high,
+            }
+        })
     }
 
     /// Commits what is done and closes the consumer (leaving the group, so its partitions move
@@ -340,51 +714,98 @@ impl RoleConsumer {
         outcome.await.unwrap_or(Err(KafkaError::Canceled))
     }
 
-    /// One record, to its end: effect done or skipped, or dead-lettered.
-    pub async fn handle(&self, message: &rdkafka::message::OwnedMessage) {
-        let started = std::time::Instant::now();
+    /// One record, to its end: effect done or skipped, or dead-lettered (`true`); or left
+    /// for redelivery because the worker is stopping (`false`).
+    pub async fn handle(
+        &self,
+        message: &OwnedMessage,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> bool {
+        let started = Instant::now();
         let payload = message.payload().unwrap_or_default();
         let outcome = match Event::from_json(payload) {
             Err(error) => Outcome::Poison(format!("not a wxpipe event: {error}")),
-            Ok(event) => self.apply_with_retries(&event).await,
+            Ok(event) => match self.apply_with_retries(&event, &mut shutdown).await {
+                Some(outcome) => outcome,
+                None => return false,
+            },
         };
         match &outcome {
             Outcome::Done => {}
             Outcome::Skipped(reason) => {
                 tracing::debug!(role = self.role.name(), %reason, "skipped")
             }
-            Outcome::Retry(reason) | Outcome::Poison(reason) => {
-                self.dead_letter(message, reason).await
+            Outcome::Wait(reason) | Outcome::Retry(reason) | Outcome::Poison(reason) => {
+                if !self.dead_letter(message, reason, &mut shutdown).await {
+                    return false;
+                }
             }
         }
         let outcome = match outcome {
             Outcome::Done => "done",
             Outcome::Skipped(_) => "skipped",
-            Outcome::Retry(_) | Outcome::Poison(_) => "dead_lettered",
+            Outcome::Wait(_) | Outcome::Retry(_) | Outcome::Poison(_) => "dead_lettered",
         };
         metrics::counter!("wxpipe_worker_events_total", "role" => self.role.name(), "outcome" => outcome).increment(1);
         metrics::histogram!("wxpipe_worker_effect_seconds", "role" => self.role.name())
             .record(started.elapsed().as_secs_f64());
+        true
     }
 
-    async fn apply_with_retries(&self, event: &Event) -> Outcome {
+    /// The effect, tried until it is done or known to fail: an outage is waited out however
+    /// long it lasts (the role paused meanwhile); an unexplained failure is tried
+    /// `max_attempts` times. `None` when the worker stops first.
+    async fn apply_with_retries(
+        &self,
+        event: &Event,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Outcome> {
+        let role = self.role.name();
         let mut attempt = 1;
+        let mut waits = 0;
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
             let outcome = self.effects.apply(self.role, event).await;
-            match outcome {
-                Outcome::Retry(ref reason) if attempt < self.max_attempts => {
-                    tracing::debug!(role = self.role.name(), id = %ops::redact_id(&event.id), attempt, %reason, "effect failed: retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
+            let pause = match outcome {
+                Outcome::Wait(ref reason) => {
+                    match &waiting {
+                        Some(_) => self.waits.still(role, reason),
+                        None => waiting = Some(Waiting::enter(self, reason)),
+                    }
+                    waits += 1;
+                    let pause = backoff(waits);
+                    // Its sum is the time spent waiting.
+                    metrics::histogram!("wxpipe_worker_dependency_wait_seconds", "role" => role)
+                        .record(pause.as_secs_f64());
+                    pause
                 }
-                outcome => return outcome,
+                Outcome::Retry(ref reason) if attempt < self.max_attempts => {
+                    tracing::debug!(role, id = %ops::redact_id(&event.id), attempt, %reason, "effect failed: retrying");
+                    attempt += 1;
+                    backoff(attempt - 1)
+                }
+                outcome => {
+                    if waiting.is_some() {
+                        tracing::info!(role, "the dependency answers again: the record moved on");
+                    }
+                    return Some(outcome);
+                }
+            };
+            if !sleep_unless_stopping(pause, shutdown).await {
+                return None;
             }
         }
     }
 
     /// Writes the record to the role's dead-letter topic, with the error in a header; keeps
-    /// trying until Kafka takes it, since its offset must not be stored before.
-    async fn dead_letter(&self, message: &rdkafka::message::OwnedMessage, reason: &str) {
+    /// trying until Kafka takes it, since its offset must not be stored before (`false`: the
+    /// worker stopped first).
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        reason: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
         tracing::error!(role = self.role.name(), topic = message.topic(), partition = message.partition(),
             offset = message.offset(), %reason, "record dead-lettered");
         let partition = message.partition().to_string();
@@ -429,7 +850,7 @@ impl RoleConsumer {
                         );
                     }
                     self.dead_letters.written(&source);
-                    return;
+                    return true;
                 }
                 Err((error, _)) => {
                     attempt += 1;
@@ -441,7 +862,10 @@ impl RoleConsumer {
                     } else {
                         tracing::warn!(role = self.role.name(), %error, attempt, "dead-letter write failed again: retrying");
                     }
-                    tokio::time::sleep(backoff(attempt)).await;
+                    if !sleep_unless_stopping(backoff(attempt), shutdown).await {
+                        self.dead_letters.written(&source);
+                        return false;
+                    }
                 }
             }
         }

@@ -18,7 +18,10 @@ pub enum Outcome {
     Done,
     /// Nothing to do, or a permanent failure that was logged and counted: move on.
     Skipped(String),
-    /// A passing failure: try again later.
+    /// A dependency (Redis, WeChat, the network) is failing: the record waits, and is tried
+    /// again for as long as that lasts; it never goes to the dead-letter topic for it.
+    Wait(String),
+    /// A failure this worker cannot explain: tried again a few times, then dead-lettered.
     Retry(String),
     /// The record cannot be handled as it is: it goes to the dead-letter topic.
     Poison(String),
@@ -30,6 +33,7 @@ impl Outcome {
         match self {
             Outcome::Done => "done",
             Outcome::Skipped(_) => "skipped",
+            Outcome::Wait(_) => "wait",
             Outcome::Retry(_) => "retry",
             Outcome::Poison(_) => "poison",
         }
@@ -46,6 +50,15 @@ const SENT_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
 /// another producer) would win every last-write-wins comparison and make each later event of
 /// its user stale, so it is never applied: it goes to the dead-letter topic.
 pub const MAX_CREATED_AT_AHEAD: i64 = 600;
+
+/// A failed store call: an outage waits, anything else is retried a few times.
+fn store_failed(error: &crate::store::StoreError) -> Outcome {
+    if error.is_outage() {
+        Outcome::Wait(error.to_string())
+    } else {
+        Outcome::Retry(error.to_string())
+    }
+}
 
 /// Refuses an event stamped too far in the future to compete in last-write-wins.
 fn check_created_at(event: &Event) -> Result<i64, Outcome> {
@@ -113,7 +126,7 @@ impl Effects {
                 tracing::debug!(id = %ops::redact_id(&event.id), "a newer subscription state is already stored");
                 Outcome::Done
             }
-            Err(error) => Outcome::Retry(error.to_string()),
+            Err(error) => store_failed(&error),
         }
     }
 
@@ -152,9 +165,9 @@ impl Effects {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Ok(SendClaim::InFlight) => {
-                    return Outcome::Retry("another worker holds this welcome".into())
+                    return Outcome::Wait("another worker holds this welcome".into())
                 }
-                Err(error) => return Outcome::Retry(error.to_string()),
+                Err(error) => return store_failed(&error),
             }
         }
         // The lease is renewed every third of it while the send runs, so no other handler can
@@ -202,9 +215,19 @@ impl Effects {
                     tracing::error!(%error, errcode = error.errcode(), account = %event.account,
                         "the account cannot send welcomes: check its AppID, AppSecret and API permissions");
                     let _ = self.store.abandon_send(&event.id, &self.owner).await;
-                    Outcome::Retry(error.to_string())
+                    Outcome::Wait(error.to_string())
                 }
-                ErrorClass::Retriable | ErrorClass::TokenInvalid => {
+                ErrorClass::Outage | ErrorClass::TokenInvalid => {
+                    let _ = self.store.abandon_send(&event.id, &self.owner).await;
+                    Outcome::Wait(error.to_string())
+                }
+                ErrorClass::Unanswered => {
+                    // WeChat may have sent it: as for a send cut at its bound, not repeated.
+                    let _ = self.store.finish_send(&event.id, SENT_TTL).await;
+                    tracing::warn!(%error, id = %ops::redact_id(&event.id), "welcome send unanswered: its outcome is unknown, and it is not repeated");
+                    Outcome::Skipped("send outcome unknown".into())
+                }
+                ErrorClass::Unknown => {
                     let _ = self.store.abandon_send(&event.id, &self.owner).await;
                     Outcome::Retry(error.to_string())
                 }
@@ -249,7 +272,7 @@ impl Effects {
         };
         match self.store.location(location).await {
             Ok(_) => Outcome::Done,
-            Err(error) => Outcome::Retry(error.to_string()),
+            Err(error) => store_failed(&error),
         }
     }
 }

@@ -53,12 +53,14 @@ pub enum StartError {
     Config(String),
 }
 
-/// Ready when the store answers and the Kafka cluster returns metadata, now.
+/// Ready when the store answers and the Kafka cluster returns metadata, now, and no role is
+/// held back (a dead-letter write failing, a record waiting for a dependency).
 fn readiness(
     store: Arc<dyn store::EffectStore>,
     settings: &ConsumerSettings,
 ) -> ops::admin::Readiness {
     let dead_letters = Arc::clone(&settings.dead_letters);
+    let waits = Arc::clone(&settings.waits);
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let probe: Option<Arc<BaseConsumer>> = kafka::client_config(
         &settings.brokers,
@@ -72,9 +74,13 @@ fn readiness(
         let store = Arc::clone(&store);
         let probe = probe.clone();
         let dead_letters = Arc::clone(&dead_letters);
+        let waits = Arc::clone(&waits);
         Box::pin(async move {
             if let Some(stuck) = dead_letters.stuck() {
                 return Err(stuck);
+            }
+            if let Some(waiting) = waits.waiting() {
+                return Err(waiting);
             }
             store.ping().await.map_err(|e| format!("redis: {e}"))?;
             let probe = probe.ok_or("kafka: no client")?;
@@ -162,7 +168,6 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
 pub struct Workers {
     consumers: Vec<Arc<RoleConsumer>>,
     admin: Option<(tokio::net::TcpListener, ops::admin::Readiness)>,
-    concurrency: usize,
 }
 
 impl std::fmt::Debug for Workers {
@@ -186,6 +191,8 @@ pub async fn start(config: Config) -> Result<Workers, StartError> {
         common: config.kafka_config.clone(),
         overrides: config.settings.kafka_consumer_config.clone(),
         dead_letters: Arc::default(),
+        waits: Arc::default(),
+        concurrency: config.settings.concurrency,
     };
     let consumers = config
         .roles()
@@ -211,11 +218,7 @@ pub async fn start(config: Config) -> Result<Workers, StartError> {
             Some((listener, readiness(Arc::clone(&effects.store), &settings)))
         }
     };
-    Ok(Workers {
-        consumers,
-        admin,
-        concurrency: config.settings.concurrency,
-    })
+    Ok(Workers { consumers, admin })
 }
 
 impl Workers {
@@ -235,11 +238,9 @@ impl Workers {
             )));
         }
         for consumer in self.consumers {
-            tasks.push(tokio::spawn(consumer.run(
-                self.concurrency,
-                stopped.clone(),
-                Duration::from_secs(10),
-            )));
+            tasks.push(tokio::spawn(
+                consumer.run(stopped.clone(), Duration::from_secs(10)),
+            ));
         }
         shutdown.await;
         let _ = stop.send(true);

@@ -27,16 +27,27 @@ pub enum ErrorClass {
     /// quota): log, count, move on.
     Permanent,
     /// The account cannot send (API not authorised, wrong credentials): nothing goes out for
-    /// any user until a person fixes it, so the send is retried, never recorded as done.
+    /// any user until a person fixes it, so the send waits, never recorded as done.
     Account,
-    /// May succeed later (system busy, rate limits, transport): retry with backoff.
-    Retriable,
+    /// WeChat or the way to it is failing (system busy, rate and daily limits, no connection,
+    /// the token store): it passes, so the send waits for as long as it lasts.
+    Outage,
+    /// The request was written but no answer came back: WeChat may have sent the message.
+    /// Its send has no idempotency key, so sending again could send twice.
+    Unanswered,
+    /// An errcode this worker does not know: retried a few times (`WORKER_MAX_ATTEMPTS`),
+    /// then dead-lettered for a person to look at.
+    Unknown,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("transport: {0}")]
     Transport(#[from] reqwest::Error),
+    /// The post may have reached WeChat (it timed out, or the connection broke, after it was
+    /// written).
+    #[error("no answer to a written request: {0}")]
+    Unanswered(reqwest::Error),
     #[error("errcode {errcode}: {errmsg}")]
     Code { errcode: i64, errmsg: String },
     #[error("unexpected response: {0}")]
@@ -56,16 +67,20 @@ impl ApiError {
                 // 43004 user does not follow.
                 45015 | 45047 | 43004 => ErrorClass::Permanent,
                 // 48001 API not authorised; 40003 invalid credentials (as WeChat answers for
-                // an account whose AppID falls back to another account's).
-                48001 | 40003 => ErrorClass::Account,
-                // -1 system busy, 45009 daily limit, 45011 rate limit; and anything unknown,
-                // bounded by the worker's attempts.
-                _ => ErrorClass::Retriable,
+                // an account whose AppID falls back to another account's); 40013 invalid
+                // AppID; 40125 invalid AppSecret; 40164 caller IP not whitelisted; 50002 user
+                // limited (the account is restricted).
+                48001 | 40003 | 40013 | 40125 | 40164 | 50002 => ErrorClass::Account,
+                // -1 system busy, 45009 daily limit, 45011 rate limit.
+                -1 | 45009 | 45011 => ErrorClass::Outage,
+                _ => ErrorClass::Unknown,
             },
-            ApiError::Response(_)
-            | ApiError::Transport(_)
-            | ApiError::Store(_)
-            | ApiError::TokenWait => ErrorClass::Retriable,
+            ApiError::Unanswered(_) => ErrorClass::Unanswered,
+            ApiError::Transport(_) | ApiError::Response(_) | ApiError::TokenWait => {
+                ErrorClass::Outage
+            }
+            ApiError::Store(error) if error.is_outage() => ErrorClass::Outage,
+            ApiError::Store(_) => ErrorClass::Unknown,
         }
     }
 
@@ -107,6 +122,16 @@ impl Reply {
                 errmsg: self.errmsg,
             })
         }
+    }
+}
+
+/// A failed post: one that never connected was not written and can be sent again; any other
+/// failure may come after WeChat took the request.
+fn written(error: reqwest::Error) -> ApiError {
+    if error.is_connect() || error.is_builder() {
+        ApiError::Transport(error)
+    } else {
+        ApiError::Unanswered(error)
     }
 }
 
@@ -183,16 +208,15 @@ impl WeChat {
     async fn post_text(&self, token: &str, openid: &str, content: &str) -> Result<(), ApiError> {
         let body = json!({"touser": openid, "msgtype": "text", "text": {"content": content}});
         let reply = async {
-            Ok::<Reply, ApiError>(
-                self.http
-                    .post(format!("{}/cgi-bin/message/custom/send", self.base))
-                    .query(&[("access_token", token)])
-                    .json(&body)
-                    .send()
-                    .await?
-                    .json()
-                    .await?,
-            )
+            let response = self
+                .http
+                .post(format!("{}/cgi-bin/message/custom/send", self.base))
+                .query(&[("access_token", token)])
+                .json(&body)
+                .send()
+                .await
+                .map_err(written)?;
+            response.json::<Reply>().await.map_err(ApiError::Unanswered)
         }
         .await;
         count("custom_send", &reply);
@@ -332,12 +356,17 @@ mod tests {
         for code in [45015, 45047, 43004] {
             assert_eq!(class(code), ErrorClass::Permanent, "{code}");
         }
-        for code in [40003, 48001] {
+        for code in [40003, 48001, 40013, 40125, 40164] {
             assert_eq!(class(code), ErrorClass::Account, "{code}");
         }
-        for code in [-1, 45009, 45011, 99999] {
-            assert_eq!(class(code), ErrorClass::Retriable, "{code}");
+        for code in [-1, 45009, 45011] {
+            assert_eq!(class(code), ErrorClass::Outage, "{code}");
         }
-        assert_eq!(ApiError::TokenWait.class(), ErrorClass::Retriable);
+        assert_eq!(class(99999), ErrorClass::Unknown);
+        assert_eq!(ApiError::TokenWait.class(), ErrorClass::Outage);
+        assert_eq!(
+            ApiError::Store(StoreError::Timeout).class(),
+            ErrorClass::Outage
+        );
     }
 }

@@ -366,7 +366,9 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_and_failing_records_reach_the_dead_letter_topic() {
     let env = Env::start().await;
-    env.wechat.fail("always_busy", -1, u32::MAX);
+    // An errcode the worker does not know: tried WORKER_MAX_ATTEMPTS times, then
+    // dead-lettered. (An outage, -1, waits instead: tests/resilience.rs.)
+    env.wechat.fail("always_busy", 99999, u32::MAX);
     env.wechat.fail("gone", 43004, u32::MAX);
     env.wechat.fail("flaky", -1, 1);
     env.kafka.produce(
@@ -406,7 +408,7 @@ async fn poison_and_failing_records_reach_the_dead_letter_topic() {
         .collect();
     errors.sort();
     assert_eq!(errors[0].0.as_deref(), Some("always_busy"));
-    assert!(errors[0].1.contains("errcode -1"), "{errors:?}");
+    assert!(errors[0].1.contains("errcode 99999"), "{errors:?}");
     assert_eq!(errors[1].0.as_deref(), Some("junk"));
     assert!(errors[1].1.contains("not a wxpipe event"), "{errors:?}");
     assert!(letters
@@ -651,15 +653,19 @@ async fn a_record_larger_than_a_default_producer_takes_is_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_dead_letter_write_makes_the_worker_unready_until_it_succeeds() {
-    // A record that fails (Redis is down) must go to the dead-letter topic, which Kafka
-    // refuses for a while: the worker says so in /readyz instead of stalling silently.
+    // A record that fails for its own data (a wrong type at its history key: not an outage)
+    // must go to the dead-letter topic, which Kafka refuses for a while: the worker says so
+    // in /readyz instead of stalling silently.
     let env = Env::start().await;
+    redis::cmd("SET")
+        .arg(format!("{}:location_history:gh_a:stuck", env.key_prefix))
+        .arg("not a sorted set")
+        .exec(&mut env.redis.conn())
+        .unwrap();
     env.produce("location", &[location("gh_a", "stuck", 120, 1.0, 2.0)]);
     let port = free_port();
-    let dead_redis = format!("redis://127.0.0.1:{}/", free_port());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
         .envs(env.vars())
-        .env("REDIS_URL", dead_redis)
         .env("WORKER_ROLES", "location")
         .env("WORKER_MAX_ATTEMPTS", "6")
         .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
@@ -722,6 +728,8 @@ async fn kafka_settings_reach_every_client_and_bad_ones_stop_the_start() {
         ],
         overrides: vec!["session.timeout.ms=6000".into()],
         dead_letters: Default::default(),
+        waits: Default::default(),
+        concurrency: 1,
     };
     let consumer = settings.consumer_config("g");
     let dead_letter = settings.dead_letter_config();
@@ -864,25 +872,44 @@ async fn a_token_the_api_just_rejected_is_never_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_level_refusal_is_never_recorded_as_sent() {
     // 48001 (API not authorised) concerns the account, not the user: once the configuration
-    // is fixed the welcome must still go out, so it is retried and dead-lettered (for a
-    // redrive), never marked sent.
+    // is fixed the welcome must still go out, so it waits (readiness says why), is never
+    // dead-lettered, and is never marked sent.
     let env = Env::start().await;
     let store = env.store().await;
     env.wechat.fail("refused", 48001, u32::MAX);
     let (key, value) = subscribe("gh_a", "refused", 100, None);
     let id = schemas::Event::from_json(&value).unwrap().id;
     env.produce("subscribe", &[(key, value)]);
-    let (stop, task) = env.spawn(&["--role", "welcome"]);
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let (stop, task) = env.spawn(&["--role", "welcome", "--admin-listen", &admin]);
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    wait_for_async("readiness to name the refusal", || async {
+        match reqwest::get(&readyz).await {
+            Ok(response) if response.status() == 503 => response
+                .text()
+                .await
+                .is_ok_and(|body| body.contains("errcode 48001")),
+            _ => false,
+        }
+    })
+    .await;
+    // Past the attempts that used to dead-letter it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let dlq = format!("{}.dlq.welcome", env.prefix);
-    wait_for("the welcome dead-lettered", || env.kafka.count(&dlq) == 1).await;
+    assert_eq!(env.kafka.count(&dlq), 0);
     assert_eq!(
         store
-            .begin_send(&id, "checker", Duration::from_secs(1))
+            .begin_send(&id, "checker", Duration::from_millis(1))
             .await
             .unwrap(),
         worker::store::SendClaim::Claimed,
         "not recorded as sent"
     );
+    // The account fixed: the welcome goes out, once.
+    env.wechat.fail("refused", 48001, 0);
+    wait_for("the welcome", || env.wechat.sends_to("refused") == 1).await;
+    assert_eq!(env.kafka.count(&dlq), 0);
     drop(stop);
     task.await.unwrap();
 }

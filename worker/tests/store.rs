@@ -73,10 +73,10 @@ async fn suite(s: &dyn EffectStore) {
         s.binding("gh_a", "u2").await.unwrap().as_deref(),
         Some("user-7")
     );
-    // Redelivery of the applied subscribe changes nothing.
+    // Redelivery of the applied subscribe changes nothing: it is stale.
     assert_eq!(
         s.subscription(sub("u2", true, 300, None)).await.unwrap(),
-        Applied::Yes
+        Applied::Stale
     );
     assert_eq!(s.user("gh_a", "u2").await.unwrap().unwrap().updated_at, 300);
 
@@ -91,6 +91,19 @@ async fn suite(s: &dyn EffectStore) {
     );
     assert!(!s.user("gh_a", "u4").await.unwrap().unwrap().subscribed);
     assert_eq!(s.user("gh_a", "nobody").await.unwrap(), None);
+
+    // A redelivered unsubscribe (the same second as the state it made) deletes nothing: the
+    // binding set since stays.
+    s.subscription(sub("u5", false, 500, None)).await.unwrap();
+    s.set_binding("gh_a", "u5", "user-9").await.unwrap();
+    assert_eq!(
+        s.subscription(sub("u5", false, 500, None)).await.unwrap(),
+        Applied::Stale
+    );
+    assert_eq!(
+        s.binding("gh_a", "u5").await.unwrap().as_deref(),
+        Some("user-9")
+    );
 
     // Locations: newest wins; history is idempotent and capped.
     assert_eq!(s.location(loc("e1", 10, 23.1)).await.unwrap(), Applied::Yes);

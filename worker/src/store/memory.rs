@@ -76,8 +76,11 @@ impl EffectStore for MemoryStore {
         self.with(|s| {
             let k = key(c.account, c.openid);
             if let Some(current) = s.users.get(&k) {
+                // At the same second an unsubscribe wins over a subscribe; anything else
+                // (a redelivery above all) changes nothing.
+                let unsubscribes_a_subscribed_user = current.subscribed && !c.subscribed;
                 let loses_tie =
-                    c.created_at == current.updated_at && c.subscribed && !current.subscribed;
+                    c.created_at == current.updated_at && !unsubscribes_a_subscribed_user;
                 if c.created_at < current.updated_at || loses_tie {
                     return Applied::Stale;
                 }

@@ -17,7 +17,9 @@ local at = tonumber(current[1])
 local t = tonumber(ARGV[2])
 if at then
   if t < at then return 0 end
-  if t == at and ARGV[1] == '1' and current[2] == '0' then return 0 end
+  -- At the same second an unsubscribe wins over a subscribe; anything else (a redelivery
+  -- above all) changes nothing.
+  if t == at and not (ARGV[1] == '0' and current[2] == '1') then return 0 end
 end
 if ARGV[1] == '1' then
   redis.call('HSET', KEYS[1], 'subscribed', '1', 'updated_at', ARGV[2], 'scene', ARGV[3])

@@ -145,6 +145,9 @@ impl Env {
                 "WORKER_ADMIN_LISTEN" => "--admin-listen",
                 other => panic!("no flag for {other}"),
             };
+            if extra.contains(&flag) {
+                continue; // the test's own value
+            }
             args.push(flag.into());
             args.push(value);
         }

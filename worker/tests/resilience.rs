@@ -1,0 +1,269 @@
+//! The workers under lag and outages: a re-follow wins over a lagging unsubscribe, and a
+//! dependency that fails for a while holds records back instead of dead-lettering them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redis::Commands;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    assert!(
+        eventually(WAIT, &mut check).await,
+        "timed out waiting for {what}"
+    );
+}
+
+/// (status, body) of the worker's `/readyz`.
+async fn ready(port: u16) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .ok()?;
+    Some((response.status().as_u16(), response.text().await.ok()?))
+}
+
+async fn metrics(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_unsubscribe_never_deletes_the_binding_of_a_user_who_followed_again() {
+    // Twenty users unfollowed (t=200), followed again (t=300), and the host bound them anew
+    // (t=305). The subscribe topic lags (thousands of records before the re-follows); the
+    // unsubscribe topic does not. Every binding must survive.
+    let env = Env::start().await;
+    let users: Vec<String> = (0..20).map(|n| format!("back{n}")).collect();
+    let filler: Vec<_> = (0..3000)
+        .map(|n| subscribe("gh_a", &format!("other{n}"), 100, None))
+        .collect();
+    env.produce("subscribe", &filler);
+    let refollows: Vec<_> = users
+        .iter()
+        .map(|u| subscribe("gh_a", u, 300, None))
+        .collect();
+    env.produce("subscribe", &refollows);
+    let unsubscribes: Vec<_> = users.iter().map(|u| unsubscribe("gh_a", u, 200)).collect();
+    // And one user who only unfollowed: their binding goes.
+    let mut unsubscribes = unsubscribes;
+    unsubscribes.push(unsubscribe("gh_a", "gone", 200));
+    env.produce("unsubscribe", &unsubscribes);
+    let store = env.store().await;
+    for user in users.iter().chain([&"gone".to_owned()]) {
+        store.set_binding("gh_a", user, "host-user").await.unwrap();
+    }
+
+    let (stop, task) = env.spawn(&["--role", "unbind"]);
+    let topic = env.topic("unsubscribe");
+    wait_for("every unsubscribe handled and committed", || {
+        env.kafka.committed("wxpipe-unbind", &topic) == 21
+    })
+    .await;
+    let mut lost = Vec::new();
+    for user in &users {
+        let state = store.user("gh_a", user).await.unwrap().unwrap();
+        assert!(state.subscribed, "{user}: {state:?}");
+        if store.binding("gh_a", user).await.unwrap().is_none() {
+            lost.push(user.clone());
+        }
+    }
+    assert!(lost.is_empty(), "bindings lost: {lost:?}");
+    assert_eq!(store.binding("gh_a", "gone").await.unwrap(), None);
+
+    // The unsubscribe redelivered, after the host bound that user again (say, on the web):
+    // it changes nothing.
+    store.set_binding("gh_a", "gone", "web-user").await.unwrap();
+    env.produce("unsubscribe", &[unsubscribe("gh_a", "gone", 200)]);
+    wait_for("the redelivery handled", || {
+        env.kafka.committed("wxpipe-unbind", &topic) == 22
+    })
+    .await;
+    assert_eq!(
+        store.binding("gh_a", "gone").await.unwrap().as_deref(),
+        Some("web-user")
+    );
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_both_topics_idle_an_unsubscribe_takes_effect_at_once() {
+    let env = Env::start().await;
+    let store = env.store().await;
+    store.set_binding("gh_a", "leaver", "u").await.unwrap();
+    let (stop, task) = env.spawn(&["--role", "unbind"]);
+    env.produce("subscribe", &[subscribe("gh_a", "leaver", 100, None)]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.produce("unsubscribe", &[unsubscribe("gh_a", "leaver", 200)]);
+    let started = std::time::Instant::now();
+    let mut gone = false;
+    while started.elapsed() < WAIT {
+        if store.binding("gh_a", "leaver").await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the binding was never deleted");
+    // Not a timing assertion on the machine's speed: the gate must not add its own delay of
+    // many seconds (auto-commit is 1 s, the gate looks every 0.1 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_stall_longer_than_the_retries_holds_records_back_and_dead_letters_nothing() {
+    // Redis stops answering for 12 s (CLIENT PAUSE), longer than WORKER_MAX_ATTEMPTS=3 with
+    // its backoff: unsubscribes and locations must wait, the role say so, and every effect
+    // happen once Redis answers, with nothing dead-lettered.
+    let env = Env::start().await;
+    let store = env.store().await;
+    store.set_binding("gh_a", "leaver", "u").await.unwrap();
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let (stop, task) = env.spawn(&["--role", "unbind,location", "--admin-listen", &admin]);
+    // Warm: the roles consume, and readiness is green.
+    env.produce("location", &[location("gh_a", "warm", 100, 1.0, 2.0)]);
+    wait_for("the warm-up location", || {
+        env.redis
+            .conn()
+            .exists::<_, bool>(format!("{}:location:gh_a:warm", env.key_prefix))
+            .unwrap()
+    })
+    .await;
+
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(12_000)
+        .query(&mut env.redis.conn())
+        .unwrap();
+    let paused_at = std::time::Instant::now();
+    env.produce("unsubscribe", &[unsubscribe("gh_a", "leaver", 200)]);
+    env.produce("location", &[location("gh_a", "walker", 150, 3.0, 4.0)]);
+    // Readiness names the wait while Redis is paused.
+    let mut said = None;
+    while paused_at.elapsed() < Duration::from_secs(11) {
+        if let Some((503, body)) = ready(port).await {
+            if body.contains("waited") {
+                said = Some(body);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        said.is_some(),
+        "readiness never said a role waits: {:?}",
+        ready(port).await
+    );
+    // Our own connection would block on the pause too.
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(paused_at.elapsed())).await;
+    wait_for("the unsubscribe applied after the stall", || {
+        !env.redis
+            .conn()
+            .exists::<_, bool>(format!("{}:binding:gh_a:leaver", env.key_prefix))
+            .unwrap()
+    })
+    .await;
+    wait_for("the location stored after the stall", || {
+        env.redis
+            .conn()
+            .exists::<_, bool>(format!("{}:location:gh_a:walker", env.key_prefix))
+            .unwrap()
+    })
+    .await;
+    for role in ["unbind", "location"] {
+        assert_eq!(
+            env.kafka.count(&format!("{}.dlq.{role}", env.prefix)),
+            0,
+            "{role} dead-lettered a record during an outage"
+        );
+    }
+    let metrics = metrics(port).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wxpipe_worker_dependency_wait_seconds_sum")),
+        "{metrics}"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while ready(port).await.map(|(status, _)| status) != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wechat_outage_holds_welcomes_back_until_it_passes() {
+    // WeChat answers -1 (system busy) for as long as it likes: the welcome waits, is never
+    // dead-lettered nor recorded as sent, and goes out once when WeChat recovers.
+    let env = Env::start().await;
+    env.wechat.fail("patient", -1, u32::MAX);
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
+    env.produce("subscribe", &[subscribe("gh_a", "patient", 100, None)]);
+    let (stop, task) = env.spawn(&["--role", "welcome", "--admin-listen", &admin]);
+    // Three attempts used to take under 2 s; wait well past them.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let dlq = format!("{}.dlq.welcome", env.prefix);
+    assert_eq!(env.kafka.count(&dlq), 0, "dead-lettered during an outage");
+    let (status, body) = ready(port).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("welcome") && body.contains("errcode -1"),
+        "{body}"
+    );
+    env.wechat.fail("patient", -1, 0);
+    wait_for("the welcome sent", || env.wechat.sends_to("patient") == 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.wechat.sends_to("patient"), 1);
+    assert_eq!(env.kafka.count(&dlq), 0);
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_while_a_record_waits_leaves_it_for_redelivery() {
+    // Redis unreachable: the location waits. A stop then must not commit past it (it was not
+    // applied); the next worker, with Redis back, applies it.
+    let env = Env::start().await;
+    env.produce("location", &[location("gh_a", "later", 100, 1.0, 2.0)]);
+    let dead = format!("redis://127.0.0.1:{}/", free_port());
+    let (stop, task) = env.spawn(&["--role", "location", "--redis-url", &dead]);
+    // Past its attempts, then a clean stop (which commits what is done).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    drop(stop);
+    task.await.unwrap();
+    let topic = env.topic("location");
+    assert_eq!(env.kafka.committed("wxpipe-location", &topic), 0);
+    assert_eq!(env.kafka.count(&format!("{}.dlq.location", env.prefix)), 0);
+
+    let (stop, task) = env.spawn(&["--role", "location"]);
+    wait_for("the location applied by the next worker", || {
+        env.redis
+            .conn()
+            .exists::<_, bool>(format!("{}:location:gh_a:later", env.key_prefix))
+            .unwrap()
+    })
+    .await;
+    wait_for("its offset committed", || {
+        env.kafka.committed("wxpipe-location", &topic) == 1
+    })
+    .await;
+    drop(stop);
+    task.await.unwrap();
+}

@@ -26,7 +26,7 @@ pub struct FakeState {
     pub expired: HashSet<String>,
     /// errcode to answer for a user, and how many times (u32::MAX = always).
     pub failures: HashMap<String, (i64, u32)>,
-    /// Delay before answering a send.
+    /// Delay before answering a send (taken, and recorded, at once).
     pub send_delay: Duration,
     /// stable_token always answers this token, forced or not (and sends refuse it).
     pub stuck_token: Option<String>,
@@ -144,29 +144,36 @@ async fn answer(
             }
         }
         "/cgi-bin/message/custom/send" => {
-            let delay = state.lock().unwrap().send_delay;
-            tokio::time::sleep(delay).await;
+            // Like WeChat, it takes the message at once and may answer late (after a client
+            // that gave up waiting is gone).
             let token = query
                 .strip_prefix("access_token=")
                 .unwrap_or_default()
                 .to_owned();
             let to = body["touser"].as_str().unwrap_or_default().to_owned();
-            let mut s = state.lock().unwrap();
-            if s.expired.contains(&token) || !token.starts_with("TOKEN-") {
-                json!({"errcode": 42001, "errmsg": "access_token expired"})
-            } else if s.refused.contains(&token) {
-                json!({"errcode": 40001, "errmsg": "invalid credential"})
-            } else if let Some((errcode, times)) = s.failures.get_mut(&to).filter(|(_, n)| *n > 0) {
-                *times = times.saturating_sub(u32::from(*times != u32::MAX));
-                json!({"errcode": *errcode, "errmsg": "injected"})
-            } else {
-                let content = body["text"]["content"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                s.sends.push((to, content));
-                json!({"errcode": 0, "errmsg": "ok"})
-            }
+            let (reply, delay) = {
+                let mut s = state.lock().unwrap();
+                let reply = if s.expired.contains(&token) || !token.starts_with("TOKEN-") {
+                    json!({"errcode": 42001, "errmsg": "access_token expired"})
+                } else if s.refused.contains(&token) {
+                    json!({"errcode": 40001, "errmsg": "invalid credential"})
+                } else if let Some((errcode, times)) =
+                    s.failures.get_mut(&to).filter(|(_, n)| *n > 0)
+                {
+                    *times = times.saturating_sub(u32::from(*times != u32::MAX));
+                    json!({"errcode": *errcode, "errmsg": "injected"})
+                } else {
+                    let content = body["text"]["content"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    s.sends.push((to, content));
+                    json!({"errcode": 0, "errmsg": "ok"})
+                };
+                (reply, s.send_delay)
+            };
+            tokio::time::sleep(delay).await;
+            reply
         }
         _ => json!({"errcode": 404, "errmsg": "no such API"}),
     };

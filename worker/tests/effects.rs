@@ -937,3 +937,47 @@ async fn a_slow_send_keeps_its_lease_and_the_welcome_goes_out_once() {
     drop(stop);
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_lock_outlasts_the_slowest_fetch() {
+    // Two processes find their cached token refused at once. The one that takes the fetch
+    // lock needs a normal and a forced fetch, 5.5 s each (the API timeout being 6 s): 11 s,
+    // past a fixed 10 s lock. The other must wait for its token, not fetch as well.
+    use worker::wechat::{Credentials, WeChat};
+    let env = Env::start().await;
+    let store = env.store().await;
+    {
+        let mut fake = env.wechat.state.lock().unwrap();
+        fake.token_delay = Duration::from_millis(5500);
+        fake.refused.insert("TOKEN-1".into());
+    }
+    store
+        .set_token("wxslow", "TOKEN-1", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let creds = Credentials {
+        appid: "wxslow".into(),
+        appsecret: schemas::accounts::Secret::new("secret"),
+    };
+    let client = |owner: &str| {
+        WeChat::new(
+            &env.wechat.base(),
+            Duration::from_secs(6),
+            std::sync::Arc::clone(&store),
+            owner.into(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (client("process-a"), client("process-b"));
+    let (sent_a, sent_b) = tokio::join!(
+        a.send_text(&creds, "oa", "hi"),
+        b.send_text(&creds, "ob", "hi")
+    );
+    sent_a.unwrap();
+    sent_b.unwrap();
+    assert_eq!(
+        env.wechat.token_fetches(),
+        [false, true],
+        "one process fetched (a normal call, then a forced one); the other waited"
+    );
+}

@@ -267,3 +267,20 @@ async fn a_worker_stopped_while_a_record_waits_leaves_it_for_redelivery() {
     drop(stop);
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_answer_is_lost_is_not_repeated() {
+    // WeChat takes the post but answers after the API timeout (1 s): the message may have
+    // gone out (here it did), so sending again could send it twice.
+    let env = Env::start().await;
+    env.wechat.set_send_delay(Duration::from_millis(1500));
+    env.produce("subscribe", &[subscribe("gh_a", "unanswered", 100, None)]);
+    let (stop, task) = env.spawn(&["--role", "welcome"]);
+    wait_for("the post", || env.wechat.sends_to("unanswered") >= 1).await;
+    // Long enough for several retries, had there been any.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(env.wechat.sends_to("unanswered"), 1);
+    assert_eq!(env.kafka.count(&format!("{}.dlq.welcome", env.prefix)), 0);
+    drop(stop);
+    task.await.unwrap();
+}

@@ -66,21 +66,33 @@ impl StoreError {
         {
             return true;
         }
-        matches!(
-            error.code(),
-            Some(
-                "LOADING"
-                    | "TRYAGAIN"
-                    | "CLUSTERDOWN"
-                    | "MASTERDOWN"
-                    | "READONLY"
-                    | "OOM"
-                    | "BUSY"
-                    | "NOAUTH"
-                    | "WRONGPASS"
-                    | "NOPERM"
-            )
-        ) || error.kind() == redis::ErrorKind::AuthenticationFailed
+        const OUTAGES: [&str; 12] = [
+            "LOADING",
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "MASTERDOWN",
+            "READONLY",
+            "OOM",
+            "BUSY",
+            "NOAUTH",
+            "WRONGPASS",
+            "NOPERM",
+            // RDB snapshots failing (a full disk), too few replicas for min-replicas-to-write.
+            "MISCONF",
+            "NOREPLICAS",
+        ];
+        if error.kind() == redis::ErrorKind::AuthenticationFailed
+            || error.code().is_some_and(|code| OUTAGES.contains(&code))
+        {
+            return true;
+        }
+        // A plain ERR that concerns the server, or an outage raised inside a script, which
+        // older servers wrap as "ERR Error running script … -OOM …".
+        let detail = error.detail().unwrap_or_default();
+        detail.contains("max number of clients")
+            || OUTAGES
+                .iter()
+                .any(|code| detail.contains(&format!("-{code} ")) || detail.starts_with(code))
     }
 }
 

@@ -35,6 +35,9 @@ pub struct FakeState {
     pub refused: HashSet<String>,
     /// Delay before answering stable_token.
     pub token_delay: Duration,
+    /// Sends answered by a gateway's error page (HTTP 502, HTML) before reaching WeChat: so
+    /// many of the next ones, not taken.
+    pub bad_gateway: u32,
     issued: u32,
 }
 
@@ -143,6 +146,13 @@ async fn answer(
                 json!({"access_token": format!("TOKEN-{}", s.issued), "expires_in": 7200})
             }
         }
+        "/cgi-bin/message/custom/send" if bad_gateway(&state) => {
+            let mut response = Response::new(Full::new(Bytes::from_static(
+                b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+            )));
+            *response.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+            return Ok(response);
+        }
         "/cgi-bin/message/custom/send" => {
             // Like WeChat, it takes the message at once and may answer late (after a client
             // that gave up waiting is gone).
@@ -178,4 +188,14 @@ async fn answer(
         _ => json!({"errcode": 404, "errmsg": "no such API"}),
     };
     Ok(Response::new(Full::new(Bytes::from(reply.to_string()))))
+}
+
+/// Whether this send meets the gateway's error page (and counts it).
+fn bad_gateway(state: &Mutex<FakeState>) -> bool {
+    let mut s = state.lock().unwrap();
+    if s.bad_gateway == 0 {
+        return false;
+    }
+    s.bad_gateway -= 1;
+    true
 }

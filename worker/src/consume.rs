@@ -22,7 +22,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -99,6 +101,35 @@ impl OffsetTracker {
 #[derive(Debug)]
 pub struct LagContext {
     role: &'static str,
+    pause: Arc<PauseFlags>,
+}
+
+/// Which of a role's partitions stay paused: read by the rebalance callbacks, which pause
+/// partitions assigned while the role is paused, and free revoked ones of the pause (a paused
+/// partition stays paused in librdkafka until it is resumed, even after it moved away and back).
+#[derive(Debug, Default)]
+struct PauseFlags {
+    /// Every partition: a record waits for a dependency, or the role is full.
+    all: std::sync::atomic::AtomicBool,
+    /// The gated topic's partitions: the gate holds as much as it may.
+    gated: std::sync::atomic::AtomicBool,
+    gated_topic: Option<String>,
+}
+
+impl PauseFlags {
+    /// The partitions of `list` to keep paused now.
+    fn to_pause(&self, list: &TopicPartitionList) -> TopicPartitionList {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (all, gated) = (self.all.load(SeqCst), self.gated.load(SeqCst));
+        let mut paused = TopicPartitionList::new();
+        for element in list.elements() {
+            let held = self.gated_topic.as_deref() == Some(element.topic());
+            if all || (gated && held) {
+                paused.add_partition(element.topic(), element.partition());
+            }
+        }
+        paused
+    }
 }
 
 impl ClientContext for LagContext {
@@ -127,7 +158,25 @@ fn partition_lag(p: &Partition) -> Option<i64> {
     Some((p.hi_offset - from).max(0))
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            // Whoever gets them next (this process too, later) starts them unpaused.
+            let _ = consumer.resume(list);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let paused = self.pause.to_pause(list);
+            if paused.count() > 0 {
+                if let Err(error) = consumer.pause(&paused) {
+                    tracing::warn!(role = self.role, %error, "newly assigned partitions not paused");
+                }
+            }
+        }
+    }
+}
 
 /// One role's consumer and everything its tasks share.
 pub struct RoleConsumer {
@@ -144,6 +193,7 @@ pub struct RoleConsumer {
     /// One per record being handled: the role reads no further ahead than this.
     permits: Arc<Semaphore>,
     flow: Mutex<Flow>,
+    pause: Arc<PauseFlags>,
     /// Told when an unsubscribe enters the gate.
     changed: Notify,
     /// The unbind role's unsubscribes, held until the subscribes before them are applied.
@@ -159,6 +209,9 @@ struct Flow {
     waiting: usize,
     /// Unsubscribes held by the gate.
     gated: usize,
+    /// No permit came free for a whole poll interval: every record in hand is stuck (waiting,
+    /// or its dead-letter write failing), and the role reads no further until one is done.
+    full: bool,
     paused_all: bool,
     paused_gated: bool,
 }
@@ -388,10 +441,17 @@ impl RoleConsumer {
         settings: &ConsumerSettings,
         effects: Arc<Effects>,
     ) -> Result<Self, KafkaError> {
+        let topics = role.topics(&settings.topic_prefix);
+        let pause = Arc::new(PauseFlags {
+            gated_topic: (role == Role::Unbind).then(|| topics[1].clone()),
+            ..PauseFlags::default()
+        });
         let consumer: StreamConsumer<LagContext> = settings
             .consumer_config(&role.group())
-            .create_with_context(LagContext { role: role.name() })?;
-        let topics = role.topics(&settings.topic_prefix);
+            .create_with_context(LagContext {
+                role: role.name(),
+                pause: Arc::clone(&pause),
+            })?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
         let dlq: FutureProducer = settings.dead_letter_config().create()?;
@@ -413,6 +473,7 @@ impl RoleConsumer {
             concurrency: settings.concurrency.max(1),
             permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             flow: Mutex::default(),
+            pause,
             changed: Notify::new(),
             gate,
         })
@@ -436,6 +497,10 @@ impl RoleConsumer {
                 permit = Arc::clone(&self.permits).acquire_owned() => Some(permit.expect("semaphore open")),
                 () = tokio::time::sleep(POLL_EVERY) => None,
             };
+            let full = permit.is_none();
+            if full != self.flow.lock().expect("flow lock").full {
+                self.update_flow(|flow| flow.full = full);
+            }
             let message = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
@@ -523,7 +588,7 @@ impl RoleConsumer {
     fn update_flow(&self, change: impl FnOnce(&mut Flow)) {
         let mut flow = self.flow.lock().expect("flow lock");
         change(&mut flow);
-        let all = flow.waiting > 0;
+        let all = flow.waiting > 0 || flow.full;
         let gated = flow.gated >= self.concurrency * GATE_DEPTH
             || (flow.paused_gated && flow.gated > self.concurrency * GATE_DEPTH / 2);
         metrics::gauge!("wxpipe_worker_waiting_records", "role" => self.role.name())
@@ -540,6 +605,9 @@ impl RoleConsumer {
         }
         flow.paused_all = all;
         flow.paused_gated = gated;
+        use std::sync::atomic::Ordering::SeqCst;
+        self.pause.all.store(all, SeqCst);
+        self.pause.gated.store(gated, SeqCst);
         self.apply_pause(&flow, true);
     }
 
@@ -553,18 +621,15 @@ impl RoleConsumer {
         let Ok(assignment) = self.consumer.assignment() else {
             return;
         };
-        let (mut paused, mut resumed) = (TopicPartitionList::new(), TopicPartitionList::new());
+        let paused = self.pause.to_pause(&assignment);
+        let mut resumed = TopicPartitionList::new();
         for element in assignment.elements() {
-            let gated = self
-                .gate
-                .as_ref()
-                .is_some_and(|g| g.unsubscribe_topic == element.topic());
-            let list = if flow.paused_all || (flow.paused_gated && gated) {
-                &mut paused
-            } else {
-                &mut resumed
-            };
-            list.add_partition(element.topic(), element.partition());
+            if paused
+                .find_partition(element.topic(), element.partition())
+                .is_none()
+            {
+                resumed.add_partition(element.topic(), element.partition());
+            }
         }
         if paused.count() > 0 {
             if let Err(error) = self.consumer.pause(&paused) {
@@ -596,7 +661,11 @@ impl RoleConsumer {
             }
             // The end of every subscribe partition, sampled after the batch arrived.
             let ends = loop {
-                match self.query(|this| this.subscribe_ends()).await {
+                let ends = tokio::select! {
+                    ends = self.query(|this| this.subscribe_ends()) => ends,
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                };
+                match ends {
                     Ok(ends) => break ends,
                     Err(error) => {
                         tracing::warn!(%error, "unsubscribes held: the subscribe topic's end offsets are unknown");
@@ -606,7 +675,14 @@ impl RoleConsumer {
                     }
                 }
             };
-            while !self.subscribes_applied(&ends).await {
+            loop {
+                let applied = tokio::select! {
+                    applied = self.subscribes_applied(&ends) => applied,
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                };
+                if applied {
+                    break;
+                }
                 if !sleep_unless_stopping(GATE_TICK, &mut shutdown).await {
                     return;
                 }
@@ -636,12 +712,17 @@ impl RoleConsumer {
         let metadata = self
             .consumer
             .fetch_metadata(Some(topic), GATE_QUERY_TIMEOUT)?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
-            .unwrap_or_default();
+        // A topic the broker does not know (or errs on) must hold the gate, not open it.
+        let partitions = match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>()
+            }
+            _ => {
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ))
+            }
+        };
         partitions
             .into_iter()
             .map(|p| {
@@ -761,6 +842,10 @@ impl RoleConsumer {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Outcome> {
         let role = self.role.name();
+        if *shutdown.borrow() {
+            // Stopping: nothing new starts (above all no welcome send), it is redelivered.
+            return None;
+        }
         let mut attempt = 1;
         let mut waits = 0;
         let mut waiting: Option<Waiting<'_>> = None;

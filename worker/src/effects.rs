@@ -2,6 +2,7 @@
 //! [`Outcome`]; the consumer loop around it decides retries, the dead-letter topic and offsets.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,7 +176,10 @@ impl Effects {
         // bound. Cut, its outcome is unknown (a post may have been written), and WeChat's send
         // has no idempotency key: it is recorded and not repeated.
         let cut_at = tokio::time::Instant::now() + self.wechat.send_bound();
-        let send = self.wechat.send_text(creds, &event.openid, text);
+        let posted = AtomicBool::new(false);
+        let send = self
+            .wechat
+            .send_text_noting(creds, &event.openid, text, &posted);
         tokio::pin!(send);
         let sent = loop {
             tokio::select! {
@@ -191,23 +195,24 @@ impl Effects {
             }
         };
         let Some(sent) = sent else {
-            let _ = self.store.finish_send(&event.id, SENT_TTL).await;
+            if !posted.load(Ordering::SeqCst) {
+                // Cut while still getting a token (Redis or WeChat slow): nothing went out.
+                let _ = self.store.abandon_send(&event.id, &self.owner).await;
+                return Outcome::Wait("welcome send cut before its post: no token in time".into());
+            }
+            self.record_sent(&event.id).await;
             tracing::warn!(id = %ops::redact_id(&event.id), "welcome send outlived its bound: its outcome is unknown, and it is not repeated");
             return Outcome::Skipped("send outcome unknown".into());
         };
         match sent {
             Ok(()) => {
-                if let Err(error) = self.store.finish_send(&event.id, SENT_TTL).await {
-                    // Sent, but not recorded: a redelivery within the lease is still refused;
-                    // after it, it could send again. Retrying the record is the best we can do.
-                    tracing::warn!(%error, id = %ops::redact_id(&event.id), "welcome sent but not recorded");
-                }
+                self.record_sent(&event.id).await;
                 Outcome::Done
             }
             Err(error) => match error.class() {
                 ErrorClass::Permanent => {
                     // Sending again would fail again: remember it as handled.
-                    let _ = self.store.finish_send(&event.id, SENT_TTL).await;
+                    self.record_sent(&event.id).await;
                     tracing::warn!(%error, errcode = error.errcode(), id = %ops::redact_id(&event.id), "welcome not sent (permanent)");
                     Outcome::Skipped(error.to_string())
                 }
@@ -223,7 +228,7 @@ impl Effects {
                 }
                 ErrorClass::Unanswered => {
                     // WeChat may have sent it: as for a send cut at its bound, not repeated.
-                    let _ = self.store.finish_send(&event.id, SENT_TTL).await;
+                    self.record_sent(&event.id).await;
                     tracing::warn!(%error, id = %ops::redact_id(&event.id), "welcome send unanswered: its outcome is unknown, and it is not repeated");
                     Outcome::Skipped("send outcome unknown".into())
                 }
@@ -232,6 +237,23 @@ impl Effects {
                     Outcome::Retry(error.to_string())
                 }
             },
+        }
+    }
+
+    /// Marks a welcome sent (or handled for good). A failure here would let the claim lapse
+    /// and a redelivery send again, so it is tried until Redis takes it or half the lease is
+    /// gone (the claim still holds meanwhile).
+    async fn record_sent(&self, id: &str) {
+        let give_up = tokio::time::Instant::now() + self.send_lease / 2;
+        loop {
+            match self.store.finish_send(id, SENT_TTL).await {
+                Ok(()) => return,
+                Err(error) if tokio::time::Instant::now() >= give_up => {
+                    tracing::warn!(%error, id = %ops::redact_id(id), "welcome handled but not recorded: a redelivery after its lease could send it again");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
         }
     }
 

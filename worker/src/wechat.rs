@@ -2,6 +2,7 @@
 //! message. The access token is cached in the store and shared by every worker process; one
 //! process at a time fetches it, under a lock.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,7 +166,9 @@ impl WeChat {
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            // Below the call's own timeout, so a WeChat that cannot be reached fails as a
+            // connect error (not written: safe to send again), not as a timed-out call.
+            .connect_timeout((timeout / 2).min(Duration::from_secs(3)))
             .build()?;
         Ok(WeChat {
             http,
@@ -194,19 +197,39 @@ impl WeChat {
         openid: &str,
         content: &str,
     ) -> Result<(), ApiError> {
+        self.send_text_noting(creds, openid, content, &AtomicBool::new(false))
+            .await
+    }
+
+    /// [`WeChat::send_text`], setting `posted` once a post is on its way: a send cut before
+    /// that sent nothing.
+    pub async fn send_text_noting(
+        &self,
+        creds: &Credentials,
+        openid: &str,
+        content: &str,
+        posted: &AtomicBool,
+    ) -> Result<(), ApiError> {
         let token = self.token(creds).await?;
-        match self.post_text(&token, openid, content).await {
+        match self.post_text(&token, openid, content, posted).await {
             Err(e) if e.class() == ErrorClass::TokenInvalid => {
                 tracing::info!(appid = %creds.appid, errcode = e.errcode(), "access token rejected: refreshing");
                 let fresh = self.refresh(creds, &token).await?;
-                self.post_text(&fresh, openid, content).await
+                self.post_text(&fresh, openid, content, posted).await
             }
             other => other,
         }
     }
 
-    async fn post_text(&self, token: &str, openid: &str, content: &str) -> Result<(), ApiError> {
+    async fn post_text(
+        &self,
+        token: &str,
+        openid: &str,
+        content: &str,
+        posted: &AtomicBool,
+    ) -> Result<(), ApiError> {
         let body = json!({"touser": openid, "msgtype": "text", "text": {"content": content}});
+        posted.store(true, std::sync::atomic::Ordering::SeqCst);
         let reply = async {
             let response = self
                 .http
@@ -216,7 +239,18 @@ impl WeChat {
                 .send()
                 .await
                 .map_err(written)?;
-            response.json::<Reply>().await.map_err(ApiError::Unanswered)
+            let status = response.status();
+            match response.json::<Reply>().await {
+                Ok(reply) => Ok(reply),
+                // A proxy's or load balancer's refusal (502, 503, 429…): it never reached
+                // WeChat's send. A gateway timeout may have.
+                Err(error)
+                    if !status.is_success() && status != reqwest::StatusCode::GATEWAY_TIMEOUT =>
+                {
+                    Err(ApiError::Response(format!("HTTP {status}: {error}")))
+                }
+                Err(error) => Err(ApiError::Unanswered(error)),
+            }
         }
         .await;
         count("custom_send", &reply);

@@ -284,3 +284,52 @@ async fn a_send_whose_answer_is_lost_is_not_repeated() {
     drop(stop);
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_writes_for_want_of_replicas_is_an_outage() {
+    // NOREPLICAS (min-replicas-to-write not met) refuses every write: not the record's fault,
+    // so the location waits for Redis instead of going to the dead-letter topic.
+    let env = Env::start().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg(1)
+        .query(&mut env.redis.conn())
+        .unwrap();
+    env.produce("location", &[location("gh_a", "norep", 100, 1.0, 2.0)]);
+    let (stop, task) = env.spawn(&["--role", "location"]);
+    // Past the three attempts that would have dead-lettered it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let dlq = format!("{}.dlq.location", env.prefix);
+    assert_eq!(env.kafka.count(&dlq), 0, "dead-lettered during an outage");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg(0)
+        .query(&mut env.redis.conn())
+        .unwrap();
+    wait_for("the location stored once Redis writes again", || {
+        env.redis
+            .conn()
+            .exists::<_, bool>(format!("{}:location:gh_a:norep", env.key_prefix))
+            .unwrap()
+    })
+    .await;
+    assert_eq!(env.kafka.count(&dlq), 0);
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_error_page_is_not_a_sent_welcome() {
+    // A proxy in front of WeChat answers 502 with an HTML page: the post never reached
+    // WeChat, so the welcome is sent once the way is clear, not recorded as sent.
+    let env = Env::start().await;
+    env.wechat.state.lock().unwrap().bad_gateway = 2;
+    env.produce("subscribe", &[subscribe("gh_a", "behind_proxy", 100, None)]);
+    let (stop, task) = env.spawn(&["--role", "welcome"]);
+    wait_for("the welcome", || env.wechat.sends_to("behind_proxy") == 1).await;
+    assert_eq!(env.wechat.state.lock().unwrap().bad_gateway, 0);
+    drop(stop);
+    task.await.unwrap();
+}

@@ -23,7 +23,7 @@ async fn kafka_down_longer_than_wechat_retries_loses_nothing_with_a_spool() {
     let redis = RedisServer::start();
     let mut config = test_config(&redis.url());
     config.spool_dir = Some(spool_dir());
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_binary(config).await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
@@ -72,7 +72,7 @@ async fn a_full_spool_means_503() {
     let mut config = test_config(&redis.url());
     config.spool_dir = Some(spool_dir());
     config.spool_max_bytes = 800;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_binary(config).await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
@@ -202,7 +202,7 @@ async fn sigkill_of_the_ingress_loses_nothing_answered_200() {
 async fn redis_restarted_mid_run_recovers_by_itself() {
     let mut redis = RedisServer::start();
     let port = redis.port;
-    let app = TestApp::spawn(&redis.url()).await;
+    let app = TestApp::spawn_binary(test_config(&redis.url())).await;
     let before = push("r_before", now());
     assert_eq!(app.post_push(&before).await.0, 200);
 
@@ -234,7 +234,7 @@ async fn redis_restarted_mid_run_recovers_by_itself() {
 async fn past_the_in_flight_cap_a_push_gets_503_at_once() {
     let mut config = test_config("memory://");
     config.max_in_flight = 2;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_binary(config).await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
@@ -276,7 +276,7 @@ async fn past_the_in_flight_cap_a_push_gets_503_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_under_load_leaves_every_200_on_kafka() {
     let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let app = TestApp::spawn_binary(test_config(&redis.url())).await;
     let url = |query: &str| app.url(&format!("/wechat?{query}"));
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -335,7 +335,7 @@ async fn metrics_count_what_was_sent() {
     config.accounts_file = Some(accounts_file(&format!(
         "[accounts.{account}]\ntoken = \"metrics-token\"\n"
     )));
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_binary(config).await;
     let path = format!("/wechat/{account}");
     for i in 0..3 {
         let query = TestApp::signed_query("metrics-token", &unique("n"));
@@ -499,7 +499,7 @@ async fn a_stalled_redis_never_holds_an_answer_past_the_deadline() {
     let mut config = test_config(&redis.url());
     config.ack_deadline_ms = 1500;
     config.redis_timeout_ms = 1000;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_binary(config).await;
     assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -551,7 +551,7 @@ async fn a_full_spool_disk_sends_pushes_to_a_healthy_kafka() {
     let mut config = test_config(&redis.url());
     config.spool_dir = Some(disk.path.join("spool"));
     config.ack_deadline_ms = 1000;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_binary(config).await;
     let mock = app.kafka.mock_cluster().unwrap();
     assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
     mock.broker_down(1).unwrap();
@@ -589,7 +589,7 @@ async fn clients_hanging_up_at_every_stage_never_stop_the_replay() {
     let mut config = test_config(&redis.url());
     config.spool_dir = Some(spool_dir());
     config.ack_deadline_ms = 1000;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_binary(config).await;
     let mock = app.kafka.mock_cluster().unwrap();
     assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
     mock.broker_down(1).unwrap();
@@ -646,7 +646,7 @@ async fn redis_black_holed_or_cut_by_the_network_never_delays_or_loses_a_push() 
     let proxy = Proxy::start(redis_addr(&redis.url())).await;
     let mut config = test_config(&proxy.redis_url());
     config.ack_deadline_ms = 1500;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_binary(config).await;
     assert_eq!(app.post_push(&push("net_warm", now())).await.0, 200);
 
     proxy.stall();

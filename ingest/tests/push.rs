@@ -488,7 +488,7 @@ async fn slow_clients_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_and_readyz() {
-    let app = TestApp::spawn("memory://").await;
+    let app = TestApp::spawn_binary(test_config("memory://")).await;
     assert_eq!(app.admin_get("/healthz").await, (200, "ok\n".to_owned()));
     assert_eq!(app.admin_get("/readyz").await, (200, "ready\n".to_owned()));
     // Nothing operational on the public listener.
@@ -502,7 +502,7 @@ async fn healthz_and_readyz() {
 async fn readiness_follows_what_can_make_a_push_durable() {
     // Kafka down without a spool: unready. With a spool it can take: ready, degraded.
     let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let app = TestApp::spawn_binary(test_config(&redis.url())).await;
     let mock = app.kafka.mock_cluster().unwrap();
     assert!(app.wait_ready(Duration::from_secs(5)).await);
     mock.broker_down(1).unwrap();
@@ -515,7 +515,7 @@ async fn readiness_follows_what_can_make_a_push_durable() {
 
     let mut config = test_config(&redis.url());
     config.spool_dir = Some(std::env::temp_dir().join(unique("wxpipe-spool-")));
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_binary(config).await;
     let mock = app.kafka.mock_cluster().unwrap();
     assert!(app.wait_ready(Duration::from_secs(5)).await);
     mock.broker_down(1).unwrap();

@@ -27,6 +27,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ingest::StartError>>>,
+    /// The `ingest` binary, when the app runs as one ([`TestApp::spawn_binary`]).
+    process: Option<Ingest>,
 }
 
 /// Defaults for tests: the given Redis (or memory://), fresh prefixes, a short deadline.
@@ -70,7 +72,95 @@ impl TestApp {
             client: reqwest::Client::new(),
             shutdown: Some(tx),
             task: Some(task),
+            process: None,
         }
+    }
+
+    /// The same app as [`TestApp::spawn_with`], as the real `ingest` binary in a process of
+    /// its own, configured through its environment: for the fault tests, which must hold for
+    /// what users run. Settings the mapping below does not carry make it panic, so a test
+    /// never runs with a setting silently dropped.
+    pub async fn spawn_binary(mut config: Config) -> TestApp {
+        let topics: Vec<String> = Topic::all().map(|t| t.name(&config.topic_prefix)).collect();
+        let kafka = Kafka::start(&topics);
+        config.kafka_brokers = Some(kafka.brokers());
+        let (port, admin_port) = (free_port(), free_port());
+        config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        config.admin_listen = format!("127.0.0.1:{admin_port}");
+        let mut envs: Vec<(&str, String)> = vec![
+            ("INGEST_LISTEN", config.listen.to_string()),
+            ("INGEST_ADMIN_LISTEN", config.admin_listen.clone()),
+            ("KAFKA_BROKERS", kafka.brokers()),
+            ("KAFKA_TOPIC_PREFIX", config.topic_prefix.clone()),
+            ("REDIS_URL", config.redis_url.clone()),
+            ("REDIS_KEY_PREFIX", config.key_prefix.clone()),
+            ("INGEST_ACK_DEADLINE_MS", config.ack_deadline_ms.to_string()),
+            ("REDIS_TIMEOUT_MS", config.redis_timeout_ms.to_string()),
+            ("INGEST_MAX_IN_FLIGHT", config.max_in_flight.to_string()),
+            ("INGEST_SPOOL_MAX_BYTES", config.spool_max_bytes.to_string()),
+        ];
+        let mut expected = Config::for_token(TOKEN);
+        expected.listen = config.listen;
+        expected.admin_listen = config.admin_listen.clone();
+        expected.kafka_brokers = config.kafka_brokers.clone();
+        expected.topic_prefix = config.topic_prefix.clone();
+        expected.redis_url = config.redis_url.clone();
+        expected.key_prefix = config.key_prefix.clone();
+        expected.ack_deadline_ms = config.ack_deadline_ms;
+        expected.redis_timeout_ms = config.redis_timeout_ms;
+        expected.max_in_flight = config.max_in_flight;
+        expected.spool_max_bytes = config.spool_max_bytes;
+        if let Some(dir) = &config.spool_dir {
+            envs.push(("INGEST_SPOOL_DIR", dir.display().to_string()));
+            expected.spool_dir = Some(dir.clone());
+        }
+        if let Some(file) = &config.accounts_file {
+            envs.push(("INGEST_ACCOUNTS", file.display().to_string()));
+            expected.accounts_file = Some(file.clone());
+        }
+        if config.token.is_some() {
+            envs.push(("WECHAT_TOKEN", TOKEN.to_owned()));
+        } else {
+            expected.token = None;
+        }
+        assert_eq!(
+            format!("{expected:?}"),
+            format!("{config:?}"),
+            "a setting spawn_binary does not pass on"
+        );
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "error")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let app = TestApp {
+            addr: config.listen,
+            admin: config.admin_listen.parse().unwrap(),
+            config,
+            kafka,
+            client: reqwest::Client::new(),
+            shutdown: None,
+            task: None,
+            process: Some(Ingest(child)),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while app
+            .client
+            .get(format!("http://{}/healthz", app.admin))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ingest binary did not come up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        app
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -166,27 +256,47 @@ impl TestApp {
         false
     }
 
-    /// Signals the ingress to stop (as SIGTERM would), without waiting.
+    /// Signals the ingress to stop (SIGTERM to the binary), without waiting.
     pub fn signal_stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        if let Some(process) = &self.process {
+            std::process::Command::new("kill")
+                .args(["-TERM", &process.0.id().to_string()])
+                .status()
+                .unwrap();
+        }
     }
 
-    /// Waits for the ingress to finish after `signal_stop`.
+    /// Waits for the ingress to finish after `signal_stop`: a clean exit.
     pub async fn join(&mut self) {
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
+        }
+        if let Some(mut process) = self.process.take() {
+            let status = tokio::task::spawn_blocking(move || {
+                let status = process.0.wait();
+                std::mem::forget(process);
+                status
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert!(status.success(), "the ingress exited with {status}");
         }
     }
 
     /// Stops the ingress gracefully and waits for it.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
+        self.signal_stop();
+        self.join().await;
+    }
+
+    /// SIGKILL, for a binary app: no flush, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 }

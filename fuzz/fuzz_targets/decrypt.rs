@@ -2,7 +2,7 @@
 //! plaintext encrypted with our key must come back intact.
 #![no_main]
 
-use ingest::decrypt::AesKey;
+use wechat::decrypt::AesKey;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

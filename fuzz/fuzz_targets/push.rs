@@ -1,8 +1,8 @@
 //! The XML path: any body through parsing and normalization must be a push or an error.
 #![no_main]
 
-use ingest::normalize::normalize;
-use ingest::parse::Push;
+use wechat::normalize::normalize;
+use wechat::parse::Push;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use schemas::accounts::AccountsFile;
+use wechat::accounts::AccountsFile;
 
 use crate::config::{Config, Secret};
-use crate::decrypt::AesKey;
+use wechat::decrypt::AesKey;
 
 /// One Official Account.
 #[derive(Debug)]

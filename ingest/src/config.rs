@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ipnet::IpNet;
-pub use schemas::accounts::Secret;
+pub use wechat::accounts::Secret;
 
 /// The ingress configuration.
 #[derive(Debug, Clone, Parser)]

@@ -9,8 +9,8 @@ use schemas::spec::{Field, FieldType};
 use schemas::Topic;
 use serde_json::Value;
 
-use crate::normalize::normalize;
-use crate::parse::Push;
+use wechat::normalize::normalize;
+use wechat::parse::Push;
 
 pub const START: &str =
     "<!-- topics:start (generated: cargo run -p ingest --example schema-docs) -->";

@@ -5,7 +5,6 @@
 use rdkafka::error::KafkaResult;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use schemas::Topic;
 
 /// A mock cluster with every topic of the contract created, dead-letter topics included. Not `Send`: keep it on the
 /// thread that made it, for as long as clients use it.
@@ -24,11 +23,7 @@ impl std::fmt::Debug for Embedded {
 impl Embedded {
     pub fn start(brokers: i32, topic_prefix: &str, partitions: i32) -> KafkaResult<Self> {
         let cluster = MockCluster::new(brokers)?;
-        let dead_letters = worker::Role::ALL.map(|role| role.dlq_topic(topic_prefix));
-        for topic in Topic::all()
-            .map(|t| t.name(topic_prefix))
-            .chain(dead_letters)
-        {
+        for topic in schemas::all_topic_names(topic_prefix) {
             cluster.create_topic(&topic, partitions, brokers.min(3))?;
         }
         Ok(Embedded { cluster })

@@ -3,7 +3,7 @@
 
 use hyper::StatusCode;
 
-use crate::parse::ParseError;
+use wechat::parse::ParseError;
 
 /// Bad input: a 4xx with a short reason. Nothing is published.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum Rejection {
     #[error("timestamp and nonce already used with another body")]
     ReplayedNonce,
     #[error("decryption failed: {0}")]
-    Decrypt(#[from] crate::decrypt::CryptoError),
+    Decrypt(#[from] wechat::decrypt::CryptoError),
     #[error("encrypted push, but this account has no EncodingAESKey")]
     NoAesKey,
     #[error("push is addressed to another account")]
@@ -40,6 +40,15 @@ pub enum Rejection {
     MethodNotAllowed,
     #[error("not found")]
     NotFound,
+}
+
+impl From<wechat::VerifyError> for Rejection {
+    fn from(error: wechat::VerifyError) -> Self {
+        match error {
+            wechat::VerifyError::BadSignature => Rejection::BadSignature,
+            wechat::VerifyError::StaleTimestamp => Rejection::StaleTimestamp,
+        }
+    }
 }
 
 impl Rejection {

@@ -8,11 +8,13 @@
 //!
 //! - [`http`]: routes, body limits, status mapping; [`server`]: the accept loop.
 //! - [`accounts`]: which account a path serves, with its secrets.
-//! - [`verify`]: signatures and the replay window; [`decrypt`]: compatible and safe mode.
-//! - [`parse`]: strict XML → [`parse::Push`]; [`normalize`]: → [`schemas::Event`] and its id.
+//! - the protocol (verify, decrypt, parse, normalize) is the `wechat` crate's.
 //! - [`store`]: the dedup claim protocol, `redis://` or `memory://`.
 //! - [`publish`]: the idempotent Kafka producer; [`embedded`]: the in-process broker.
 //! - [`pipeline`]: one push through all of the above; [`run`] wires it to a listener.
+//!
+//! It uses the `worker` crate only to run the workers in-process (the embedded default) and
+//! for the Kafka client settings both binaries share; it must never reach into the effects.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,13 +24,10 @@ use tokio::net::TcpListener;
 
 pub mod accounts;
 pub mod config;
-pub mod decrypt;
 pub mod docs;
 pub mod embedded;
 pub mod error;
 pub mod http;
-pub mod normalize;
-pub mod parse;
 pub mod pipeline;
 pub mod publish;
 pub mod recent;
@@ -36,7 +35,6 @@ pub mod server;
 pub mod spool;
 pub mod store;
 pub mod topics;
-pub mod verify;
 
 pub use config::Config;
 

@@ -14,14 +14,14 @@ use sha1::{Digest, Sha1};
 use crate::accounts::Account;
 use crate::config::Config;
 use crate::error::{PushError, Rejection, Unavailable};
-use crate::normalize::normalize;
-use crate::parse::{self, ParseError, Push};
 use crate::publish::PublishError;
 use crate::publish::Publisher;
 use crate::recent::{Binding, RecentNonces};
 use crate::spool::{Spool, SpoolError, SpoolRecord};
 use crate::store::{Claim, ClaimRequest, DedupStore, NonceBinding, StoreError};
-use crate::verify;
+use wechat::normalize::normalize;
+use wechat::parse::{self, ParseError, Push};
+use wechat::verify;
 
 /// How long a push waits for the replay to finish draining the spool before it joins the
 /// backlog instead (at most a quarter of the ack deadline).
@@ -31,39 +31,11 @@ const DRAIN_WAIT: Duration = Duration::from_millis(250);
 /// of the deadline), leaving time to fsync the push to the spool instead.
 const SPOOL_RESERVE: Duration = Duration::from_millis(500);
 
-/// The query string WeChat signs a request with.
-#[derive(Debug, Default)]
-pub struct Query {
-    pub signature: Option<String>,
-    pub timestamp: Option<String>,
-    pub nonce: Option<String>,
-    pub echostr: Option<String>,
-    /// `aes` in compatible and safe mode.
-    pub encrypt_type: Option<String>,
-    pub msg_signature: Option<String>,
-}
+pub use wechat::Query;
 
-impl Query {
-    pub fn parse(query: Option<&str>) -> Query {
-        let mut q = Query::default();
-        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let slot = match key.as_ref() {
-                "signature" => &mut q.signature,
-                "timestamp" => &mut q.timestamp,
-                "nonce" => &mut q.nonce,
-                "echostr" => &mut q.echostr,
-                "encrypt_type" => &mut q.encrypt_type,
-                "msg_signature" => &mut q.msg_signature,
-                _ => continue,
-            };
-            slot.get_or_insert_with(|| value.into_owned());
-        }
-        q
-    }
-
-    fn required<'a>(value: &'a Option<String>, name: &'static str) -> Result<&'a str, Rejection> {
-        value.as_deref().ok_or(Rejection::MissingParam(name))
-    }
+/// A parameter the query must carry.
+fn required<'a>(value: &'a Option<String>, name: &'static str) -> Result<&'a str, Rejection> {
+    value.as_deref().ok_or(Rejection::MissingParam(name))
 }
 
 /// How far a push's `CreateTime` may lie ahead of its signed `timestamp`: WeChat stamps the
@@ -247,10 +219,10 @@ impl Pipeline {
 
     /// `GET`: WeChat's URL verification. Returns the `echostr` to echo.
     pub fn verify_url(&self, account: &Account, query: Query) -> Result<String, Rejection> {
-        let signature = Query::required(&query.signature, "signature")?;
-        let timestamp = Query::required(&query.timestamp, "timestamp")?;
-        let nonce = Query::required(&query.nonce, "nonce")?;
-        Query::required(&query.echostr, "echostr")?;
+        let signature = required(&query.signature, "signature")?;
+        let timestamp = required(&query.timestamp, "timestamp")?;
+        let nonce = required(&query.nonce, "nonce")?;
+        required(&query.echostr, "echostr")?;
         verify::check(signature, &mut [account.token.expose(), timestamp, nonce])?;
         Ok(query.echostr.unwrap_or_default())
     }
@@ -258,9 +230,9 @@ impl Pipeline {
     /// Checks a push's query: its `signature` over (token, timestamp, nonce) and the replay
     /// window. WeChat sends `signature` in every mode, so this needs no body.
     pub fn check_query(&self, account: &Account, query: Query) -> Result<Signed, Rejection> {
-        let signature = Query::required(&query.signature, "signature")?;
-        let timestamp = Query::required(&query.timestamp, "timestamp")?;
-        let nonce = Query::required(&query.nonce, "nonce")?;
+        let signature = required(&query.signature, "signature")?;
+        let timestamp = required(&query.timestamp, "timestamp")?;
+        let nonce = required(&query.nonce, "nonce")?;
         verify::check(signature, &mut [account.token.expose(), timestamp, nonce])?;
         let timestamp = verify::check_timestamp(timestamp, unix_now(), self.tolerance)?;
         Ok(Signed { query, timestamp })
@@ -293,7 +265,7 @@ impl Pipeline {
                 encrypted: false,
             });
         }
-        let msg_signature = Query::required(&query.msg_signature, "msg_signature")?;
+        let msg_signature = required(&query.msg_signature, "msg_signature")?;
         let key = account.aes_key.as_ref().ok_or(Rejection::NoAesKey)?;
         let envelope = parse::parse_document(body)?;
         let encrypt = envelope

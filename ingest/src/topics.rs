@@ -6,16 +6,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use schemas::Topic;
-
-/// Every topic name under a prefix: one per known type, the `other` topics, and the workers'
-/// dead-letter topics.
-pub fn all_topics(prefix: &str) -> Vec<String> {
-    Topic::all()
-        .map(|t| t.name(prefix))
-        .chain(worker::Role::ALL.map(|role| role.dlq_topic(prefix)))
-        .collect()
-}
 
 /// What became of one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +25,7 @@ pub async fn create_all(
 ) -> Result<Vec<(String, Created)>, KafkaError> {
     let admin: AdminClient<DefaultClientContext> =
         worker::kafka::client_config(brokers, &[], layers).create()?;
-    let names = all_topics(prefix);
+    let names = schemas::all_topic_names(prefix);
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication)))

@@ -302,7 +302,7 @@ async fn encrypted_pushes_trust_only_the_decrypted_fields() {
     config.appid = Some("wxapp".into());
     config.encoding_aes_key = Some(ingest::config::Secret::new(key_text));
     let app = TestApp::spawn_with(config).await;
-    let key = ingest::decrypt::AesKey::parse(key_text).unwrap();
+    let key = wechat::decrypt::AesKey::parse(key_text).unwrap();
     let inner = format!(
         "<xml><ToUserName><![CDATA[gh_real]]></ToUserName><FromUserName><![CDATA[o_real]]></FromUserName>\
          <CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[unsubscribe]]></Event></xml>",
@@ -311,8 +311,7 @@ async fn encrypted_pushes_trust_only_the_decrypted_fields() {
     let encrypt = key.encrypt(inner.as_bytes(), "wxapp", *b"0123456789abcdef");
     let sign = |encrypt: &str, nonce: &str| {
         let ts = now().to_string();
-        let msg_signature =
-            hex::encode(ingest::verify::signature(&mut [TOKEN, &ts, nonce, encrypt]));
+        let msg_signature = wechat::Signer::plaintext(TOKEN).msg_signature(&ts, nonce, encrypt);
         aes_query(TOKEN, &ts, nonce, &msg_signature)
     };
     // Compatible mode: plaintext fields beside the ciphertext, here forged.

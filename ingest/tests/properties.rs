@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
-use ingest::normalize::normalize;
-use ingest::parse::Push;
 use proptest::prelude::*;
 use schemas::{spec, Event, Kind, Topic};
 use serde_json::{Map, Value};
+use wechat::normalize::normalize;
+use wechat::parse::Push;
 
 /// An element value: a leaf or one level of children (repeated names allowed).
 #[derive(Debug, Clone)]

@@ -378,14 +378,14 @@ async fn an_attempt_in_flight_makes_the_retry_wait_and_a_dead_holder_loses_nothi
     let redis = RedisServer::start();
     let app = TestApp::spawn(&redis.url()).await;
     let xml = seed("<Event>subscribe</Event>", "u_dead", now());
-    let id = ingest::normalize::identity(
+    let id = wechat::normalize::identity(
         "gh_test",
         "u_dead",
         now_of(&xml),
         Kind::Event,
         "subscribe",
         None,
-        &ingest::normalize::fields_digest(&[]),
+        &wechat::normalize::fields_digest(&[]),
     );
     // A process that claimed the push and died: its claim is pending with a short lease.
     let mut conn = redis.conn();

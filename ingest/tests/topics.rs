@@ -29,7 +29,7 @@ fn creates_every_topic_and_is_idempotent() {
         String::from_utf8_lossy(&first.stderr)
     );
     let stdout = String::from_utf8(first.stdout).unwrap();
-    let expected = ingest::topics::all_topics(&prefix);
+    let expected = schemas::all_topic_names(&prefix);
     assert!(expected.contains(&format!("{prefix}.event.subscribe")));
     assert!(expected.contains(&format!("{prefix}.dlq.welcome")));
     assert_eq!(
@@ -66,7 +66,7 @@ fn creates_every_topic_and_is_idempotent() {
 
 #[test]
 fn the_list_covers_the_contract() {
-    let topics = ingest::topics::all_topics("wechat");
+    let topics = schemas::all_topic_names("wechat");
     for name in [
         "wechat.event.subscribe",
         "wechat.event.other",

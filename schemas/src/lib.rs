@@ -1,26 +1,27 @@
 //! The JSON contract of every wxpipe topic.
 //!
 //! ```text
-//! spec::TYPES ──▶ ingest: XML push ──normalize──▶ Event ──serde_json──▶ Kafka record value
+//! spec::TYPES ──▶ wechat: XML push ──normalize──▶ Event ──serde_json──▶ Kafka record value
 //!      │          worker: Kafka record value ──Event::from_json──▶ Event ──▶ effect
 //!      └────────▶ json_schema: the JSON Schema of every topic (topics/*.json, for consumers)
 //! ```
 //!
-//! [`accounts`] is the `INGEST_ACCOUNTS` file format, which the ingress and the workers share.
 //! [`Event`] is the one record type on every topic; [`Topic`] names the topic an event goes
 //! to; [`spec`] lists the typed fields of every known type; [`json_schema`] derives each
 //! topic's JSON Schema from it.
+//!
+//! It is the contract only: it must never depend on the protocol (`wechat`), the ingress, the
+//! workers or any store.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub mod accounts;
 pub mod json_schema;
 pub mod spec;
 mod topic;
 
 pub use json_schema::json_schema;
-pub use topic::Topic;
+pub use topic::{all_topic_names, dead_letter_topic, Topic, DEAD_LETTER_ROLES};
 
 /// Whether a push is an event (`MsgType` = `event`) or a user message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

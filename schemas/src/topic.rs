@@ -55,9 +55,38 @@ impl Topic {
     }
 }
 
+/// The worker roles, each with a dead-letter topic of its own (by the contract).
+pub const DEAD_LETTER_ROLES: [&str; 3] = ["unbind", "welcome", "location"];
+
+/// The dead-letter topic of a worker role under a prefix: `wechat.dlq.welcome`.
+pub fn dead_letter_topic(prefix: &str, role: &str) -> String {
+    format!("{prefix}.dlq.{role}")
+}
+
+/// Every topic of the contract under a prefix: the event topics and the dead-letter topics.
+pub fn all_topic_names(prefix: &str) -> Vec<String> {
+    Topic::all()
+        .map(|t| t.name(prefix))
+        .chain(
+            DEAD_LETTER_ROLES
+                .iter()
+                .map(|r| dead_letter_topic(prefix, r)),
+        )
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letter_topics_follow_the_contract() {
+        assert_eq!(dead_letter_topic("wechat", "welcome"), "wechat.dlq.welcome");
+        let all = all_topic_names("p");
+        assert!(all.contains(&"p.event.subscribe".to_owned()));
+        assert!(all.contains(&"p.dlq.unbind".to_owned()));
+        assert_eq!(all.len(), Topic::all().count() + DEAD_LETTER_ROLES.len());
+    }
 
     #[test]
     fn names_follow_the_contract() {

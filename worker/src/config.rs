@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
-use schemas::accounts::Secret;
+use wechat::accounts::Secret;
 
 /// A worker role: one consumer group, one kind of effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
@@ -49,7 +49,7 @@ impl Role {
 
     /// Where records this role cannot handle go.
     pub fn dlq_topic(self, prefix: &str) -> String {
-        format!("{prefix}.dlq.{}", self.name())
+        schemas::dead_letter_topic(prefix, self.name())
     }
 }
 

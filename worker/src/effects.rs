@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use schemas::Event;
 
+use crate::api::{Credentials, ErrorClass, WeChat};
 use crate::config::{Role, SceneTexts};
 use crate::store::{Applied, EffectStore, Location, SendClaim, Subscription};
-use crate::wechat::{Credentials, ErrorClass, WeChat};
 
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,28 +11,28 @@
 //!
 //! - [`config`]: settings and [`config::Role`]s; [`consume`]: the at-least-once loop of a role.
 //! - [`effects`]: one event's effect, the unit of work; [`store`]: the state, `redis://` or
-//!   `memory://`; [`wechat`]: the API calls and the shared access token.
+//!   `memory://`; [`api`]: the WeChat API calls and the shared access token.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use schemas::accounts::AccountsFile;
 use tokio::sync::watch;
+use wechat::accounts::AccountsFile;
 
+pub mod api;
 pub mod config;
 pub mod consume;
 pub mod effects;
 pub mod kafka;
 pub mod store;
-pub mod wechat;
 
 pub use config::{Config, Role};
 
+use crate::api::{Credentials, WeChat};
 use crate::consume::{ConsumerSettings, RoleConsumer};
 use crate::effects::Effects;
-use crate::wechat::{Credentials, WeChat};
 
 /// Why the workers could not start.
 #[derive(Debug, thiserror::Error)]

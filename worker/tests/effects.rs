@@ -576,7 +576,7 @@ async fn consumer_lag_counts_what_is_not_done_and_falls_to_zero() {
 /// once, round after round: each round fetches exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_token_requests_fetch_one_token_per_round() {
-    use worker::wechat::{Credentials, WeChat};
+    use worker::api::{Credentials, WeChat};
     let env = Env::start().await;
     let store = env.store().await;
     let client = |owner: &str| {
@@ -591,7 +591,7 @@ async fn concurrent_token_requests_fetch_one_token_per_round() {
     let (a, b) = (client("process-a"), client("process-b"));
     let creds = Credentials {
         appid: "wxrace".into(),
-        appsecret: schemas::accounts::Secret::new("secret"),
+        appsecret: wechat::accounts::Secret::new("secret"),
     };
     for round in 1..=20 {
         let asks = (0..16).map(|n| {
@@ -841,7 +841,7 @@ async fn a_property_librdkafka_refuses_stops_the_start_and_a_clean_stop_raises_n
 async fn a_token_the_api_just_rejected_is_never_cached() {
     // WeChat keeps answering the refused token, even to a forced refresh: caching it would
     // make every send fail until it expires.
-    use worker::wechat::{Credentials, WeChat};
+    use worker::api::{Credentials, WeChat};
     let env = Env::start().await;
     let store = env.store().await;
     env.wechat.state.lock().unwrap().stuck_token = Some("TOKEN-STUCK".into());
@@ -854,7 +854,7 @@ async fn a_token_the_api_just_rejected_is_never_cached() {
     .unwrap();
     let creds = Credentials {
         appid: "wxstuck".into(),
-        appsecret: schemas::accounts::Secret::new("secret"),
+        appsecret: wechat::accounts::Secret::new("secret"),
     };
     assert!(client.send_text(&creds, "o1", "hi").await.is_err());
     assert_eq!(
@@ -943,7 +943,7 @@ async fn the_token_lock_outlasts_the_slowest_fetch() {
     // Two processes find their cached token refused at once. The one that takes the fetch
     // lock needs a normal and a forced fetch, 5.5 s each (the API timeout being 6 s): 11 s,
     // past a fixed 10 s lock. The other must wait for its token, not fetch as well.
-    use worker::wechat::{Credentials, WeChat};
+    use worker::api::{Credentials, WeChat};
     let env = Env::start().await;
     let store = env.store().await;
     {
@@ -957,7 +957,7 @@ async fn the_token_lock_outlasts_the_slowest_fetch() {
         .unwrap();
     let creds = Credentials {
         appid: "wxslow".into(),
-        appsecret: schemas::accounts::Secret::new("secret"),
+        appsecret: wechat::accounts::Secret::new("secret"),
     };
     let client = |owner: &str| {
         WeChat::new(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use ingest::decrypt::AesKey;
+use wechat::decrypt::AesKey;
 
 mod kafka;
 mod push;
@@ -178,11 +178,13 @@ async fn main() -> anyhow::Result<()> {
             topic_prefix,
             partitions,
         } => {
-            let embedded = ingest::embedded::Embedded::start(brokers, &topic_prefix, partitions)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{}", embedded.bootstrap_servers());
+            let cluster = rdkafka::mocking::MockCluster::new(brokers)?;
+            for topic in schemas::all_topic_names(&topic_prefix) {
+                cluster.create_topic(&topic, partitions, brokers.min(3))?;
+            }
+            println!("{}", cluster.bootstrap_servers());
             tokio::signal::ctrl_c().await?;
-            drop(embedded);
+            drop(cluster);
             Ok(())
         }
     }
@@ -202,10 +204,7 @@ async fn produce(
         .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    let signer = Signer {
-        token: String::new(),
-        aes: None,
-    };
+    let signer = Signer::plaintext("");
     let base_time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
@@ -213,10 +212,10 @@ async fn produce(
     let mut pending = Vec::new();
     for seq in 0..count {
         let request = push::build(seq, users, base_time, &mix, "gh_wxload", "/", &signer);
-        let push = ingest::parse::Push::try_from(request.body.as_bytes())
+        let push = wechat::parse::Push::try_from(request.body.as_bytes())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let at = humantime_rfc3339_now();
-        let event = ingest::normalize::normalize(push, at).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let event = wechat::normalize::normalize(push, at).map_err(|e| anyhow::anyhow!("{e}"))?;
         let topic = event.topic().name(prefix);
         let value = serde_json::to_vec(&event)?;
         pending.push(
@@ -283,9 +282,9 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
         users: args.users.max(1),
         mix: Mix::parse(&args.mix).map_err(anyhow::Error::msg)?,
         account: args.account.clone(),
-        signer: Signer {
-            token: args.token.clone(),
-            aes,
+        signer: match aes {
+            None => Signer::plaintext(&args.token),
+            Some((key, appid)) => Signer::encrypted(&args.token, key, &appid),
         },
         timeout: args.timeout,
         retries: args.retries,

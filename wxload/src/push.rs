@@ -1,7 +1,5 @@
 //! Generated pushes, signed the way WeChat signs them (plaintext or safe mode).
 
-use ingest::decrypt::AesKey;
-
 /// The kinds of push a load mixes, with the XML fields each carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushType {
@@ -111,13 +109,7 @@ fn run_salt() -> &'static str {
     })
 }
 
-/// How to sign.
-#[derive(Debug, Clone)]
-pub struct Signer {
-    pub token: String,
-    /// Safe mode: the key and the AppID inside every message.
-    pub aes: Option<(AesKey, String)>,
-}
+pub use wechat::Signer;
 
 /// One push, ready to send (and to send again, identically, on retry).
 #[derive(Debug, Clone)]
@@ -150,42 +142,18 @@ pub fn build(
          <CreateTime>{created_at}</CreateTime>{}<LoadSeq>{seq}</LoadSeq></xml>",
         kind.fields(seq)
     );
-    let push = ingest::parse::Push::try_from(xml.as_bytes()).expect("generated pushes parse");
-    let id = ingest::normalize::normalize(push, String::new())
+    let push = wechat::parse::Push::try_from(xml.as_bytes()).expect("generated pushes parse");
+    let id = wechat::normalize::normalize(push, String::new())
         .expect("generated pushes normalize")
         .id;
     let timestamp = now.to_string();
     // A nonce no other push of any run reuses (the ingress refuses a (timestamp, nonce) pair
     // that comes back with another body).
     let nonce = format!("{}{seq}", run_salt());
-    let signature = hex::encode(ingest::verify::signature(&mut [
-        &signer.token,
-        &timestamp,
-        &nonce,
-    ]));
-    let (path_and_query, body) = match &signer.aes {
-        None => (
-            format!("{path}?signature={signature}&timestamp={timestamp}&nonce={nonce}"),
-            xml,
-        ),
-        Some((key, appid)) => {
-            let mut random = [0u8; 16];
-            random[..8].copy_from_slice(&seq.to_le_bytes());
-            let encrypt = key.encrypt(xml.as_bytes(), appid, random);
-            let msg_signature = hex::encode(ingest::verify::signature(&mut [
-                &signer.token,
-                &timestamp,
-                &nonce,
-                &encrypt,
-            ]));
-            (
-                format!(
-                    "{path}?signature={signature}&timestamp={timestamp}&nonce={nonce}&openid={openid}&encrypt_type=aes&msg_signature={msg_signature}"
-                ),
-                format!("<xml><ToUserName><![CDATA[{account}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"),
-            )
-        }
-    };
+    let mut random = [0u8; 16];
+    random[..8].copy_from_slice(&seq.to_le_bytes());
+    let signed = signer.push(&xml, account, &timestamp, &nonce, random);
+    let (path_and_query, body) = (format!("{path}?{}", signed.query), signed.body);
     Request {
         path_and_query,
         body,
@@ -196,6 +164,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wechat::decrypt::AesKey;
 
     #[test]
     fn the_mix_keeps_its_proportions() {
@@ -211,10 +180,7 @@ mod tests {
     #[test]
     fn every_push_has_its_own_identity_and_passes_the_ingress_checks() {
         let mix = Mix::parse("subscribe,unsubscribe,scan,location,click,view,text").unwrap();
-        let signer = Signer {
-            token: "t".into(),
-            aes: None,
-        };
+        let signer = Signer::plaintext("t");
         let mut ids = std::collections::HashSet::new();
         for seq in 0..2_000 {
             let r = build(seq, 100, 1_700_000_000, &mix, "gh_load", "/wechat", &signer);
@@ -227,7 +193,7 @@ mod tests {
             .as_secs() as i64;
         for seq in (0..100_000).step_by(997) {
             let r = build(seq, 10, now, &mix, "gh_load", "/wechat", &signer);
-            let push = ingest::parse::Push::try_from(r.body.as_bytes()).unwrap();
+            let push = wechat::parse::Push::try_from(r.body.as_bytes()).unwrap();
             let timestamp: i64 = r
                 .path_and_query
                 .split("timestamp=")
@@ -244,10 +210,7 @@ mod tests {
     #[test]
     fn safe_mode_pushes_decrypt() {
         let key = AesKey::parse("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap();
-        let signer = Signer {
-            token: "t".into(),
-            aes: Some((key.clone(), "wxapp".into())),
-        };
+        let signer = Signer::encrypted("t", key.clone(), "wxapp");
         let r = build(
             7,
             10,
@@ -258,7 +221,7 @@ mod tests {
             &signer,
         );
         assert!(r.path_and_query.contains("encrypt_type=aes"));
-        let envelope = ingest::parse::parse_document(r.body.as_bytes()).unwrap();
+        let envelope = wechat::parse::parse_document(r.body.as_bytes()).unwrap();
         let encrypt = envelope
             .iter()
             .find(|(n, _)| n == "Encrypt")

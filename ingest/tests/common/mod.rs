@@ -174,8 +174,7 @@ impl TestApp {
     }
 
     pub fn signed_query_at(token: &str, timestamp: &str, nonce: &str) -> String {
-        let signature = hex::encode(ingest::verify::signature(&mut [token, timestamp, nonce]));
-        format!("signature={signature}&timestamp={timestamp}&nonce={nonce}")
+        wechat::Signer::plaintext(token).query(timestamp, nonce)
     }
 
     /// POSTs a push with the given query string.

@@ -2,9 +2,9 @@
 //! and safe-mode decryption. `cargo bench -p ingest`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ingest::decrypt::AesKey;
-use ingest::normalize::normalize;
-use ingest::parse::Push;
+use wechat::decrypt::AesKey;
+use wechat::normalize::normalize;
+use wechat::parse::Push;
 
 const LOCATION: &str = "<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[oBenchUser0000000000000001]]></FromUserName>\
 <CreateTime>1764144000</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[LOCATION]]></Event>\
@@ -18,13 +18,9 @@ fn push(c: &mut Criterion) {
     let mut group = c.benchmark_group("push");
     group.throughput(Throughput::Elements(1));
     group.bench_function("signature_check", |b| {
-        let signature = hex::encode(ingest::verify::signature(&mut [
-            "token",
-            "1764144000",
-            "123456789",
-        ]));
+        let signature = wechat::Signer::plaintext("token").signature("1764144000", "123456789");
         b.iter(|| {
-            ingest::verify::check(&signature, &mut ["token", "1764144000", "123456789"]).unwrap()
+            wechat::verify::check(&signature, &mut ["token", "1764144000", "123456789"]).unwrap()
         })
     });
     for (name, xml) in [("location", LOCATION), ("subscribe", SUBSCRIBE)] {
@@ -43,13 +39,9 @@ fn push(c: &mut Criterion) {
         });
     }
     group.bench_function("sign_check_parse_normalize_json/location", |b| {
-        let signature = hex::encode(ingest::verify::signature(&mut [
-            "token",
-            "1764144000",
-            "123456789",
-        ]));
+        let signature = wechat::Signer::plaintext("token").signature("1764144000", "123456789");
         b.iter(|| {
-            ingest::verify::check(&signature, &mut ["token", "1764144000", "123456789"]).unwrap();
+            wechat::verify::check(&signature, &mut ["token", "1764144000", "123456789"]).unwrap();
             let event = normalize(
                 Push::try_from(LOCATION.as_bytes()).unwrap(),
                 "2026-11-26T08:00:00.000Z".into(),

@@ -3,7 +3,14 @@
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
-use crate::error::Rejection;
+/// Why a signed request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("bad signature")]
+    BadSignature,
+    #[error("timestamp outside the replay window")]
+    StaleTimestamp,
+}
 
 /// `sha1` of the parts sorted as strings (never as numbers) and joined with nothing.
 pub fn signature(parts: &mut [&str]) -> [u8; 20] {
@@ -16,22 +23,22 @@ pub fn signature(parts: &mut [&str]) -> [u8; 20] {
 }
 
 /// Checks a hex `signature` (any case) against the parts, in constant time over the 20 bytes.
-pub fn check(given_hex: &str, parts: &mut [&str]) -> Result<(), Rejection> {
+pub fn check(given_hex: &str, parts: &mut [&str]) -> Result<(), VerifyError> {
     let mut given = [0u8; 20];
-    hex::decode_to_slice(given_hex, &mut given).map_err(|_| Rejection::BadSignature)?;
+    hex::decode_to_slice(given_hex, &mut given).map_err(|_| VerifyError::BadSignature)?;
     if bool::from(given.ct_eq(&signature(parts))) {
         Ok(())
     } else {
-        Err(Rejection::BadSignature)
+        Err(VerifyError::BadSignature)
     }
 }
 
 /// Checks that a signed `timestamp` lies within `tolerance` seconds of `now` (0 disables the
 /// window, but the timestamp must still be a number).
-pub fn check_timestamp(timestamp: &str, now: i64, tolerance: u64) -> Result<i64, Rejection> {
-    let ts: i64 = timestamp.parse().map_err(|_| Rejection::StaleTimestamp)?;
+pub fn check_timestamp(timestamp: &str, now: i64, tolerance: u64) -> Result<i64, VerifyError> {
+    let ts: i64 = timestamp.parse().map_err(|_| VerifyError::StaleTimestamp)?;
     if tolerance != 0 && ts.abs_diff(now) > tolerance {
-        return Err(Rejection::StaleTimestamp);
+        return Err(VerifyError::StaleTimestamp);
     }
     Ok(ts)
 }
@@ -65,7 +72,7 @@ mod tests {
             check(s(&v["signature"]), &mut parts).unwrap_or_else(|_| panic!("{}", v["id"]));
             check(&s(&v["signature"]).to_uppercase(), &mut parts).unwrap();
             if let Some(bad) = v.get("bad_signature") {
-                assert_eq!(check(s(bad), &mut parts), Err(Rejection::BadSignature));
+                assert_eq!(check(s(bad), &mut parts), Err(VerifyError::BadSignature));
             }
         }
     }
@@ -90,7 +97,7 @@ mod tests {
         ] {
             assert_eq!(
                 check(bad, &mut parts),
-                Err(Rejection::BadSignature),
+                Err(VerifyError::BadSignature),
                 "{bad:?}"
             );
         }
@@ -103,16 +110,16 @@ mod tests {
         assert_eq!(check_timestamp("1300", 1000, 300), Ok(1300));
         assert_eq!(
             check_timestamp("699", 1000, 300),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
         assert_eq!(
             check_timestamp("1301", 1000, 300),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
         assert_eq!(check_timestamp("1", 1000, 0), Ok(1));
         assert_eq!(
             check_timestamp("x", 1000, 0),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
     }
 }

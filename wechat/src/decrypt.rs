@@ -122,17 +122,6 @@ impl AesKey {
     }
 }
 
-/// `msg_signature`: SHA-1 over (token, timestamp, nonce, Encrypt) sorted as strings.
-pub fn check_msg_signature(
-    given_hex: &str,
-    token: &str,
-    timestamp: &str,
-    nonce: &str,
-    encrypt: &str,
-) -> Result<(), crate::error::Rejection> {
-    crate::verify::check(given_hex, &mut [token, timestamp, nonce, encrypt])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,7 +157,7 @@ mod tests {
             for case in cases {
                 let (ts, nonce, encrypt) =
                     (s(case, "timestamp"), s(case, "nonce"), s(case, "encrypt"));
-                check_msg_signature(s(case, "msg_signature"), token, ts, nonce, encrypt)
+                crate::verify::check(s(case, "msg_signature"), &mut [token, ts, nonce, encrypt])
                     .unwrap_or_else(|e| panic!("{id}: {e}"));
                 if id.starts_with("C5") {
                     // The embedded id is the corp's; an appid-checking decryptor configured

@@ -6,9 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use schemas::accounts::Secret;
 use serde::Deserialize;
 use serde_json::json;
+use wechat::accounts::Secret;
 
 use crate::store::{EffectStore, StoreError};
 

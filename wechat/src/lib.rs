@@ -1,0 +1,30 @@
+//! WeChat's push protocol, both sides of it: what the ingress checks and reads, and what
+//! WeChat does to send a push (for the load generator, the fuzz targets, the benches and the
+//! tests).
+//!
+//! ```text
+//! query ─▶ verify (signature, replay window) ─┐
+//! body  ─▶ decrypt (safe/compatible mode) ────┴─▶ parse (XML) ─▶ normalize ─▶ schemas::Event
+//! sign::Signer: XML ─▶ signed (and encrypted) push, as WeChat sends it
+//! ```
+//!
+//! - [`verify`]: SHA-1 signatures and the `timestamp` window; [`query`]: the signed query.
+//! - [`decrypt`]: the AES-256-CBC envelope; [`parse`]: the XML push; [`normalize`]: the event
+//!   of the contract, with its identity.
+//! - [`accounts`]: the `INGEST_ACCOUNTS` file; [`sign`]: the signing side.
+//!
+//! It owns no I/O and must never depend on the ingress, the workers, Redis or Kafka: it is the
+//! protocol, and `schemas` (the contract it normalizes to) is its only wxpipe dependency.
+
+pub mod accounts;
+pub mod decrypt;
+pub mod normalize;
+pub mod parse;
+pub mod query;
+pub mod sign;
+pub mod verify;
+
+pub use accounts::Secret;
+pub use query::Query;
+pub use sign::Signer;
+pub use verify::VerifyError;

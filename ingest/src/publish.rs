@@ -28,6 +28,10 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// A delivery report's error. Only what is wrong with the record itself is permanent:
+    /// an error about the cluster's setup (a missing ACL, a topic whose size limit is below a
+    /// batch) fails every record alike and passes once a person fixes it, so it is retried,
+    /// never a reason to set records aside.
     pub fn classify(error: KafkaError) -> Self {
         use RDKafkaErrorCode as C;
         match error.rdkafka_error_code() {
@@ -45,15 +49,27 @@ impl PublishError {
                 | C::UnknownTopicOrPartition,
             ) => PublishError::Retriable(error),
             Some(
-                C::MessageSizeTooLarge
-                | C::InvalidMessageSize
-                | C::InvalidMessage
-                | C::TopicAuthorizationFailed
+                C::TopicAuthorizationFailed
                 | C::ClusterAuthorizationFailed
-                | C::InvalidRecord
+                | C::MessageSizeTooLarge
                 | C::Fatal,
-            ) => PublishError::Permanent(error),
+            ) => {
+                tracing::error!(%error, "Kafka refuses every record alike: check the topic's ACLs and limits (or the producer's state)");
+                PublishError::Retriable(error)
+            }
+            Some(C::InvalidMessageSize | C::InvalidMessage | C::InvalidRecord) => {
+                PublishError::Permanent(error)
+            }
             _ => PublishError::Unknown(error),
+        }
+    }
+
+    /// An error librdkafka raised before the record left this process: a record larger than
+    /// the producer takes is permanent (it is this record's size), the rest as for a report.
+    pub fn classify_enqueue(error: KafkaError) -> Self {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::MessageSizeTooLarge) => PublishError::Permanent(error),
+            _ => Self::classify(error),
         }
     }
 
@@ -121,7 +137,7 @@ impl Publisher {
         let record = FutureRecord::to(topic).key(key).payload(payload);
         self.producer
             .send_result(record)
-            .map_err(|(error, _)| PublishError::classify(error))
+            .map_err(|(error, _)| PublishError::classify_enqueue(error))
     }
 
     /// Hands a record to the producer; the returned future resolves with its delivery report.
@@ -136,7 +152,7 @@ impl Publisher {
             .payload(payload);
         self.producer
             .send_result(record)
-            .map_err(|(error, _)| PublishError::classify(error))
+            .map_err(|(error, _)| PublishError::classify_enqueue(error))
     }
 
     /// Waits for a delivery report, mapped to our error.
@@ -148,8 +164,14 @@ impl Publisher {
         }
     }
 
-    /// Whether the cluster answers a metadata request within `timeout` (blocking).
+    /// Whether the cluster answers a metadata request within `timeout` (blocking), and the
+    /// producer can still produce: after a fatal error (an idempotent producer that lost its
+    /// sequence) it fails every record until the process restarts.
     pub fn reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::error!(?code, %reason, "the Kafka producer hit a fatal error: restart the ingress");
+            return Err(KafkaError::Global(code));
+        }
         self.producer
             .client()
             .fetch_metadata(None, timeout)

@@ -678,3 +678,41 @@ async fn redis_black_holed_or_cut_by_the_network_never_delays_or_loses_a_push() 
     assert_eq!(app.count("event.subscribe"), 22, "the retries deduplicated");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_refusing_every_record_for_its_setup_never_sets_the_spool_aside() {
+    // Kafka comes back from an outage refusing every produce for a while with an error about
+    // its setup (a missing ACL), not about the records: the spooled pushes, each answered 200,
+    // must wait and reach Kafka once access is granted, never be set aside as refused.
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    let dir = spool_dir();
+    config.spool_dir = Some(dir.clone());
+    let app = TestApp::spawn_binary(config).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    assert_eq!(app.post_push(&push("acl_warm", now())).await.0, 200);
+    mock.broker_down(1).unwrap();
+    for i in 0..10 {
+        let (status, reason) = app.post_push(&push(&format!("acl{i}"), now())).await;
+        assert_eq!(status, 200, "spooled: {reason}");
+    }
+    mock.request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 40],
+    );
+    mock.broker_up(1).unwrap();
+    // Long enough for the replay to meet the refusals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    mock.clear_request_errors(rdkafka::types::RDKafkaApiKey::Produce);
+    assert!(
+        eventually(Duration::from_secs(30), || app.count("event.subscribe")
+            >= 11)
+        .await,
+        "spooled pushes lost: {} of 11 on Kafka, spool: {:?}",
+        app.count("event.subscribe"),
+        std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    app.stop().await;
+}

@@ -33,6 +33,8 @@ use crate::publish::Publisher;
 
 /// Records Kafka refused for good, kept for a person (not a segment: never replayed).
 const REJECTED: &str = "rejected.seg.kept";
+/// Held (flock) by the one process using the directory.
+const LOCK: &str = "spool.lock";
 
 /// A segment is sealed for replay past this size.
 const SEGMENT_BYTES: u64 = 8 << 20;
@@ -48,6 +50,8 @@ pub enum SpoolError {
     Closed,
     #[error("record field over 64 KiB")]
     TooLarge,
+    #[error("spool directory {0} is in use by another process (spool.lock)")]
+    Locked(PathBuf),
 }
 
 /// One spooled Kafka record.
@@ -215,37 +219,77 @@ pub struct Spool {
     /// librdkafka (bounded by its `message.timeout.ms`): the replay waits for those, so it
     /// knows which to skip.
     shared: Arc<Shared>,
+    /// `spool.lock`, locked for as long as this spool lives.
+    _lock: File,
 }
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`, cutting off any torn tail left by a crash.
+    ///
+    /// Only one process may use a directory (a second would replay and delete the segment
+    /// the first still appends to), so it holds `spool.lock`. A disk that fails while the
+    /// spool opens (read-only after an error, an unreadable segment) does not stop the start:
+    /// the writer never appends to an old segment, reading stops where the cut would be, and
+    /// an unreadable segment is set aside by the replay.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Arc<Spool>, SpoolError> {
         fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Locked(dir.to_owned()))
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
+        }
         let mut bytes = 0;
         let mut next_seq = 0;
         let shared = Arc::new(Shared::default());
         let held = &shared.bytes;
+        let mut keep = |seq: u64, len: u64| {
+            bytes += len;
+            held.fetch_add(len, Ordering::SeqCst);
+            shared
+                .committed
+                .lock()
+                .expect("committed lock")
+                .insert(seq, len);
+        };
         for (seq, path) in segments(dir)? {
-            let (records, valid) = read_segment(&path)?;
-            let len = fs::metadata(&path)?.len();
+            next_seq = seq + 1;
+            let (records, valid) = match read_segment(&path) {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::error!(%error, segment = %path.display(), "spool: a segment cannot be read at start; the replay will set it aside");
+                    keep(seq, fs::metadata(&path).map_or(0, |m| m.len()));
+                    continue;
+                }
+            };
+            let len = fs::metadata(&path).map_or(valid, |m| m.len());
             if valid < len {
                 tracing::warn!(segment = %path.display(), cut = len - valid, "spool: cutting off a torn tail");
-                OpenOptions::new().write(true).open(&path)?.set_len(valid)?;
+                let cut = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(valid));
+                if let Err(error) = cut {
+                    tracing::warn!(%error, segment = %path.display(), "spool: the torn tail stays (reading stops before it)");
+                }
             }
             if records.is_empty() {
-                fs::remove_file(&path)?;
+                if let Err(error) = fs::remove_file(&path) {
+                    tracing::warn!(%error, segment = %path.display(), "spool: an empty segment stays");
+                }
             } else {
-                bytes += valid;
-                held.fetch_add(valid, Ordering::SeqCst);
-                shared
-                    .committed
-                    .lock()
-                    .expect("committed lock")
-                    .insert(seq, valid);
+                keep(seq, valid);
             }
-            next_seq = seq + 1;
         }
-        sync_dir(dir)?;
+        if let Err(error) = sync_dir(dir) {
+            tracing::warn!(%error, "spool: the directory could not be synced at start");
+        }
         let (tx, rx) = mpsc::channel();
         let spool = Arc::new(Spool {
             dir: dir.to_owned(),
@@ -259,6 +303,7 @@ impl Spool {
             writer: Mutex::new(tx),
             delivered: Mutex::default(),
             shared: Arc::clone(&shared),
+            _lock: lock,
         });
         let writer_dir = dir.to_owned();
         std::thread::Builder::new()
@@ -715,6 +760,30 @@ mod tests {
         let reopened = Spool::open(&dir, 1 << 20).unwrap();
         assert!(reopened.active(), "a spool with records replays on start");
         assert_eq!(all_records(&dir), (0..50).map(record).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn one_process_at_a_time_uses_a_spool_directory() {
+        let dir = temp_dir();
+        let first = Spool::open(&dir, 1 << 20).unwrap();
+        assert!(matches!(
+            Spool::open(&dir, 1 << 20),
+            Err(SpoolError::Locked(_))
+        ));
+        drop(first);
+        Spool::open(&dir, 1 << 20).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_segment_does_not_stop_the_start() {
+        let dir = temp_dir();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&record(1)).await.unwrap();
+        drop(spool);
+        // A segment that cannot be read (here a directory where a file should be).
+        fs::create_dir(dir.join(format!("{:016x}.seg", 0x100))).unwrap();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&record(2)).await.unwrap();
     }
 
     #[tokio::test]

@@ -187,12 +187,7 @@ impl Pipeline {
         let spool = match &self.spool {
             // A disk that failed is probed again, so readiness comes back with it.
             Some(spool) if !spool.writable() && spool.bytes() < spool.max_bytes() => {
-                let spool = Arc::clone(spool);
-                Some(
-                    tokio::task::spawn_blocking(move || spool.probe())
-                        .await
-                        .unwrap_or(false),
-                )
+                Some(spool.probe_bounded(Duration::from_secs(1)).await)
             }
             Some(spool) => Some(spool.writable()),
             None => None,
@@ -419,7 +414,16 @@ impl Pipeline {
         // WeChat's retries find it settled; one that could not claim does not wait on Redis.
         let settle_wait = if claimed { answer_by } else { Instant::now() };
         let id = out.id;
-        let mut spool = self.spool.as_ref();
+        // A spool whose disk failed or hung is passed by (Kafka gets the whole deadline) until
+        // a probe write succeeds; the push starts one in the background, one at a time.
+        let mut spool = self.spool.as_ref().filter(|spool| {
+            if spool.failing() {
+                let spool = Arc::clone(spool);
+                tokio::spawn(async move { spool.probe_bounded(Duration::from_secs(1)).await });
+                return false;
+            }
+            true
+        });
         // While the replay takes the last of the backlog, wait for it (briefly) rather than
         // join the backlog: under steady load the spool would otherwise never empty.
         let drain_by = Instant::now() + DRAIN_WAIT.min(self.deadline / 4);

@@ -23,7 +23,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -161,7 +161,7 @@ struct Shared {
     committed: Mutex<std::collections::BTreeMap<u64, u64>>,
     unknown: AtomicU64,
     /// The last commit failed (the disk is full or failing); the next good one clears it.
-    failing: std::sync::atomic::AtomicBool,
+    failing: AtomicBool,
 }
 
 enum Command {
@@ -221,6 +221,8 @@ pub struct Spool {
     shared: Arc<Shared>,
     /// `spool.lock`, locked for as long as this spool lives.
     _lock: File,
+    /// A probe write is running (see [`Spool::probe_bounded`]).
+    probing: AtomicBool,
 }
 
 impl Spool {
@@ -304,6 +306,7 @@ impl Spool {
             delivered: Mutex::default(),
             shared: Arc::clone(&shared),
             _lock: lock,
+            probing: AtomicBool::new(false),
         });
         let writer_dir = dir.to_owned();
         std::thread::Builder::new()
@@ -465,6 +468,26 @@ impl Spool {
 
     /// Whether the spool's disk takes a write now: a probe file written and fsync'd. Clears
     /// the mark a failed write left, once the disk is back.
+    /// Whether the disk failed or hung and no probe write has succeeded since.
+    pub fn failing(&self) -> bool {
+        self.shared.failing.load(Ordering::SeqCst)
+    }
+
+    /// Probes the disk on a thread of its own, one probe at a time, waiting at most `within`:
+    /// a hung disk must not hang readiness, nor pile up threads. `false` while one still hangs.
+    pub async fn probe_bounded(self: &Arc<Self>, within: Duration) -> bool {
+        if self.probing.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let spool = Arc::clone(self);
+        let probe = tokio::task::spawn_blocking(move || {
+            let written = spool.probe();
+            spool.probing.store(false, Ordering::SeqCst);
+            written
+        });
+        matches!(tokio::time::timeout(within, probe).await, Ok(Ok(true)))
+    }
+
     pub fn probe(&self) -> bool {
         let path = self.dir.join("probe");
         let written = File::create(&path)
@@ -927,6 +950,48 @@ mod tests {
         assert!(spool.probe(), "the disk takes a write");
         assert!(spool.writable());
         assert!(!dir.join("probe").exists(), "the probe file is removed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_disk_never_hangs_a_probe_nor_piles_up_probes() {
+        let dir = temp_dir();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.mark_stalled();
+        // A FIFO where the probe file goes: opening it to write blocks, as a hung disk does.
+        let fifo = dir.join("probe");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let started = std::time::Instant::now();
+        assert!(!spool.probe_bounded(Duration::from_millis(300)).await);
+        assert!(
+            !spool.probe_bounded(Duration::from_secs(10)).await,
+            "a second probe while the first hangs"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(spool.failing());
+        // The disk answers again: the hung probe ends, and the next one clears the failure.
+        tokio::task::spawn_blocking(move || {
+            let mut data = Vec::new();
+            let _ = File::open(&fifo).and_then(|mut f| f.read_to_end(&mut data));
+        })
+        .await
+        .unwrap();
+        let mut cleared = false;
+        for _ in 0..50 {
+            if spool.probe_bounded(Duration::from_secs(1)).await {
+                cleared = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(cleared && !spool.failing());
     }
 
     #[test]

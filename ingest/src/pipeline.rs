@@ -626,8 +626,12 @@ impl Pipeline {
                     }
                     None => {}
                 }
-                if claimed {
-                    if let Err(error) = self.store.release(id, token).await {
+                // Released even when the claim got no answer: Redis may apply it late (after a
+                // stall), and its lease would then start late and outlast WeChat's retry. The
+                // release is queued after the claim and deletes only our own token, so it undoes
+                // a late claim and nothing else.
+                if let Err(error) = self.store.release(id, token).await {
+                    if claimed {
                         metrics::counter!("wxpipe_redis_errors_total", "op" => "release")
                             .increment(1);
                         tracing::warn!(%error, id = %ops::redact_id(id), "claim not released; it expires with its lease");

@@ -716,3 +716,46 @@ async fn kafka_refusing_every_record_for_its_setup_never_sets_the_spool_aside() 
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_redis_applies_late_never_blocks_the_retry() {
+    // Redis stalls past the claim's budget, so the push goes on unclaimed; Kafka refuses it
+    // (here an ACL) and there is no spool, so it gets a 503. Then Redis applies the claim it
+    // held (its lease starting only then) and Kafka takes records again: WeChat's retry must
+    // be published, not refused as in flight by a claim nobody holds.
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.ack_deadline_ms = 1500;
+    let app = TestApp::spawn_binary(config).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    assert_eq!(app.post_push(&push("late_warm", now())).await.0, 200);
+    mock.request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 20],
+    );
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2500)
+        .query(&mut redis.conn())
+        .unwrap();
+    let xml = push("late_claim", now());
+    let query = TestApp::signed_query(TOKEN, &unique("n"));
+    let (status, _) = app.post_with_query(&query, &xml).await;
+    assert_eq!(status, 503, "neither Kafka nor a spool");
+    // Redis answers again (and applies the late claim); Kafka takes records again.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    mock.clear_request_errors(rdkafka::types::RDKafkaApiKey::Produce);
+    assert!(app.wait_ready(Duration::from_secs(10)).await);
+    let (status, body) = app.post_with_query(&query, &xml).await;
+    assert_eq!(status, 200, "the retry: {body}");
+    assert!(
+        eventually(Duration::from_secs(10), || app.count("event.subscribe")
+            == 2)
+        .await,
+        "{}",
+        app.count("event.subscribe")
+    );
+    app.stop().await;
+}

@@ -31,6 +31,9 @@ const DRAIN_WAIT: Duration = Duration::from_millis(250);
 /// of the deadline), leaving time to fsync the push to the spool instead.
 const SPOOL_RESERVE: Duration = Duration::from_millis(500);
 
+/// The least a spool append is given, even when the deadline is (about) reached: one fsync.
+const SPOOL_MIN_WAIT: Duration = Duration::from_millis(50);
+
 pub use wechat::Query;
 
 /// A parameter the query must carry.
@@ -414,20 +417,26 @@ impl Pipeline {
         // WeChat's retries find it settled; one that could not claim does not wait on Redis.
         let settle_wait = if claimed { answer_by } else { Instant::now() };
         let id = out.id;
-        // A spool whose disk failed or hung is passed by (Kafka gets the whole deadline) until
-        // a probe write succeeds; the push starts one in the background, one at a time.
-        let mut spool = self.spool.as_ref().filter(|spool| {
+        // A full spool could not take the push: Kafka gets the whole deadline.
+        let mut spool = self
+            .spool
+            .as_ref()
+            .filter(|spool| spool.bytes() < spool.max_bytes());
+        // A spool whose disk failed or hung is not joined (the push tries Kafka first; the
+        // spool stays its fallback) until a probe write succeeds: the push starts one in the
+        // background, one at a time.
+        let joinable = spool.filter(|spool| {
             if spool.failing() {
                 let spool = Arc::clone(spool);
                 tokio::spawn(async move { spool.probe_bounded(Duration::from_secs(1)).await });
                 return false;
             }
-            true
+            spool.active()
         });
         // While the replay takes the last of the backlog, wait for it (briefly) rather than
         // join the backlog: under steady load the spool would otherwise never empty.
         let drain_by = Instant::now() + DRAIN_WAIT.min(self.deadline / 4);
-        let joins = match spool.filter(|s| s.active()) {
+        let joins = match joinable {
             Some(active) => !active.wait_drained(drain_by).await,
             None => false,
         };
@@ -463,7 +472,15 @@ impl Pipeline {
             Err(error) => {
                 if let Some(spool) = spool.filter(|_| !error.is_permanent()) {
                     return self
-                        .spool(spool, settle_wait, id, token, claimed, &out.to_spool())
+                        .spool(
+                            spool,
+                            answer_by,
+                            settle_wait,
+                            id,
+                            token,
+                            claimed,
+                            &out.to_spool(),
+                        )
                         .await;
                 }
                 self.settle_by(settle_wait, id, token, claimed, Err(Some(&error)))
@@ -483,8 +500,16 @@ impl Pipeline {
         match tokio::time::timeout_at(deadline.into(), delivered.as_mut()).await {
             Ok(Err(error)) if spool.is_some() && !error.is_permanent() => {
                 let spool = spool.expect("checked");
-                self.spool(spool, settle_wait, id, token, claimed, &out.to_spool())
-                    .await
+                self.spool(
+                    spool,
+                    answer_by,
+                    settle_wait,
+                    id,
+                    token,
+                    claimed,
+                    &out.to_spool(),
+                )
+                .await
             }
             Ok(outcome) => {
                 let settled = outcome.as_ref().map(drop).map_err(Some);
@@ -529,8 +554,16 @@ impl Pipeline {
                 });
                 let result = match spool {
                     Some(spool) => {
-                        self.spool(spool, settle_wait, id, token, false, &out.to_spool())
-                            .await
+                        self.spool(
+                            spool,
+                            answer_by,
+                            settle_wait,
+                            id,
+                            token,
+                            false,
+                            &out.to_spool(),
+                        )
+                        .await
                     }
                     None => Err(Unavailable::Deadline.into()),
                 };
@@ -549,19 +582,21 @@ impl Pipeline {
 
     /// Appends a push to the spool: once fsync'd it is durable, so its claim is confirmed and
     /// it is answered 200; the replay task takes it to Kafka.
+    #[allow(clippy::too_many_arguments)]
     async fn spool(
         &self,
         spool: &Spool,
+        answer_by: Instant,
         settle_wait: Instant,
         id: &str,
         token: &str,
         release: bool,
         record: &SpoolRecord,
     ) -> Result<Accepted, PushError> {
-        // Never past the answer's deadline (and a little): a spool that hangs gets a 503,
-        // and WeChat retries. If the append lands after all, the replay sends a copy with
-        // the same id.
-        let by = settle_wait.max(Instant::now()) + SPOOL_RESERVE;
+        // Never past the answer's deadline (the fsync itself gets a few milliseconds more at
+        // most): a spool that hangs gets a 503, and WeChat retries. If the append lands after
+        // all, the replay sends a copy with the same id.
+        let by = answer_by.max(Instant::now() + SPOOL_MIN_WAIT);
         let appended = match tokio::time::timeout_at(by.into(), spool.append(record)).await {
             Ok(appended) => appended,
             Err(_) => {

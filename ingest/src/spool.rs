@@ -544,11 +544,19 @@ impl Spool {
             let records = match read_segment(path) {
                 Ok((records, _)) => records,
                 Err(error) => {
-                    // Unreadable (EIO): set aside for a person, so the rest can drain.
-                    let aside = path.with_extension("seg.unreadable");
+                    // Unreadable (EIO): set aside for a person, so the rest can drain. Under a
+                    // name no earlier one has (sequence numbers restart with an empty
+                    // directory), and if even the rename fails the replay passes it by this
+                    // round rather than stall behind it.
+                    let stamp = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos());
+                    let aside = path.with_extension(format!("seg.{stamp}.unreadable"));
                     tracing::error!(%error, segment = %path.display(), aside = %aside.display(),
                         "spool: a segment cannot be read; set aside, the replay goes on");
-                    fs::rename(path, &aside).map_err(|e| e.to_string())?;
+                    if let Err(error) = fs::rename(path, &aside) {
+                        tracing::error!(%error, segment = %path.display(), "spool: an unreadable segment could not be set aside; the replay passes it by");
+                    }
                     self.forget_segment(*seq);
                     continue;
                 }

@@ -70,6 +70,15 @@ struct Opened<'b> {
     encrypted: bool,
 }
 
+/// Decrements a gauge when dropped.
+struct Decrement(metrics::Gauge);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// A normalized push on its way to Kafka, borrowed: a spool record is made of it only when the
 /// push goes to the spool.
 #[derive(Debug, Clone, Copy)]
@@ -492,8 +501,10 @@ impl Pipeline {
             (self.kafka_in_flight.clone(), self.produce_seconds.clone());
         in_flight.increment(1.0);
         let mut delivered = Box::pin(async move {
+            // Down again however the wait ends: a push dropped meanwhile (its client hung up)
+            // drops this future too.
+            let _in_flight = Decrement(in_flight);
             let outcome = Publisher::delivered(delivery).await;
-            in_flight.decrement(1.0);
             produce_seconds.record(produced.elapsed().as_secs_f64());
             outcome
         });

@@ -636,6 +636,17 @@ async fn clients_hanging_up_at_every_stage_never_stop_the_replay() {
         .await,
         "a new push reaches Kafka"
     );
+    // Produces whose pushes were dropped mid-wait are no longer counted as in flight.
+    let metrics = format!("http://{}/metrics", app.admin);
+    let mut in_flight = None;
+    for _ in 0..100 {
+        in_flight = gauge(&metrics, "wxpipe_kafka_in_flight").await;
+        if in_flight == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(in_flight, Some(0.0), "the in-flight gauge leaked");
     app.stop().await;
 }
 

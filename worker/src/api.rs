@@ -213,6 +213,9 @@ impl WeChat {
         let token = self.token(creds).await?;
         match self.post_text(&token, openid, content, posted).await {
             Err(e) if e.class() == ErrorClass::TokenInvalid => {
+                // That post was refused: nothing went out, so a cut during the refresh is not
+                // a send whose outcome is unknown.
+                posted.store(false, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(appid = %creds.appid, errcode = e.errcode(), "access token rejected: refreshing");
                 let fresh = self.refresh(creds, &token).await?;
                 self.post_text(&fresh, openid, content, posted).await
@@ -240,17 +243,20 @@ impl WeChat {
                 .await
                 .map_err(written)?;
             let status = response.status();
-            match response.json::<Reply>().await {
-                Ok(reply) => Ok(reply),
-                // A proxy's or load balancer's refusal (502, 503, 429…): it never reached
-                // WeChat's send. A gateway timeout may have.
-                Err(error)
-                    if !status.is_success() && status != reqwest::StatusCode::GATEWAY_TIMEOUT =>
-                {
-                    Err(ApiError::Response(format!("HTTP {status}: {error}")))
-                }
-                Err(error) => Err(ApiError::Unanswered(error)),
+            // A proxy's or load balancer's refusal (502, 503, 429…, whatever its body): it
+            // never reached WeChat's send. A gateway timeout may have.
+            if !status.is_success() && status != reqwest::StatusCode::GATEWAY_TIMEOUT {
+                return Err(ApiError::Response(format!("HTTP {status}")));
             }
+            let reply: serde_json::Value = response.json().await.map_err(ApiError::Unanswered)?;
+            // WeChat's answer always carries an errcode; anything else is not WeChat's.
+            if reply.get("errcode").is_none() {
+                return Err(ApiError::Response(format!(
+                    "HTTP {status} without an errcode"
+                )));
+            }
+            serde_json::from_value::<Reply>(reply)
+                .map_err(|e| ApiError::Response(format!("unexpected answer: {e}")))
         }
         .await;
         count("custom_send", &reply);

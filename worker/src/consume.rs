@@ -114,6 +114,9 @@ struct PauseFlags {
     /// The gated topic's partitions: the gate holds as much as it may.
     gated: std::sync::atomic::AtomicBool,
     gated_topic: Option<String>,
+    /// Held while partitions are paused or resumed, by the role and by the rebalance callback,
+    /// so the flags each read are the ones the last of them applies.
+    applying: Mutex<()>,
 }
 
 impl PauseFlags {
@@ -168,6 +171,7 @@ impl ConsumerContext for LagContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
+            let _applying = self.pause.applying.lock().expect("pause lock");
             let paused = self.pause.to_pause(list);
             if paused.count() > 0 {
                 if let Err(error) = consumer.pause(&paused) {
@@ -618,6 +622,7 @@ impl RoleConsumer {
         if !flow.paused_all && !flow.paused_gated && !resume {
             return;
         }
+        let _applying = self.pause.applying.lock().expect("pause lock");
         let Ok(assignment) = self.consumer.assignment() else {
             return;
         };

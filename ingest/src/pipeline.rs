@@ -479,7 +479,7 @@ impl Pipeline {
         let delivery = match self.publisher.enqueue_named(out.topic, out.key, out.value) {
             Ok(delivery) => delivery,
             Err(error) => {
-                if let Some(spool) = spool.filter(|_| !error.is_permanent()) {
+                if let Some(spool) = spool.filter(|_| error.spoolable()) {
                     return self
                         .spool(
                             spool,
@@ -487,7 +487,7 @@ impl Pipeline {
                             settle_wait,
                             id,
                             token,
-                            claimed,
+                            true,
                             &out.to_spool(),
                         )
                         .await;
@@ -509,7 +509,7 @@ impl Pipeline {
             outcome
         });
         match tokio::time::timeout_at(deadline.into(), delivered.as_mut()).await {
-            Ok(Err(error)) if spool.is_some() && !error.is_permanent() => {
+            Ok(Err(error)) if spool.is_some() && error.spoolable() => {
                 let spool = spool.expect("checked");
                 self.spool(
                     spool,
@@ -517,7 +517,7 @@ impl Pipeline {
                     settle_wait,
                     id,
                     token,
-                    claimed,
+                    true,
                     &out.to_spool(),
                 )
                 .await
@@ -592,7 +592,9 @@ impl Pipeline {
     }
 
     /// Appends a push to the spool: once fsync'd it is durable, so its claim is confirmed and
-    /// it is answered 200; the replay task takes it to Kafka.
+    /// it is answered 200; the replay task takes it to Kafka. `release`: whether this push
+    /// releases its claim if the append fails (a claim that got no answer too, since Redis may
+    /// apply it late), or leaves that to the task following its first produce.
     #[allow(clippy::too_many_arguments)]
     async fn spool(
         &self,

@@ -17,9 +17,13 @@ pub enum PublishError {
     /// Will likely succeed later: queue full, brokers unreachable, timeouts.
     #[error("retriable: {0}")]
     Retriable(KafkaError),
-    /// Will fail again as it is (too large, not authorized): a person must act.
+    /// Will fail again as it is (an invalid record): a person must look at it.
     #[error("permanent: {0}")]
     Permanent(KafkaError),
+    /// Refused for the cluster's setup (an ACL, a topic's size limit, a producer's fatal
+    /// error), often for one topic only: it passes once a person fixes the setup.
+    #[error("refused by Kafka's setup: {0}")]
+    Refused(KafkaError),
     #[error("{0}")]
     Unknown(KafkaError),
     /// The producer went away before reporting.
@@ -28,10 +32,9 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// A delivery report's error. Only what is wrong with the record itself is permanent:
-    /// an error about the cluster's setup (a missing ACL, a topic whose size limit is below a
-    /// batch) fails every record alike and passes once a person fixes it, so it is retried,
-    /// never a reason to set records aside.
+    /// A delivery report's error. Only what is wrong with the record itself is permanent; an
+    /// error about the cluster's setup (a missing ACL, a topic whose size limit is below a
+    /// batch) passes once a person fixes it, so it is never a reason to set records aside.
     pub fn classify(error: KafkaError) -> Self {
         use RDKafkaErrorCode as C;
         match error.rdkafka_error_code() {
@@ -54,8 +57,8 @@ impl PublishError {
                 | C::MessageSizeTooLarge
                 | C::Fatal,
             ) => {
-                tracing::error!(%error, "Kafka refuses every record alike: check the topic's ACLs and limits (or the producer's state)");
-                PublishError::Retriable(error)
+                tracing::error!(%error, "Kafka refuses records for its setup: check the topic's ACLs and limits (or the producer's state)");
+                PublishError::Refused(error)
             }
             Some(C::InvalidMessageSize | C::InvalidMessage | C::InvalidRecord) => {
                 PublishError::Permanent(error)
@@ -75,6 +78,17 @@ impl PublishError {
 
     pub fn is_permanent(&self) -> bool {
         matches!(self, PublishError::Permanent(_))
+    }
+
+    /// Whether a push Kafka did not take may go to the spool instead: not when Kafka refuses
+    /// it as it is, nor for its setup (a spooled record of a refused topic would hold up the
+    /// replay; a 503 lets WeChat retry once the setup is fixed).
+    pub fn spoolable(&self) -> bool {
+        !matches!(self, PublishError::Permanent(_) | PublishError::Refused(_))
+    }
+
+    pub fn is_refused(&self) -> bool {
+        matches!(self, PublishError::Refused(_))
     }
 }
 

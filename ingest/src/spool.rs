@@ -235,11 +235,13 @@ impl Spool {
     /// an unreadable segment is set aside by the replay.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Arc<Spool>, SpoolError> {
         fs::create_dir_all(dir)?;
+        // Read-only when the disk is (a lock works on either).
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join(LOCK))?;
+            .open(dir.join(LOCK))
+            .or_else(|_| File::open(dir.join(LOCK)))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -568,20 +570,36 @@ impl Spool {
                     .filter(|r| !delivered.remove(&r.id))
                     .collect()
             };
+            let mut held = 0;
             for chunk in records.chunks(512) {
+                // An error at enqueue is handled as the record's outcome, like a delivery's:
+                // returning at once would re-send, next round, the records already enqueued.
                 let deliveries: Vec<_> = chunk
                     .iter()
                     .map(|r| publisher.enqueue_named(&r.topic, &r.key, &r.value))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| e.to_string())?;
+                    .collect();
                 for (record, delivery) in chunk.iter().zip(deliveries) {
-                    match Publisher::delivered(delivery).await {
+                    let outcome = match delivery {
+                        Ok(delivery) => Publisher::delivered(delivery).await,
+                        Err(error) => Err(error),
+                    };
+                    match outcome {
                         Ok(()) => {}
                         // Kafka will never take it as it is (too large, not authorised): keep
                         // it for a person instead of blocking every record behind it.
                         Err(error) if error.is_permanent() => self
                             .reject(record, &error.to_string())
                             .map_err(|e| format!("keeping a rejected record: {e}"))?,
+                        // Refused for Kafka's setup (often one topic's ACL): the record goes
+                        // back into the spool (fsync'd, a later segment) so this segment, and
+                        // the other topics, move on; it is tried again until the setup is
+                        // fixed.
+                        Err(error) if error.is_refused() => {
+                            self.append(record)
+                                .await
+                                .map_err(|e| format!("holding a refused record: {e}"))?;
+                            held += 1;
+                        }
                         Err(error) => return Err(error.to_string()),
                     }
                 }
@@ -590,7 +608,18 @@ impl Spool {
             }
             fs::remove_file(path).map_err(|e| e.to_string())?;
             self.forget_segment(*seq);
-            tracing::info!(records = records.len(), "spool: segment replayed to Kafka");
+            tracing::info!(
+                records = records.len(),
+                held,
+                "spool: segment replayed to Kafka"
+            );
+            if held > 0 {
+                metrics::counter!("wxpipe_spool_records_total", "op" => "held").increment(held);
+                // Back off before trying them again.
+                return Err(format!(
+                    "{held} record(s) held in the spool: Kafka refuses them for its setup"
+                ));
+            }
         }
         let _ = sync_dir(&self.dir);
         // Drained when nothing is left on disk and no append is under way.

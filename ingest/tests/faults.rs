@@ -770,3 +770,46 @@ async fn a_claim_redis_applies_late_never_blocks_the_retry() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_records_are_held_while_the_rest_of_their_segment_moves_on() {
+    // 600 spooled pushes; Kafka comes back refusing a few produce requests for its setup (an
+    // ACL), which librdkafka then also refuses at enqueue for a while. The records it took must
+    // not be sent again, and the refused ones reach Kafka once it takes them: each exactly
+    // once. (The mock refuses whole requests, never one topic only, so that the other topics'
+    // records move on past a held one is not shown here.)
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.spool_dir = Some(spool_dir());
+    let app = TestApp::spawn_binary(config).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    assert_eq!(app.post_push(&push("held_warm", now())).await.0, 200);
+    mock.broker_down(1).unwrap();
+    for i in 0..600 {
+        assert_eq!(
+            app.post_push(&push(&format!("held{i}"), now())).await.0,
+            200
+        );
+    }
+    mock.request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
+    );
+    mock.broker_up(1).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || app.count("event.subscribe")
+            >= 601)
+        .await,
+        "{} of 601 on Kafka",
+        app.count("event.subscribe")
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        app.count("event.subscribe"),
+        601,
+        "each record exactly once"
+    );
+    app.stop().await;
+}

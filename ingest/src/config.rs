@@ -258,6 +258,7 @@ impl Config {
         config.topic_prefix = self.topic_prefix.clone();
         config.redis_url = self.redis_url.clone();
         config.key_prefix = self.key_prefix.clone();
+        config.redis_timeout_ms = self.redis_timeout_ms;
         config.appid = self.appid.clone();
         config.appsecret = self.appsecret.clone();
         config.accounts_file = self.accounts_file.clone();
@@ -278,6 +279,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embedded_workers_share_the_ingress_redis_timeout() {
+        let mut config = Config::for_token("t");
+        assert_eq!(
+            config.redis_timeout_ms,
+            worker::Config::defaults().redis_timeout_ms,
+            "one default for both binaries"
+        );
+        config.redis_timeout_ms = 777;
+        assert_eq!(config.worker_config().redis_timeout_ms, 777);
+    }
 
     #[test]
     fn blank_kafka_brokers_are_a_config_error() {

@@ -142,7 +142,7 @@ pub struct Config {
     pub key_prefix: String,
 
     /// Milliseconds one Redis call may take.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
     pub redis_timeout_ms: u64,
 
     /// The account's AppID (the account of `WECHAT_*`, used when `INGEST_ACCOUNTS` has none

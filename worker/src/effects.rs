@@ -28,19 +28,6 @@ pub enum Outcome {
     Poison(String),
 }
 
-impl Outcome {
-    /// A label for logs and metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Done => "done",
-            Outcome::Skipped(_) => "skipped",
-            Outcome::Wait(_) => "wait",
-            Outcome::Retry(_) => "retry",
-            Outcome::Poison(_) => "poison",
-        }
-    }
-}
-
 /// How long a sent welcome is remembered: longer than Kafka's default retention, so a
 /// redelivery from anywhere in the log sends nothing.
 const SENT_TTL: Duration = Duration::from_secs(8 * 24 * 3600);

@@ -120,10 +120,15 @@ struct PauseFlags {
 }
 
 impl PauseFlags {
+    /// (every partition, the gated topic's) paused now.
+    fn get(&self) -> (bool, bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.all.load(SeqCst), self.gated.load(SeqCst))
+    }
+
     /// The partitions of `list` to keep paused now.
     fn to_pause(&self, list: &TopicPartitionList) -> TopicPartitionList {
-        use std::sync::atomic::Ordering::SeqCst;
-        let (all, gated) = (self.all.load(SeqCst), self.gated.load(SeqCst));
+        let (all, gated) = self.get();
         let mut paused = TopicPartitionList::new();
         for element in list.elements() {
             let held = self.gated_topic.as_deref() == Some(element.topic());
@@ -216,8 +221,6 @@ struct Flow {
     /// No permit came free for a whole poll interval: every record in hand is stuck (waiting,
     /// or its dead-letter write failing), and the role reads no further until one is done.
     full: bool,
-    paused_all: bool,
-    paused_gated: bool,
 }
 
 /// Records held back for a dependency, by role, for readiness and the logs.
@@ -511,7 +514,7 @@ impl RoleConsumer {
                 message = self.consumer.recv() => message,
                 () = tokio::time::sleep(POLL_EVERY) => {
                     // Partitions assigned since the pause are paused too.
-                    self.apply_pause(&self.flow.lock().expect("flow lock"), false);
+                    self.apply_pause(false);
                     continue;
                 }
             };
@@ -590,36 +593,36 @@ impl RoleConsumer {
     /// Changes the flow counters, then pauses or resumes partitions to match: all of them
     /// while a record waits for a dependency; the unsubscribes while the gate is full.
     fn update_flow(&self, change: impl FnOnce(&mut Flow)) {
+        // The flags change only under this lock, so they are what it last decided.
         let mut flow = self.flow.lock().expect("flow lock");
         change(&mut flow);
+        let (paused_all, paused_gated) = self.pause.get();
         let all = flow.waiting > 0 || flow.full;
         let gated = flow.gated >= self.concurrency * GATE_DEPTH
-            || (flow.paused_gated && flow.gated > self.concurrency * GATE_DEPTH / 2);
+            || (paused_gated && flow.gated > self.concurrency * GATE_DEPTH / 2);
         metrics::gauge!("wxpipe_worker_waiting_records", "role" => self.role.name())
             .set(flow.waiting as f64);
-        if (all, gated) == (flow.paused_all, flow.paused_gated) {
+        if (all, gated) == (paused_all, paused_gated) {
             return;
         }
-        if all != flow.paused_all {
+        if all != paused_all {
             tracing::debug!(
                 role = self.role.name(),
                 paused = all,
                 "partitions paused or resumed"
             );
         }
-        flow.paused_all = all;
-        flow.paused_gated = gated;
         use std::sync::atomic::Ordering::SeqCst;
         self.pause.all.store(all, SeqCst);
         self.pause.gated.store(gated, SeqCst);
-        self.apply_pause(&flow, true);
+        self.apply_pause(true);
     }
 
-    /// Pauses (and, with `resume`, resumes) the assigned partitions as `flow` says. Pausing
+    /// Pauses (and, with `resume`, resumes) the assigned partitions as the flags say. Pausing
     /// again is harmless, and covers partitions assigned since; a resume drops what was
     /// fetched ahead, so it is sent only when the state changes.
-    fn apply_pause(&self, flow: &Flow, resume: bool) {
-        if !flow.paused_all && !flow.paused_gated && !resume {
+    fn apply_pause(&self, resume: bool) {
+        if self.pause.get() == (false, false) && !resume {
             return;
         }
         let _applying = self.pause.applying.lock().expect("pause lock");

@@ -433,11 +433,11 @@ impl Pipeline {
             .filter(|spool| spool.bytes() < spool.max_bytes());
         // A spool whose disk failed or hung is not joined (the push tries Kafka first; the
         // spool stays its fallback) until a probe write succeeds: the push starts one in the
-        // background, one at a time.
+        // background unless one is running.
         let joinable = spool.filter(|spool| {
             if spool.failing() {
-                let spool = Arc::clone(spool);
-                tokio::spawn(async move { spool.probe_bounded(Duration::from_secs(1)).await });
+                // Its outcome clears the flag; nobody waits for it.
+                let _ = spool.start_probe();
                 return false;
             }
             spool.active()

@@ -475,18 +475,26 @@ impl Spool {
         self.shared.failing.load(Ordering::SeqCst)
     }
 
-    /// Probes the disk on a thread of its own, one probe at a time, waiting at most `within`:
-    /// a hung disk must not hang readiness, nor pile up threads. `false` while one still hangs.
-    pub async fn probe_bounded(self: &Arc<Self>, within: Duration) -> bool {
+    /// Starts a probe write on a thread of its own, unless one is still running (a hung disk
+    /// must not pile up threads): its outcome, or `None`.
+    pub fn start_probe(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<bool>> {
         if self.probing.swap(true, Ordering::SeqCst) {
-            return false;
+            return None;
         }
         let spool = Arc::clone(self);
-        let probe = tokio::task::spawn_blocking(move || {
+        Some(tokio::task::spawn_blocking(move || {
             let written = spool.probe();
             spool.probing.store(false, Ordering::SeqCst);
             written
-        });
+        }))
+    }
+
+    /// [`Spool::start_probe`], waiting at most `within` for it: a hung disk must not hang
+    /// readiness. `false` while an earlier probe still hangs.
+    pub async fn probe_bounded(self: &Arc<Self>, within: Duration) -> bool {
+        let Some(probe) = self.start_probe() else {
+            return false;
+        };
         matches!(tokio::time::timeout(within, probe).await, Ok(Ok(true)))
     }
 

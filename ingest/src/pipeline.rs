@@ -553,12 +553,13 @@ impl Pipeline {
                     if let Some(spool) = follower {
                         spool.outcome_known(&id_, spooled && outcome.is_ok());
                     }
-                    let release = claimed && !spooled;
+                    // Spooled, the id is confirmed: the release then finds nothing of ours.
+                    let held = claimed && !spooled;
                     pipeline
                         .settle(
                             &id_,
                             &token_,
-                            release,
+                            held,
                             outcome.as_ref().map(drop).map_err(Some),
                         )
                         .await;
@@ -642,19 +643,20 @@ impl Pipeline {
         by: Instant,
         id: &str,
         token: &str,
-        claimed: bool,
+        held: bool,
         outcome: Result<(), Option<&PublishError>>,
     ) {
-        let _ = tokio::time::timeout_at(by.into(), self.settle(id, token, claimed, outcome)).await;
+        let _ = tokio::time::timeout_at(by.into(), self.settle(id, token, held, outcome)).await;
     }
 
     /// Records a publish outcome: durable → confirm the id; failed (`Err(None)`: before Kafka
-    /// was asked) → release our claim.
+    /// was asked) → release our claim. `held`: the push holds the claim, so a release that
+    /// fails is worth a warning (one is sent whatever it holds).
     async fn settle(
         &self,
         id: &str,
         token: &str,
-        claimed: bool,
+        held: bool,
         outcome: Result<(), Option<&PublishError>>,
     ) {
         match outcome {
@@ -679,7 +681,7 @@ impl Pipeline {
                 // release is queued after the claim and deletes only our own token, so it undoes
                 // a late claim and nothing else.
                 if let Err(error) = self.store.release(id, token).await {
-                    if claimed {
+                    if held {
                         metrics::counter!("wxpipe_redis_errors_total", "op" => "release")
                             .increment(1);
                         tracing::warn!(%error, id = %ops::redact_id(id), "claim not released; it expires with its lease");

@@ -9,7 +9,6 @@
 //! - [`http`]: routes, body limits, status mapping; [`server`]: the accept loop.
 //! - [`accounts`]: which account a path serves, with its secrets.
 //! - the protocol (verify, decrypt, parse, normalize) is the `wechat` crate's.
-//! - [`store`]: the dedup claim protocol, `redis://` or `memory://`.
 //! - [`publish`]: the idempotent Kafka producer; [`embedded`]: the in-process broker.
 //! - [`pipeline`]: one push through all of the above; [`run`] wires it to a listener.
 //!
@@ -33,7 +32,6 @@ pub mod publish;
 pub mod recent;
 pub mod server;
 pub mod spool;
-pub mod store;
 pub mod topics;
 
 pub use config::Config;
@@ -93,14 +91,8 @@ pub async fn serve(
         .kafka_brokers
         .as_deref()
         .ok_or(StartError::NoBrokers)?;
-    let store: Arc<dyn store::DedupStore> = Arc::from(
-        store::open(
-            &config.redis_url,
-            &config.key_prefix,
-            config.redis_timeout(),
-        )
-        .await?,
-    );
+    let engine = store::Engine::open(&config.redis_url, config.redis_timeout())?;
+    let store = store::dedup::open(&engine, &config.key_prefix);
     let publisher = Arc::new(publish::Publisher::new(
         brokers,
         &config.topic_prefix,

@@ -5,7 +5,6 @@
 //! - [`hash_openid`]: OpenIDs appear in logs only hashed.
 //! - [`shutdown_signal`]: SIGINT or SIGTERM.
 //! - [`admin`]: a small HTTP server for `/healthz`, `/readyz` and `/metrics`.
-//! - [`redis`]: the Redis connection policy (lazy, reconnecting, every call bounded).
 
 use std::sync::OnceLock;
 
@@ -15,7 +14,6 @@ use tracing_subscriber::EnvFilter;
 
 pub mod admin;
 mod process;
-pub mod redis;
 
 /// Installs the log subscriber: human-readable lines, or one JSON object per line when
 /// `LOG_FORMAT=json`; the level from `RUST_LOG` (default `info`).

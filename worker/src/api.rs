@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 use wechat::accounts::Secret;
 
-use crate::store::{EffectStore, StoreError};
+use store::effects::TokenCache;
+use store::StoreError;
 
 /// An account's API credentials.
 #[derive(Debug, Clone)]
@@ -147,7 +148,7 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
 pub struct WeChat {
     http: reqwest::Client,
     base: String,
-    store: Arc<dyn EffectStore>,
+    store: Arc<dyn TokenCache>,
     /// This process, for the fetch lock.
     owner: String,
     /// The longest a token fetch may take (a call, then a forced one), and so the fetch
@@ -161,7 +162,7 @@ impl WeChat {
     pub fn new(
         base: &str,
         timeout: Duration,
-        store: Arc<dyn EffectStore>,
+        store: Arc<dyn TokenCache>,
         owner: String,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()

@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use schemas::Event;
 
 use crate::api::{Credentials, ErrorClass, WeChat};
 use crate::config::{Role, SceneTexts};
-use crate::store::{Applied, EffectStore, Location, SendClaim, Subscription};
+use store::effects::{Applied, EffectStores, Location, Subscription};
+use store::Lease;
 
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,7 @@ const SENT_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
 pub const MAX_CREATED_AT_AHEAD: i64 = 600;
 
 /// A failed store call: an outage waits, anything else is retried a few times.
-fn store_failed(error: &crate::store::StoreError) -> Outcome {
+fn store_failed(error: &store::StoreError) -> Outcome {
     if error.is_outage() {
         Outcome::Wait(error.to_string())
     } else {
@@ -65,7 +65,7 @@ fn check_created_at(event: &Event) -> Result<i64, Outcome> {
 /// Everything the effects need.
 #[derive(Debug)]
 pub struct Effects {
-    pub store: Arc<dyn EffectStore>,
+    pub stores: EffectStores,
     pub wechat: WeChat,
     /// API credentials by the account's original id (`ToUserName`).
     pub accounts: HashMap<String, Credentials>,
@@ -108,7 +108,7 @@ impl Effects {
             created_at,
             scene: event.text("scene"),
         };
-        match self.store.subscription(change).await {
+        match self.stores.subscriptions.subscription(change).await {
             Ok(Applied::Yes) => Outcome::Done,
             Ok(Applied::Stale) => {
                 tracing::debug!(id = %ops::redact_id(&event.id), "a newer subscription state is already stored");
@@ -143,16 +143,17 @@ impl Effects {
         let waited_until = tokio::time::Instant::now() + self.send_lease + Duration::from_secs(1);
         loop {
             match self
-                .store
+                .stores
+                .welcome
                 .begin_send(&event.id, &self.owner, self.send_lease)
                 .await
             {
-                Ok(SendClaim::Claimed) => break,
-                Ok(SendClaim::Sent) => return Outcome::Done,
-                Ok(SendClaim::InFlight) if tokio::time::Instant::now() < waited_until => {
+                Ok(Lease::Claimed) => break,
+                Ok(Lease::Done) => return Outcome::Done,
+                Ok(Lease::Held) if tokio::time::Instant::now() < waited_until => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Ok(SendClaim::InFlight) => {
+                Ok(Lease::Held) => {
                     return Outcome::Wait("another worker holds this welcome".into())
                 }
                 Err(error) => return store_failed(&error),
@@ -175,7 +176,7 @@ impl Effects {
                     if tokio::time::Instant::now() >= cut_at {
                         break None;
                     }
-                    if let Err(error) = self.store.renew_send(&event.id, &self.owner, self.send_lease).await {
+                    if let Err(error) = self.stores.welcome.renew_send(&event.id, &self.owner, self.send_lease).await {
                         tracing::warn!(%error, id = %ops::redact_id(&event.id), "welcome lease not renewed");
                     }
                 }
@@ -184,7 +185,11 @@ impl Effects {
         let Some(sent) = sent else {
             if !posted.load(Ordering::SeqCst) {
                 // Cut while still getting a token (Redis or WeChat slow): nothing went out.
-                let _ = self.store.abandon_send(&event.id, &self.owner).await;
+                let _ = self
+                    .stores
+                    .welcome
+                    .abandon_send(&event.id, &self.owner)
+                    .await;
                 return Outcome::Wait("welcome send cut before its post: no token in time".into());
             }
             self.record_sent(&event.id).await;
@@ -206,11 +211,19 @@ impl Effects {
                 ErrorClass::Account => {
                     tracing::error!(%error, errcode = error.errcode(), account = %event.account,
                         "the account cannot send welcomes: check its AppID, AppSecret and API permissions");
-                    let _ = self.store.abandon_send(&event.id, &self.owner).await;
+                    let _ = self
+                        .stores
+                        .welcome
+                        .abandon_send(&event.id, &self.owner)
+                        .await;
                     Outcome::Wait(error.to_string())
                 }
                 ErrorClass::Outage | ErrorClass::TokenInvalid => {
-                    let _ = self.store.abandon_send(&event.id, &self.owner).await;
+                    let _ = self
+                        .stores
+                        .welcome
+                        .abandon_send(&event.id, &self.owner)
+                        .await;
                     Outcome::Wait(error.to_string())
                 }
                 ErrorClass::Unanswered => {
@@ -220,7 +233,11 @@ impl Effects {
                     Outcome::Skipped("send outcome unknown".into())
                 }
                 ErrorClass::Unknown => {
-                    let _ = self.store.abandon_send(&event.id, &self.owner).await;
+                    let _ = self
+                        .stores
+                        .welcome
+                        .abandon_send(&event.id, &self.owner)
+                        .await;
                     Outcome::Retry(error.to_string())
                 }
             },
@@ -233,7 +250,7 @@ impl Effects {
     async fn record_sent(&self, id: &str) {
         let give_up = tokio::time::Instant::now() + self.send_lease / 2;
         loop {
-            match self.store.finish_send(id, SENT_TTL).await {
+            match self.stores.welcome.finish_send(id, SENT_TTL).await {
                 Ok(()) => return,
                 Err(error) if tokio::time::Instant::now() >= give_up => {
                     tracing::warn!(%error, id = %ops::redact_id(id), "welcome handled but not recorded: a redelivery after its lease could send it again");
@@ -279,7 +296,7 @@ impl Effects {
             created_at,
             history: self.location_history,
         };
-        match self.store.location(location).await {
+        match self.stores.locations.location(location).await {
             Ok(_) => Outcome::Done,
             Err(error) => store_failed(&error),
         }

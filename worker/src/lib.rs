@@ -26,7 +26,6 @@ pub mod config;
 pub mod consume;
 pub mod effects;
 pub mod kafka;
-pub mod store;
 
 pub use config::{Config, Role};
 
@@ -55,10 +54,7 @@ pub enum StartError {
 
 /// Ready when the store answers and the Kafka cluster returns metadata, now, and no role is
 /// held back (a dead-letter write failing, a record waiting for a dependency).
-fn readiness(
-    store: Arc<dyn store::EffectStore>,
-    settings: &ConsumerSettings,
-) -> ops::admin::Readiness {
+fn readiness(store: store::Engine, settings: &ConsumerSettings) -> ops::admin::Readiness {
     let dead_letters = Arc::clone(&settings.dead_letters);
     let waits = Arc::clone(&settings.waits);
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -71,7 +67,7 @@ fn readiness(
     .ok()
     .map(Arc::new);
     Arc::new(move || {
-        let store = Arc::clone(&store);
+        let store = store.clone();
         let probe = probe.clone();
         let dead_letters = Arc::clone(&dead_letters);
         let waits = Arc::clone(&waits);
@@ -110,17 +106,13 @@ fn owner() -> String {
 
 /// Builds the effects a config describes.
 pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
-    let store = store::open(
-        &config.redis_url,
-        &config.key_prefix,
-        config.redis_timeout(),
-    )
-    .await?;
+    let engine = store::Engine::open(&config.redis_url, config.redis_timeout())?;
+    let stores = store::effects::EffectStores::open(&engine, &config.key_prefix);
     let owner = owner();
     let wechat = WeChat::new(
         &config.settings.api_base,
         Duration::from_millis(config.settings.api_timeout_ms),
-        Arc::clone(&store),
+        Arc::clone(&stores.tokens),
         owner.clone(),
     )?;
     let mut accounts = HashMap::new();
@@ -150,7 +142,7 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
         tracing::warn!("no AppSecret configured: welcome messages are logged instead of sent");
     }
     Ok(Arc::new(Effects {
-        store,
+        stores,
         wechat,
         accounts,
         default_account,
@@ -215,7 +207,10 @@ pub async fn start(config: Config) -> Result<Workers, StartError> {
                 .await
                 .map_err(|e| StartError::Admin(format!("{addr}: {e}")))?;
             tracing::info!(%addr, "admin endpoints listening");
-            Some((listener, readiness(Arc::clone(&effects.store), &settings)))
+            Some((
+                listener,
+                readiness(effects.stores.engine.clone(), &settings),
+            ))
         }
     };
     Ok(Workers { consumers, admin })

@@ -34,7 +34,11 @@ where
 async fn every_effect_happens() {
     let env = Env::start().await;
     let store = env.store().await;
-    store.set_binding("gh_a", "leaver", "user-9").await.unwrap();
+    store
+        .subscriptions
+        .set_binding("gh_a", "leaver", "user-9")
+        .await
+        .unwrap();
     env.produce(
         "subscribe",
         &[
@@ -66,23 +70,44 @@ async fn every_effect_happens() {
         "{sends:?}"
     );
     wait_for_async("unbinding", || async {
-        store.binding("gh_a", "leaver").await.unwrap().is_none()
+        store
+            .subscriptions
+            .binding("gh_a", "leaver")
+            .await
+            .unwrap()
+            .is_none()
     })
     .await;
-    let leaver = store.user("gh_a", "leaver").await.unwrap().unwrap();
+    let leaver = store
+        .subscriptions
+        .user("gh_a", "leaver")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!leaver.subscribed);
     assert_eq!(leaver.updated_at, 110);
     // The unbind role takes the subscribe and unsubscribe topics concurrently: the leaver's
     // unsubscribe says nothing about when the poster's subscribe was applied.
     wait_for_async("the poster's subscription", || async {
-        store.user("gh_a", "poster").await.unwrap().is_some()
+        store
+            .subscriptions
+            .user("gh_a", "poster")
+            .await
+            .unwrap()
+            .is_some()
     })
     .await;
-    let poster = store.user("gh_a", "poster").await.unwrap().unwrap();
+    let poster = store
+        .subscriptions
+        .user("gh_a", "poster")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(poster.subscribed);
     assert_eq!(poster.scene, "42");
     wait_for_async("location", || async {
         store
+            .locations
             .latest_location("gh_a", "walker")
             .await
             .unwrap()
@@ -90,6 +115,7 @@ async fn every_effect_happens() {
     })
     .await;
     let latest = store
+        .locations
         .latest_location("gh_a", "walker")
         .await
         .unwrap()
@@ -100,6 +126,7 @@ async fn every_effect_happens() {
     );
     assert_eq!(
         store
+            .locations
             .location_history("gh_a", "walker")
             .await
             .unwrap()
@@ -117,7 +144,11 @@ async fn a_far_future_created_at_never_wins_last_write_wins() {
     // event of its user stale: it is dead-lettered, never applied.
     let env = Env::start().await;
     let store = env.store().await;
-    store.set_binding("gh_a", "victim", "user-1").await.unwrap();
+    store
+        .subscriptions
+        .set_binding("gh_a", "victim", "user-1")
+        .await
+        .unwrap();
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -142,6 +173,7 @@ async fn a_far_future_created_at_never_wins_last_write_wins() {
     .await;
     wait_for_async("the subscribe", || async {
         store
+            .subscriptions
             .user("gh_a", "victim")
             .await
             .unwrap()
@@ -149,11 +181,17 @@ async fn a_far_future_created_at_never_wins_last_write_wins() {
     })
     .await;
     assert_eq!(
-        store.binding("gh_a", "victim").await.unwrap().as_deref(),
+        store
+            .subscriptions
+            .binding("gh_a", "victim")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("user-1")
     );
     wait_for_async("the location", || async {
         store
+            .locations
             .latest_location("gh_a", "walker")
             .await
             .unwrap()
@@ -196,11 +234,17 @@ async fn redelivered_events_change_nothing_more() {
     );
     // The unbind role has its own group: wait for it too.
     wait_for_async("the subscription", || async {
-        store.user("gh_a", "twice").await.unwrap().is_some()
+        store
+            .subscriptions
+            .user("gh_a", "twice")
+            .await
+            .unwrap()
+            .is_some()
     })
     .await;
     assert!(
         store
+            .subscriptions
             .user("gh_a", "twice")
             .await
             .unwrap()
@@ -220,24 +264,48 @@ async fn a_late_older_unsubscribe_does_not_undo_a_newer_subscribe() {
     // marker is applied, so is back's late unsubscribe.
     let (stop, task) = env.spawn(&["--role", "unbind", "--concurrency", "1"]);
     wait_for_async("subscribed", || async {
-        store.user("gh_a", "back").await.unwrap().is_some()
+        store
+            .subscriptions
+            .user("gh_a", "back")
+            .await
+            .unwrap()
+            .is_some()
     })
     .await;
-    store.set_binding("gh_a", "back", "user-1").await.unwrap();
+    store
+        .subscriptions
+        .set_binding("gh_a", "back", "user-1")
+        .await
+        .unwrap();
     let (_, marker) = unsubscribe("gh_a", "marker", 1);
     env.produce(
         "unsubscribe",
         &[unsubscribe("gh_a", "back", 150), ("back".into(), marker)],
     );
     wait_for_async("the marker", || async {
-        store.user("gh_a", "marker").await.unwrap().is_some()
+        store
+            .subscriptions
+            .user("gh_a", "marker")
+            .await
+            .unwrap()
+            .is_some()
     })
     .await;
-    let state = store.user("gh_a", "back").await.unwrap().unwrap();
+    let state = store
+        .subscriptions
+        .user("gh_a", "back")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(state.subscribed, "still subscribed");
     assert_eq!((state.updated_at, state.scene.as_str()), (200, "7"));
     assert_eq!(
-        store.binding("gh_a", "back").await.unwrap().as_deref(),
+        store
+            .subscriptions
+            .binding("gh_a", "back")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("user-1"),
         "binding kept"
     );
@@ -336,6 +404,7 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
         let openid = format!("k{i}");
         wait_for_async("every state", || async {
             store
+                .subscriptions
                 .user("gh_a", &openid)
                 .await
                 .unwrap()
@@ -344,6 +413,7 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
         .await;
         wait_for_async("every location", || async {
             store
+                .locations
                 .latest_location("gh_a", &openid)
                 .await
                 .unwrap()
@@ -438,7 +508,12 @@ async fn without_an_appsecret_welcomes_are_logged_not_sent() {
         let _ = rx.await;
     }));
     wait_for_async("the subscription state", || async {
-        store.user("gh_a", "quiet").await.unwrap().is_some()
+        store
+            .subscriptions
+            .user("gh_a", "quiet")
+            .await
+            .unwrap()
+            .is_some()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -583,7 +658,7 @@ async fn concurrent_token_requests_fetch_one_token_per_round() {
         WeChat::new(
             &env.wechat.base(),
             Duration::from_secs(2),
-            std::sync::Arc::clone(&store),
+            std::sync::Arc::clone(&store.tokens),
             owner.into(),
         )
         .unwrap()
@@ -604,7 +679,11 @@ async fn concurrent_token_requests_fetch_one_token_per_round() {
         assert_eq!(env.wechat.token_fetches().len(), round, "round {round}");
         // The cached token expires: the next round must fetch again, once.
         store
-            .drop_token("wxrace", &store.token("wxrace").await.unwrap().unwrap())
+            .tokens
+            .drop_token(
+                "wxrace",
+                &store.tokens.token("wxrace").await.unwrap().unwrap(),
+            )
             .await
             .unwrap();
     }
@@ -641,6 +720,7 @@ async fn a_record_larger_than_a_default_producer_takes_is_dead_lettered() {
     let store = env.store().await;
     wait_for_async("the next record's effect", || async {
         store
+            .locations
             .latest_location("gh_a", "after_big")
             .await
             .unwrap()
@@ -779,13 +859,18 @@ async fn a_location_off_the_globe_is_poison_with_no_effect() {
     .await;
     wait_for_async("the older, valid location applied", || async {
         store
+            .locations
             .latest_location("gh_a", "lost")
             .await
             .unwrap()
             .is_some_and(|l| l.created_at == 110)
     })
     .await;
-    let history = store.location_history("gh_a", "lost").await.unwrap();
+    let history = store
+        .locations
+        .location_history("gh_a", "lost")
+        .await
+        .unwrap();
     assert_eq!(history.len(), 1, "{history:?}");
     drop(stop);
     task.await.unwrap();
@@ -848,7 +933,7 @@ async fn a_token_the_api_just_rejected_is_never_cached() {
     let client = WeChat::new(
         &env.wechat.base(),
         Duration::from_secs(2),
-        std::sync::Arc::clone(&store),
+        std::sync::Arc::clone(&store.tokens),
         "process-a".into(),
     )
     .unwrap();
@@ -863,7 +948,7 @@ async fn a_token_the_api_just_rejected_is_never_cached() {
         "a fetch, then on 42001 a normal and a forced one"
     );
     assert_ne!(
-        store.token("wxstuck").await.unwrap().as_deref(),
+        store.tokens.token("wxstuck").await.unwrap().as_deref(),
         Some("TOKEN-STUCK"),
         "the rejected token is not cached"
     );
@@ -900,10 +985,11 @@ async fn an_account_level_refusal_is_never_recorded_as_sent() {
     assert_eq!(env.kafka.count(&dlq), 0);
     assert_eq!(
         store
+            .welcome
             .begin_send(&id, "checker", Duration::from_millis(1))
             .await
             .unwrap(),
-        worker::store::SendClaim::Claimed,
+        store::Lease::Claimed,
         "not recorded as sent"
     );
     // The account fixed: the welcome goes out, once.
@@ -952,6 +1038,7 @@ async fn the_token_lock_outlasts_the_slowest_fetch() {
         fake.refused.insert("TOKEN-1".into());
     }
     store
+        .tokens
         .set_token("wxslow", "TOKEN-1", Duration::from_secs(600))
         .await
         .unwrap();
@@ -963,7 +1050,7 @@ async fn the_token_lock_outlasts_the_slowest_fetch() {
         WeChat::new(
             &env.wechat.base(),
             Duration::from_secs(6),
-            std::sync::Arc::clone(&store),
+            std::sync::Arc::clone(&store.tokens),
             owner.into(),
         )
         .unwrap()

@@ -57,7 +57,11 @@ async fn a_lagging_unsubscribe_never_deletes_the_binding_of_a_user_who_followed_
     env.produce("unsubscribe", &unsubscribes);
     let store = env.store().await;
     for user in users.iter().chain([&"gone".to_owned()]) {
-        store.set_binding("gh_a", user, "host-user").await.unwrap();
+        store
+            .subscriptions
+            .set_binding("gh_a", user, "host-user")
+            .await
+            .unwrap();
     }
 
     let (stop, task) = env.spawn(&["--role", "unbind"]);
@@ -68,25 +72,48 @@ async fn a_lagging_unsubscribe_never_deletes_the_binding_of_a_user_who_followed_
     .await;
     let mut lost = Vec::new();
     for user in &users {
-        let state = store.user("gh_a", user).await.unwrap().unwrap();
+        let state = store
+            .subscriptions
+            .user("gh_a", user)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(state.subscribed, "{user}: {state:?}");
-        if store.binding("gh_a", user).await.unwrap().is_none() {
+        if store
+            .subscriptions
+            .binding("gh_a", user)
+            .await
+            .unwrap()
+            .is_none()
+        {
             lost.push(user.clone());
         }
     }
     assert!(lost.is_empty(), "bindings lost: {lost:?}");
-    assert_eq!(store.binding("gh_a", "gone").await.unwrap(), None);
+    assert_eq!(
+        store.subscriptions.binding("gh_a", "gone").await.unwrap(),
+        None
+    );
 
     // The unsubscribe redelivered, after the host bound that user again (say, on the web):
     // it changes nothing.
-    store.set_binding("gh_a", "gone", "web-user").await.unwrap();
+    store
+        .subscriptions
+        .set_binding("gh_a", "gone", "web-user")
+        .await
+        .unwrap();
     env.produce("unsubscribe", &[unsubscribe("gh_a", "gone", 200)]);
     wait_for("the redelivery handled", || {
         env.kafka.committed("wxpipe-unbind", &topic) == 22
     })
     .await;
     assert_eq!(
-        store.binding("gh_a", "gone").await.unwrap().as_deref(),
+        store
+            .subscriptions
+            .binding("gh_a", "gone")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("web-user")
     );
     drop(stop);
@@ -97,7 +124,11 @@ async fn a_lagging_unsubscribe_never_deletes_the_binding_of_a_user_who_followed_
 async fn with_both_topics_idle_an_unsubscribe_takes_effect_at_once() {
     let env = Env::start().await;
     let store = env.store().await;
-    store.set_binding("gh_a", "leaver", "u").await.unwrap();
+    store
+        .subscriptions
+        .set_binding("gh_a", "leaver", "u")
+        .await
+        .unwrap();
     let (stop, task) = env.spawn(&["--role", "unbind"]);
     env.produce("subscribe", &[subscribe("gh_a", "leaver", 100, None)]);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -105,7 +136,13 @@ async fn with_both_topics_idle_an_unsubscribe_takes_effect_at_once() {
     let started = std::time::Instant::now();
     let mut gone = false;
     while started.elapsed() < WAIT {
-        if store.binding("gh_a", "leaver").await.unwrap().is_none() {
+        if store
+            .subscriptions
+            .binding("gh_a", "leaver")
+            .await
+            .unwrap()
+            .is_none()
+        {
             gone = true;
             break;
         }
@@ -130,7 +167,11 @@ async fn a_redis_stall_longer_than_the_retries_holds_records_back_and_dead_lette
     // happen once Redis answers, with nothing dead-lettered.
     let env = Env::start().await;
     let store = env.store().await;
-    store.set_binding("gh_a", "leaver", "u").await.unwrap();
+    store
+        .subscriptions
+        .set_binding("gh_a", "leaver", "u")
+        .await
+        .unwrap();
     let port = free_port();
     let admin = format!("127.0.0.1:{port}");
     let (stop, task) = env.spawn(&["--role", "unbind,location", "--admin-listen", &admin]);

@@ -180,9 +180,8 @@ impl Env {
             .unwrap()
     }
 
-    pub async fn store(&self) -> std::sync::Arc<dyn worker::store::EffectStore> {
-        worker::store::open(&self.redis.url(), &self.key_prefix, Duration::from_secs(1))
-            .await
-            .unwrap()
+    pub async fn store(&self) -> store::effects::EffectStores {
+        let engine = store::Engine::open(&self.redis.url(), Duration::from_secs(1)).unwrap();
+        store::effects::EffectStores::open(&engine, &self.key_prefix)
     }
 }

@@ -1,6 +1,5 @@
-//! The dedup store: claims on event ids and (timestamp, nonce) bindings, behind one small
-//! trait with two engines chosen by URL: `redis://` (production) and `memory://` (the
-//! embedded default, one process only).
+//! The ingress's dedup store: a [lease](crate::lease) on each event id, and (timestamp,
+//! nonce) bindings, behind one small trait with an implementation per engine.
 //!
 //! The claim protocol, which never turns a failure into a lost event:
 //!
@@ -14,15 +13,13 @@
 //! A process that dies holding a claim loses nothing: the lease runs out before WeChat's next
 //! retry, which then claims and publishes.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::{BoxFuture, Engine, Keys, StoreError};
 
 mod memory;
 mod redis;
-
-pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
-
-pub use ops::redis::{BoxFuture, StoreError};
 
 /// What a claim found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,34 +64,13 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
-/// Opens the engine a URL names.
-pub async fn open(
-    url: &str,
-    prefix: &str,
-    timeout: Duration,
-) -> Result<Box<dyn DedupStore>, StoreError> {
-    if url.starts_with("memory://") {
-        Ok(Box::new(MemoryStore::new(prefix)))
-    } else if url.starts_with("redis://")
-        || url.starts_with("rediss://")
-        || url.starts_with("redis+unix://")
-    {
-        Ok(Box::new(RedisStore::connect(url, prefix, timeout).await?))
-    } else {
-        Err(StoreError::Scheme(url.to_owned()))
+/// The dedup store on `engine`, with keys under `prefix`. On Redis it spawns the task that
+/// sends batches, so it must be called within a Tokio runtime; the task ends when the store
+/// is dropped.
+pub fn open(engine: &Engine, prefix: &str) -> Arc<dyn DedupStore> {
+    let keys = Keys::new(prefix);
+    match engine {
+        Engine::Memory => Arc::new(memory::MemoryDedup::new(keys)),
+        Engine::Redis(redis) => Arc::new(redis::RedisDedup::new(redis.clone(), keys)),
     }
 }
-
-fn dedup_key(prefix: &str, id: &str) -> String {
-    format!("{prefix}:dedup:{id}")
-}
-
-fn nonce_key(prefix: &str, n: &NonceBinding<'_>) -> String {
-    format!("{prefix}:nonce:{}:{}:{}", n.account, n.timestamp, n.nonce)
-}
-
-fn pending(token: &str) -> String {
-    format!("pending:{token}")
-}
-
-const DONE: &str = "done";

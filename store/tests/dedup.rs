@@ -1,11 +1,11 @@
 //! One suite for every dedup store engine: `memory://` and `redis://` (a real `redis-server`).
 
-mod common;
-
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{unique, RedisServer};
-use ingest::store::{self, Claim, ClaimRequest, DedupStore, NonceBinding};
+use store::dedup::{self, Claim, ClaimRequest, DedupStore, NonceBinding};
+use store::Engine;
+use testkit::{unique, RedisServer};
 
 const LEASE: Duration = Duration::from_millis(300);
 const TTL: Duration = Duration::from_secs(60);
@@ -180,18 +180,15 @@ async fn concurrent(store: &dyn DedupStore) {
 }
 
 /// The `redis://` engine on `redis`, with keys under `prefix`.
-async fn redis_store(redis: &RedisServer, prefix: &str) -> Box<dyn DedupStore> {
-    store::open(&redis.url(), prefix, Duration::from_millis(250))
-        .await
-        .unwrap()
+async fn redis_store(redis: &RedisServer, prefix: &str) -> Arc<dyn DedupStore> {
+    let engine = Engine::open(&redis.url(), Duration::from_millis(250)).unwrap();
+    dedup::open(&engine, prefix)
 }
 
 #[tokio::test]
 async fn memory_engine() {
-    let store = store::open("memory://", &unique("k"), Duration::from_millis(250))
-        .await
-        .unwrap();
-    suite(store.as_ref()).await;
+    let engine = Engine::open("memory://", Duration::from_millis(250)).unwrap();
+    suite(dedup::open(&engine, &unique("k")).as_ref()).await;
 }
 
 #[tokio::test]
@@ -299,8 +296,6 @@ async fn redis_engine_an_op_redis_refuses_fails_alone() {
 
 #[tokio::test]
 async fn unknown_scheme_is_an_error() {
-    let error = store::open("postgres://x", "k", Duration::from_millis(250))
-        .await
-        .unwrap_err();
+    let error = Engine::open("postgres://x", Duration::from_millis(250)).unwrap_err();
     assert!(error.to_string().contains("redis://"), "{error}");
 }

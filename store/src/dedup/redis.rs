@@ -1,5 +1,4 @@
-//! The `redis://` engine: one multiplexed connection that reconnects by itself, and group
-//! commit: the claims, confirms and releases of concurrent pushes are queued to one task that
+//! The dedup store on Redis, with group commit: the claims, confirms and releases of concurrent pushes are queued to one task that
 //! sends each batch as a single call of one Lua script.
 //!
 //! ```text
@@ -18,15 +17,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    dedup_key, nonce_key, pending, BoxFuture, Claim, ClaimRequest, DedupStore, StoreError,
-};
+use super::{Claim, ClaimRequest, DedupStore};
+use crate::engine::Redis;
+use crate::lease::{self, Lease, DEDUP};
+use crate::{BoxFuture, Keys, StoreError};
 
-/// KEYS and ARGV hold the ops one after another; returns one integer per op.
+/// KEYS and ARGV hold the ops one after another; returns one integer per op. The lease
+/// steps are [`lease::LUA`]'s.
 /// - `c` claim: KEYS dedup; ARGV pending value, lease ms → 0 claimed, 1 done, 2 in flight.
 /// - `n` claim with a nonce binding: KEYS dedup, nonce; ARGV pending value, lease ms, body
 ///   digest, nonce ttl ms → as `c`, or 3 replayed (then nothing is claimed).
@@ -45,24 +45,7 @@ local function claim(dedup, pending, lease, nonce, digest, ttl)
       return 3
     end
   end
-  if redis.call('SET', dedup, pending, 'NX', 'PX', lease) then
-    return 0
-  elseif redis.call('GET', dedup) == 'done' then
-    return 1
-  end
-  return 2
-end
-
-local function confirm(dedup, ttl)
-  redis.call('SET', dedup, 'done', 'PX', ttl)
-  return 0
-end
-
-local function release(dedup, pending)
-  if redis.call('GET', dedup) == pending then
-    redis.call('DEL', dedup)
-  end
-  return 0
+  return lease_claim(dedup, pending, lease, 'done')
 end
 
 local out, k, a = {}, 1, 1
@@ -75,10 +58,10 @@ while a <= #ARGV do
     ok, code = pcall(claim, KEYS[k], ARGV[a + 1], ARGV[a + 2], KEYS[k + 1], ARGV[a + 3], ARGV[a + 4])
     k, a = k + 2, a + 5
   elseif op == 'd' then
-    ok, code = pcall(confirm, KEYS[k], ARGV[a + 1])
+    ok, code = pcall(lease_confirm, KEYS[k], 'done', ARGV[a + 1])
     k, a = k + 1, a + 2
   else
-    ok, code = pcall(release, KEYS[k], ARGV[a + 1])
+    ok, code = pcall(lease_release, KEYS[k], ARGV[a + 1])
     k, a = k + 1, a + 2
   end
   out[#out + 1] = ok and code or -1
@@ -102,10 +85,9 @@ struct Op {
     reply: oneshot::Sender<Result<i64, StoreError>>,
 }
 
-pub struct RedisStore {
-    conn: ConnectionManager,
-    prefix: String,
-    timeout: Duration,
+pub(super) struct RedisDedup {
+    redis: Redis,
+    keys: Keys,
     queue: mpsc::UnboundedSender<Op>,
     /// Ops queued and not yet taken by the batcher.
     queued: Arc<AtomicUsize>,
@@ -117,30 +99,26 @@ pub struct RedisStore {
 /// bounded whatever the outage.
 const MAX_QUEUED: usize = 16 * MAX_BATCH;
 
-impl std::fmt::Debug for RedisStore {
+impl std::fmt::Debug for RedisDedup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
+        f.debug_struct("RedisDedup")
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
 
-impl RedisStore {
-    /// Connects lazily: the store is usable at once and (re)connects on first use, so the
-    /// ingress starts, and recovers, while Redis is down. Must be called within a Tokio
-    /// runtime: it spawns the batcher, which ends when the store is dropped.
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let conn = ops::redis::connect(url, timeout)?;
+impl RedisDedup {
+    /// Spawns the batcher, which ends when the store is dropped.
+    pub fn new(redis: Redis, keys: Keys) -> Self {
         let (queue, ops) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(batcher(conn.clone(), timeout, ops, Arc::clone(&queued)));
-        Ok(RedisStore {
-            conn,
-            prefix: prefix.to_owned(),
-            timeout,
+        tokio::spawn(batcher(redis.clone(), ops, Arc::clone(&queued)));
+        RedisDedup {
+            redis,
+            keys,
             queue,
             queued,
-        })
+        }
     }
 
     /// Queues an op and waits for its outcome.
@@ -169,13 +147,9 @@ impl RedisStore {
 /// Sends what is queued, one batch at a time, until every sender is gone. Each batch is
 /// bounded by `timeout`; when it fails, every op in it gets the error, which the pipeline
 /// already handles per op (publish without a claim; a confirm or release left to expire).
-async fn batcher(
-    mut conn: ConnectionManager,
-    timeout: Duration,
-    mut queue: mpsc::UnboundedReceiver<Op>,
-    queued: Arc<AtomicUsize>,
-) {
-    let script = Script::new(BATCH);
+async fn batcher(redis: Redis, mut queue: mpsc::UnboundedReceiver<Op>, queued: Arc<AtomicUsize>) {
+    let script = Script::new(&format!("{}\n{BATCH}", lease::LUA));
+    let mut conn = redis.conn();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         queued.fetch_sub(batch.len(), Ordering::Relaxed);
@@ -198,7 +172,7 @@ async fn batcher(
         }
         metrics::histogram!("wxpipe_redis_batch_ops").record(batch.len() as f64);
         let result: Result<Vec<i64>, StoreError> =
-            ops::redis::bounded(timeout, invocation.invoke_async(&mut conn)).await;
+            redis.bounded(invocation.invoke_async(&mut conn)).await;
         let failure = match result {
             Ok(codes) if codes.len() == batch.len() => {
                 for (op, code) in batch.drain(..).zip(codes) {
@@ -224,56 +198,47 @@ async fn batcher(
 }
 
 fn ms(duration: Duration) -> String {
-    duration.as_millis().to_string()
+    lease::ms(duration).to_string()
 }
 
-impl DedupStore for RedisStore {
+impl DedupStore for RedisDedup {
     fn claim<'a>(&'a self, req: ClaimRequest<'a>) -> BoxFuture<'a, Result<Claim, StoreError>> {
         Box::pin(async move {
-            let dedup = Some(dedup_key(&self.prefix, req.id));
-            let (value, lease) = (pending(req.token), ms(req.lease));
+            let dedup = Some(self.keys.dedup(req.id));
+            let (value, lease) = (DEDUP.holder(req.token), ms(req.lease));
             let code = match &req.nonce {
                 None => self.call("c", [dedup, None], vec![value, lease]).await?,
                 Some(nonce) => {
-                    let keys = [dedup, Some(nonce_key(&self.prefix, nonce))];
+                    let nonce_key = self.keys.nonce(nonce.account, nonce.timestamp, nonce.nonce);
+                    let keys = [dedup, Some(nonce_key)];
                     let args = vec![value, lease, nonce.body_digest.to_owned(), ms(nonce.ttl)];
                     self.call("n", keys, args).await?
                 }
             };
             Ok(match code {
-                0 => Claim::Claimed,
-                1 => Claim::Done,
-                2 => Claim::InFlight,
-                _ => Claim::Replayed,
+                3 => Claim::Replayed,
+                code => Claim::from(Lease::from_code(code)),
             })
         })
     }
 
     fn confirm<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let key = Some(dedup_key(&self.prefix, id));
+            let key = Some(self.keys.dedup(id));
             self.call("d", [key, None], vec![ms(ttl)]).await.map(drop)
         })
     }
 
     fn release<'a>(&'a self, id: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let key = Some(dedup_key(&self.prefix, id));
-            self.call("r", [key, None], vec![pending(token)])
+            let key = Some(self.keys.dedup(id));
+            self.call("r", [key, None], vec![DEDUP.holder(token)])
                 .await
                 .map(drop)
         })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let mut conn = self.conn.clone();
-            ops::redis::bounded(
-                self.timeout,
-                redis::cmd("PING").query_async::<String>(&mut conn),
-            )
-            .await
-            .map(drop)
-        })
+        Box::pin(self.redis.ping())
     }
 }

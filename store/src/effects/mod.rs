@@ -1,30 +1,14 @@
-//! The state the workers keep, behind one small trait with two engines chosen by URL:
-//! `redis://` (production, shared by every worker process) and `memory://` (the embedded
-//! default). Every write is idempotent and last-write-wins by `created_at`, so redelivered
-//! and late events never undo newer ones.
-//!
-//! Keys (under `REDIS_KEY_PREFIX`, `{p}`):
-//!
-//! | key | what |
-//! |---|---|
-//! | `{p}:user:{account}:{openid}` | hash `subscribed` (1/0), `updated_at`, `scene` |
-//! | `{p}:binding:{account}:{openid}` | the host application's link to its own user; deleted on unsubscribe |
-//! | `{p}:geo:{account}` | GEO set of the latest location of every user (member = OpenID) |
-//! | `{p}:location:{account}:{openid}` | hash `latitude`, `longitude`, `precision`, `created_at` |
-//! | `{p}:location_history:{account}:{openid}` | sorted set of the last N locations, by `created_at` |
-//! | `{p}:welcome:{id}` | `sending:{owner}` (leased) or `sent`: one welcome per subscribe event |
-//! | `{p}:token:{appid}` | the cached access token, expiring before WeChat's does |
-//! | `{p}:token_lock:{appid}` | the lock held while one process fetches a token |
+//! The state the workers keep, behind one narrow trait per effect, each with an
+//! implementation per engine. Every write is idempotent and last-write-wins by `created_at`,
+//! so redelivered and late events never undo newer ones.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::{BoxFuture, Engine, Keys, Lease, StoreError};
 
 mod memory;
 mod redis;
-
-pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
-
-pub use ops::redis::{BoxFuture, StoreError};
 
 /// A subscription change: a `subscribe` (with its scene) or an `unsubscribe`.
 #[derive(Debug, Clone, Copy)]
@@ -58,37 +42,64 @@ pub enum Applied {
     Stale,
 }
 
-/// Where a welcome send stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendClaim {
-    /// Ours to send now.
-    Claimed,
-    /// Already sent: nothing to do.
-    Sent,
-    /// Another worker is sending it now (its lease has not run out).
-    InFlight,
-}
-
-/// The workers' state.
-pub trait EffectStore: Send + Sync + std::fmt::Debug {
+/// Users' subscription state, and the host application's bindings it deletes.
+pub trait Subscriptions: Send + Sync + std::fmt::Debug {
     /// Applies a subscribe or unsubscribe, last write wins by `created_at`; an unsubscribe
     /// wins a tie, and deletes the binding when it takes effect.
     fn subscription<'a>(
         &'a self,
         change: Subscription<'a>,
     ) -> BoxFuture<'a, Result<Applied, StoreError>>;
+    /// A user's subscription state.
+    fn user<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserState>, StoreError>>;
+    /// The host application's binding of an OpenID, if any.
+    fn binding<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+    /// Binds an OpenID to the host application's user (what the host application does).
+    fn set_binding<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// Users' locations.
+pub trait Locations: Send + Sync + std::fmt::Debug {
     /// Adds a location to the history (idempotent by event id) and, when newer, makes it the
     /// latest (hash and GEO set).
     fn location<'a>(&'a self, location: Location<'a>)
         -> BoxFuture<'a, Result<Applied, StoreError>>;
+    /// A user's latest location.
+    fn latest_location<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LatestLocation>, StoreError>>;
+    /// A user's location history, oldest first (JSON entries).
+    fn location_history<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+}
 
+/// One welcome per subscribe event: a [lease](crate::lease) on each send.
+pub trait WelcomeSends: Send + Sync + std::fmt::Debug {
     /// Claims the welcome send of event `id` for `lease`.
     fn begin_send<'a>(
         &'a self,
         id: &'a str,
         owner: &'a str,
         lease: Duration,
-    ) -> BoxFuture<'a, Result<SendClaim, StoreError>>;
+    ) -> BoxFuture<'a, Result<Lease, StoreError>>;
     /// Records the send of `id` as done, for `ttl`.
     fn finish_send<'a>(
         &'a self,
@@ -109,7 +120,10 @@ pub trait EffectStore: Send + Sync + std::fmt::Debug {
         id: &'a str,
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
 
+/// The access tokens shared by every worker process, and the lock one takes to fetch one.
+pub trait TokenCache: Send + Sync + std::fmt::Debug {
     /// The cached access token of an AppID.
     fn token<'a>(&'a self, appid: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
     /// Caches a token for `ttl`.
@@ -139,42 +153,42 @@ pub trait EffectStore: Send + Sync + std::fmt::Debug {
         appid: &'a str,
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+/// Every effect store on one engine, for the roles to take what they need.
+#[derive(Debug, Clone)]
+pub struct EffectStores {
+    pub engine: Engine,
+    pub subscriptions: Arc<dyn Subscriptions>,
+    pub locations: Arc<dyn Locations>,
+    pub welcome: Arc<dyn WelcomeSends>,
+    pub tokens: Arc<dyn TokenCache>,
+}
 
-    // Reads, for the host application, operators and tests.
-
-    /// A user's subscription state.
-    fn user<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserState>, StoreError>>;
-    /// The host application's binding of an OpenID, if any.
-    fn binding<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
-    /// Binds an OpenID to the host application's user (what the host application does).
-    fn set_binding<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-        user: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// A user's latest location.
-    fn latest_location<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<LatestLocation>, StoreError>>;
-    /// A user's location history, oldest first (JSON entries).
-    fn location_history<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+impl EffectStores {
+    /// The effect stores on `engine`, with keys under `prefix`.
+    pub fn open(engine: &Engine, prefix: &str) -> EffectStores {
+        let keys = Keys::new(prefix);
+        fn all<T: Subscriptions + Locations + WelcomeSends + TokenCache + 'static>(
+            engine: &Engine,
+            store: Arc<T>,
+        ) -> EffectStores {
+            EffectStores {
+                engine: engine.clone(),
+                subscriptions: store.clone(),
+                locations: store.clone(),
+                welcome: store.clone(),
+                tokens: store,
+            }
+        }
+        match engine {
+            Engine::Memory => all(engine, Arc::new(memory::MemoryEffects::new(keys))),
+            Engine::Redis(redis) => all(
+                engine,
+                Arc::new(redis::RedisEffects::new(redis.clone(), keys)),
+            ),
+        }
+    }
 }
 
 /// `{p}:user:{account}:{openid}`.
@@ -192,26 +206,6 @@ pub struct LatestLocation {
     pub longitude: f64,
     pub precision: f64,
     pub created_at: i64,
-}
-
-/// Opens the engine a URL names.
-pub async fn open(
-    url: &str,
-    prefix: &str,
-    timeout: Duration,
-) -> Result<std::sync::Arc<dyn EffectStore>, StoreError> {
-    if url.starts_with("memory://") {
-        Ok(std::sync::Arc::new(MemoryStore::new()))
-    } else if url.starts_with("redis://")
-        || url.starts_with("rediss://")
-        || url.starts_with("redis+unix://")
-    {
-        Ok(std::sync::Arc::new(RedisStore::connect(
-            url, prefix, timeout,
-        )?))
-    } else {
-        Err(StoreError::Scheme(url.to_owned()))
-    }
 }
 
 /// Redis's GEO index takes latitudes within ±85.05112878° (Web Mercator); the location hash

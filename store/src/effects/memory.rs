@@ -1,14 +1,17 @@
-//! The `memory://` engine: the same semantics in one process's memory, for the embedded
-//! default and tests. Not shared between processes; gone when the process exits.
+//! The effect stores in one process's memory, for the embedded default and tests. Not
+//! shared between processes; gone when the process exits.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{
-    history_member, Applied, BoxFuture, EffectStore, LatestLocation, Location, SendClaim,
-    StoreError, Subscription, UserState,
+    history_member, Applied, LatestLocation, Location, Locations, Subscription, Subscriptions,
+    TokenCache, UserState, WelcomeSends,
 };
+use crate::lease::WELCOME;
+use crate::memory::TtlMap;
+use crate::{BoxFuture, Keys, Lease, StoreError};
 
 type UserKey = (String, String);
 
@@ -19,40 +22,21 @@ struct State {
     locations: HashMap<UserKey, LatestLocation>,
     history: HashMap<UserKey, BTreeSet<(i64, String)>>,
     /// Values with an expiry: welcome claims, tokens, token locks.
-    leased: HashMap<String, (String, Instant)>,
+    leased: TtlMap,
 }
 
-impl State {
-    fn leased(&self, key: &str) -> Option<&str> {
-        self.leased
-            .get(key)
-            .filter(|(_, expires)| *expires > Instant::now())
-            .map(|(v, _)| v.as_str())
-    }
-
-    fn lease(&mut self, key: String, value: String, ttl: Duration) {
-        let now = Instant::now();
-        if self.leased.len() > 4096 && self.leased.len().is_power_of_two() {
-            self.leased.retain(|_, (_, expires)| *expires > now);
-        }
-        self.leased.insert(key, (value, now + ttl));
-    }
-
-    fn delete_if(&mut self, key: &str, value: &str) {
-        if self.leased(key) == Some(value) {
-            self.leased.remove(key);
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct MemoryStore {
+#[derive(Debug)]
+pub(super) struct MemoryEffects {
+    keys: Keys,
     state: Mutex<State>,
 }
 
-impl MemoryStore {
-    pub fn new() -> Self {
-        MemoryStore::default()
+impl MemoryEffects {
+    pub fn new(keys: Keys) -> Self {
+        MemoryEffects {
+            keys,
+            state: Mutex::default(),
+        }
     }
 
     fn with<T: Send + 'static>(
@@ -68,7 +52,7 @@ fn key(account: &str, openid: &str) -> UserKey {
     (account.to_owned(), openid.to_owned())
 }
 
-impl EffectStore for MemoryStore {
+impl Subscriptions for MemoryEffects {
     fn subscription<'a>(
         &'a self,
         c: Subscription<'a>,
@@ -105,6 +89,35 @@ impl EffectStore for MemoryStore {
         })
     }
 
+    fn user<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserState>, StoreError>> {
+        self.with(|s| s.users.get(&key(account, openid)).cloned())
+    }
+
+    fn binding<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        self.with(|s| s.bindings.get(&key(account, openid)).cloned())
+    }
+
+    fn set_binding<'a>(
+        &'a self,
+        account: &'a str,
+        openid: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.with(|s| {
+            s.bindings.insert(key(account, openid), user.to_owned());
+        })
+    }
+}
+
+impl Locations for MemoryEffects {
     fn location<'a>(&'a self, l: Location<'a>) -> BoxFuture<'a, Result<Applied, StoreError>> {
         self.with(|s| {
             let k = key(l.account, l.openid);
@@ -134,133 +147,6 @@ impl EffectStore for MemoryStore {
         })
     }
 
-    fn begin_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<SendClaim, StoreError>> {
-        self.with(|s| {
-            let k = format!("welcome:{id}");
-            match s.leased(&k) {
-                None => {
-                    s.lease(k, format!("sending:{owner}"), lease);
-                    SendClaim::Claimed
-                }
-                Some("sent") => SendClaim::Sent,
-                Some(_) => SendClaim::InFlight,
-            }
-        })
-    }
-
-    fn finish_send<'a>(
-        &'a self,
-        id: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.with(|s| s.lease(format!("welcome:{id}"), "sent".into(), ttl))
-    }
-
-    fn renew_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.with(|s| {
-            let (key, value) = (format!("welcome:{id}"), format!("sending:{owner}"));
-            let ours = s.leased(&key) == Some(value.as_str());
-            if ours {
-                s.lease(key, value, lease);
-            }
-            ours
-        })
-    }
-
-    fn abandon_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.with(|s| s.delete_if(&format!("welcome:{id}"), &format!("sending:{owner}")))
-    }
-
-    fn token<'a>(&'a self, appid: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
-        self.with(|s| s.leased(&format!("token:{appid}")).map(str::to_owned))
-    }
-
-    fn set_token<'a>(
-        &'a self,
-        appid: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.with(|s| s.lease(format!("token:{appid}"), token.to_owned(), ttl))
-    }
-
-    fn drop_token<'a>(
-        &'a self,
-        appid: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.with(|s| s.delete_if(&format!("token:{appid}"), token))
-    }
-
-    fn lock_token<'a>(
-        &'a self,
-        appid: &'a str,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.with(|s| {
-            let k = format!("token_lock:{appid}");
-            if s.leased(&k).is_some() {
-                return false;
-            }
-            s.lease(k, owner.to_owned(), ttl);
-            true
-        })
-    }
-
-    fn unlock_token<'a>(
-        &'a self,
-        appid: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.with(|s| s.delete_if(&format!("token_lock:{appid}"), owner))
-    }
-
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.with(|_| ())
-    }
-
-    fn user<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserState>, StoreError>> {
-        self.with(|s| s.users.get(&key(account, openid)).cloned())
-    }
-
-    fn binding<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
-        self.with(|s| s.bindings.get(&key(account, openid)).cloned())
-    }
-
-    fn set_binding<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-        user: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.with(|s| {
-            s.bindings.insert(key(account, openid), user.to_owned());
-        })
-    }
-
     fn latest_location<'a>(
         &'a self,
         account: &'a str,
@@ -280,5 +166,93 @@ impl EffectStore for MemoryStore {
                 .map(|h| h.iter().map(|(_, member)| member.clone()).collect())
                 .unwrap_or_default()
         })
+    }
+}
+
+impl WelcomeSends for MemoryEffects {
+    fn begin_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Lease, StoreError>> {
+        let key = self.keys.welcome(id);
+        self.with(|s| {
+            s.leased
+                .claim(key, WELCOME.holder(owner), lease, WELCOME.done)
+        })
+    }
+
+    fn finish_send<'a>(
+        &'a self,
+        id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = self.keys.welcome(id);
+        self.with(|s| s.leased.set(key, WELCOME.done.to_owned(), ttl))
+    }
+
+    fn renew_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let key = self.keys.welcome(id);
+        self.with(|s| s.leased.renew(key, WELCOME.holder(owner), lease))
+    }
+
+    fn abandon_send<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = self.keys.welcome(id);
+        self.with(|s| s.leased.delete_if(&key, &WELCOME.holder(owner)))
+    }
+}
+
+impl TokenCache for MemoryEffects {
+    fn token<'a>(&'a self, appid: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let key = self.keys.token(appid);
+        self.with(|s| s.leased.get(&key).map(str::to_owned))
+    }
+
+    fn set_token<'a>(
+        &'a self,
+        appid: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = self.keys.token(appid);
+        self.with(|s| s.leased.set(key, token.to_owned(), ttl))
+    }
+
+    fn drop_token<'a>(
+        &'a self,
+        appid: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = self.keys.token(appid);
+        self.with(|s| s.leased.delete_if(&key, token))
+    }
+
+    fn lock_token<'a>(
+        &'a self,
+        appid: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let key = self.keys.token_lock(appid);
+        self.with(|s| s.leased.claim(key, owner.to_owned(), ttl, "") == Lease::Claimed)
+    }
+
+    fn unlock_token<'a>(
+        &'a self,
+        appid: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = self.keys.token_lock(appid);
+        self.with(|s| s.leased.delete_if(&key, owner))
     }
 }

@@ -1,35 +1,4 @@
-//! How wxpipe talks to Redis, in every crate: one multiplexed connection that connects lazily
-//! and reconnects by itself (so a process starts, and recovers, while Redis is down), and a
-//! timeout on every call.
-
-use std::future::Future;
-use std::pin::Pin;
-use std::time::Duration;
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-/// KEYS: key. ARGV: expected value. Deletes the key only if it still holds the value (a
-/// claim or lock released only by its holder).
-pub const DELETE_IF: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
-/// A lazily connecting, self-healing multiplexed connection.
-pub fn connect(url: &str, timeout: Duration) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client, config)
-}
-
-/// What the stores' trait methods return, so they work behind `dyn`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+//! One error type for every engine and store.
 
 /// Why a store call failed, for every store engine of every crate.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +13,7 @@ pub enum StoreError {
     /// The task that sends batched calls is gone (the process is stopping).
     #[error("store closed")]
     Closed,
-    #[error("unknown store URL scheme in {0:?} (expected redis:// or memory://)")]
+    #[error("unknown store URL scheme in {0:?} (expected redis://, rediss://, redis+unix:// or memory://)")]
     Scheme(String),
 }
 
@@ -93,16 +62,5 @@ impl StoreError {
             || OUTAGES
                 .iter()
                 .any(|code| detail.contains(&format!("-{code} ")) || detail.starts_with(code))
-    }
-}
-
-/// A call bounded by `timeout`.
-pub async fn bounded<T>(
-    timeout: Duration,
-    call: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(StoreError::Timeout),
     }
 }

@@ -1,0 +1,175 @@
+//! One lease primitive for every "only one of us does this" in wxpipe: a push's dedup claim
+//! (`pending:<token>` → `done`), a welcome's send claim (`sending:<owner>` → `sent`) and the
+//! token fetch lock. A holder claims a key for a lease; it then confirms it (the work is
+//! done: every later claim finds `Done`), renews it while the work runs long, or releases
+//! it so another can try at once. A holder that dies loses nothing: its lease runs out.
+//!
+//! Each step is one atomic operation: a Lua function on Redis ([`LUA`], which every
+//! script that takes leases starts with), a method of [`crate::memory::TtlMap`] in memory.
+
+use std::time::Duration;
+
+use redis::Script;
+
+use crate::engine::Redis;
+use crate::StoreError;
+
+/// What a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Ours until the lease runs out.
+    Claimed,
+    /// The work is done: nothing to do.
+    Done,
+    /// Another holder has it, and its lease has not run out.
+    Held,
+}
+
+impl Lease {
+    /// The code the Lua functions return.
+    pub(crate) fn from_code(code: i64) -> Lease {
+        match code {
+            0 => Lease::Claimed,
+            1 => Lease::Done,
+            _ => Lease::Held,
+        }
+    }
+}
+
+/// The values a kind of lease writes: `{held}:{holder}` while held, `done` once confirmed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Kind {
+    pub held: &'static str,
+    pub done: &'static str,
+}
+
+impl Kind {
+    pub fn holder(&self, holder: &str) -> String {
+        format!("{}:{holder}", self.held)
+    }
+}
+
+/// A push's dedup claim.
+pub(crate) const DEDUP: Kind = Kind {
+    held: "pending",
+    done: "done",
+};
+/// A welcome's send claim.
+pub(crate) const WELCOME: Kind = Kind {
+    held: "sending",
+    done: "sent",
+};
+
+/// The lease steps as Lua functions, prepended to every script that takes leases.
+/// `claim` returns 0 claimed, 1 done, 2 held; `renew` 1 when still the holder's.
+pub(crate) const LUA: &str = r"
+local function lease_claim(key, holder, ms, done)
+  if redis.call('SET', key, holder, 'NX', 'PX', ms) then return 0 end
+  if redis.call('GET', key) == done then return 1 end
+  return 2
+end
+local function lease_confirm(key, done, ms)
+  redis.call('SET', key, done, 'PX', ms)
+  return 0
+end
+local function lease_release(key, holder)
+  if redis.call('GET', key) == holder then redis.call('DEL', key) end
+  return 0
+end
+local function lease_renew(key, holder, ms)
+  if redis.call('GET', key) == holder then
+    redis.call('PEXPIRE', key, ms)
+    return 1
+  end
+  return 0
+end
+";
+
+pub(crate) fn ms(duration: Duration) -> u64 {
+    (duration.as_millis() as u64).max(1)
+}
+
+/// The lease steps on Redis, one call each.
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    claim: Script,
+    renew: Script,
+    release: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        let script = |body: &str| Script::new(&format!("{LUA}\n{body}"));
+        Scripts {
+            claim: script("return lease_claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"),
+            renew: script("return lease_renew(KEYS[1], ARGV[1], ARGV[2])"),
+            release: script("return lease_release(KEYS[1], ARGV[1])"),
+        }
+    }
+
+    /// Claims `key` for `holder` (the full held value); `done` is the confirmed value, if
+    /// the kind has one.
+    pub async fn claim(
+        &self,
+        redis: &Redis,
+        key: String,
+        holder: &str,
+        lease: Duration,
+        done: &str,
+    ) -> Result<Lease, StoreError> {
+        let mut invocation = self.claim.key(key);
+        invocation.arg(holder).arg(ms(lease)).arg(done);
+        let code: i64 = redis
+            .bounded(invocation.invoke_async(&mut redis.conn()))
+            .await?;
+        Ok(Lease::from_code(code))
+    }
+
+    pub async fn confirm(
+        redis: &Redis,
+        key: String,
+        done: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let set = redis::cmd("SET")
+            .arg(key)
+            .arg(done)
+            .arg("PX")
+            .arg(ms(ttl))
+            .to_owned();
+        redis
+            .bounded(set.query_async::<()>(&mut redis.conn()))
+            .await
+    }
+
+    /// Extends the lease when `holder` still holds it; `false` when it is no longer theirs.
+    pub async fn renew(
+        &self,
+        redis: &Redis,
+        key: String,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.renew.key(key);
+        invocation.arg(holder).arg(ms(lease));
+        let renewed: i64 = redis
+            .bounded(invocation.invoke_async(&mut redis.conn()))
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Deletes `key` only while it still holds `holder`.
+    pub async fn release(
+        &self,
+        redis: &Redis,
+        key: String,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.release.key(key);
+        invocation.arg(holder);
+        redis
+            .bounded(invocation.invoke_async::<i64>(&mut redis.conn()))
+            .await
+            .map(drop)
+    }
+}

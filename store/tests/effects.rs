@@ -1,0 +1,389 @@
+//! One suite for both engines of the workers' store: `memory://` and `redis://`.
+
+use std::time::Duration;
+
+use store::effects::{Applied, EffectStores, Location, Subscription};
+use store::{Engine, Lease};
+use testkit::{unique, RedisServer};
+
+fn sub<'a>(
+    openid: &'a str,
+    subscribed: bool,
+    created_at: i64,
+    scene: Option<&'a str>,
+) -> Subscription<'a> {
+    Subscription {
+        account: "gh_a",
+        openid,
+        subscribed,
+        created_at,
+        scene,
+    }
+}
+
+fn loc<'a>(id: &'a str, created_at: i64, latitude: f64) -> Location<'a> {
+    Location {
+        id,
+        account: "gh_a",
+        openid: "o1",
+        latitude,
+        longitude: 113.3,
+        precision: 30.0,
+        created_at,
+        history: 3,
+    }
+}
+
+async fn suite(s: &EffectStores) {
+    s.engine.ping().await.unwrap();
+
+    // Subscribe, then unsubscribe: binding deleted.
+    s.subscriptions
+        .set_binding("gh_a", "u1", "user-42")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.subscriptions
+            .subscription(sub("u1", true, 100, Some("poster")))
+            .await
+            .unwrap(),
+        Applied::Yes
+    );
+    let state = s.subscriptions.user("gh_a", "u1").await.unwrap().unwrap();
+    assert!(state.subscribed);
+    assert_eq!((state.updated_at, state.scene.as_str()), (100, "poster"));
+    assert_eq!(
+        s.subscriptions
+            .binding("gh_a", "u1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("user-42")
+    );
+    assert_eq!(
+        s.subscriptions
+            .subscription(sub("u1", false, 200, None))
+            .await
+            .unwrap(),
+        Applied::Yes
+    );
+    assert!(
+        !s.subscriptions
+            .user("gh_a", "u1")
+            .await
+            .unwrap()
+            .unwrap()
+            .subscribed
+    );
+    assert_eq!(s.subscriptions.binding("gh_a", "u1").await.unwrap(), None);
+
+    // A late, older unsubscribe never undoes a newer subscribe, nor deletes the new binding.
+    assert_eq!(
+        s.subscriptions
+            .subscription(sub("u2", true, 300, None))
+            .await
+            .unwrap(),
+        Applied::Yes
+    );
+    s.subscriptions
+        .set_binding("gh_a", "u2", "user-7")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.subscriptions
+            .subscription(sub("u2", false, 250, None))
+            .await
+            .unwrap(),
+        Applied::Stale
+    );
+    assert!(
+        s.subscriptions
+            .user("gh_a", "u2")
+            .await
+            .unwrap()
+            .unwrap()
+            .subscribed
+    );
+    assert_eq!(
+        s.subscriptions
+            .binding("gh_a", "u2")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("user-7")
+    );
+    // Redelivery of the applied subscribe changes nothing: it is stale.
+    assert_eq!(
+        s.subscriptions
+            .subscription(sub("u2", true, 300, None))
+            .await
+            .unwrap(),
+        Applied::Stale
+    );
+    assert_eq!(
+        s.subscriptions
+            .user("gh_a", "u2")
+            .await
+            .unwrap()
+            .unwrap()
+            .updated_at,
+        300
+    );
+
+    // Same second: unsubscribed wins, in either order.
+    s.subscriptions
+        .subscription(sub("u3", true, 400, None))
+        .await
+        .unwrap();
+    s.subscriptions
+        .subscription(sub("u3", false, 400, None))
+        .await
+        .unwrap();
+    assert!(
+        !s.subscriptions
+            .user("gh_a", "u3")
+            .await
+            .unwrap()
+            .unwrap()
+            .subscribed
+    );
+    s.subscriptions
+        .subscription(sub("u4", false, 400, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.subscriptions
+            .subscription(sub("u4", true, 400, None))
+            .await
+            .unwrap(),
+        Applied::Stale
+    );
+    assert!(
+        !s.subscriptions
+            .user("gh_a", "u4")
+            .await
+            .unwrap()
+            .unwrap()
+            .subscribed
+    );
+    assert_eq!(s.subscriptions.user("gh_a", "nobody").await.unwrap(), None);
+
+    // A redelivered unsubscribe (the same second as the state it made) deletes nothing: the
+    // binding set since stays.
+    s.subscriptions
+        .subscription(sub("u5", false, 500, None))
+        .await
+        .unwrap();
+    s.subscriptions
+        .set_binding("gh_a", "u5", "user-9")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.subscriptions
+            .subscription(sub("u5", false, 500, None))
+            .await
+            .unwrap(),
+        Applied::Stale
+    );
+    assert_eq!(
+        s.subscriptions
+            .binding("gh_a", "u5")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("user-9")
+    );
+
+    // Locations: newest wins; history is idempotent and capped.
+    assert_eq!(
+        s.locations.location(loc("e1", 10, 23.1)).await.unwrap(),
+        Applied::Yes
+    );
+    assert_eq!(
+        s.locations.location(loc("e3", 30, 23.3)).await.unwrap(),
+        Applied::Yes
+    );
+    assert_eq!(
+        s.locations.location(loc("e2", 20, 23.2)).await.unwrap(),
+        Applied::Stale
+    );
+    assert_eq!(
+        s.locations.location(loc("e3", 30, 23.3)).await.unwrap(),
+        Applied::Yes,
+        "redelivery"
+    );
+    let latest = s
+        .locations
+        .latest_location("gh_a", "o1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((latest.latitude, latest.created_at), (23.3, 30));
+    assert_eq!(
+        s.locations
+            .location_history("gh_a", "o1")
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // Another location in the same second, then a redelivery of the first: the redelivery
+    // changes nothing.
+    let of_o2 = |id, latitude| Location {
+        openid: "o2",
+        ..loc(id, 30, latitude)
+    };
+    s.locations.location(of_o2("f1", 23.3)).await.unwrap();
+    s.locations.location(of_o2("f2", 23.5)).await.unwrap();
+    s.locations.location(of_o2("f1", 23.3)).await.unwrap();
+    let latest = s
+        .locations
+        .latest_location("gh_a", "o2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.latitude, 23.5, "a redelivery changes nothing");
+    s.locations.location(loc("e4", 40, 89.9)).await.unwrap();
+    let history = s.locations.location_history("gh_a", "o1").await.unwrap();
+    assert_eq!(history.len(), 3, "capped");
+    assert!(
+        history[0].contains("\"e2\"") && history[2].contains("\"e4\""),
+        "{history:?}"
+    );
+    assert_eq!(
+        s.locations
+            .latest_location("gh_a", "o1")
+            .await
+            .unwrap()
+            .unwrap()
+            .latitude,
+        89.9,
+        "exact, beyond GEO's range"
+    );
+
+    // Welcome claims.
+    let lease = Duration::from_millis(300);
+    assert_eq!(
+        s.welcome.begin_send("id1", "w1", lease).await.unwrap(),
+        Lease::Claimed
+    );
+    assert_eq!(
+        s.welcome.begin_send("id1", "w2", lease).await.unwrap(),
+        Lease::Held
+    );
+    s.welcome.abandon_send("id1", "w2").await.unwrap();
+    assert_eq!(
+        s.welcome.begin_send("id1", "w2", lease).await.unwrap(),
+        Lease::Held,
+        "not w2's to abandon"
+    );
+    s.welcome.abandon_send("id1", "w1").await.unwrap();
+    assert_eq!(
+        s.welcome.begin_send("id1", "w2", lease).await.unwrap(),
+        Lease::Claimed
+    );
+    // A long send keeps its claim by renewing it; only its holder can.
+    assert!(s.welcome.renew_send("id1", "w2", lease).await.unwrap());
+    assert!(
+        !s.welcome.renew_send("id1", "w1", lease).await.unwrap(),
+        "not w1's"
+    );
+    tokio::time::sleep(lease / 2).await;
+    assert!(s.welcome.renew_send("id1", "w2", lease).await.unwrap());
+    tokio::time::sleep(lease / 2 + Duration::from_millis(50)).await;
+    assert_eq!(
+        s.welcome.begin_send("id1", "w3", lease).await.unwrap(),
+        Lease::Held,
+        "renewed past its first lease"
+    );
+    s.welcome
+        .finish_send("id1", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.welcome.begin_send("id1", "w3", lease).await.unwrap(),
+        Lease::Done
+    );
+    assert_eq!(
+        s.welcome.begin_send("id2", "dead", lease).await.unwrap(),
+        Lease::Claimed
+    );
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    assert_eq!(
+        s.welcome.begin_send("id2", "alive", lease).await.unwrap(),
+        Lease::Claimed,
+        "a dead sender's lease runs out"
+    );
+
+    // Tokens and the fetch lock.
+    assert_eq!(s.tokens.token("wx1").await.unwrap(), None);
+    assert!(s.tokens.lock_token("wx1", "p1", lease).await.unwrap());
+    assert!(!s.tokens.lock_token("wx1", "p2", lease).await.unwrap());
+    s.tokens.unlock_token("wx1", "p2").await.unwrap();
+    assert!(
+        !s.tokens.lock_token("wx1", "p2", lease).await.unwrap(),
+        "only the holder unlocks"
+    );
+    s.tokens.unlock_token("wx1", "p1").await.unwrap();
+    assert!(s.tokens.lock_token("wx1", "p2", lease).await.unwrap());
+    s.tokens
+        .set_token("wx1", "T1", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(s.tokens.token("wx1").await.unwrap().as_deref(), Some("T1"));
+    s.tokens.drop_token("wx1", "T0").await.unwrap();
+    assert_eq!(
+        s.tokens.token("wx1").await.unwrap().as_deref(),
+        Some("T1"),
+        "someone else's refresh is kept"
+    );
+    s.tokens.drop_token("wx1", "T1").await.unwrap();
+    assert_eq!(s.tokens.token("wx1").await.unwrap(), None);
+    s.tokens
+        .set_token("wx1", "T2", Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        s.tokens.token("wx1").await.unwrap(),
+        None,
+        "a cached token expires"
+    );
+}
+
+#[tokio::test]
+async fn memory_engine() {
+    let engine = Engine::open("memory://", Duration::from_secs(1)).unwrap();
+    suite(&EffectStores::open(&engine, "k")).await;
+}
+
+#[tokio::test]
+async fn redis_engine() {
+    let redis = RedisServer::start();
+    let prefix = unique("k");
+    let engine = Engine::open(&redis.url(), Duration::from_secs(1)).unwrap();
+    suite(&EffectStores::open(&engine, &prefix)).await;
+    // The contract's keys.
+    let mut conn = redis.conn();
+    let user: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{prefix}:user:gh_a:u1"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(user["subscribed"], "0");
+    assert_eq!(user["updated_at"], "200");
+    let location: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{prefix}:location:gh_a:o1"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(location["created_at"], "40");
+    let pos: Vec<Option<(f64, f64)>> = redis::cmd("GEOPOS")
+        .arg(format!("{prefix}:geo:gh_a"))
+        .arg("o1")
+        .query(&mut conn)
+        .unwrap();
+    let (lon, lat) = pos[0].unwrap();
+    assert!(
+        (lon - 113.3).abs() < 1e-4 && (lat - 85.0511).abs() < 1e-3,
+        "GEO holds the clamped latitude: {lat}"
+    );
+}

@@ -75,9 +75,13 @@ impl Accounts {
             let account = build(
                 "default",
                 token.expose(),
-                config.appid.clone(),
+                config.shared.appid.clone(),
                 config.encoding_aes_key.as_ref().map(Secret::expose),
-                config.appsecret.as_ref().map(|s| s.expose().to_owned()),
+                config
+                    .shared
+                    .appsecret
+                    .as_ref()
+                    .map(|s| s.expose().to_owned()),
                 None,
                 config.accept_plaintext,
             )?;
@@ -85,7 +89,7 @@ impl Accounts {
                 .by_path
                 .insert(config.path.clone(), Arc::new(account));
         }
-        if let Some(file) = &config.accounts_file {
+        if let Some(file) = &config.shared.accounts_file {
             for (name, entry) in AccountsFile::read(file)?.accounts {
                 // The name keys the account's nonce bindings and metrics.
                 if accounts.by_path.contains_key(&config.path) && name == "default" {
@@ -147,7 +151,7 @@ mod tests {
         std::fs::write(&file, toml).unwrap();
         let mut config = Config::for_token("t");
         config.token = None;
-        config.accounts_file = Some(file);
+        config.shared.accounts_file = Some(file);
         config
     }
 

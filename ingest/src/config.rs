@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ipnet::IpNet;
+use ops::settings::{check_properties, ConfigError};
 pub use wechat::accounts::Secret;
 
 /// The ingress configuration.
@@ -32,14 +33,6 @@ pub struct Config {
     #[arg(long, env = "WECHAT_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
 
-    /// The account's AppID (checked inside every encrypted push).
-    #[arg(long, env = "WECHAT_APPID")]
-    pub appid: Option<String>,
-
-    /// The account's AppSecret (workers' API calls).
-    #[arg(long, env = "WECHAT_APPSECRET", hide_env_values = true)]
-    pub appsecret: Option<Secret>,
-
     /// 43-character EncodingAESKey: enables compatible and safe mode.
     #[arg(long, env = "WECHAT_ENCODING_AES_KEY", hide_env_values = true)]
     pub encoding_aes_key: Option<Secret>,
@@ -50,30 +43,9 @@ pub struct Config {
     #[arg(long, env = "WECHAT_ACCEPT_PLAINTEXT", default_value_t = false, action = clap::ArgAction::Set)]
     pub accept_plaintext: bool,
 
-    /// TOML file of several accounts (`[accounts.NAME]` with `token`, `appid`,
-    /// `encoding_aes_key`, `appsecret`, `original_id`), each served at `{INGEST_PATH}/NAME`.
-    #[arg(long, env = "INGEST_ACCOUNTS")]
-    pub accounts_file: Option<std::path::PathBuf>,
-
     /// Seconds a signed `timestamp` may differ from now (replay window; 0 disables).
     #[arg(long, env = "WECHAT_TIMESTAMP_TOLERANCE", default_value_t = 300)]
     pub timestamp_tolerance: u64,
-
-    /// Kafka bootstrap servers; unset runs the embedded broker (for trying wxpipe out).
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-
-    /// Prefix of every topic name.
-    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "wechat")]
-    pub topic_prefix: String,
-
-    /// `redis://…` or `memory://`.
-    #[arg(long, env = "REDIS_URL", default_value = "memory://")]
-    pub redis_url: String,
-
-    /// Prefix of every Redis key wxpipe writes.
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "wxpipe")]
-    pub key_prefix: String,
 
     /// Milliseconds from a push's arrival to its answer: past it, a push not yet durable gets
     /// 503. Must stay below WeChat's 5 s.
@@ -123,20 +95,14 @@ pub struct Config {
     #[arg(long, env = "INGEST_DEDUP_TTL")]
     pub dedup_ttl_secs: Option<u64>,
 
-    /// Milliseconds one Redis call may take before the push goes on without it.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
-    pub redis_timeout_ms: u64,
-
-    /// librdkafka properties for every Kafka client of ingest and of the workers it runs
-    /// (producer, consumers, dead-letter producer, probes, `ingest topics`), `key=value`
-    /// separated by commas: TLS, SASL and the like.
-    #[arg(long, env = "KAFKA_CONFIG", value_delimiter = ',')]
-    pub kafka_config: Vec<String>,
-
     /// Extra librdkafka producer properties, `key=value` separated by commas, applied over
     /// `KAFKA_CONFIG` (e.g. `compression.type=lz4`).
     #[arg(long, env = "KAFKA_PRODUCER_CONFIG", value_delimiter = ',')]
     pub kafka_producer_config: Vec<String>,
+
+    /// Kafka, Redis and the accounts, as the workers read them.
+    #[command(flatten)]
+    pub shared: ops::settings::Shared,
 
     /// Partitions of each topic the embedded broker creates.
     #[arg(long, env = "EMBEDDED_PARTITIONS", default_value_t = 4)]
@@ -207,43 +173,36 @@ impl Config {
         Duration::from_millis(self.read_timeout_ms)
     }
 
-    pub fn redis_timeout(&self) -> Duration {
-        Duration::from_millis(self.redis_timeout_ms)
-    }
-
     /// How long a push's claim may take, waiting in the group-commit queue included: two
     /// Redis calls (the one before it, and its own), and never more than a third of the ack
     /// deadline, so a stalled Redis leaves the rest for Kafka and the answer comes in time.
     pub fn claim_budget(&self) -> Duration {
-        (2 * self.redis_timeout()).min(self.ack_deadline() / 3)
+        (2 * self.shared.redis_timeout()).min(self.ack_deadline() / 3)
     }
 
-    /// Checks what clap cannot: at least one account is configured.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.token.as_ref().is_none_or(|t| t.expose().is_empty()) && self.accounts_file.is_none()
+    /// Checks what clap cannot: at least one account is configured, the Kafka property
+    /// lists are `key=value`, and those of the in-process workers.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let shared = &self.shared;
+        if self.token.as_ref().is_none_or(|t| t.expose().is_empty())
+            && shared.accounts_file.is_none()
         {
-            return Err(
-                "WECHAT_TOKEN is required (the Token of the account's server config) unless INGEST_ACCOUNTS is set"
-                    .into(),
-            );
+            return Err(ConfigError::NoAccount);
         }
         // Blank is neither the embedded default nor a broker list: refuse it rather than run
         // a producer that reaches nothing, or the embedded broker where Kafka was meant.
-        if self
+        if shared
             .kafka_brokers
             .as_deref()
             .is_some_and(|b| b.trim().is_empty())
         {
-            return Err(
-                "KAFKA_BROKERS is set but empty: unset it for the embedded default, or list the brokers"
-                    .into(),
-            );
+            return Err(ConfigError::BlankBrokers);
         }
         if !self.path.starts_with('/') {
-            return Err(format!("INGEST_PATH must start with '/': {:?}", self.path));
+            return Err(ConfigError::Path(self.path.clone()));
         }
-        worker::kafka::check_pairs("KAFKA_CONFIG", &self.kafka_config)?;
-        worker::kafka::check_pairs("KAFKA_PRODUCER_CONFIG", &self.kafka_producer_config)?;
+        shared.validate()?;
+        check_properties("KAFKA_PRODUCER_CONFIG", &self.kafka_producer_config)?;
         if self.run_workers {
             self.worker_config().validate()?;
         }
@@ -253,15 +212,7 @@ impl Config {
     /// The config of the in-process workers: the same Kafka, store and accounts.
     pub fn worker_config(&self) -> worker::Config {
         let mut config = worker::Config::defaults();
-        config.kafka_brokers = self.kafka_brokers.clone();
-        config.kafka_config = self.kafka_config.clone();
-        config.topic_prefix = self.topic_prefix.clone();
-        config.redis_url = self.redis_url.clone();
-        config.key_prefix = self.key_prefix.clone();
-        config.redis_timeout_ms = self.redis_timeout_ms;
-        config.appid = self.appid.clone();
-        config.appsecret = self.appsecret.clone();
-        config.accounts_file = self.accounts_file.clone();
+        config.shared = self.shared.clone();
         config.settings = self.worker.clone();
         // The ingress serves /metrics and /readyz for the whole process.
         config.admin_listen = String::new();
@@ -284,25 +235,25 @@ mod tests {
     fn the_embedded_workers_share_the_ingress_redis_timeout() {
         let mut config = Config::for_token("t");
         assert_eq!(
-            config.redis_timeout_ms,
-            worker::Config::defaults().redis_timeout_ms,
+            config.shared.redis_timeout_ms,
+            worker::Config::defaults().shared.redis_timeout_ms,
             "one default for both binaries"
         );
-        config.redis_timeout_ms = 777;
-        assert_eq!(config.worker_config().redis_timeout_ms, 777);
+        config.shared.redis_timeout_ms = 777;
+        assert_eq!(config.worker_config().shared.redis_timeout_ms, 777);
     }
 
     #[test]
     fn blank_kafka_brokers_are_a_config_error() {
         let mut config = Config::for_token("t");
         for blank in ["", " "] {
-            config.kafka_brokers = Some(blank.into());
-            let error = config.validate().unwrap_err();
+            config.shared.kafka_brokers = Some(blank.into());
+            let error = config.validate().unwrap_err().to_string();
             assert!(error.contains("KAFKA_BROKERS"), "{error}");
         }
-        config.kafka_brokers = Some("localhost:9092".into());
+        config.shared.kafka_brokers = Some("localhost:9092".into());
         assert_eq!(config.validate(), Ok(()));
-        config.kafka_brokers = None;
+        config.shared.kafka_brokers = None;
         assert_eq!(config.validate(), Ok(()), "unset: the embedded default");
     }
 
@@ -326,13 +277,18 @@ mod tests {
     #[test]
     fn kafka_property_lists_are_checked_for_every_client() {
         let mut config = Config::for_token("t");
-        config.kafka_config = vec!["security.protocol=ssl".into(), "oops".into()];
-        assert!(config.validate().unwrap_err().contains("KAFKA_CONFIG"));
-        config.kafka_config = vec!["security.protocol=ssl".into()];
+        config.shared.kafka_config = vec!["security.protocol=ssl".into(), "oops".into()];
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("KAFKA_CONFIG"));
+        config.shared.kafka_config = vec!["security.protocol=ssl".into()];
         config.kafka_producer_config = vec!["linger.ms".into()];
         assert!(config
             .validate()
             .unwrap_err()
+            .to_string()
             .contains("KAFKA_PRODUCER_CONFIG"));
         config.kafka_producer_config.clear();
         // The in-process workers' consumer settings are checked too, and get KAFKA_CONFIG.
@@ -341,10 +297,14 @@ mod tests {
         assert!(config
             .validate()
             .unwrap_err()
+            .to_string()
             .contains("KAFKA_CONSUMER_CONFIG"));
         config.worker.kafka_consumer_config.clear();
         assert_eq!(config.validate(), Ok(()));
-        assert_eq!(config.worker_config().kafka_config, config.kafka_config);
+        assert_eq!(
+            config.worker_config().shared.kafka_config,
+            config.shared.kafka_config
+        );
     }
 
     #[test]
@@ -374,13 +334,17 @@ mod tests {
     #[test]
     fn missing_token_is_a_clear_error() {
         let mut config = Config::for_token("");
-        assert!(config.validate().unwrap_err().contains("WECHAT_TOKEN"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("WECHAT_TOKEN"));
         config.token = Some(Secret::new("t"));
         assert!(config.validate().is_ok());
         // An accounts file alone is enough: the README says the token is required unless
         // INGEST_ACCOUNTS is set.
         config.token = None;
-        config.accounts_file = Some("accounts.toml".into());
+        config.shared.accounts_file = Some("accounts.toml".into());
         assert!(config.validate().is_ok());
     }
 }

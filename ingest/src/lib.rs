@@ -40,7 +40,7 @@ pub use config::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ops::settings::ConfigError),
     #[error(
         "KAFKA_BROKERS is not set (main starts the embedded broker; library callers pass brokers)"
     )]
@@ -64,7 +64,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    config.validate().map_err(StartError::Config)?;
+    config.validate()?;
     let admin = match config.admin_listen.as_str() {
         "" => None,
         addr => Some(
@@ -83,21 +83,23 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    config.validate().map_err(StartError::Config)?;
+    config.validate()?;
     // Install the metrics recorder before anything records.
     ops::prometheus();
-    let accounts = accounts::Accounts::load(&config).map_err(StartError::Config)?;
+    let accounts = accounts::Accounts::load(&config)
+        .map_err(|e| StartError::Config(ops::settings::ConfigError::Invalid(e)))?;
     let brokers = config
+        .shared
         .kafka_brokers
         .as_deref()
         .ok_or(StartError::NoBrokers)?;
-    let engine = store::Engine::open(&config.redis_url, config.redis_timeout())?;
-    let store = store::dedup::open(&engine, &config.key_prefix);
+    let engine = store::Engine::open(&config.shared.redis_url, config.shared.redis_timeout())?;
+    let store = store::dedup::open(&engine, &config.shared.key_prefix);
     let publisher = Arc::new(publish::Publisher::new(
         brokers,
-        &config.topic_prefix,
+        &config.shared.topic_prefix,
         config.ack_deadline(),
-        &[&config.kafka_config, &config.kafka_producer_config],
+        &[&config.shared.kafka_config, &config.kafka_producer_config],
     )?);
     let spool = match &config.spool_dir {
         Some(dir) => Some(spool::Spool::open(dir, config.spool_max_bytes)?),
@@ -143,7 +145,7 @@ pub async fn serve(
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         accounts = %routes.accounts.iter().map(|(path, a)| format!("{}={path}", a.name)).collect::<Vec<_>>().join(","),
-        redis = %if config.redis_url.starts_with("memory://") { "memory://" } else { "redis" },
+        redis = %if config.shared.redis_url.starts_with("memory://") { "memory://" } else { "redis" },
         "ingest listening"
     );
     // The embedded default runs the workers here, so one command shows the whole flow.

@@ -29,9 +29,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // The mock cluster is not Send: it lives here, on the main thread, for the whole run.
-    let _embedded = match config.kafka_brokers {
+    let _embedded = match config.shared.kafka_brokers {
         Some(_) => None,
-        None => match Embedded::start(1, &config.topic_prefix, config.embedded_partitions) {
+        None => match Embedded::start(1, &config.shared.topic_prefix, config.embedded_partitions) {
             Ok(embedded) => {
                 tracing::warn!(
                     brokers = %embedded.bootstrap_servers(),
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
                      wxpipe out only: it keeps a few MB per partition and loses everything on \
                      exit. Set KAFKA_BROKERS and REDIS_URL for real use."
                 );
-                config.kafka_brokers = Some(embedded.bootstrap_servers());
+                config.shared.kafka_brokers = Some(embedded.bootstrap_servers());
                 config.run_workers = true;
                 Some(embedded)
             }
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
 
 /// `ingest topics`: creates every topic, prints one line per topic, exits non-zero if any failed.
 fn create_topics(config: &Config, partitions: i32, replication: i32) -> ExitCode {
-    let Some(brokers) = &config.kafka_brokers else {
+    let Some(brokers) = &config.shared.kafka_brokers else {
         eprintln!("ingest topics: KAFKA_BROKERS is required");
         return ExitCode::from(2);
     };
@@ -94,10 +94,10 @@ fn create_topics(config: &Config, partitions: i32, replication: i32) -> ExitCode
     };
     let results = runtime.block_on(ingest::topics::create_all(
         brokers,
-        &config.topic_prefix,
+        &config.shared.topic_prefix,
         partitions,
         replication,
-        &[&config.kafka_config, &config.kafka_producer_config],
+        &[&config.shared.kafka_config, &config.kafka_producer_config],
     ));
     match results {
         Ok(results) => {

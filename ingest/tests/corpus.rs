@@ -235,7 +235,7 @@ async fn every_crypto_vector_through_the_server() {
     let vectors = crypto_vectors();
     let redis = RedisServer::start();
     let mut config = test_config(&redis.url());
-    config.accounts_file = Some(accounts_file(&crypto_accounts(&vectors)));
+    config.shared.accounts_file = Some(accounts_file(&crypto_accounts(&vectors)));
     // The public samples were signed years ago.
     config.timestamp_tolerance = 0;
     let app = TestApp::spawn_with(config).await;
@@ -299,7 +299,7 @@ async fn encrypted_pushes_trust_only_the_decrypted_fields() {
     let redis = RedisServer::start();
     let key_text = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
     let mut config = test_config(&redis.url());
-    config.appid = Some("wxapp".into());
+    config.shared.appid = Some("wxapp".into());
     config.encoding_aes_key = Some(ingest::config::Secret::new(key_text));
     let app = TestApp::spawn_with(config).await;
     let key = wechat::decrypt::AesKey::parse(key_text).unwrap();
@@ -373,7 +373,7 @@ async fn encrypted_pushes_trust_only_the_decrypted_fields() {
 async fn several_accounts_each_with_its_own_secrets() {
     let redis = RedisServer::start();
     let mut config = test_config(&redis.url());
-    config.accounts_file = Some(accounts_file(
+    config.shared.accounts_file = Some(accounts_file(
         "[accounts.shop]\ntoken = \"shop-token\"\noriginal_id = \"gh_shop\"\n\n[accounts.news]\ntoken = \"news-token\"\n",
     ));
     let app = TestApp::spawn_with(config).await;

@@ -332,7 +332,7 @@ async fn shutdown_under_load_leaves_every_200_on_kafka() {
 async fn metrics_count_what_was_sent() {
     let account = unique("acct").replace('x', "_");
     let mut config = test_config("memory://");
-    config.accounts_file = Some(accounts_file(&format!(
+    config.shared.accounts_file = Some(accounts_file(&format!(
         "[accounts.{account}]\ntoken = \"metrics-token\"\n"
     )));
     let app = TestApp::spawn_binary(config).await;
@@ -498,7 +498,7 @@ async fn a_stalled_redis_never_holds_an_answer_past_the_deadline() {
     let redis = RedisServer::start();
     let mut config = test_config(&redis.url());
     config.ack_deadline_ms = 1500;
-    config.redis_timeout_ms = 1000;
+    config.shared.redis_timeout_ms = 1000;
     let app = TestApp::spawn_binary(config).await;
     assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
     let _: () = redis::cmd("CLIENT")

@@ -26,7 +26,7 @@ async fn an_account_with_a_key_refuses_plaintext_unless_told_to_accept_it() {
     // valid `signature`: it must not carry a plaintext body.
     let redis = RedisServer::start();
     let mut config = test_config(&redis.url());
-    config.appid = Some("wxapp".into());
+    config.shared.appid = Some("wxapp".into());
     config.encoding_aes_key = Some(ingest::config::Secret::new(KEY));
     let app = TestApp::spawn_with(config).await;
     let forged = push("gh_test", "victim", now(), "unsubscribe", "");
@@ -38,7 +38,7 @@ async fn an_account_with_a_key_refuses_plaintext_unless_told_to_accept_it() {
 
     // While switching modes in WeChat's console, the operator lets plaintext through.
     let mut config = test_config(&redis.url());
-    config.appid = Some("wxapp".into());
+    config.shared.appid = Some("wxapp".into());
     config.encoding_aes_key = Some(ingest::config::Secret::new(KEY));
     config.accept_plaintext = true;
     let app = TestApp::spawn_with(config).await;
@@ -49,7 +49,7 @@ async fn an_account_with_a_key_refuses_plaintext_unless_told_to_accept_it() {
     // The same per account of the accounts file.
     let mut config = test_config(&redis.url());
     config.token = None;
-    config.accounts_file = Some(accounts_file(&format!(
+    config.shared.accounts_file = Some(accounts_file(&format!(
         "[accounts.strict]\ntoken = \"{TOKEN}\"\nappid = \"wx1\"\nencoding_aes_key = \"{KEY}\"\n\n\
          [accounts.lax]\ntoken = \"{TOKEN}\"\nappid = \"wx2\"\nencoding_aes_key = \"{KEY}\"\naccept_plaintext = true\n"
     )));

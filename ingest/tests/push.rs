@@ -132,7 +132,7 @@ async fn every_seed_push_lands_once_on_its_topic_with_a_valid_record() {
     let mut conn = redis.conn();
     let id = &app.read("event.view", 1)[0].1.id;
     let state: Option<String> = conn
-        .get(format!("{}:dedup:{id}", app.config.key_prefix))
+        .get(format!("{}:dedup:{id}", app.config.shared.key_prefix))
         .unwrap();
     assert_eq!(state.as_deref(), Some("done"));
     app.stop().await;
@@ -304,7 +304,7 @@ async fn a_failed_publish_is_503_releases_the_claim_and_the_retry_lands_once() {
 
     let mut conn = redis.conn();
     let keys: Vec<String> = conn
-        .keys(format!("{}:dedup:*u_fail*", app.config.key_prefix))
+        .keys(format!("{}:dedup:*u_fail*", app.config.shared.key_prefix))
         .unwrap();
     assert!(keys.is_empty(), "claim released: {keys:?}");
 
@@ -390,7 +390,7 @@ async fn an_attempt_in_flight_makes_the_retry_wait_and_a_dead_holder_loses_nothi
     // A process that claimed the push and died: its claim is pending with a short lease.
     let mut conn = redis.conn();
     let _: () = redis::cmd("SET")
-        .arg(format!("{}:dedup:{id}", app.config.key_prefix))
+        .arg(format!("{}:dedup:{id}", app.config.shared.key_prefix))
         .arg("pending:dead-process")
         .arg("PX")
         .arg(700)

@@ -4,6 +4,8 @@
 //! - [`prometheus`]: the process's metrics recorder, rendered at `GET /metrics`.
 //! - [`hash_openid`]: OpenIDs appear in logs only hashed.
 //! - [`shutdown_signal`]: SIGINT or SIGTERM.
+//! - [`instance_id`]: this process's name in claims, locks and leases.
+//! - [`settings`]: the settings both binaries share, and the typed config error.
 //! - [`admin`]: a small HTTP server for `/healthz`, `/readyz` and `/metrics`.
 
 use std::sync::OnceLock;
@@ -14,6 +16,7 @@ use tracing_subscriber::EnvFilter;
 
 pub mod admin;
 mod process;
+pub mod settings;
 
 /// Installs the log subscriber: human-readable lines, or one JSON object per line when
 /// `LOG_FORMAT=json`; the level from `RUST_LOG` (default `info`).
@@ -176,6 +179,20 @@ pub fn redact_id(id: &str) -> String {
         }
         _ => format!("#{}", hash_openid(id)),
     }
+}
+
+/// A name for this process, unique across restarts and hosts' process ids: in claims,
+/// locks and leases, so only their holder releases them.
+pub fn instance_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}.{}.{}",
+        std::process::id(),
+        now.as_secs(),
+        now.subsec_nanos()
+    )
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

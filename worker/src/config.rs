@@ -1,11 +1,9 @@
 //! One typed config for the workers: flags with environment fallbacks (`worker --help`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
-use wechat::accounts::Secret;
+use ops::settings::{check_properties, ConfigError};
 
 /// A worker role: one consumer group, one kind of effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
@@ -120,44 +118,9 @@ pub struct Config {
     #[arg(long = "role", env = "WORKER_ROLES", value_delimiter = ',')]
     pub roles: Vec<Role>,
 
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-
-    /// librdkafka properties for every Kafka client (consumers, the dead-letter producer, the
-    /// readiness probe), `key=value` separated by commas: TLS, SASL and the like.
-    #[arg(long, env = "KAFKA_CONFIG", value_delimiter = ',')]
-    pub kafka_config: Vec<String>,
-
-    /// Prefix of every topic name.
-    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "wechat")]
-    pub topic_prefix: String,
-
-    /// `redis://…` or `memory://`.
-    #[arg(long, env = "REDIS_URL", default_value = "memory://")]
-    pub redis_url: String,
-
-    /// Prefix of every Redis key wxpipe writes.
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "wxpipe")]
-    pub key_prefix: String,
-
-    /// Milliseconds one Redis call may take.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
-    pub redis_timeout_ms: u64,
-
-    /// The account's AppID (the account of `WECHAT_*`, used when `INGEST_ACCOUNTS` has none
-    /// with the event's `original_id`).
-    #[arg(long, env = "WECHAT_APPID")]
-    pub appid: Option<String>,
-
-    /// The account's AppSecret; without one, welcome messages are logged, not sent.
-    #[arg(long, env = "WECHAT_APPSECRET", hide_env_values = true)]
-    pub appsecret: Option<Secret>,
-
-    /// The accounts file the ingress serves; the worker finds AppID and AppSecret in it by
-    /// `original_id`.
-    #[arg(long, env = "INGEST_ACCOUNTS")]
-    pub accounts_file: Option<PathBuf>,
+    /// Kafka, Redis and the accounts, as the ingress reads them.
+    #[command(flatten)]
+    pub shared: ops::settings::Shared,
 
     /// Address of the admin endpoints (`/healthz`, `/readyz`, `/metrics`); empty disables.
     #[arg(long, env = "WORKER_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
@@ -178,14 +141,10 @@ impl Config {
         }
     }
 
-    pub fn redis_timeout(&self) -> Duration {
-        Duration::from_millis(self.redis_timeout_ms)
-    }
-
     /// Checks what clap cannot: the Kafka property lists are `key=value` pairs.
-    pub fn validate(&self) -> Result<(), String> {
-        crate::kafka::check_pairs("KAFKA_CONFIG", &self.kafka_config)?;
-        crate::kafka::check_pairs(
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.shared.validate()?;
+        check_properties(
             "KAFKA_CONSUMER_CONFIG",
             &self.settings.kafka_consumer_config,
         )
@@ -193,7 +152,8 @@ impl Config {
 
     /// The bootstrap servers, unless unset or blank (a blank list reaches no broker).
     pub fn brokers(&self) -> Option<&str> {
-        self.kafka_brokers
+        self.shared
+            .kafka_brokers
             .as_deref()
             .filter(|b| !b.trim().is_empty())
     }

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use wechat::accounts::AccountsFile;
@@ -49,7 +49,7 @@ pub enum StartError {
     #[error("admin listener {0}")]
     Admin(String),
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ops::settings::ConfigError),
 }
 
 /// Ready when the store answers and the Kafka cluster returns metadata, now, and no role is
@@ -91,24 +91,11 @@ fn readiness(store: store::Engine, settings: &ConsumerSettings) -> ops::admin::R
     })
 }
 
-/// A name for this process in locks and claims.
-fn owner() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format!(
-        "{}.{}.{}",
-        std::process::id(),
-        now.as_secs(),
-        now.subsec_nanos()
-    )
-}
-
 /// Builds the effects a config describes.
 pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
-    let engine = store::Engine::open(&config.redis_url, config.redis_timeout())?;
-    let stores = store::effects::EffectStores::open(&engine, &config.key_prefix);
-    let owner = owner();
+    let engine = store::Engine::open(&config.shared.redis_url, config.shared.redis_timeout())?;
+    let stores = store::effects::EffectStores::open(&engine, &config.shared.key_prefix);
+    let owner = ops::instance_id();
     let wechat = WeChat::new(
         &config.settings.api_base,
         Duration::from_millis(config.settings.api_timeout_ms),
@@ -116,7 +103,7 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
         owner.clone(),
     )?;
     let mut accounts = HashMap::new();
-    if let Some(path) = &config.accounts_file {
+    if let Some(path) = &config.shared.accounts_file {
         for (name, entry) in AccountsFile::read(path)
             .map_err(StartError::Accounts)?
             .accounts
@@ -131,7 +118,7 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
             }
         }
     }
-    let default_account = match (&config.appid, &config.appsecret) {
+    let default_account = match (&config.shared.appid, &config.shared.appsecret) {
         (Some(appid), Some(appsecret)) if !appsecret.expose().is_empty() => Some(Credentials {
             appid: appid.clone(),
             appsecret: appsecret.clone(),
@@ -173,14 +160,14 @@ impl std::fmt::Debug for Workers {
 /// Builds every role's consumer and the admin listener.
 pub async fn start(config: Config) -> Result<Workers, StartError> {
     let brokers = config.brokers().ok_or(StartError::NoBrokers)?.to_owned();
-    config.validate().map_err(StartError::Config)?;
+    config.validate()?;
     ops::prometheus();
     let effects = effects(&config).await?;
     let settings = ConsumerSettings {
         brokers,
-        topic_prefix: config.topic_prefix.clone(),
+        topic_prefix: config.shared.topic_prefix.clone(),
         max_attempts: config.settings.max_attempts,
-        common: config.kafka_config.clone(),
+        common: config.shared.kafka_config.clone(),
         overrides: config.settings.kafka_consumer_config.clone(),
         dead_letters: Arc::default(),
         waits: Arc::default(),
@@ -193,10 +180,10 @@ pub async fn start(config: Config) -> Result<Workers, StartError> {
             RoleConsumer::new(role, &settings, Arc::clone(&effects))
                 .map(Arc::new)
                 .map_err(|e| {
-                    StartError::Config(format!(
+                    StartError::Config(ops::settings::ConfigError::Invalid(format!(
                         "the {} consumer: {e} (check KAFKA_CONFIG and KAFKA_CONSUMER_CONFIG)",
                         role.name()
-                    ))
+                    )))
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;

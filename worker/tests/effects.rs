@@ -502,7 +502,7 @@ async fn without_an_appsecret_welcomes_are_logged_not_sent() {
     let store = env.store().await;
     env.produce("subscribe", &[subscribe("gh_a", "quiet", 100, None)]);
     let mut config = env.config(&[]);
-    config.appsecret = None;
+    config.shared.appsecret = None;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(worker::run(config, async {
         let _ = rx.await;
@@ -612,7 +612,7 @@ async fn sigterm_while_kafka_is_down_stops_the_worker_promptly() {
 #[tokio::test]
 async fn blank_kafka_brokers_refuse_to_start() {
     let mut config = worker::Config::defaults();
-    config.kafka_brokers = Some(" ".into());
+    config.shared.kafka_brokers = Some(" ".into());
     let started = worker::run(config, std::future::pending());
     let error = tokio::time::timeout(Duration::from_secs(10), started)
         .await

@@ -35,9 +35,9 @@ pub struct TestApp {
 pub fn test_config(redis_url: &str) -> Config {
     let mut config = Config::for_token(TOKEN);
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.redis_url = redis_url.to_owned();
-    config.topic_prefix = unique("t");
-    config.key_prefix = unique("k");
+    config.shared.redis_url = redis_url.to_owned();
+    config.shared.topic_prefix = unique("t");
+    config.shared.key_prefix = unique("k");
     config.ack_deadline_ms = 1500;
     config
 }
@@ -48,9 +48,11 @@ impl TestApp {
     }
 
     pub async fn spawn_with(mut config: Config) -> TestApp {
-        let topics: Vec<String> = Topic::all().map(|t| t.name(&config.topic_prefix)).collect();
+        let topics: Vec<String> = Topic::all()
+            .map(|t| t.name(&config.shared.topic_prefix))
+            .collect();
         let kafka = Kafka::start(&topics);
-        config.kafka_brokers = Some(kafka.brokers());
+        config.shared.kafka_brokers = Some(kafka.brokers());
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,9 +83,11 @@ impl TestApp {
     /// what users run. Settings the mapping below does not carry make it panic, so a test
     /// never runs with a setting silently dropped.
     pub async fn spawn_binary(mut config: Config) -> TestApp {
-        let topics: Vec<String> = Topic::all().map(|t| t.name(&config.topic_prefix)).collect();
+        let topics: Vec<String> = Topic::all()
+            .map(|t| t.name(&config.shared.topic_prefix))
+            .collect();
         let kafka = Kafka::start(&topics);
-        config.kafka_brokers = Some(kafka.brokers());
+        config.shared.kafka_brokers = Some(kafka.brokers());
         let (port, admin_port) = (free_port(), free_port());
         config.listen = format!("127.0.0.1:{port}").parse().unwrap();
         config.admin_listen = format!("127.0.0.1:{admin_port}");
@@ -91,32 +95,35 @@ impl TestApp {
             ("INGEST_LISTEN", config.listen.to_string()),
             ("INGEST_ADMIN_LISTEN", config.admin_listen.clone()),
             ("KAFKA_BROKERS", kafka.brokers()),
-            ("KAFKA_TOPIC_PREFIX", config.topic_prefix.clone()),
-            ("REDIS_URL", config.redis_url.clone()),
-            ("REDIS_KEY_PREFIX", config.key_prefix.clone()),
+            ("KAFKA_TOPIC_PREFIX", config.shared.topic_prefix.clone()),
+            ("REDIS_URL", config.shared.redis_url.clone()),
+            ("REDIS_KEY_PREFIX", config.shared.key_prefix.clone()),
             ("INGEST_ACK_DEADLINE_MS", config.ack_deadline_ms.to_string()),
-            ("REDIS_TIMEOUT_MS", config.redis_timeout_ms.to_string()),
+            (
+                "REDIS_TIMEOUT_MS",
+                config.shared.redis_timeout_ms.to_string(),
+            ),
             ("INGEST_MAX_IN_FLIGHT", config.max_in_flight.to_string()),
             ("INGEST_SPOOL_MAX_BYTES", config.spool_max_bytes.to_string()),
         ];
         let mut expected = Config::for_token(TOKEN);
         expected.listen = config.listen;
         expected.admin_listen = config.admin_listen.clone();
-        expected.kafka_brokers = config.kafka_brokers.clone();
-        expected.topic_prefix = config.topic_prefix.clone();
-        expected.redis_url = config.redis_url.clone();
-        expected.key_prefix = config.key_prefix.clone();
+        expected.shared.kafka_brokers = config.shared.kafka_brokers.clone();
+        expected.shared.topic_prefix = config.shared.topic_prefix.clone();
+        expected.shared.redis_url = config.shared.redis_url.clone();
+        expected.shared.key_prefix = config.shared.key_prefix.clone();
         expected.ack_deadline_ms = config.ack_deadline_ms;
-        expected.redis_timeout_ms = config.redis_timeout_ms;
+        expected.shared.redis_timeout_ms = config.shared.redis_timeout_ms;
         expected.max_in_flight = config.max_in_flight;
         expected.spool_max_bytes = config.spool_max_bytes;
         if let Some(dir) = &config.spool_dir {
             envs.push(("INGEST_SPOOL_DIR", dir.display().to_string()));
             expected.spool_dir = Some(dir.clone());
         }
-        if let Some(file) = &config.accounts_file {
+        if let Some(file) = &config.shared.accounts_file {
             envs.push(("INGEST_ACCOUNTS", file.display().to_string()));
-            expected.accounts_file = Some(file.clone());
+            expected.shared.accounts_file = Some(file.clone());
         }
         if config.token.is_some() {
             envs.push(("WECHAT_TOKEN", TOKEN.to_owned()));
@@ -202,7 +209,7 @@ impl TestApp {
     }
 
     pub fn topic(&self, suffix: &str) -> String {
-        format!("{}.{suffix}", self.config.topic_prefix)
+        format!("{}.{suffix}", self.config.shared.topic_prefix)
     }
 
     /// How many records a topic holds (by end offsets; nothing is read).

@@ -85,6 +85,7 @@ struct Op {
     reply: oneshot::Sender<Result<i64, StoreError>>,
 }
 
+#[derive(Debug)]
 pub(super) struct RedisDedup {
     redis: Redis,
     keys: Keys,
@@ -98,14 +99,6 @@ pub(super) struct RedisDedup {
 /// goes on without the store; a confirm or release is left to expire), and memory stays
 /// bounded whatever the outage.
 const MAX_QUEUED: usize = 16 * MAX_BATCH;
-
-impl std::fmt::Debug for RedisDedup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisDedup")
-            .field("keys", &self.keys)
-            .finish_non_exhaustive()
-    }
-}
 
 impl RedisDedup {
     /// Spawns the batcher, which ends when the store is dropped.

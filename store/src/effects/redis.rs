@@ -52,20 +52,13 @@ if latest then return 1 end
 return 0
 ";
 
+#[derive(Debug)]
 pub(super) struct RedisEffects {
     redis: Redis,
     keys: Keys,
     subscription: Script,
     location: Script,
     leases: Scripts,
-}
-
-impl std::fmt::Debug for RedisEffects {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisEffects")
-            .field("keys", &self.keys)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisEffects {

@@ -113,7 +113,11 @@ pub async fn serve(
     };
     let (stop_replay, replay_stopped) = tokio::sync::watch::channel(false);
     let replay = spool.as_ref().map(|spool| {
-        tokio::spawn(Arc::clone(spool).replay(Arc::clone(&publisher), replay_stopped))
+        tokio::spawn(spool::replay(
+            Arc::clone(spool),
+            Arc::clone(&publisher),
+            replay_stopped,
+        ))
     });
     let pipeline = Arc::new(pipeline::Pipeline::new(
         &config,

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 
 pub mod accounts;
 pub mod config;
+pub mod deliver;
 pub mod docs;
 pub mod embedded;
 pub mod error;
@@ -119,12 +120,13 @@ pub async fn serve(
             replay_stopped,
         ))
     });
-    let pipeline = Arc::new(pipeline::Pipeline::new(
+    let durability = Arc::new(deliver::Durability::new(
         &config,
         store,
         Arc::clone(&publisher),
         spool,
     ));
+    let pipeline = Arc::new(pipeline::Pipeline::new(&config, Arc::clone(&durability)));
     let max_in_flight = config
         .max_in_flight
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
@@ -132,10 +134,9 @@ pub async fn serve(
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     let admin = admin.map(|listener| {
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoints listening");
-        let pipeline = Arc::clone(&pipeline);
         let check: ops::admin::Readiness = Arc::new(move || {
-            let pipeline = Arc::clone(&pipeline);
-            Box::pin(async move { pipeline.readiness().await })
+            let durability = Arc::clone(&durability);
+            Box::pin(async move { durability.readiness().await })
         });
         let mut stopped = admin_stopped.clone();
         tokio::spawn(ops::admin::serve(listener, check, async move {

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::error::{PushError, Rejection, Unavailable};
 use crate::pipeline::{BodyBinding, Prepared};
 use crate::publish::{PublishError, Publisher};
+use crate::readiness::Readiness;
 use crate::recent::{Binding, RecentNonces};
 use crate::spool::{Spool, SpoolError, SpoolRecord};
 use crate::store::{Claim, ClaimRequest, DedupStore, NonceBinding, StoreError};
@@ -164,55 +165,13 @@ impl Durability {
         }
     }
 
-    /// Whether a push can be made durable now: Kafka answers, or the spool can take it. Redis
-    /// down is degraded (pushes go on without claims), never unready: behind a load balancer,
-    /// a Redis blip would otherwise take every ingress out at once.
-    pub async fn readiness(&self) -> Result<String, String> {
-        let up = |dependency: &'static str, up: bool| {
-            metrics::gauge!("wxpipe_dependency_up", "dependency" => dependency).set(if up {
-                1.0
-            } else {
-                0.0
-            });
-        };
-        // Both at once: a probe waits at most about a second, whatever is down.
-        let publisher = Arc::clone(&self.publisher);
-        let (redis, kafka) = tokio::join!(self.store.ping(), async move {
-            tokio::task::spawn_blocking(move || publisher.reachable(Duration::from_secs(1)))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|reached| reached.map_err(|e| e.to_string()))
-        });
-        let redis = redis.map_err(|e| format!("redis: {e}"));
-        let kafka = kafka.map_err(|e| format!("kafka: {e}"));
-        up("redis", redis.is_ok());
-        up("kafka", kafka.is_ok());
-        let spool = match &self.spool {
-            // A disk that failed is probed again, so readiness comes back with it.
-            Some(spool) if !spool.writable() && spool.bytes() < spool.max_bytes() => {
-                Some(spool.probe_bounded(Duration::from_secs(1)).await)
-            }
-            Some(spool) => Some(spool.writable()),
-            None => None,
-        };
-        if let Some(writable) = spool {
-            up("spool", writable);
-        }
-        let mut degraded: Vec<String> = Vec::new();
-        if let Err(redis) = redis {
-            degraded.push(format!("{redis} (publishing without dedup claims)"));
-        }
-        match (kafka, spool) {
-            (Ok(()), _) => {}
-            (Err(kafka), Some(true)) => degraded.push(format!("{kafka} (spooling)")),
-            (Err(kafka), Some(false)) => return Err(format!("{kafka}; spool: not writable")),
-            (Err(kafka), None) => return Err(kafka),
-        }
-        if degraded.is_empty() {
-            Ok("ready".into())
-        } else {
-            Ok(format!("degraded: {}", degraded.join("; ")))
-        }
+    /// A readiness handle on the dependencies a push is made durable with.
+    pub fn readiness(&self) -> Readiness {
+        Readiness::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.publisher),
+            self.spool.clone(),
+        )
     }
 
     /// Makes a prepared push durable, received at `arrived`. `Ok` means answer 200.

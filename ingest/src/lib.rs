@@ -31,6 +31,7 @@ pub mod error;
 pub mod http;
 pub mod pipeline;
 pub mod publish;
+pub mod readiness;
 pub mod recent;
 pub mod server;
 pub mod spool;
@@ -126,7 +127,8 @@ pub async fn serve(
         Arc::clone(&publisher),
         spool,
     ));
-    let pipeline = Arc::new(pipeline::Pipeline::new(&config, Arc::clone(&durability)));
+    let readiness = durability.readiness();
+    let pipeline = Arc::new(pipeline::Pipeline::new(&config, durability));
     let max_in_flight = config
         .max_in_flight
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
@@ -134,12 +136,8 @@ pub async fn serve(
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     let admin = admin.map(|listener| {
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoints listening");
-        let check: ops::admin::Readiness = Arc::new(move || {
-            let durability = Arc::clone(&durability);
-            Box::pin(async move { durability.readiness().await })
-        });
         let mut stopped = admin_stopped.clone();
-        tokio::spawn(ops::admin::serve(listener, check, async move {
+        tokio::spawn(ops::admin::serve(listener, readiness.into_check(), async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }))
     });

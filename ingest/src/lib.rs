@@ -25,7 +25,6 @@ use tokio::net::TcpListener;
 pub mod accounts;
 pub mod config;
 pub mod deliver;
-pub mod docs;
 pub mod embedded;
 pub mod error;
 pub mod http;

@@ -1,20 +1,28 @@
 //! wxpipe's ingress: WeChat Official Account pushes in, durable Kafka records out.
 //!
 //! ```text
-//! POST /wechat[/NAME] ─▶ http ─▶ verify ─▶ decrypt ─▶ parse ─▶ normalize ─▶ store (claim) ─▶ publish ─▶ 200 ""
-//!                         │        │         │         │          │              │              │
-//!                     413/408    403       403       400        400     503 in flight   503 not durable
+//! POST /wechat[/NAME] ─▶ http ─▶ verify ─▶ decrypt ─▶ parse ─▶ normalize ─▶ claim ─▶ publish or spool ─▶ 200 ""
+//!                          │        │         │         │          │          │                   │
+//!                       413/408    403       403       400        400   503 in flight      503 not durable
+//!                                └───────── pipeline::prepare ─────────┘    └─────── deliver ───────┘
 //! ```
 //!
+//! It owns the HTTP side of a push and what a 200 promises:
 //! - [`http`]: routes, body limits, status mapping; [`server`]: the accept loop.
 //! - [`accounts`]: which account a path serves, with its secrets.
-//! - the protocol (verify, decrypt, parse, normalize) is the `wechat` crate's.
-//! - [`store`]: the dedup claim protocol, `redis://` or `memory://`.
-//! - [`publish`]: the idempotent Kafka producer; [`embedded`]: the in-process broker.
-//! - [`pipeline`]: one push through all of the above; [`run`] wires it to a listener.
+//! - [`pipeline`]: the checks, from a signed query to a [`Prepared`](pipeline::Prepared)
+//!   record; the protocol itself (verify, decrypt, parse, normalize) is the `wechat` crate's.
+//! - [`deliver`]: the durability policy (claim, publish under the deadline, spool, settle),
+//!   with [`recent`] nonces for when the store cannot answer; [`readiness`]: whether that
+//!   policy can be met now, for `/readyz`.
+//! - [`store`]: the dedup claims, `redis://` or `memory://`; [`spool`]: the local segment log
+//!   and its replay; [`publish`]: the idempotent Kafka producer; [`embedded`]: the in-process
+//!   broker; [`topics`]: `ingest topics`.
+//! - [`run`] wires it all to a listener.
 //!
-//! It uses the `worker` crate only to run the workers in-process (the embedded default) and
-//! for the Kafka client settings both binaries share; it must never reach into the effects.
+//! It must never depend on the workers' effects (subscriptions, welcomes, locations): it uses
+//! the `worker` crate only to run the workers in-process (the embedded default) and for the
+//! Kafka client settings both binaries share. Logs, metrics and the admin listener are `ops`'s.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -3,9 +3,9 @@
 //! answered 200 only once it is fsync'd; a background task replays the spool to Kafka, in
 //! order and with the same ids, once Kafka takes writes again.
 //!
-//! - [`log`]: the segment log, what a 200 rests on: its format, the writer that fsyncs, and
+//! - `log`: the segment log, what a 200 rests on: its format, the writer that fsyncs, and
 //!   the recovery of what a crash left.
-//! - [`replay`]: takes sealed segments to Kafka and deletes each once all of it is acknowledged.
+//! - `replay`: takes sealed segments to Kafka and deletes each once all of it is acknowledged.
 
 mod log;
 mod replay;

@@ -12,8 +12,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
 
 use crate::accounts::{Account, Accounts};
+use crate::deliver::Accepted;
 use crate::error::{PushError, Rejection, Unavailable};
-use crate::pipeline::{Accepted, Pipeline, Query};
+use crate::pipeline::{Pipeline, Query};
 use crate::server::Busy;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";

@@ -1,19 +1,28 @@
 //! wxpipe's ingress: WeChat Official Account pushes in, durable Kafka records out.
 //!
 //! ```text
-//! POST /wechat[/NAME] ─▶ http ─▶ verify ─▶ decrypt ─▶ parse ─▶ normalize ─▶ store (claim) ─▶ publish ─▶ 200 ""
-//!                         │        │         │         │          │              │              │
-//!                     413/408    403       403       400        400     503 in flight   503 not durable
+//! POST /wechat[/NAME] ─▶ http ─▶ verify ─▶ decrypt ─▶ parse ─▶ normalize ─▶ claim ─▶ publish or spool ─▶ 200 ""
+//!                          │        │         │         │          │          │                   │
+//!                       413/408    403       403       400        400   503 in flight      503 not durable
+//!                                └───────── pipeline::prepare ─────────┘    └─────── deliver ───────┘
 //! ```
 //!
+//! It owns the HTTP side of a push and what a 200 promises:
 //! - [`http`]: routes, body limits, status mapping; [`server`]: the accept loop.
 //! - [`accounts`]: which account a path serves, with its secrets.
-//! - the protocol (verify, decrypt, parse, normalize) is the `wechat` crate's.
-//! - [`publish`]: the idempotent Kafka producer; [`embedded`]: the in-process broker.
-//! - [`pipeline`]: one push through all of the above; [`run`] wires it to a listener.
+//! - [`pipeline`]: the checks, from a signed query to a [`Prepared`](pipeline::Prepared)
+//!   record; the protocol itself (verify, decrypt, parse, normalize) is the `wechat` crate's.
+//! - [`deliver`]: the durability policy (claim, publish under the deadline, spool, settle),
+//!   with [`recent`] nonces for when the store cannot answer; [`readiness`]: whether that
+//!   policy can be met now, for `/readyz`.
+//! - the dedup claims are the `store` crate's; [`spool`]: the local segment log
+//!   and its replay; [`publish`]: the idempotent Kafka producer; [`embedded`]: the in-process
+//!   broker; [`topics`]: `ingest topics`.
+//! - [`run`] wires it all to a listener.
 //!
-//! It uses the `worker` crate only to run the workers in-process (the embedded default) and
-//! for the Kafka client settings both binaries share; it must never reach into the effects.
+//! It must never depend on the workers' effects (subscriptions, welcomes, locations): it uses
+//! the `worker` crate only to run the workers in-process (the embedded default) and for the
+//! Kafka client settings both binaries share. Logs, metrics and the admin listener are `ops`'s.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,12 +32,13 @@ use tokio::net::TcpListener;
 
 pub mod accounts;
 pub mod config;
-pub mod docs;
+pub mod deliver;
 pub mod embedded;
 pub mod error;
 pub mod http;
 pub mod pipeline;
 pub mod publish;
+pub mod readiness;
 pub mod recent;
 pub mod server;
 pub mod spool;
@@ -107,14 +117,20 @@ pub async fn serve(
     };
     let (stop_replay, replay_stopped) = tokio::sync::watch::channel(false);
     let replay = spool.as_ref().map(|spool| {
-        tokio::spawn(Arc::clone(spool).replay(Arc::clone(&publisher), replay_stopped))
+        tokio::spawn(spool::replay(
+            Arc::clone(spool),
+            Arc::clone(&publisher),
+            replay_stopped,
+        ))
     });
-    let pipeline = Arc::new(pipeline::Pipeline::new(
+    let durability = Arc::new(deliver::Durability::new(
         &config,
         store,
         Arc::clone(&publisher),
         spool,
     ));
+    let readiness = durability.readiness();
+    let pipeline = Arc::new(pipeline::Pipeline::new(&config, durability));
     let max_in_flight = config
         .max_in_flight
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
@@ -122,13 +138,8 @@ pub async fn serve(
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     let admin = admin.map(|listener| {
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoints listening");
-        let pipeline = Arc::clone(&pipeline);
-        let check: ops::admin::Readiness = Arc::new(move || {
-            let pipeline = Arc::clone(&pipeline);
-            Box::pin(async move { pipeline.readiness().await })
-        });
         let mut stopped = admin_stopped.clone();
-        tokio::spawn(ops::admin::serve(listener, check, async move {
+        tokio::spawn(ops::admin::serve(listener, readiness.into_check(), async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }))
     });

@@ -1,7 +1,4 @@
-//! The local spool: where a push goes when Kafka cannot take it within the ack deadline, so
-//! an outage longer than WeChat's retries (about 15 s) loses nothing. A spooled push is
-//! answered 200 only once it is fsync'd; a background task replays the spool to Kafka, in
-//! order and with the same ids, once Kafka takes writes again.
+//! The segment log: the on-disk format, the writer thread, and recovery at start.
 //!
 //! ```text
 //! {dir}/{seq:016x}.seg  = record*
@@ -29,10 +26,6 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::publish::Publisher;
-
-/// Records Kafka refused for good, kept for a person (not a segment: never replayed).
-const REJECTED: &str = "rejected.seg.kept";
 /// Held (flock) by the one process using the directory.
 const LOCK: &str = "spool.lock";
 
@@ -40,6 +33,7 @@ const LOCK: &str = "spool.lock";
 const SEGMENT_BYTES: u64 = 8 << 20;
 const HEADER: usize = 8;
 
+/// Why the spool could not open, or take a record.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool full ({0} bytes)")]
@@ -65,7 +59,7 @@ pub struct SpoolRecord {
 }
 
 impl SpoolRecord {
-    fn encode(&self) -> Result<Vec<u8>, SpoolError> {
+    pub(super) fn encode(&self) -> Result<Vec<u8>, SpoolError> {
         let mut body = Vec::with_capacity(
             6 + self.topic.len() + self.key.len() + self.id.len() + self.value.len(),
         );
@@ -365,7 +359,8 @@ impl Spool {
         !self.active()
     }
 
-    fn stop_draining(&self) {
+    /// The round ended early: pushes append again instead of waiting for a drain.
+    pub(super) fn stop_draining(&self) {
         self.backlog.lock().expect("backlog lock").draining = false;
         self.drained.notify_waiters();
     }
@@ -420,7 +415,8 @@ impl Spool {
         result
     }
 
-    async fn seal(&self) -> io::Result<Vec<(u64, PathBuf)>> {
+    /// Starts a new segment if the current one holds anything: the sealed ones, in order.
+    pub(super) async fn seal(&self) -> io::Result<Vec<(u64, PathBuf)>> {
         let (tx, rx) = oneshot::channel();
         let sent = self
             .writer
@@ -436,7 +432,7 @@ impl Spool {
     }
 
     /// A segment gone from the spool: its committed bytes leave the count.
-    fn forget_segment(&self, seq: u64) {
+    pub(super) fn forget_segment(&self, seq: u64) {
         let committed = self
             .shared
             .committed
@@ -453,23 +449,6 @@ impl Spool {
         metrics::gauge!("wxpipe_spool_bytes").set(self.bytes() as f64);
     }
 
-    /// Keeps a record Kafka refused for good in `rejected.seg` (the spool's own format, for a
-    /// person to inspect or re-send), fsync'd, before the segment holding it is deleted.
-    fn reject(&self, record: &SpoolRecord, error: &str) -> Result<(), SpoolError> {
-        tracing::error!(%error, id = %ops::redact_id(&record.id), file = %self.dir.join(REJECTED).display(),
-            "spool: Kafka refused a record for good; kept aside, the replay goes on");
-        metrics::counter!("wxpipe_spool_records_total", "op" => "rejected").increment(1);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(REJECTED))?;
-        file.write_all(&record.encode()?)?;
-        file.sync_data()?;
-        Ok(())
-    }
-
-    /// Whether the spool's disk takes a write now: a probe file written and fsync'd. Clears
-    /// the mark a failed write left, once the disk is back.
     /// Whether the disk failed or hung and no probe write has succeeded since.
     pub fn failing(&self) -> bool {
         self.shared.failing.load(Ordering::SeqCst)
@@ -498,6 +477,8 @@ impl Spool {
         matches!(tokio::time::timeout(within, probe).await, Ok(Ok(true)))
     }
 
+    /// Whether the spool's disk takes a write now: a probe file written and fsync'd. Clears
+    /// the mark a failed write left, once the disk is back.
     pub fn probe(&self) -> bool {
         let path = self.dir.join("probe");
         let written = File::create(&path)
@@ -510,127 +491,30 @@ impl Spool {
         written
     }
 
-    /// Replays the spool to Kafka until `stop` turns true: each sealed segment in order, every
-    /// record acknowledged before the segment is deleted. A record is re-sent after a failure
-    /// or a crash mid-segment: a second copy with the same id, never a loss.
-    pub async fn replay(
-        self: Arc<Self>,
-        publisher: Arc<Publisher>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            if !self.active() || self.shared.unknown.load(Ordering::SeqCst) > 0 {
-                let _ = tokio::time::timeout(Duration::from_millis(100), stop.changed()).await;
-                continue;
-            }
-            match self.replay_sealed(&publisher, &stop).await {
-                Ok(()) => backoff = Duration::from_millis(200),
-                Err(error) => {
-                    self.stop_draining();
-                    tracing::warn!(%error, "spool replay: Kafka not taking writes yet");
-                    let _ = tokio::time::timeout(backoff, stop.changed()).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+    /// Whether a spooled event's first produce has not reported yet: the replay waits, so
+    /// it knows which records to skip.
+    pub(super) fn outcomes_pending(&self) -> bool {
+        self.shared.unknown.load(Ordering::SeqCst) > 0
     }
 
-    async fn replay_sealed(
-        &self,
-        publisher: &Publisher,
-        stop: &tokio::sync::watch::Receiver<bool>,
-    ) -> Result<(), String> {
-        let sealed = self.seal().await.map_err(|e| e.to_string())?;
-        for (seq, path) in &sealed {
-            if *stop.borrow() {
-                return Ok(());
-            }
-            // A segment cut short by a write error may hold records past what was committed
-            // (answered 503): they are replayed too, a copy with the same id at worst.
-            let records = match read_segment(path) {
-                Ok((records, _)) => records,
-                Err(error) => {
-                    // Unreadable (EIO): set aside for a person, so the rest can drain. Under a
-                    // name no earlier one has (sequence numbers restart with an empty
-                    // directory), and if even the rename fails the replay passes it by this
-                    // round rather than stall behind it.
-                    let stamp = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos());
-                    let aside = path.with_extension(format!("seg.{stamp}.unreadable"));
-                    tracing::error!(%error, segment = %path.display(), aside = %aside.display(),
-                        "spool: a segment cannot be read; set aside, the replay goes on");
-                    if let Err(error) = fs::rename(path, &aside) {
-                        tracing::error!(%error, segment = %path.display(), "spool: an unreadable segment could not be set aside; the replay passes it by");
-                    }
-                    self.forget_segment(*seq);
-                    continue;
-                }
-            };
-            let records: Vec<SpoolRecord> = {
-                let mut delivered = self.delivered.lock().expect("delivered lock");
-                records
-                    .into_iter()
-                    .filter(|r| !delivered.remove(&r.id))
-                    .collect()
-            };
-            let mut held = 0;
-            for chunk in records.chunks(512) {
-                // An error at enqueue is handled as the record's outcome, like a delivery's:
-                // returning at once would re-send, next round, the records already enqueued.
-                let deliveries: Vec<_> = chunk
-                    .iter()
-                    .map(|r| publisher.enqueue_named(&r.topic, &r.key, &r.value))
-                    .collect();
-                for (record, delivery) in chunk.iter().zip(deliveries) {
-                    let outcome = match delivery {
-                        Ok(delivery) => Publisher::delivered(delivery).await,
-                        Err(error) => Err(error),
-                    };
-                    match outcome {
-                        Ok(()) => {}
-                        // Kafka will never take it as it is (too large, not authorised): keep
-                        // it for a person instead of blocking every record behind it.
-                        Err(error) if error.is_permanent() => self
-                            .reject(record, &error.to_string())
-                            .map_err(|e| format!("keeping a rejected record: {e}"))?,
-                        // Refused for Kafka's setup (often one topic's ACL): the record goes
-                        // back into the spool (fsync'd, a later segment) so this segment, and
-                        // the other topics, move on; it is tried again until the setup is
-                        // fixed.
-                        Err(error) if error.is_refused() => {
-                            self.append(record)
-                                .await
-                                .map_err(|e| format!("holding a refused record: {e}"))?;
-                            held += 1;
-                        }
-                        Err(error) => return Err(error.to_string()),
-                    }
-                }
-                metrics::counter!("wxpipe_spool_records_total", "op" => "replayed")
-                    .increment(chunk.len() as u64);
-            }
-            fs::remove_file(path).map_err(|e| e.to_string())?;
-            self.forget_segment(*seq);
-            tracing::info!(
-                records = records.len(),
-                held,
-                "spool: segment replayed to Kafka"
-            );
-            if held > 0 {
-                metrics::counter!("wxpipe_spool_records_total", "op" => "held").increment(held);
-                // Back off before trying them again.
-                return Err(format!(
-                    "{held} record(s) held in the spool: Kafka refuses them for its setup"
-                ));
-            }
-        }
+    /// A segment's records less those Kafka took after all (each skipped once).
+    pub(super) fn not_delivered(&self, records: Vec<SpoolRecord>) -> Vec<SpoolRecord> {
+        let mut delivered = self.delivered.lock().expect("delivered lock");
+        records
+            .into_iter()
+            .filter(|r| !delivered.remove(&r.id))
+            .collect()
+    }
+
+    /// The directory, for files kept aside next to the segments.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Ends a replay round that went through every sealed segment: the spool is drained
+    /// when nothing is left on disk and no append is under way.
+    pub(super) fn round_replayed(&self) {
         let _ = sync_dir(&self.dir);
-        // Drained when nothing is left on disk and no append is under way.
         let mut backlog = self.backlog.lock().expect("backlog lock");
         if backlog.appending == 0 && self.bytes() == 0 {
             backlog.active = false;
@@ -641,7 +525,6 @@ impl Spool {
             // Little is left: new pushes wait for the next round instead of appending.
             backlog.draining = true;
         }
-        Ok(())
     }
 }
 

@@ -247,8 +247,17 @@ impl Durability {
             Ok(Claim::InFlight) => Err(Unavailable::InFlight.into()),
             Ok(Claim::Replayed) => Err(Rejection::ReplayedNonce.into()),
             Err(error) => {
-                metrics::counter!("wxpipe_redis_errors_total", "op" => "claim").increment(1);
-                tracing::warn!(%error, id = %ops::redact_id(&push.id), "dedup store unavailable: publishing without a claim");
+                let kind = error.kind();
+                metrics::counter!("wxpipe_redis_errors_total", "op" => "claim", "kind" => kind)
+                    .increment(1);
+                if error.is_outage() {
+                    tracing::warn!(%error, id = %ops::redact_id(&push.id), "dedup store unavailable: publishing without a claim");
+                } else {
+                    // Not Redis being down: a script or key Redis refuses. The start-up check
+                    // refuses configurations that cause this; losing the event is worse than
+                    // publishing it unclaimed.
+                    tracing::error!(%error, kind, id = %ops::redact_id(&push.id), "dedup store refused the claim: publishing without a claim");
+                }
                 Ok(Claimed::Without)
             }
         }
@@ -534,7 +543,8 @@ impl Durability {
         match outcome {
             Ok(()) => {
                 if let Err(error) = self.store.confirm(id, self.dedup_ttl).await {
-                    metrics::counter!("wxpipe_redis_errors_total", "op" => "confirm").increment(1);
+                    metrics::counter!("wxpipe_redis_errors_total", "op" => "confirm", "kind" => error.kind())
+                        .increment(1);
                     tracing::warn!(%error, id = %ops::redact_id(id), "event is durable but its claim could not be confirmed");
                 }
             }
@@ -554,7 +564,7 @@ impl Durability {
                 // a late claim and nothing else.
                 if let Err(error) = self.store.release(id, token).await {
                     if held {
-                        metrics::counter!("wxpipe_redis_errors_total", "op" => "release")
+                        metrics::counter!("wxpipe_redis_errors_total", "op" => "release", "kind" => error.kind())
                             .increment(1);
                         tracing::warn!(%error, id = %ops::redact_id(id), "claim not released; it expires with its lease");
                     }

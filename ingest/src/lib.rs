@@ -105,6 +105,7 @@ pub async fn serve(
         .ok_or(StartError::NoBrokers)?;
     let engine = store::Engine::open(&config.shared.redis_url, config.shared.redis_timeout())?;
     let store = store::dedup::open(&engine, &config.shared.key_prefix);
+    engine.check_at_start(|| store.round_trip()).await?;
     let publisher = Arc::new(publish::Publisher::new(
         brokers,
         &config.shared.topic_prefix,

@@ -67,7 +67,11 @@ fn main() -> ExitCode {
         match ingest::run(listener, config, ops::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             // A configuration that cannot work: exit 2, as for the settings clap refuses.
-            Err(error @ (ingest::StartError::Config(_) | ingest::StartError::Workers(_))) => {
+            Err(
+                error @ (ingest::StartError::Config(_)
+                | ingest::StartError::Store(_)
+                | ingest::StartError::Workers(_)),
+            ) => {
                 eprintln!("ingest: {error}");
                 ExitCode::from(2)
             }

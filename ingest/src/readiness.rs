@@ -50,13 +50,13 @@ impl Readiness {
         };
         // Both at once: a probe waits at most about a second, whatever is down.
         let publisher = Arc::clone(&self.publisher);
-        let (redis, kafka) = tokio::join!(self.store.ping(), async move {
+        let (redis, kafka) = tokio::join!(self.store.round_trip(), async move {
             tokio::task::spawn_blocking(move || publisher.reachable(Duration::from_secs(1)))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|reached| reached.map_err(|e| e.to_string()))
         });
-        let redis = redis.map_err(|e| format!("redis: {e}"));
+        let redis = redis.map_err(|e| format!("redis: claim round trip failed: {e}"));
         let kafka = kafka.map_err(|e| format!("kafka: {e}"));
         up("redis", redis.is_ok());
         up("kafka", kafka.is_ok());

@@ -132,7 +132,7 @@ async fn every_seed_push_lands_once_on_its_topic_with_a_valid_record() {
     let mut conn = redis.conn();
     let id = &app.read("event.view", 1)[0].1.id;
     let state: Option<String> = conn
-        .get(format!("{}:dedup:{id}", app.config.shared.key_prefix))
+        .get(dedup_key(&app.config.shared.key_prefix, id))
         .unwrap();
     assert_eq!(state.as_deref(), Some("done"));
     app.stop().await;
@@ -390,7 +390,7 @@ async fn an_attempt_in_flight_makes_the_retry_wait_and_a_dead_holder_loses_nothi
     // A process that claimed the push and died: its claim is pending with a short lease.
     let mut conn = redis.conn();
     let _: () = redis::cmd("SET")
-        .arg(format!("{}:dedup:{id}", app.config.shared.key_prefix))
+        .arg(dedup_key(&app.config.shared.key_prefix, id))
         .arg("pending:dead-process")
         .arg("PX")
         .arg(700)

@@ -1,11 +1,27 @@
-//! The engines a `REDIS_URL` names, and how wxpipe talks to Redis: one multiplexed
-//! connection that connects lazily and reconnects by itself (so a process starts, and
-//! recovers, while Redis is down), and a timeout on every call.
+//! The engines a `REDIS_URL` names, and how wxpipe talks to Redis: connections that connect
+//! lazily and reconnect by themselves (so a process starts, and recovers, while Redis is
+//! down), and a timeout on every call.
+//!
+//! | URL | engine |
+//! |---|---|
+//! | `memory://` | one process's memory |
+//! | `redis://host:port`, `rediss://…` (TLS), `redis+unix:///path` | one Redis server |
+//! | `redis+cluster://host:port,host:port,…`, `rediss+cluster://…` | a Redis Cluster (the seeds) |
+//! | `redis+sentinel://host:port,host:port,…/MASTER`, `rediss+sentinel://…` | the primary the sentinels name |
+//!
+//! Credentials go before the hosts (`redis+cluster://user:password@host:port,…`) and apply to
+//! every node (for Sentinel, to the primary, not the sentinels).
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::StoreError;
 
@@ -15,24 +31,31 @@ pub enum Engine {
     /// One process's memory: the embedded default and tests. Each store opened on it has
     /// its own state.
     Memory,
-    /// A Redis server, shared by every process.
+    /// Redis: one server, a cluster, or the primary of a Sentinel set.
     Redis(Redis),
 }
 
+/// How Redis is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Single,
+    Cluster,
+    Sentinel,
+}
+
 impl Engine {
-    /// The engine a URL names: `memory://`, or `redis://`, `rediss://`, `redis+unix://`.
-    /// Connects lazily, so this succeeds while Redis is down.
+    /// The engine a URL names (see the module's table). Connects lazily, so this succeeds
+    /// while Redis is down.
     pub fn open(url: &str, timeout: Duration) -> Result<Engine, StoreError> {
-        if url.starts_with("memory://") {
-            Ok(Engine::Memory)
-        } else if ["redis://", "rediss://", "redis+unix://"]
-            .iter()
-            .any(|scheme| url.starts_with(scheme))
-        {
-            Ok(Engine::Redis(Redis::connect(url, timeout)?))
-        } else {
-            Err(StoreError::Scheme(url.to_owned()))
-        }
+        let scheme = url.split("://").next().unwrap_or_default();
+        let redis = match scheme {
+            "memory" => return Ok(Engine::Memory),
+            "redis" | "rediss" | "redis+unix" => Redis::single(url, timeout)?,
+            "redis+cluster" | "rediss+cluster" => Redis::cluster(url, timeout)?,
+            "redis+sentinel" | "rediss+sentinel" => Redis::sentinel(url, timeout)?,
+            _ => return Err(StoreError::Scheme(url.to_owned())),
+        };
+        Ok(Engine::Redis(redis))
     }
 
     /// Whether the engine answers now.
@@ -42,25 +65,115 @@ impl Engine {
             Engine::Redis(redis) => redis.ping().await,
         }
     }
+
+    /// The start-up check of a binary: the engine's mode is the server's, and `round_trip`
+    /// (a real claim and release through the store the binary uses) passes. A configuration
+    /// that cannot work is an error; Redis being down is not (the process starts degraded
+    /// and recovers with Redis), though the check waits a little for a cluster to connect.
+    pub async fn check_at_start<F, R>(&self, round_trip: F) -> Result<(), StoreError>
+    where
+        F: Fn() -> R,
+        R: Future<Output = Result<(), StoreError>>,
+    {
+        let mut tries = 0;
+        loop {
+            let result = match self {
+                Engine::Memory => round_trip().await,
+                Engine::Redis(redis) => match redis.check_mode().await {
+                    Ok(()) => round_trip().await,
+                    Err(error) => Err(error),
+                },
+            };
+            match result {
+                Err(error) if error.is_outage() && tries < 4 => tries += 1,
+                Err(error) if error.is_outage() => return Ok(()),
+                other => return other,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    pub fn mode(&self) -> Option<Mode> {
+        match self {
+            Engine::Memory => None,
+            Engine::Redis(redis) => Some(redis.mode),
+        }
+    }
 }
 
-/// A lazily connecting, self-healing multiplexed connection, and the bound of every call.
+/// A connection to Redis however deployed, and the bound of every call.
 #[derive(Clone)]
 pub struct Redis {
-    conn: ConnectionManager,
+    conn: Conn,
+    mode: Mode,
     timeout: Duration,
 }
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redis")
+            .field("mode", &self.mode)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
+/// The URL's parts: `scheme://[userinfo@]host:port,host:port[/path]`.
+struct Parts<'a> {
+    tls: bool,
+    userinfo: Option<&'a str>,
+    hosts: Vec<&'a str>,
+    path: &'a str,
+}
+
+fn parts(url: &str) -> Parts<'_> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    Parts {
+        tls: scheme.starts_with("rediss"),
+        userinfo,
+        hosts: hosts.split(',').filter(|h| !h.is_empty()).collect(),
+        path,
+    }
+}
+
+impl Parts<'_> {
+    /// `redis[s]://[userinfo@]host` for each host.
+    fn node_urls(&self, with_userinfo: bool) -> Vec<String> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let userinfo = match (with_userinfo, self.userinfo) {
+            (true, Some(userinfo)) => format!("{userinfo}@"),
+            _ => String::new(),
+        };
+        self.hosts
+            .iter()
+            .map(|host| format!("{scheme}://{userinfo}{host}"))
+            .collect()
+    }
+
+    fn invalid(url: &str, why: &str) -> StoreError {
+        StoreError::Redis(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "invalid REDIS_URL",
+            format!("{why}: {}", redact(url)),
+        )))
+    }
+}
+
+/// A URL without its password, for errors and logs.
+fn redact(url: &str) -> String {
+    match parts(url).userinfo {
+        Some(userinfo) => url.replacen(userinfo, "…", 1),
+        None => url.to_owned(),
+    }
+}
+
 impl Redis {
-    fn connect(url: &str, timeout: Duration) -> Result<Redis, StoreError> {
+    fn single(url: &str, timeout: Duration) -> Result<Redis, StoreError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -68,11 +181,94 @@ impl Redis {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Redis { conn, timeout })
+        Ok(Redis {
+            conn: Conn::Single(conn),
+            mode: Mode::Single,
+            timeout,
+        })
+    }
+
+    /// The `redis` crate's cluster client: it learns the slots from the seeds in the
+    /// background, follows `MOVED` and `ASK`, and refreshes the topology after a failover.
+    fn cluster(url: &str, timeout: Duration) -> Result<Redis, StoreError> {
+        let parts = parts(url);
+        if parts.hosts.is_empty() {
+            return Err(Parts::invalid(url, "no seed node"));
+        }
+        let client = redis::cluster::ClusterClientBuilder::new(parts.node_urls(true))
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(2)
+            .build()?;
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
+        let conn = client.get_pending_async_connection_with_config(config);
+        Ok(Redis {
+            conn: Conn::Cluster(conn),
+            mode: Mode::Cluster,
+            timeout,
+        })
+    }
+
+    /// The `redis` crate's Sentinel client finds the primary; a connection that fails (the
+    /// primary is gone) or is refused writes (it was demoted) is dropped, and the next call
+    /// asks the sentinels again.
+    fn sentinel(url: &str, timeout: Duration) -> Result<Redis, StoreError> {
+        let parts = parts(url);
+        let master = parts.path.trim_matches('/');
+        if parts.hosts.is_empty() || master.is_empty() {
+            return Err(Parts::invalid(url, "expected sentinels and a master name"));
+        }
+        let mut node = SentinelNodeConnectionInfo::default();
+        if parts.tls {
+            node = node.set_tls_mode(redis::TlsMode::Secure);
+        }
+        if let Some(userinfo) = parts.userinfo {
+            let info = redis::IntoConnectionInfo::into_connection_info(format!(
+                "redis://{userinfo}@localhost"
+            ))?;
+            node = node.set_redis_connection_info(info.redis_settings().clone());
+        }
+        let client = SentinelClient::build(
+            parts.node_urls(false),
+            master,
+            Some(node),
+            SentinelServerType::Master,
+        )?;
+        let conn = Conn::Sentinel(Arc::new(Sentineled {
+            client: tokio::sync::Mutex::new(client),
+            current: Mutex::new(None),
+            timeout,
+        }));
+        Ok(Redis {
+            conn,
+            mode: Mode::Sentinel,
+            timeout,
+        })
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Refuses `redis://` to a cluster node: most keys would answer `MOVED`.
+    async fn check_mode(&self) -> Result<(), StoreError> {
+        if self.mode != Mode::Single {
+            return Ok(());
+        }
+        let info = redis::cmd("INFO").arg("cluster").to_owned();
+        let info: String = self.bounded(info.query_async(&mut self.conn())).await?;
+        if info.contains("cluster_enabled:1") {
+            return Err(StoreError::WrongMode(
+                "REDIS_URL is redis:// but the server is a Redis Cluster node: use redis+cluster://host:port,…",
+            ));
+        }
+        Ok(())
     }
 
     /// A handle on the shared connection.
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -92,5 +288,136 @@ impl Redis {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Timeout),
         }
+    }
+}
+
+/// One of the connections above, as one `ConnectionLike`.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel(Arc<Sentineled>),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+            Conn::Sentinel(conn) => Box::pin(conn.request(cmd)),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(conn) => Box::pin(conn.requests(cmd, offset, count)),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// The primary of a Sentinel set: connected on first use, forgotten when it fails.
+pub(crate) struct Sentineled {
+    client: tokio::sync::Mutex<SentinelClient>,
+    current: Mutex<Option<MultiplexedConnection>>,
+    timeout: Duration,
+}
+
+impl Sentineled {
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(conn) = self.current.lock().expect("sentinel lock").clone() {
+            return Ok(conn);
+        }
+        let mut client = self.client.lock().await;
+        if let Some(conn) = self.current.lock().expect("sentinel lock").clone() {
+            return Ok(conn);
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let conn = client.get_async_connection_with_config(&config).await?;
+        *self.current.lock().expect("sentinel lock") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the connection after an error that says the primary is not there or not the
+    /// primary any more.
+    fn settle<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(error) = &result {
+            if error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_connection_refusal()
+                || error.is_timeout()
+                || error.code() == Some("READONLY")
+            {
+                self.current.lock().expect("sentinel lock").take();
+            }
+        }
+        result
+    }
+
+    async fn request(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        let mut conn = self.connection().await?;
+        let result = conn.req_packed_command(cmd).await;
+        self.settle(result)
+    }
+
+    async fn requests(
+        &self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        let mut conn = self.connection().await?;
+        let result = conn.req_packed_commands(pipeline, offset, count).await;
+        self.settle(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_parts() {
+        let p = parts("rediss+cluster://u:secret@a:1,b:2");
+        assert!(p.tls);
+        assert_eq!(p.userinfo, Some("u:secret"));
+        assert_eq!(
+            p.node_urls(true),
+            ["rediss://u:secret@a:1", "rediss://u:secret@b:2"]
+        );
+        let p = parts("redis+sentinel://a:1,b:2/wxpipe");
+        assert_eq!((p.hosts.len(), p.path), (2, "wxpipe"));
+        assert_eq!(p.node_urls(true), ["redis://a:1", "redis://b:2"]);
+        assert!(!redact("redis+cluster://u:secret@a:1").contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn every_scheme_opens_lazily() {
+        let timeout = Duration::from_millis(100);
+        for url in [
+            "memory://",
+            "redis://127.0.0.1:1/",
+            "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+            "redis+sentinel://127.0.0.1:1/wxpipe",
+        ] {
+            let engine = Engine::open(url, timeout).unwrap_or_else(|e| panic!("{url}: {e}"));
+            if url != "memory://" {
+                assert!(engine.ping().await.is_err(), "{url}: nothing listens");
+            }
+        }
+        assert!(Engine::open("redis+sentinel://127.0.0.1:1", timeout).is_err());
+        assert!(Engine::open("postgres://x", timeout).is_err());
     }
 }

@@ -1,31 +1,66 @@
 //! One error type for every engine and store.
 
 /// Why a store call failed, for every store engine of every crate.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("store call timed out")]
     Timeout,
-    /// A batched call failed; every op in the batch gets its reason.
-    #[error("batched store call failed: {0}")]
-    Batch(String),
+    /// The URL's mode is not the server's.
+    #[error("{0}")]
+    WrongMode(&'static str),
+    /// An op of a batch failed on its own (Redis refused it), or the batch could not be
+    /// queued; `outage` says whether it concerns every call.
+    #[error("batched store call failed: {reason}")]
+    Batch { reason: String, outage: bool },
     /// The task that sends batched calls is gone (the process is stopping).
     #[error("store closed")]
     Closed,
-    #[error("unknown store URL scheme in {0:?} (expected redis://, rediss://, redis+unix:// or memory://)")]
+    #[error("unknown store URL scheme in {0:?} (expected redis://, rediss://, redis+unix://, redis+cluster://, redis+sentinel:// or memory://)")]
     Scheme(String),
 }
 
 impl StoreError {
+    pub(crate) fn batch(reason: &str, outage: bool) -> StoreError {
+        StoreError::Batch {
+            reason: reason.to_owned(),
+            outage,
+        }
+    }
+
+    /// A short name of the failure for metrics: `outage`, or what Redis said (`CROSSSLOT`,
+    /// `MOVED`, `NOSCRIPT`, …), or `refused`.
+    pub fn kind(&self) -> &'static str {
+        const CODES: [&str; 6] = [
+            "CROSSSLOT",
+            "MOVED",
+            "ASK",
+            "NOSCRIPT",
+            "WRONGTYPE",
+            "READONLY",
+        ];
+        if let StoreError::Redis(error) = self {
+            if let Some(code) = error.code().and_then(|c| CODES.iter().find(|k| **k == c)) {
+                return code;
+            }
+        }
+        if self.is_outage() {
+            "outage"
+        } else {
+            "refused"
+        }
+    }
+
     /// Whether the failure is Redis being unreachable, slow, loading, failing over, out of
     /// memory or refusing our credentials: it concerns every call, not the data of one, and
     /// passes when Redis is back. Anything else (a wrong type at a key, a script error) is
     /// about the call itself.
     pub fn is_outage(&self) -> bool {
         let error = match self {
-            StoreError::Timeout | StoreError::Batch(_) | StoreError::Closed => return true,
-            StoreError::Scheme(_) => return false,
+            StoreError::Timeout | StoreError::Closed => return true,
+            StoreError::Batch { outage, .. } => return *outage,
+            StoreError::Scheme(_) | StoreError::WrongMode(_) => return false,
             StoreError::Redis(error) => error,
         };
         if error.is_io_error()

@@ -1,18 +1,22 @@
 //! Every Redis key name wxpipe writes, in one place (the README's key table lists them).
 //! The memory engine uses the same names for what it keeps in its [`crate::memory::TtlMap`].
 //!
-//! Under `REDIS_KEY_PREFIX` (`{p}`):
+//! The braces are Redis Cluster hash tags: every key of one user shares the tag
+//! `{account:openid}`, so each script touches one slot, on every engine (a deployment can
+//! move from one node to a cluster without renaming anything). Under `REDIS_KEY_PREFIX`
+//! (`{p}`):
 //!
 //! | key | what |
 //! |---|---|
-//! | `{p}:dedup:{id}` | a push's claim: `pending:{token}` (leased) or `done` |
-//! | `{p}:nonce:{account}:{timestamp}:{nonce}` | the digest of the body first seen with a plaintext (timestamp, nonce) |
-//! | `{p}:user:{account}:{openid}` | hash `subscribed` (1/0), `updated_at`, `scene` |
-//! | `{p}:binding:{account}:{openid}` | the host application's link to its own user; deleted on unsubscribe |
+//! | `{p}:dedup:{account:openid}:{id}` | a push's claim: `pending:{token}` (leased) or `done` |
+//! | `{p}:nonce:{account:timestamp:nonce}` | the digest of the body first seen with a plaintext (timestamp, nonce) |
+//! | `{p}:user:{account:openid}` | hash `subscribed` (1/0), `updated_at`, `scene` |
+//! | `{p}:binding:{account:openid}` | the host application's link to its own user; deleted on unsubscribe |
+//! | `{p}:location:{account:openid}` | hash `latitude`, `longitude`, `precision`, `created_at` |
+//! | `{p}:location_history:{account:openid}` | sorted set of the last N locations, by `created_at` |
+//! | `{p}:welcome:{account:openid}:{id}` | `sending:{owner}` (leased) or `sent`: one welcome per subscribe event |
 //! | `{p}:geo:{account}` | GEO set of the latest location of every user (member = OpenID) |
-//! | `{p}:location:{account}:{openid}` | hash `latitude`, `longitude`, `precision`, `created_at` |
-//! | `{p}:location_history:{account}:{openid}` | sorted set of the last N locations, by `created_at` |
-//! | `{p}:welcome:{id}` | `sending:{owner}` (leased) or `sent`: one welcome per subscribe event |
+//! | `{p}:geo_at:{account}` | hash OpenID → `created_at` of the location in the GEO set (last write wins there too) |
 //! | `{p}:token:{appid}` | the cached access token, expiring before WeChat's does |
 //! | `{p}:token_lock:{appid}` | the lock held while one process fetches a token |
 
@@ -22,6 +26,17 @@ pub(crate) struct Keys {
     prefix: String,
 }
 
+/// The user an event id names, as a hash tag's content: the id is
+/// `{account}:{openid}:{created_at}:…` (`schemas::EventId`); an id of another shape is its
+/// own tag.
+pub(crate) fn user_of(id: &str) -> &str {
+    let mut colons = id.match_indices(':').map(|(at, _)| at);
+    match (colons.next(), colons.next()) {
+        (Some(_), Some(end)) => &id[..end],
+        _ => id,
+    }
+}
+
 impl Keys {
     pub fn new(prefix: &str) -> Keys {
         Keys {
@@ -29,55 +44,101 @@ impl Keys {
         }
     }
 
-    fn key(&self, parts: &[&str]) -> String {
-        let mut key = self.prefix.clone();
-        for part in parts {
+    /// `{p}:{kind}:{tag}` and, when given, `:{rest}`.
+    fn key(&self, kind: &str, tag: &[&str], rest: Option<&str>) -> String {
+        let mut key = format!("{}:{kind}:{{{}}}", self.prefix, tag.join(":"));
+        if let Some(rest) = rest {
             key.push(':');
-            key.push_str(part);
+            key.push_str(rest);
         }
         key
     }
 
     /// A push's claim.
     pub fn dedup(&self, id: &str) -> String {
-        self.key(&["dedup", id])
+        self.key("dedup", &[user_of(id)], Some(id))
     }
 
     /// A plaintext (timestamp, nonce) pair → the digest of its body.
     pub fn nonce(&self, account: &str, timestamp: &str, nonce: &str) -> String {
-        self.key(&["nonce", account, timestamp, nonce])
+        self.key("nonce", &[account, timestamp, nonce], None)
     }
 
     pub fn user(&self, account: &str, openid: &str) -> String {
-        self.key(&["user", account, openid])
+        self.key("user", &[account, openid], None)
     }
 
     pub fn binding(&self, account: &str, openid: &str) -> String {
-        self.key(&["binding", account, openid])
+        self.key("binding", &[account, openid], None)
     }
 
     pub fn location(&self, account: &str, openid: &str) -> String {
-        self.key(&["location", account, openid])
+        self.key("location", &[account, openid], None)
     }
 
     pub fn location_history(&self, account: &str, openid: &str) -> String {
-        self.key(&["location_history", account, openid])
+        self.key("location_history", &[account, openid], None)
     }
 
     pub fn geo(&self, account: &str) -> String {
-        self.key(&["geo", account])
+        self.key("geo", &[account], None)
+    }
+
+    pub fn geo_at(&self, account: &str) -> String {
+        self.key("geo_at", &[account], None)
     }
 
     /// A welcome's send claim.
     pub fn welcome(&self, id: &str) -> String {
-        self.key(&["welcome", id])
+        self.key("welcome", &[user_of(id)], Some(id))
     }
 
     pub fn token(&self, appid: &str) -> String {
-        self.key(&["token", appid])
+        self.key("token", &[appid], None)
     }
 
     pub fn token_lock(&self, appid: &str) -> String {
-        self.key(&["token_lock", appid])
+        self.key("token_lock", &[appid], None)
+    }
+}
+
+/// The hash tag of a key: what its slot is computed from.
+pub(crate) fn tag(key: &str) -> &str {
+    key.find('{')
+        .and_then(|open| {
+            let close = key[open + 1..].find('}')?;
+            Some(&key[open + 1..open + 1 + close])
+        })
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_keys_share_one_tag() {
+        let keys = Keys::new("wx");
+        let id = "gh_a:o1:1700000000:event.subscribe:h0123";
+        assert_eq!(keys.dedup(id), format!("wx:dedup:{{gh_a:o1}}:{id}"));
+        assert_eq!(keys.user("gh_a", "o1"), "wx:user:{gh_a:o1}");
+        for key in [
+            keys.dedup(id),
+            keys.welcome(id),
+            keys.user("gh_a", "o1"),
+            keys.binding("gh_a", "o1"),
+            keys.location("gh_a", "o1"),
+            keys.location_history("gh_a", "o1"),
+        ] {
+            assert_eq!(tag(&key), "gh_a:o1", "{key}");
+        }
+        assert_eq!(tag(&keys.geo("gh_a")), tag(&keys.geo_at("gh_a")));
+        assert_eq!(tag(&keys.nonce("gh_a", "17", "n")), "gh_a:17:n");
+        assert_eq!(
+            keys.dedup("e1"),
+            "wx:dedup:{e1}:e1",
+            "an id of another shape"
+        );
     }
 }

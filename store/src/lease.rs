@@ -85,6 +85,20 @@ local function lease_renew(key, holder, ms)
 end
 ";
 
+/// An id no other probe uses, for the start-up and readiness round trips.
+pub(crate) fn probe_id() -> String {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "wxpipe-check:{}.{}.{}",
+        std::process::id(),
+        now.as_nanos(),
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 pub(crate) fn ms(duration: Duration) -> u64 {
     (duration.as_millis() as u64).max(1)
 }

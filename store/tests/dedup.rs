@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use store::dedup::{self, Claim, ClaimRequest, DedupStore, NonceBinding};
 use store::Engine;
-use testkit::{unique, RedisServer};
+use testkit::{unique, RedisCluster, RedisSentinel, RedisServer};
 
 const LEASE: Duration = Duration::from_millis(300);
 const TTL: Duration = Duration::from_secs(60);
@@ -198,6 +198,54 @@ async fn redis_engine() {
     suite(store.as_ref()).await;
 }
 
+/// The suite on a store the start-up check passed on.
+async fn checked_suite(url: &str) {
+    let engine = Engine::open(url, Duration::from_secs(1)).unwrap();
+    let store = dedup::open(&engine, &unique("k"));
+    engine.check_at_start(|| store.round_trip()).await.unwrap();
+    suite(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn cluster_engine() {
+    let cluster = RedisCluster::start();
+    checked_suite(&cluster.url()).await;
+}
+
+#[tokio::test]
+async fn sentinel_engine() {
+    let sentinel = RedisSentinel::start();
+    checked_suite(&sentinel.url()).await;
+}
+
+#[tokio::test]
+async fn a_url_of_the_wrong_mode_is_refused_at_start() {
+    let check = |url: String| async move {
+        let engine = Engine::open(&url, Duration::from_millis(500)).unwrap();
+        let store = dedup::open(&engine, "k");
+        engine.check_at_start(|| store.round_trip()).await
+    };
+    let cluster = RedisCluster::start();
+    let error = check(format!("redis://127.0.0.1:{}/", cluster.nodes[0].port))
+        .await
+        .unwrap_err();
+    assert!(!error.is_outage(), "{error}");
+    assert!(error.to_string().contains("redis+cluster://"), "{error}");
+
+    let redis = RedisServer::start();
+    let error = check(format!("redis+cluster://127.0.0.1:{}", redis.port))
+        .await
+        .unwrap_err();
+    assert!(
+        !error.is_outage(),
+        "a plain server behind redis+cluster://: {error}"
+    );
+
+    // Redis down is no configuration error: the process starts, degraded.
+    let port = testkit::free_port();
+    check(format!("redis://127.0.0.1:{port}/")).await.unwrap();
+}
+
 #[tokio::test]
 async fn redis_engine_keys_live_under_the_prefix() {
     let redis = RedisServer::start();
@@ -213,8 +261,8 @@ async fn redis_engine_keys_live_under_the_prefix() {
     assert_eq!(
         keys,
         [
-            format!("{prefix}:dedup:id-1"),
-            format!("{prefix}:nonce:gh_a:1700000000:n1")
+            format!("{prefix}:dedup:{{id-1}}:id-1"),
+            format!("{prefix}:nonce:{{gh_a:1700000000:n1}}")
         ]
     );
     let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).unwrap();
@@ -269,7 +317,7 @@ async fn redis_engine_an_op_redis_refuses_fails_alone() {
     // A key of another type where a claim goes: Redis refuses the GET of the claim step.
     let mut conn = redis.conn();
     redis::cmd("LPUSH")
-        .arg(format!("{prefix}:dedup:bad"))
+        .arg(format!("{prefix}:dedup:{{bad}}:bad"))
         .arg("x")
         .query::<()>(&mut conn)
         .unwrap();

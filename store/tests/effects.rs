@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use store::effects::{Applied, EffectStores, Location, Subscription};
 use store::{Engine, Lease};
-use testkit::{unique, RedisServer};
+use testkit::{unique, RedisCluster, RedisSentinel, RedisServer};
 
 fn sub<'a>(
     openid: &'a str,
@@ -366,18 +366,18 @@ async fn redis_engine() {
     // The contract's keys.
     let mut conn = redis.conn();
     let user: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{prefix}:user:gh_a:u1"))
+        .arg(format!("{prefix}:user:{{gh_a:u1}}"))
         .query(&mut conn)
         .unwrap();
     assert_eq!(user["subscribed"], "0");
     assert_eq!(user["updated_at"], "200");
     let location: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{prefix}:location:gh_a:o1"))
+        .arg(format!("{prefix}:location:{{gh_a:o1}}"))
         .query(&mut conn)
         .unwrap();
     assert_eq!(location["created_at"], "40");
     let pos: Vec<Option<(f64, f64)>> = redis::cmd("GEOPOS")
-        .arg(format!("{prefix}:geo:gh_a"))
+        .arg(format!("{prefix}:geo:{{gh_a}}"))
         .arg("o1")
         .query(&mut conn)
         .unwrap();
@@ -386,4 +386,24 @@ async fn redis_engine() {
         (lon - 113.3).abs() < 1e-4 && (lat - 85.0511).abs() < 1e-3,
         "GEO holds the clamped latitude: {lat}"
     );
+}
+
+/// The suite on stores the start-up check passed on.
+async fn checked_suite(url: &str) {
+    let engine = Engine::open(url, Duration::from_secs(1)).unwrap();
+    let stores = EffectStores::open(&engine, &unique("k"));
+    engine.check_at_start(|| stores.round_trip()).await.unwrap();
+    suite(&stores).await;
+}
+
+#[tokio::test]
+async fn cluster_engine() {
+    let cluster = RedisCluster::start();
+    checked_suite(&cluster.url()).await;
+}
+
+#[tokio::test]
+async fn sentinel_engine() {
+    let sentinel = RedisSentinel::start();
+    checked_suite(&sentinel.url()).await;
 }

@@ -1,6 +1,7 @@
 //! The test harness shared by wxpipe's crates (a dev-dependency only).
 //!
-//! - [`RedisServer`]: a real `redis-server` process on a free loopback port.
+//! - [`RedisServer`]: a real `redis-server` process on a free loopback port; [`RedisCluster`]
+//!   and [`RedisSentinel`]: a cluster of six nodes and a Sentinel set, for failovers.
 //! - [`Kafka`]: librdkafka's mock cluster (a Kafka-protocol broker in this process, with fault
 //!   controls), or the brokers in `KAFKA_BROKERS`; [`Kafka::count`] and [`Kafka::read`] see what
 //!   a topic holds, [`Kafka::produce`] writes to one.
@@ -13,9 +14,11 @@
 
 mod fake_wechat;
 mod faults;
+mod redis_sets;
 
 pub use fake_wechat::{FakeState, FakeWeChat};
 pub use faults::{redis_addr, Proxy, SmallDisk};
+pub use redis_sets::{Node, RedisCluster, RedisSentinel};
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

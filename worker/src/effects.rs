@@ -41,6 +41,8 @@ pub const MAX_CREATED_AT_AHEAD: i64 = 600;
 
 /// A failed store call: an outage waits, anything else is retried a few times.
 fn store_failed(error: &store::StoreError) -> Outcome {
+    metrics::counter!("wxpipe_redis_errors_total", "op" => "effect", "kind" => error.kind())
+        .increment(1);
     if error.is_outage() {
         Outcome::Wait(error.to_string())
     } else {

@@ -52,9 +52,12 @@ pub enum StartError {
     Config(#[from] ops::settings::ConfigError),
 }
 
-/// Ready when the store answers and the Kafka cluster returns metadata, now, and no role is
+/// Ready when a claim round trip through the store passes and the Kafka cluster returns metadata, now, and no role is
 /// held back (a dead-letter write failing, a record waiting for a dependency).
-fn readiness(store: store::Engine, settings: &ConsumerSettings) -> ops::admin::Readiness {
+fn readiness(
+    store: store::effects::EffectStores,
+    settings: &ConsumerSettings,
+) -> ops::admin::Readiness {
     let dead_letters = Arc::clone(&settings.dead_letters);
     let waits = Arc::clone(&settings.waits);
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -78,7 +81,10 @@ fn readiness(store: store::Engine, settings: &ConsumerSettings) -> ops::admin::R
             if let Some(waiting) = waits.waiting() {
                 return Err(waiting);
             }
-            store.ping().await.map_err(|e| format!("redis: {e}"))?;
+            store
+                .round_trip()
+                .await
+                .map_err(|e| format!("redis: claim round trip failed: {e}"))?;
             let probe = probe.ok_or("kafka: no client")?;
             tokio::task::spawn_blocking(move || {
                 probe.fetch_metadata(None, Duration::from_secs(1)).map(drop)
@@ -95,6 +101,7 @@ fn readiness(store: store::Engine, settings: &ConsumerSettings) -> ops::admin::R
 pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
     let engine = store::Engine::open(&config.shared.redis_url, config.shared.redis_timeout())?;
     let stores = store::effects::EffectStores::open(&engine, &config.shared.key_prefix);
+    engine.check_at_start(|| stores.round_trip()).await?;
     let owner = ops::instance_id();
     let wechat = WeChat::new(
         &config.settings.api_base,
@@ -194,10 +201,7 @@ pub async fn start(config: Config) -> Result<Workers, StartError> {
                 .await
                 .map_err(|e| StartError::Admin(format!("{addr}: {e}")))?;
             tracing::info!(%addr, "admin endpoints listening");
-            Some((
-                listener,
-                readiness(effects.stores.engine.clone(), &settings),
-            ))
+            Some((listener, readiness(effects.stores.clone(), &settings)))
         }
     };
     Ok(Workers { consumers, admin })

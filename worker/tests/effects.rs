@@ -738,7 +738,10 @@ async fn a_failing_dead_letter_write_makes_the_worker_unready_until_it_succeeds(
     // in /readyz instead of stalling silently.
     let env = Env::start().await;
     redis::cmd("SET")
-        .arg(format!("{}:location_history:gh_a:stuck", env.key_prefix))
+        .arg(format!(
+            "{}:location_history:{{gh_a:stuck}}",
+            env.key_prefix
+        ))
         .arg("not a sorted set")
         .exec(&mut env.redis.conn())
         .unwrap();

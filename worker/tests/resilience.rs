@@ -180,7 +180,7 @@ async fn a_redis_stall_longer_than_the_retries_holds_records_back_and_dead_lette
     wait_for("the warm-up location", || {
         env.redis
             .conn()
-            .exists::<_, bool>(format!("{}:location:gh_a:warm", env.key_prefix))
+            .exists::<_, bool>(format!("{}:location:{{gh_a:warm}}", env.key_prefix))
             .unwrap()
     })
     .await;
@@ -214,14 +214,14 @@ async fn a_redis_stall_longer_than_the_retries_holds_records_back_and_dead_lette
     wait_for("the unsubscribe applied after the stall", || {
         !env.redis
             .conn()
-            .exists::<_, bool>(format!("{}:binding:gh_a:leaver", env.key_prefix))
+            .exists::<_, bool>(format!("{}:binding:{{gh_a:leaver}}", env.key_prefix))
             .unwrap()
     })
     .await;
     wait_for("the location stored after the stall", || {
         env.redis
             .conn()
-            .exists::<_, bool>(format!("{}:location:gh_a:walker", env.key_prefix))
+            .exists::<_, bool>(format!("{}:location:{{gh_a:walker}}", env.key_prefix))
             .unwrap()
     })
     .await;
@@ -297,7 +297,7 @@ async fn a_worker_stopped_while_a_record_waits_leaves_it_for_redelivery() {
     wait_for("the location applied by the next worker", || {
         env.redis
             .conn()
-            .exists::<_, bool>(format!("{}:location:gh_a:later", env.key_prefix))
+            .exists::<_, bool>(format!("{}:location:{{gh_a:later}}", env.key_prefix))
             .unwrap()
     })
     .await;
@@ -352,7 +352,7 @@ async fn a_redis_that_refuses_writes_for_want_of_replicas_is_an_outage() {
     wait_for("the location stored once Redis writes again", || {
         env.redis
             .conn()
-            .exists::<_, bool>(format!("{}:location:gh_a:norep", env.key_prefix))
+            .exists::<_, bool>(format!("{}:location:{{gh_a:norep}}", env.key_prefix))
             .unwrap()
     })
     .await;

@@ -406,3 +406,10 @@ pub async fn post_to_port(port: u16, xml: &str) -> u16 {
         .await
         .map_or(0, |r| r.status().as_u16())
 }
+
+/// The dedup key of an event id, by the contract: `{p}:dedup:{account:openid}:{id}`.
+pub fn dedup_key(prefix: &str, id: &str) -> String {
+    let mut parts = id.splitn(3, ':');
+    let (account, openid) = (parts.next().unwrap(), parts.next().unwrap());
+    format!("{prefix}:dedup:{{{account}:{openid}}}:{id}")
+}

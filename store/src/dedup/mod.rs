@@ -62,6 +62,35 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug {
     /// Drops the claim if `token` still holds it.
     fn release<'a>(&'a self, id: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// What a push does, with a probe id: a claim with a nonce binding, then its release.
+    /// Checked at start-up (see [`Engine::check_at_start`]) and by `/readyz`.
+    fn round_trip(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let id = crate::lease::probe_id();
+            let ttl = Duration::from_secs(10);
+            let nonce = NonceBinding {
+                account: "wxpipe-check",
+                timestamp: "0",
+                nonce: &id,
+                body_digest: "check",
+                ttl,
+            };
+            let request = ClaimRequest {
+                id: &id,
+                token: "check",
+                lease: ttl,
+                nonce: Some(nonce),
+            };
+            match self.claim(request).await? {
+                Claim::Claimed => self.release(&id, "check").await,
+                found => Err(StoreError::batch(
+                    &format!("the probe claim found {found:?}"),
+                    false,
+                )),
+            }
+        })
+    }
 }
 
 /// The dedup store on `engine`, with keys under `prefix`. On Redis it spawns the task that

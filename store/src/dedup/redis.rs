@@ -1,5 +1,6 @@
-//! The dedup store on Redis, with group commit: the claims, confirms and releases of concurrent pushes are queued to one task that
-//! sends each batch as a single call of one Lua script.
+//! The dedup store on Redis, with group commit: the claims, confirms and releases of
+//! concurrent pushes are queued to one task that sends each batch as a single call of one Lua
+//! script (on a cluster, one call per hash tag, all at once: a script touches one slot).
 //!
 //! ```text
 //! push ─ claim ──┐                     ┌─▶ EVALSHA batch [op, op, …] ─▶ [code, code, …] ─┐
@@ -21,7 +22,8 @@ use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Claim, ClaimRequest, DedupStore};
-use crate::engine::Redis;
+use crate::engine::{Mode, Redis};
+use crate::keys;
 use crate::lease::{self, Lease, DEDUP};
 use crate::{BoxFuture, Keys, StoreError};
 
@@ -29,22 +31,29 @@ use crate::{BoxFuture, Keys, StoreError};
 /// steps are [`lease::LUA`]'s.
 /// - `c` claim: KEYS dedup; ARGV pending value, lease ms → 0 claimed, 1 done, 2 in flight.
 /// - `n` claim with a nonce binding: KEYS dedup, nonce; ARGV pending value, lease ms, body
-///   digest, nonce ttl ms → as `c`, or 3 replayed (then nothing is claimed).
+///   digest, nonce ttl ms → as `c`, or 3 replayed (then nothing is claimed). One node only:
+///   the two keys are in different slots.
+/// - `b` the nonce binding alone: KEYS nonce; ARGV body digest, nonce ttl ms → 0 bound (now
+///   or before, with this body), 3 replayed. On a cluster a claim with a nonce is `b`, then
+///   `c` once `b` has passed: two single-slot steps, each idempotent.
 /// - `d` confirm: KEYS dedup; ARGV ttl ms → 0.
 /// - `r` release: KEYS dedup; ARGV pending value → 0 (deleted only if still that value).
 ///
 /// Each op runs under `pcall`: one that Redis refuses (a key of another type under the
 /// prefix) is -1, and the ops around it are applied as they would be alone.
 const BATCH: &str = r"
-local function claim(dedup, pending, lease, nonce, digest, ttl)
-  if nonce then
-    local seen = redis.call('GET', nonce)
-    if not seen then
-      redis.call('SET', nonce, digest, 'PX', ttl)
-    elseif seen ~= digest then
-      return 3
-    end
+local function bind(nonce, digest, ttl)
+  local seen = redis.call('GET', nonce)
+  if not seen then
+    redis.call('SET', nonce, digest, 'PX', ttl)
+  elseif seen ~= digest then
+    return 3
   end
+  return 0
+end
+
+local function claim(dedup, pending, lease, nonce, digest, ttl)
+  if nonce and bind(nonce, digest, ttl) == 3 then return 3 end
   return lease_claim(dedup, pending, lease, 'done')
 end
 
@@ -57,6 +66,9 @@ while a <= #ARGV do
   elseif op == 'n' then
     ok, code = pcall(claim, KEYS[k], ARGV[a + 1], ARGV[a + 2], KEYS[k + 1], ARGV[a + 3], ARGV[a + 4])
     k, a = k + 2, a + 5
+  elseif op == 'b' then
+    ok, code = pcall(bind, KEYS[k], ARGV[a + 1], ARGV[a + 2])
+    k, a = k + 1, a + 3
   elseif op == 'd' then
     ok, code = pcall(lease_confirm, KEYS[k], 'done', ARGV[a + 1])
     k, a = k + 1, a + 2
@@ -123,7 +135,7 @@ impl RedisDedup {
     ) -> Result<i64, StoreError> {
         if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
             self.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(StoreError::Batch("the queue to Redis is full".into()));
+            return Err(StoreError::batch("the queue to Redis is full", true));
         }
         let (reply, outcome) = oneshot::channel();
         let op = Op {
@@ -142,51 +154,77 @@ impl RedisDedup {
 /// already handles per op (publish without a claim; a confirm or release left to expire).
 async fn batcher(redis: Redis, mut queue: mpsc::UnboundedReceiver<Op>, queued: Arc<AtomicUsize>) {
     let script = Script::new(&format!("{}\n{BATCH}", lease::LUA));
-    let mut conn = redis.conn();
+    let per_slot = redis.mode() == Mode::Cluster;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         queued.fetch_sub(batch.len(), Ordering::Relaxed);
         // A claim whose push stopped waiting (its budget ran out while Redis was slow) went
         // on without it: claiming now would only make its id look in flight. Confirms and
         // releases are applied whoever waits for them.
-        batch.retain(|op| !(matches!(op.code, "c" | "n") && op.reply.is_closed()));
+        batch.retain(|op| !(matches!(op.code, "c" | "n" | "b") && op.reply.is_closed()));
         if batch.is_empty() {
             continue;
         }
-        let mut invocation = script.prepare_invoke();
-        for op in &batch {
-            invocation.arg(op.code);
-            for key in op.keys.iter().flatten() {
-                invocation.key(key);
-            }
-            for arg in &op.args {
-                invocation.arg(arg);
-            }
-        }
         metrics::histogram!("wxpipe_redis_batch_ops").record(batch.len() as f64);
-        let result: Result<Vec<i64>, StoreError> =
-            redis.bounded(invocation.invoke_async(&mut conn)).await;
-        let failure = match result {
-            Ok(codes) if codes.len() == batch.len() => {
-                for (op, code) in batch.drain(..).zip(codes) {
-                    let outcome = match code {
-                        0.. => Ok(code),
-                        _ => Err(StoreError::Batch(REFUSED.into())),
-                    };
-                    let _ = op.reply.send(outcome);
+        if per_slot {
+            // One script call per hash tag, in queue order within each; the next batch
+            // waits for all of them, so one key's ops stay in order.
+            let mut groups: Vec<(String, Vec<Op>)> = Vec::new();
+            for op in batch.drain(..) {
+                let tag = op.keys[0].as_deref().map(keys::tag).unwrap_or_default();
+                match groups.iter_mut().find(|(t, _)| t == tag) {
+                    Some((_, ops)) => ops.push(op),
+                    None => groups.push((tag.to_owned(), vec![op])),
                 }
-                continue;
             }
-            Ok(codes) => format!(
+            let sends = groups
+                .into_iter()
+                .map(|(_, ops)| send(&redis, &script, ops));
+            futures_util::future::join_all(sends).await;
+        } else {
+            send(&redis, &script, std::mem::take(&mut batch)).await;
+        }
+    }
+}
+
+/// One call of the batch script with `ops`, and each op's outcome to its caller.
+async fn send(redis: &Redis, script: &Script, ops: Vec<Op>) {
+    let mut invocation = script.prepare_invoke();
+    for op in &ops {
+        invocation.arg(op.code);
+        for key in op.keys.iter().flatten() {
+            invocation.key(key);
+        }
+        for arg in &op.args {
+            invocation.arg(arg);
+        }
+    }
+    let result: Result<Vec<i64>, StoreError> = redis
+        .bounded(invocation.invoke_async(&mut redis.conn()))
+        .await;
+    let failure = match result {
+        Ok(codes) if codes.len() == ops.len() => {
+            for (op, code) in ops.into_iter().zip(codes) {
+                let outcome = match code {
+                    0.. => Ok(code),
+                    _ => Err(StoreError::batch(REFUSED, false)),
+                };
+                let _ = op.reply.send(outcome);
+            }
+            return;
+        }
+        Ok(codes) => StoreError::batch(
+            &format!(
                 "a batch of {} ops was answered with {} codes",
-                batch.len(),
+                ops.len(),
                 codes.len()
             ),
-            Err(error) => error.to_string(),
-        };
-        for op in batch.drain(..) {
-            let _ = op.reply.send(Err(StoreError::Batch(failure.clone())));
-        }
+            false,
+        ),
+        Err(error) => error,
+    };
+    for op in ops {
+        let _ = op.reply.send(Err(failure.clone()));
     }
 }
 
@@ -203,9 +241,16 @@ impl DedupStore for RedisDedup {
                 None => self.call("c", [dedup, None], vec![value, lease]).await?,
                 Some(nonce) => {
                     let nonce_key = self.keys.nonce(nonce.account, nonce.timestamp, nonce.nonce);
-                    let keys = [dedup, Some(nonce_key)];
-                    let args = vec![value, lease, nonce.body_digest.to_owned(), ms(nonce.ttl)];
-                    self.call("n", keys, args).await?
+                    let binding = vec![nonce.body_digest.to_owned(), ms(nonce.ttl)];
+                    if self.redis.mode() == Mode::Cluster {
+                        match self.call("b", [Some(nonce_key), None], binding).await? {
+                            3 => 3,
+                            _ => self.call("c", [dedup, None], vec![value, lease]).await?,
+                        }
+                    } else {
+                        let args = [vec![value, lease], binding].concat();
+                        self.call("n", [dedup, Some(nonce_key)], args).await?
+                    }
                 }
             };
             Ok(match code {

@@ -166,6 +166,23 @@ pub struct EffectStores {
 }
 
 impl EffectStores {
+    /// A welcome's send claim on a probe id, and its release: checked at start-up (see
+    /// [`Engine::check_at_start`]) and by `/readyz`.
+    pub async fn round_trip(&self) -> Result<(), StoreError> {
+        let id = crate::lease::probe_id();
+        match self
+            .welcome
+            .begin_send(&id, "check", Duration::from_secs(10))
+            .await?
+        {
+            Lease::Claimed => self.welcome.abandon_send(&id, "check").await,
+            found => Err(StoreError::Batch {
+                reason: format!("the probe claim found {found:?}"),
+                outage: false,
+            }),
+        }
+    }
+
     /// The effect stores on `engine`, with keys under `prefix`.
     pub fn open(engine: &Engine, prefix: &str) -> EffectStores {
         let keys = Keys::new(prefix);

@@ -1,4 +1,5 @@
-//! The effect stores on Redis: Lua scripts make each effect one atomic round trip.
+//! The effect stores on Redis: Lua scripts make each step of an effect one atomic round
+//! trip on one slot.
 
 use std::time::Duration;
 
@@ -32,24 +33,37 @@ end
 return 1
 ";
 
-/// KEYS: location hash, GEO set, history. ARGV: latitude, longitude, precision, created_at,
-/// openid, history member, history length, GEO latitude.
-///
-/// Redis does not undo a script's writes on a runtime error, so the one command that can
-/// refuse its input (GEOADD) runs before any other write; and an event already in the history
-/// is a redelivery, which changes nothing (its effect is in place: 1).
+/// The user's step of a location. KEYS: location hash, history (the user's slot). ARGV:
+/// latitude, longitude, precision, created_at, history member, history length.
+/// → 1 it is the latest now, 0 a newer one is there; a redelivery (already in the history)
+/// changes nothing here and is 2 when it is still the latest, 3 when not. After 1 or 2 the
+/// account's GEO set gets it ([`GEO`]): a step of its own, as the set is in another slot.
 const LOCATION: &str = r"
-if redis.call('ZSCORE', KEYS[3], ARGV[6]) then return 1 end
-local at = tonumber(redis.call('HGET', KEYS[1], 'created_at'))
+local current = redis.call('HMGET', KEYS[1], 'created_at', 'latitude', 'longitude')
+if redis.call('ZSCORE', KEYS[2], ARGV[5]) then
+  if current[1] == ARGV[4] and current[2] == ARGV[1] and current[3] == ARGV[2] then return 2 end
+  return 3
+end
+local at = tonumber(current[1])
 local latest = not at or tonumber(ARGV[4]) >= at
 if latest then
-  redis.call('GEOADD', KEYS[2], ARGV[2], ARGV[8], ARGV[5])
   redis.call('HSET', KEYS[1], 'latitude', ARGV[1], 'longitude', ARGV[2], 'precision', ARGV[3], 'created_at', ARGV[4])
 end
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[7]) + 1))
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[6]) + 1))
 if latest then return 1 end
 return 0
+";
+
+/// The account's step of a location, last write wins by `created_at` as in the user's hash
+/// (a late step of an older location never moves the user back). KEYS: GEO set, its
+/// `created_at` hash (the account's slot). ARGV: openid, longitude, GEO latitude, created_at.
+const GEO: &str = r"
+local at = tonumber(redis.call('HGET', KEYS[2], ARGV[1]))
+if at and tonumber(ARGV[4]) < at then return 0 end
+redis.call('GEOADD', KEYS[1], ARGV[2], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+return 1
 ";
 
 #[derive(Debug)]
@@ -58,6 +72,7 @@ pub(super) struct RedisEffects {
     keys: Keys,
     subscription: Script,
     location: Script,
+    geo: Script,
     leases: Scripts,
 }
 
@@ -68,6 +83,7 @@ impl RedisEffects {
             keys,
             subscription: Script::new(SUBSCRIPTION),
             location: Script::new(LOCATION),
+            geo: Script::new(GEO),
             leases: Scripts::new(),
         }
     }
@@ -154,19 +170,28 @@ impl Locations for RedisEffects {
         Box::pin(async move {
             let mut invocation = self.location.key(self.keys.location(l.account, l.openid));
             invocation
-                .key(self.keys.geo(l.account))
                 .key(self.keys.location_history(l.account, l.openid))
                 .arg(l.latitude)
                 .arg(l.longitude)
                 .arg(l.precision)
                 .arg(l.created_at)
-                .arg(l.openid)
                 .arg(history_member(&l))
-                .arg(l.history.max(1))
-                .arg(l.latitude.clamp(-GEO_MAX_LATITUDE, GEO_MAX_LATITUDE));
-            self.bounded(invocation.invoke_async::<i64>(&mut self.redis.conn()))
-                .await
-                .map(applied)
+                .arg(l.history.max(1));
+            let user: i64 = self
+                .bounded(invocation.invoke_async(&mut self.redis.conn()))
+                .await?;
+            if matches!(user, 1 | 2) {
+                let mut invocation = self.geo.key(self.keys.geo(l.account));
+                invocation
+                    .key(self.keys.geo_at(l.account))
+                    .arg(l.openid)
+                    .arg(l.longitude)
+                    .arg(l.latitude.clamp(-GEO_MAX_LATITUDE, GEO_MAX_LATITUDE))
+                    .arg(l.created_at);
+                self.bounded(invocation.invoke_async::<i64>(&mut self.redis.conn()))
+                    .await?;
+            }
+            Ok(applied(if user == 0 { 0 } else { 1 }))
         })
     }
 

@@ -390,7 +390,7 @@ async fn an_attempt_in_flight_makes_the_retry_wait_and_a_dead_holder_loses_nothi
     // A process that claimed the push and died: its claim is pending with a short lease.
     let mut conn = redis.conn();
     let _: () = redis::cmd("SET")
-        .arg(dedup_key(&app.config.shared.key_prefix, id))
+        .arg(dedup_key(&app.config.shared.key_prefix, &id))
         .arg("pending:dead-process")
         .arg("PX")
         .arg(700)

@@ -46,3 +46,28 @@ start_redis() {
   REDIS_PID=$!
   PIDS+=("$REDIS_PID")
 }
+
+# start_redis_cluster: six redis-servers (ports below 55536: a node's cluster bus is its port
+# + 10000) joined as three masters with a replica each; sets CLUSTER_URL once the cluster is ok.
+start_redis_cluster() {
+  local dir seeds=() port
+  dir=$(mktemp -d)
+  for _ in 1 2 3 4 5 6; do
+    port=$(free_port)
+    while [ "$port" -ge 55536 ]; do port=$(free_port); done
+    (cd "$dir" && exec redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+      --cluster-enabled yes --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 1000 \
+      --cluster-replica-validity-factor 0) >/dev/null &
+    PIDS+=($!)
+    seeds+=("127.0.0.1:$port")
+  done
+  for seed in "${seeds[@]}"; do
+    for _ in $(seq 100); do redis-cli -p "${seed#*:}" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${seeds[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+  for _ in $(seq 100); do
+    redis-cli -p "${seeds[0]#*:}" cluster info | grep -q cluster_state:ok && break
+    sleep 0.1
+  done
+  CLUSTER_URL="redis+cluster://$(IFS=,; echo "${seeds[*]}")"
+}

@@ -15,6 +15,8 @@
 #
 #   bench/run.sh                 # everything, a few minutes
 #   DURATION=5s bench/run.sh     # shorter loads
+#   bench/run.sh cluster         # the cluster variant: the full ingress on one redis-server and
+#                                # on a six-node Redis Cluster, under the same load, in one run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +38,45 @@ json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
 PREFIX=bench$$
 start_kafka "$PREFIX"
 start_redis
+
+if [ "${1:-}" = cluster ]; then
+  start_redis_cluster
+  # run_ingress NAME REDIS_URL: the same load as (b) on an ingress with that Redis.
+  run_ingress() {
+    local port admin pid
+    port=$(free_port); admin=$(free_port)
+    INGEST_LISTEN=127.0.0.1:$port INGEST_ADMIN_LISTEN=127.0.0.1:$admin WECHAT_TOKEN=$TOKEN \
+      KAFKA_BROKERS=$BROKERS KAFKA_TOPIC_PREFIX=$PREFIX REDIS_KEY_PREFIX="$1" \
+      REDIS_URL=$2 RUST_LOG=warn $BIN/ingest &
+    pid=$!
+    PIDS+=($pid)
+    wait_ingest "$port" "$admin"
+    $BIN/wxload run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --count 2000 --no-progress \
+      --connections 8 >/dev/null
+    $BIN/wxload run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
+      --duration "$DURATION" --no-progress --json "$OUT/redis-$1.json" >/dev/null
+    kill "$pid"
+  }
+  echo "== the full ingress on one redis-server" >&2
+  run_ingress single "redis://127.0.0.1:$REDIS_PORT/"
+  echo "== the full ingress on a six-node Redis Cluster" >&2
+  run_ingress cluster "$CLUSTER_URL"
+  python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+single, cluster = (json.load(open(f"{out}/redis-{n}.json")) for n in ("single", "cluster"))
+summary = {
+    "single_throughput_per_s": round(single["throughput_per_s"]),
+    "cluster_throughput_per_s": round(cluster["throughput_per_s"]),
+    "cluster_over_single": round(cluster["throughput_per_s"] / single["throughput_per_s"], 3),
+    "single_p99_ms": single.get("latency_ms", {}).get("p99"),
+    "cluster_p99_ms": cluster.get("latency_ms", {}).get("p99"),
+}
+json.dump(summary, open(f"{out}/redis-cluster-summary.json", "w"), indent=2)
+print(json.dumps(summary, indent=2))
+PY
+  exit 0
+fi
 
 echo "== (a) bare limit" >&2
 BASE_PORT=$(free_port)

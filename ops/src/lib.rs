@@ -109,7 +109,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "wxpipe_redis_errors_total",
-        "Redis calls that failed or timed out, by op"
+        "Redis calls that failed or timed out, by op and kind (outage, CROSSSLOT, MOVED, NOSCRIPT, READONLY, refused, …)"
     );
     describe_histogram!(
         "wxpipe_redis_batch_ops",

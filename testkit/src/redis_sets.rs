@@ -114,6 +114,9 @@ impl RedisCluster {
                     &format!("nodes-{port}.conf"),
                     "--cluster-node-timeout",
                     "1000",
+                    // A replica takes over however long its master has been gone.
+                    "--cluster-replica-validity-factor",
+                    "0",
                     "--save",
                     "",
                     "--appendonly",
@@ -141,6 +144,16 @@ impl RedisCluster {
                 |info| info.is_some_and(|i| i.contains("cluster_state:ok")),
                 "CLUSTER",
                 &["INFO"],
+            );
+            // Each replica has its master's data, so it can take over.
+            node.wait_for(
+                |info| {
+                    info.is_some_and(|i| {
+                        i.contains("role:master") || i.contains("master_link_status:up")
+                    })
+                },
+                "INFO",
+                &["replication"],
             );
         }
         cluster

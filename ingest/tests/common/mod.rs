@@ -286,13 +286,16 @@ impl TestApp {
     }
 
     /// Redis, down at `port`, comes back: the app says it is degraded before, is ready again
-    /// `within` after, and dedups again (`xml`, posted twice, is answered 200 twice). The
-    /// Redis that came back.
+    /// `within` after, and dedups again (`xml`, a subscribe posted twice, is answered 200
+    /// twice, and `event.subscribe` then holds `records`, each once: `why`). The Redis that
+    /// came back.
     pub async fn assert_redis_comes_back(
         &self,
         port: u16,
         within: std::time::Duration,
         xml: &str,
+        records: usize,
+        why: &str,
     ) -> RedisServer {
         // Redis down is degraded, not unready: pushes are still made durable.
         self.assert_degraded("redis").await;
@@ -303,6 +306,9 @@ impl TestApp {
         );
         assert_eq!(self.post_push(xml).await.0, 200);
         assert_eq!(self.post_push(xml).await.0, 200, "dedup works again");
+        let settle = std::time::Duration::from_millis(300);
+        self.read_exactly("event.subscribe", records, settle, why)
+            .await;
         redis
     }
 

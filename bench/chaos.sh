@@ -25,12 +25,9 @@ DURATION=${DURATION:-300}
 RATE=${RATE:-150}
 INTERVAL=${INTERVAL:-8}
 HEAL=${HEAL:-20}
-OUT=bench/results
-mkdir -p "$OUT"
 TOKEN=chaos-token
-BIN=target/release
 . bench/lib.sh
-cargo build --release --locked --bin ingest --bin wxload >&2
+build ingest wxload
 
 PREFIX=chaos$$
 start_kafka "$PREFIX"

@@ -16,9 +16,8 @@ DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-256}
 ROUNDS=${ROUNDS:-3}
 TOKEN=bench-token
-BIN=target/release
 . bench/lib.sh
-cargo build --release --locked --bin wxload >&2
+build wxload
 
 start_kafka cmp
 start_redis

@@ -1,5 +1,13 @@
-# Shared by bench/run.sh and bench/compare.sh (sourced, after BIN is set): the processes a
-# benchmark starts, ended on exit, and the helpers to start and watch them.
+# Shared by bench/run.sh, bench/chaos.sh and bench/compare.sh (sourced, from the workspace
+# root): the release binaries in BIN, results in OUT, the processes a benchmark starts, ended on
+# exit, and the helpers to build, start and watch them.
+
+BIN=target/release
+OUT=bench/results
+mkdir -p "$OUT"
+
+# build BINARY...: release builds of these binaries of the workspace.
+build() { local bin args=(); for bin in "$@"; do args+=(--bin "$bin"); done; cargo build --release --locked "${args[@]}" >&2; }
 
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }

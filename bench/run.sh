@@ -25,12 +25,9 @@ CONNECTIONS=${CONNECTIONS:-256}
 # Offered loads of the latency curve, in % of the bare limit.
 RATES=${RATES:-5 10 20 30 40 50}
 BACKLOG=${BACKLOG:-100000}
-OUT=bench/results
-mkdir -p "$OUT"
 TOKEN=bench-token
-BIN=target/release
 . bench/lib.sh
-cargo build --release --locked --bin ingest --bin worker --bin wxload >&2
+build ingest worker wxload
 
 rss_peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }

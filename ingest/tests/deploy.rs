@@ -50,19 +50,17 @@ fn compose_runs_our_binaries_with_settings_they_know() {
             "service {service}"
         );
     }
-    assert!(
-        compose.contains("KAFKA_PROCESS_ROLES: broker,controller"),
-        "Kafka in KRaft mode"
-    );
-    assert!(
-        compose.contains("--appendonly"),
-        "Redis with append-only persistence"
-    );
-    assert!(compose.contains("healthcheck:"));
-    assert!(
-        compose.contains(r#"command: ["ingest", "topics""#),
-        "topics are created"
-    );
+    for (line, what) in [
+        (
+            "KAFKA_PROCESS_ROLES: broker,controller",
+            "Kafka in KRaft mode",
+        ),
+        ("--appendonly", "Redis with append-only persistence"),
+        ("healthcheck:", "health checks"),
+        (r#"command: ["ingest", "topics""#, "topics are created"),
+    ] {
+        assert!(compose.contains(line), "{what}");
+    }
     for bin in ["ingest", "worker"] {
         assert!(
             dockerfile.contains(&format!("--bin {bin}")),

@@ -6,6 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 fn push(from: &str, created_at: i64) -> String {
     format!(
@@ -18,16 +21,38 @@ fn spool_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(unique("wxpipe-spool-"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_down_longer_than_wechat_retries_loses_nothing_with_a_spool() {
+/// The ingress binary on a fresh Redis, with the test config as `configure` leaves it.
+async fn spawn(configure: impl FnOnce(&mut ingest::Config)) -> (RedisServer, TestApp) {
     let redis = RedisServer::start();
     let mut config = test_config(&redis.url());
-    config.spool_dir = Some(spool_dir());
-    let app = TestApp::spawn_binary(config).await;
+    configure(&mut config);
+    (redis, TestApp::spawn_binary(config).await)
+}
+
+/// Posts a push from `from`, which must be answered 200.
+async fn assert_accepted(app: &TestApp, from: &str) {
+    let (status, reason) = app.post_push(&push(from, now())).await;
+    assert_eq!(status, 200, "{from}: {reason}");
+}
+
+/// Kafka refuses the next `requests` produce requests for its setup (a missing ACL).
+fn refuse_produces(mock: &MockCluster<'static, DefaultProducerContext>, requests: usize) {
+    let refusal = RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+    mock.request_errors(RDKafkaApiKey::Produce, &vec![refusal; requests]);
+}
+
+/// Whether the app's `event.subscribe` topic holds `enough` records within `within`.
+async fn subscribes(app: &TestApp, within: Duration, enough: impl Fn(i64) -> bool) -> bool {
+    eventually(within, || enough(app.count("event.subscribe"))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_longer_than_wechat_retries_loses_nothing_with_a_spool() {
+    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool_dir())).await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
-    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
+    assert_accepted(&app, "warm").await;
 
     mock.broker_down(1).unwrap();
     let t = now();
@@ -44,10 +69,10 @@ async fn kafka_down_longer_than_wechat_retries_loses_nothing_with_a_spool() {
     assert_eq!(app.post_push(&answered[0]).await.0, 200);
 
     mock.broker_up(1).unwrap();
-    let records = app.read("event.subscribe", 21);
-    assert_eq!(records.len(), 21);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.count("event.subscribe"), 21, "each spooled push once");
+    let why = "each spooled push once";
+    let records = app
+        .read_exactly("event.subscribe", 21, Duration::from_millis(500), why)
+        .await;
     // One user's events keep their order.
     let times: Vec<i64> = records
         .iter()
@@ -56,27 +81,23 @@ async fn kafka_down_longer_than_wechat_retries_loses_nothing_with_a_spool() {
         .collect();
     assert_eq!(times, (0..20).map(|i| t + i).collect::<Vec<_>>());
     // Drained: new pushes go straight to Kafka again.
-    assert!(
-        eventually(Duration::from_secs(10), || app.count("event.subscribe")
-            == 21)
-        .await
-    );
-    assert_eq!(app.post_push(&push("after", now())).await.0, 200);
+    assert!(subscribes(&app, Duration::from_secs(10), |n| n == 21).await);
+    assert_accepted(&app, "after").await;
     assert_eq!(app.read("event.subscribe", 22).len(), 22);
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_means_503() {
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.spool_dir = Some(spool_dir());
-    config.spool_max_bytes = 800;
-    let app = TestApp::spawn_binary(config).await;
+    let (_redis, app) = spawn(|config| {
+        config.spool_dir = Some(spool_dir());
+        config.spool_max_bytes = 800;
+    })
+    .await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
-    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
+    assert_accepted(&app, "warm").await;
     mock.broker_down(1).unwrap();
     let mut statuses = Vec::new();
     for i in 0..6 {
@@ -89,11 +110,7 @@ async fn a_full_spool_means_503() {
         .map(|i| format!("f{i}"))
         .collect();
     mock.broker_up(1).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || app.count("event.subscribe")
-            > accepted.len() as i64)
-        .await
-    );
+    assert!(subscribes(&app, Duration::from_secs(10), |n| n > accepted.len() as i64).await);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let keys: Vec<String> = app
         .read("event.subscribe", 7)
@@ -124,62 +141,31 @@ async fn a_full_spool_means_503() {
 async fn sigkill_of_the_ingress_loses_nothing_answered_200() {
     let redis = RedisServer::start();
     let prefix = unique("t");
-    let topics: Vec<String> = schemas::Topic::all().map(|t| t.name(&prefix)).collect();
-    let kafka = Kafka::mock(&topics);
+    let kafka = Kafka::mock(&all_topics(&prefix));
     let mock = kafka.mock_cluster().unwrap();
-    let spool = spool_dir();
     let port = free_port();
-    let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
-            .envs([
-                ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
-                ("INGEST_ADMIN_LISTEN", String::new()),
-                ("WECHAT_TOKEN", TOKEN.to_owned()),
-                ("KAFKA_BROKERS", kafka.brokers()),
-                ("KAFKA_TOPIC_PREFIX", prefix.clone()),
-                ("REDIS_URL", redis.url()),
-                ("INGEST_SPOOL_DIR", spool.display().to_string()),
-                ("INGEST_ACK_DEADLINE_MS", "1500".to_owned()),
-                ("RUST_LOG", "warn".to_owned()),
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let wait_up = || async {
-        for _ in 0..100 {
-            if client.get(format!("{base}/healthz")).send().await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("ingest did not come up");
-    };
-    let mut child = start();
-    wait_up().await;
+    let envs = [
+        ("KAFKA_BROKERS", kafka.brokers()),
+        ("KAFKA_TOPIC_PREFIX", prefix.clone()),
+        ("REDIS_URL", redis.url()),
+        ("INGEST_SPOOL_DIR", spool_dir().display().to_string()),
+        ("INGEST_ACK_DEADLINE_MS", "1500".to_owned()),
+    ];
+    let mut child = spawn_ingest(port, &envs);
+    wait_up(port).await;
     mock.broker_down(1).unwrap();
     let mut answered = 0;
     for i in 0..10 {
-        let query = TestApp::signed_query(TOKEN, &unique("n"));
-        let response = client
-            .post(format!("{base}/wechat?{query}"))
-            .body(push(&format!("k{i}"), now()))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 200 {
+        if post_to_port(port, &push(&format!("k{i}"), now())).await == 200 {
             answered += 1;
         }
     }
     assert_eq!(answered, 10, "all spooled");
-    child.kill().unwrap(); // SIGKILL: no flush, no goodbye
-    child.wait().unwrap();
+    child.kill(); // SIGKILL: no flush, no goodbye
     mock.broker_up(1).unwrap();
 
-    let mut child = start();
-    wait_up().await;
+    let mut child = spawn_ingest(port, &envs);
+    wait_up(port).await;
     let topic = format!("{prefix}.event.subscribe");
     assert!(
         eventually(Duration::from_secs(20), || kafka.count(&topic) >= 10).await,
@@ -194,39 +180,22 @@ async fn sigkill_of_the_ingress_loses_nothing_answered_200() {
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), 10, "every push answered 200 is on Kafka");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_mid_run_recovers_by_itself() {
-    let mut redis = RedisServer::start();
+    let (mut redis, app) = spawn(|_| {}).await;
     let port = redis.port;
-    let app = TestApp::spawn_binary(test_config(&redis.url())).await;
-    let before = push("r_before", now());
-    assert_eq!(app.post_push(&before).await.0, 200);
+    assert_accepted(&app, "r_before").await;
 
     redis.stop();
     // Policy: dedup is off while Redis is down; every 200 is still on Kafka.
-    let during = push("r_during", now());
-    assert_eq!(app.post_push(&during).await.0, 200);
-    // Redis down is degraded, not unready: pushes are still made durable.
-    let (status, body) = app.admin_get("/readyz").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        body.starts_with("degraded") && body.contains("redis"),
-        "{body}"
-    );
-
-    let _redis = RedisServer::start_on(port);
-    let ok = app.wait_ready(Duration::from_millis(5000)).await;
-    assert!(ok, "ready again");
+    assert_accepted(&app, "r_during").await;
     let after = push("r_after", now());
-    assert_eq!(app.post_push(&after).await.0, 200);
-    assert_eq!(app.post_push(&after).await.0, 200, "dedup works again");
-    assert_eq!(app.read("event.subscribe", 3).len(), 3);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.count("event.subscribe"), 3);
+    let _redis = app
+        .assert_redis_comes_back(port, Duration::from_millis(5000), &after, 3, "once each")
+        .await;
     app.stop().await;
 }
 
@@ -238,13 +207,12 @@ async fn past_the_in_flight_cap_a_push_gets_503_at_once() {
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
-    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
+    assert_accepted(&app, "warm").await;
     mock.broker_down(1).unwrap();
     // Two pushes wait for Kafka up to the deadline; the third is refused at once.
     let slow: Vec<_> = (0..2)
         .map(|i| {
-            let query = TestApp::signed_query(TOKEN, &unique("n"));
-            let url = app.url(&format!("/wechat?{query}"));
+            let url = app.push_url();
             let body = push(&format!("slow{i}"), now());
             let client = app.client.clone();
             tokio::spawn(async move {
@@ -275,13 +243,11 @@ async fn past_the_in_flight_cap_a_push_gets_503_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_under_load_leaves_every_200_on_kafka() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn_binary(test_config(&redis.url())).await;
-    let url = |query: &str| app.url(&format!("/wechat?{query}"));
+    let (_redis, app) = spawn(|_| {}).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let client = app.client.clone();
-        let target = url(&TestApp::signed_query(TOKEN, &unique("n")));
+        let target = app.push_url();
         let from = format!("s{i}");
         let body = push(&from, now());
         tasks.push(tokio::spawn(async move {
@@ -385,15 +351,13 @@ async fn metrics_count_what_was_sent() {
         line("rejected", "bad_signature", "unknown").as_deref(),
         Some("1")
     );
-    assert!(
-        metrics.contains("wxpipe_push_ack_seconds_bucket"),
-        "ack latency histogram"
-    );
-    assert!(
-        metrics.contains("wxpipe_kafka_produce_seconds"),
-        "produce latency"
-    );
-    assert!(metrics.contains("wxpipe_kafka_in_flight"));
+    for (family, what) in [
+        ("wxpipe_push_ack_seconds_bucket", "ack latency histogram"),
+        ("wxpipe_kafka_produce_seconds", "produce latency"),
+        ("wxpipe_kafka_in_flight", "produces in flight"),
+    ] {
+        assert!(metrics.contains(family), "{what}");
+    }
     app.stop().await;
 }
 
@@ -406,8 +370,7 @@ async fn a_spool_write_error_never_costs_later_acknowledged_events() {
     };
     let redis = RedisServer::start();
     let prefix = unique("t");
-    let topics: Vec<String> = schemas::Topic::all().map(|t| t.name(&prefix)).collect();
-    let kafka = Kafka::mock(&topics);
+    let kafka = Kafka::mock(&all_topics(&prefix));
     let mock = kafka.mock_cluster().unwrap();
     let port = free_port();
     let admin = free_port();
@@ -495,26 +458,18 @@ async fn spool_drains(app: &TestApp, within: Duration) -> bool {
 async fn a_stalled_redis_never_holds_an_answer_past_the_deadline() {
     // Redis stops answering (CLIENT PAUSE) under 600 concurrent pushes: each is still
     // answered 200 within the ack deadline, published unclaimed, and once only.
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.ack_deadline_ms = 1500;
-    config.shared.redis_timeout_ms = 1000;
-    let app = TestApp::spawn_binary(config).await;
-    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(6000)
-        .arg("ALL")
-        .query(&mut redis.conn())
-        .unwrap();
+    let (redis, app) = spawn(|config| {
+        config.ack_deadline_ms = 1500;
+        config.shared.redis_timeout_ms = 1000;
+    })
+    .await;
+    assert_accepted(&app, "warm").await;
+    redis.pause(6000);
     let client = reqwest::Client::new();
     let t = now();
     let pushes = (0..600).map(|i| {
         let client = client.clone();
-        let url = app.url(&format!(
-            "/wechat?{}",
-            TestApp::signed_query(TOKEN, &unique("n"))
-        ));
+        let url = app.push_url();
         async move {
             let started = Instant::now();
             let status = client
@@ -534,9 +489,13 @@ async fn a_stalled_redis_never_holds_an_answer_past_the_deadline() {
         slowest < Duration::from_millis(2500),
         "the slowest answer took {slowest:?}"
     );
-    assert_eq!(app.read("event.subscribe", 601).len(), 601);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.count("event.subscribe"), 601, "no duplicates");
+    app.read_exactly(
+        "event.subscribe",
+        601,
+        Duration::from_millis(500),
+        "no duplicates",
+    )
+    .await;
     app.stop().await;
 }
 
@@ -547,16 +506,16 @@ async fn a_full_spool_disk_sends_pushes_to_a_healthy_kafka() {
     let Some(disk) = SmallDisk::mount("256k") else {
         return;
     };
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.spool_dir = Some(disk.path.join("spool"));
-    config.ack_deadline_ms = 1000;
-    let app = TestApp::spawn_binary(config).await;
+    let (_redis, app) = spawn(|config| {
+        config.spool_dir = Some(disk.path.join("spool"));
+        config.ack_deadline_ms = 1000;
+    })
+    .await;
     let mock = app.kafka.mock_cluster().unwrap();
-    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
+    assert_accepted(&app, "warm").await;
     mock.broker_down(1).unwrap();
     for i in 0..10 {
-        assert_eq!(app.post_push(&push(&format!("s{i}"), now())).await.0, 200);
+        assert_accepted(&app, &format!("s{i}")).await;
     }
     // Long enough for the replay to back off to its longest wait.
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -568,9 +527,7 @@ async fn a_full_spool_disk_sends_pushes_to_a_healthy_kafka() {
     }
     disk.free();
     assert!(
-        eventually(Duration::from_secs(20), || app.count("event.subscribe")
-            >= 16)
-        .await,
+        subscribes(&app, Duration::from_secs(20), |n| n >= 16).await,
         "every push on Kafka"
     );
     assert!(
@@ -585,20 +542,15 @@ async fn clients_hanging_up_at_every_stage_never_stop_the_replay() {
     // Kafka down and Redis slow, with a spool: clients hang up at every moment of their
     // push (claim, publish wait, deadline, spool append). Afterwards the replay still drains
     // the spool, and new pushes go straight to Kafka.
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.spool_dir = Some(spool_dir());
-    config.ack_deadline_ms = 1000;
-    let app = TestApp::spawn_binary(config).await;
+    let (redis, app) = spawn(|config| {
+        config.spool_dir = Some(spool_dir());
+        config.ack_deadline_ms = 1000;
+    })
+    .await;
     let mock = app.kafka.mock_cluster().unwrap();
-    assert_eq!(app.post_push(&push("warm", now())).await.0, 200);
+    assert_accepted(&app, "warm").await;
     mock.broker_down(1).unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(300)
-        .arg("ALL")
-        .query(&mut redis.conn())
-        .unwrap();
+    redis.pause(300);
     // Hang-ups from 5 ms to 1.2 s after sending, densest around the moment the deadline
     // sends the push to the spool (deadline less the fsync reserve: 500 ms here).
     let delays: Vec<u64> = (1..=40)
@@ -606,10 +558,7 @@ async fn clients_hanging_up_at_every_stage_never_stop_the_replay() {
         .chain((0..120).map(|i| 470 + i / 2))
         .collect();
     let hang_ups = delays.into_iter().enumerate().map(|(i, ms)| {
-        let url = app.url(&format!(
-            "/wechat?{}",
-            TestApp::signed_query(TOKEN, &unique("n"))
-        ));
+        let url = app.push_url();
         async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_millis(ms))
@@ -629,11 +578,9 @@ async fn clients_hanging_up_at_every_stage_never_stop_the_replay() {
         "the spool drained"
     );
     let before = app.count("event.subscribe");
-    assert_eq!(app.post_push(&push("after", now())).await.0, 200);
+    assert_accepted(&app, "after").await;
     assert!(
-        eventually(Duration::from_secs(5), || app.count("event.subscribe")
-            > before)
-        .await,
+        subscribes(&app, Duration::from_secs(5), |n| n > before).await,
         "a new push reaches Kafka"
     );
     // Produces whose pushes were dropped mid-wait are no longer counted as in flight.
@@ -658,7 +605,7 @@ async fn redis_black_holed_or_cut_by_the_network_never_delays_or_loses_a_push() 
     let mut config = test_config(&proxy.redis_url());
     config.ack_deadline_ms = 1500;
     let app = TestApp::spawn_binary(config).await;
-    assert_eq!(app.post_push(&push("net_warm", now())).await.0, 200);
+    assert_accepted(&app, "net_warm").await;
 
     proxy.stall();
     for i in 0..20 {
@@ -683,10 +630,9 @@ async fn redis_black_holed_or_cut_by_the_network_never_delays_or_loses_a_push() 
     for _ in 0..3 {
         assert_eq!(app.post_with_query(&query, &again).await.0, 200);
     }
-    let records = app.read("event.subscribe", 22);
-    assert_eq!(records.len(), 22, "every push answered 200 is on Kafka");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.count("event.subscribe"), 22, "the retries deduplicated");
+    let why = "every push answered 200 is on Kafka, the retries deduplicated";
+    app.read_exactly("event.subscribe", 22, Duration::from_millis(500), why)
+        .await;
     app.stop().await;
 }
 
@@ -695,32 +641,24 @@ async fn kafka_refusing_every_record_for_its_setup_never_sets_the_spool_aside() 
     // Kafka comes back from an outage refusing every produce for a while with an error about
     // its setup (a missing ACL), not about the records: the spooled pushes, each answered 200,
     // must wait and reach Kafka once access is granted, never be set aside as refused.
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
     let dir = spool_dir();
-    config.spool_dir = Some(dir.clone());
-    let app = TestApp::spawn_binary(config).await;
+    let (_redis, app) = spawn(|config| config.spool_dir = Some(dir.clone())).await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
-    assert_eq!(app.post_push(&push("acl_warm", now())).await.0, 200);
+    assert_accepted(&app, "acl_warm").await;
     mock.broker_down(1).unwrap();
     for i in 0..10 {
         let (status, reason) = app.post_push(&push(&format!("acl{i}"), now())).await;
         assert_eq!(status, 200, "spooled: {reason}");
     }
-    mock.request_errors(
-        rdkafka::types::RDKafkaApiKey::Produce,
-        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 40],
-    );
+    refuse_produces(mock, 40);
     mock.broker_up(1).unwrap();
     // Long enough for the replay to meet the refusals.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    mock.clear_request_errors(rdkafka::types::RDKafkaApiKey::Produce);
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
     assert!(
-        eventually(Duration::from_secs(30), || app.count("event.subscribe")
-            >= 11)
-        .await,
+        subscribes(&app, Duration::from_secs(30), |n| n >= 11).await,
         "spooled pushes lost: {} of 11 on Kafka, spool: {:?}",
         app.count("event.subscribe"),
         std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
@@ -734,37 +672,25 @@ async fn a_claim_redis_applies_late_never_blocks_the_retry() {
     // (here an ACL) and there is no spool, so it gets a 503. Then Redis applies the claim it
     // held (its lease starting only then) and Kafka takes records again: WeChat's retry must
     // be published, not refused as in flight by a claim nobody holds.
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.ack_deadline_ms = 1500;
-    let app = TestApp::spawn_binary(config).await;
+    let (redis, app) = spawn(|config| config.ack_deadline_ms = 1500).await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
-    assert_eq!(app.post_push(&push("late_warm", now())).await.0, 200);
-    mock.request_errors(
-        rdkafka::types::RDKafkaApiKey::Produce,
-        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 20],
-    );
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(2500)
-        .query(&mut redis.conn())
-        .unwrap();
+    assert_accepted(&app, "late_warm").await;
+    refuse_produces(mock, 20);
+    redis.pause(2500);
     let xml = push("late_claim", now());
     let query = TestApp::signed_query(TOKEN, &unique("n"));
     let (status, _) = app.post_with_query(&query, &xml).await;
     assert_eq!(status, 503, "neither Kafka nor a spool");
     // Redis answers again (and applies the late claim); Kafka takes records again.
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    mock.clear_request_errors(rdkafka::types::RDKafkaApiKey::Produce);
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
     assert!(app.wait_ready(Duration::from_secs(10)).await);
     let (status, body) = app.post_with_query(&query, &xml).await;
     assert_eq!(status, 200, "the retry: {body}");
     assert!(
-        eventually(Duration::from_secs(10), || app.count("event.subscribe")
-            == 2)
-        .await,
+        subscribes(&app, Duration::from_secs(10), |n| n == 2).await,
         "{}",
         app.count("event.subscribe")
     );
@@ -778,30 +704,19 @@ async fn refused_records_are_held_while_the_rest_of_their_segment_moves_on() {
     // not be sent again, and the refused ones reach Kafka once it takes them: each exactly
     // once. (The mock refuses whole requests, never one topic only, so that the other topics'
     // records move on past a held one is not shown here.)
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.spool_dir = Some(spool_dir());
-    let app = TestApp::spawn_binary(config).await;
+    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool_dir())).await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
-    assert_eq!(app.post_push(&push("held_warm", now())).await.0, 200);
+    assert_accepted(&app, "held_warm").await;
     mock.broker_down(1).unwrap();
     for i in 0..600 {
-        assert_eq!(
-            app.post_push(&push(&format!("held{i}"), now())).await.0,
-            200
-        );
+        assert_accepted(&app, &format!("held{i}")).await;
     }
-    mock.request_errors(
-        rdkafka::types::RDKafkaApiKey::Produce,
-        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
-    );
+    refuse_produces(mock, 3);
     mock.broker_up(1).unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || app.count("event.subscribe")
-            >= 601)
-        .await,
+        subscribes(&app, Duration::from_secs(30), |n| n >= 601).await,
         "{} of 601 on Kafka",
         app.count("event.subscribe")
     );

@@ -153,9 +153,13 @@ async fn wechat_retries_publish_once() {
     }
     // A retry that arrives with a fresh nonce is the same event, too.
     assert_eq!(app.post_push(&xml).await.0, 200);
-    assert_eq!(app.read("event.subscribe", 1).len(), 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.count("event.subscribe"), 1);
+    app.read_exactly(
+        "event.subscribe",
+        1,
+        Duration::from_millis(300),
+        "once each",
+    )
+    .await;
     app.stop().await;
 }
 
@@ -311,13 +315,13 @@ async fn a_failed_publish_is_503_releases_the_claim_and_the_retry_lands_once() {
     let (status, reason) = app.post_with_query(&query, &xml).await;
     assert_eq!(status, 200, "{reason}");
     assert_eq!(app.post_with_query(&query, &xml).await.0, 200);
-    assert_eq!(app.read("event.subscribe", 2).len(), 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        app.count("event.subscribe"),
+    app.read_exactly(
+        "event.subscribe",
         2,
-        "u_warm and u_fail, once each"
-    );
+        Duration::from_millis(300),
+        "u_warm and u_fail, once each",
+    )
+    .await;
     app.stop().await;
 }
 
@@ -363,13 +367,13 @@ async fn kafka_down_is_503_within_the_deadline_and_the_retry_lands_once() {
         "{statuses:?}"
     );
     assert_eq!(app.post_with_query(&query, &xml).await.0, 200);
-    assert_eq!(app.read("event.unsubscribe", 1).len(), 1);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        app.count("event.unsubscribe"),
+    app.read_exactly(
+        "event.unsubscribe",
         1,
-        "exactly once after {statuses:?}"
-    );
+        Duration::from_millis(500),
+        &format!("exactly once after {statuses:?}"),
+    )
+    .await;
     app.stop().await;
 }
 
@@ -423,28 +427,17 @@ async fn redis_unreachable_still_publishes_every_push_answered_200() {
     let xml = seed("<Event>subscribe</Event>", "u_noredis", now());
     assert_eq!(app.post_push(&xml).await.0, 200);
     assert_eq!(app.read("event.subscribe", 1).len(), 1);
-    // Redis down is degraded, not unready: pushes are still made durable.
-    let (status, body) = app.admin_get("/readyz").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        body.starts_with("degraded") && body.contains("redis"),
-        "{body}"
-    );
-
     // Redis comes back: dedup resumes by itself.
-    let _redis = RedisServer::start_on(port);
     let other = seed("<Event>subscribe</Event>", "u_back", now());
-    let ok = app.wait_ready(Duration::from_millis(4000)).await;
-    assert!(ok, "ready again once Redis is back");
-    assert_eq!(app.post_push(&other).await.0, 200);
-    assert_eq!(app.post_push(&other).await.0, 200);
-    assert_eq!(app.read("event.subscribe", 2).len(), 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        app.count("event.subscribe"),
-        2,
-        "u_noredis once, u_back once"
-    );
+    let _redis = app
+        .assert_redis_comes_back(
+            port,
+            Duration::from_millis(4000),
+            &other,
+            2,
+            "u_noredis once, u_back once",
+        )
+        .await;
     app.stop().await;
 }
 
@@ -519,12 +512,7 @@ async fn readiness_follows_what_can_make_a_push_durable() {
     let mock = app.kafka.mock_cluster().unwrap();
     assert!(app.wait_ready(Duration::from_secs(5)).await);
     mock.broker_down(1).unwrap();
-    let (status, body) = app.admin_get("/readyz").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        body.starts_with("degraded") && body.contains("spooling"),
-        "{body}"
-    );
+    app.assert_degraded("spooling").await;
     let (_, metrics) = app.admin_get("/metrics").await;
     assert!(
         metrics.contains("wxpipe_dependency_up{dependency=\"kafka\"} 0"),

@@ -111,6 +111,15 @@ impl FakeWeChat {
     pub fn set_send_delay(&self, delay: Duration) {
         self.state.lock().unwrap().send_delay = delay;
     }
+
+    pub fn set_token_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().token_delay = delay;
+    }
+
+    /// Makes sends refuse `token` (40001), though stable_token still hands it out unforced.
+    pub fn refuse_token(&self, token: &str) {
+        self.state.lock().unwrap().refused.insert(token.to_owned());
+    }
 }
 
 async fn answer(

@@ -146,6 +146,16 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// `CLIENT PAUSE` for `millis`: Redis answers no client (this one neither) until then.
+    pub fn pause(&self, millis: u64) {
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(millis)
+            .arg("ALL")
+            .exec(&mut self.conn())
+            .unwrap();
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -128,11 +128,7 @@ mod tests {
     use serde_json::Value;
 
     fn vectors() -> Vec<Value> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/vectors/crypto/crypto_vectors.json"
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        crate::test_vectors("crypto/crypto_vectors.json")
     }
 
     fn s<'a>(v: &'a Value, key: &str) -> &'a str {

@@ -28,3 +28,10 @@ pub use accounts::Secret;
 pub use query::Query;
 pub use sign::Signer;
 pub use verify::VerifyError;
+
+/// The public test vectors in `tests/vectors/{file}` (a JSON array).
+#[cfg(test)]
+fn test_vectors(file: &str) -> Vec<serde_json::Value> {
+    let path = format!("{}/../tests/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}

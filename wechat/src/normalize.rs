@@ -296,6 +296,15 @@ mod tests {
         serde_json::Value::Object(e.fields.clone())
     }
 
+    /// Normalizes a push that must land on `topic` with these typed `fields`: the event, for
+    /// the test's further checks.
+    fn event_on(xml: &str, topic: &str, fields: serde_json::Value) -> Event {
+        let e = event(xml).unwrap();
+        assert_eq!(e.topic().suffix(), topic);
+        assert_eq!(typed(&e), fields);
+        e
+    }
+
     fn event(xml: &str) -> Result<Event, ParseError> {
         normalize(Push::try_from(xml.as_bytes())?, AT.into())
     }
@@ -339,32 +348,24 @@ mod tests {
 
     #[test]
     fn seed_qr_subscribe() {
-        let e = event(SEED_QR_SUBSCRIBE).unwrap();
-        assert_eq!(e.topic().suffix(), "event.subscribe");
-        assert_eq!(typed(&e), json!({"scene": "123123", "ticket": "TICKET"}));
+        let fields = json!({"scene": "123123", "ticket": "TICKET"});
+        let e = event_on(SEED_QR_SUBSCRIBE, "event.subscribe", fields);
         assert!(e.extra.is_empty());
     }
 
     #[test]
     fn seed_scan() {
-        let e = event(SEED_SCAN).unwrap();
-        assert_eq!(e.topic().suffix(), "event.scan");
+        let fields = json!({"scene": "SCENE_VALUE", "ticket": "TICKET"});
+        let e = event_on(SEED_SCAN, "event.scan", fields);
         assert_eq!(e.type_, "scan");
-        assert_eq!(
-            typed(&e),
-            json!({"scene": "SCENE_VALUE", "ticket": "TICKET"})
-        );
     }
 
     #[test]
     fn seed_location() {
-        let e = event(SEED_LOCATION).unwrap();
-        assert_eq!(e.topic().suffix(), "event.location");
+        let fields =
+            json!({"latitude": 23.137466, "longitude": 113.352425, "precision": 119.38504});
+        let e = event_on(SEED_LOCATION, "event.location", fields);
         assert_eq!(e.openid, "fromUser");
-        assert_eq!(
-            typed(&e),
-            json!({"latitude": 23.137466, "longitude": 113.352425, "precision": 119.38504})
-        );
         assert!(e.extra.is_empty());
     }
 
@@ -380,9 +381,8 @@ mod tests {
 
     #[test]
     fn seed_unsubscribe() {
-        let e = event(&ev("<Event><![CDATA[unsubscribe]]></Event>")).unwrap();
-        assert_eq!(e.topic().suffix(), "event.unsubscribe");
-        assert_eq!(typed(&e), json!({}));
+        let xml = ev("<Event><![CDATA[unsubscribe]]></Event>");
+        event_on(&xml, "event.unsubscribe", json!({}));
     }
 
     #[test]
@@ -473,22 +473,15 @@ mod tests {
         );
         // Other accounts, users and seconds are other events.
         let base = identity("gh_a", "o1", 1, Kind::Event, "subscribe", None, "0");
-        assert_ne!(
-            base,
-            identity("gh_b", "o1", 1, Kind::Event, "subscribe", None, "0")
-        );
-        assert_ne!(
-            base,
-            identity("gh_a", "o2", 1, Kind::Event, "subscribe", None, "0")
-        );
-        assert_ne!(
-            base,
-            identity("gh_a", "o1", 2, Kind::Event, "subscribe", None, "0")
-        );
-        assert_ne!(
-            base,
-            identity("gh_a", "o1", 1, Kind::Message, "subscribe", None, "0")
-        );
+        for (account, openid, second, kind) in [
+            ("gh_b", "o1", 1, Kind::Event),
+            ("gh_a", "o2", 1, Kind::Event),
+            ("gh_a", "o1", 2, Kind::Event),
+            ("gh_a", "o1", 1, Kind::Message),
+        ] {
+            let other = identity(account, openid, second, kind, "subscribe", None, "0");
+            assert_ne!(base, other, "{account} {openid} {second} {kind:?}");
+        }
         assert_ne!(
             identity("gh_a", "o1", 1, Kind::Message, "text", Some("1"), "0"),
             identity("gh_a", "o1", 1, Kind::Message, "text", Some("2"), "0")

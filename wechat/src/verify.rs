@@ -49,11 +49,7 @@ mod tests {
     use serde_json::Value;
 
     fn vectors() -> Vec<Value> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/vectors/url_verify/url_verify_vectors.json"
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        crate::test_vectors("url_verify/url_verify_vectors.json")
     }
 
     fn s(v: &Value) -> &str {

@@ -5,40 +5,44 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use worker::api::{Credentials, WeChat};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    assert!(
-        eventually(WAIT, &mut check).await,
-        "timed out waiting for {what}"
-    );
+async fn wait_for(what: &str, check: impl FnMut() -> bool) {
+    wait_within(WAIT, what, check).await
 }
 
-async fn wait_for_async<F, Fut>(what: &str, mut check: F)
+/// A client of the fake WeChat API, caching its tokens in the test's store, as process `owner`.
+fn api_client(env: &Env, timeout: Duration, owner: &str) -> WeChat {
+    WeChat::new(
+        &env.wechat.base(),
+        timeout,
+        std::sync::Arc::clone(&env.store.tokens),
+        owner.into(),
+    )
+    .unwrap()
+}
+
+fn credentials(appid: &str) -> Credentials {
+    Credentials {
+        appid: appid.into(),
+        appsecret: wechat::accounts::Secret::new("secret"),
+    }
+}
+
+async fn wait_for_async<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = std::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_within_async(WAIT, what, check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_effect_happens() {
     let env = Env::start().await;
-    let store = env.store().await;
-    store
-        .subscriptions
-        .set_binding("gh_a", "leaver", "user-9")
-        .await
-        .unwrap();
+    env.store.bind("leaver", "user-9").await;
     env.produce(
         "subscribe",
         &[
@@ -52,7 +56,7 @@ async fn every_effect_happens() {
         "location",
         &[location("gh_a", "walker", 120, 23.137466, 113.352425)],
     );
-    let (stop, task) = env.spawn(&[
+    let worker = env.spawn(&[
         "--welcome-scene-texts",
         r#"{"42": "Welcome, poster reader"}"#,
     ]);
@@ -70,72 +74,33 @@ async fn every_effect_happens() {
         "{sends:?}"
     );
     wait_for_async("unbinding", || async {
-        store
-            .subscriptions
-            .binding("gh_a", "leaver")
-            .await
-            .unwrap()
-            .is_none()
+        env.store.binding("leaver").await.is_none()
     })
     .await;
-    let leaver = store
-        .subscriptions
-        .user("gh_a", "leaver")
-        .await
-        .unwrap()
-        .unwrap();
+    let leaver = env.store.user("leaver").await.unwrap();
     assert!(!leaver.subscribed);
     assert_eq!(leaver.updated_at, 110);
     // The unbind role takes the subscribe and unsubscribe topics concurrently: the leaver's
     // unsubscribe says nothing about when the poster's subscribe was applied.
     wait_for_async("the poster's subscription", || async {
-        store
-            .subscriptions
-            .user("gh_a", "poster")
-            .await
-            .unwrap()
-            .is_some()
+        env.store.user("poster").await.is_some()
     })
     .await;
-    let poster = store
-        .subscriptions
-        .user("gh_a", "poster")
-        .await
-        .unwrap()
-        .unwrap();
+    let poster = env.store.user("poster").await.unwrap();
     assert!(poster.subscribed);
     assert_eq!(poster.scene, "42");
     wait_for_async("location", || async {
-        store
-            .locations
-            .latest_location("gh_a", "walker")
-            .await
-            .unwrap()
-            .is_some()
+        env.store.latest_location("walker").await.is_some()
     })
     .await;
-    let latest = store
-        .locations
-        .latest_location("gh_a", "walker")
-        .await
-        .unwrap()
-        .unwrap();
+    let latest = env.store.latest_location("walker").await.unwrap();
     assert_eq!(
         (latest.latitude, latest.longitude, latest.created_at),
         (23.137466, 113.352425, 120)
     );
-    assert_eq!(
-        store
-            .locations
-            .location_history("gh_a", "walker")
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(env.store.location_history("walker").await.len(), 1);
     assert_eq!(env.wechat.token_fetches(), [false], "one token, cached");
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,12 +108,7 @@ async fn a_far_future_created_at_never_wins_last_write_wins() {
     // A forged (or pre-check) unsubscribe stamped in year 2255 must not make every later
     // event of its user stale: it is dead-lettered, never applied.
     let env = Env::start().await;
-    let store = env.store().await;
-    store
-        .subscriptions
-        .set_binding("gh_a", "victim", "user-1")
-        .await
-        .unwrap();
+    env.store.bind("victim", "user-1").await;
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -165,54 +125,38 @@ async fn a_far_future_created_at_never_wins_last_write_wins() {
             location("gh_a", "walker", t, 3.0, 4.0),
         ],
     );
-    let (stop, task) = env.spawn(&["--role", "unbind,location"]);
-    let dlq = |role: &str| format!("{}.dlq.{role}", env.prefix);
+    let worker = env.spawn(&["--role", "unbind,location"]);
     wait_for("the dead letters", || {
-        env.kafka.count(&dlq("unbind")) == 1 && env.kafka.count(&dlq("location")) == 1
+        env.kafka.count(&env.dlq("unbind")) == 1 && env.kafka.count(&env.dlq("location")) == 1
     })
     .await;
     wait_for_async("the subscribe", || async {
-        store
-            .subscriptions
-            .user("gh_a", "victim")
+        env.store
+            .user("victim")
             .await
-            .unwrap()
             .is_some_and(|u| u.subscribed && u.updated_at == t)
     })
     .await;
-    assert_eq!(
-        store
-            .subscriptions
-            .binding("gh_a", "victim")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("user-1")
-    );
+    assert_eq!(env.store.binding("victim").await.as_deref(), Some("user-1"));
     wait_for_async("the location", || async {
-        store
-            .locations
-            .latest_location("gh_a", "walker")
+        env.store
+            .latest_location("walker")
             .await
-            .unwrap()
             .is_some_and(|l| l.created_at == t && l.latitude == 3.0)
     })
     .await;
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_events_change_nothing_more() {
     let env = Env::start().await;
-    let store = env.store().await;
     let welcome = subscribe("gh_a", "twice", 100, None);
     // The same event three times on the log (a producer retry, a replay).
     env.produce("subscribe", &[welcome.clone(), welcome.clone(), welcome]);
-    let (stop, task) = env.spawn(&[]);
+    let worker = env.spawn(&[]);
     wait_for("a welcome", || env.wechat.sends_to("twice") >= 1).await;
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
     // And once more after a restart, from a consumer group that starts again.
     env.produce(
         "subscribe",
@@ -221,7 +165,7 @@ async fn redelivered_events_change_nothing_more() {
             subscribe("gh_a", "marker", 101, None),
         ],
     );
-    let (stop, task) = env.spawn(&[]);
+    let worker = env.spawn(&[]);
     wait_for("the marker's welcome", || {
         env.wechat.sends_to("marker") == 1
     })
@@ -234,78 +178,39 @@ async fn redelivered_events_change_nothing_more() {
     );
     // The unbind role has its own group: wait for it too.
     wait_for_async("the subscription", || async {
-        store
-            .subscriptions
-            .user("gh_a", "twice")
-            .await
-            .unwrap()
-            .is_some()
+        env.store.user("twice").await.is_some()
     })
     .await;
-    assert!(
-        store
-            .subscriptions
-            .user("gh_a", "twice")
-            .await
-            .unwrap()
-            .unwrap()
-            .subscribed
-    );
-    drop(stop);
-    task.await.unwrap();
+    assert!(env.store.user("twice").await.unwrap().subscribed);
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_older_unsubscribe_does_not_undo_a_newer_subscribe() {
     let env = Env::start().await;
-    let store = env.store().await;
     env.produce("subscribe", &[subscribe("gh_a", "back", 200, Some("7"))]);
     // One record at a time, and the marker on back's partition (keyed like it): once the
     // marker is applied, so is back's late unsubscribe.
-    let (stop, task) = env.spawn(&["--role", "unbind", "--concurrency", "1"]);
+    let worker = env.spawn(&["--role", "unbind", "--concurrency", "1"]);
     wait_for_async("subscribed", || async {
-        store
-            .subscriptions
-            .user("gh_a", "back")
-            .await
-            .unwrap()
-            .is_some()
+        env.store.user("back").await.is_some()
     })
     .await;
-    store
-        .subscriptions
-        .set_binding("gh_a", "back", "user-1")
-        .await
-        .unwrap();
+    env.store.bind("back", "user-1").await;
     let (_, marker) = unsubscribe("gh_a", "marker", 1);
     env.produce(
         "unsubscribe",
         &[unsubscribe("gh_a", "back", 150), ("back".into(), marker)],
     );
     wait_for_async("the marker", || async {
-        store
-            .subscriptions
-            .user("gh_a", "marker")
-            .await
-            .unwrap()
-            .is_some()
+        env.store.user("marker").await.is_some()
     })
     .await;
-    let state = store
-        .subscriptions
-        .user("gh_a", "back")
-        .await
-        .unwrap()
-        .unwrap();
+    let state = env.store.user("back").await.unwrap();
     assert!(state.subscribed, "still subscribed");
     assert_eq!((state.updated_at, state.scene.as_str()), (200, "7"));
     assert_eq!(
-        store
-            .subscriptions
-            .binding("gh_a", "back")
-            .await
-            .unwrap()
-            .as_deref(),
+        env.store.binding("back").await.as_deref(),
         Some("user-1"),
         "binding kept"
     );
@@ -313,15 +218,14 @@ async fn a_late_older_unsubscribe_does_not_undo_a_newer_subscribe() {
         env.wechat.sends().is_empty(),
         "the unbind role sends nothing"
     );
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_is_refreshed_once_and_the_message_sent_once() {
     let env = Env::start().await;
     env.produce("subscribe", &[subscribe("gh_a", "first", 100, None)]);
-    let (stop, task) = env.spawn(&["--role", "welcome"]);
+    let worker = env.spawn(&["--role", "welcome"]);
     wait_for("the first welcome", || env.wechat.sends_to("first") == 1).await;
     // WeChat expires the token mid-stream.
     env.wechat.expire_tokens();
@@ -342,8 +246,7 @@ async fn an_expired_token_is_refreshed_once_and_the_message_sent_once() {
         2,
         "one refresh, shared by both sends: {fetches:?}"
     );
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,7 +280,6 @@ async fn two_worker_processes_share_one_token_and_send_each_welcome_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_batch_loses_nothing() {
     let env = Env::start().await;
-    let store = env.store().await;
     env.wechat.set_send_delay(Duration::from_millis(150));
     let n = 30;
     let subs: Vec<_> = (0..n)
@@ -403,21 +305,11 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     for i in 0..n {
         let openid = format!("k{i}");
         wait_for_async("every state", || async {
-            store
-                .subscriptions
-                .user("gh_a", &openid)
-                .await
-                .unwrap()
-                .is_some_and(|u| u.subscribed)
+            env.store.user(&openid).await.is_some_and(|u| u.subscribed)
         })
         .await;
         wait_for_async("every location", || async {
-            store
-                .locations
-                .latest_location("gh_a", &openid)
-                .await
-                .unwrap()
-                .is_some()
+            env.store.latest_location(&openid).await.is_some()
         })
         .await;
     }
@@ -455,11 +347,11 @@ async fn poison_and_failing_records_reach_the_dead_letter_topic() {
         ],
     );
     env.kafka.produce(&env.topic("location"), &[("nowhere", br#"{"id":"x","account":"gh_a","openid":"nowhere","created_at":1,"received_at":"t","kind":"event","type":"location","extra":{}}"#.as_slice())]);
-    let (stop, task) = env.spawn(&[]);
-    let dlq = format!("{}.dlq.welcome", env.prefix);
+    let worker = env.spawn(&[]);
+    let dlq = env.dlq("welcome");
     wait_for("two welcome dead letters", || env.kafka.count(&dlq) == 2).await;
     wait_for("the location dead letter", || {
-        env.kafka.count(&format!("{}.dlq.location", env.prefix)) == 1
+        env.kafka.count(&env.dlq("location")) == 1
     })
     .await;
     wait_for("the fine and flaky welcomes", || {
@@ -488,39 +380,28 @@ async fn poison_and_failing_records_reach_the_dead_letter_topic() {
     assert_eq!(env.wechat.sends_to("gone"), 0);
     // The unbind role handled every valid subscribe anyway, and skipped nothing it could do.
     assert_eq!(
-        env.kafka.count(&format!("{}.dlq.unbind", env.prefix)),
+        env.kafka.count(&env.dlq("unbind")),
         1,
         "only the junk record"
     );
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_appsecret_welcomes_are_logged_not_sent() {
     let env = Env::start().await;
-    let store = env.store().await;
     env.produce("subscribe", &[subscribe("gh_a", "quiet", 100, None)]);
     let mut config = env.config(&[]);
     config.shared.appsecret = None;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(worker::run(config, async {
-        let _ = rx.await;
-    }));
+    let worker = run(config);
     wait_for_async("the subscription state", || async {
-        store
-            .subscriptions
-            .user("gh_a", "quiet")
-            .await
-            .unwrap()
-            .is_some()
+        env.store.user("quiet").await.is_some()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(env.wechat.sends().is_empty());
     assert!(env.wechat.token_fetches().is_empty());
-    drop(tx);
-    task.await.unwrap().unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,8 +409,8 @@ async fn the_admin_port_reports_health_and_metrics() {
     let env = Env::start().await;
     let port = free_port();
     env.produce("subscribe", &[subscribe("gh_a", "counted", 100, None)]);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-        .envs(env.vars())
+    let child = env
+        .command()
         .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
@@ -589,8 +470,8 @@ async fn sigterm_while_kafka_is_down_stops_the_worker_promptly() {
         &[subscribe("gh_a", "before-outage", 100, None)],
     );
     // The consumer settings a deployment has (the test default shortens the session timeout).
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-        .envs(env.vars())
+    let mut child = env
+        .command()
         .env("KAFKA_CONSUMER_CONFIG", "")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
@@ -630,7 +511,7 @@ async fn consumer_lag_counts_what_is_not_done_and_falls_to_zero() {
         .map(|n| subscribe("gh_a", &format!("lagging-{n}"), 100 + n, None))
         .collect();
     env.produce("subscribe", &events);
-    let (stop, task) = env.spawn(&["--role", "welcome", "--concurrency", "1"]);
+    let worker = env.spawn(&["--role", "welcome", "--concurrency", "1"]);
     let series = format!("topic=\"{}\"", env.topic("subscribe"));
     let lag = || {
         ops::prometheus().render().lines().find_map(|line| {
@@ -643,31 +524,17 @@ async fn consumer_lag_counts_what_is_not_done_and_falls_to_zero() {
     wait_for("the backlog as lag", || lag().is_some_and(|l| l >= 1.0)).await;
     wait_for("the lag back to 0", || lag() == Some(0.0)).await;
     assert_eq!(env.wechat.sends().len(), 5);
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 /// Many tasks of two processes (two clients with their own lock owners) asking for a token at
 /// once, round after round: each round fetches exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_token_requests_fetch_one_token_per_round() {
-    use worker::api::{Credentials, WeChat};
     let env = Env::start().await;
-    let store = env.store().await;
-    let client = |owner: &str| {
-        WeChat::new(
-            &env.wechat.base(),
-            Duration::from_secs(2),
-            std::sync::Arc::clone(&store.tokens),
-            owner.into(),
-        )
-        .unwrap()
-    };
+    let client = |owner: &str| api_client(&env, Duration::from_secs(2), owner);
     let (a, b) = (client("process-a"), client("process-b"));
-    let creds = Credentials {
-        appid: "wxrace".into(),
-        appsecret: wechat::accounts::Secret::new("secret"),
-    };
+    let creds = credentials("wxrace");
     for round in 1..=20 {
         let asks = (0..16).map(|n| {
             let client = if n % 2 == 0 { &a } else { &b };
@@ -678,11 +545,11 @@ async fn concurrent_token_requests_fetch_one_token_per_round() {
         }
         assert_eq!(env.wechat.token_fetches().len(), round, "round {round}");
         // The cached token expires: the next round must fetch again, once.
-        store
+        env.store
             .tokens
             .drop_token(
                 "wxrace",
-                &store.tokens.token("wxrace").await.unwrap().unwrap(),
+                &env.store.tokens.token("wxrace").await.unwrap().unwrap(),
             )
             .await
             .unwrap();
@@ -711,24 +578,17 @@ async fn a_record_larger_than_a_default_producer_takes_is_dead_lettered() {
         .unwrap();
     producer.flush(Duration::from_secs(10)).unwrap();
     env.produce("location", &[location("gh_a", "after_big", 120, 1.0, 2.0)]);
-    let (stop, task) = env.spawn(&["--role", "location"]);
-    let dlq = format!("{}.dlq.location", env.prefix);
+    let worker = env.spawn(&["--role", "location"]);
+    let dlq = env.dlq("location");
     wait_for("the big record dead-lettered", || {
         env.kafka.count(&dlq) == 1
     })
     .await;
-    let store = env.store().await;
     wait_for_async("the next record's effect", || async {
-        store
-            .locations
-            .latest_location("gh_a", "after_big")
-            .await
-            .unwrap()
-            .is_some()
+        env.store.latest_location("after_big").await.is_some()
     })
     .await;
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -747,8 +607,8 @@ async fn a_failing_dead_letter_write_makes_the_worker_unready_until_it_succeeds(
         .unwrap();
     env.produce("location", &[location("gh_a", "stuck", 120, 1.0, 2.0)]);
     let port = free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-        .envs(env.vars())
+    let mut child = env
+        .command()
         .env("WORKER_ROLES", "location")
         .env("WORKER_MAX_ATTEMPTS", "6")
         .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
@@ -756,41 +616,22 @@ async fn a_failing_dead_letter_write_makes_the_worker_unready_until_it_succeeds(
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
-    let ready = || async {
-        let response = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .ok()?;
-        Some((response.status().as_u16(), response.text().await.ok()?))
-    };
     // Up, in its group and the record fetched (its six attempts take over 10 s), then Kafka
     // goes away.
-    wait_for_async("the admin port", || async { ready().await.is_some() }).await;
+    wait_for_async("the admin port", || async { ready(port).await.is_some() }).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let mock = env.kafka.mock_cluster().unwrap();
     mock.broker_down(1).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut said = None;
-    while std::time::Instant::now() < deadline {
-        if let Some((503, body)) = ready().await {
-            if body.contains("dead-letter") {
-                said = Some(body);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let said = unready_for(port, "dead-letter", Duration::from_secs(60)).await;
     assert!(
         said.is_some(),
         "readiness never named the failing dead-letter write"
     );
     mock.broker_up(1).unwrap();
-    let dlq = format!("{}.dlq.location", env.prefix);
+    let dlq = env.dlq("location");
     wait_for("the dead letter written", || env.kafka.count(&dlq) == 1).await;
     wait_for_async("readiness no longer blaming dead letters", || async {
-        ready()
+        ready(port)
             .await
             .is_some_and(|(_, body)| !body.contains("dead-letter"))
     })
@@ -835,11 +676,7 @@ async fn kafka_settings_reach_every_client_and_bad_ones_stop_the_start() {
         ("KAFKA_CONFIG", "security.protocol"),
         ("KAFKA_CONSUMER_CONFIG", "fetch.wait.max.ms"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-            .envs(env.vars())
-            .env(setting, value)
-            .output()
-            .unwrap();
+        let out = env.command().env(setting, value).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{setting}={value}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(setting), "{stderr}");
@@ -851,39 +688,31 @@ async fn a_location_off_the_globe_is_poison_with_no_effect() {
     // Longitude 500: GEOADD refuses it, and Redis keeps what a script wrote before the error;
     // the coordinates are checked before any write.
     let env = Env::start().await;
-    let store = env.store().await;
     env.produce("location", &[location("gh_a", "lost", 120, 23.1, 500.0)]);
     env.produce("location", &[location("gh_a", "lost", 110, 23.2, 113.0)]);
-    let (stop, task) = env.spawn(&["--role", "location"]);
-    let dlq = format!("{}.dlq.location", env.prefix);
+    let worker = env.spawn(&["--role", "location"]);
+    let dlq = env.dlq("location");
     wait_for("the bad location dead-lettered", || {
         env.kafka.count(&dlq) == 1
     })
     .await;
     wait_for_async("the older, valid location applied", || async {
-        store
-            .locations
-            .latest_location("gh_a", "lost")
+        env.store
+            .latest_location("lost")
             .await
-            .unwrap()
             .is_some_and(|l| l.created_at == 110)
     })
     .await;
-    let history = store
-        .locations
-        .location_history("gh_a", "lost")
-        .await
-        .unwrap();
+    let history = env.store.location_history("lost").await;
     assert_eq!(history.len(), 1, "{history:?}");
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_property_librdkafka_refuses_stops_the_start_and_a_clean_stop_raises_no_alarm() {
     let env = Env::start().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-        .envs(env.vars())
+    let out = env
+        .command()
         .env("KAFKA_CONSUMER_CONFIG", "no.such.property=1")
         .output()
         .unwrap();
@@ -896,21 +725,16 @@ async fn a_property_librdkafka_refuses_stops_the_start_and_a_clean_stop_raises_n
 
     // Nothing consumed, then SIGTERM: no "final commit failed" alarm (NoOffset is not one).
     let port = free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-        .envs(env.vars())
+    let mut child = env
+        .command()
         .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
     wait_for_async("ready", || async {
-        client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
+        ready(port).await.is_some_and(|(status, _)| status == 200)
     })
     .await;
     // In the group, with its partitions assigned.
@@ -929,21 +753,10 @@ async fn a_property_librdkafka_refuses_stops_the_start_and_a_clean_stop_raises_n
 async fn a_token_the_api_just_rejected_is_never_cached() {
     // WeChat keeps answering the refused token, even to a forced refresh: caching it would
     // make every send fail until it expires.
-    use worker::api::{Credentials, WeChat};
     let env = Env::start().await;
-    let store = env.store().await;
     env.wechat.state.lock().unwrap().stuck_token = Some("TOKEN-STUCK".into());
-    let client = WeChat::new(
-        &env.wechat.base(),
-        Duration::from_secs(2),
-        std::sync::Arc::clone(&store.tokens),
-        "process-a".into(),
-    )
-    .unwrap();
-    let creds = Credentials {
-        appid: "wxstuck".into(),
-        appsecret: wechat::accounts::Secret::new("secret"),
-    };
+    let client = api_client(&env, Duration::from_secs(2), "process-a");
+    let creds = credentials("wxstuck");
     assert!(client.send_text(&creds, "o1", "hi").await.is_err());
     assert_eq!(
         env.wechat.token_fetches(),
@@ -951,7 +764,7 @@ async fn a_token_the_api_just_rejected_is_never_cached() {
         "a fetch, then on 42001 a normal and a forced one"
     );
     assert_ne!(
-        store.tokens.token("wxstuck").await.unwrap().as_deref(),
+        env.store.tokens.token("wxstuck").await.unwrap().as_deref(),
         Some("TOKEN-STUCK"),
         "the rejected token is not cached"
     );
@@ -963,31 +776,25 @@ async fn an_account_level_refusal_is_never_recorded_as_sent() {
     // is fixed the welcome must still go out, so it waits (readiness says why), is never
     // dead-lettered, and is never marked sent.
     let env = Env::start().await;
-    let store = env.store().await;
     env.wechat.fail("refused", 48001, u32::MAX);
     let (key, value) = subscribe("gh_a", "refused", 100, None);
     let id = schemas::Event::from_json(&value).unwrap().id;
     env.produce("subscribe", &[(key, value)]);
     let port = free_port();
     let admin = format!("127.0.0.1:{port}");
-    let (stop, task) = env.spawn(&["--role", "welcome", "--admin-listen", &admin]);
-    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let worker = env.spawn(&["--role", "welcome", "--admin-listen", &admin]);
     wait_for_async("readiness to name the refusal", || async {
-        match reqwest::get(&readyz).await {
-            Ok(response) if response.status() == 503 => response
-                .text()
-                .await
-                .is_ok_and(|body| body.contains("errcode 48001")),
-            _ => false,
-        }
+        ready(port)
+            .await
+            .is_some_and(|(status, body)| status == 503 && body.contains("errcode 48001"))
     })
     .await;
     // Past the attempts that used to dead-letter it.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let dlq = format!("{}.dlq.welcome", env.prefix);
+    let dlq = env.dlq("welcome");
     assert_eq!(env.kafka.count(&dlq), 0);
     assert_eq!(
-        store
+        env.store
             .welcome
             .begin_send(&id, "checker", Duration::from_millis(1))
             .await
@@ -999,8 +806,7 @@ async fn an_account_level_refusal_is_never_recorded_as_sent() {
     env.wechat.fail("refused", 48001, 0);
     wait_for("the welcome", || env.wechat.sends_to("refused") == 1).await;
     assert_eq!(env.kafka.count(&dlq), 0);
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1010,21 +816,17 @@ async fn a_slow_send_keeps_its_lease_and_the_welcome_goes_out_once() {
     // 4.75 s, past the old lease of twice the timeout plus 2 s. The same event twice on the
     // topic: the second handler must wait for the first, not send again.
     let env = Env::start().await;
-    {
-        let mut fake = env.wechat.state.lock().unwrap();
-        fake.send_delay = Duration::from_millis(950);
-        fake.token_delay = Duration::from_millis(950);
-        fake.refused.insert("TOKEN-1".into());
-    }
+    env.wechat.set_send_delay(Duration::from_millis(950));
+    env.wechat.set_token_delay(Duration::from_millis(950));
+    env.wechat.refuse_token("TOKEN-1");
     let welcome = subscribe("gh_a", "slow", 100, None);
     env.produce("subscribe", &[welcome.clone(), welcome]);
-    let (stop, task) = env.spawn(&["--role", "welcome", "--concurrency", "4"]);
+    let worker = env.spawn(&["--role", "welcome", "--concurrency", "4"]);
     wait_for("the welcome", || env.wechat.sends_to("slow") >= 1).await;
     // Long enough for a second handler that took over an expired lease to send too.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(env.wechat.sends_to("slow"), 1, "{:?}", env.wechat.sends());
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1032,32 +834,16 @@ async fn the_token_lock_outlasts_the_slowest_fetch() {
     // Two processes find their cached token refused at once. The one that takes the fetch
     // lock needs a normal and a forced fetch, 5.5 s each (the API timeout being 6 s): 11 s,
     // past a fixed 10 s lock. The other must wait for its token, not fetch as well.
-    use worker::api::{Credentials, WeChat};
     let env = Env::start().await;
-    let store = env.store().await;
-    {
-        let mut fake = env.wechat.state.lock().unwrap();
-        fake.token_delay = Duration::from_millis(5500);
-        fake.refused.insert("TOKEN-1".into());
-    }
-    store
+    env.wechat.set_token_delay(Duration::from_millis(5500));
+    env.wechat.refuse_token("TOKEN-1");
+    env.store
         .tokens
         .set_token("wxslow", "TOKEN-1", Duration::from_secs(600))
         .await
         .unwrap();
-    let creds = Credentials {
-        appid: "wxslow".into(),
-        appsecret: wechat::accounts::Secret::new("secret"),
-    };
-    let client = |owner: &str| {
-        WeChat::new(
-            &env.wechat.base(),
-            Duration::from_secs(6),
-            std::sync::Arc::clone(&store.tokens),
-            owner.into(),
-        )
-        .unwrap()
-    };
+    let creds = credentials("wxslow");
+    let client = |owner: &str| api_client(&env, Duration::from_secs(6), owner);
     let (a, b) = (client("process-a"), client("process-b"));
     let (sent_a, sent_b) = tokio::join!(
         a.send_text(&creds, "oa", "hi"),

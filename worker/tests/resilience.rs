@@ -6,23 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use redis::Commands;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    assert!(
-        eventually(WAIT, &mut check).await,
-        "timed out waiting for {what}"
-    );
-}
-
-/// (status, body) of the worker's `/readyz`.
-async fn ready(port: u16) -> Option<(u16, String)> {
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-        .await
-        .ok()?;
-    Some((response.status().as_u16(), response.text().await.ok()?))
+async fn wait_for(what: &str, check: impl FnMut() -> bool) {
+    wait_within(WAIT, what, check).await
 }
 
 async fn metrics(port: u16) -> String {
@@ -55,16 +43,11 @@ async fn a_lagging_unsubscribe_never_deletes_the_binding_of_a_user_who_followed_
     let mut unsubscribes = unsubscribes;
     unsubscribes.push(unsubscribe("gh_a", "gone", 200));
     env.produce("unsubscribe", &unsubscribes);
-    let store = env.store().await;
     for user in users.iter().chain([&"gone".to_owned()]) {
-        store
-            .subscriptions
-            .set_binding("gh_a", user, "host-user")
-            .await
-            .unwrap();
+        env.store.bind(user, "host-user").await;
     }
 
-    let (stop, task) = env.spawn(&["--role", "unbind"]);
+    let worker = env.spawn(&["--role", "unbind"]);
     let topic = env.topic("unsubscribe");
     wait_for("every unsubscribe handled and committed", || {
         env.kafka.committed("wxpipe-unbind", &topic) == 21
@@ -72,83 +55,41 @@ async fn a_lagging_unsubscribe_never_deletes_the_binding_of_a_user_who_followed_
     .await;
     let mut lost = Vec::new();
     for user in &users {
-        let state = store
-            .subscriptions
-            .user("gh_a", user)
-            .await
-            .unwrap()
-            .unwrap();
+        let state = env.store.user(user).await.unwrap();
         assert!(state.subscribed, "{user}: {state:?}");
-        if store
-            .subscriptions
-            .binding("gh_a", user)
-            .await
-            .unwrap()
-            .is_none()
-        {
+        if env.store.binding(user).await.is_none() {
             lost.push(user.clone());
         }
     }
     assert!(lost.is_empty(), "bindings lost: {lost:?}");
-    assert_eq!(
-        store.subscriptions.binding("gh_a", "gone").await.unwrap(),
-        None
-    );
+    assert_eq!(env.store.binding("gone").await, None);
 
     // The unsubscribe redelivered, after the host bound that user again (say, on the web):
     // it changes nothing.
-    store
-        .subscriptions
-        .set_binding("gh_a", "gone", "web-user")
-        .await
-        .unwrap();
+    env.store.bind("gone", "web-user").await;
     env.produce("unsubscribe", &[unsubscribe("gh_a", "gone", 200)]);
     wait_for("the redelivery handled", || {
         env.kafka.committed("wxpipe-unbind", &topic) == 22
     })
     .await;
-    assert_eq!(
-        store
-            .subscriptions
-            .binding("gh_a", "gone")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("web-user")
-    );
-    drop(stop);
-    task.await.unwrap();
+    assert_eq!(env.store.binding("gone").await.as_deref(), Some("web-user"));
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_both_topics_idle_an_unsubscribe_takes_effect_at_once() {
     let env = Env::start().await;
-    let store = env.store().await;
-    store
-        .subscriptions
-        .set_binding("gh_a", "leaver", "u")
-        .await
-        .unwrap();
-    let (stop, task) = env.spawn(&["--role", "unbind"]);
+    env.store.bind("leaver", "u").await;
+    let worker = env.spawn(&["--role", "unbind"]);
     env.produce("subscribe", &[subscribe("gh_a", "leaver", 100, None)]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     env.produce("unsubscribe", &[unsubscribe("gh_a", "leaver", 200)]);
     let started = std::time::Instant::now();
-    let mut gone = false;
-    while started.elapsed() < WAIT {
-        if store
-            .subscriptions
-            .binding("gh_a", "leaver")
-            .await
-            .unwrap()
-            .is_none()
-        {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(gone, "the binding was never deleted");
+    let gone = poll(WAIT, Duration::from_millis(50), || async {
+        env.store.binding("leaver").await.is_none().then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the binding was never deleted");
     // Not a timing assertion on the machine's speed: the gate must not add its own delay of
     // many seconds (auto-commit is 1 s, the gate looks every 0.1 s).
     assert!(
@@ -156,8 +97,7 @@ async fn with_both_topics_idle_an_unsubscribe_takes_effect_at_once() {
         "{:?}",
         started.elapsed()
     );
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,44 +106,24 @@ async fn a_redis_stall_longer_than_the_retries_holds_records_back_and_dead_lette
     // its backoff: unsubscribes and locations must wait, the role say so, and every effect
     // happen once Redis answers, with nothing dead-lettered.
     let env = Env::start().await;
-    let store = env.store().await;
-    store
-        .subscriptions
-        .set_binding("gh_a", "leaver", "u")
-        .await
-        .unwrap();
+    env.store.bind("leaver", "u").await;
     let port = free_port();
     let admin = format!("127.0.0.1:{port}");
-    let (stop, task) = env.spawn(&["--role", "unbind,location", "--admin-listen", &admin]);
+    let worker = env.spawn(&["--role", "unbind,location", "--admin-listen", &admin]);
     // Warm: the roles consume, and readiness is green.
     env.produce("location", &[location("gh_a", "warm", 100, 1.0, 2.0)]);
     wait_for("the warm-up location", || {
-        env.redis
-            .conn()
-            .exists::<_, bool>(format!("{}:location:{{gh_a:warm}}", env.key_prefix))
-            .unwrap()
+        env.has_key("location:{gh_a:warm}")
     })
     .await;
 
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(12_000)
-        .query(&mut env.redis.conn())
-        .unwrap();
+    env.redis.pause(12_000);
     let paused_at = std::time::Instant::now();
     env.produce("unsubscribe", &[unsubscribe("gh_a", "leaver", 200)]);
     env.produce("location", &[location("gh_a", "walker", 150, 3.0, 4.0)]);
     // Readiness names the wait while Redis is paused.
-    let mut said = None;
-    while paused_at.elapsed() < Duration::from_secs(11) {
-        if let Some((503, body)) = ready(port).await {
-            if body.contains("waited") {
-                said = Some(body);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let within = Duration::from_secs(11).saturating_sub(paused_at.elapsed());
+    let said = unready_for(port, "waited", within).await;
     assert!(
         said.is_some(),
         "readiness never said a role waits: {:?}",
@@ -212,22 +132,16 @@ async fn a_redis_stall_longer_than_the_retries_holds_records_back_and_dead_lette
     // Our own connection would block on the pause too.
     tokio::time::sleep(Duration::from_secs(12).saturating_sub(paused_at.elapsed())).await;
     wait_for("the unsubscribe applied after the stall", || {
-        !env.redis
-            .conn()
-            .exists::<_, bool>(format!("{}:binding:{{gh_a:leaver}}", env.key_prefix))
-            .unwrap()
+        !env.has_key("binding:{gh_a:leaver}")
     })
     .await;
     wait_for("the location stored after the stall", || {
-        env.redis
-            .conn()
-            .exists::<_, bool>(format!("{}:location:{{gh_a:walker}}", env.key_prefix))
-            .unwrap()
+        env.has_key("location:{gh_a:walker}")
     })
     .await;
     for role in ["unbind", "location"] {
         assert_eq!(
-            env.kafka.count(&format!("{}.dlq.{role}", env.prefix)),
+            env.kafka.count(&env.dlq(role)),
             0,
             "{role} dead-lettered a record during an outage"
         );
@@ -239,13 +153,12 @@ async fn a_redis_stall_longer_than_the_retries_holds_records_back_and_dead_lette
             .any(|l| l.starts_with("wxpipe_worker_dependency_wait_seconds_sum")),
         "{metrics}"
     );
-    let deadline = std::time::Instant::now() + WAIT;
-    while ready(port).await.map(|(status, _)| status) != Some(200) {
-        assert!(std::time::Instant::now() < deadline, "never ready again");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    drop(stop);
-    task.await.unwrap();
+    let ready_again = poll(WAIT, Duration::from_millis(200), || async {
+        ready(port).await.filter(|(status, _)| *status == 200)
+    })
+    .await;
+    assert!(ready_again.is_some(), "never ready again");
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,10 +170,10 @@ async fn a_wechat_outage_holds_welcomes_back_until_it_passes() {
     let port = free_port();
     let admin = format!("127.0.0.1:{port}");
     env.produce("subscribe", &[subscribe("gh_a", "patient", 100, None)]);
-    let (stop, task) = env.spawn(&["--role", "welcome", "--admin-listen", &admin]);
+    let worker = env.spawn(&["--role", "welcome", "--admin-listen", &admin]);
     // Three attempts used to take under 2 s; wait well past them.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let dlq = format!("{}.dlq.welcome", env.prefix);
+    let dlq = env.dlq("welcome");
     assert_eq!(env.kafka.count(&dlq), 0, "dead-lettered during an outage");
     let (status, body) = ready(port).await.unwrap();
     assert_eq!(status, 503, "{body}");
@@ -273,8 +186,7 @@ async fn a_wechat_outage_holds_welcomes_back_until_it_passes() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(env.wechat.sends_to("patient"), 1);
     assert_eq!(env.kafka.count(&dlq), 0);
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,29 +196,24 @@ async fn a_worker_stopped_while_a_record_waits_leaves_it_for_redelivery() {
     let env = Env::start().await;
     env.produce("location", &[location("gh_a", "later", 100, 1.0, 2.0)]);
     let dead = format!("redis://127.0.0.1:{}/", free_port());
-    let (stop, task) = env.spawn(&["--role", "location", "--redis-url", &dead]);
+    let worker = env.spawn(&["--role", "location", "--redis-url", &dead]);
     // Past its attempts, then a clean stop (which commits what is done).
     tokio::time::sleep(Duration::from_secs(6)).await;
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
     let topic = env.topic("location");
     assert_eq!(env.kafka.committed("wxpipe-location", &topic), 0);
-    assert_eq!(env.kafka.count(&format!("{}.dlq.location", env.prefix)), 0);
+    assert_eq!(env.kafka.count(&env.dlq("location")), 0);
 
-    let (stop, task) = env.spawn(&["--role", "location"]);
+    let worker = env.spawn(&["--role", "location"]);
     wait_for("the location applied by the next worker", || {
-        env.redis
-            .conn()
-            .exists::<_, bool>(format!("{}:location:{{gh_a:later}}", env.key_prefix))
-            .unwrap()
+        env.has_key("location:{gh_a:later}")
     })
     .await;
     wait_for("its offset committed", || {
         env.kafka.committed("wxpipe-location", &topic) == 1
     })
     .await;
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,14 +223,23 @@ async fn a_send_whose_answer_is_lost_is_not_repeated() {
     let env = Env::start().await;
     env.wechat.set_send_delay(Duration::from_millis(1500));
     env.produce("subscribe", &[subscribe("gh_a", "unanswered", 100, None)]);
-    let (stop, task) = env.spawn(&["--role", "welcome"]);
+    let worker = env.spawn(&["--role", "welcome"]);
     wait_for("the post", || env.wechat.sends_to("unanswered") >= 1).await;
     // Long enough for several retries, had there been any.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(env.wechat.sends_to("unanswered"), 1);
-    assert_eq!(env.kafka.count(&format!("{}.dlq.welcome", env.prefix)), 0);
-    drop(stop);
-    task.await.unwrap();
+    assert_eq!(env.kafka.count(&env.dlq("welcome")), 0);
+    worker.stop().await;
+}
+
+/// Sets Redis's `min-replicas-to-write` (without replicas, 1 refuses every write).
+fn min_replicas_to_write(env: &Env, replicas: u32) {
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg(replicas)
+        .exec(&mut env.redis.conn())
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,34 +247,20 @@ async fn a_redis_that_refuses_writes_for_want_of_replicas_is_an_outage() {
     // NOREPLICAS (min-replicas-to-write not met) refuses every write: not the record's fault,
     // so the location waits for Redis instead of going to the dead-letter topic.
     let env = Env::start().await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("min-replicas-to-write")
-        .arg(1)
-        .query(&mut env.redis.conn())
-        .unwrap();
+    min_replicas_to_write(&env, 1);
     env.produce("location", &[location("gh_a", "norep", 100, 1.0, 2.0)]);
-    let (stop, task) = env.spawn(&["--role", "location"]);
+    let worker = env.spawn(&["--role", "location"]);
     // Past the three attempts that would have dead-lettered it.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let dlq = format!("{}.dlq.location", env.prefix);
+    let dlq = env.dlq("location");
     assert_eq!(env.kafka.count(&dlq), 0, "dead-lettered during an outage");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("min-replicas-to-write")
-        .arg(0)
-        .query(&mut env.redis.conn())
-        .unwrap();
+    min_replicas_to_write(&env, 0);
     wait_for("the location stored once Redis writes again", || {
-        env.redis
-            .conn()
-            .exists::<_, bool>(format!("{}:location:{{gh_a:norep}}", env.key_prefix))
-            .unwrap()
+        env.has_key("location:{gh_a:norep}")
     })
     .await;
     assert_eq!(env.kafka.count(&dlq), 0);
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,9 +270,8 @@ async fn a_gateway_error_page_is_not_a_sent_welcome() {
     let env = Env::start().await;
     env.wechat.state.lock().unwrap().bad_gateway = 2;
     env.produce("subscribe", &[subscribe("gh_a", "behind_proxy", 100, None)]);
-    let (stop, task) = env.spawn(&["--role", "welcome"]);
+    let worker = env.spawn(&["--role", "welcome"]);
     wait_for("the welcome", || env.wechat.sends_to("behind_proxy") == 1).await;
     assert_eq!(env.wechat.state.lock().unwrap().bad_gateway, 0);
-    drop(stop);
-    task.await.unwrap();
+    worker.stop().await;
 }

@@ -150,19 +150,11 @@ fn humantime_duration(text: &str) -> Result<Duration, String> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Baseline { listen } => {
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .with_context(|| listen.clone())?;
-            println!("baseline listening on {}", listener.local_addr()?);
-            servers::baseline(listener).await;
+            servers::baseline(listen_on(&listen, "baseline").await?).await;
             Ok(())
         }
         Command::FakeWechat { listen } => {
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .with_context(|| listen.clone())?;
-            println!("fake WeChat API listening on {}", listener.local_addr()?);
-            servers::fake_wechat(listener).await;
+            servers::fake_wechat(listen_on(&listen, "fake WeChat API").await?).await;
             Ok(())
         }
         Command::Produce {
@@ -188,6 +180,15 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Binds `listen` and says so: "`what` listening on …".
+async fn listen_on(listen: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| listen.to_owned())?;
+    println!("{what} listening on {}", listener.local_addr()?);
+    Ok(listener)
 }
 
 async fn produce(

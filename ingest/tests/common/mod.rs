@@ -42,17 +42,25 @@ pub fn test_config(redis_url: &str) -> Config {
     config
 }
 
+/// A broker holding every topic under the config's prefix, which the config then names.
+fn start_kafka(config: &mut Config) -> Kafka {
+    let kafka = Kafka::start(&all_topics(&config.shared.topic_prefix));
+    config.shared.kafka_brokers = Some(kafka.brokers());
+    kafka
+}
+
+/// The name of every topic under `prefix`.
+pub fn all_topics(prefix: &str) -> Vec<String> {
+    Topic::all().map(|t| t.name(prefix)).collect()
+}
+
 impl TestApp {
     pub async fn spawn(redis_url: &str) -> TestApp {
         Self::spawn_with(test_config(redis_url)).await
     }
 
     pub async fn spawn_with(mut config: Config) -> TestApp {
-        let topics: Vec<String> = Topic::all()
-            .map(|t| t.name(&config.shared.topic_prefix))
-            .collect();
-        let kafka = Kafka::start(&topics);
-        config.shared.kafka_brokers = Some(kafka.brokers());
+        let kafka = start_kafka(&mut config);
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -83,11 +91,7 @@ impl TestApp {
     /// what users run. Settings the mapping below does not carry make it panic, so a test
     /// never runs with a setting silently dropped.
     pub async fn spawn_binary(mut config: Config) -> TestApp {
-        let topics: Vec<String> = Topic::all()
-            .map(|t| t.name(&config.shared.topic_prefix))
-            .collect();
-        let kafka = Kafka::start(&topics);
-        config.shared.kafka_brokers = Some(kafka.brokers());
+        let kafka = start_kafka(&mut config);
         let (port, admin_port) = (free_port(), free_port());
         config.listen = format!("127.0.0.1:{port}").parse().unwrap();
         config.admin_listen = format!("127.0.0.1:{admin_port}");
@@ -184,6 +188,12 @@ impl TestApp {
         wechat::Signer::plaintext(token).query(timestamp, nonce)
     }
 
+    /// The URL WeChat would post a push to now, signed with a fresh nonce.
+    pub fn push_url(&self) -> String {
+        let query = Self::signed_query(TOKEN, &unique("n"));
+        self.url(&format!("{}?{query}", self.config.path))
+    }
+
     /// POSTs a push with the given query string.
     pub async fn post_with_query(&self, query: &str, xml: &str) -> (u16, String) {
         self.post_to(&self.config.path, query, xml).await
@@ -234,6 +244,22 @@ impl TestApp {
             .collect()
     }
 
+    /// Reads a topic's `expected` records, then asserts that `settle` later it holds no
+    /// more: each of them once (`why` says what that means to the test).
+    pub async fn read_exactly(
+        &self,
+        suffix: &str,
+        expected: usize,
+        settle: std::time::Duration,
+        why: &str,
+    ) -> Vec<(String, Event, serde_json::Value)> {
+        let records = self.read(suffix, expected);
+        assert_eq!(records.len(), expected, "{suffix}: {why}");
+        tokio::time::sleep(settle).await;
+        assert_eq!(self.count(suffix), expected as i64, "{suffix}: {why}");
+        records
+    }
+
     /// GETs a path of the public listener: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
         let response = self.client.get(self.url(path)).send().await.unwrap();
@@ -247,6 +273,43 @@ impl TestApp {
         let response = self.client.get(url).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.text().await.unwrap())
+    }
+
+    /// Asserts `/readyz` answers 200 `degraded`, naming `what`.
+    pub async fn assert_degraded(&self, what: &str) {
+        let (status, body) = self.admin_get("/readyz").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.starts_with("degraded") && body.contains(what),
+            "{body}"
+        );
+    }
+
+    /// Redis, down at `port`, comes back: the app says it is degraded before, is ready again
+    /// `within` after, and dedups again (`xml`, a subscribe posted twice, is answered 200
+    /// twice, and `event.subscribe` then holds `records`, each once: `why`). The Redis that
+    /// came back.
+    pub async fn assert_redis_comes_back(
+        &self,
+        port: u16,
+        within: std::time::Duration,
+        xml: &str,
+        records: usize,
+        why: &str,
+    ) -> RedisServer {
+        // Redis down is degraded, not unready: pushes are still made durable.
+        self.assert_degraded("redis").await;
+        let redis = RedisServer::start_on(port);
+        assert!(
+            self.wait_ready(within).await,
+            "ready again once Redis is back"
+        );
+        assert_eq!(self.post_push(xml).await.0, 200);
+        assert_eq!(self.post_push(xml).await.0, 200, "dedup works again");
+        let settle = std::time::Duration::from_millis(300);
+        self.read_exactly("event.subscribe", records, settle, why)
+            .await;
+        redis
     }
 
     /// Polls `/readyz` every 100 ms until it answers 200 `ready` (not degraded) or `within`

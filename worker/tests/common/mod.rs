@@ -2,9 +2,12 @@
 //! or `KAFKA_BROKERS`), a real `redis-server`, and the worker in-process or as its binary.
 #![allow(dead_code, unused_imports)]
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
+use redis::Commands;
 use serde_json::{json, Value};
+use store::effects::{EffectStores, LatestLocation, UserState};
 use tokio::sync::oneshot;
 
 pub use testkit::{eventually, free_port, unique, FakeWeChat, Kafka, RedisServer};
@@ -70,6 +73,8 @@ pub struct Env {
     pub kafka: Kafka,
     pub redis: RedisServer,
     pub wechat: FakeWeChat,
+    /// The workers' store in `redis`, under `key_prefix`.
+    pub store: Store,
 }
 
 impl Env {
@@ -84,11 +89,15 @@ impl Env {
                 .iter()
                 .map(|r| format!("{prefix}.dlq.{r}")),
         );
+        let redis = RedisServer::start();
+        let key_prefix = unique("k");
+        let engine = store::Engine::open(&redis.url(), Duration::from_secs(1)).unwrap();
         Env {
             kafka: Kafka::start(&topics),
-            redis: RedisServer::start(),
+            store: Store(EffectStores::open(&engine, &key_prefix)),
+            redis,
             wechat: FakeWeChat::start().await,
-            key_prefix: unique("k"),
+            key_prefix,
             prefix,
         }
     }
@@ -155,24 +164,21 @@ impl Env {
         worker::Config::parse_from(args)
     }
 
-    /// The worker in this process, until the returned sender is dropped or fired.
-    pub fn spawn(&self, extra: &[&str]) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-        let config = self.config(extra);
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            worker::run(config, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        (tx, task)
+    /// The worker in this process, until [`Running::stop`] (or the value is dropped).
+    pub fn spawn(&self, extra: &[&str]) -> Running {
+        run(self.config(extra))
+    }
+
+    /// The worker binary configured by `vars`, to add to and start.
+    pub fn command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_worker"));
+        command.envs(self.vars());
+        command
     }
 
     /// The worker binary, as a child process.
     pub fn spawn_process(&self, extra: &[&str]) -> std::process::Child {
-        std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-            .envs(self.vars())
+        self.command()
             .env("RUST_LOG", "warn")
             .args(extra)
             .stdout(std::process::Stdio::null())
@@ -180,8 +186,146 @@ impl Env {
             .unwrap()
     }
 
-    pub async fn store(&self) -> store::effects::EffectStores {
-        let engine = store::Engine::open(&self.redis.url(), Duration::from_secs(1)).unwrap();
-        store::effects::EffectStores::open(&engine, &self.key_prefix)
+    /// The dead-letter topic of a role.
+    pub fn dlq(&self, role: &str) -> String {
+        format!("{}.dlq.{role}", self.prefix)
     }
+
+    /// Whether Redis holds `key` (under this test's key prefix).
+    pub fn has_key(&self, key: &str) -> bool {
+        self.redis
+            .conn()
+            .exists(format!("{}:{key}", self.key_prefix))
+            .unwrap()
+    }
+}
+
+/// A worker with `config` in this process, until [`Running::stop`] (or the value is dropped).
+pub fn run(config: worker::Config) -> Running {
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        worker::run(config, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    Running { stop, task }
+}
+
+/// A worker running in this process ([`run`], [`Env::spawn`]).
+pub struct Running {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the worker and waits for it to finish cleanly.
+    pub async fn stop(self) {
+        drop(self.stop);
+        self.task.await.unwrap();
+    }
+}
+
+/// The workers' store, read for account `gh_a` (every test event's account).
+pub struct Store(pub EffectStores);
+
+impl std::ops::Deref for Store {
+    type Target = EffectStores;
+
+    fn deref(&self) -> &EffectStores {
+        &self.0
+    }
+}
+
+impl Store {
+    pub async fn user(&self, openid: &str) -> Option<UserState> {
+        self.subscriptions.user("gh_a", openid).await.unwrap()
+    }
+
+    pub async fn binding(&self, openid: &str) -> Option<String> {
+        self.subscriptions.binding("gh_a", openid).await.unwrap()
+    }
+
+    /// Binds `openid` to the host application's `user`, as the host application does.
+    pub async fn bind(&self, openid: &str, user: &str) {
+        self.subscriptions
+            .set_binding("gh_a", openid, user)
+            .await
+            .unwrap();
+    }
+
+    pub async fn latest_location(&self, openid: &str) -> Option<LatestLocation> {
+        self.locations
+            .latest_location("gh_a", openid)
+            .await
+            .unwrap()
+    }
+
+    pub async fn location_history(&self, openid: &str) -> Vec<String> {
+        self.locations
+            .location_history("gh_a", openid)
+            .await
+            .unwrap()
+    }
+}
+
+/// Asks `check` every `every` until it answers `Some` or `within` passes: the answer, if any.
+pub async fn poll<T, F, Fut>(within: Duration, every: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(answer) = check().await {
+            return Some(answer);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Polls `check` every 50 ms; fails the test if it does not hold `within`.
+pub async fn wait_within(within: Duration, what: &str, check: impl FnMut() -> bool) {
+    assert!(
+        eventually(within, check).await,
+        "timed out waiting for {what}"
+    );
+}
+
+/// [`wait_within`] for a check that awaits.
+pub async fn wait_within_async<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let every = Duration::from_millis(50);
+    let held = poll(within, every, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
+    assert!(held.is_some(), "timed out waiting for {what}");
+}
+
+/// (status, body) of the `/readyz` of a worker whose admin listener is on `port`.
+pub async fn ready(port: u16) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .ok()?;
+    Some((response.status().as_u16(), response.text().await.ok()?))
+}
+
+/// Polls the `/readyz` of the worker on `port` every 200 ms until it answers 503 with a body
+/// that contains `reason`, or `within` passes: that body, if any.
+pub async fn unready_for(port: u16, reason: &str, within: Duration) -> Option<(u16, String)> {
+    poll(within, Duration::from_millis(200), || async {
+        ready(port)
+            .await
+            .filter(|(status, body)| *status == 503 && body.contains(reason))
+    })
+    .await
 }

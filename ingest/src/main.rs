@@ -49,12 +49,9 @@ fn main() -> ExitCode {
             }
         },
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match ops::runtime("ingest") {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("ingest: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
@@ -89,12 +86,9 @@ fn create_topics(config: &Config, partitions: i32, replication: i32) -> ExitCode
         eprintln!("ingest topics: KAFKA_BROKERS is required");
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match ops::runtime("ingest") {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("ingest: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let results = runtime.block_on(ingest::topics::create_all(
         brokers,

@@ -61,9 +61,9 @@ struct Opened<'b> {
 pub struct Prepared<'a> {
     pub topic: Topic,
     /// The event id: the dedup identity, the same for every retry of the push.
-    pub id: String,
+    pub id: schemas::EventId,
     /// The record's key: the user's OpenID, so each user's events keep their order.
-    pub key: String,
+    pub key: schemas::OpenId,
     /// The record: the normalized event as JSON.
     pub payload: Vec<u8>,
     /// A plaintext push's binding of (timestamp, nonce) to its body; `None` when encrypted

@@ -382,7 +382,7 @@ async fn an_attempt_in_flight_makes_the_retry_wait_and_a_dead_holder_loses_nothi
     let redis = RedisServer::start();
     let app = TestApp::spawn(&redis.url()).await;
     let xml = seed("<Event>subscribe</Event>", "u_dead", now());
-    let id = wechat::normalize::identity(
+    let id = schemas::EventId::new(
         "gh_test",
         "u_dead",
         now_of(&xml),

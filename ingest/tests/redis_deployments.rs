@@ -86,7 +86,7 @@ async fn nothing_acknowledged_is_lost(app: &TestApp, kill: impl FnOnce()) {
     let on_kafka: HashSet<String> = app
         .read("event.subscribe", app.count("event.subscribe") as usize)
         .into_iter()
-        .map(|(_, event, _)| event.openid)
+        .map(|(_, event, _)| event.openid.into())
         .collect();
     let lost: Vec<&String> = acked.difference(&on_kafka).collect();
     assert!(

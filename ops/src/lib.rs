@@ -172,12 +172,9 @@ pub fn hash_openid(openid: &str) -> String {
 
 /// An event id as it may appear in logs: the OpenID in it (`{account}:{openid}:…`) hashed.
 pub fn redact_id(id: &str) -> String {
-    let mut parts = id.splitn(3, ':');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(account), Some(openid), Some(rest)) => {
-            format!("{account}:#{}:{rest}", hash_openid(openid))
-        }
-        _ => format!("#{}", hash_openid(id)),
+    match schemas::EventId::split_user(id) {
+        Some((account, openid, rest)) => format!("{account}:#{}:{rest}", hash_openid(openid)),
+        None => format!("#{}", hash_openid(id)),
     }
 }
 
@@ -193,6 +190,14 @@ pub fn instance_id() -> String {
         now.as_secs(),
         now.subsec_nanos()
     )
+}
+
+/// The binaries' Tokio runtime; when it cannot start, says so and gives the exit code.
+pub fn runtime(binary: &str) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|error| {
+        eprintln!("{binary}: cannot start the runtime: {error}");
+        std::process::ExitCode::FAILURE
+    })
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

@@ -6,7 +6,7 @@
 //!      └────────▶ json_schema: the JSON Schema of every topic (topics/*.json, for consumers)
 //! ```
 //!
-//! [`Event`] is the one record type on every topic; [`Topic`] names the topic an event goes
+//! [`Event`] is the one record type on every topic, with its [`EventId`] and [`OpenId`]; [`Topic`] names the topic an event goes
 //! to; [`spec`] lists the typed fields of every known type; [`json_schema`] derives each
 //! topic's JSON Schema from it.
 //!
@@ -16,10 +16,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod id;
 pub mod json_schema;
 pub mod spec;
 mod topic;
 
+pub use id::{EventId, OpenId};
 pub use json_schema::json_schema;
 pub use topic::{all_topic_names, dead_letter_topic, Topic, DEAD_LETTER_ROLES};
 
@@ -44,11 +46,11 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// The dedup identity; the same for every retry of one push.
-    pub id: String,
+    pub id: EventId,
     /// `ToUserName`: the Official Account's original id (`gh_…`).
     pub account: String,
     /// `FromUserName`: the user's OpenID.
-    pub openid: String,
+    pub openid: OpenId,
     /// `CreateTime`, Unix seconds.
     pub created_at: i64,
     /// When the ingress received the push (RFC 3339, UTC, milliseconds).

@@ -50,12 +50,19 @@ impl Engine {
         let scheme = url.split("://").next().unwrap_or_default();
         let redis = match scheme {
             "memory" => return Ok(Engine::Memory),
-            "redis" | "rediss" | "redis+unix" => Redis::single(url, timeout)?,
-            "redis+cluster" | "rediss+cluster" => Redis::cluster(url, timeout)?,
-            "redis+sentinel" | "rediss+sentinel" => Redis::sentinel(url, timeout)?,
+            "redis" | "rediss" | "redis+unix" => (Redis::single(url, timeout)?, Mode::Single),
+            "redis+cluster" | "rediss+cluster" => (Redis::cluster(url, timeout)?, Mode::Cluster),
+            "redis+sentinel" | "rediss+sentinel" => {
+                (Redis::sentinel(url, timeout)?, Mode::Sentinel)
+            }
             _ => return Err(StoreError::Scheme(url.to_owned())),
         };
-        Ok(Engine::Redis(redis))
+        let (conn, mode) = redis;
+        Ok(Engine::Redis(Redis {
+            conn,
+            mode,
+            timeout,
+        }))
     }
 
     /// Whether the engine answers now.
@@ -173,24 +180,21 @@ fn redact(url: &str) -> String {
 }
 
 impl Redis {
-    fn single(url: &str, timeout: Duration) -> Result<Redis, StoreError> {
+    fn single(url: &str, timeout: Duration) -> Result<Conn, StoreError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Redis {
-            conn: Conn::Single(conn),
-            mode: Mode::Single,
-            timeout,
-        })
+        Ok(Conn::Single(ConnectionManager::new_lazy_with_config(
+            client, config,
+        )?))
     }
 
     /// The `redis` crate's cluster client: it learns the slots from the seeds in the
     /// background, follows `MOVED` and `ASK`, and refreshes the topology after a failover.
-    fn cluster(url: &str, timeout: Duration) -> Result<Redis, StoreError> {
+    fn cluster(url: &str, timeout: Duration) -> Result<Conn, StoreError> {
         let parts = parts(url);
         if parts.hosts.is_empty() {
             return Err(Parts::invalid(url, "no seed node"));
@@ -203,18 +207,15 @@ impl Redis {
         let config = redis::cluster::ClusterConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout);
-        let conn = client.get_pending_async_connection_with_config(config);
-        Ok(Redis {
-            conn: Conn::Cluster(conn),
-            mode: Mode::Cluster,
-            timeout,
-        })
+        Ok(Conn::Cluster(
+            client.get_pending_async_connection_with_config(config),
+        ))
     }
 
     /// The `redis` crate's Sentinel client finds the primary; a connection that fails (the
     /// primary is gone) or is refused writes (it was demoted) is dropped, and the next call
     /// asks the sentinels again.
-    fn sentinel(url: &str, timeout: Duration) -> Result<Redis, StoreError> {
+    fn sentinel(url: &str, timeout: Duration) -> Result<Conn, StoreError> {
         let parts = parts(url);
         let master = parts.path.trim_matches('/');
         if parts.hosts.is_empty() || master.is_empty() {
@@ -236,16 +237,11 @@ impl Redis {
             Some(node),
             SentinelServerType::Master,
         )?;
-        let conn = Conn::Sentinel(Arc::new(Sentineled {
+        Ok(Conn::Sentinel(Arc::new(Sentineled {
             client: tokio::sync::Mutex::new(client),
             current: Mutex::new(None),
             timeout,
-        }));
-        Ok(Redis {
-            conn,
-            mode: Mode::Sentinel,
-            timeout,
-        })
+        })))
     }
 
     pub(crate) fn mode(&self) -> Mode {
@@ -367,19 +363,21 @@ impl Sentineled {
     }
 
     async fn request(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
-        let mut conn = self.connection().await?;
-        let result = conn.req_packed_command(cmd).await;
+        let result = self.connection().await?.req_packed_command(cmd).await;
         self.settle(result)
     }
 
     async fn requests(
         &self,
-        pipeline: &Pipeline,
-        offset: usize,
-        count: usize,
+        cmds: &Pipeline,
+        at: usize,
+        n: usize,
     ) -> redis::RedisResult<Vec<Value>> {
-        let mut conn = self.connection().await?;
-        let result = conn.req_packed_commands(pipeline, offset, count).await;
+        let result = self
+            .connection()
+            .await?
+            .req_packed_commands(cmds, at, n)
+            .await;
         self.settle(result)
     }
 }

@@ -20,21 +20,12 @@
 //! | `{p}:token:{appid}` | the cached access token, expiring before WeChat's does |
 //! | `{p}:token_lock:{appid}` | the lock held while one process fetches a token |
 
+use schemas::EventId;
+
 /// Key names under `REDIS_KEY_PREFIX`.
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     prefix: String,
-}
-
-/// The user an event id names, as a hash tag's content: the id is
-/// `{account}:{openid}:{created_at}:…` (`schemas::EventId`); an id of another shape is its
-/// own tag.
-pub(crate) fn user_of(id: &str) -> &str {
-    let mut colons = id.match_indices(':').map(|(at, _)| at);
-    match (colons.next(), colons.next()) {
-        (Some(_), Some(end)) => &id[..end],
-        _ => id,
-    }
 }
 
 impl Keys {
@@ -56,7 +47,7 @@ impl Keys {
 
     /// A push's claim.
     pub fn dedup(&self, id: &str) -> String {
-        self.key("dedup", &[user_of(id)], Some(id))
+        self.key("dedup", &[EventId::user_of(id)], Some(id))
     }
 
     /// A plaintext (timestamp, nonce) pair → the digest of its body.
@@ -90,7 +81,7 @@ impl Keys {
 
     /// A welcome's send claim.
     pub fn welcome(&self, id: &str) -> String {
-        self.key("welcome", &[user_of(id)], Some(id))
+        self.key("welcome", &[EventId::user_of(id)], Some(id))
     }
 
     pub fn token(&self, appid: &str) -> String {

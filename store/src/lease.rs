@@ -88,15 +88,12 @@ end
 /// An id no other probe uses, for the start-up and readiness round trips.
 pub(crate) fn probe_id() -> String {
     static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!(
-        "wxpipe-check:{}.{}.{}",
-        std::process::id(),
-        now.as_nanos(),
-        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::UNIX_EPOCH
+        .elapsed()
+        .unwrap_or_default()
+        .as_nanos();
+    format!("wxpipe-check:{}.{now}.{n}", std::process::id())
 }
 
 pub(crate) fn ms(duration: Duration) -> u64 {

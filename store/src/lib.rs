@@ -32,3 +32,6 @@ use keys::Keys;
 
 /// What the stores' trait methods return, so they work behind `dyn`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A store call's outcome.
+pub type Fut<'a, T> = BoxFuture<'a, Result<T, StoreError>>;

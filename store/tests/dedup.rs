@@ -1,11 +1,13 @@
 //! One suite for every dedup store engine: `memory://` and `redis://` (a real `redis-server`).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use store::dedup::{self, Claim, ClaimRequest, DedupStore, NonceBinding};
 use store::Engine;
-use testkit::{unique, RedisCluster, RedisSentinel, RedisServer};
+use testkit::{unique, RedisCluster, RedisServer};
 
 const LEASE: Duration = Duration::from_millis(300);
 const TTL: Duration = Duration::from_secs(60);
@@ -84,27 +86,14 @@ async fn suite(store: &dyn DedupStore) {
     assert_eq!(store.claim(claim("e4", "b")).await.unwrap(), Claim::Claimed);
 
     // A (timestamp, nonce) is bound to the first body's digest.
-    assert_eq!(
-        store
-            .claim(with_nonce("e5", "a", "n1", "digest-1"))
-            .await
-            .unwrap(),
-        Claim::Claimed
-    );
-    assert_eq!(
-        store
-            .claim(with_nonce("e5", "b", "n1", "digest-1"))
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
-    assert_eq!(
-        store
-            .claim(with_nonce("e6", "a", "n1", "digest-2"))
-            .await
-            .unwrap(),
-        Claim::Replayed
-    );
+    for (id, token, nonce, digest, found) in [
+        ("e5", "a", "n1", "digest-1", Claim::Claimed),
+        ("e5", "b", "n1", "digest-1", Claim::InFlight),
+        ("e6", "a", "n1", "digest-2", Claim::Replayed),
+    ] {
+        let claimed = store.claim(with_nonce(id, token, nonce, digest)).await;
+        assert_eq!(claimed.unwrap(), found, "{id} by {token} with {digest}");
+    }
     // ... and a replay claims nothing.
     assert_eq!(store.claim(claim("e6", "a")).await.unwrap(), Claim::Claimed);
     assert_eq!(
@@ -206,17 +195,7 @@ async fn checked_suite(url: &str) {
     suite(store.as_ref()).await;
 }
 
-#[tokio::test]
-async fn cluster_engine() {
-    let cluster = RedisCluster::start();
-    checked_suite(&cluster.url()).await;
-}
-
-#[tokio::test]
-async fn sentinel_engine() {
-    let sentinel = RedisSentinel::start();
-    checked_suite(&sentinel.url()).await;
-}
+on_every_deployment!(checked_suite);
 
 #[tokio::test]
 async fn a_url_of_the_wrong_mode_is_refused_at_start() {

@@ -1,10 +1,12 @@
 //! One suite for both engines of the workers' store: `memory://` and `redis://`.
 
+mod common;
+
 use std::time::Duration;
 
 use store::effects::{Applied, EffectStores, Location, Subscription};
 use store::{Engine, Lease};
-use testkit::{unique, RedisCluster, RedisSentinel, RedisServer};
+use testkit::{unique, RedisServer};
 
 fn sub<'a>(
     openid: &'a str,
@@ -34,14 +36,44 @@ fn loc<'a>(id: &'a str, created_at: i64, latitude: f64) -> Location<'a> {
     }
 }
 
+async fn apply(s: &EffectStores, change: Subscription<'_>) -> Applied {
+    s.subscriptions.subscription(change).await.unwrap()
+}
+
+async fn binding(s: &EffectStores, openid: &str) -> Option<String> {
+    s.subscriptions.binding("gh_a", openid).await.unwrap()
+}
+
+async fn bind(s: &EffectStores, openid: &str, user: &str) {
+    s.subscriptions
+        .set_binding("gh_a", openid, user)
+        .await
+        .unwrap()
+}
+
+async fn subscribed(s: &EffectStores, openid: &str) -> bool {
+    let user = s.subscriptions.user("gh_a", openid).await.unwrap();
+    user.unwrap().subscribed
+}
+
+async fn locate(s: &EffectStores, location: Location<'_>) -> Applied {
+    s.locations.location(location).await.unwrap()
+}
+
+const WELCOME_LEASE: Duration = Duration::from_millis(300);
+
+async fn begin(s: &EffectStores, id: &str, owner: &str) -> Lease {
+    s.welcome
+        .begin_send(id, owner, WELCOME_LEASE)
+        .await
+        .unwrap()
+}
+
 async fn suite(s: &EffectStores) {
     s.engine.ping().await.unwrap();
 
     // Subscribe, then unsubscribe: binding deleted.
-    s.subscriptions
-        .set_binding("gh_a", "u1", "user-42")
-        .await
-        .unwrap();
+    bind(s, "u1", "user-42").await;
     assert_eq!(
         s.subscriptions
             .subscription(sub("u1", true, 100, Some("poster")))
@@ -52,74 +84,19 @@ async fn suite(s: &EffectStores) {
     let state = s.subscriptions.user("gh_a", "u1").await.unwrap().unwrap();
     assert!(state.subscribed);
     assert_eq!((state.updated_at, state.scene.as_str()), (100, "poster"));
-    assert_eq!(
-        s.subscriptions
-            .binding("gh_a", "u1")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("user-42")
-    );
-    assert_eq!(
-        s.subscriptions
-            .subscription(sub("u1", false, 200, None))
-            .await
-            .unwrap(),
-        Applied::Yes
-    );
-    assert!(
-        !s.subscriptions
-            .user("gh_a", "u1")
-            .await
-            .unwrap()
-            .unwrap()
-            .subscribed
-    );
-    assert_eq!(s.subscriptions.binding("gh_a", "u1").await.unwrap(), None);
+    assert_eq!(binding(s, "u1").await.as_deref(), Some("user-42"));
+    assert_eq!(apply(s, sub("u1", false, 200, None)).await, Applied::Yes);
+    assert!(!subscribed(s, "u1").await);
+    assert_eq!(binding(s, "u1").await, None);
 
     // A late, older unsubscribe never undoes a newer subscribe, nor deletes the new binding.
-    assert_eq!(
-        s.subscriptions
-            .subscription(sub("u2", true, 300, None))
-            .await
-            .unwrap(),
-        Applied::Yes
-    );
-    s.subscriptions
-        .set_binding("gh_a", "u2", "user-7")
-        .await
-        .unwrap();
-    assert_eq!(
-        s.subscriptions
-            .subscription(sub("u2", false, 250, None))
-            .await
-            .unwrap(),
-        Applied::Stale
-    );
-    assert!(
-        s.subscriptions
-            .user("gh_a", "u2")
-            .await
-            .unwrap()
-            .unwrap()
-            .subscribed
-    );
-    assert_eq!(
-        s.subscriptions
-            .binding("gh_a", "u2")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("user-7")
-    );
+    assert_eq!(apply(s, sub("u2", true, 300, None)).await, Applied::Yes);
+    bind(s, "u2", "user-7").await;
+    assert_eq!(apply(s, sub("u2", false, 250, None)).await, Applied::Stale);
+    assert!(subscribed(s, "u2").await);
+    assert_eq!(binding(s, "u2").await.as_deref(), Some("user-7"));
     // Redelivery of the applied subscribe changes nothing: it is stale.
-    assert_eq!(
-        s.subscriptions
-            .subscription(sub("u2", true, 300, None))
-            .await
-            .unwrap(),
-        Applied::Stale
-    );
+    assert_eq!(apply(s, sub("u2", true, 300, None)).await, Applied::Stale);
     assert_eq!(
         s.subscriptions
             .user("gh_a", "u2")
@@ -131,84 +108,27 @@ async fn suite(s: &EffectStores) {
     );
 
     // Same second: unsubscribed wins, in either order.
-    s.subscriptions
-        .subscription(sub("u3", true, 400, None))
-        .await
-        .unwrap();
-    s.subscriptions
-        .subscription(sub("u3", false, 400, None))
-        .await
-        .unwrap();
-    assert!(
-        !s.subscriptions
-            .user("gh_a", "u3")
-            .await
-            .unwrap()
-            .unwrap()
-            .subscribed
-    );
-    s.subscriptions
-        .subscription(sub("u4", false, 400, None))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.subscriptions
-            .subscription(sub("u4", true, 400, None))
-            .await
-            .unwrap(),
-        Applied::Stale
-    );
-    assert!(
-        !s.subscriptions
-            .user("gh_a", "u4")
-            .await
-            .unwrap()
-            .unwrap()
-            .subscribed
-    );
+    apply(s, sub("u3", true, 400, None)).await;
+    apply(s, sub("u3", false, 400, None)).await;
+    assert!(!subscribed(s, "u3").await);
+    apply(s, sub("u4", false, 400, None)).await;
+    assert_eq!(apply(s, sub("u4", true, 400, None)).await, Applied::Stale);
+    assert!(!subscribed(s, "u4").await);
     assert_eq!(s.subscriptions.user("gh_a", "nobody").await.unwrap(), None);
 
     // A redelivered unsubscribe (the same second as the state it made) deletes nothing: the
     // binding set since stays.
-    s.subscriptions
-        .subscription(sub("u5", false, 500, None))
-        .await
-        .unwrap();
-    s.subscriptions
-        .set_binding("gh_a", "u5", "user-9")
-        .await
-        .unwrap();
-    assert_eq!(
-        s.subscriptions
-            .subscription(sub("u5", false, 500, None))
-            .await
-            .unwrap(),
-        Applied::Stale
-    );
-    assert_eq!(
-        s.subscriptions
-            .binding("gh_a", "u5")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("user-9")
-    );
+    apply(s, sub("u5", false, 500, None)).await;
+    bind(s, "u5", "user-9").await;
+    assert_eq!(apply(s, sub("u5", false, 500, None)).await, Applied::Stale);
+    assert_eq!(binding(s, "u5").await.as_deref(), Some("user-9"));
 
     // Locations: newest wins; history is idempotent and capped.
+    assert_eq!(locate(s, loc("e1", 10, 23.1)).await, Applied::Yes);
+    assert_eq!(locate(s, loc("e3", 30, 23.3)).await, Applied::Yes);
+    assert_eq!(locate(s, loc("e2", 20, 23.2)).await, Applied::Stale);
     assert_eq!(
-        s.locations.location(loc("e1", 10, 23.1)).await.unwrap(),
-        Applied::Yes
-    );
-    assert_eq!(
-        s.locations.location(loc("e3", 30, 23.3)).await.unwrap(),
-        Applied::Yes
-    );
-    assert_eq!(
-        s.locations.location(loc("e2", 20, 23.2)).await.unwrap(),
-        Applied::Stale
-    );
-    assert_eq!(
-        s.locations.location(loc("e3", 30, 23.3)).await.unwrap(),
+        locate(s, loc("e3", 30, 23.3)).await,
         Applied::Yes,
         "redelivery"
     );
@@ -233,9 +153,9 @@ async fn suite(s: &EffectStores) {
         openid: "o2",
         ..loc(id, 30, latitude)
     };
-    s.locations.location(of_o2("f1", 23.3)).await.unwrap();
-    s.locations.location(of_o2("f2", 23.5)).await.unwrap();
-    s.locations.location(of_o2("f1", 23.3)).await.unwrap();
+    locate(s, of_o2("f1", 23.3)).await;
+    locate(s, of_o2("f2", 23.5)).await;
+    locate(s, of_o2("f1", 23.3)).await;
     let latest = s
         .locations
         .latest_location("gh_a", "o2")
@@ -243,7 +163,7 @@ async fn suite(s: &EffectStores) {
         .unwrap()
         .unwrap();
     assert_eq!(latest.latitude, 23.5, "a redelivery changes nothing");
-    s.locations.location(loc("e4", 40, 89.9)).await.unwrap();
+    locate(s, loc("e4", 40, 89.9)).await;
     let history = s.locations.location_history("gh_a", "o1").await.unwrap();
     assert_eq!(history.len(), 3, "capped");
     assert!(
@@ -262,26 +182,17 @@ async fn suite(s: &EffectStores) {
     );
 
     // Welcome claims.
-    let lease = Duration::from_millis(300);
-    assert_eq!(
-        s.welcome.begin_send("id1", "w1", lease).await.unwrap(),
-        Lease::Claimed
-    );
-    assert_eq!(
-        s.welcome.begin_send("id1", "w2", lease).await.unwrap(),
-        Lease::Held
-    );
+    let lease = WELCOME_LEASE;
+    assert_eq!(begin(s, "id1", "w1").await, Lease::Claimed);
+    assert_eq!(begin(s, "id1", "w2").await, Lease::Held);
     s.welcome.abandon_send("id1", "w2").await.unwrap();
     assert_eq!(
-        s.welcome.begin_send("id1", "w2", lease).await.unwrap(),
+        begin(s, "id1", "w2").await,
         Lease::Held,
         "not w2's to abandon"
     );
     s.welcome.abandon_send("id1", "w1").await.unwrap();
-    assert_eq!(
-        s.welcome.begin_send("id1", "w2", lease).await.unwrap(),
-        Lease::Claimed
-    );
+    assert_eq!(begin(s, "id1", "w2").await, Lease::Claimed);
     // A long send keeps its claim by renewing it; only its holder can.
     assert!(s.welcome.renew_send("id1", "w2", lease).await.unwrap());
     assert!(
@@ -292,7 +203,7 @@ async fn suite(s: &EffectStores) {
     assert!(s.welcome.renew_send("id1", "w2", lease).await.unwrap());
     tokio::time::sleep(lease / 2 + Duration::from_millis(50)).await;
     assert_eq!(
-        s.welcome.begin_send("id1", "w3", lease).await.unwrap(),
+        begin(s, "id1", "w3").await,
         Lease::Held,
         "renewed past its first lease"
     );
@@ -300,17 +211,11 @@ async fn suite(s: &EffectStores) {
         .finish_send("id1", Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(
-        s.welcome.begin_send("id1", "w3", lease).await.unwrap(),
-        Lease::Done
-    );
-    assert_eq!(
-        s.welcome.begin_send("id2", "dead", lease).await.unwrap(),
-        Lease::Claimed
-    );
+    assert_eq!(begin(s, "id1", "w3").await, Lease::Done);
+    assert_eq!(begin(s, "id2", "dead").await, Lease::Claimed);
     tokio::time::sleep(lease + Duration::from_millis(100)).await;
     assert_eq!(
-        s.welcome.begin_send("id2", "alive", lease).await.unwrap(),
+        begin(s, "id2", "alive").await,
         Lease::Claimed,
         "a dead sender's lease runs out"
     );
@@ -396,14 +301,4 @@ async fn checked_suite(url: &str) {
     suite(&stores).await;
 }
 
-#[tokio::test]
-async fn cluster_engine() {
-    let cluster = RedisCluster::start();
-    checked_suite(&cluster.url()).await;
-}
-
-#[tokio::test]
-async fn sentinel_engine() {
-    let sentinel = RedisSentinel::start();
-    checked_suite(&sentinel.url()).await;
-}
+on_every_deployment!(checked_suite);

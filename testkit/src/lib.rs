@@ -102,16 +102,7 @@ impl RedisServer {
 
     pub fn start_on(port: u16) -> RedisServer {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(redis_sets::server_args(port, &[]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -25,6 +25,34 @@ fn scratch() -> PathBuf {
     dir
 }
 
+/// A `redis-server` on loopback `port`, without persistence, with `extra` arguments.
+pub(crate) fn server_args(port: u16, extra: &[&str]) -> Vec<String> {
+    let port = port.to_string();
+    let base = [
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    base.iter()
+        .chain(extra)
+        .map(|arg| arg.to_string())
+        .collect()
+}
+
+/// `host:port,host:port,…` of `nodes`.
+fn addresses(nodes: &[Node]) -> String {
+    let addresses: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    addresses.join(",")
+}
+
 /// One `redis-server` process with `args`, killed on drop.
 #[derive(Debug)]
 pub struct Node {
@@ -103,26 +131,21 @@ impl RedisCluster {
         let nodes: Vec<Node> = (0..6)
             .map(|_| {
                 let port = cluster_port();
-                let args = [
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
-                    "--cluster-node-timeout",
-                    "1000",
-                    // A replica takes over however long its master has been gone.
-                    "--cluster-replica-validity-factor",
-                    "0",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ]
-                .map(str::to_owned);
+                let config = format!("nodes-{port}.conf");
+                let args = server_args(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &config,
+                        "--cluster-node-timeout",
+                        "1000",
+                        // A replica takes over however long its master has been gone.
+                        "--cluster-replica-validity-factor",
+                        "0",
+                    ],
+                );
                 Node::spawn(port, &dir, &args)
             })
             .collect();
@@ -161,12 +184,7 @@ impl RedisCluster {
 
     /// `redis+cluster://` with every node as a seed.
     pub fn url(&self) -> String {
-        let seeds: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|node| format!("127.0.0.1:{}", node.port))
-            .collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        format!("redis+cluster://{}", addresses(&self.nodes))
     }
 
     /// The node that is master of `key`'s slot now.
@@ -220,22 +238,7 @@ impl RedisSentinel {
 
     pub fn start() -> RedisSentinel {
         let dir = scratch();
-        let server = |port: u16, extra: &[&str]| {
-            let mut args: Vec<String> = [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .map(str::to_owned)
-            .to_vec();
-            args.extend(extra.iter().map(|a| a.to_string()));
-            Node::spawn(port, &dir, &args)
-        };
+        let server = |port: u16, extra: &[&str]| Node::spawn(port, &dir, &server_args(port, extra));
         let primary = server(free_port(), &[]);
         let replica = server(
             free_port(),
@@ -287,12 +290,11 @@ impl RedisSentinel {
 
     /// `redis+sentinel://` with every sentinel.
     pub fn url(&self) -> String {
-        let sentinels: Vec<String> = self
-            .sentinels
-            .iter()
-            .map(|node| format!("127.0.0.1:{}", node.port))
-            .collect();
-        format!("redis+sentinel://{}/{}", sentinels.join(","), Self::MASTER)
+        format!(
+            "redis+sentinel://{}/{}",
+            addresses(&self.sentinels),
+            Self::MASTER
+        )
     }
 
     /// The port the sentinels name as the primary now.

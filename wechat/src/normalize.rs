@@ -2,7 +2,7 @@
 //! fields of each type come from [`schemas::spec`]; what they do not take stays in `extra`.
 
 use schemas::spec::{Field, FieldType};
-use schemas::{Event, Kind, Topic};
+use schemas::{Event, EventId, Kind, OpenId, Topic};
 use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
 
@@ -21,30 +21,6 @@ fn check_id(value: &str, field: &'static str) -> Result<(), ParseError> {
     } else {
         Err(ParseError::BadField(field))
     }
-}
-
-/// The dedup identity: FromUserName + CreateTime, as WeChat recommends, qualified by the
-/// account and the type, by `MsgId` where the push has one (kept readable), and by a digest of
-/// every other field of the push (`fields_digest`, see [`fields_digest`]). A retry repeats
-/// every field, so it keeps its identity; two events that differ in any field (two CLICKs on
-/// different keys, two `kf_create_session` with different `KfAccount`) are two.
-pub fn identity(
-    account: &str,
-    openid: &str,
-    created_at: i64,
-    kind: Kind,
-    type_: &str,
-    msg_id: Option<&str>,
-    fields_digest: &str,
-) -> String {
-    let mut id = format!("{account}:{openid}:{created_at}:{}.{type_}", kind.as_str());
-    if let Some(msg_id) = msg_id.map(str::trim).filter(|m| !m.is_empty()) {
-        id.push_str(":m");
-        id.push_str(msg_id);
-    }
-    id.push_str(":h");
-    id.push_str(fields_digest);
-    id
 }
 
 /// 16 hex digits of SHA-1 over the fields in a canonical form: names sorted at every level,
@@ -245,7 +221,7 @@ pub fn normalize(mut push: Push, received_at: String) -> Result<Event, ParseErro
     };
     // WeChat spells it `MsgId` in messages and `MsgID` in some events.
     let msg_id = push.text("MsgId").or_else(|| push.text("MsgID"));
-    let id = identity(
+    let id = EventId::new(
         &push.to_user,
         &push.from_user,
         push.create_time,
@@ -274,7 +250,7 @@ pub fn normalize(mut push: Push, received_at: String) -> Result<Event, ParseErro
     Ok(Event {
         id,
         account: push.to_user,
-        openid: push.from_user,
+        openid: OpenId::new(push.from_user),
         created_at: push.create_time,
         received_at,
         kind,
@@ -472,19 +448,19 @@ mod tests {
             id("<Event>VIEW</Event><EventKey>A</EventKey>")
         );
         // Other accounts, users and seconds are other events.
-        let base = identity("gh_a", "o1", 1, Kind::Event, "subscribe", None, "0");
+        let base = EventId::new("gh_a", "o1", 1, Kind::Event, "subscribe", None, "0");
         for (account, openid, second, kind) in [
             ("gh_b", "o1", 1, Kind::Event),
             ("gh_a", "o2", 1, Kind::Event),
             ("gh_a", "o1", 2, Kind::Event),
             ("gh_a", "o1", 1, Kind::Message),
         ] {
-            let other = identity(account, openid, second, kind, "subscribe", None, "0");
+            let other = EventId::new(account, openid, second, kind, "subscribe", None, "0");
             assert_ne!(base, other, "{account} {openid} {second} {kind:?}");
         }
         assert_ne!(
-            identity("gh_a", "o1", 1, Kind::Message, "text", Some("1"), "0"),
-            identity("gh_a", "o1", 1, Kind::Message, "text", Some("2"), "0")
+            EventId::new("gh_a", "o1", 1, Kind::Message, "text", Some("1"), "0"),
+            EventId::new("gh_a", "o1", 1, Kind::Message, "text", Some("2"), "0")
         );
         // Events that differ only in a field the spec does not type are two events too
         // (WxJava issues 2231 and 2705): the digest covers every field, nested ones included.

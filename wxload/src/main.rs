@@ -221,7 +221,11 @@ async fn produce(
         let value = serde_json::to_vec(&event)?;
         pending.push(
             producer
-                .send_result(FutureRecord::to(&topic).key(&event.openid).payload(&value))
+                .send_result(
+                    FutureRecord::to(&topic)
+                        .key(event.openid.as_str())
+                        .payload(&value),
+                )
                 .map_err(|(e, _)| e)?,
         );
         if pending.len() >= 10_000 {

@@ -116,7 +116,7 @@ pub use wechat::Signer;
 pub struct Request {
     pub path_and_query: String,
     pub body: String,
-    pub id: String,
+    pub id: schemas::EventId,
 }
 
 /// Builds push number `seq`: user `seq % users`, `CreateTime` advancing one second per round

@@ -163,7 +163,7 @@ async fn connection_loop(
                 .acked_ids
                 .lock()
                 .expect("ids lock")
-                .insert(request.id);
+                .insert(request.id.into());
         } else {
             shared.failed.fetch_add(1, Ordering::Relaxed);
         }

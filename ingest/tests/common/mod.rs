@@ -92,86 +92,100 @@ impl TestApp {
     /// never runs with a setting silently dropped.
     pub async fn spawn_binary(mut config: Config) -> TestApp {
         let kafka = start_kafka(&mut config);
-        let (port, admin_port) = (free_port(), free_port());
-        config.listen = format!("127.0.0.1:{port}").parse().unwrap();
-        config.admin_listen = format!("127.0.0.1:{admin_port}");
-        let mut envs: Vec<(&str, String)> = vec![
-            ("INGEST_LISTEN", config.listen.to_string()),
-            ("INGEST_ADMIN_LISTEN", config.admin_listen.clone()),
-            ("KAFKA_BROKERS", kafka.brokers()),
-            ("KAFKA_TOPIC_PREFIX", config.shared.topic_prefix.clone()),
-            ("REDIS_URL", config.shared.redis_url.clone()),
-            ("REDIS_KEY_PREFIX", config.shared.key_prefix.clone()),
-            ("INGEST_ACK_DEADLINE_MS", config.ack_deadline_ms.to_string()),
-            (
-                "REDIS_TIMEOUT_MS",
-                config.shared.redis_timeout_ms.to_string(),
-            ),
-            ("INGEST_MAX_IN_FLIGHT", config.max_in_flight.to_string()),
-            ("INGEST_SPOOL_MAX_BYTES", config.spool_max_bytes.to_string()),
-        ];
-        let mut expected = Config::for_token(TOKEN);
-        expected.listen = config.listen;
-        expected.admin_listen = config.admin_listen.clone();
-        expected.shared.kafka_brokers = config.shared.kafka_brokers.clone();
-        expected.shared.topic_prefix = config.shared.topic_prefix.clone();
-        expected.shared.redis_url = config.shared.redis_url.clone();
-        expected.shared.key_prefix = config.shared.key_prefix.clone();
-        expected.ack_deadline_ms = config.ack_deadline_ms;
-        expected.shared.redis_timeout_ms = config.shared.redis_timeout_ms;
-        expected.max_in_flight = config.max_in_flight;
-        expected.spool_max_bytes = config.spool_max_bytes;
-        if let Some(dir) = &config.spool_dir {
-            envs.push(("INGEST_SPOOL_DIR", dir.display().to_string()));
-            expected.spool_dir = Some(dir.clone());
-        }
-        if let Some(file) = &config.shared.accounts_file {
-            envs.push(("INGEST_ACCOUNTS", file.display().to_string()));
-            expected.shared.accounts_file = Some(file.clone());
-        }
-        if config.token.is_some() {
-            envs.push(("WECHAT_TOKEN", TOKEN.to_owned()));
-        } else {
-            expected.token = None;
-        }
-        assert_eq!(
-            format!("{expected:?}"),
-            format!("{config:?}"),
-            "a setting spawn_binary does not pass on"
-        );
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "error")
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let app = TestApp {
-            addr: config.listen,
-            admin: config.admin_listen.parse().unwrap(),
-            config,
-            kafka,
-            client: reqwest::Client::new(),
-            shutdown: None,
-            task: None,
-            process: Some(Ingest(child)),
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while app
-            .client
-            .get(format!("http://{}/healthz", app.admin))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the ingest binary did not come up"
+        // A port free a moment ago may be taken before the binary binds it (by another test's
+        // connection): then the binary exits, and is started again on other ports.
+        for attempt in 1.. {
+            let (port, admin_port) = (free_port(), free_port());
+            config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+            config.admin_listen = format!("127.0.0.1:{admin_port}");
+            let mut envs: Vec<(&str, String)> = vec![
+                ("INGEST_LISTEN", config.listen.to_string()),
+                ("INGEST_ADMIN_LISTEN", config.admin_listen.clone()),
+                ("KAFKA_BROKERS", kafka.brokers()),
+                ("KAFKA_TOPIC_PREFIX", config.shared.topic_prefix.clone()),
+                ("REDIS_URL", config.shared.redis_url.clone()),
+                ("REDIS_KEY_PREFIX", config.shared.key_prefix.clone()),
+                ("INGEST_ACK_DEADLINE_MS", config.ack_deadline_ms.to_string()),
+                (
+                    "REDIS_TIMEOUT_MS",
+                    config.shared.redis_timeout_ms.to_string(),
+                ),
+                ("INGEST_MAX_IN_FLIGHT", config.max_in_flight.to_string()),
+                ("INGEST_SPOOL_MAX_BYTES", config.spool_max_bytes.to_string()),
+            ];
+            let mut expected = Config::for_token(TOKEN);
+            expected.listen = config.listen;
+            expected.admin_listen = config.admin_listen.clone();
+            expected.shared.kafka_brokers = config.shared.kafka_brokers.clone();
+            expected.shared.topic_prefix = config.shared.topic_prefix.clone();
+            expected.shared.redis_url = config.shared.redis_url.clone();
+            expected.shared.key_prefix = config.shared.key_prefix.clone();
+            expected.ack_deadline_ms = config.ack_deadline_ms;
+            expected.shared.redis_timeout_ms = config.shared.redis_timeout_ms;
+            expected.max_in_flight = config.max_in_flight;
+            expected.spool_max_bytes = config.spool_max_bytes;
+            if let Some(dir) = &config.spool_dir {
+                envs.push(("INGEST_SPOOL_DIR", dir.display().to_string()));
+                expected.spool_dir = Some(dir.clone());
+            }
+            if let Some(file) = &config.shared.accounts_file {
+                envs.push(("INGEST_ACCOUNTS", file.display().to_string()));
+                expected.shared.accounts_file = Some(file.clone());
+            }
+            if config.token.is_some() {
+                envs.push(("WECHAT_TOKEN", TOKEN.to_owned()));
+            } else {
+                expected.token = None;
+            }
+            assert_eq!(
+                format!("{expected:?}"),
+                format!("{config:?}"),
+                "a setting spawn_binary does not pass on"
             );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("RUST_LOG", "error")
+                .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let client = reqwest::Client::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let admin: std::net::SocketAddr = config.admin_listen.parse().unwrap();
+            loop {
+                if client
+                    .get(format!("http://{admin}/healthz"))
+                    .send()
+                    .await
+                    .is_ok()
+                {
+                    return TestApp {
+                        addr: config.listen,
+                        admin,
+                        config,
+                        kafka,
+                        client,
+                        shutdown: None,
+                        task: None,
+                        process: Some(Ingest(child)),
+                    };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    assert!(
+                        attempt < 5,
+                        "the ingest binary exited at start {attempt} times"
+                    );
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the ingest binary did not come up"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         }
-        app
+        unreachable!("the attempts loop returns or panics")
     }
 
     pub fn url(&self, path_and_query: &str) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{Claim, ClaimRequest, DedupStore};
 use crate::lease::{Lease, DEDUP};
 use crate::memory::TtlMap;
-use crate::{BoxFuture, Keys, StoreError};
+use crate::{Fut, Keys};
 
 #[derive(Debug)]
 pub(super) struct MemoryDedup {
@@ -52,24 +52,24 @@ impl From<Lease> for Claim {
 }
 
 impl DedupStore for MemoryDedup {
-    fn claim<'a>(&'a self, req: ClaimRequest<'a>) -> BoxFuture<'a, Result<Claim, StoreError>> {
+    fn claim<'a>(&'a self, req: ClaimRequest<'a>) -> Fut<'a, Claim> {
         let claim = self.claim_now(&req);
         Box::pin(async move { Ok(claim) })
     }
 
-    fn confirm<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn confirm<'a>(&'a self, id: &'a str, ttl: Duration) -> Fut<'a, ()> {
         self.entries()
             .set(self.keys.dedup(id), DEDUP.done.to_owned(), ttl);
         Box::pin(async { Ok(()) })
     }
 
-    fn release<'a>(&'a self, id: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn release<'a>(&'a self, id: &'a str, token: &'a str) -> Fut<'a, ()> {
         self.entries()
             .delete_if(&self.keys.dedup(id), &DEDUP.holder(token));
         Box::pin(async { Ok(()) })
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn ping(&self) -> Fut<'_, ()> {
         Box::pin(async { Ok(()) })
     }
 }

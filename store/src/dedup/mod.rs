@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{BoxFuture, Engine, Keys, StoreError};
+use crate::{Engine, Fut, Keys, StoreError};
 
 mod memory;
 mod redis;
@@ -56,16 +56,16 @@ pub struct ClaimRequest<'a> {
 
 /// The dedup store. Key names are under `prefix` (`{prefix}:dedup:{id}`, `{prefix}:nonce:…`).
 pub trait DedupStore: Send + Sync + std::fmt::Debug {
-    fn claim<'a>(&'a self, req: ClaimRequest<'a>) -> BoxFuture<'a, Result<Claim, StoreError>>;
+    fn claim<'a>(&'a self, req: ClaimRequest<'a>) -> Fut<'a, Claim>;
     /// Marks the id durable for `ttl`, whoever holds the claim.
-    fn confirm<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn confirm<'a>(&'a self, id: &'a str, ttl: Duration) -> Fut<'a, ()>;
     /// Drops the claim if `token` still holds it.
-    fn release<'a>(&'a self, id: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn release<'a>(&'a self, id: &'a str, token: &'a str) -> Fut<'a, ()>;
+    fn ping(&self) -> Fut<'_, ()>;
 
     /// What a push does, with a probe id: a claim with a nonce binding, then its release.
     /// Checked at start-up (see [`Engine::check_at_start`]) and by `/readyz`.
-    fn round_trip(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn round_trip(&self) -> Fut<'_, ()> {
         Box::pin(async move {
             let id = crate::lease::probe_id();
             let ttl = Duration::from_secs(10);

@@ -25,7 +25,7 @@ use super::{Claim, ClaimRequest, DedupStore};
 use crate::engine::{Mode, Redis};
 use crate::keys;
 use crate::lease::{self, Lease, DEDUP};
-use crate::{BoxFuture, Keys, StoreError};
+use crate::{Fut, Keys, StoreError};
 
 /// KEYS and ARGV hold the ops one after another; returns one integer per op. The lease
 /// steps are [`lease::LUA`]'s.
@@ -233,7 +233,7 @@ fn ms(duration: Duration) -> String {
 }
 
 impl DedupStore for RedisDedup {
-    fn claim<'a>(&'a self, req: ClaimRequest<'a>) -> BoxFuture<'a, Result<Claim, StoreError>> {
+    fn claim<'a>(&'a self, req: ClaimRequest<'a>) -> Fut<'a, Claim> {
         Box::pin(async move {
             let dedup = Some(self.keys.dedup(req.id));
             let (value, lease) = (DEDUP.holder(req.token), ms(req.lease));
@@ -260,14 +260,14 @@ impl DedupStore for RedisDedup {
         })
     }
 
-    fn confirm<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn confirm<'a>(&'a self, id: &'a str, ttl: Duration) -> Fut<'a, ()> {
         Box::pin(async move {
             let key = Some(self.keys.dedup(id));
             self.call("d", [key, None], vec![ms(ttl)]).await.map(drop)
         })
     }
 
-    fn release<'a>(&'a self, id: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn release<'a>(&'a self, id: &'a str, token: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
             let key = Some(self.keys.dedup(id));
             self.call("r", [key, None], vec![DEDUP.holder(token)])
@@ -276,7 +276,7 @@ impl DedupStore for RedisDedup {
         })
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn ping(&self) -> Fut<'_, ()> {
         Box::pin(self.redis.ping())
     }
 }

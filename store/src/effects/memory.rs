@@ -11,7 +11,7 @@ use super::{
 };
 use crate::lease::WELCOME;
 use crate::memory::TtlMap;
-use crate::{BoxFuture, Keys, Lease, StoreError};
+use crate::{Fut, Keys, Lease};
 
 type UserKey = (String, String);
 
@@ -39,10 +39,7 @@ impl MemoryEffects {
         }
     }
 
-    fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut State) -> T,
-    ) -> BoxFuture<'_, Result<T, StoreError>> {
+    fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut State) -> T) -> Fut<'_, T> {
         let result = f(&mut self.state.lock().expect("memory store lock"));
         Box::pin(async move { Ok(result) })
     }
@@ -53,10 +50,7 @@ fn key(account: &str, openid: &str) -> UserKey {
 }
 
 impl Subscriptions for MemoryEffects {
-    fn subscription<'a>(
-        &'a self,
-        c: Subscription<'a>,
-    ) -> BoxFuture<'a, Result<Applied, StoreError>> {
+    fn subscription<'a>(&'a self, c: Subscription<'a>) -> Fut<'a, Applied> {
         self.with(|s| {
             let k = key(c.account, c.openid);
             if let Some(current) = s.users.get(&k) {
@@ -89,28 +83,15 @@ impl Subscriptions for MemoryEffects {
         })
     }
 
-    fn user<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserState>, StoreError>> {
+    fn user<'a>(&'a self, account: &'a str, openid: &'a str) -> Fut<'a, Option<UserState>> {
         self.with(|s| s.users.get(&key(account, openid)).cloned())
     }
 
-    fn binding<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+    fn binding<'a>(&'a self, account: &'a str, openid: &'a str) -> Fut<'a, Option<String>> {
         self.with(|s| s.bindings.get(&key(account, openid)).cloned())
     }
 
-    fn set_binding<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-        user: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn set_binding<'a>(&'a self, account: &'a str, openid: &'a str, user: &'a str) -> Fut<'a, ()> {
         self.with(|s| {
             s.bindings.insert(key(account, openid), user.to_owned());
         })
@@ -118,7 +99,7 @@ impl Subscriptions for MemoryEffects {
 }
 
 impl Locations for MemoryEffects {
-    fn location<'a>(&'a self, l: Location<'a>) -> BoxFuture<'a, Result<Applied, StoreError>> {
+    fn location<'a>(&'a self, l: Location<'a>) -> Fut<'a, Applied> {
         self.with(|s| {
             let k = key(l.account, l.openid);
             let history = s.history.entry(k.clone()).or_default();
@@ -151,15 +132,11 @@ impl Locations for MemoryEffects {
         &'a self,
         account: &'a str,
         openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<LatestLocation>, StoreError>> {
+    ) -> Fut<'a, Option<LatestLocation>> {
         self.with(|s| s.locations.get(&key(account, openid)).copied())
     }
 
-    fn location_history<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+    fn location_history<'a>(&'a self, account: &'a str, openid: &'a str) -> Fut<'a, Vec<String>> {
         self.with(|s| {
             s.history
                 .get(&key(account, openid))
@@ -170,12 +147,7 @@ impl Locations for MemoryEffects {
 }
 
 impl WelcomeSends for MemoryEffects {
-    fn begin_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Lease, StoreError>> {
+    fn begin_send<'a>(&'a self, id: &'a str, owner: &'a str, lease: Duration) -> Fut<'a, Lease> {
         let key = self.keys.welcome(id);
         self.with(|s| {
             s.leased
@@ -183,75 +155,44 @@ impl WelcomeSends for MemoryEffects {
         })
     }
 
-    fn finish_send<'a>(
-        &'a self,
-        id: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn finish_send<'a>(&'a self, id: &'a str, ttl: Duration) -> Fut<'a, ()> {
         let key = self.keys.welcome(id);
         self.with(|s| s.leased.set(key, WELCOME.done.to_owned(), ttl))
     }
 
-    fn renew_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn renew_send<'a>(&'a self, id: &'a str, owner: &'a str, lease: Duration) -> Fut<'a, bool> {
         let key = self.keys.welcome(id);
         self.with(|s| s.leased.renew(key, WELCOME.holder(owner), lease))
     }
 
-    fn abandon_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn abandon_send<'a>(&'a self, id: &'a str, owner: &'a str) -> Fut<'a, ()> {
         let key = self.keys.welcome(id);
         self.with(|s| s.leased.delete_if(&key, &WELCOME.holder(owner)))
     }
 }
 
 impl TokenCache for MemoryEffects {
-    fn token<'a>(&'a self, appid: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+    fn token<'a>(&'a self, appid: &'a str) -> Fut<'a, Option<String>> {
         let key = self.keys.token(appid);
         self.with(|s| s.leased.get(&key).map(str::to_owned))
     }
 
-    fn set_token<'a>(
-        &'a self,
-        appid: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn set_token<'a>(&'a self, appid: &'a str, token: &'a str, ttl: Duration) -> Fut<'a, ()> {
         let key = self.keys.token(appid);
         self.with(|s| s.leased.set(key, token.to_owned(), ttl))
     }
 
-    fn drop_token<'a>(
-        &'a self,
-        appid: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> Fut<'a, ()> {
         let key = self.keys.token(appid);
         self.with(|s| s.leased.delete_if(&key, token))
     }
 
-    fn lock_token<'a>(
-        &'a self,
-        appid: &'a str,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn lock_token<'a>(&'a self, appid: &'a str, owner: &'a str, ttl: Duration) -> Fut<'a, bool> {
         let key = self.keys.token_lock(appid);
         self.with(|s| s.leased.claim(key, owner.to_owned(), ttl, "") == Lease::Claimed)
     }
 
-    fn unlock_token<'a>(
-        &'a self,
-        appid: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> Fut<'a, ()> {
         let key = self.keys.token_lock(appid);
         self.with(|s| s.leased.delete_if(&key, owner))
     }

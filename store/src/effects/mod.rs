@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{BoxFuture, Engine, Keys, Lease, StoreError};
+use crate::{Engine, Fut, Keys, Lease, StoreError};
 
 mod memory;
 mod redis;
@@ -46,113 +46,56 @@ pub enum Applied {
 pub trait Subscriptions: Send + Sync + std::fmt::Debug {
     /// Applies a subscribe or unsubscribe, last write wins by `created_at`; an unsubscribe
     /// wins a tie, and deletes the binding when it takes effect.
-    fn subscription<'a>(
-        &'a self,
-        change: Subscription<'a>,
-    ) -> BoxFuture<'a, Result<Applied, StoreError>>;
+    fn subscription<'a>(&'a self, change: Subscription<'a>) -> Fut<'a, Applied>;
     /// A user's subscription state.
-    fn user<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserState>, StoreError>>;
+    fn user<'a>(&'a self, account: &'a str, openid: &'a str) -> Fut<'a, Option<UserState>>;
     /// The host application's binding of an OpenID, if any.
-    fn binding<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+    fn binding<'a>(&'a self, account: &'a str, openid: &'a str) -> Fut<'a, Option<String>>;
     /// Binds an OpenID to the host application's user (what the host application does).
-    fn set_binding<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-        user: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn set_binding<'a>(&'a self, account: &'a str, openid: &'a str, user: &'a str) -> Fut<'a, ()>;
 }
 
 /// Users' locations.
 pub trait Locations: Send + Sync + std::fmt::Debug {
     /// Adds a location to the history (idempotent by event id) and, when newer, makes it the
     /// latest (hash and GEO set).
-    fn location<'a>(&'a self, location: Location<'a>)
-        -> BoxFuture<'a, Result<Applied, StoreError>>;
+    fn location<'a>(&'a self, location: Location<'a>) -> Fut<'a, Applied>;
     /// A user's latest location.
     fn latest_location<'a>(
         &'a self,
         account: &'a str,
         openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<LatestLocation>, StoreError>>;
+    ) -> Fut<'a, Option<LatestLocation>>;
     /// A user's location history, oldest first (JSON entries).
-    fn location_history<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+    fn location_history<'a>(&'a self, account: &'a str, openid: &'a str) -> Fut<'a, Vec<String>>;
 }
 
 /// One welcome per subscribe event: a [lease](crate::lease) on each send.
 pub trait WelcomeSends: Send + Sync + std::fmt::Debug {
     /// Claims the welcome send of event `id` for `lease`.
-    fn begin_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Lease, StoreError>>;
+    fn begin_send<'a>(&'a self, id: &'a str, owner: &'a str, lease: Duration) -> Fut<'a, Lease>;
     /// Records the send of `id` as done, for `ttl`.
-    fn finish_send<'a>(
-        &'a self,
-        id: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn finish_send<'a>(&'a self, id: &'a str, ttl: Duration) -> Fut<'a, ()>;
     /// Extends a claim that `owner` still holds by `lease` (a send that runs long keeps it);
     /// `false` when it is no longer theirs.
-    fn renew_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn renew_send<'a>(&'a self, id: &'a str, owner: &'a str, lease: Duration) -> Fut<'a, bool>;
     /// Gives up a claim that `owner` still holds, so a retry can send.
-    fn abandon_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn abandon_send<'a>(&'a self, id: &'a str, owner: &'a str) -> Fut<'a, ()>;
 }
 
 /// The access tokens shared by every worker process, and the lock one takes to fetch one.
 pub trait TokenCache: Send + Sync + std::fmt::Debug {
     /// The cached access token of an AppID.
-    fn token<'a>(&'a self, appid: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+    fn token<'a>(&'a self, appid: &'a str) -> Fut<'a, Option<String>>;
     /// Caches a token for `ttl`.
-    fn set_token<'a>(
-        &'a self,
-        appid: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn set_token<'a>(&'a self, appid: &'a str, token: &'a str, ttl: Duration) -> Fut<'a, ()>;
     /// Forgets the cached token only if it is still `token` (another process may have
     /// refreshed it already).
-    fn drop_token<'a>(
-        &'a self,
-        appid: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> Fut<'a, ()>;
     /// Takes the fetch lock of an AppID for `ttl`; false when another process holds it.
-    fn lock_token<'a>(
-        &'a self,
-        appid: &'a str,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn lock_token<'a>(&'a self, appid: &'a str, owner: &'a str, ttl: Duration) -> Fut<'a, bool>;
     /// Releases the fetch lock if `owner` still holds it.
-    fn unlock_token<'a>(
-        &'a self,
-        appid: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> Fut<'a, ()>;
 }
 
 /// Every effect store on one engine, for the roles to take what they need.

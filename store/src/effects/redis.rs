@@ -11,7 +11,7 @@ use super::{
 };
 use crate::engine::Redis;
 use crate::lease::{self, Scripts, WELCOME};
-use crate::{BoxFuture, Keys, Lease, StoreError};
+use crate::{Fut, Keys, Lease, StoreError};
 
 /// KEYS: user hash, binding. ARGV: subscribed (1/0), created_at, scene.
 const SUBSCRIPTION: &str = r"
@@ -88,6 +88,22 @@ impl RedisEffects {
         }
     }
 
+    /// One call of `script` on two keys of one slot.
+    async fn run(
+        &self,
+        script: &Script,
+        keys: [String; 2],
+        args: &[String],
+    ) -> Result<i64, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&keys[0]).key(&keys[1]);
+        for arg in args {
+            invocation.arg(arg);
+        }
+        self.bounded(invocation.invoke_async(&mut self.redis.conn()))
+            .await
+    }
+
     async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -105,28 +121,23 @@ fn applied(code: i64) -> Applied {
 }
 
 impl Subscriptions for RedisEffects {
-    fn subscription<'a>(
-        &'a self,
-        c: Subscription<'a>,
-    ) -> BoxFuture<'a, Result<Applied, StoreError>> {
+    fn subscription<'a>(&'a self, c: Subscription<'a>) -> Fut<'a, Applied> {
         Box::pin(async move {
-            let mut invocation = self.subscription.key(self.keys.user(c.account, c.openid));
-            invocation
-                .key(self.keys.binding(c.account, c.openid))
-                .arg(if c.subscribed { "1" } else { "0" })
-                .arg(c.created_at)
-                .arg(c.scene.unwrap_or(""));
-            self.bounded(invocation.invoke_async::<i64>(&mut self.redis.conn()))
-                .await
-                .map(applied)
+            let keys = [
+                self.keys.user(c.account, c.openid),
+                self.keys.binding(c.account, c.openid),
+            ];
+            let flag = if c.subscribed { "1" } else { "0" };
+            let args = [
+                flag.into(),
+                c.created_at.to_string(),
+                c.scene.unwrap_or("").into(),
+            ];
+            self.run(&self.subscription, keys, &args).await.map(applied)
         })
     }
 
-    fn user<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserState>, StoreError>> {
+    fn user<'a>(&'a self, account: &'a str, openid: &'a str) -> Fut<'a, Option<UserState>> {
         Box::pin(async move {
             let fields = redis::cmd("HMGET")
                 .arg(self.keys.user(account, openid))
@@ -145,51 +156,46 @@ impl Subscriptions for RedisEffects {
         })
     }
 
-    fn binding<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+    fn binding<'a>(&'a self, account: &'a str, openid: &'a str) -> Fut<'a, Option<String>> {
         let key = self.keys.binding(account, openid);
         Box::pin(async move { self.bounded(self.redis.conn().get(key)).await })
     }
 
-    fn set_binding<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-        user: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn set_binding<'a>(&'a self, account: &'a str, openid: &'a str, user: &'a str) -> Fut<'a, ()> {
         let key = self.keys.binding(account, openid);
         Box::pin(async move { self.bounded(self.redis.conn().set(key, user)).await })
     }
 }
 
 impl Locations for RedisEffects {
-    fn location<'a>(&'a self, l: Location<'a>) -> BoxFuture<'a, Result<Applied, StoreError>> {
+    fn location<'a>(&'a self, l: Location<'a>) -> Fut<'a, Applied> {
         Box::pin(async move {
-            let mut invocation = self.location.key(self.keys.location(l.account, l.openid));
-            invocation
-                .key(self.keys.location_history(l.account, l.openid))
-                .arg(l.latitude)
-                .arg(l.longitude)
-                .arg(l.precision)
-                .arg(l.created_at)
-                .arg(history_member(&l))
-                .arg(l.history.max(1));
-            let user: i64 = self
-                .bounded(invocation.invoke_async(&mut self.redis.conn()))
-                .await?;
+            let (account, openid) = (l.account, l.openid);
+            let keys = [
+                self.keys.location(account, openid),
+                self.keys.location_history(account, openid),
+            ];
+            let (latitude, longitude) = (l.latitude.to_string(), l.longitude.to_string());
+            let created_at = l.created_at.to_string();
+            let args = [
+                latitude,
+                longitude.clone(),
+                l.precision.to_string(),
+                created_at.clone(),
+                history_member(&l),
+                l.history.max(1).to_string(),
+            ];
+            let user = self.run(&self.location, keys, &args).await?;
             if matches!(user, 1 | 2) {
-                let mut invocation = self.geo.key(self.keys.geo(l.account));
-                invocation
-                    .key(self.keys.geo_at(l.account))
-                    .arg(l.openid)
-                    .arg(l.longitude)
-                    .arg(l.latitude.clamp(-GEO_MAX_LATITUDE, GEO_MAX_LATITUDE))
-                    .arg(l.created_at);
-                self.bounded(invocation.invoke_async::<i64>(&mut self.redis.conn()))
-                    .await?;
+                let keys = [self.keys.geo(account), self.keys.geo_at(account)];
+                let geo_latitude = l.latitude.clamp(-GEO_MAX_LATITUDE, GEO_MAX_LATITUDE);
+                let args = [
+                    openid.into(),
+                    longitude,
+                    geo_latitude.to_string(),
+                    created_at,
+                ];
+                self.run(&self.geo, keys, &args).await?;
             }
             Ok(applied(if user == 0 { 0 } else { 1 }))
         })
@@ -199,7 +205,7 @@ impl Locations for RedisEffects {
         &'a self,
         account: &'a str,
         openid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<LatestLocation>, StoreError>> {
+    ) -> Fut<'a, Option<LatestLocation>> {
         Box::pin(async move {
             let fields = redis::cmd("HMGET")
                 .arg(self.keys.location(account, openid))
@@ -222,23 +228,14 @@ impl Locations for RedisEffects {
         })
     }
 
-    fn location_history<'a>(
-        &'a self,
-        account: &'a str,
-        openid: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+    fn location_history<'a>(&'a self, account: &'a str, openid: &'a str) -> Fut<'a, Vec<String>> {
         let key = self.keys.location_history(account, openid);
         Box::pin(async move { self.bounded(self.redis.conn().zrange(key, 0, -1)).await })
     }
 }
 
 impl WelcomeSends for RedisEffects {
-    fn begin_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Lease, StoreError>> {
+    fn begin_send<'a>(&'a self, id: &'a str, owner: &'a str, lease: Duration) -> Fut<'a, Lease> {
         let (key, holder) = (self.keys.welcome(id), WELCOME.holder(owner));
         Box::pin(async move {
             let leases = &self.leases;
@@ -248,47 +245,29 @@ impl WelcomeSends for RedisEffects {
         })
     }
 
-    fn finish_send<'a>(
-        &'a self,
-        id: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn finish_send<'a>(&'a self, id: &'a str, ttl: Duration) -> Fut<'a, ()> {
         let key = self.keys.welcome(id);
         Box::pin(Scripts::confirm(&self.redis, key, WELCOME.done, ttl))
     }
 
-    fn renew_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn renew_send<'a>(&'a self, id: &'a str, owner: &'a str, lease: Duration) -> Fut<'a, bool> {
         let (key, holder) = (self.keys.welcome(id), WELCOME.holder(owner));
         Box::pin(async move { self.leases.renew(&self.redis, key, &holder, lease).await })
     }
 
-    fn abandon_send<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn abandon_send<'a>(&'a self, id: &'a str, owner: &'a str) -> Fut<'a, ()> {
         let (key, holder) = (self.keys.welcome(id), WELCOME.holder(owner));
         Box::pin(async move { self.leases.release(&self.redis, key, &holder).await })
     }
 }
 
 impl TokenCache for RedisEffects {
-    fn token<'a>(&'a self, appid: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+    fn token<'a>(&'a self, appid: &'a str) -> Fut<'a, Option<String>> {
         let key = self.keys.token(appid);
         Box::pin(async move { self.bounded(self.redis.conn().get(key)).await })
     }
 
-    fn set_token<'a>(
-        &'a self,
-        appid: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn set_token<'a>(&'a self, appid: &'a str, token: &'a str, ttl: Duration) -> Fut<'a, ()> {
         let key = self.keys.token(appid);
         Box::pin(async move {
             let mut conn = self.redis.conn();
@@ -296,21 +275,12 @@ impl TokenCache for RedisEffects {
         })
     }
 
-    fn drop_token<'a>(
-        &'a self,
-        appid: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> Fut<'a, ()> {
         let key = self.keys.token(appid);
         Box::pin(async move { self.leases.release(&self.redis, key, token).await })
     }
 
-    fn lock_token<'a>(
-        &'a self,
-        appid: &'a str,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn lock_token<'a>(&'a self, appid: &'a str, owner: &'a str, ttl: Duration) -> Fut<'a, bool> {
         let key = self.keys.token_lock(appid);
         Box::pin(async move {
             let lock = self.leases.claim(&self.redis, key, owner, ttl, "").await?;
@@ -318,11 +288,7 @@ impl TokenCache for RedisEffects {
         })
     }
 
-    fn unlock_token<'a>(
-        &'a self,
-        appid: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> Fut<'a, ()> {
         let key = self.keys.token_lock(appid);
         Box::pin(async move { self.leases.release(&self.redis, key, owner).await })
     }

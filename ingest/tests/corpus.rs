@@ -386,31 +386,16 @@ async fn several_accounts_each_with_its_own_secrets() {
     };
     let shop = TestApp::signed_query("shop-token", &unique("n"));
     let news = TestApp::signed_query("news-token", &unique("n"));
-    assert_eq!(
-        app.post_to("/wechat/shop", &shop, &push("gh_shop", "u1"))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        app.post_to("/wechat/news", &news, &push("gh_news", "u2"))
-            .await
-            .0,
-        200
-    );
-    // Another account's token does not open this one.
-    assert_eq!(
-        app.post_to("/wechat/news", &shop, &push("gh_news", "u3"))
-            .await
-            .0,
-        403
-    );
-    assert_eq!(
-        app.post_to("/wechat/shop", &news, &push("gh_shop", "u4"))
-            .await
-            .0,
-        403
-    );
+    // Each account's own token opens it; another account's token does not.
+    for (path, query, to, from, status) in [
+        ("/wechat/shop", &shop, "gh_shop", "u1", 200),
+        ("/wechat/news", &news, "gh_news", "u2", 200),
+        ("/wechat/news", &shop, "gh_news", "u3", 403),
+        ("/wechat/shop", &news, "gh_shop", "u4", 403),
+    ] {
+        let answer = app.post_to(path, query, &push(to, from)).await;
+        assert_eq!(answer.0, status, "{from} to {path}");
+    }
     // A push addressed to another account, on the shop's URL, is refused.
     let shop2 = TestApp::signed_query("shop-token", &unique("n"));
     assert_eq!(

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use store::effects::{Applied, EffectStores, Location, Subscription};
+use store::effects::{Applied, EffectStores, LatestLocation, Location, Subscription};
 use store::{Engine, Lease};
 use testkit::{unique, RedisServer};
 
@@ -67,6 +67,11 @@ async fn begin(s: &EffectStores, id: &str, owner: &str) -> Lease {
         .begin_send(id, owner, WELCOME_LEASE)
         .await
         .unwrap()
+}
+
+async fn latest_of(s: &EffectStores, openid: &str) -> LatestLocation {
+    let latest = s.locations.latest_location("gh_a", openid).await.unwrap();
+    latest.unwrap()
 }
 
 async fn suite(s: &EffectStores) {
@@ -132,12 +137,7 @@ async fn suite(s: &EffectStores) {
         Applied::Yes,
         "redelivery"
     );
-    let latest = s
-        .locations
-        .latest_location("gh_a", "o1")
-        .await
-        .unwrap()
-        .unwrap();
+    let latest = latest_of(s, "o1").await;
     assert_eq!((latest.latitude, latest.created_at), (23.3, 30));
     assert_eq!(
         s.locations
@@ -156,12 +156,7 @@ async fn suite(s: &EffectStores) {
     locate(s, of_o2("f1", 23.3)).await;
     locate(s, of_o2("f2", 23.5)).await;
     locate(s, of_o2("f1", 23.3)).await;
-    let latest = s
-        .locations
-        .latest_location("gh_a", "o2")
-        .await
-        .unwrap()
-        .unwrap();
+    let latest = latest_of(s, "o2").await;
     assert_eq!(latest.latitude, 23.5, "a redelivery changes nothing");
     locate(s, loc("e4", 40, 89.9)).await;
     let history = s.locations.location_history("gh_a", "o1").await.unwrap();

@@ -50,13 +50,17 @@ impl Readiness {
         };
         // Both at once: a probe waits at most about a second, whatever is down.
         let publisher = Arc::clone(&self.publisher);
-        let (redis, kafka) = tokio::join!(self.store.round_trip(), async move {
+        let round_trip = tokio::time::timeout(Duration::from_secs(1), self.store.round_trip());
+        let (redis, kafka) = tokio::join!(round_trip, async move {
             tokio::task::spawn_blocking(move || publisher.reachable(Duration::from_secs(1)))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|reached| reached.map_err(|e| e.to_string()))
         });
-        let redis = redis.map_err(|e| format!("redis: claim round trip failed: {e}"));
+        let redis = match redis {
+            Ok(result) => result.map_err(|e| format!("redis: claim round trip failed: {e}")),
+            Err(_) => Err("redis: claim round trip took over a second".to_owned()),
+        };
         let kafka = kafka.map_err(|e| format!("kafka: {e}"));
         up("redis", redis.is_ok());
         up("kafka", kafka.is_ok());

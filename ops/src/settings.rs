@@ -64,6 +64,14 @@ impl Shared {
 
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // Braces would change the Redis Cluster hash tag of every key, so one user's keys
+        // could fall into different slots.
+        if self.key_prefix.contains(['{', '}']) {
+            return Err(ConfigError::Invalid(format!(
+                "REDIS_KEY_PREFIX must not contain braces (they are Redis Cluster hash tags): {:?}",
+                self.key_prefix
+            )));
+        }
         check_properties("KAFKA_CONFIG", &self.kafka_config)
     }
 }

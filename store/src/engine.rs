@@ -92,6 +92,7 @@ impl Engine {
                 },
             };
             match result {
+                Err(error) if error.is_auth() => return Err(error),
                 Err(error) if error.is_outage() && tries < 4 => tries += 1,
                 Err(error) if error.is_outage() => return Ok(()),
                 other => return other,
@@ -248,19 +249,36 @@ impl Redis {
         self.mode
     }
 
-    /// Refuses `redis://` to a cluster node: most keys would answer `MOVED`.
+    /// Refuses `redis://` to a cluster node (most keys would answer `MOVED`), and
+    /// `redis+cluster://` to a server without cluster support (which the cluster client would
+    /// use as one node until a script had to be loaded again).
     async fn check_mode(&self) -> Result<(), StoreError> {
-        if self.mode != Mode::Single {
-            return Ok(());
+        match self.mode {
+            Mode::Sentinel => Ok(()),
+            Mode::Single => {
+                let info = redis::cmd("INFO").arg("cluster").to_owned();
+                let info: String = self.bounded(info.query_async(&mut self.conn())).await?;
+                if info.contains("cluster_enabled:1") {
+                    return Err(StoreError::WrongMode(
+                        "REDIS_URL is redis:// but the server is a Redis Cluster node: use redis+cluster://host:port,…",
+                    ));
+                }
+                Ok(())
+            }
+            Mode::Cluster => {
+                let info = redis::cmd("CLUSTER").arg("INFO").to_owned();
+                match self.bounded(info.query_async::<String>(&mut self.conn())).await {
+                    Err(StoreError::Redis(error))
+                        if error.to_string().contains("cluster support disabled") =>
+                    {
+                        Err(StoreError::WrongMode(
+                            "REDIS_URL is redis+cluster:// but the server has no cluster support: use redis://host:port",
+                        ))
+                    }
+                    other => other.map(drop),
+                }
+            }
         }
-        let info = redis::cmd("INFO").arg("cluster").to_owned();
-        let info: String = self.bounded(info.query_async(&mut self.conn())).await?;
-        if info.contains("cluster_enabled:1") {
-            return Err(StoreError::WrongMode(
-                "REDIS_URL is redis:// but the server is a Redis Cluster node: use redis+cluster://host:port,…",
-            ));
-        }
-        Ok(())
     }
 
     /// A handle on the shared connection.

@@ -29,6 +29,18 @@ impl StoreError {
         }
     }
 
+    /// Whether Redis refused our credentials or permissions: an outage while running (they
+    /// may be rotated back), but at start-up a configuration that cannot work.
+    pub fn is_auth(&self) -> bool {
+        let StoreError::Redis(error) = self else {
+            return false;
+        };
+        error.kind() == redis::ErrorKind::AuthenticationFailed
+            || error
+                .code()
+                .is_some_and(|code| ["NOAUTH", "WRONGPASS", "NOPERM"].contains(&code))
+    }
+
     /// A short name of the failure for metrics: `outage`, or what Redis said (`CROSSSLOT`,
     /// `MOVED`, `NOSCRIPT`, …), or `refused`.
     pub fn kind(&self) -> &'static str {
@@ -85,7 +97,14 @@ impl StoreError {
             "MISCONF",
             "NOREPLICAS",
         ];
-        if error.kind() == redis::ErrorKind::AuthenticationFailed
+        // No node of a cluster reachable, no primary known to the sentinels now.
+        let unreachable = [
+            redis::ErrorKind::ClusterConnectionNotFound,
+            redis::ErrorKind::MasterNameNotFoundBySentinel,
+            redis::ErrorKind::NoValidReplicasFoundBySentinel,
+        ];
+        if unreachable.contains(&error.kind())
+            || error.kind() == redis::ErrorKind::AuthenticationFailed
             || error.code().is_some_and(|code| OUTAGES.contains(&code))
         {
             return true;

@@ -211,18 +211,58 @@ async fn a_url_of_the_wrong_mode_is_refused_at_start() {
     assert!(!error.is_outage(), "{error}");
     assert!(error.to_string().contains("redis+cluster://"), "{error}");
 
+    // A plain server behind redis+cluster://, even once the scripts are loaded on it (the
+    // cluster client would use it as one node until it had to load them again).
     let redis = RedisServer::start();
+    check(redis.url()).await.unwrap();
     let error = check(format!("redis+cluster://127.0.0.1:{}", redis.port))
         .await
         .unwrap_err();
-    assert!(
-        !error.is_outage(),
-        "a plain server behind redis+cluster://: {error}"
-    );
+    assert!(!error.is_outage(), "{error}");
+    assert!(error.to_string().contains("no cluster support"), "{error}");
 
-    // Redis down is no configuration error: the process starts, degraded.
-    let port = testkit::free_port();
-    check(format!("redis://127.0.0.1:{port}/")).await.unwrap();
+    // Redis down is no configuration error: the process starts, degraded, and a cluster none
+    // of whose seeds answer is down, not misconfigured.
+    let (a, b) = (testkit::free_port(), testkit::free_port());
+    check(format!("redis://127.0.0.1:{a}/")).await.unwrap();
+    check(format!("redis+cluster://127.0.0.1:{a},127.0.0.1:{b}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn credentials_redis_refuses_are_refused_at_start() {
+    let redis = RedisServer::start();
+    redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "secret"][..])
+        .query::<()>(&mut redis.conn())
+        .unwrap();
+    let check = |url: String| async move {
+        let engine = Engine::open(&url, Duration::from_millis(500)).unwrap();
+        let store = dedup::open(&engine, "k");
+        engine.check_at_start(|| store.round_trip()).await
+    };
+    let port = redis.port;
+    let error = check(format!("redis://:wrong@127.0.0.1:{port}/"))
+        .await
+        .unwrap_err();
+    assert!(error.is_auth(), "{error}");
+    check(format!("redis://:secret@127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_write_redis_refuses_for_want_of_replicas_is_an_outage() {
+    let redis = RedisServer::start();
+    let store = redis_store(&redis, &unique("k")).await;
+    redis::cmd("CONFIG")
+        .arg(&["SET", "min-replicas-to-write", "1"][..])
+        .query::<()>(&mut redis.conn())
+        .unwrap();
+    let error = store.claim(claim("no-replica", "a")).await.unwrap_err();
+    assert!(error.is_outage(), "{error}");
+    assert_eq!(error.kind(), "outage");
 }
 
 #[tokio::test]

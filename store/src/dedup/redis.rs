@@ -39,8 +39,9 @@ use crate::{Fut, Keys, StoreError};
 /// - `d` confirm: KEYS dedup; ARGV ttl ms → 0.
 /// - `r` release: KEYS dedup; ARGV pending value → 0 (deleted only if still that value).
 ///
-/// Each op runs under `pcall`: one that Redis refuses (a key of another type under the
-/// prefix) is -1, and the ops around it are applied as they would be alone.
+/// Each op runs under `pcall`: one that Redis refuses is -1 (a key of another type under the
+/// prefix) or -2 (Redis refuses every write now), and the ops around it are applied as they
+/// would be alone.
 const BATCH: &str = r"
 local function bind(nonce, digest, ttl)
   local seen = redis.call('GET', nonce)
@@ -55,6 +56,16 @@ end
 local function claim(dedup, pending, lease, nonce, digest, ttl)
   if nonce and bind(nonce, digest, ttl) == 3 then return 3 end
   return lease_claim(dedup, pending, lease, 'done')
+end
+
+-- An op Redis refused: -2 when the refusal concerns every write (an outage: a read-only
+-- replica, no memory, too few replicas, a failing disk), -1 when it is about this op.
+local function refused(err)
+  local text = type(err) == 'table' and err.err or tostring(err)
+  for _, code in ipairs({'READONLY', 'OOM', 'NOREPLICAS', 'MISCONF', 'MASTERDOWN', 'BUSY'}) do
+    if string.find(text, code, 1, true) then return -2 end
+  end
+  return -1
 end
 
 local out, k, a = {}, 1, 1
@@ -76,7 +87,7 @@ while a <= #ARGV do
     ok, code = pcall(lease_release, KEYS[k], ARGV[a + 1])
     k, a = k + 1, a + 2
   end
-  out[#out + 1] = ok and code or -1
+  out[#out + 1] = ok and code or refused(code)
 end
 return out
 ";
@@ -85,8 +96,9 @@ return out
 /// else.
 const MAX_BATCH: usize = 256;
 
-/// Why an op the script ran under `pcall` failed.
+/// Why an op the script ran under `pcall` failed: about the op, or (`OUTAGE`) every write.
 const REFUSED: &str = "Redis refused the op (a key of another type under the prefix?)";
+const OUTAGE: &str = "Redis refuses writes now (READONLY, OOM, NOREPLICAS, MISCONF, …)";
 
 /// One queued op with its keys and arguments ready, and where its outcome goes.
 #[derive(Debug)]
@@ -155,6 +167,8 @@ impl RedisDedup {
 async fn batcher(redis: Redis, mut queue: mpsc::UnboundedReceiver<Op>, queued: Arc<AtomicUsize>) {
     let script = Script::new(&format!("{}\n{BATCH}", lease::LUA));
     let per_slot = redis.mode() == Mode::Cluster;
+    let mut lanes = std::collections::HashMap::new();
+    let mut swept_at = 0;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         queued.fetch_sub(batch.len(), Ordering::Relaxed);
@@ -167,8 +181,13 @@ async fn batcher(redis: Redis, mut queue: mpsc::UnboundedReceiver<Op>, queued: A
         }
         metrics::histogram!("wxpipe_redis_batch_ops").record(batch.len() as f64);
         if per_slot {
-            // One script call per hash tag, in queue order within each; the next batch
-            // waits for all of them, so one key's ops stay in order.
+            // One lane per hash tag: a tag's calls go in queue order, each after the one
+            // before it, and no tag waits for another (a master failing over stalls only the
+            // slots it held).
+            if lanes.len() >= 2 * swept_at.max(1024) {
+                lanes.retain(|_, lane: &mut tokio::task::JoinHandle<()>| !lane.is_finished());
+                swept_at = lanes.len();
+            }
             let mut groups: Vec<(String, Vec<Op>)> = Vec::new();
             for op in batch.drain(..) {
                 let tag = op.keys[0].as_deref().map(keys::tag).unwrap_or_default();
@@ -177,10 +196,17 @@ async fn batcher(redis: Redis, mut queue: mpsc::UnboundedReceiver<Op>, queued: A
                     None => groups.push((tag.to_owned(), vec![op])),
                 }
             }
-            let sends = groups
-                .into_iter()
-                .map(|(_, ops)| send(&redis, &script, ops));
-            futures_util::future::join_all(sends).await;
+            for (tag, ops) in groups {
+                let before = lanes.remove(&tag);
+                let (redis, script) = (redis.clone(), script.clone());
+                let lane = tokio::spawn(async move {
+                    if let Some(before) = before {
+                        let _ = before.await;
+                    }
+                    send(&redis, &script, ops).await;
+                });
+                lanes.insert(tag, lane);
+            }
         } else {
             send(&redis, &script, std::mem::take(&mut batch)).await;
         }
@@ -207,6 +233,7 @@ async fn send(redis: &Redis, script: &Script, ops: Vec<Op>) {
             for (op, code) in ops.into_iter().zip(codes) {
                 let outcome = match code {
                     0.. => Ok(code),
+                    -2 => Err(StoreError::batch(OUTAGE, true)),
                     _ => Err(StoreError::batch(REFUSED, false)),
                 };
                 let _ = op.reply.send(outcome);

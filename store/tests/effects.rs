@@ -158,6 +158,21 @@ async fn suite(s: &EffectStores) {
     locate(s, of_o2("f1", 23.3)).await;
     let latest = latest_of(s, "o2").await;
     assert_eq!(latest.latitude, 23.5, "a redelivery changes nothing");
+    // Two locations of one second resolve the same way in whatever order they come.
+    for (openid, order) in [("o3", ["t1", "t2"]), ("o4", ["t2", "t1"])] {
+        for id in order {
+            let latitude = if id == "t1" { 10.0 } else { 20.0 };
+            locate(
+                s,
+                Location {
+                    openid,
+                    ..loc(id, 50, latitude)
+                },
+            )
+            .await;
+        }
+        assert_eq!(latest_of(s, openid).await.latitude, 20.0, "{openid}");
+    }
     locate(s, loc("e4", 40, 89.9)).await;
     let history = s.locations.location_history("gh_a", "o1").await.unwrap();
     assert_eq!(history.len(), 3, "capped");
@@ -281,6 +296,18 @@ async fn redis_engine() {
         .arg("o1")
         .query(&mut conn)
         .unwrap();
+    let ties: Vec<Option<(f64, f64)>> = redis::cmd("GEOPOS")
+        .arg(format!("{prefix}:geo:{{gh_a}}"))
+        .arg(&["o3", "o4"][..])
+        .query(&mut conn)
+        .unwrap();
+    for tie in ties {
+        let (_, lat) = tie.unwrap();
+        assert!(
+            (lat - 20.0).abs() < 1e-4,
+            "the GEO set agrees with the hash: {lat}"
+        );
+    }
     let (lon, lat) = pos[0].unwrap();
     assert!(
         (lon - 113.3).abs() < 1e-4 && (lat - 85.0511).abs() < 1e-3,

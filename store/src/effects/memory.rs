@@ -19,7 +19,9 @@ type UserKey = (String, String);
 struct State {
     users: HashMap<UserKey, UserState>,
     bindings: HashMap<UserKey, String>,
-    locations: HashMap<UserKey, LatestLocation>,
+    /// The latest location of each user, with its event id (ties of one second go to the
+    /// greater id, as on Redis).
+    locations: HashMap<UserKey, (LatestLocation, String)>,
     history: HashMap<UserKey, BTreeSet<(i64, String)>>,
     /// Values with an expiry: welcome claims, tokens, token locks.
     leased: TtlMap,
@@ -111,10 +113,9 @@ impl Locations for MemoryEffects {
             while history.len() > l.history.max(1) {
                 history.pop_first();
             }
-            if s.locations
-                .get(&k)
-                .is_some_and(|current| l.created_at < current.created_at)
-            {
+            if s.locations.get(&k).is_some_and(|(current, id)| {
+                (l.created_at, l.id) < (current.created_at, id.as_str())
+            }) {
                 return Applied::Stale;
             }
             let latest = LatestLocation {
@@ -123,7 +124,7 @@ impl Locations for MemoryEffects {
                 precision: l.precision,
                 created_at: l.created_at,
             };
-            s.locations.insert(k, latest);
+            s.locations.insert(k, (latest, l.id.to_owned()));
             Applied::Yes
         })
     }
@@ -133,7 +134,11 @@ impl Locations for MemoryEffects {
         account: &'a str,
         openid: &'a str,
     ) -> Fut<'a, Option<LatestLocation>> {
-        self.with(|s| s.locations.get(&key(account, openid)).copied())
+        self.with(|s| {
+            s.locations
+                .get(&key(account, openid))
+                .map(|(latest, _)| *latest)
+        })
     }
 
     fn location_history<'a>(&'a self, account: &'a str, openid: &'a str) -> Fut<'a, Vec<String>> {

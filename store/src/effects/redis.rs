@@ -34,20 +34,22 @@ return 1
 ";
 
 /// The user's step of a location. KEYS: location hash, history (the user's slot). ARGV:
-/// latitude, longitude, precision, created_at, history member, history length.
+/// latitude, longitude, precision, created_at, history member, history length, event id.
+/// The latest is the greatest (`created_at`, event id): two locations of one second resolve
+/// the same way in whatever order they come, here and in [`GEO`].
 /// → 1 it is the latest now, 0 a newer one is there; a redelivery (already in the history)
 /// changes nothing here and is 2 when it is still the latest, 3 when not. After 1 or 2 the
 /// account's GEO set gets it ([`GEO`]): a step of its own, as the set is in another slot.
 const LOCATION: &str = r"
-local current = redis.call('HMGET', KEYS[1], 'created_at', 'latitude', 'longitude')
+local current = redis.call('HMGET', KEYS[1], 'created_at', 'id')
 if redis.call('ZSCORE', KEYS[2], ARGV[5]) then
-  if current[1] == ARGV[4] and current[2] == ARGV[1] and current[3] == ARGV[2] then return 2 end
+  if current[1] == ARGV[4] and current[2] == ARGV[7] then return 2 end
   return 3
 end
-local at = tonumber(current[1])
-local latest = not at or tonumber(ARGV[4]) >= at
+local at, t = tonumber(current[1]), tonumber(ARGV[4])
+local latest = not at or t > at or (t == at and (current[2] or '') <= ARGV[7])
 if latest then
-  redis.call('HSET', KEYS[1], 'latitude', ARGV[1], 'longitude', ARGV[2], 'precision', ARGV[3], 'created_at', ARGV[4])
+  redis.call('HSET', KEYS[1], 'latitude', ARGV[1], 'longitude', ARGV[2], 'precision', ARGV[3], 'created_at', ARGV[4], 'id', ARGV[7])
 end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[6]) + 1))
@@ -55,14 +57,20 @@ if latest then return 1 end
 return 0
 ";
 
-/// The account's step of a location, last write wins by `created_at` as in the user's hash
-/// (a late step of an older location never moves the user back). KEYS: GEO set, its
-/// `created_at` hash (the account's slot). ARGV: openid, longitude, GEO latitude, created_at.
+/// The account's step of a location, last write wins by (`created_at`, event id) as in the
+/// user's hash (a late step of an older location never moves the user back). KEYS: GEO set,
+/// its hash of `created_at/id` by OpenID (the account's slot). ARGV: openid, longitude, GEO
+/// latitude, created_at, event id.
 const GEO: &str = r"
-local at = tonumber(redis.call('HGET', KEYS[2], ARGV[1]))
-if at and tonumber(ARGV[4]) < at then return 0 end
+local seen = redis.call('HGET', KEYS[2], ARGV[1])
+if seen then
+  local at, id = string.match(seen, '^(%-?%d+)/(.*)$')
+  local t = tonumber(ARGV[4])
+  at = tonumber(at)
+  if at and (t < at or (t == at and ARGV[5] < id)) then return 0 end
+end
 redis.call('GEOADD', KEYS[1], ARGV[2], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4] .. '/' .. ARGV[5])
 return 1
 ";
 
@@ -184,6 +192,7 @@ impl Locations for RedisEffects {
                 created_at.clone(),
                 history_member(&l),
                 l.history.max(1).to_string(),
+                l.id.to_owned(),
             ];
             let user = self.run(&self.location, keys, &args).await?;
             if matches!(user, 1 | 2) {
@@ -194,6 +203,7 @@ impl Locations for RedisEffects {
                     longitude,
                     geo_latitude.to_string(),
                     created_at,
+                    l.id.to_owned(),
                 ];
                 self.run(&self.geo, keys, &args).await?;
             }

@@ -7,6 +7,9 @@
 //! - [`instance_id`]: this process's name in claims, locks and leases.
 //! - [`settings`]: the settings both binaries share, and the typed config error.
 //! - [`admin`]: a small HTTP server for `/healthz`, `/readyz` and `/metrics`.
+//!
+//! It knows how to run a binary, not what the binaries do: it must never depend on the
+//! ingress, the workers or the store.
 
 use std::sync::OnceLock;
 

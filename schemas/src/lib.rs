@@ -7,7 +7,7 @@
 //! ```
 //!
 //! [`Event`] is the one record type on every topic, with its [`EventId`] and [`OpenId`]; [`Topic`] names the topic an event goes
-//! to; [`spec`] lists the typed fields of every known type; [`json_schema`] derives each
+//! to; [`spec`] lists the typed fields of every known type; [`json_schema`](mod@json_schema) derives each
 //! topic's JSON Schema from it.
 //!
 //! It is the contract only: it must never depend on the protocol (`wechat`), the ingress, the

@@ -4,8 +4,8 @@
 //! done: every later claim finds `Done`), renews it while the work runs long, or releases
 //! it so another can try at once. A holder that dies loses nothing: its lease runs out.
 //!
-//! Each step is one atomic operation: a Lua function on Redis ([`LUA`], which every
-//! script that takes leases starts with), a method of [`crate::memory::TtlMap`] in memory.
+//! Each step is one atomic operation: a Lua function on Redis (`LUA`, which every
+//! script that takes leases starts with), a method of the memory engine's `TtlMap` in memory.
 
 use std::time::Duration;
 

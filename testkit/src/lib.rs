@@ -11,6 +11,8 @@
 //! - [`Proxy`] and [`SmallDisk`]: faults to inject, a network that stalls or cuts and a disk
 //!   that fills up (with Redis's `CLIENT PAUSE`, the mock cluster's broker controls, and
 //!   clients that hang up, these are the fault suite's tools).
+//!
+//! A dev-dependency only: no crate's own code may depend on it.
 
 mod fake_wechat;
 mod faults;

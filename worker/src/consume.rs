@@ -15,7 +15,7 @@
 //! waits for a dependency, and keeps polling, so the group keeps it.
 //!
 //! The unbind role holds each unsubscribe until the group has applied every subscribe that was
-//! already in the log when it arrived ([`Gate`]): a re-follow then wins over the older
+//! already in the log when it arrived (`Gate`): a re-follow then wins over the older
 //! unsubscribe, whatever the lag between the two topics.
 
 use std::collections::{BTreeSet, HashMap};

@@ -10,8 +10,11 @@
 //! ```
 //!
 //! - [`config`]: settings and [`config::Role`]s; [`consume`]: the at-least-once loop of a role.
-//! - [`effects`]: one event's effect, the unit of work; [`store`]: the state, `redis://` or
-//!   `memory://`; [`api`]: the WeChat API calls and the shared access token.
+//! - [`effects`](mod@effects): one event's effect, the unit of work, on the `store` crate's effect stores;
+//!   [`api`]: the WeChat API calls and the shared access token.
+//!
+//! It must never depend on the ingress: the ingress depends on it (to run the workers
+//! in-process), and the topics are the only thing the two share at run time.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,5 +1,6 @@
 //! `wxload`: load-tests a wxpipe deployment the way WeChat would, and hosts the servers the
-//! benchmarks compare against.
+//! benchmarks compare against. It signs pushes with the `wechat` crate, as WeChat does, and
+//! must never depend on the ingress it measures.
 //!
 //! ```text
 //! wxload run --url http://127.0.0.1:8080/wechat --token T --connections 64 --count 100000 \

@@ -413,20 +413,10 @@ async fn several_accounts_each_with_its_own_secrets() {
         404
     );
     // URL verification per account.
-    let verify = app
-        .client
-        .get(app.url(&format!("/wechat/shop?{shop}&echostr=e1")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(verify.text().await.unwrap(), "e1");
-    let verify = app
-        .client
-        .get(app.url(&format!("/wechat/news?{shop}&echostr=e1")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(verify.status(), 403);
+    let verify = app.get(&format!("/wechat/shop?{shop}&echostr=e1")).await;
+    assert_eq!(verify.1, "e1");
+    let verify = app.get(&format!("/wechat/news?{shop}&echostr=e1")).await;
+    assert_eq!(verify.0, 403);
 
     let mut accounts: Vec<String> = app
         .read("event.subscribe", 3)

@@ -197,15 +197,17 @@ async fn checked_suite(url: &str) {
 
 on_every_deployment!(checked_suite);
 
+/// The start-up check of an ingress on `url`.
+async fn start_check(url: String) -> Result<(), store::StoreError> {
+    let engine = Engine::open(&url, Duration::from_millis(500)).unwrap();
+    let store = dedup::open(&engine, "k");
+    engine.check_at_start(|| store.round_trip()).await
+}
+
 #[tokio::test]
 async fn a_url_of_the_wrong_mode_is_refused_at_start() {
-    let check = |url: String| async move {
-        let engine = Engine::open(&url, Duration::from_millis(500)).unwrap();
-        let store = dedup::open(&engine, "k");
-        engine.check_at_start(|| store.round_trip()).await
-    };
     let cluster = RedisCluster::start();
-    let error = check(format!("redis://127.0.0.1:{}/", cluster.nodes[0].port))
+    let error = start_check(format!("redis://127.0.0.1:{}/", cluster.nodes[0].port))
         .await
         .unwrap_err();
     assert!(!error.is_outage(), "{error}");
@@ -214,8 +216,8 @@ async fn a_url_of_the_wrong_mode_is_refused_at_start() {
     // A plain server behind redis+cluster://, even once the scripts are loaded on it (the
     // cluster client would use it as one node until it had to load them again).
     let redis = RedisServer::start();
-    check(redis.url()).await.unwrap();
-    let error = check(format!("redis+cluster://127.0.0.1:{}", redis.port))
+    start_check(redis.url()).await.unwrap();
+    let error = start_check(format!("redis+cluster://127.0.0.1:{}", redis.port))
         .await
         .unwrap_err();
     assert!(!error.is_outage(), "{error}");
@@ -224,8 +226,10 @@ async fn a_url_of_the_wrong_mode_is_refused_at_start() {
     // Redis down is no configuration error: the process starts, degraded, and a cluster none
     // of whose seeds answer is down, not misconfigured.
     let (a, b) = (testkit::free_port(), testkit::free_port());
-    check(format!("redis://127.0.0.1:{a}/")).await.unwrap();
-    check(format!("redis+cluster://127.0.0.1:{a},127.0.0.1:{b}"))
+    start_check(format!("redis://127.0.0.1:{a}/"))
+        .await
+        .unwrap();
+    start_check(format!("redis+cluster://127.0.0.1:{a},127.0.0.1:{b}"))
         .await
         .unwrap();
 }
@@ -237,17 +241,12 @@ async fn credentials_redis_refuses_are_refused_at_start() {
         .arg(&["SET", "requirepass", "secret"][..])
         .query::<()>(&mut redis.conn())
         .unwrap();
-    let check = |url: String| async move {
-        let engine = Engine::open(&url, Duration::from_millis(500)).unwrap();
-        let store = dedup::open(&engine, "k");
-        engine.check_at_start(|| store.round_trip()).await
-    };
     let port = redis.port;
-    let error = check(format!("redis://:wrong@127.0.0.1:{port}/"))
+    let error = start_check(format!("redis://:wrong@127.0.0.1:{port}/"))
         .await
         .unwrap_err();
     assert!(error.is_auth(), "{error}");
-    check(format!("redis://:secret@127.0.0.1:{port}/"))
+    start_check(format!("redis://:secret@127.0.0.1:{port}/"))
         .await
         .unwrap();
 }

@@ -8,13 +8,9 @@ use ipnet::IpNet;
 use ops::settings::{check_properties, ConfigError};
 pub use wechat::accounts::Secret;
 
-/// The ingress configuration.
+/// wxpipe ingress: WeChat pushes to Kafka
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "ingest",
-    version,
-    about = "wxpipe ingress: WeChat pushes to Kafka"
-)]
+#[command(name = "ingest", version)]
 pub struct Config {
     /// Address the ingress listens on.
     #[arg(long, env = "INGEST_LISTEN", default_value = "0.0.0.0:8080")]

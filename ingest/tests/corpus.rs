@@ -79,8 +79,7 @@ fn expected_topic(msg_type: &str, event: Option<&str>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_plain_vector_lands_once_on_its_topic_and_validates() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let (redis, app) = on_redis().await;
     let manifest: Vec<Value> = serde_json::from_str(
         &std::fs::read_to_string(format!("{VECTORS}/plain/manifest.json")).unwrap(),
     )

@@ -66,8 +66,7 @@ async fn an_account_with_a_key_refuses_plaintext_unless_told_to_accept_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_captured_query_carries_no_other_body_whatever_its_to_user_name() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let (_redis, app) = on_redis().await;
     let query = TestApp::signed_query(TOKEN, "captured");
     let genuine = push("gh_test", "fan", now(), "subscribe", "");
     assert_eq!(app.post_with_query(&query, &genuine).await.0, 200);
@@ -311,8 +310,7 @@ async fn pushes_from_outside_the_allowlist_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_that_differ_in_any_field_are_never_merged() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let (_redis, app) = on_redis().await;
     let t = now();
     let cases = [
         (

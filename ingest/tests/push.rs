@@ -68,8 +68,7 @@ async fn url_verification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_seed_push_lands_once_on_its_topic_with_a_valid_record() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let (redis, app) = on_redis().await;
     let t = now();
     let cases = [
         ("event.subscribe", seed("<Event><![CDATA[subscribe]]></Event>", "u_plain", t)),
@@ -140,8 +139,7 @@ async fn every_seed_push_lands_once_on_its_topic_with_a_valid_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wechat_retries_publish_once() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let (_redis, app) = on_redis().await;
     let xml = seed("<Event><![CDATA[subscribe]]></Event>", "u_retry", now());
     // WeChat's retries repeat the same query (timestamp, nonce, signature) and body.
     let query = TestApp::signed_query(TOKEN, "retry-nonce");
@@ -165,8 +163,7 @@ async fn wechat_retries_publish_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn different_events_in_one_second_are_all_published() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let (_redis, app) = on_redis().await;
     let t = now();
     let location = seed("<Event>LOCATION</Event><Latitude>1</Latitude><Longitude>2</Longitude><Precision>3</Precision>", "u_same", t);
     let click_a = seed("<Event>CLICK</Event><EventKey>A</EventKey>", "u_same", t);
@@ -267,8 +264,7 @@ async fn bad_input_gets_a_clear_4xx_and_nothing_is_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_replayed_with_another_body_is_refused() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let (_redis, app) = on_redis().await;
     let query = TestApp::signed_query(TOKEN, "captured");
     let first = seed("<Event>subscribe</Event>", "u_victim", now());
     let forged = seed("<Event>unsubscribe</Event>", "u_victim", now());
@@ -283,8 +279,7 @@ async fn a_nonce_replayed_with_another_body_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_publish_is_503_releases_the_claim_and_the_retry_lands_once() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let (redis, app) = on_redis().await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
@@ -327,8 +322,7 @@ async fn a_failed_publish_is_503_releases_the_claim_and_the_retry_lands_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_down_is_503_within_the_deadline_and_the_retry_lands_once() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let (_redis, app) = on_redis().await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
@@ -379,8 +373,7 @@ async fn kafka_down_is_503_within_the_deadline_and_the_retry_lands_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_in_flight_makes_the_retry_wait_and_a_dead_holder_loses_nothing() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let (redis, app) = on_redis().await;
     let xml = seed("<Event>subscribe</Event>", "u_dead", now());
     let id = schemas::EventId::new(
         "gh_test",

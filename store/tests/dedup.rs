@@ -237,10 +237,7 @@ async fn a_url_of_the_wrong_mode_is_refused_at_start() {
 #[tokio::test]
 async fn credentials_redis_refuses_are_refused_at_start() {
     let redis = RedisServer::start();
-    redis::cmd("CONFIG")
-        .arg(&["SET", "requirepass", "secret"][..])
-        .query::<()>(&mut redis.conn())
-        .unwrap();
+    redis.config_set("requirepass", "secret");
     let port = redis.port;
     let error = start_check(format!("redis://:wrong@127.0.0.1:{port}/"))
         .await
@@ -255,10 +252,7 @@ async fn credentials_redis_refuses_are_refused_at_start() {
 async fn a_write_redis_refuses_for_want_of_replicas_is_an_outage() {
     let redis = RedisServer::start();
     let store = redis_store(&redis, &unique("k")).await;
-    redis::cmd("CONFIG")
-        .arg(&["SET", "min-replicas-to-write", "1"][..])
-        .query::<()>(&mut redis.conn())
-        .unwrap();
+    redis.config_set("min-replicas-to-write", "1");
     let error = store.claim(claim("no-replica", "a")).await.unwrap_err();
     assert!(error.is_outage(), "{error}");
     assert_eq!(error.kind(), "outage");

@@ -132,6 +132,14 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// `CONFIG SET name value`, for tests that make Redis refuse something.
+    pub fn config_set(&self, name: &str, value: &str) {
+        redis::cmd("CONFIG")
+            .arg(&["SET", name, value][..])
+            .query::<()>(&mut self.conn())
+            .unwrap();
+    }
+
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url())
             .unwrap()

@@ -234,12 +234,8 @@ async fn a_send_whose_answer_is_lost_is_not_repeated() {
 
 /// Sets Redis's `min-replicas-to-write` (without replicas, 1 refuses every write).
 fn min_replicas_to_write(env: &Env, replicas: u32) {
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("min-replicas-to-write")
-        .arg(replicas)
-        .exec(&mut env.redis.conn())
-        .unwrap();
+    env.redis
+        .config_set("min-replicas-to-write", &replicas.to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

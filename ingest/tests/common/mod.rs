@@ -490,3 +490,10 @@ pub fn dedup_key(prefix: &str, id: &str) -> String {
     let (account, openid) = (parts.next().unwrap(), parts.next().unwrap());
     format!("{prefix}:dedup:{{{account}:{openid}}}:{id}")
 }
+
+/// A fresh `redis-server` and the app on it (the server lives as long as the first value).
+pub async fn on_redis() -> (RedisServer, TestApp) {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis.url()).await;
+    (redis, app)
+}

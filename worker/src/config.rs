@@ -1,6 +1,7 @@
 //! One typed config for the workers: flags with environment fallbacks (`worker --help`).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 use ops::settings::{check_properties, ConfigError};
@@ -94,6 +95,18 @@ pub struct WorkerSettings {
     /// Extra librdkafka consumer properties, `key=value` separated by commas.
     #[arg(long, env = "KAFKA_CONSUMER_CONFIG", value_delimiter = ',')]
     pub kafka_consumer_config: Vec<String>,
+
+    /// A subscribe whose `created_at` is older than this is never welcomed (counted as
+    /// `outcome="too_old"`): a replay from the earliest offset greets nobody again. WeChat
+    /// takes customer-service messages only within 48 h of the user's last interaction.
+    #[arg(long, env = "WELCOME_MAX_AGE", default_value = "48h", value_parser = humantime::parse_duration)]
+    pub welcome_max_age: Duration,
+
+    /// `true`: a welcome whose send outcome is unknown (the post was written, its answer
+    /// lost) is sent again, at least once (the user may get it twice); by default it is
+    /// recorded and never repeated, at most once.
+    #[arg(long, env = "WELCOME_RESEND_UNKNOWN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub welcome_resend_unknown: bool,
 }
 
 /// Welcome texts by QR-code scene.
@@ -186,6 +199,26 @@ mod tests {
         assert_eq!(config.roles(), [Role::Unbind, Role::Welcome]);
         assert_eq!(Config::parse_from(["worker"]).roles(), Role::ALL);
         assert!(Config::try_parse_from(["worker", "--role", "nope"]).is_err());
+    }
+
+    #[test]
+    fn the_welcome_policy_settings_default_to_48_hours_and_at_most_once() {
+        let config = Config::parse_from(["worker"]);
+        assert_eq!(
+            config.settings.welcome_max_age,
+            Duration::from_secs(48 * 3600)
+        );
+        assert!(!config.settings.welcome_resend_unknown);
+        let config = Config::parse_from([
+            "worker",
+            "--welcome-max-age",
+            "2h 30m",
+            "--welcome-resend-unknown",
+            "true",
+        ]);
+        assert_eq!(config.settings.welcome_max_age, Duration::from_secs(9000));
+        assert!(config.settings.welcome_resend_unknown);
+        assert!(Config::try_parse_from(["worker", "--welcome-max-age", "soon"]).is_err());
     }
 
     #[test]

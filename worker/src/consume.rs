@@ -821,7 +821,7 @@ impl RoleConsumer {
         };
         match &outcome {
             Outcome::Done => {}
-            Outcome::Skipped(reason) => {
+            Outcome::Skipped(reason) | Outcome::TooOld(reason) | Outcome::Unknown(reason) => {
                 tracing::debug!(role = self.role.name(), %reason, "skipped")
             }
             Outcome::Wait(reason) | Outcome::Retry(reason) | Outcome::Poison(reason) => {
@@ -830,12 +830,7 @@ impl RoleConsumer {
                 }
             }
         }
-        let outcome = match outcome {
-            Outcome::Done => "done",
-            Outcome::Skipped(_) => "skipped",
-            Outcome::Wait(_) | Outcome::Retry(_) | Outcome::Poison(_) => "dead_lettered",
-        };
-        metrics::counter!("wxpipe_worker_events_total", "role" => self.role.name(), "outcome" => outcome).increment(1);
+        metrics::counter!("wxpipe_worker_events_total", "role" => self.role.name(), "outcome" => outcome.label()).increment(1);
         metrics::histogram!("wxpipe_worker_effect_seconds", "role" => self.role.name())
             .record(started.elapsed().as_secs_f64());
         true

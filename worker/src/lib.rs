@@ -145,6 +145,8 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
         location_history: config.settings.location_history,
         send_lease: Duration::from_millis(config.settings.api_timeout_ms * 2 + 2000),
         owner,
+        welcome_max_age: config.settings.welcome_max_age,
+        resend_unknown: config.settings.welcome_resend_unknown,
     }))
 }
 

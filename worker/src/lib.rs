@@ -10,6 +10,8 @@
 //! ```
 //!
 //! - [`config`]: settings and [`config::Role`]s; [`consume`]: the at-least-once loop of a role.
+//! - [`replay`]: `worker rebuild` (a projection again from the log) and `worker redrive`
+//!   (dead letters back to their topics).
 //! - [`effects`]: one event's effect, the unit of work; [`store`]: the state, `redis://` or
 //!   `memory://`; [`api`]: the WeChat API calls and the shared access token.
 
@@ -26,6 +28,7 @@ pub mod config;
 pub mod consume;
 pub mod effects;
 pub mod kafka;
+pub mod replay;
 
 pub use config::{Config, Role};
 

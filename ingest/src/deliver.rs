@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::DeliveryFuture;
 use tokio::sync::oneshot;
 
+use crate::cloudevents::CloudEvent;
 use crate::config::Config;
 use crate::error::{PushError, Rejection, Unavailable};
 use crate::pipeline::{BodyBinding, Prepared};
@@ -76,6 +77,9 @@ struct Outgoing<'a> {
     key: &'a str,
     id: &'a str,
     value: &'a [u8],
+    /// Its headers' attributes; a spooled record keeps only its value (replay reads them
+    /// back from it).
+    ce: &'a CloudEvent,
 }
 
 impl Outgoing<'_> {
@@ -190,6 +194,7 @@ impl Durability {
                 key: &push.key,
                 id: &push.id,
                 value: &push.payload,
+                ce: &push.ce,
             },
             token: &token,
             claimed,
@@ -347,7 +352,12 @@ impl Durability {
             };
         let out = attempt.out;
         let produced = Instant::now();
-        let delivery = match self.publisher.enqueue_named(out.topic, out.key, out.value) {
+        let delivery = match self.publisher.enqueue_named(
+            out.topic,
+            out.key,
+            out.value,
+            out.ce.headers(out.id),
+        ) {
             Ok(delivery) => delivery,
             Err(error) => return self.not_taken(attempt, fallback, error).await,
         };

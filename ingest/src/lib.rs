@@ -31,6 +31,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub mod accounts;
+pub mod cloudevents;
 pub mod config;
 pub mod deliver;
 pub mod embedded;

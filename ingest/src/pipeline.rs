@@ -13,6 +13,7 @@ use schemas::Topic;
 use sha1::{Digest, Sha1};
 
 use crate::accounts::Account;
+use crate::cloudevents::CloudEvent;
 use crate::config::Config;
 use crate::deliver::{Accepted, Durability};
 use crate::error::{PushError, Rejection};
@@ -66,6 +67,8 @@ pub struct Prepared<'a> {
     pub key: schemas::OpenId,
     /// The record: the normalized event as JSON.
     pub payload: Vec<u8>,
+    /// The record's CloudEvents attributes (its headers).
+    pub ce: CloudEvent,
     /// A plaintext push's binding of (timestamp, nonce) to its body; `None` when encrypted
     /// (then `msg_signature` covers the ciphertext).
     pub plaintext: Option<BodyBinding<'a>>,
@@ -168,6 +171,7 @@ pub fn prepare<'a>(
     let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let event = normalize(push, received_at)?;
     let topic = event.topic();
+    let ce = CloudEvent::of(&event);
     let payload = serde_json::to_vec(&event).expect("an event serializes");
     let plaintext = (!encrypted).then(|| {
         let body_sha1: [u8; 20] = Sha1::digest(body).into();
@@ -184,6 +188,7 @@ pub fn prepare<'a>(
         id: event.id,
         key: event.openid,
         payload,
+        ce,
         plaintext,
     })
 }

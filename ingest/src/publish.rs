@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use schemas::Topic;
 
@@ -141,14 +142,19 @@ impl Publisher {
         &self.topics[&topic]
     }
 
-    /// Hands a record for a topic by name (the spool's replay) to the producer.
+    /// Hands a record for a topic by name to the producer, with its headers (the CloudEvents
+    /// attributes, [`crate::cloudevents`]).
     pub fn enqueue_named(
         &self,
         topic: &str,
         key: &str,
         payload: &[u8],
+        headers: OwnedHeaders,
     ) -> Result<DeliveryFuture, PublishError> {
-        let record = FutureRecord::to(topic).key(key).payload(payload);
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
         self.producer
             .send_result(record)
             .map_err(|(error, _)| PublishError::classify_enqueue(error))
@@ -160,13 +166,9 @@ impl Publisher {
         topic: Topic,
         key: &str,
         payload: &[u8],
+        headers: OwnedHeaders,
     ) -> Result<DeliveryFuture, PublishError> {
-        let record = FutureRecord::to(self.topic_name(topic))
-            .key(key)
-            .payload(payload);
-        self.producer
-            .send_result(record)
-            .map_err(|(error, _)| PublishError::classify_enqueue(error))
+        self.enqueue_named(self.topic_name(topic), key, payload, headers)
     }
 
     /// Waits for a delivery report, mapped to our error.

@@ -1,8 +1,9 @@
 //! One typed config for the workers: flags with environment fallbacks (`worker --help`).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use ops::settings::{check_properties, ConfigError};
 
 /// A worker role: one consumer group, one kind of effect.
@@ -43,6 +44,11 @@ impl Role {
             .iter()
             .map(|t| format!("{prefix}.event.{t}"))
             .collect()
+    }
+
+    /// The consumer group of `worker redrive` for this role's dead letters.
+    pub fn redrive_group(self) -> String {
+        format!("wxpipe-redrive-{}", self.name())
     }
 
     /// Where records this role cannot handle go.
@@ -94,6 +100,18 @@ pub struct WorkerSettings {
     /// Extra librdkafka consumer properties, `key=value` separated by commas.
     #[arg(long, env = "KAFKA_CONSUMER_CONFIG", value_delimiter = ',')]
     pub kafka_consumer_config: Vec<String>,
+
+    /// A subscribe whose `created_at` is older than this is never welcomed (counted as
+    /// `outcome="too_old"`): a replay from the earliest offset greets nobody again. WeChat
+    /// takes customer-service messages only within 48 h of the user's last interaction.
+    #[arg(long, env = "WELCOME_MAX_AGE", default_value = "48h", value_parser = humantime::parse_duration)]
+    pub welcome_max_age: Duration,
+
+    /// `true`: a welcome whose send outcome is unknown (the post was written, its answer
+    /// lost) is sent again, at least once (the user may get it twice); by default it is
+    /// recorded and never repeated, at most once.
+    #[arg(long, env = "WELCOME_RESEND_UNKNOWN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub welcome_resend_unknown: bool,
 }
 
 /// Welcome texts by QR-code scene.
@@ -128,6 +146,32 @@ pub struct Config {
 
     #[command(flatten)]
     pub settings: WorkerSettings,
+
+    /// Without a command, the worker runs its roles until SIGTERM.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The worker's one-off commands; each runs to its end and exits.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Rebuilds a role's Redis projection from its topics: reads them from the earliest
+    /// offset to the end offsets seen at the start, with a consumer of its own that commits
+    /// nothing, applies the role's effects, and exits. Never for `welcome`.
+    Rebuild {
+        /// The roles to rebuild (repeatable): `unbind`, `location`; both when unset.
+        #[arg(long = "role", value_delimiter = ',')]
+        roles: Vec<Role>,
+    },
+    /// Moves the records of a role's dead-letter topic (`{prefix}.dlq.{role}`) back to the
+    /// topic each came from, with its key, value and headers, and exits. Its own consumer
+    /// group (`wxpipe-redrive-{role}`) commits what it moved: a second run moves only what
+    /// was dead-lettered since.
+    Redrive {
+        /// The role whose dead letters to move.
+        #[arg(long = "role")]
+        role: Role,
+    },
 }
 
 impl Config {
@@ -186,6 +230,45 @@ mod tests {
         assert_eq!(config.roles(), [Role::Unbind, Role::Welcome]);
         assert_eq!(Config::parse_from(["worker"]).roles(), Role::ALL);
         assert!(Config::try_parse_from(["worker", "--role", "nope"]).is_err());
+    }
+
+    #[test]
+    fn the_welcome_policy_settings_default_to_48_hours_and_at_most_once() {
+        let config = Config::parse_from(["worker"]);
+        assert_eq!(
+            config.settings.welcome_max_age,
+            Duration::from_secs(48 * 3600)
+        );
+        assert!(!config.settings.welcome_resend_unknown);
+        let config = Config::parse_from([
+            "worker",
+            "--welcome-max-age",
+            "2h 30m",
+            "--welcome-resend-unknown",
+            "true",
+        ]);
+        assert_eq!(config.settings.welcome_max_age, Duration::from_secs(9000));
+        assert!(config.settings.welcome_resend_unknown);
+        assert!(Config::try_parse_from(["worker", "--welcome-max-age", "soon"]).is_err());
+    }
+
+    #[test]
+    fn commands_take_their_own_roles() {
+        assert!(Config::parse_from(["worker"]).command.is_none());
+        let config = Config::parse_from([
+            "worker", "rebuild", "--role", "unbind", "--role", "location",
+        ]);
+        assert!(
+            matches!(config.command, Some(Command::Rebuild { roles }) if roles == [Role::Unbind, Role::Location])
+        );
+        let config = Config::parse_from(["worker", "redrive", "--role", "welcome"]);
+        assert!(matches!(
+            config.command,
+            Some(Command::Redrive {
+                role: Role::Welcome
+            })
+        ));
+        assert!(Config::try_parse_from(["worker", "redrive"]).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::{Partition, Statistics};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
@@ -403,6 +403,11 @@ impl ConsumerSettings {
         )
     }
 }
+
+/// The headers a dead letter adds to its record's own: what failed, and where the record was.
+/// `worker redrive` drops them when it moves the record back.
+pub const DEAD_LETTER_HEADERS: [&str; 4] =
+    ["error", "source_topic", "source_partition", "source_offset"];
 
 /// How long a stopping worker waits for its final commit and group leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -821,7 +826,7 @@ impl RoleConsumer {
         };
         match &outcome {
             Outcome::Done => {}
-            Outcome::Skipped(reason) => {
+            Outcome::Skipped(reason) | Outcome::TooOld(reason) | Outcome::Unknown(reason) => {
                 tracing::debug!(role = self.role.name(), %reason, "skipped")
             }
             Outcome::Wait(reason) | Outcome::Retry(reason) | Outcome::Poison(reason) => {
@@ -830,12 +835,7 @@ impl RoleConsumer {
                 }
             }
         }
-        let outcome = match outcome {
-            Outcome::Done => "done",
-            Outcome::Skipped(_) => "skipped",
-            Outcome::Wait(_) | Outcome::Retry(_) | Outcome::Poison(_) => "dead_lettered",
-        };
-        metrics::counter!("wxpipe_worker_events_total", "role" => self.role.name(), "outcome" => outcome).increment(1);
+        metrics::counter!("wxpipe_worker_events_total", "role" => self.role.name(), "outcome" => outcome.label()).increment(1);
         metrics::histogram!("wxpipe_worker_effect_seconds", "role" => self.role.name())
             .record(started.elapsed().as_secs_f64());
         true
@@ -903,7 +903,16 @@ impl RoleConsumer {
             offset = message.offset(), %reason, "record dead-lettered");
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
-        let headers = OwnedHeaders::new()
+        // The record's own headers (its CloudEvents attributes) first, then the dead letter's.
+        let mut headers = OwnedHeaders::new();
+        if let Some(own) = message.headers() {
+            for header in own.iter() {
+                if !DEAD_LETTER_HEADERS.contains(&header.key) {
+                    headers = headers.insert(header);
+                }
+            }
+        }
+        let headers = headers
             .insert(Header {
                 key: "error",
                 value: Some(reason),

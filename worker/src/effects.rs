@@ -19,6 +19,11 @@ pub enum Outcome {
     Done,
     /// Nothing to do, or a permanent failure that was logged and counted: move on.
     Skipped(String),
+    /// A subscribe older than `WELCOME_MAX_AGE`: never welcomed, move on.
+    TooOld(String),
+    /// A welcome whose send's outcome is unknown (the post was written, its answer lost),
+    /// recorded as handled and not repeated: move on.
+    Unknown(String),
     /// A dependency (Redis, WeChat, the network) is failing: the record waits, and is tried
     /// again for as long as that lasts; it never goes to the dead-letter topic for it.
     Wait(String),
@@ -64,6 +69,19 @@ fn check_created_at(event: &Event) -> Result<i64, Outcome> {
     Ok(event.created_at)
 }
 
+impl Outcome {
+    /// Its `outcome` label in `wxpipe_worker_events_total`, once its record is handled.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::TooOld(_) => "too_old",
+            Outcome::Unknown(_) => "unknown",
+            Outcome::Wait(_) | Outcome::Retry(_) | Outcome::Poison(_) => "dead_lettered",
+        }
+    }
+}
+
 /// Everything the effects need.
 #[derive(Debug)]
 pub struct Effects {
@@ -82,6 +100,11 @@ pub struct Effects {
     pub send_lease: Duration,
     /// This process, for send claims.
     pub owner: String,
+    /// A subscribe older than this is not welcomed (`WELCOME_MAX_AGE`).
+    pub welcome_max_age: Duration,
+    /// Send again a welcome whose outcome is unknown (`WELCOME_RESEND_UNKNOWN`): at least
+    /// once instead of at most once.
+    pub resend_unknown: bool,
 }
 
 impl Effects {
@@ -130,6 +153,18 @@ impl Effects {
     async fn welcome(&self, event: &Event) -> Outcome {
         if event.type_ != "subscribe" {
             return Outcome::Skipped(format!("{} is not a subscribe", event.type_));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let max_age = i64::try_from(self.welcome_max_age.as_secs()).unwrap_or(i64::MAX);
+        if now.saturating_sub(event.created_at) > max_age {
+            tracing::info!(id = %ops::redact_id(&event.id), created_at = event.created_at,
+                "a follow older than WELCOME_MAX_AGE is not welcomed");
+            return Outcome::TooOld(format!(
+                "created_at {} is older than WELCOME_MAX_AGE",
+                event.created_at
+            ));
         }
         let text = self.welcome_text(event);
         let Some(creds) = self
@@ -194,9 +229,7 @@ impl Effects {
                     .await;
                 return Outcome::Wait("welcome send cut before its post: no token in time".into());
             }
-            self.record_sent(&event.id).await;
-            tracing::warn!(id = %ops::redact_id(&event.id), "welcome send outlived its bound: its outcome is unknown, and it is not repeated");
-            return Outcome::Skipped("send outcome unknown".into());
+            return self.unknown(&event.id, "the send outlived its bound").await;
         };
         match sent {
             Ok(()) => {
@@ -229,10 +262,9 @@ impl Effects {
                     Outcome::Wait(error.to_string())
                 }
                 ErrorClass::Unanswered => {
-                    // WeChat may have sent it: as for a send cut at its bound, not repeated.
-                    self.record_sent(&event.id).await;
-                    tracing::warn!(%error, id = %ops::redact_id(&event.id), "welcome send unanswered: its outcome is unknown, and it is not repeated");
-                    Outcome::Skipped("send outcome unknown".into())
+                    // WeChat may have sent it: as for a send cut at its bound.
+                    self.unknown(&event.id, &format!("unanswered: {error}"))
+                        .await
                 }
                 ErrorClass::Unknown => {
                     let _ = self
@@ -244,6 +276,29 @@ impl Effects {
                 }
             },
         }
+    }
+
+    /// A send whose post was written and whose answer is lost: WeChat may have sent it, and
+    /// its send API has no idempotency key. Counted; then recorded and not repeated (at most
+    /// once, the default), or, with `WELCOME_RESEND_UNKNOWN`, released and sent again (at
+    /// least once: the user may get it twice).
+    async fn unknown(&self, id: &str, why: &str) -> Outcome {
+        let then = if self.resend_unknown {
+            "resent"
+        } else {
+            "recorded"
+        };
+        metrics::counter!("wxpipe_worker_welcome_unknown_total", "then" => then).increment(1);
+        if self.resend_unknown {
+            let _ = self.stores.welcome.abandon_send(id, &self.owner).await;
+            tracing::warn!(id = %ops::redact_id(id), %why, "welcome send outcome unknown: sending it again (WELCOME_RESEND_UNKNOWN)");
+            return Outcome::Wait(format!(
+                "welcome send outcome unknown ({why}): sending again"
+            ));
+        }
+        self.record_sent(id).await;
+        tracing::warn!(id = %ops::redact_id(id), %why, "welcome send outcome unknown: recorded, and not repeated");
+        Outcome::Unknown(format!("send outcome unknown: {why}"))
     }
 
     /// Marks a welcome sent (or handled for good). A failure here would let the claim lapse

@@ -10,6 +10,8 @@
 //! ```
 //!
 //! - [`config`]: settings and [`config::Role`]s; [`consume`]: the at-least-once loop of a role.
+//! - [`replay`]: `worker rebuild` (a projection again from the log) and `worker redrive`
+//!   (dead letters back to their topics).
 //! - [`effects`](mod@effects): one event's effect, the unit of work, on the `store` crate's effect stores;
 //!   [`api`]: the WeChat API calls and the shared access token.
 //!
@@ -29,6 +31,7 @@ pub mod config;
 pub mod consume;
 pub mod effects;
 pub mod kafka;
+pub mod replay;
 
 pub use config::{Config, Role};
 
@@ -148,6 +151,8 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
         location_history: config.settings.location_history,
         send_lease: Duration::from_millis(config.settings.api_timeout_ms * 2 + 2000),
         owner,
+        welcome_max_age: config.settings.welcome_max_age,
+        resend_unknown: config.settings.welcome_resend_unknown,
     }))
 }
 

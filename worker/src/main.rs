@@ -1,8 +1,10 @@
-//! The `worker` binary: config, telemetry, then [`worker::run`] until SIGINT or SIGTERM.
+//! The `worker` binary: config, telemetry, then [`worker::run`] until SIGINT or SIGTERM; or
+//! one of its commands (`worker rebuild`, `worker redrive`) to its end.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use worker::config::Command;
 
 fn main() -> ExitCode {
     ops::init_logs();
@@ -23,15 +25,34 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match worker::start(config).await {
-            Ok(workers) => {
-                workers.run(ops::shutdown_signal()).await;
-                ExitCode::SUCCESS
+        let (name, done) = match &config.command {
+            None => {
+                return match worker::start(config).await {
+                    Ok(workers) => {
+                        workers.run(ops::shutdown_signal()).await;
+                        ExitCode::SUCCESS
+                    }
+                    // Nothing ran: the configuration cannot work as it is.
+                    Err(error) => {
+                        eprintln!("worker: {error}");
+                        ExitCode::from(2)
+                    }
+                };
             }
-            // Nothing ran: the configuration cannot work as it is.
+            Some(Command::Rebuild { roles }) => (
+                "rebuild",
+                worker::replay::rebuild(&config, roles).await.map(drop),
+            ),
+            Some(Command::Redrive { role }) => (
+                "redrive",
+                worker::replay::redrive(&config, *role).await.map(drop),
+            ),
+        };
+        match done {
+            Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("worker: {error}");
-                ExitCode::from(2)
+                eprintln!("worker {name}: {error}");
+                ExitCode::from(if error.is_config() { 2 } else { 1 })
             }
         }
     })

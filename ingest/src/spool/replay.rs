@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::log::{read_segment, Spool, SpoolError, SpoolRecord};
+use crate::cloudevents::CloudEvent;
 use crate::publish::{PublishError, Publisher};
 
 /// Records Kafka refused for good, kept for a person (not a segment: never replayed).
@@ -108,7 +109,7 @@ async fn replay_records(
         // returning at once would re-send, next round, the records already enqueued.
         let deliveries: Vec<_> = chunk
             .iter()
-            .map(|r| publisher.enqueue_named(&r.topic, &r.key, &r.value))
+            .map(|r| publisher.enqueue_named(&r.topic, &r.key, &r.value, headers(r)))
             .collect();
         for (record, delivery) in chunk.iter().zip(deliveries) {
             let outcome = match delivery {
@@ -141,6 +142,18 @@ async fn replay_records(
             .increment(chunk.len() as u64);
     }
     Ok(held)
+}
+
+/// A spooled record's headers, the same as when it was first produced: the spool keeps the
+/// value only (its format predates the headers), and the value is the event they describe.
+fn headers(record: &SpoolRecord) -> rdkafka::message::OwnedHeaders {
+    match CloudEvent::of_value(&record.value) {
+        Some((_, ce)) => ce.headers(&record.id),
+        None => {
+            tracing::warn!(id = %ops::redact_id(&record.id), "spool: a record that is not a wxpipe event is replayed without CloudEvents headers");
+            rdkafka::message::OwnedHeaders::new()
+        }
+    }
 }
 
 /// Sets an unreadable (EIO) segment aside for a person, so the rest can drain. Under a name

@@ -132,6 +132,9 @@ impl Env {
                     .into(),
             ),
             ("WORKER_ADMIN_LISTEN", "127.0.0.1:0".into()),
+            // The test events are stamped in 1970 (created_at 100, 1000…): welcome them as
+            // fresh follows. Tests of the age limit remove it (`env_remove`) or set their own.
+            ("WELCOME_MAX_AGE", "36500days".into()),
         ]
     }
 
@@ -152,6 +155,7 @@ impl Env {
                 "WORKER_MAX_ATTEMPTS" => "--max-attempts",
                 "KAFKA_CONSUMER_CONFIG" => "--kafka-consumer-config",
                 "WORKER_ADMIN_LISTEN" => "--admin-listen",
+                "WELCOME_MAX_AGE" => "--welcome-max-age",
                 other => panic!("no flag for {other}"),
             };
             if extra.contains(&flag) {
@@ -186,6 +190,81 @@ impl Env {
             .unwrap()
     }
 
+    /// Writes one record with headers to `topic` and waits until it is acknowledged.
+    pub fn produce_with_headers(
+        &self,
+        topic: &str,
+        (key, value): &(String, Vec<u8>),
+        headers: &[(&str, &str)],
+    ) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+        let producer: ThreadedProducer<_> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.kafka.brokers())
+            .create()
+            .unwrap();
+        let mut owned = OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        let record = BaseRecord::<_, _, ()>::to(topic)
+            .key(key.as_str())
+            .payload(value.as_slice())
+            .headers(owned);
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// The CloudEvents headers the ingress writes with an event (`event` above).
+    pub fn ce_headers(value: &[u8]) -> Vec<(&'static str, String)> {
+        let event: Value = serde_json::from_slice(value).unwrap();
+        vec![
+            ("ce_specversion", "1.0".into()),
+            ("ce_id", event["id"].as_str().unwrap().into()),
+            (
+                "ce_source",
+                format!("/wechat/{}", event["account"].as_str().unwrap()),
+            ),
+            (
+                "ce_type",
+                format!(
+                    "wechat.{}.{}",
+                    event["kind"].as_str().unwrap(),
+                    event["type"].as_str().unwrap()
+                ),
+            ),
+            (
+                "ce_time",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH
+                        + Duration::from_secs(event["created_at"].as_u64().unwrap()),
+                )
+                .to_string(),
+            ),
+            ("content-type", "application/json".into()),
+        ]
+    }
+
+    /// Runs the worker binary with `args` (a subcommand) to its end: (exit code, stdout,
+    /// stderr).
+    pub fn run_command(&self, envs: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+        let output = self
+            .command()
+            .env("RUST_LOG", "warn")
+            .envs(envs.iter().copied())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// The dead-letter topic of a role.
     pub fn dlq(&self, role: &str) -> String {
         format!("{}.dlq.{role}", self.prefix)
@@ -197,6 +276,17 @@ impl Env {
             .conn()
             .exists(format!("{}:{key}", self.key_prefix))
             .unwrap()
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves none
+/// behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

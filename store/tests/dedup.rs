@@ -204,34 +204,34 @@ async fn start_check(url: String) -> Result<(), store::StoreError> {
     engine.check_at_start(|| store.round_trip()).await
 }
 
+async fn starts(url: String) {
+    start_check(url).await.unwrap()
+}
+
+async fn refused(url: String) -> store::StoreError {
+    start_check(url).await.unwrap_err()
+}
+
 #[tokio::test]
 async fn a_url_of_the_wrong_mode_is_refused_at_start() {
     let cluster = RedisCluster::start();
-    let error = start_check(format!("redis://127.0.0.1:{}/", cluster.nodes[0].port))
-        .await
-        .unwrap_err();
+    let error = refused(format!("redis://127.0.0.1:{}/", cluster.nodes[0].port)).await;
     assert!(!error.is_outage(), "{error}");
     assert!(error.to_string().contains("redis+cluster://"), "{error}");
 
     // A plain server behind redis+cluster://, even once the scripts are loaded on it (the
     // cluster client would use it as one node until it had to load them again).
     let redis = RedisServer::start();
-    start_check(redis.url()).await.unwrap();
-    let error = start_check(format!("redis+cluster://127.0.0.1:{}", redis.port))
-        .await
-        .unwrap_err();
+    starts(redis.url()).await;
+    let error = refused(format!("redis+cluster://127.0.0.1:{}", redis.port)).await;
     assert!(!error.is_outage(), "{error}");
     assert!(error.to_string().contains("no cluster support"), "{error}");
 
     // Redis down is no configuration error: the process starts, degraded, and a cluster none
     // of whose seeds answer is down, not misconfigured.
     let (a, b) = (testkit::free_port(), testkit::free_port());
-    start_check(format!("redis://127.0.0.1:{a}/"))
-        .await
-        .unwrap();
-    start_check(format!("redis+cluster://127.0.0.1:{a},127.0.0.1:{b}"))
-        .await
-        .unwrap();
+    starts(format!("redis://127.0.0.1:{a}/")).await;
+    starts(format!("redis+cluster://127.0.0.1:{a},127.0.0.1:{b}")).await;
 }
 
 #[tokio::test]
@@ -239,13 +239,9 @@ async fn credentials_redis_refuses_are_refused_at_start() {
     let redis = RedisServer::start();
     redis.config_set("requirepass", "secret");
     let port = redis.port;
-    let error = start_check(format!("redis://:wrong@127.0.0.1:{port}/"))
-        .await
-        .unwrap_err();
+    let error = refused(format!("redis://:wrong@127.0.0.1:{port}/")).await;
     assert!(error.is_auth(), "{error}");
-    start_check(format!("redis://:secret@127.0.0.1:{port}/"))
-        .await
-        .unwrap();
+    starts(format!("redis://:secret@127.0.0.1:{port}/")).await;
 }
 
 #[tokio::test]

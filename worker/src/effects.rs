@@ -143,6 +143,12 @@ impl Effects {
         }
     }
 
+    /// Gives up this worker's claim on a welcome, so a retry can send it; a failure leaves it
+    /// to run out with its lease.
+    async fn abandon(&self, id: &str) {
+        let _ = self.stores.welcome.abandon_send(id, &self.owner).await;
+    }
+
     fn welcome_text(&self, event: &Event) -> &str {
         event
             .text("scene")
@@ -222,11 +228,7 @@ impl Effects {
         let Some(sent) = sent else {
             if !posted.load(Ordering::SeqCst) {
                 // Cut while still getting a token (Redis or WeChat slow): nothing went out.
-                let _ = self
-                    .stores
-                    .welcome
-                    .abandon_send(&event.id, &self.owner)
-                    .await;
+                self.abandon(&event.id).await;
                 return Outcome::Wait("welcome send cut before its post: no token in time".into());
             }
             return self.unknown(&event.id, "the send outlived its bound").await;
@@ -246,19 +248,11 @@ impl Effects {
                 ErrorClass::Account => {
                     tracing::error!(%error, errcode = error.errcode(), account = %event.account,
                         "the account cannot send welcomes: check its AppID, AppSecret and API permissions");
-                    let _ = self
-                        .stores
-                        .welcome
-                        .abandon_send(&event.id, &self.owner)
-                        .await;
+                    self.abandon(&event.id).await;
                     Outcome::Wait(error.to_string())
                 }
                 ErrorClass::Outage | ErrorClass::TokenInvalid => {
-                    let _ = self
-                        .stores
-                        .welcome
-                        .abandon_send(&event.id, &self.owner)
-                        .await;
+                    self.abandon(&event.id).await;
                     Outcome::Wait(error.to_string())
                 }
                 ErrorClass::Unanswered => {
@@ -267,11 +261,7 @@ impl Effects {
                         .await
                 }
                 ErrorClass::Unknown => {
-                    let _ = self
-                        .stores
-                        .welcome
-                        .abandon_send(&event.id, &self.owner)
-                        .await;
+                    self.abandon(&event.id).await;
                     Outcome::Retry(error.to_string())
                 }
             },
@@ -290,7 +280,7 @@ impl Effects {
         };
         metrics::counter!("wxpipe_worker_welcome_unknown_total", "then" => then).increment(1);
         if self.resend_unknown {
-            let _ = self.stores.welcome.abandon_send(id, &self.owner).await;
+            self.abandon(id).await;
             tracing::warn!(id = %ops::redact_id(id), %why, "welcome send outcome unknown: sending it again (WELCOME_RESEND_UNKNOWN)");
             return Outcome::Wait(format!(
                 "welcome send outcome unknown ({why}): sending again"
@@ -322,6 +312,10 @@ impl Effects {
         if event.type_ != "location" {
             return Outcome::Skipped(format!("{} is not a location", event.type_));
         }
+        let created_at = match check_created_at(event) {
+            Ok(created_at) => created_at,
+            Err(poison) => return poison,
+        };
         let (Some(latitude), Some(longitude), Some(precision)) = (
             event.number("latitude"),
             event.number("longitude"),
@@ -339,10 +333,6 @@ impl Effects {
                 "coordinates off the globe: latitude {latitude}, longitude {longitude}"
             ));
         }
-        let created_at = match check_created_at(event) {
-            Ok(created_at) => created_at,
-            Err(poison) => return poison,
-        };
         let location = Location {
             id: &event.id,
             account: &event.account,

@@ -13,15 +13,6 @@ async fn wait_for(what: &str, check: impl FnMut() -> bool) {
     wait_within(WAIT, what, check).await
 }
 
-async fn metrics(port: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_unsubscribe_never_deletes_the_binding_of_a_user_who_followed_again() {
     // Twenty users unfollowed (t=200), followed again (t=300), and the host bound them anew

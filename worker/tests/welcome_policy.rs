@@ -20,16 +20,6 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// The `/metrics` of the worker whose admin listener is on `port`.
-async fn metrics(port: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of the `wxpipe_worker_events_total` series of `role` and `outcome`.
 fn events_total(metrics: &str, role: &str, outcome: &str) -> Option<f64> {
     metrics

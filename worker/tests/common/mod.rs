@@ -419,3 +419,9 @@ pub async fn unready_for(port: u16, reason: &str, within: Duration) -> Option<(u
     })
     .await
 }
+
+/// The `/metrics` of the worker whose admin listener is on `port`.
+pub async fn metrics(port: u16) -> String {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await;
+    response.unwrap().text().await.unwrap()
+}

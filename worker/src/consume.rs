@@ -713,10 +713,7 @@ impl RoleConsumer {
         self: &Arc<Self>,
         call: impl FnOnce(&Self) -> Result<T, KafkaError> + Send + 'static,
     ) -> Result<T, KafkaError> {
-        let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || call(&this))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
+        crate::kafka::blocking(self, call).await
     }
 
     /// (partition, low, high) of every partition of the subscribe topic.

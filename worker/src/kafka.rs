@@ -4,7 +4,25 @@
 //! `KAFKA_CONSUMER_CONFIG`). A client built any other way would miss the security settings and
 //! fail on a secured cluster.
 
+use std::sync::Arc;
+
+use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
+
+/// Runs a blocking Kafka query (librdkafka waits on the network) on a thread of its own.
+pub async fn blocking<S, T>(
+    shared: &Arc<S>,
+    call: impl FnOnce(&S) -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, KafkaError>
+where
+    S: Send + Sync + 'static,
+    T: Send + 'static,
+{
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || call(&shared))
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+}
 
 /// `bootstrap.servers`, then `defaults`, then each layer of `key=value` pairs in order.
 pub fn client_config(

@@ -83,16 +83,7 @@ fn consumer(settings: &ConsumerSettings, group: &str) -> Result<Arc<StreamConsum
     .map(Arc::new)
 }
 
-/// Runs a blocking Kafka query on a thread of its own.
-async fn query<T: Send + 'static>(
-    consumer: &Arc<StreamConsumer>,
-    call: impl FnOnce(&StreamConsumer) -> Result<T, KafkaError> + Send + 'static,
-) -> Result<T, KafkaError> {
-    let consumer = Arc::clone(consumer);
-    tokio::task::spawn_blocking(move || call(&consumer))
-        .await
-        .unwrap_or(Err(KafkaError::Canceled))
-}
+use crate::kafka::blocking as query;
 
 /// (partition, low, high) of every partition of `topic`, now.
 async fn watermarks(

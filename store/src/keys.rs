@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `{p}:dedup:{account:openid}:{id}` | a push's claim: `pending:{token}` (leased) or `done` |
 //! | `{p}:nonce:{account:timestamp:nonce}` | the digest of the body first seen with a plaintext (timestamp, nonce) |
-//! | `{p}:user:{account:openid}` | hash `subscribed` (1/0), `updated_at`, `scene` |
+//! | `{p}:user:{account:openid}` | hash `subscribed` (1/0), `updated_at`, `scene` and its `scene_at` |
 //! | `{p}:binding:{account:openid}` | the host application's link to its own user; deleted on unsubscribe |
 //! | `{p}:location:{account:openid}` | hash `latitude`, `longitude`, `precision`, `created_at` |
 //! | `{p}:location_history:{account:openid}` | sorted set of the last N locations, by `created_at` |

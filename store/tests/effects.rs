@@ -94,6 +94,24 @@ async fn suite(s: &EffectStores) {
     assert!(!subscribed(s, "u1").await);
     assert_eq!(binding(s, "u1").await, None);
 
+    // The scene is the latest follow's, in whatever order follows and unfollows come: a
+    // follow older than the unfollow changes nothing else, but its scene counts.
+    apply(s, sub("s1", true, 100, Some("a"))).await;
+    apply(s, sub("s1", false, 200, None)).await;
+    assert_eq!(
+        apply(s, sub("s1", true, 150, Some("late"))).await,
+        Applied::Stale
+    );
+    assert_eq!(
+        apply(s, sub("s1", true, 90, Some("old"))).await,
+        Applied::Stale
+    );
+    let state = s.subscriptions.user("gh_a", "s1").await.unwrap().unwrap();
+    assert_eq!(
+        (state.subscribed, state.updated_at, state.scene.as_str()),
+        (false, 200, "late")
+    );
+
     // A late, older unsubscribe never undoes a newer subscribe, nor deletes the new binding.
     assert_eq!(apply(s, sub("u2", true, 300, None)).await, Applied::Yes);
     bind(s, "u2", "user-7").await;

@@ -160,10 +160,11 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
     phase(
         each(&|i, u| match i % 5 {
             3 => vec![subscribe("gh_a", u, 1300 + i as i64, Some("c"))],
-            // Older than the follow already applied. (A late follow between a user's
-            // follow and a newer unfollow would set `scene` in a rebuild, which reads every
-            // follow before any unfollow, and not live, where the unfollow came first: the
-            // one documented difference, in `scene` only, of a user who unfollowed.)
+            // A late follow between the user's follow and their newer unfollow: live, it
+            // comes after the unfollow; a rebuild applies it before (it reads every follow
+            // first). Its scene is the user's latest follow's either way.
+            4 if i % 2 == 0 => vec![subscribe("gh_a", u, 1150, Some("late"))],
+            // Older than the follow already applied.
             4 => vec![subscribe("gh_a", u, 950, Some("late"))],
             _ => vec![],
         }),

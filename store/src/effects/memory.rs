@@ -18,6 +18,9 @@ type UserKey = (String, String);
 #[derive(Debug, Default)]
 struct State {
     users: HashMap<UserKey, UserState>,
+    /// The `created_at` of the follow whose scene a user's state holds (see the Redis
+    /// engine's subscription script).
+    scene_at: HashMap<UserKey, i64>,
     bindings: HashMap<UserKey, String>,
     /// The latest location of each user, with its event id (ties of one second go to the
     /// greater id, as on Redis).
@@ -62,6 +65,12 @@ impl Subscriptions for MemoryEffects {
                 let loses_tie =
                     c.created_at == current.updated_at && !unsubscribes_a_subscribed_user;
                 if c.created_at < current.updated_at || loses_tie {
+                    let newer_scene = s.scene_at.get(&k).is_some_and(|at| c.created_at > *at);
+                    if c.subscribed && newer_scene {
+                        let scene = c.scene.unwrap_or_default().to_owned();
+                        s.users.get_mut(&k).expect("present").scene = scene;
+                        s.scene_at.insert(k, c.created_at);
+                    }
                     return Applied::Stale;
                 }
             }
@@ -70,7 +79,9 @@ impl Subscriptions for MemoryEffects {
                 (false, Some(current)) => current.scene.clone(),
                 (false, None) => String::new(),
             };
-            if !c.subscribed {
+            if c.subscribed {
+                s.scene_at.insert(k.clone(), c.created_at);
+            } else {
                 s.bindings.remove(&k);
             }
             s.users.insert(

@@ -14,18 +14,26 @@ use crate::lease::{self, Scripts, WELCOME};
 use crate::{Fut, Keys, Lease, StoreError};
 
 /// KEYS: user hash, binding. ARGV: subscribed (1/0), created_at, scene.
+///
+/// `scene` is the latest follow's, by its `created_at` (`scene_at`), whatever order follows
+/// and unfollows come in: a follow older than an unfollow already applied changes nothing
+/// else, but its scene counts when it is newer than the scene's follow, as it would have had
+/// it come first (as it does in `worker rebuild`).
 const SUBSCRIPTION: &str = r"
-local current = redis.call('HMGET', KEYS[1], 'updated_at', 'subscribed')
+local current = redis.call('HMGET', KEYS[1], 'updated_at', 'subscribed', 'scene_at')
 local at = tonumber(current[1])
 local t = tonumber(ARGV[2])
-if at then
-  if t < at then return 0 end
-  -- At the same second an unsubscribe wins over a subscribe; anything else (a redelivery
-  -- above all) changes nothing.
-  if t == at and not (ARGV[1] == '0' and current[2] == '1') then return 0 end
+-- At the same second an unsubscribe wins over a subscribe; anything else (a redelivery above
+-- all) changes nothing.
+if at and (t < at or (t == at and not (ARGV[1] == '0' and current[2] == '1'))) then
+  local scene_at = tonumber(current[3])
+  if ARGV[1] == '1' and scene_at and t > scene_at then
+    redis.call('HSET', KEYS[1], 'scene', ARGV[3], 'scene_at', ARGV[2])
+  end
+  return 0
 end
 if ARGV[1] == '1' then
-  redis.call('HSET', KEYS[1], 'subscribed', '1', 'updated_at', ARGV[2], 'scene', ARGV[3])
+  redis.call('HSET', KEYS[1], 'subscribed', '1', 'updated_at', ARGV[2], 'scene', ARGV[3], 'scene_at', ARGV[2])
 else
   redis.call('HSET', KEYS[1], 'subscribed', '0', 'updated_at', ARGV[2])
   redis.call('DEL', KEYS[2])

@@ -424,7 +424,7 @@ const GATE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const GATE_DEPTH: usize = 4;
 
 /// Back-off before attempt `n` (1-based) of a failing effect.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
 }
 
@@ -718,30 +718,9 @@ impl RoleConsumer {
 
     /// (partition, low, high) of every partition of the subscribe topic.
     fn subscribe_ends(&self) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+        // A topic the broker does not know (or errs on) holds the gate: it is an error.
         let topic = &self.gate.as_ref().expect("gate").subscribe_topic;
-        let metadata = self
-            .consumer
-            .fetch_metadata(Some(topic), GATE_QUERY_TIMEOUT)?;
-        // A topic the broker does not know (or errs on) must hold the gate, not open it.
-        let partitions = match metadata.topics().iter().find(|t| t.name() == topic) {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>()
-            }
-            _ => {
-                return Err(KafkaError::MetadataFetch(
-                    RDKafkaErrorCode::UnknownTopicOrPartition,
-                ))
-            }
-        };
-        partitions
-            .into_iter()
-            .map(|p| {
-                let (low, high) = self
-                    .consumer
-                    .fetch_watermarks(topic, p, GATE_QUERY_TIMEOUT)?;
-                Ok((p, low, high))
-            })
-            .collect()
+        crate::kafka::watermarks(&self.consumer, topic, GATE_QUERY_TIMEOUT)
     }
 
     /// Whether every subscribe below `ends` is applied: known here for the partitions this

@@ -6,8 +6,36 @@
 
 use std::sync::Arc;
 
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
+
+/// (partition, low, high) of every partition of `topic`, now. A topic the broker does not know
+/// (or errs on, or that has no partitions) is `UnknownTopicOrPartition`, never an empty list.
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions = match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>()
+        }
+        _ => {
+            return Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ))
+        }
+    };
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+            Ok((p, low, high))
+        })
+        .collect()
+}
 
 /// Runs a blocking Kafka query (librdkafka waits on the network) on a thread of its own.
 pub async fn blocking<S, T>(

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -91,27 +91,16 @@ async fn watermarks(
     topic: &str,
 ) -> Result<Vec<(i32, i64, i64)>, ReplayError> {
     let name = topic.to_owned();
-    let found = query(consumer, move |c| {
-        let metadata = c.fetch_metadata(Some(&name), QUERY_TIMEOUT)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == name && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        partitions
-            .into_iter()
-            .map(|p| {
-                let (low, high) = c.fetch_watermarks(&name, p, QUERY_TIMEOUT)?;
-                Ok((p, low, high))
-            })
-            .collect::<Result<Vec<_>, KafkaError>>()
+    match query(consumer, move |c| {
+        crate::kafka::watermarks(c, &name, QUERY_TIMEOUT)
     })
-    .await?;
-    if found.is_empty() {
-        return Err(ReplayError::NoTopic(topic.to_owned()));
+    .await
+    {
+        Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+            Err(ReplayError::NoTopic(topic.to_owned()))
+        }
+        found => Ok(found?),
     }
-    Ok(found)
 }
 
 /// Reads `topic` from `starts` (partition → first offset) up to `ends` (partition → end
@@ -221,11 +210,11 @@ async fn apply(
                     tracing::warn!(role = role.name(), %reason, "a dependency is failing: the rebuild waits for it");
                 }
                 waits += 1;
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(waits.min(25)))).await;
+                tokio::time::sleep(crate::consume::backoff(waits)).await;
             }
             Outcome::Retry(_) if attempt < max_attempts => {
+                tokio::time::sleep(crate::consume::backoff(attempt)).await;
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             }
             Outcome::Retry(reason) | Outcome::Poison(reason) => {
                 tracing::warn!(role = role.name(), topic = message.topic(), partition = message.partition(),

@@ -61,13 +61,14 @@ impl CloudEvent {
         )
     }
 
-    /// The attributes of a record value (a spooled record, replayed), with its id; `None`
-    /// when the value is not a wxpipe event.
-    pub fn of_value(value: &[u8]) -> Option<(String, CloudEvent)> {
+    /// The attributes of a record value (a spooled record, replayed; its id is the spool
+    /// record's); `None` when the value is not a wxpipe event.
+    pub fn of_value(value: &[u8]) -> Option<CloudEvent> {
         #[derive(serde::Deserialize)]
         struct Attributes<'a> {
-            #[serde(borrow)]
-            id: std::borrow::Cow<'a, str>,
+            /// Required, as in every wxpipe event, but not read again.
+            #[allow(dead_code)]
+            id: serde::de::IgnoredAny,
             #[serde(borrow)]
             account: std::borrow::Cow<'a, str>,
             #[serde(borrow)]
@@ -77,10 +78,7 @@ impl CloudEvent {
             created_at: i64,
         }
         let a: Attributes<'_> = serde_json::from_slice(value).ok()?;
-        Some((
-            a.id.into_owned(),
-            CloudEvent::new(&a.account, &a.kind, &a.type_, a.created_at),
-        ))
+        Some(CloudEvent::new(&a.account, &a.kind, &a.type_, a.created_at))
     }
 
     pub fn source(&self) -> &str {
@@ -135,9 +133,11 @@ mod tests {
         let value =
             br#"{"id":"gh_a:o:1:event.location","account":"gh_a","openid":"o","created_at":1,
             "received_at":"t","kind":"event","type":"location","latitude":1.0,"extra":{}}"#;
-        let (id, ce) = CloudEvent::of_value(value).unwrap();
-        assert_eq!(id, "gh_a:o:1:event.location");
+        let ce = CloudEvent::of_value(value).unwrap();
         assert_eq!(ce, CloudEvent::new("gh_a", "event", "location", 1));
+        // A value without an id is no wxpipe event.
+        let no_id = br#"{"account":"gh_a","kind":"event","type":"location","created_at":1}"#;
+        assert!(CloudEvent::of_value(no_id).is_none());
         assert_eq!(ce.time(), "1970-01-01T00:00:01Z");
         assert!(CloudEvent::of_value(b"{not json").is_none());
     }

@@ -148,7 +148,7 @@ async fn replay_records(
 /// value only (its format predates the headers), and the value is the event they describe.
 fn headers(record: &SpoolRecord) -> rdkafka::message::OwnedHeaders {
     match CloudEvent::of_value(&record.value) {
-        Some((_, ce)) => ce.headers(&record.id),
+        Some(ce) => ce.headers(&record.id),
         None => {
             tracing::warn!(id = %ops::redact_id(&record.id), "spool: a record that is not a wxpipe event is replayed without CloudEvents headers");
             rdkafka::message::OwnedHeaders::new()

@@ -114,6 +114,10 @@ fn describe_metrics() {
         "wxpipe_redis_errors_total",
         "Redis calls that failed or timed out, by op and kind (outage, CROSSSLOT, MOVED, NOSCRIPT, READONLY, refused, …)"
     );
+    describe_counter!(
+        "wxpipe_redis_cluster_reconnects_total",
+        "Redis Cluster connections replaced because no node answered for a while"
+    );
     describe_histogram!(
         "wxpipe_redis_batch_ops",
         "Dedup ops carried by one group-committed Redis call"

@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
@@ -208,9 +208,9 @@ impl Redis {
         let config = redis::cluster::ClusterConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout);
-        Ok(Conn::Cluster(
-            client.get_pending_async_connection_with_config(config),
-        ))
+        Ok(Conn::Cluster(Arc::new(Clustered::new(
+            client, config, timeout,
+        ))))
     }
 
     /// The `redis` crate's Sentinel client finds the primary; a connection that fails (the
@@ -309,7 +309,7 @@ impl Redis {
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<Clustered>),
     Sentinel(Arc<Sentineled>),
 }
 
@@ -317,7 +317,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(conn) => conn.req_packed_command(cmd),
-            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => Box::pin(conn.request(cmd)),
             Conn::Sentinel(conn) => Box::pin(conn.request(cmd)),
         }
     }
@@ -330,13 +330,137 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(conn) => conn.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(conn) => Box::pin(conn.requests(cmd, offset, count)),
             Conn::Sentinel(conn) => Box::pin(conn.requests(cmd, offset, count)),
         }
     }
 
     fn get_db(&self) -> i64 {
         0
+    }
+}
+
+/// A Redis Cluster connection, replaced by a fresh one when no call has been answered for
+/// a while.
+///
+/// The `redis` crate (1.8) can wedge its cluster connection for good when a node dies: a
+/// background repair of the dead node's connection queues for the connection map's lock,
+/// then the slot refresh the same failure starts waits behind it, and the repair is never
+/// polled while a refresh runs. Every call then times out, on every slot, long after the
+/// cluster has failed over. Seen in about one failover in three on a loaded machine
+/// (`worker/tests/redis_deployments.rs`). A fresh connection learns the new topology from
+/// the seeds; the wedged one's task and sockets are left behind, once per wedge.
+pub(crate) struct Clustered {
+    client: redis::cluster::ClusterClient,
+    config: redis::cluster::ClusterConfig,
+    /// How long calls may go unanswered before the connection is replaced, and how often
+    /// it may be replaced.
+    patience: Duration,
+    state: Mutex<ClusterState>,
+}
+
+struct ClusterState {
+    conn: ClusterConnection,
+    /// Since when calls have gone unanswered (no reply, refused, timed out), if they have.
+    unanswered_since: Option<Instant>,
+    replaced_at: Instant,
+    replacements: u64,
+}
+
+impl Clustered {
+    fn new(
+        client: redis::cluster::ClusterClient,
+        config: redis::cluster::ClusterConfig,
+        timeout: Duration,
+    ) -> Clustered {
+        let conn = client.get_pending_async_connection_with_config(config.clone());
+        Clustered {
+            client,
+            config,
+            patience: (timeout * 4).max(Duration::from_secs(2)),
+            state: Mutex::new(ClusterState {
+                conn,
+                unanswered_since: None,
+                replaced_at: Instant::now(),
+                replacements: 0,
+            }),
+        }
+    }
+
+    /// The connection to use now: a fresh one when calls have gone unanswered for longer
+    /// than the patience.
+    fn connection(&self) -> ClusterConnection {
+        let mut state = self.state.lock().expect("cluster lock");
+        let now = Instant::now();
+        let stuck = state
+            .unanswered_since
+            .is_some_and(|since| now.duration_since(since) >= self.patience);
+        if stuck && now.duration_since(state.replaced_at) >= self.patience {
+            tracing::warn!(
+                "no Redis Cluster node has answered for {:?}: reconnecting from the seed nodes",
+                self.patience
+            );
+            metrics::counter!("wxpipe_redis_cluster_reconnects_total").increment(1);
+            state.conn = self
+                .client
+                .get_pending_async_connection_with_config(self.config.clone());
+            state.unanswered_since = None;
+            state.replaced_at = now;
+            state.replacements += 1;
+        }
+        state.conn.clone()
+    }
+
+    /// Runs a call, noting whether a node answered it. A call dropped before it completes
+    /// (the caller's timeout) counts as unanswered.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        let mut pending = Unanswered(Some(self));
+        let result = call.await;
+        let answered = match &result {
+            Ok(_) => true,
+            Err(error) => {
+                !(error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || error.kind() == redis::ErrorKind::ClusterConnectionNotFound)
+            }
+        };
+        if answered {
+            pending.0 = None;
+            self.state.lock().expect("cluster lock").unanswered_since = None;
+        }
+        result
+    }
+
+    async fn request(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        let mut conn = self.connection();
+        self.call(conn.req_packed_command(cmd)).await
+    }
+
+    async fn requests(
+        &self,
+        cmds: &Pipeline,
+        at: usize,
+        n: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        let mut conn = self.connection();
+        self.call(conn.req_packed_commands(cmds, at, n)).await
+    }
+}
+
+/// Marks the cluster connection unanswered unless disarmed.
+struct Unanswered<'a>(Option<&'a Clustered>);
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(clustered) = self.0 {
+            let mut state = clustered.state.lock().expect("cluster lock");
+            state.unanswered_since.get_or_insert_with(Instant::now);
+        }
     }
 }
 
@@ -435,5 +559,37 @@ mod tests {
         }
         assert!(Engine::open("redis+sentinel://127.0.0.1:1", timeout).is_err());
         assert!(Engine::open("postgres://x", timeout).is_err());
+    }
+
+    /// A node that takes connections and never answers stands for a wedged cluster
+    /// connection: calls time out, and after the patience the connection is replaced, once
+    /// per patience.
+    #[tokio::test]
+    async fn a_cluster_connection_nobody_answers_is_replaced() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let url = format!("redis+cluster://{addr}");
+        let Engine::Redis(redis) = Engine::open(&url, Duration::from_millis(100)).unwrap() else {
+            panic!("a Redis engine")
+        };
+        let Conn::Cluster(clustered) = redis.conn() else {
+            panic!("a cluster connection")
+        };
+        let replacements = || clustered.state.lock().unwrap().replacements;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(1900) {
+            assert!(redis.ping().await.is_err(), "nothing answers");
+        }
+        assert_eq!(replacements(), 0, "not before the patience (2 s)");
+        while start.elapsed() < Duration::from_millis(3000) {
+            assert!(redis.ping().await.is_err(), "nothing answers");
+        }
+        assert_eq!(replacements(), 1, "once per patience");
     }
 }

@@ -57,7 +57,7 @@ async fn wait_landed(stores: &EffectStores, first: usize, users: usize, within: 
 /// Effects land on `url`; `kill` takes a master down; later effects land too.
 async fn effects_survive_a_failover(url: &str, kill: impl FnOnce()) {
     let env = Env::start().await;
-    let mut worker = env.spawn_process(&["--redis-url", url, "--role", "unbind,location"]);
+    let _worker = KillOnDrop(env.spawn_process(&["--redis-url", url, "--role", "unbind,location"]));
     let engine = Engine::open(url, Duration::from_secs(1)).unwrap();
     let stores = EffectStores::open(&engine, &env.key_prefix);
     let t = 1_700_000_000;
@@ -79,8 +79,6 @@ async fn effects_survive_a_failover(url: &str, kill: impl FnOnce()) {
         "effects resumed after the failover (u40: {first:?})"
     );
     assert!(landed(&stores, 0, 40).await, "nothing earlier was undone");
-    let _ = worker.kill();
-    let _ = worker.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,53 +11,56 @@ use serde_json::Value;
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors");
 
-/// The topic a push belongs on, written out independently of the code under test.
+/// The contract's event types and message types, each with a topic of its own (the rest go
+/// to `event.other` and `message.other`): written out independently of the code under test.
+const EVENTS: &[&str] = &[
+    "subscribe",
+    "unsubscribe",
+    "scan",
+    "location",
+    "click",
+    "view",
+    "view_miniprogram",
+    "scancode_push",
+    "scancode_waitmsg",
+    "pic_sysphoto",
+    "pic_photo_or_album",
+    "pic_weixin",
+    "location_select",
+    "templatesendjobfinish",
+    "masssendjobfinish",
+    "subscribe_msg_popup_event",
+    "subscribe_msg_change_event",
+    "subscribe_msg_sent_event",
+    "user_info_modified",
+    "kf_create_session",
+    "kf_close_session",
+    "kf_switch_session",
+    "qualification_verify_success",
+    "qualification_verify_fail",
+    "naming_verify_success",
+    "naming_verify_fail",
+    "annual_renew",
+    "verify_expired",
+    "merchant_order",
+    "wificonnected",
+    "shakearoundusershake",
+    "submit_invoice_title",
+    "update_invoice_status",
+    "user_authorize_invoice",
+];
+const MESSAGES: &[&str] = &[
+    "text",
+    "image",
+    "voice",
+    "video",
+    "shortvideo",
+    "location",
+    "link",
+];
+
+/// The topic a push belongs on.
 fn expected_topic(msg_type: &str, event: Option<&str>) -> String {
-    const EVENTS: &[&str] = &[
-        "subscribe",
-        "unsubscribe",
-        "scan",
-        "location",
-        "click",
-        "view",
-        "view_miniprogram",
-        "scancode_push",
-        "scancode_waitmsg",
-        "pic_sysphoto",
-        "pic_photo_or_album",
-        "pic_weixin",
-        "location_select",
-        "templatesendjobfinish",
-        "masssendjobfinish",
-        "subscribe_msg_popup_event",
-        "subscribe_msg_change_event",
-        "subscribe_msg_sent_event",
-        "user_info_modified",
-        "kf_create_session",
-        "kf_close_session",
-        "kf_switch_session",
-        "qualification_verify_success",
-        "qualification_verify_fail",
-        "naming_verify_success",
-        "naming_verify_fail",
-        "annual_renew",
-        "verify_expired",
-        "merchant_order",
-        "wificonnected",
-        "shakearoundusershake",
-        "submit_invoice_title",
-        "update_invoice_status",
-        "user_authorize_invoice",
-    ];
-    const MESSAGES: &[&str] = &[
-        "text",
-        "image",
-        "voice",
-        "video",
-        "shortvideo",
-        "location",
-        "link",
-    ];
     let msg_type = msg_type.to_lowercase();
     if msg_type == "event" {
         let event = event.unwrap().to_lowercase();
@@ -75,6 +78,26 @@ fn expected_topic(msg_type: &str, event: Option<&str>) -> String {
         };
         format!("message.{name}")
     }
+}
+
+#[test]
+fn the_contract_topics_exist() {
+    let names: Vec<String> = schemas::Topic::all().map(schemas::Topic::suffix).collect();
+    let events = EVENTS
+        .iter()
+        .chain(&["other"])
+        .map(|e| format!("event.{e}"));
+    let messages = MESSAGES
+        .iter()
+        .chain(&["other"])
+        .map(|m| format!("message.{m}"));
+    for name in events.chain(messages) {
+        assert!(names.contains(&name), "{name}");
+    }
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "no topic twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,28 +329,18 @@ async fn metrics_count_what_was_sent() {
 
     let (_, metrics) = app.admin_get("/metrics").await;
     let line = |outcome: &str, reason: &str, type_: &str| {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("wxpipe_pushes_total{")
-                    && l.contains(&format!("account=\"{account}\""))
-                    && l.contains(&format!("outcome=\"{outcome}\""))
-                    && l.contains(&format!("reason=\"{reason}\""))
-                    && l.contains(&format!("type=\"{type_}\""))
-            })
-            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        let labels = [
+            ("account", account.as_str()),
+            ("outcome", outcome),
+            ("reason", reason),
+            ("type", type_),
+        ];
+        testkit::metric(&metrics, "wxpipe_pushes_total", &labels)
     };
     let mine: Vec<&str> = metrics.lines().filter(|l| l.contains(&account)).collect();
-    assert_eq!(
-        line("published", "", "subscribe").as_deref(),
-        Some("5"),
-        "{mine:#?}"
-    );
-    assert_eq!(line("duplicate", "", "subscribe").as_deref(), Some("1"));
-    assert_eq!(
-        line("rejected", "bad_signature", "unknown").as_deref(),
-        Some("1")
-    );
+    assert_eq!(line("published", "", "subscribe"), Some(5.0), "{mine:#?}");
+    assert_eq!(line("duplicate", "", "subscribe"), Some(1.0));
+    assert_eq!(line("rejected", "bad_signature", "unknown"), Some(1.0));
     for (family, what) in [
         ("wxpipe_push_ack_seconds_bucket", "ack latency histogram"),
         ("wxpipe_kafka_produce_seconds", "produce latency"),

@@ -144,6 +144,20 @@ async fn connect_and_send(app: &TestApp, bytes: &[u8]) -> TcpStream {
     stream
 }
 
+/// `n` connections, the `i`th having sent `bytes(i)`.
+async fn open_many(app: &TestApp, n: usize, bytes: impl Fn(usize) -> String) -> Vec<TcpStream> {
+    let mut streams = Vec::with_capacity(n);
+    for i in 0..n {
+        streams.push(connect_and_send(app, bytes(i).as_bytes()).await);
+    }
+    streams
+}
+
+/// The head of a push to `/wechat?{query}` that announces a body of `length` bytes.
+fn push_head(query: &str, length: usize) -> String {
+    format!("POST /wechat?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n")
+}
+
 /// The status line of the answer on `stream`, within `within`.
 async fn status_line(stream: &mut TcpStream, within: Duration) -> Option<String> {
     let mut buf = vec![0; 1024];
@@ -161,12 +175,7 @@ async fn a_bad_signature_is_refused_before_the_body_is_read() {
     config.read_timeout_ms = 5000;
     let app = TestApp::spawn_with(config).await;
     let bad = TestApp::signed_query("not-the-token", "x");
-    let mut stream = connect_and_send(
-        &app,
-        format!("POST /wechat?{bad} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
-            .as_bytes(),
-    )
-    .await;
+    let mut stream = connect_and_send(&app, push_head(&bad, 1000).as_bytes()).await;
     let line = status_line(&mut stream, Duration::from_secs(2)).await;
     assert_eq!(line.as_deref(), Some("HTTP/1.1 403 Forbidden"), "at once");
     app.stop().await;
@@ -180,17 +189,7 @@ async fn connections_that_never_send_their_body_hold_no_permit() {
     let app = TestApp::spawn_with(config).await;
     // A valid (replayed) query, headers only: the body never comes.
     let query = TestApp::signed_query(TOKEN, "replayed");
-    let mut silent = Vec::new();
-    for _ in 0..12 {
-        silent.push(
-            connect_and_send(
-                &app,
-                format!("POST /wechat?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await,
-        );
-    }
+    let silent = open_many(&app, 12, |_| push_head(&query, 500)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let genuine = push("gh_test", "fan", now(), "subscribe", "");
     let (status, reason) = app.post_push(&genuine).await;
@@ -208,17 +207,12 @@ async fn idle_connections_past_the_limit_are_closed_first() {
     let app = TestApp::spawn_with(config).await;
     let query = TestApp::signed_query(TOKEN, "slow");
     // 40 connections: idle ones, and ones stuck in their headers or their body.
-    let mut held = Vec::new();
-    for i in 0..40 {
-        let bytes = match i % 3 {
-            0 => String::new(),
-            1 => "POST /wechat HTTP/1.1\r\nHost: x\r\n".to_owned(),
-            _ => format!(
-                "POST /wechat?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n<xml>"
-            ),
-        };
-        held.push(connect_and_send(&app, bytes.as_bytes()).await);
-    }
+    let mut held = open_many(&app, 40, |i| match i % 3 {
+        0 => String::new(),
+        1 => "POST /wechat HTTP/1.1\r\nHost: x\r\n".to_owned(),
+        _ => push_head(&query, 500) + "<xml>",
+    })
+    .await;
     // Genuine pushes still get through, each on a new connection.
     for i in 0..5 {
         let client = reqwest::Client::new();

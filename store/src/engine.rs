@@ -317,8 +317,12 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(conn) => conn.req_packed_command(cmd),
-            Conn::Cluster(conn) => Box::pin(conn.request(cmd)),
-            Conn::Sentinel(conn) => Box::pin(conn.request(cmd)),
+            Conn::Cluster(conn) => {
+                Box::pin(conn.call(move |mut c| async move { c.req_packed_command(cmd).await }))
+            }
+            Conn::Sentinel(conn) => {
+                Box::pin(conn.call(move |mut c| async move { c.req_packed_command(cmd).await }))
+            }
         }
     }
 
@@ -330,8 +334,16 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(conn) => conn.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(conn) => Box::pin(conn.requests(cmd, offset, count)),
-            Conn::Sentinel(conn) => Box::pin(conn.requests(cmd, offset, count)),
+            Conn::Cluster(conn) => {
+                Box::pin(conn.call(move |mut c| async move {
+                    c.req_packed_commands(cmd, offset, count).await
+                }))
+            }
+            Conn::Sentinel(conn) => {
+                Box::pin(conn.call(move |mut c| async move {
+                    c.req_packed_commands(cmd, offset, count).await
+                }))
+            }
         }
     }
 
@@ -411,14 +423,14 @@ impl Clustered {
         state.conn.clone()
     }
 
-    /// Runs a call, noting whether a node answered it. A call dropped before it completes
-    /// (the caller's timeout) counts as unanswered.
-    async fn call<T>(
-        &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> redis::RedisResult<T> {
+    /// Runs `call` on the connection, noting whether a node answered it. A call dropped
+    /// before it completes (the caller's timeout) counts as unanswered.
+    async fn call<T, R>(&self, call: impl FnOnce(ClusterConnection) -> R) -> redis::RedisResult<T>
+    where
+        R: Future<Output = redis::RedisResult<T>>,
+    {
         let mut pending = Unanswered(Some(self));
-        let result = call.await;
+        let result = call(self.connection()).await;
         let answered = match &result {
             Ok(_) => true,
             Err(error) => {
@@ -434,21 +446,6 @@ impl Clustered {
             self.state.lock().expect("cluster lock").unanswered_since = None;
         }
         result
-    }
-
-    async fn request(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
-        let mut conn = self.connection();
-        self.call(conn.req_packed_command(cmd)).await
-    }
-
-    async fn requests(
-        &self,
-        cmds: &Pipeline,
-        at: usize,
-        n: usize,
-    ) -> redis::RedisResult<Vec<Value>> {
-        let mut conn = self.connection();
-        self.call(conn.req_packed_commands(cmds, at, n)).await
     }
 }
 
@@ -504,22 +501,15 @@ impl Sentineled {
         result
     }
 
-    async fn request(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
-        let result = self.connection().await?.req_packed_command(cmd).await;
-        self.settle(result)
-    }
-
-    async fn requests(
+    /// Runs `call` on the primary's connection.
+    async fn call<T, R>(
         &self,
-        cmds: &Pipeline,
-        at: usize,
-        n: usize,
-    ) -> redis::RedisResult<Vec<Value>> {
-        let result = self
-            .connection()
-            .await?
-            .req_packed_commands(cmds, at, n)
-            .await;
+        call: impl FnOnce(MultiplexedConnection) -> R,
+    ) -> redis::RedisResult<T>
+    where
+        R: Future<Output = redis::RedisResult<T>>,
+    {
+        let result = call(self.connection().await?).await;
         self.settle(result)
     }
 }

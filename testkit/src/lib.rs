@@ -70,6 +70,19 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
     }
 }
 
+/// The value of the first series of metric `name` in a Prometheus text exposition whose
+/// labels include every one of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.strip_prefix(name)?.rsplit_once(' ')?;
+        let own = series.is_empty() || series.starts_with('{');
+        let wanted = labels
+            .iter()
+            .all(|(label, value)| series.contains(&format!("{label}=\"{value}\"")));
+        (own && wanted).then(|| value.parse().ok()).flatten()
+    })
+}
+
 /// Sends SIGTERM to `child` and waits for it to exit; `None` (and a SIGKILL) if it has not
 /// exited `within`.
 pub async fn terminate(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
@@ -359,5 +372,24 @@ impl Record {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_metric_is_read_by_name_and_labels() {
+        let text = "# TYPE a_total counter\n\
+                    a_total_other{role=\"x\"} 9\n\
+                    a_total{role=\"x\",outcome=\"done\"} 3\n\
+                    a_total{role=\"y\",outcome=\"done\"} 4\n\
+                    b 1.5\n";
+        assert_eq!(super::metric(text, "a_total", &[("role", "x")]), Some(3.0));
+        assert_eq!(
+            super::metric(text, "a_total", &[("role", "y"), ("outcome", "done")]),
+            Some(4.0)
+        );
+        assert_eq!(super::metric(text, "a_total", &[("role", "z")]), None);
+        assert_eq!(super::metric(text, "b", &[]), Some(1.5));
     }
 }

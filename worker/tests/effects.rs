@@ -512,14 +512,11 @@ async fn consumer_lag_counts_what_is_not_done_and_falls_to_zero() {
         .collect();
     env.produce("subscribe", &events);
     let worker = env.spawn(&["--role", "welcome", "--concurrency", "1"]);
-    let series = format!("topic=\"{}\"", env.topic("subscribe"));
+    let topic = env.topic("subscribe");
+    let labels = [("role", "welcome"), ("topic", topic.as_str())];
     let lag = || {
-        ops::prometheus().render().lines().find_map(|line| {
-            let labels = line.strip_prefix("wxpipe_worker_consumer_lag{")?;
-            (labels.contains("role=\"welcome\"") && labels.contains(&series))
-                .then(|| line.rsplit(' ').next()?.parse::<f64>().ok())
-                .flatten()
-        })
+        let metrics = ops::prometheus().render();
+        testkit::metric(&metrics, "wxpipe_worker_consumer_lag", &labels)
     };
     wait_for("the backlog as lag", || lag().is_some_and(|l| l >= 1.0)).await;
     wait_for("the lag back to 0", || lag() == Some(0.0)).await;

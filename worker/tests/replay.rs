@@ -45,22 +45,21 @@ async fn projection(env: &Env, key_prefix: &str, users: &[String]) -> BTreeMap<S
     let store = Store(EffectStores::open(&engine, key_prefix));
     let mut state = BTreeMap::new();
     for user in users {
-        state.insert(
-            format!("{user} user"),
-            format!("{:?}", store.user(user).await),
-        );
-        state.insert(
-            format!("{user} binding"),
-            format!("{:?}", store.binding(user).await),
-        );
-        state.insert(
-            format!("{user} location"),
-            format!("{:?}", store.latest_location(user).await),
-        );
-        state.insert(
-            format!("{user} history"),
-            format!("{:?}", store.location_history(user).await),
-        );
+        let parts = [
+            ("user", format!("{:?}", store.user(user).await)),
+            ("binding", format!("{:?}", store.binding(user).await)),
+            (
+                "location",
+                format!("{:?}", store.latest_location(user).await),
+            ),
+            (
+                "history",
+                format!("{:?}", store.location_history(user).await),
+            ),
+        ];
+        for (part, value) in parts {
+            state.insert(format!("{user} {part}"), value);
+        }
     }
     let mut conn = env.redis.conn();
     let geo: Vec<(String, f64)> = conn

@@ -20,16 +20,32 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// The value of the `wxpipe_worker_events_total` series of `role` and `outcome`.
-fn events_total(metrics: &str, role: &str, outcome: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("wxpipe_worker_events_total{")
-                && l.contains(&format!("role=\"{role}\""))
-                && l.contains(&format!("outcome=\"{outcome}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+/// The welcome role's count of `outcome` on the admin port, once it shows (within 10 s),
+/// and the metrics it was read from.
+async fn welcomes_counted(port: u16, outcome: &str) -> (Option<f64>, String) {
+    let counted = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || async {
+            let metrics = metrics(port).await;
+            let labels = [("role", "welcome"), ("outcome", outcome)];
+            testkit::metric(&metrics, "wxpipe_worker_events_total", &labels)
+        },
+    )
+    .await;
+    (counted, metrics(port).await)
+}
+
+/// A worker (admin port, `envs` set) whose first welcome to `openid` goes unanswered:
+/// WeChat takes the post but answers after the API timeout (1 s). Returns once it is posted.
+async fn an_unanswered_send(openid: &str, envs: &[(&str, &str)]) -> (Env, u16, KillOnDrop) {
+    let env = Env::start().await;
+    env.wechat.set_send_delay(Duration::from_millis(1500));
+    env.produce("subscribe", &[subscribe("gh_a", openid, 100, None)]);
+    let port = free_port();
+    let child = spawn(&env, port, envs, &[]);
+    wait_for("the first post", || env.wechat.sends_to(openid) >= 1).await;
+    (env, port, child)
 }
 
 /// The worker binary with its admin port on `port`, `envs` set and `remove` unset.
@@ -79,13 +95,8 @@ async fn a_follow_older_than_welcome_max_age_is_never_welcomed() {
         },
     )
     .await;
-    let counted = poll(
-        Duration::from_secs(10),
-        Duration::from_millis(200),
-        || async { events_total(&metrics(port).await, "welcome", "too_old") },
-    )
-    .await;
-    assert_eq!(counted, Some(1.0), "{}", metrics(port).await);
+    let (counted, metrics) = welcomes_counted(port, "too_old").await;
+    assert_eq!(counted, Some(1.0), "{metrics}");
     assert_eq!(
         env.wechat.sends_to("last_month"),
         0,
@@ -98,26 +109,12 @@ async fn a_follow_older_than_welcome_max_age_is_never_welcomed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_whose_outcome_is_unknown_is_counted_and_not_repeated() {
-    // WeChat takes the post but answers after the API timeout (1 s).
-    let env = Env::start().await;
-    env.wechat.set_send_delay(Duration::from_millis(1500));
-    env.produce("subscribe", &[subscribe("gh_a", "unanswered", 100, None)]);
-    let port = free_port();
-    let child = spawn(&env, port, &[], &[]);
-    wait_for("the post", || env.wechat.sends_to("unanswered") >= 1).await;
-    let counted = poll(
-        Duration::from_secs(10),
-        Duration::from_millis(200),
-        || async { events_total(&metrics(port).await, "welcome", "unknown") },
-    )
-    .await;
-    let metrics = metrics(port).await;
+    let (env, port, child) = an_unanswered_send("unanswered", &[]).await;
+    let (counted, metrics) = welcomes_counted(port, "unknown").await;
     assert_eq!(counted, Some(1.0), "{metrics}");
+    let unknown = [("then", "recorded")];
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("wxpipe_worker_welcome_unknown_total{")
-                && l.contains("then=\"recorded\"")),
+        testkit::metric(&metrics, "wxpipe_worker_welcome_unknown_total", &unknown).is_some(),
         "{metrics}"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -128,23 +125,17 @@ async fn a_send_whose_outcome_is_unknown_is_counted_and_not_repeated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn welcome_resend_unknown_sends_again_after_an_unanswered_send() {
-    let env = Env::start().await;
-    env.wechat.set_send_delay(Duration::from_millis(1500));
-    env.produce("subscribe", &[subscribe("gh_a", "insist", 100, None)]);
-    let port = free_port();
-    let child = spawn(&env, port, &[("WELCOME_RESEND_UNKNOWN", "true")], &[]);
-    wait_for("the first post", || env.wechat.sends_to("insist") >= 1).await;
+    let (env, port, child) =
+        an_unanswered_send("insist", &[("WELCOME_RESEND_UNKNOWN", "true")]).await;
     // WeChat answers in time again: the second send is answered, and the last.
     env.wechat.set_send_delay(Duration::ZERO);
     wait_for("the send again", || env.wechat.sends_to("insist") >= 2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.wechat.sends_to("insist"), 2);
     let metrics = metrics(port).await;
+    let unknown = [("then", "resent")];
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("wxpipe_worker_welcome_unknown_total{")
-                && l.contains("then=\"resent\"")),
+        testkit::metric(&metrics, "wxpipe_worker_welcome_unknown_total", &unknown).is_some(),
         "{metrics}"
     );
     assert_eq!(env.kafka.count(&env.dlq("welcome")), 0);

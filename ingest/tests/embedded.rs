@@ -10,27 +10,43 @@ use std::time::Duration;
 use common::*;
 use testkit::FakeWeChat;
 
+/// The ingest binary with `envs`, and not the environment's Kafka and Redis: the embedded
+/// default unless `envs` names them.
+fn ingest(envs: &[(&str, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ingest"));
+    command
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("REDIS_URL")
+        .envs(envs.iter().map(|(name, value)| (name, value)));
+    command
+}
+
+/// SIGTERM: a clean, prompt exit.
+async fn stop_cleanly(child: &mut std::process::Child) {
+    let status = testkit::terminate(child, Duration::from_secs(20))
+        .await
+        .expect("exited after SIGTERM");
+    assert!(status.success(), "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_command_runs_the_whole_pipeline() {
     let wechat = FakeWeChat::start().await;
     let port = free_port();
     let admin = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
-        .env_remove("KAFKA_BROKERS")
-        .env_remove("REDIS_URL")
-        .envs([
-            ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
-            ("INGEST_ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
-            ("WECHAT_TOKEN", TOKEN.to_owned()),
-            ("WECHAT_APPID", "wxdemo".to_owned()),
-            ("WECHAT_APPSECRET", "demo-secret".to_owned()),
-            ("WECHAT_API_BASE", wechat.base()),
-            ("RUST_LOG", "info".to_owned()),
-            ("NO_COLOR", "1".to_owned()),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ingest(&[
+        ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+        ("INGEST_ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+        ("WECHAT_TOKEN", TOKEN.to_owned()),
+        ("WECHAT_APPID", "wxdemo".to_owned()),
+        ("WECHAT_APPSECRET", "demo-secret".to_owned()),
+        ("WECHAT_API_BASE", wechat.base()),
+        ("RUST_LOG", "info".to_owned()),
+        ("NO_COLOR", "1".to_owned()),
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
     let stdout = child.stdout.take().unwrap();
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let sink = std::sync::Arc::clone(&log);
@@ -86,11 +102,7 @@ async fn one_command_runs_the_whole_pipeline() {
         log.lock().unwrap()
     );
 
-    // SIGTERM: a clean, prompt exit.
-    let status = testkit::terminate(&mut child, Duration::from_secs(20))
-        .await
-        .expect("exited after SIGTERM");
-    assert!(status.success(), "{status}");
+    stop_cleanly(&mut child).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,20 +111,18 @@ async fn an_accounts_file_alone_is_enough_to_start() {
     let kafka = testkit::Kafka::start(&[]);
     let accounts = accounts_file(&format!("[accounts.shop]\ntoken = \"{TOKEN}\"\n"));
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
-        .env_remove("WECHAT_TOKEN")
-        .env_remove("REDIS_URL")
-        .envs([
-            ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
-            ("INGEST_ADMIN_LISTEN", String::new()),
-            ("INGEST_ACCOUNTS", accounts.display().to_string()),
-            ("KAFKA_BROKERS", kafka.brokers()),
-            ("KAFKA_TOPIC_PREFIX", unique("t")),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ingest(&[
+        ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+        ("INGEST_ADMIN_LISTEN", String::new()),
+        ("INGEST_ACCOUNTS", accounts.display().to_string()),
+        ("KAFKA_BROKERS", kafka.brokers()),
+        ("KAFKA_TOPIC_PREFIX", unique("t")),
+    ])
+    .env_remove("WECHAT_TOKEN")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let mut status = None;
@@ -134,10 +144,7 @@ async fn an_accounts_file_alone_is_enough_to_start() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status, Some((200, "up".to_owned())));
-    let exit = testkit::terminate(&mut child, Duration::from_secs(20))
-        .await
-        .expect("exited after SIGTERM");
-    assert!(exit.success(), "{exit}");
+    stop_cleanly(&mut child).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,19 +152,16 @@ async fn the_embedded_default_refuses_to_start_when_its_workers_cannot() {
     // A consumer property librdkafka refuses: the workers cannot start, so neither does the
     // ingress (it used to say "workers running in-process" and answer ready).
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
-        .env_remove("KAFKA_BROKERS")
-        .env_remove("REDIS_URL")
-        .envs([
-            ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
-            ("INGEST_ADMIN_LISTEN", String::new()),
-            ("WECHAT_TOKEN", TOKEN.to_owned()),
-            ("KAFKA_CONSUMER_CONFIG", "no.such.property=1".to_owned()),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ingest(&[
+        ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+        ("INGEST_ADMIN_LISTEN", String::new()),
+        ("WECHAT_TOKEN", TOKEN.to_owned()),
+        ("KAFKA_CONSUMER_CONFIG", "no.such.property=1".to_owned()),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut exited = None;
     for _ in 0..200 {
         if let Some(status) = child.try_wait().unwrap() {

@@ -352,30 +352,35 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// A Redis Cluster connection, replaced by a fresh one when no call has been answered for
-/// a while.
+/// A Redis Cluster connection, replaced by a fresh one when it has stopped answering
+/// altogether.
 ///
-/// The `redis` crate (1.8) can wedge its cluster connection for good when a node dies: a
-/// background repair of the dead node's connection queues for the connection map's lock,
-/// then the slot refresh the same failure starts waits behind it, and the repair is never
-/// polled while a refresh runs. Every call then times out, on every slot, long after the
-/// cluster has failed over. Seen in about one failover in three on a loaded machine
-/// (`worker/tests/redis_deployments.rs`). A fresh connection learns the new topology from
-/// the seeds; the wedged one's task and sockets are left behind, once per wedge.
+/// The `redis` crate's (1.8) cluster connection can wedge for good during a slot refresh
+/// (after a node dies, or on `MOVED`): a lock request of its own task that takes the lock
+/// while the task is out of tokio's cooperative budget holds it without being polled
+/// again, and the refresh waits for it forever. Every call then times out, on every slot,
+/// long after the cluster has failed over. Seen in about one failover in three on a loaded
+/// machine (`worker/tests/redis_deployments.rs`).
+///
+/// When calls have gone unanswered for the patience, one `PING` to any node tells a wedge
+/// (no answer) from a failover in progress (the live nodes answer); only a wedge replaces
+/// the connection, with one that learns the topology from the seeds again. The old one's
+/// task ends with its last clone.
 pub(crate) struct Clustered {
     client: redis::cluster::ClusterClient,
     config: redis::cluster::ClusterConfig,
-    /// How long calls may go unanswered before the connection is replaced, and how often
-    /// it may be replaced.
+    timeout: Duration,
+    /// How long calls may go unanswered before the connection is checked, and how often it
+    /// may be checked.
     patience: Duration,
     state: Mutex<ClusterState>,
 }
 
 struct ClusterState {
     conn: ClusterConnection,
-    /// Since when calls have gone unanswered (no reply, refused, timed out), if they have.
+    /// When the oldest call still unanswered (no reply, refused, timed out) was sent.
     unanswered_since: Option<Instant>,
-    replaced_at: Instant,
+    checked_at: Option<Instant>,
     replacements: u64,
 }
 
@@ -389,47 +394,72 @@ impl Clustered {
         Clustered {
             client,
             config,
+            timeout,
             patience: (timeout * 4).max(Duration::from_secs(2)),
             state: Mutex::new(ClusterState {
                 conn,
                 unanswered_since: None,
-                replaced_at: Instant::now(),
+                checked_at: None,
                 replacements: 0,
             }),
         }
     }
 
-    /// The connection to use now: a fresh one when calls have gone unanswered for longer
-    /// than the patience.
-    fn connection(&self) -> ClusterConnection {
+    /// The connection to use now. When calls have gone unanswered for the patience, starts
+    /// a check of it in the background (a caller's own timeout must not cut the check short).
+    fn connection(self: &Arc<Self>) -> ClusterConnection {
         let mut state = self.state.lock().expect("cluster lock");
         let now = Instant::now();
-        let stuck = state
-            .unanswered_since
-            .is_some_and(|since| now.duration_since(since) >= self.patience);
-        if stuck && now.duration_since(state.replaced_at) >= self.patience {
-            tracing::warn!(
-                "no Redis Cluster node has answered for {:?}: reconnecting from the seed nodes",
-                self.patience
-            );
-            metrics::counter!("wxpipe_redis_cluster_reconnects_total").increment(1);
-            state.conn = self
-                .client
-                .get_pending_async_connection_with_config(self.config.clone());
-            state.unanswered_since = None;
-            state.replaced_at = now;
-            state.replacements += 1;
+        let waited = |since: Option<Instant>| {
+            since.is_none_or(|since| now.duration_since(since) >= self.patience)
+        };
+        if state.unanswered_since.is_some()
+            && waited(state.unanswered_since)
+            && waited(state.checked_at)
+        {
+            state.checked_at = Some(now);
+            tokio::spawn(Arc::clone(self).check(state.conn.clone()));
         }
         state.conn.clone()
     }
 
+    /// Replaces `conn` unless a node answers a `PING` through it.
+    async fn check(self: Arc<Self>, mut conn: ClusterConnection) {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let ping = conn.route_command(
+            redis::cmd("PING"),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        );
+        let answered = matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)));
+        let mut state = self.state.lock().expect("cluster lock");
+        state.unanswered_since = None;
+        if answered {
+            return;
+        }
+        tracing::warn!(
+            "no Redis Cluster node has answered for {:?}, not even a PING: reconnecting from the seed nodes",
+            self.patience
+        );
+        metrics::counter!("wxpipe_redis_cluster_reconnects_total").increment(1);
+        state.conn = self
+            .client
+            .get_pending_async_connection_with_config(self.config.clone());
+        state.replacements += 1;
+    }
+
     /// Runs `call` on the connection, noting whether a node answered it. A call dropped
     /// before it completes (the caller's timeout) counts as unanswered.
-    async fn call<T, R>(&self, call: impl FnOnce(ClusterConnection) -> R) -> redis::RedisResult<T>
+    async fn call<T, R>(
+        self: &Arc<Self>,
+        call: impl FnOnce(ClusterConnection) -> R,
+    ) -> redis::RedisResult<T>
     where
         R: Future<Output = redis::RedisResult<T>>,
     {
-        let mut pending = Unanswered(Some(self));
+        let mut pending = Unanswered {
+            clustered: Some(self),
+            sent: Instant::now(),
+        };
         let result = call(self.connection()).await;
         let answered = match &result {
             Ok(_) => true,
@@ -442,21 +472,25 @@ impl Clustered {
             }
         };
         if answered {
-            pending.0 = None;
+            pending.clustered = None;
             self.state.lock().expect("cluster lock").unanswered_since = None;
         }
         result
     }
 }
 
-/// Marks the cluster connection unanswered unless disarmed.
-struct Unanswered<'a>(Option<&'a Clustered>);
+/// Marks a cluster call sent at `sent` unanswered unless disarmed.
+struct Unanswered<'a> {
+    clustered: Option<&'a Clustered>,
+    sent: Instant,
+}
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        if let Some(clustered) = self.0 {
+        if let Some(clustered) = self.clustered {
             let mut state = clustered.state.lock().expect("cluster lock");
-            state.unanswered_since.get_or_insert_with(Instant::now);
+            let since = state.unanswered_since.get_or_insert(self.sent);
+            *since = (*since).min(self.sent);
         }
     }
 }
@@ -551,19 +585,79 @@ mod tests {
         assert!(Engine::open("postgres://x", timeout).is_err());
     }
 
-    /// A node that takes connections and never answers stands for a wedged cluster
-    /// connection: calls time out, and after the patience the connection is replaced, once
-    /// per patience.
-    #[tokio::test]
-    async fn a_cluster_connection_nobody_answers_is_replaced() {
+    /// A loopback port nothing listens on.
+    fn free_port() -> u16 {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().port()
+    }
+
+    /// One command of a RESP array of bulk strings at the start of `buf`, and its length.
+    fn command(buf: &[u8]) -> Option<(Vec<String>, usize)> {
+        let line = |at: usize| {
+            let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+            let text = std::str::from_utf8(&buf[at + 1..end]).ok()?;
+            Some((text.parse::<usize>().ok()?, end + 2))
+        };
+        let (n, mut at) = line(0)?;
+        let mut words = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (len, start) = line(at)?;
+            let word = buf.get(start..start + len)?;
+            words.push(String::from_utf8_lossy(word).to_uppercase());
+            at = start + len + 2;
+        }
+        (at <= buf.len()).then_some((words, at))
+    }
+
+    /// A fake cluster node. With `beside`, it serves slots 8192-16383, says the node at
+    /// `beside` serves 0-8191, answers the client's set-up, `CLUSTER SLOTS` and `PING`, and
+    /// sends any other command (the tests' `{k}`, slot 7629) to `beside` with `MOVED`;
+    /// without, it takes connections and answers nothing (from the caller's side, a wedged
+    /// connection looks the same).
+    async fn fake_node(beside: Option<u16>) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let range = |from: u16, to: u16, port: u16| {
+            let id = format!("{port:0>40}");
+            format!("*3\r\n:{from}\r\n:{to}\r\n*3\r\n$9\r\n127.0.0.1\r\n:{port}\r\n$40\r\n{id}\r\n")
+        };
+        let slots = beside.map(|other| {
+            let mine = range(8192, 16383, addr.port());
+            let moved = format!("-MOVED 7629 127.0.0.1:{other}\r\n");
+            (format!("*2\r\n{}{mine}", range(0, 8191, other)), moved)
+        });
         tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let Some((slots, moved)) = slots.clone() else {
+                    std::mem::forget(socket);
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n @ 1..) = socket.read(&mut chunk).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some((words, used)) = command(&buf) {
+                            buf.drain(..used);
+                            let reply = match words.first().map(String::as_str) {
+                                Some("PING") => "+PONG\r\n",
+                                Some("CLUSTER") => slots.as_str(),
+                                Some("CLIENT" | "READONLY" | "SELECT") => "+OK\r\n",
+                                _ => moved.as_str(),
+                            };
+                            let _ = socket.write_all(reply.as_bytes()).await;
+                        }
+                    }
+                });
             }
         });
+        addr
+    }
+
+    /// Calls to the cluster of the node at `addr` for `duration`, each timing out; then the
+    /// replacements of the connection, and whether it was checked.
+    async fn after_unanswered_calls(addr: std::net::SocketAddr, duration: Duration) -> (u64, bool) {
         let url = format!("redis+cluster://{addr}");
         let Engine::Redis(redis) = Engine::open(&url, Duration::from_millis(100)).unwrap() else {
             panic!("a Redis engine")
@@ -571,15 +665,46 @@ mod tests {
         let Conn::Cluster(clustered) = redis.conn() else {
             panic!("a cluster connection")
         };
-        let replacements = || clustered.state.lock().unwrap().replacements;
         let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(1900) {
-            assert!(redis.ping().await.is_err(), "nothing answers");
+        while start.elapsed() < duration {
+            let get = redis::cmd("GET").arg("{k}").to_owned();
+            let mut conn = redis.conn();
+            let result = redis.bounded(get.query_async::<Option<String>>(&mut conn));
+            assert!(result.await.is_err(), "nothing answers a GET");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(replacements(), 0, "not before the patience (2 s)");
-        while start.elapsed() < Duration::from_millis(3000) {
-            assert!(redis.ping().await.is_err(), "nothing answers");
-        }
-        assert_eq!(replacements(), 1, "once per patience");
+        // A check started by the last call runs for up to a timeout.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let state = clustered.state.lock().unwrap();
+        (state.replacements, state.checked_at.is_some())
+    }
+
+    /// Calls unanswered for the patience (2 s here) start a check; when not even a `PING`
+    /// is answered, the connection is replaced, once per patience.
+    #[tokio::test]
+    async fn a_cluster_connection_nobody_answers_is_replaced() {
+        let silent = fake_node(None).await;
+        let replaced = |within| async move { after_unanswered_calls(silent, within).await.0 };
+        assert_eq!(
+            replaced(Duration::from_millis(1700)).await,
+            0,
+            "not before the patience"
+        );
+        assert_eq!(
+            replaced(Duration::from_millis(3000)).await,
+            1,
+            "once per patience"
+        );
+    }
+
+    /// While the node of a key is down (a failover under way) and another answers a `PING`,
+    /// the connection works: it is checked and kept.
+    #[tokio::test]
+    async fn a_cluster_connection_that_answers_a_ping_is_kept() {
+        let dead = free_port();
+        let node = fake_node(Some(dead)).await;
+        let (replaced, checked) = after_unanswered_calls(node, Duration::from_millis(3000)).await;
+        assert!(checked, "calls went unanswered for the patience");
+        assert_eq!(replaced, 0);
     }
 }

@@ -57,14 +57,15 @@ async fn wait_landed(stores: &EffectStores, first: usize, users: usize, within: 
 /// Effects land on `url`; `kill` takes a master down; later effects land too.
 async fn effects_survive_a_failover(url: &str, kill: impl FnOnce()) {
     let env = Env::start().await;
-    let _worker = KillOnDrop(env.spawn_process(&["--redis-url", url, "--role", "unbind,location"]));
+    let worker = env.spawn_logged(&["--redis-url", url, "--role", "unbind,location"]);
     let engine = Engine::open(url, Duration::from_secs(1)).unwrap();
     let stores = EffectStores::open(&engine, &env.key_prefix);
     let t = 1_700_000_000;
     produce_effects(&env, 0, 40, t);
     assert!(
         wait_landed(&stores, 0, 40, Duration::from_secs(30)).await,
-        "effects landed"
+        "effects landed; the worker's log ends:\n{}",
+        worker.tail(40)
     );
 
     kill();
@@ -76,7 +77,8 @@ async fn effects_survive_a_failover(url: &str, kill: impl FnOnce()) {
     let first = stores.subscriptions.user("gh_a", "u40").await;
     assert!(
         resumed,
-        "effects resumed after the failover (u40: {first:?})"
+        "effects resumed after the failover (u40: {first:?}); the worker's log ends:\n{}",
+        worker.tail(40)
     );
     assert!(landed(&stores, 0, 40).await, "nothing earlier was undone");
 }

@@ -190,6 +190,24 @@ impl Env {
             .unwrap()
     }
 
+    /// The worker binary, as a child process whose log goes to a file, for a failing test
+    /// to show.
+    pub fn spawn_logged(&self, extra: &[&str]) -> LoggedWorker {
+        let log = std::env::temp_dir().join(format!("{}.log", testkit::unique("wxpipe-worker")));
+        let child = self
+            .command()
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .args(extra)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        LoggedWorker {
+            _child: KillOnDrop(child),
+            log,
+        }
+    }
+
     /// Writes one record with headers to `topic` and waits until it is acknowledged.
     pub fn produce_with_headers(
         &self,
@@ -287,6 +305,39 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A worker process killed when dropped, with its log in a file (removed when dropped).
+pub struct LoggedWorker {
+    _child: KillOnDrop,
+    log: std::path::PathBuf,
+}
+
+impl LoggedWorker {
+    /// The last `lines` of its log, a run of lines that differ only in their time as one.
+    pub fn tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut runs: Vec<(&str, usize)> = Vec::new();
+        for line in log.lines() {
+            let message = line.split_once(' ').map_or(line, |(_, rest)| rest);
+            match runs.last_mut() {
+                Some((last, n)) if last.split_once(' ').map(|(_, m)| m) == Some(message) => *n += 1,
+                _ => runs.push((line, 1)),
+            }
+        }
+        let shown = runs[runs.len().saturating_sub(lines)..].iter();
+        let shown = shown.map(|(line, n)| match n {
+            1 => line.to_string(),
+            n => format!("{line} (and {} more like it)", n - 1),
+        });
+        shown.collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for LoggedWorker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

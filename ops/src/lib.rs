@@ -116,7 +116,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "wxpipe_redis_cluster_reconnects_total",
-        "Redis Cluster connections replaced because calls went unanswered and no node answered a PING either"
+        "Redis Cluster connections replaced because calls went unanswered and no node answered a PING either, or calls went on going unanswered through three checks"
     );
     describe_histogram!(
         "wxpipe_redis_batch_ops",

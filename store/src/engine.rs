@@ -363,24 +363,34 @@ impl ConnectionLike for Conn {
 /// machine (`worker/tests/redis_deployments.rs`).
 ///
 /// When calls have gone unanswered for the patience, one `PING` to any node tells a wedge
-/// (no answer) from a failover in progress (the live nodes answer); only a wedge replaces
-/// the connection, with one that learns the topology from the seeds again. The old one's
-/// task ends with its last clone.
+/// (no answer) from a failover in progress (the live nodes answer). A wedge replaces the
+/// connection with one that learns the topology from the seeds again; so do calls still
+/// unanswered after [`KEPT_CHECKS`] checks in a row whose `PING` passed: the crate does
+/// not refresh its slots when a dead node times out instead of refusing (a host gone, not
+/// a process), and would route to it for good. The old connection's task ends with its
+/// last clone.
 pub(crate) struct Clustered {
     client: redis::cluster::ClusterClient,
     config: redis::cluster::ClusterConfig,
-    timeout: Duration,
     /// How long calls may go unanswered before the connection is checked, and how often it
     /// may be checked.
     patience: Duration,
     state: Mutex<ClusterState>,
 }
 
+/// Checks whose `PING` passed while calls went on going unanswered, after which the
+/// connection is replaced anyway.
+const KEPT_CHECKS: u32 = 3;
+
 struct ClusterState {
     conn: ClusterConnection,
     /// When the oldest call still unanswered (no reply, refused, timed out) was sent.
     unanswered_since: Option<Instant>,
+    /// When the last call a node answered was sent: an older call's failure is stale.
+    answered_sent: Option<Instant>,
     checked_at: Option<Instant>,
+    /// Checks in a row whose `PING` passed.
+    kept: u32,
     replacements: u64,
 }
 
@@ -394,12 +404,13 @@ impl Clustered {
         Clustered {
             client,
             config,
-            timeout,
             patience: (timeout * 4).max(Duration::from_secs(2)),
             state: Mutex::new(ClusterState {
                 conn,
                 unanswered_since: None,
+                answered_sent: None,
                 checked_at: None,
+                kept: 0,
                 replacements: 0,
             }),
         }
@@ -423,27 +434,36 @@ impl Clustered {
         state.conn.clone()
     }
 
-    /// Replaces `conn` unless a node answers a `PING` through it.
+    /// Replaces `conn` unless a node answers a `PING` through it (given the patience: a
+    /// slot refresh holds every call back for a while, a wedge for good), or after
+    /// [`KEPT_CHECKS`] such answers in a row.
     async fn check(self: Arc<Self>, mut conn: ClusterConnection) {
         use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
         let ping = conn.route_command(
             redis::cmd("PING"),
             RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
         );
-        let answered = matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)));
+        let answered = matches!(tokio::time::timeout(self.patience, ping).await, Ok(Ok(_)));
         let mut state = self.state.lock().expect("cluster lock");
         state.unanswered_since = None;
+        state.checked_at = Some(Instant::now());
         if answered {
-            return;
+            state.kept += 1;
+            if state.kept < KEPT_CHECKS {
+                return;
+            }
         }
-        tracing::warn!(
-            "no Redis Cluster node has answered for {:?}, not even a PING: reconnecting from the seed nodes",
-            self.patience
-        );
+        let why = if answered {
+            "calls still go unanswered though a node answers a PING"
+        } else {
+            "no node answers, not even a PING"
+        };
+        tracing::warn!("Redis Cluster: {why}: reconnecting from the seed nodes");
         metrics::counter!("wxpipe_redis_cluster_reconnects_total").increment(1);
         state.conn = self
             .client
             .get_pending_async_connection_with_config(self.config.clone());
+        state.kept = 0;
         state.replacements += 1;
     }
 
@@ -473,7 +493,13 @@ impl Clustered {
         };
         if answered {
             pending.clustered = None;
-            self.state.lock().expect("cluster lock").unanswered_since = None;
+            let mut state = self.state.lock().expect("cluster lock");
+            state.unanswered_since = None;
+            state.kept = 0;
+            let newest = state
+                .answered_sent
+                .map_or(pending.sent, |at| at.max(pending.sent));
+            state.answered_sent = Some(newest);
         }
         result
     }
@@ -489,6 +515,9 @@ impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         if let Some(clustered) = self.clustered {
             let mut state = clustered.state.lock().expect("cluster lock");
+            if state.answered_sent.is_some_and(|at| at > self.sent) {
+                return; // a later call was answered
+            }
             let since = state.unanswered_since.get_or_insert(self.sent);
             *since = (*since).min(self.sent);
         }
@@ -611,9 +640,10 @@ mod tests {
 
     /// A fake cluster node. With `beside`, it serves slots 8192-16383, says the node at
     /// `beside` serves 0-8191, answers the client's set-up, `CLUSTER SLOTS` and `PING`, and
-    /// sends any other command (the tests' `{k}`, slot 7629) to `beside` with `MOVED`;
-    /// without, it takes connections and answers nothing (from the caller's side, a wedged
-    /// connection looks the same).
+    /// sends any other command (the tests' `{k}`, slot 7629) to `beside` with `MOVED`.
+    /// Without, it serves every slot, and on each connection answers the set-up and then
+    /// nothing from the first other command on: a hung node, and from the caller's side a
+    /// wedged connection.
     async fn fake_node(beside: Option<u16>) -> std::net::SocketAddr {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -622,29 +652,40 @@ mod tests {
             let id = format!("{port:0>40}");
             format!("*3\r\n:{from}\r\n:{to}\r\n*3\r\n$9\r\n127.0.0.1\r\n:{port}\r\n$40\r\n{id}\r\n")
         };
-        let slots = beside.map(|other| {
-            let mine = range(8192, 16383, addr.port());
-            let moved = format!("-MOVED 7629 127.0.0.1:{other}\r\n");
-            (format!("*2\r\n{}{mine}", range(0, 8191, other)), moved)
-        });
+        let (slots, moved) = match beside {
+            Some(other) => (
+                format!(
+                    "*2\r\n{}{}",
+                    range(0, 8191, other),
+                    range(8192, 16383, addr.port())
+                ),
+                Some(format!("-MOVED 7629 127.0.0.1:{other}\r\n")),
+            ),
+            None => (format!("*1\r\n{}", range(0, 16383, addr.port())), None),
+        };
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                let Some((slots, moved)) = slots.clone() else {
-                    std::mem::forget(socket);
-                    continue;
-                };
+                let (slots, moved) = (slots.clone(), moved.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
+                    let mut hung = false;
                     while let Ok(n @ 1..) = socket.read(&mut chunk).await {
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some((words, used)) = command(&buf) {
                             buf.drain(..used);
                             let reply = match words.first().map(String::as_str) {
+                                _ if hung => continue,
                                 Some("PING") => "+PONG\r\n",
                                 Some("CLUSTER") => slots.as_str(),
                                 Some("CLIENT" | "READONLY" | "SELECT") => "+OK\r\n",
-                                _ => moved.as_str(),
+                                _ => match &moved {
+                                    Some(moved) => moved.as_str(),
+                                    None => {
+                                        hung = true;
+                                        continue;
+                                    }
+                                },
                             };
                             let _ = socket.write_all(reply.as_bytes()).await;
                         }
@@ -655,56 +696,74 @@ mod tests {
         addr
     }
 
-    /// Calls to the cluster of the node at `addr` for `duration`, each timing out; then the
-    /// replacements of the connection, and whether it was checked.
-    async fn after_unanswered_calls(addr: std::net::SocketAddr, duration: Duration) -> (u64, bool) {
-        let url = format!("redis+cluster://{addr}");
-        let Engine::Redis(redis) = Engine::open(&url, Duration::from_millis(100)).unwrap() else {
-            panic!("a Redis engine")
-        };
-        let Conn::Cluster(clustered) = redis.conn() else {
-            panic!("a cluster connection")
-        };
-        let start = Instant::now();
-        while start.elapsed() < duration {
-            let get = redis::cmd("GET").arg("{k}").to_owned();
-            let mut conn = redis.conn();
-            let result = redis.bounded(get.query_async::<Option<String>>(&mut conn));
-            assert!(result.await.is_err(), "nothing answers a GET");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    /// A cluster engine on the fake node at `addr`, with a 100 ms timeout (so a patience of
+    /// 2 s).
+    struct Fixture {
+        redis: Redis,
+        clustered: Arc<Clustered>,
+    }
+
+    impl Fixture {
+        fn on(addr: std::net::SocketAddr) -> Fixture {
+            let url = format!("redis+cluster://{addr}");
+            let Engine::Redis(redis) = Engine::open(&url, Duration::from_millis(100)).unwrap()
+            else {
+                panic!("a Redis engine")
+            };
+            let Conn::Cluster(clustered) = redis.conn() else {
+                panic!("a cluster connection")
+            };
+            Fixture { redis, clustered }
         }
-        // A check started by the last call runs for up to a timeout.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let state = clustered.state.lock().unwrap();
-        (state.replacements, state.checked_at.is_some())
+
+        /// Calls for `duration`, each timing out.
+        async fn unanswered_calls(&self, duration: Duration) {
+            let start = Instant::now();
+            while start.elapsed() < duration {
+                let get = redis::cmd("GET").arg("{k}").to_owned();
+                let mut conn = self.redis.conn();
+                let result = self
+                    .redis
+                    .bounded(get.query_async::<Option<String>>(&mut conn));
+                assert!(result.await.is_err(), "nothing answers a GET");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        /// (replacements, checks whose PING passed in a row, whether a check ran).
+        fn state(&self) -> (u64, u32, bool) {
+            let state = self.clustered.state.lock().unwrap();
+            (state.replacements, state.kept, state.checked_at.is_some())
+        }
     }
 
     /// Calls unanswered for the patience (2 s here) start a check; when not even a `PING`
-    /// is answered, the connection is replaced, once per patience.
+    /// is answered (within the patience), the connection is replaced, once.
     #[tokio::test]
     async fn a_cluster_connection_nobody_answers_is_replaced() {
-        let silent = fake_node(None).await;
-        let replaced = |within| async move { after_unanswered_calls(silent, within).await.0 };
-        assert_eq!(
-            replaced(Duration::from_millis(1700)).await,
-            0,
-            "not before the patience"
-        );
-        assert_eq!(
-            replaced(Duration::from_millis(3000)).await,
-            1,
-            "once per patience"
-        );
+        let fixture = Fixture::on(fake_node(None).await);
+        fixture.unanswered_calls(Duration::from_millis(1700)).await;
+        assert_eq!(fixture.state(), (0, 0, false), "not before the patience");
+        fixture.unanswered_calls(Duration::from_millis(1300)).await;
+        // The check's PING waits for up to the patience.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(fixture.state(), (1, 0, true), "replaced once");
     }
 
     /// While the node of a key is down (a failover under way) and another answers a `PING`,
-    /// the connection works: it is checked and kept.
+    /// the connection is checked and kept; when calls still go unanswered after
+    /// `KEPT_CHECKS` such checks (a dead host the crate keeps routing to), it is replaced.
     #[tokio::test]
-    async fn a_cluster_connection_that_answers_a_ping_is_kept() {
+    async fn a_cluster_connection_that_answers_a_ping_is_kept_a_while() {
         let dead = free_port();
-        let node = fake_node(Some(dead)).await;
-        let (replaced, checked) = after_unanswered_calls(node, Duration::from_millis(3000)).await;
-        assert!(checked, "calls went unanswered for the patience");
-        assert_eq!(replaced, 0);
+        let fixture = Fixture::on(fake_node(Some(dead)).await);
+        fixture.unanswered_calls(Duration::from_millis(3000)).await;
+        assert_eq!(fixture.state(), (0, 1, true), "checked and kept");
+        fixture.unanswered_calls(Duration::from_millis(5000)).await;
+        assert_eq!(
+            fixture.state(),
+            (1, 0, true),
+            "replaced after {KEPT_CHECKS} checks"
+        );
     }
 }

@@ -18,8 +18,8 @@ async fn wait_for(what: &str, check: impl FnMut() -> bool) {
     wait_within(Duration::from_secs(60), what, check).await;
 }
 
-/// Waits until the live groups have committed every record of their topics.
-async fn caught_up(env: &Env) {
+/// Waits until the live groups (of `live`) have committed every record of their topics.
+async fn caught_up(env: &Env, live: &LoggedWorker) {
     for (group, topic) in [
         ("wxpipe-unbind", "subscribe"),
         ("wxpipe-unbind", "unsubscribe"),
@@ -32,9 +32,10 @@ async fn caught_up(env: &Env) {
         .await;
         assert!(
             through,
-            "{group} through {topic}: committed {} of {}",
+            "{group} through {topic}: committed {} of {}; the worker's log ends:\n{}",
             env.kafka.committed(group, &topic),
-            env.kafka.count(&topic)
+            env.kafka.count(&topic),
+            live.tail(60)
         );
     }
 }
@@ -85,7 +86,7 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
         env.store.bind(user, &format!("host-{user}")).await;
         rebuilt.bind(user, &format!("host-{user}")).await;
     }
-    let live = KillOnDrop(env.spawn_process(&["--role", "unbind", "--role", "location"]));
+    let live = env.spawn_logged(&["--role", "unbind", "--role", "location"]);
 
     // The history, in phases (each phase one subscription topic, so the live result does not
     // depend on how the two topics' lags race), with retries (the same event twice),
@@ -135,7 +136,7 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
             v
         }),
     );
-    caught_up(&env).await;
+    caught_up(&env, &live).await;
     // 2: unfollows: most newer than the follow, some older (stale: the binding stays), some
     // retried.
     phase(
@@ -148,7 +149,7 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
         }),
         vec![],
     );
-    caught_up(&env).await;
+    caught_up(&env, &live).await;
     // 3: some follow again (the host binds them again), late older follows, late locations.
     for (i, user) in users.iter().enumerate() {
         if i % 5 == 3 {
@@ -175,7 +176,7 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
             ]
         }),
     );
-    caught_up(&env).await;
+    caught_up(&env, &live).await;
     // 4: late unfollows older than the re-follow, and a few new ones.
     phase(
         vec![],
@@ -186,7 +187,7 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
         }),
         vec![],
     );
-    caught_up(&env).await;
+    caught_up(&env, &live).await;
     drop(live);
     assert!(produced >= 300, "{produced} events");
     let committed = |group: &str, topic: &str| env.kafka.committed(group, &env.topic(topic));

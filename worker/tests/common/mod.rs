@@ -191,12 +191,13 @@ impl Env {
     }
 
     /// The worker binary, as a child process whose log goes to a file, for a failing test
-    /// to show.
+    /// to show; `WXPIPE_TEST_LOG` sets its `RUST_LOG` (default `warn`).
     pub fn spawn_logged(&self, extra: &[&str]) -> LoggedWorker {
         let log = std::env::temp_dir().join(format!("{}.log", testkit::unique("wxpipe-worker")));
+        let level = std::env::var("WXPIPE_TEST_LOG").unwrap_or_else(|_| "warn".into());
         let child = self
             .command()
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .env("NO_COLOR", "1")
             .args(extra)
             .stdout(std::fs::File::create(&log).unwrap())

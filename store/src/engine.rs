@@ -23,6 +23,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
+use crate::error::no_reply;
 use crate::StoreError;
 
 /// Where the state lives.
@@ -484,11 +485,7 @@ impl Clustered {
         let answered = match &result {
             Ok(_) => true,
             Err(error) => {
-                !(error.is_io_error()
-                    || error.is_timeout()
-                    || error.is_connection_dropped()
-                    || error.is_connection_refusal()
-                    || error.kind() == redis::ErrorKind::ClusterConnectionNotFound)
+                !(no_reply(error) || error.kind() == redis::ErrorKind::ClusterConnectionNotFound)
             }
         };
         if answered {
@@ -552,12 +549,7 @@ impl Sentineled {
     /// primary any more.
     fn settle<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
         if let Err(error) = &result {
-            if error.is_io_error()
-                || error.is_connection_dropped()
-                || error.is_connection_refusal()
-                || error.is_timeout()
-                || error.code() == Some("READONLY")
-            {
+            if no_reply(error) || error.code() == Some("READONLY") {
                 self.current.lock().expect("sentinel lock").take();
             }
         }

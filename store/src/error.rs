@@ -75,11 +75,7 @@ impl StoreError {
             StoreError::Scheme(_) | StoreError::WrongMode(_) => return false,
             StoreError::Redis(error) => error,
         };
-        if error.is_io_error()
-            || error.is_timeout()
-            || error.is_connection_dropped()
-            || error.is_connection_refusal()
-        {
+        if no_reply(error) {
             return true;
         }
         const OUTAGES: [&str; 12] = [
@@ -117,4 +113,13 @@ impl StoreError {
                 .iter()
                 .any(|code| detail.contains(&format!("-{code} ")) || detail.starts_with(code))
     }
+}
+
+/// Whether a call got no reply from a server: it could not connect, was cut off or timed
+/// out.
+pub(crate) fn no_reply(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
 }

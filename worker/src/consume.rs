@@ -33,10 +33,12 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use schemas::Event;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Role;
+use crate::config::{Config, Role};
 use crate::effects::{Effects, Outcome};
+use crate::StartError;
 
-/// Offsets in flight per partition, and the offset it is safe to store.
+/// Offsets in flight per partition, and the offset it is safe to store. Shared by a role's
+/// tasks and its rebalance callback.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     partitions: HashMap<(String, i32), PartitionState>,
@@ -62,21 +64,48 @@ impl OffsetTracker {
         state.stored.get_or_insert(offset);
     }
 
-    /// Marks an offset done; returns the next offset to store (every offset below it is
-    /// done) when it moved forward.
-    pub fn complete(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        let state = self.partitions.get_mut(&(topic.to_owned(), partition))?;
+    /// Marks an offset done and, when the offset below which every record is done moved
+    /// forward, hands it to `store`; it counts as stored only once `store` succeeds.
+    ///
+    /// Call it under the tracker's lock, `store` included: two tasks finishing at once would
+    /// otherwise store in either order, and a lower offset stored last would stick, since the
+    /// tracker, taking the higher one as stored, never stores again below it.
+    pub fn complete<E>(
+        &mut self,
+        (topic, partition, offset): (&str, i32, i64),
+        store: impl FnOnce(i64) -> Result<(), E>,
+    ) -> Result<Option<i64>, E> {
+        let Some(state) = self.partitions.get_mut(&(topic.to_owned(), partition)) else {
+            return Ok(None);
+        };
         state.in_flight.remove(&offset);
         state.max_done = Some(state.max_done.map_or(offset, |m| m.max(offset)));
-        let next = match state.in_flight.first() {
-            Some(lowest) => *lowest,
-            None => state.max_done? + 1,
+        let next = match (state.in_flight.first(), state.max_done) {
+            (Some(lowest), _) => *lowest,
+            (None, Some(max_done)) => max_done + 1,
+            (None, None) => return Ok(None),
         };
         if state.stored.is_some_and(|s| s >= next) {
-            return None;
+            return Ok(None);
         }
+        store(next)?;
         state.stored = Some(next);
-        Some(next)
+        Ok(Some(next))
+    }
+
+    /// Forgets what was stored for partitions the group takes away: librdkafka forgets its
+    /// stored offsets with them, so a partition that comes back (at the group's committed
+    /// offset, older than ours if the last commit failed) has its offsets stored again.
+    /// Records still in flight keep holding it back.
+    pub fn revoked(&mut self, list: &TopicPartitionList) {
+        for element in list.elements() {
+            if let Some(state) = self
+                .partitions
+                .get_mut(&(element.topic().to_owned(), element.partition()))
+            {
+                state.stored = None;
+            }
+        }
     }
 
     /// The offset below which every record of a partition is done, as far as this process
@@ -95,13 +124,15 @@ impl OffsetTracker {
     }
 }
 
-/// Exports a role's consumer lag from librdkafka's statistics (`statistics.interval.ms`): per
-/// topic, the records between the group's committed offset and the end of each partition this
-/// consumer is assigned.
+/// A role's consumer context. It exports the role's consumer lag from librdkafka's
+/// statistics (`statistics.interval.ms`): per topic, the records between the group's committed
+/// offset and the end of each partition this consumer is assigned; and on a rebalance, it
+/// keeps the role's pauses and its offset tracker in step with the assignment.
 #[derive(Debug)]
-pub struct LagContext {
+pub struct RoleContext {
     role: &'static str,
     pause: Arc<PauseFlags>,
+    tracker: Arc<Mutex<OffsetTracker>>,
 }
 
 /// Which of a role's partitions stay paused: read by the rebalance callbacks, which pause
@@ -140,7 +171,7 @@ impl PauseFlags {
     }
 }
 
-impl ClientContext for LagContext {
+impl ClientContext for RoleContext {
     fn stats(&self, statistics: Statistics) {
         for (name, topic) in &statistics.topics {
             let lag: i64 = topic.partitions.values().filter_map(partition_lag).sum();
@@ -166,11 +197,12 @@ fn partition_lag(p: &Partition) -> Option<i64> {
     Some((p.hi_offset - from).max(0))
 }
 
-impl ConsumerContext for LagContext {
+impl ConsumerContext for RoleContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             // Whoever gets them next (this process too, later) starts them unpaused.
             let _ = consumer.resume(list);
+            self.tracker.lock().expect("tracker lock").revoked(list);
         }
     }
 
@@ -190,11 +222,11 @@ impl ConsumerContext for LagContext {
 /// One role's consumer and everything its tasks share.
 pub struct RoleConsumer {
     pub role: Role,
-    consumer: StreamConsumer<LagContext>,
+    consumer: StreamConsumer<RoleContext>,
     dlq: FutureProducer,
     dlq_topic: String,
     effects: Arc<Effects>,
-    tracker: Mutex<OffsetTracker>,
+    tracker: Arc<Mutex<OffsetTracker>>,
     max_attempts: u32,
     dead_letters: Arc<DeadLetterState>,
     waits: Arc<WaitState>,
@@ -379,7 +411,7 @@ impl ConsumerSettings {
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", "earliest"),
                 ("session.timeout.ms", "30000"),
-                // Consumer lag for the metrics (LagContext).
+                // Consumer lag for the metrics (RoleContext).
                 ("statistics.interval.ms", "5000"),
                 ("reconnect.backoff.max.ms", "1000"),
             ],
@@ -458,11 +490,13 @@ impl RoleConsumer {
             gated_topic: (role == Role::Unbind).then(|| topics[1].clone()),
             ..PauseFlags::default()
         });
-        let consumer: StreamConsumer<LagContext> = settings
+        let tracker = Arc::default();
+        let consumer: StreamConsumer<RoleContext> = settings
             .consumer_config(&role.group())
-            .create_with_context(LagContext {
+            .create_with_context(RoleContext {
                 role: role.name(),
                 pause: Arc::clone(&pause),
+                tracker: Arc::clone(&tracker),
             })?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
@@ -478,7 +512,7 @@ impl RoleConsumer {
             dlq,
             dlq_topic: role.dlq_topic(&settings.topic_prefix),
             effects,
-            tracker: Mutex::new(OffsetTracker::default()),
+            tracker,
             max_attempts: settings.max_attempts.max(1),
             dead_letters: Arc::clone(&settings.dead_letters),
             waits: Arc::clone(&settings.waits),
@@ -950,22 +984,18 @@ impl RoleConsumer {
     }
 
     fn done(&self, topic: &str, partition: i32, offset: i64) {
-        let next = self
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .complete(topic, partition, offset);
-        if let Some(next) = next {
-            let mut list = TopicPartitionList::new();
-            if list
-                .add_partition_offset(topic, partition, Offset::Offset(next))
-                .is_ok()
-            {
-                // Fails when the partition was revoked meanwhile: its new owner redelivers.
-                if let Err(error) = self.consumer.store_offsets(&list) {
-                    tracing::debug!(%error, topic, partition, "offset not stored");
-                }
-            }
+        let stored = self.tracker.lock().expect("tracker lock").complete(
+            (topic, partition, offset),
+            |next| {
+                let mut list = TopicPartitionList::new();
+                list.add_partition_offset(topic, partition, Offset::Offset(next))?;
+                self.consumer.store_offsets(&list)
+            },
+        );
+        // A revoked partition is forgotten (no store is tried); the next record done stores
+        // again, and a stopped worker's group redelivers what was not committed.
+        if let Err(error) = stored {
+            tracing::warn!(role = self.role.name(), %error, topic, partition, "offset not stored");
         }
     }
 }
@@ -974,6 +1004,12 @@ impl RoleConsumer {
 mod tests {
     use super::*;
 
+    /// `complete`, storing nothing: the offset it would store.
+    fn complete(t: &mut OffsetTracker, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        t.complete::<()>((topic, partition, offset), |_| Ok(()))
+            .unwrap()
+    }
+
     #[test]
     fn offsets_are_stored_only_below_the_lowest_in_flight() {
         let mut t = OffsetTracker::default();
@@ -981,23 +1017,90 @@ mod tests {
             t.begin("a", 0, offset);
         }
         assert_eq!(
-            t.complete("a", 0, 12),
+            complete(&mut t, "a", 0, 12),
             None,
             "10 and 11 are still in flight"
         );
-        assert_eq!(t.complete("a", 0, 11), None);
-        assert_eq!(t.complete("a", 0, 10), Some(13), "10..=12 done: next is 13");
-        assert_eq!(t.complete("a", 0, 14), None, "13 still in flight");
-        assert_eq!(t.complete("a", 0, 13), Some(15));
+        assert_eq!(complete(&mut t, "a", 0, 11), None);
+        assert_eq!(
+            complete(&mut t, "a", 0, 10),
+            Some(13),
+            "10..=12 done: next is 13"
+        );
+        assert_eq!(complete(&mut t, "a", 0, 14), None, "13 still in flight");
+        assert_eq!(complete(&mut t, "a", 0, 13), Some(15));
         assert_eq!(t.in_flight(), 0);
         // Partitions are independent.
         t.begin("a", 1, 0);
         t.begin("b", 0, 7);
-        assert_eq!(t.complete("b", 0, 7), Some(8));
-        assert_eq!(t.complete("a", 1, 0), Some(1));
+        assert_eq!(complete(&mut t, "b", 0, 7), Some(8));
+        assert_eq!(complete(&mut t, "a", 1, 0), Some(1));
         // An offset never moves back.
         t.begin("a", 0, 3);
-        assert_eq!(t.complete("a", 0, 3), None);
+        assert_eq!(complete(&mut t, "a", 0, 3), None);
+        // A partition this process never began is not stored.
+        assert_eq!(complete(&mut t, "c", 0, 1), None);
+    }
+
+    #[test]
+    fn a_failed_store_is_tried_again_and_a_revoked_partition_stores_again() {
+        let mut t = OffsetTracker::default();
+        for offset in 0..3 {
+            t.begin("a", 0, offset);
+        }
+        let failed = t.complete(("a", 0, 0), |_| Err("not assigned"));
+        assert_eq!(failed, Err("not assigned"));
+        // Not counted as stored: a second copy of the record (delivered again) stores it.
+        t.begin("a", 0, 0);
+        assert_eq!(complete(&mut t, "a", 0, 0), Some(1));
+        assert_eq!(complete(&mut t, "a", 0, 1), Some(2));
+        assert_eq!(complete(&mut t, "a", 0, 2), Some(3));
+        // Revoked, then assigned back at an older committed offset (the last commit failed):
+        // the redelivered records store again.
+        let mut list = TopicPartitionList::new();
+        list.add_partition("a", 0);
+        t.revoked(&list);
+        for offset in 1..3 {
+            t.begin("a", 0, offset);
+        }
+        assert_eq!(complete(&mut t, "a", 0, 1), Some(2));
+        assert_eq!(complete(&mut t, "a", 0, 2), Some(3));
+    }
+
+    /// Tasks finishing at once (each under the tracker's lock, as `RoleConsumer::done` calls
+    /// it) store a partition's offsets in increasing order, ending with the last: the live
+    /// worker once left a lower offset stored last, and the partition uncommitted for good.
+    #[test]
+    fn concurrent_completions_store_in_order() {
+        const RECORDS: i64 = 500;
+        for round in 0..10 {
+            let tracker = Mutex::new(OffsetTracker::default());
+            for offset in 0..RECORDS {
+                tracker.lock().unwrap().begin("a", 0, offset);
+            }
+            let stored = Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for thread in 0..8 {
+                    let (tracker, stored) = (&tracker, &stored);
+                    scope.spawn(move || {
+                        for offset in (thread..RECORDS).step_by(8) {
+                            let mut tracker = tracker.lock().unwrap();
+                            let _ = tracker.complete::<()>(("a", 0, offset), |next| {
+                                // librdkafka's store takes a moment, in which another task
+                                // may finish.
+                                std::thread::sleep(Duration::from_micros(offset as u64 * 7 % 50));
+                                stored.lock().unwrap().push(next);
+                                Ok(())
+                            });
+                        }
+                    });
+                }
+            });
+            let stored = stored.into_inner().unwrap();
+            let back = stored.windows(2).find(|w| w[0] >= w[1]);
+            assert_eq!(back, None, "round {round}: a store went back");
+            assert_eq!(stored.last(), Some(&RECORDS), "round {round}");
+        }
     }
 
     #[test]

@@ -338,6 +338,11 @@ impl LoggedWorker {
 
 impl Drop for LoggedWorker {
     fn drop(&mut self) {
+        // A failing test keeps the whole log.
+        if std::thread::panicking() {
+            eprintln!("the worker's log is kept in {}", self.log.display());
+            return;
+        }
         let _ = std::fs::remove_file(&self.log);
     }
 }

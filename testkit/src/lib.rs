@@ -83,6 +83,29 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// Runs `command` to its end and returns what it printed; `None` (and a SIGKILL) if it has not
+/// ended `within` (a process that should have refused to start, and runs instead).
+pub async fn output_within(
+    command: &mut Command,
+    within: Duration,
+) -> Option<std::process::Output> {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the command");
+    let deadline = Instant::now() + within;
+    while child.try_wait().expect("wait for the child").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Some(child.wait_with_output().expect("the child's output"))
+}
+
 /// Sends SIGTERM to `child` and waits for it to exit; `None` (and a SIGKILL) if it has not
 /// exited `within`.
 pub async fn terminate(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {

@@ -188,6 +188,16 @@ impl Config {
     /// Checks what clap cannot: the Kafka property lists are `key=value` pairs.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.shared.validate()?;
+        // A role with no concurrency would read nothing; the first attempt is one of
+        // WORKER_MAX_ATTEMPTS.
+        for (name, value) in [
+            ("WORKER_CONCURRENCY", self.settings.concurrency),
+            ("WORKER_MAX_ATTEMPTS", self.settings.max_attempts as usize),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
         check_properties(
             "KAFKA_CONSUMER_CONFIG",
             &self.settings.kafka_consumer_config,

@@ -399,6 +399,23 @@ pub struct ConsumerSettings {
 }
 
 impl ConsumerSettings {
+    /// The settings of the live roles and of `rebuild` and `redrive`, from a configuration
+    /// that is valid and names the brokers.
+    pub fn from_config(config: &Config) -> Result<Self, StartError> {
+        let brokers = config.brokers().ok_or(StartError::NoBrokers)?.to_owned();
+        config.validate()?;
+        Ok(ConsumerSettings {
+            brokers,
+            topic_prefix: config.shared.topic_prefix.clone(),
+            max_attempts: config.settings.max_attempts,
+            common: config.shared.kafka_config.clone(),
+            overrides: config.settings.kafka_consumer_config.clone(),
+            dead_letters: Arc::default(),
+            waits: Arc::default(),
+            concurrency: config.settings.concurrency,
+        })
+    }
+
     /// A role's consumer: offsets stored by hand after each effect and committed in the
     /// background; a group with no committed offset starts from the earliest record.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
@@ -513,11 +530,11 @@ impl RoleConsumer {
             dlq_topic: role.dlq_topic(&settings.topic_prefix),
             effects,
             tracker,
-            max_attempts: settings.max_attempts.max(1),
+            max_attempts: settings.max_attempts,
             dead_letters: Arc::clone(&settings.dead_letters),
             waits: Arc::clone(&settings.waits),
-            concurrency: settings.concurrency.max(1),
-            permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            concurrency: settings.concurrency,
+            permits: Arc::new(Semaphore::new(settings.concurrency)),
             flow: Mutex::default(),
             pause,
             changed: Notify::new(),

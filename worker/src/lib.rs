@@ -174,20 +174,9 @@ impl std::fmt::Debug for Workers {
 
 /// Builds every role's consumer and the admin listener.
 pub async fn start(config: Config) -> Result<Workers, StartError> {
-    let brokers = config.brokers().ok_or(StartError::NoBrokers)?.to_owned();
-    config.validate()?;
+    let settings = ConsumerSettings::from_config(&config)?;
     ops::prometheus();
     let effects = effects(&config).await?;
-    let settings = ConsumerSettings {
-        brokers,
-        topic_prefix: config.shared.topic_prefix.clone(),
-        max_attempts: config.settings.max_attempts,
-        common: config.shared.kafka_config.clone(),
-        overrides: config.settings.kafka_consumer_config.clone(),
-        dead_letters: Arc::default(),
-        waits: Arc::default(),
-        concurrency: config.settings.concurrency,
-    };
     let consumers = config
         .roles()
         .into_iter()

@@ -50,21 +50,6 @@ impl ReplayError {
     }
 }
 
-fn settings(config: &Config) -> Result<ConsumerSettings, ReplayError> {
-    let brokers = config.brokers().ok_or(StartError::NoBrokers)?.to_owned();
-    config.validate().map_err(StartError::from)?;
-    Ok(ConsumerSettings {
-        brokers,
-        topic_prefix: config.shared.topic_prefix.clone(),
-        max_attempts: config.settings.max_attempts.max(1),
-        common: config.shared.kafka_config.clone(),
-        overrides: config.settings.kafka_consumer_config.clone(),
-        dead_letters: Arc::default(),
-        waits: Arc::default(),
-        concurrency: config.settings.concurrency.max(1),
-    })
-}
-
 /// A consumer of its own: assigned by hand (no group membership), committing nothing unless
 /// told to.
 fn consumer(settings: &ConsumerSettings, group: &str) -> Result<Arc<StreamConsumer>, KafkaError> {
@@ -245,7 +230,7 @@ pub async fn rebuild(config: &Config, roles: &[Role]) -> Result<(), ReplayError>
                 .into(),
         ));
     }
-    let settings = settings(config)?;
+    let settings = ConsumerSettings::from_config(config)?;
     let effects = crate::effects(config).await?;
     // A group of its own, never committed: no live worker sees it.
     let group = format!("wxpipe-rebuild-{}", ops::instance_id());
@@ -316,7 +301,7 @@ pub async fn rebuild(config: &Config, roles: &[Role]) -> Result<(), ReplayError>
 /// (key, value and the record's own headers, without the dead letter's), then committed.
 /// Returns how many records moved.
 pub async fn redrive(config: &Config, role: Role) -> Result<u64, ReplayError> {
-    let settings = settings(config)?;
+    let settings = ConsumerSettings::from_config(config)?;
     let dlq = role.dlq_topic(&settings.topic_prefix);
     let consumer = consumer(&settings, &role.redrive_group())?;
     let producer: FutureProducer = settings.dead_letter_config().create()?;

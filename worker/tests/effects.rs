@@ -667,16 +667,25 @@ async fn kafka_settings_reach_every_client_and_bad_ones_stop_the_start() {
         .unwrap();
     assert!(max >= 1_000_000_000, "{max}");
 
-    // A setting librdkafka cannot read is a clear start-up error naming it.
+    // A setting librdkafka cannot read, or a count of 0, is a clear start-up error naming
+    // it, for the live roles and for `rebuild` and `redrive` alike.
     let env = Env::start().await;
     for (setting, value) in [
         ("KAFKA_CONFIG", "security.protocol"),
         ("KAFKA_CONSUMER_CONFIG", "fetch.wait.max.ms"),
+        ("WORKER_CONCURRENCY", "0"),
+        ("WORKER_MAX_ATTEMPTS", "0"),
     ] {
-        let out = env.command().env(setting, value).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{setting}={value}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(setting), "{stderr}");
+        for args in [&[][..], &["rebuild", "--role", "location"]] {
+            let mut command = env.command();
+            command.env(setting, value).args(args);
+            let out = testkit::output_within(&mut command, Duration::from_secs(60))
+                .await
+                .unwrap_or_else(|| panic!("{setting}={value} {args:?}: still running"));
+            assert_eq!(out.status.code(), Some(2), "{setting}={value} {args:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(setting), "{stderr}");
+        }
     }
 }
 

@@ -42,10 +42,14 @@ use crate::StartError;
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     partitions: HashMap<(String, i32), PartitionState>,
+    /// Numbers the partitions' assignments, so a record begun under an earlier one is known.
+    assignments: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PartitionState {
+    /// The assignment of the partition its records were begun under.
+    assignment: u64,
     in_flight: BTreeSet<i64>,
     /// The highest offset done so far.
     max_done: Option<i64>,
@@ -53,29 +57,48 @@ struct PartitionState {
     stored: Option<i64>,
 }
 
+/// A record's place: topic, partition, offset.
+pub type Place<'a> = (&'a str, i32, i64);
+
 impl OffsetTracker {
-    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+    /// Marks a record in flight; returns the assignment it was begun under, for `complete`.
+    pub fn begin(&mut self, (topic, partition, offset): Place<'_>) -> u64 {
         let state = self
             .partitions
             .entry((topic.to_owned(), partition))
-            .or_default();
+            .or_insert_with(|| {
+                self.assignments += 1;
+                PartitionState {
+                    assignment: self.assignments,
+                    in_flight: BTreeSet::new(),
+                    max_done: None,
+                    // The group resumed here: nothing below needs storing.
+                    stored: Some(offset),
+                }
+            });
         state.in_flight.insert(offset);
-        // The group resumed here: nothing below needs storing.
-        state.stored.get_or_insert(offset);
+        state.assignment
     }
 
-    /// Marks an offset done and, when the offset below which every record is done moved
-    /// forward, hands it to `store`; it counts as stored only once `store` succeeds.
+    /// Marks a record done and, when the offset below which every record is done moved
+    /// forward, hands it to `store`; it counts as stored only once `store` succeeds. A record
+    /// begun under an earlier assignment of its partition changes nothing: the partition
+    /// was revoked since, and its owner now stores its offsets.
     ///
     /// Call it under the tracker's lock, `store` included: two tasks finishing at once would
     /// otherwise store in either order, and a lower offset stored last would stick, since the
     /// tracker, taking the higher one as stored, never stores again below it.
     pub fn complete<E>(
         &mut self,
-        (topic, partition, offset): (&str, i32, i64),
+        (topic, partition, offset): Place<'_>,
+        assignment: u64,
         store: impl FnOnce(i64) -> Result<(), E>,
     ) -> Result<Option<i64>, E> {
-        let Some(state) = self.partitions.get_mut(&(topic.to_owned(), partition)) else {
+        let Some(state) = self
+            .partitions
+            .get_mut(&(topic.to_owned(), partition))
+            .filter(|state| state.assignment == assignment)
+        else {
             return Ok(None);
         };
         state.in_flight.remove(&offset);
@@ -93,18 +116,14 @@ impl OffsetTracker {
         Ok(Some(next))
     }
 
-    /// Forgets what was stored for partitions the group takes away: librdkafka forgets its
-    /// stored offsets with them, so a partition that comes back (at the group's committed
-    /// offset, older than ours if the last commit failed) has its offsets stored again.
-    /// Records still in flight keep holding it back.
+    /// Forgets partitions the group takes away (before librdkafka lets them go, so no store
+    /// for them is tried after). A partition that comes back starts afresh from the group's
+    /// committed offset: every record it had in flight is delivered again under the new
+    /// assignment, and holds it back there.
     pub fn revoked(&mut self, list: &TopicPartitionList) {
         for element in list.elements() {
-            if let Some(state) = self
-                .partitions
-                .get_mut(&(element.topic().to_owned(), element.partition()))
-            {
-                state.stored = None;
-            }
+            self.partitions
+                .remove(&(element.topic().to_owned(), element.partition()));
         }
     }
 
@@ -493,7 +512,8 @@ async fn sleep_unless_stopping(pause: Duration, shutdown: &mut watch::Receiver<b
 struct Gate {
     subscribe_topic: String,
     unsubscribe_topic: String,
-    pending: Mutex<Vec<OwnedMessage>>,
+    /// Each with the assignment it was begun under.
+    pending: Mutex<Vec<(OwnedMessage, u64)>>,
 }
 
 impl RoleConsumer {
@@ -582,19 +602,20 @@ impl RoleConsumer {
                     continue;
                 }
             };
-            self.tracker.lock().expect("tracker lock").begin(
+            let assignment = self.tracker.lock().expect("tracker lock").begin((
                 message.topic(),
                 message.partition(),
                 message.offset(),
-            );
+            ));
             match &self.gate {
                 Some(gate) if message.topic() == gate.unsubscribe_topic => {
-                    gate.pending.lock().expect("gate lock").push(message);
+                    let held = (message, assignment);
+                    gate.pending.lock().expect("gate lock").push(held);
                     self.update_flow(|flow| flow.gated += 1);
                     self.changed.notify_one();
                 }
                 // Without a permit (read by a keep-alive poll), it waits for one in its task.
-                _ => self.spawn_record(message, permit, shutdown.clone()),
+                _ => self.spawn_record((message, assignment), permit, shutdown.clone()),
             }
         }
         if let Some(gate) = gate {
@@ -625,7 +646,7 @@ impl RoleConsumer {
     /// done (not when the worker stopped it halfway).
     fn spawn_record(
         self: &Arc<Self>,
-        message: OwnedMessage,
+        (message, assignment): (OwnedMessage, u64),
         permit: Option<OwnedSemaphorePermit>,
         shutdown: watch::Receiver<bool>,
     ) {
@@ -640,7 +661,8 @@ impl RoleConsumer {
                     .expect("semaphore open"),
             };
             if this.handle(&message, shutdown).await {
-                this.done(message.topic(), message.partition(), message.offset());
+                let place = (message.topic(), message.partition(), message.offset());
+                this.done(place, assignment);
             }
             this.update_flow(|flow| flow.in_flight -= 1);
         });
@@ -752,8 +774,8 @@ impl RoleConsumer {
                 }
             }
             let released = batch.len();
-            for message in batch {
-                self.spawn_record(message, None, shutdown.clone());
+            for held in batch {
+                self.spawn_record(held, None, shutdown.clone());
             }
             self.update_flow(|flow| flow.gated -= released);
         }
@@ -1000,17 +1022,20 @@ impl RoleConsumer {
         }
     }
 
-    fn done(&self, topic: &str, partition: i32, offset: i64) {
-        let stored = self.tracker.lock().expect("tracker lock").complete(
-            (topic, partition, offset),
-            |next| {
-                let mut list = TopicPartitionList::new();
-                list.add_partition_offset(topic, partition, Offset::Offset(next))?;
-                self.consumer.store_offsets(&list)
-            },
-        );
-        // A revoked partition is forgotten (no store is tried); the next record done stores
-        // again, and a stopped worker's group redelivers what was not committed.
+    /// Stores the offset a record done lets the partition move to, if any.
+    fn done(&self, place: Place<'_>, assignment: u64) {
+        let (topic, partition, _) = place;
+        let stored =
+            self.tracker
+                .lock()
+                .expect("tracker lock")
+                .complete(place, assignment, |next| {
+                    let mut list = TopicPartitionList::new();
+                    list.add_partition_offset(topic, partition, Offset::Offset(next))?;
+                    self.consumer.store_offsets(&list)
+                });
+        // Not expected (a revoked partition is forgotten first, and no store is tried): the
+        // next record done stores again, and the group redelivers what was not committed.
         if let Err(error) = stored {
             tracing::warn!(role = self.role.name(), %error, topic, partition, "offset not stored");
         }
@@ -1022,66 +1047,105 @@ mod tests {
     use super::*;
 
     /// `complete`, storing nothing: the offset it would store.
-    fn complete(t: &mut OffsetTracker, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        t.complete::<()>((topic, partition, offset), |_| Ok(()))
-            .unwrap()
+    fn complete(t: &mut OffsetTracker, place: Place<'_>, assignment: u64) -> Option<i64> {
+        t.complete::<()>(place, assignment, |_| Ok(())).unwrap()
     }
 
     #[test]
     fn offsets_are_stored_only_below_the_lowest_in_flight() {
         let mut t = OffsetTracker::default();
-        for offset in 10..15 {
-            t.begin("a", 0, offset);
+        let a = t.begin(("a", 0, 10));
+        for offset in 11..15 {
+            assert_eq!(t.begin(("a", 0, offset)), a, "one assignment");
         }
         assert_eq!(
-            complete(&mut t, "a", 0, 12),
+            complete(&mut t, ("a", 0, 12), a),
             None,
             "10 and 11 are still in flight"
         );
-        assert_eq!(complete(&mut t, "a", 0, 11), None);
+        assert_eq!(complete(&mut t, ("a", 0, 11), a), None);
         assert_eq!(
-            complete(&mut t, "a", 0, 10),
+            complete(&mut t, ("a", 0, 10), a),
             Some(13),
             "10..=12 done: next is 13"
         );
-        assert_eq!(complete(&mut t, "a", 0, 14), None, "13 still in flight");
-        assert_eq!(complete(&mut t, "a", 0, 13), Some(15));
+        assert_eq!(
+            complete(&mut t, ("a", 0, 14), a),
+            None,
+            "13 still in flight"
+        );
+        assert_eq!(complete(&mut t, ("a", 0, 13), a), Some(15));
         assert_eq!(t.in_flight(), 0);
         // Partitions are independent.
-        t.begin("a", 1, 0);
-        t.begin("b", 0, 7);
-        assert_eq!(complete(&mut t, "b", 0, 7), Some(8));
-        assert_eq!(complete(&mut t, "a", 1, 0), Some(1));
+        let a1 = t.begin(("a", 1, 0));
+        let b = t.begin(("b", 0, 7));
+        assert_eq!(complete(&mut t, ("b", 0, 7), b), Some(8));
+        assert_eq!(complete(&mut t, ("a", 1, 0), a1), Some(1));
         // An offset never moves back.
-        t.begin("a", 0, 3);
-        assert_eq!(complete(&mut t, "a", 0, 3), None);
+        t.begin(("a", 0, 3));
+        assert_eq!(complete(&mut t, ("a", 0, 3), a), None);
         // A partition this process never began is not stored.
-        assert_eq!(complete(&mut t, "c", 0, 1), None);
+        assert_eq!(complete(&mut t, ("c", 0, 1), a), None);
     }
 
     #[test]
-    fn a_failed_store_is_tried_again_and_a_revoked_partition_stores_again() {
+    fn a_failed_store_is_tried_again() {
         let mut t = OffsetTracker::default();
-        for offset in 0..3 {
-            t.begin("a", 0, offset);
+        let a = t.begin(("a", 0, 0));
+        for offset in 1..3 {
+            t.begin(("a", 0, offset));
         }
-        let failed = t.complete(("a", 0, 0), |_| Err("not assigned"));
+        let failed = t.complete(("a", 0, 0), a, |_| Err("not assigned"));
         assert_eq!(failed, Err("not assigned"));
         // Not counted as stored: a second copy of the record (delivered again) stores it.
-        t.begin("a", 0, 0);
-        assert_eq!(complete(&mut t, "a", 0, 0), Some(1));
-        assert_eq!(complete(&mut t, "a", 0, 1), Some(2));
-        assert_eq!(complete(&mut t, "a", 0, 2), Some(3));
-        // Revoked, then assigned back at an older committed offset (the last commit failed):
-        // the redelivered records store again.
-        let mut list = TopicPartitionList::new();
-        list.add_partition("a", 0);
-        t.revoked(&list);
-        for offset in 1..3 {
-            t.begin("a", 0, offset);
+        t.begin(("a", 0, 0));
+        assert_eq!(complete(&mut t, ("a", 0, 0), a), Some(1));
+        assert_eq!(complete(&mut t, ("a", 0, 1), a), Some(2));
+        assert_eq!(complete(&mut t, ("a", 0, 2), a), Some(3));
+    }
+
+    #[test]
+    fn a_revoked_partition_starts_afresh_and_its_old_records_store_nothing() {
+        let mut t = OffsetTracker::default();
+        let revoke = |t: &mut OffsetTracker| {
+            let mut list = TopicPartitionList::new();
+            list.add_partition("a", 0);
+            t.revoked(&list);
+        };
+        let old = t.begin(("a", 0, 10));
+        for offset in 11..100 {
+            t.begin(("a", 0, offset));
         }
-        assert_eq!(complete(&mut t, "a", 0, 1), Some(2));
-        assert_eq!(complete(&mut t, "a", 0, 2), Some(3));
+        for offset in 11..100 {
+            complete(&mut t, ("a", 0, offset), old);
+        }
+        // Revoked with 10 in flight, assigned back at the committed 10 (the commit of the
+        // revocation failed): 10 is delivered again, and 11.. after it.
+        revoke(&mut t);
+        let new = t.begin(("a", 0, 10));
+        assert_ne!(new, old);
+        // The first copy of 10 ends now: stored nothing, it belongs to the old assignment.
+        assert_eq!(complete(&mut t, ("a", 0, 10), old), None);
+        assert_eq!(
+            t.done_below("a", 0),
+            Some(10),
+            "the new copy of 10 holds it"
+        );
+        t.begin(("a", 0, 11));
+        assert_eq!(complete(&mut t, ("a", 0, 10), new), Some(11));
+        assert_eq!(complete(&mut t, ("a", 0, 11), new), Some(12));
+        // Revoked again and assigned back at 0 (the topic made again): the old highest done
+        // (99) is forgotten, and a late copy from before stores nothing.
+        revoke(&mut t);
+        let fresh = t.begin(("a", 0, 0));
+        for offset in 1..5 {
+            t.begin(("a", 0, offset));
+        }
+        assert_eq!(complete(&mut t, ("a", 0, 40), new), None);
+        for offset in 0..4 {
+            assert_eq!(complete(&mut t, ("a", 0, offset), fresh), Some(offset + 1));
+        }
+        assert_eq!(complete(&mut t, ("a", 0, 4), fresh), Some(5));
     }
 
     /// Tasks finishing at once (each under the tracker's lock, as `RoleConsumer::done` calls
@@ -1092,8 +1156,9 @@ mod tests {
         const RECORDS: i64 = 500;
         for round in 0..10 {
             let tracker = Mutex::new(OffsetTracker::default());
-            for offset in 0..RECORDS {
-                tracker.lock().unwrap().begin("a", 0, offset);
+            let assignment = tracker.lock().unwrap().begin(("a", 0, 0));
+            for offset in 1..RECORDS {
+                tracker.lock().unwrap().begin(("a", 0, offset));
             }
             let stored = Mutex::new(Vec::new());
             std::thread::scope(|scope| {
@@ -1102,7 +1167,7 @@ mod tests {
                     scope.spawn(move || {
                         for offset in (thread..RECORDS).step_by(8) {
                             let mut tracker = tracker.lock().unwrap();
-                            let _ = tracker.complete::<()>(("a", 0, offset), |next| {
+                            let _ = tracker.complete::<()>(("a", 0, offset), assignment, |next| {
                                 // librdkafka's store takes a moment, in which another task
                                 // may finish.
                                 std::thread::sleep(Duration::from_micros(offset as u64 * 7 % 50));

@@ -37,10 +37,59 @@ use crate::config::{Config, Role};
 use crate::effects::{Effects, Outcome};
 use crate::StartError;
 
-/// Offsets in flight per partition, and the offset it is safe to store. Shared by a role's
-/// tasks and its rebalance callback.
+/// A role's offsets: the tracker behind its lock, shared by the role's tasks and its rebalance
+/// callback. A store happens under the lock: two tasks finishing at once would otherwise store
+/// in either order, and a lower offset stored last would stick, since the tracker, taking the
+/// higher one as stored, never stores again below it.
 #[derive(Debug, Default)]
-pub struct OffsetTracker {
+pub struct Offsets(Mutex<OffsetTracker>);
+
+impl Offsets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OffsetTracker> {
+        self.0.lock().expect("offsets lock")
+    }
+
+    /// Marks a record in flight; returns the assignment it was begun under, for `finish`.
+    pub fn begin(&self, place: Place<'_>) -> u64 {
+        self.lock().begin(place)
+    }
+
+    /// Marks a record done and, when the offset below which every record of its partition is
+    /// done moved forward, hands that offset to `store`, under the lock; it counts as stored
+    /// only once `store` succeeds. A record begun under an earlier assignment of its
+    /// partition changes nothing: the partition was revoked since, and its owner now stores.
+    pub fn finish<E>(
+        &self,
+        place: Place<'_>,
+        assignment: u64,
+        store: impl FnOnce(i64) -> Result<(), E>,
+    ) -> Result<Option<i64>, E> {
+        self.lock().complete(place, assignment, store)
+    }
+
+    /// Forgets partitions the group takes away (before librdkafka lets them go, so no store
+    /// for them is tried after). A partition that comes back starts afresh from the group's
+    /// committed offset: every record it had in flight is delivered again under the new
+    /// assignment, and holds it back there.
+    pub fn revoked(&self, list: &TopicPartitionList) {
+        let mut tracker = self.lock();
+        for element in list.elements() {
+            tracker
+                .partitions
+                .remove(&(element.topic().to_owned(), element.partition()));
+        }
+    }
+
+    /// The offset below which every record of a partition is done, as far as this process
+    /// knows (it has the partition, and has handled records of it).
+    pub fn done_below(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.lock().done_below(topic, partition)
+    }
+}
+
+/// Offsets in flight per partition, and the offset it is safe to store.
+#[derive(Debug, Default)]
+struct OffsetTracker {
     partitions: HashMap<(String, i32), PartitionState>,
     /// Numbers the partitions' assignments, so a record begun under an earlier one is known.
     assignments: u64,
@@ -61,8 +110,7 @@ struct PartitionState {
 pub type Place<'a> = (&'a str, i32, i64);
 
 impl OffsetTracker {
-    /// Marks a record in flight; returns the assignment it was begun under, for `complete`.
-    pub fn begin(&mut self, (topic, partition, offset): Place<'_>) -> u64 {
+    fn begin(&mut self, (topic, partition, offset): Place<'_>) -> u64 {
         let state = self
             .partitions
             .entry((topic.to_owned(), partition))
@@ -80,15 +128,8 @@ impl OffsetTracker {
         state.assignment
     }
 
-    /// Marks a record done and, when the offset below which every record is done moved
-    /// forward, hands it to `store`; it counts as stored only once `store` succeeds. A record
-    /// begun under an earlier assignment of its partition changes nothing: the partition
-    /// was revoked since, and its owner now stores its offsets.
-    ///
-    /// Call it under the tracker's lock, `store` included: two tasks finishing at once would
-    /// otherwise store in either order, and a lower offset stored last would stick, since the
-    /// tracker, taking the higher one as stored, never stores again below it.
-    pub fn complete<E>(
+    /// See [`Offsets::finish`].
+    fn complete<E>(
         &mut self,
         (topic, partition, offset): Place<'_>,
         assignment: u64,
@@ -116,20 +157,7 @@ impl OffsetTracker {
         Ok(Some(next))
     }
 
-    /// Forgets partitions the group takes away (before librdkafka lets them go, so no store
-    /// for them is tried after). A partition that comes back starts afresh from the group's
-    /// committed offset: every record it had in flight is delivered again under the new
-    /// assignment, and holds it back there.
-    pub fn revoked(&mut self, list: &TopicPartitionList) {
-        for element in list.elements() {
-            self.partitions
-                .remove(&(element.topic().to_owned(), element.partition()));
-        }
-    }
-
-    /// The offset below which every record of a partition is done, as far as this process
-    /// knows (it has handled records of the partition).
-    pub fn done_below(&self, topic: &str, partition: i32) -> Option<i64> {
+    fn done_below(&self, topic: &str, partition: i32) -> Option<i64> {
         let state = self.partitions.get(&(topic.to_owned(), partition))?;
         match state.in_flight.first() {
             Some(lowest) => Some(*lowest),
@@ -138,7 +166,8 @@ impl OffsetTracker {
     }
 
     /// Records in flight, all partitions.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         self.partitions.values().map(|p| p.in_flight.len()).sum()
     }
 }
@@ -151,7 +180,7 @@ impl OffsetTracker {
 pub struct RoleContext {
     role: &'static str,
     pause: Arc<PauseFlags>,
-    tracker: Arc<Mutex<OffsetTracker>>,
+    offsets: Arc<Offsets>,
 }
 
 /// Which of a role's partitions stay paused: read by the rebalance callbacks, which pause
@@ -216,17 +245,29 @@ fn partition_lag(p: &Partition) -> Option<i64> {
     Some((p.hi_offset - from).max(0))
 }
 
+/// `topic/partition, …`, for the log.
+fn partitions(list: &TopicPartitionList) -> String {
+    let names: Vec<String> = list
+        .elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect();
+    names.join(", ")
+}
+
 impl ConsumerContext for RoleContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             // Whoever gets them next (this process too, later) starts them unpaused.
             let _ = consumer.resume(list);
-            self.tracker.lock().expect("tracker lock").revoked(list);
+            self.offsets.revoked(list);
+            tracing::info!(role = self.role, partitions = %partitions(list), "partitions revoked");
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
+            tracing::info!(role = self.role, partitions = %partitions(list), "partitions assigned");
             let _applying = self.pause.applying.lock().expect("pause lock");
             let paused = self.pause.to_pause(list);
             if paused.count() > 0 {
@@ -245,7 +286,7 @@ pub struct RoleConsumer {
     dlq: FutureProducer,
     dlq_topic: String,
     effects: Arc<Effects>,
-    tracker: Arc<Mutex<OffsetTracker>>,
+    offsets: Arc<Offsets>,
     max_attempts: u32,
     dead_letters: Arc<DeadLetterState>,
     waits: Arc<WaitState>,
@@ -527,13 +568,13 @@ impl RoleConsumer {
             gated_topic: (role == Role::Unbind).then(|| topics[1].clone()),
             ..PauseFlags::default()
         });
-        let tracker = Arc::default();
+        let offsets = Arc::default();
         let consumer: StreamConsumer<RoleContext> = settings
             .consumer_config(&role.group())
             .create_with_context(RoleContext {
                 role: role.name(),
                 pause: Arc::clone(&pause),
-                tracker: Arc::clone(&tracker),
+                offsets: Arc::clone(&offsets),
             })?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
@@ -549,7 +590,7 @@ impl RoleConsumer {
             dlq,
             dlq_topic: role.dlq_topic(&settings.topic_prefix),
             effects,
-            tracker,
+            offsets,
             max_attempts: settings.max_attempts,
             dead_letters: Arc::clone(&settings.dead_letters),
             waits: Arc::clone(&settings.waits),
@@ -602,11 +643,9 @@ impl RoleConsumer {
                     continue;
                 }
             };
-            let assignment = self.tracker.lock().expect("tracker lock").begin((
-                message.topic(),
-                message.partition(),
-                message.offset(),
-            ));
+            let assignment =
+                self.offsets
+                    .begin((message.topic(), message.partition(), message.offset()));
             match &self.gate {
                 Some(gate) if message.topic() == gate.unsubscribe_topic => {
                     let held = (message, assignment);
@@ -800,18 +839,17 @@ impl RoleConsumer {
     /// process handles, from the group's committed offsets for the others.
     async fn subscribes_applied(self: &Arc<Self>, ends: &[(i32, i64, i64)]) -> bool {
         let topic = self.gate.as_ref().expect("gate").subscribe_topic.clone();
-        let unknown: Vec<(i32, i64, i64)> = {
-            let tracker = self.tracker.lock().expect("tracker lock");
-            ends.iter()
-                .filter(|(p, low, high)| {
-                    high > low
-                        && tracker
-                            .done_below(&topic, *p)
-                            .is_none_or(|done| done < *high)
-                })
-                .copied()
-                .collect()
-        };
+        let unknown: Vec<(i32, i64, i64)> = ends
+            .iter()
+            .filter(|(p, low, high)| {
+                high > low
+                    && self
+                        .offsets
+                        .done_below(&topic, *p)
+                        .is_none_or(|done| done < *high)
+            })
+            .copied()
+            .collect();
         if unknown.is_empty() {
             return true;
         }
@@ -1025,15 +1063,11 @@ impl RoleConsumer {
     /// Stores the offset a record done lets the partition move to, if any.
     fn done(&self, place: Place<'_>, assignment: u64) {
         let (topic, partition, _) = place;
-        let stored =
-            self.tracker
-                .lock()
-                .expect("tracker lock")
-                .complete(place, assignment, |next| {
-                    let mut list = TopicPartitionList::new();
-                    list.add_partition_offset(topic, partition, Offset::Offset(next))?;
-                    self.consumer.store_offsets(&list)
-                });
+        let stored = self.offsets.finish(place, assignment, |next| {
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(topic, partition, Offset::Offset(next))?;
+            self.consumer.store_offsets(&list)
+        });
         // Not expected (a revoked partition is forgotten first, and no store is tried): the
         // next record done stores again, and the group redelivers what was not committed.
         if let Err(error) = stored {
@@ -1106,68 +1140,69 @@ mod tests {
 
     #[test]
     fn a_revoked_partition_starts_afresh_and_its_old_records_store_nothing() {
-        let mut t = OffsetTracker::default();
-        let revoke = |t: &mut OffsetTracker| {
+        let offsets = Offsets::default();
+        let finish =
+            |place, assignment| offsets.finish::<()>(place, assignment, |_| Ok(())).unwrap();
+        let revoke = || {
             let mut list = TopicPartitionList::new();
             list.add_partition("a", 0);
-            t.revoked(&list);
+            offsets.revoked(&list);
         };
-        let old = t.begin(("a", 0, 10));
+        let old = offsets.begin(("a", 0, 10));
         for offset in 11..100 {
-            t.begin(("a", 0, offset));
+            offsets.begin(("a", 0, offset));
         }
         for offset in 11..100 {
-            complete(&mut t, ("a", 0, offset), old);
+            finish(("a", 0, offset), old);
         }
         // Revoked with 10 in flight, assigned back at the committed 10 (the commit of the
         // revocation failed): 10 is delivered again, and 11.. after it.
-        revoke(&mut t);
-        let new = t.begin(("a", 0, 10));
+        revoke();
+        let new = offsets.begin(("a", 0, 10));
         assert_ne!(new, old);
-        // The first copy of 10 ends now: stored nothing, it belongs to the old assignment.
-        assert_eq!(complete(&mut t, ("a", 0, 10), old), None);
+        // The first copy of 10 ends now: it stores nothing, it belongs to the old assignment.
+        assert_eq!(finish(("a", 0, 10), old), None);
         assert_eq!(
-            t.done_below("a", 0),
+            offsets.done_below("a", 0),
             Some(10),
             "the new copy of 10 holds it"
         );
-        t.begin(("a", 0, 11));
-        assert_eq!(complete(&mut t, ("a", 0, 10), new), Some(11));
-        assert_eq!(complete(&mut t, ("a", 0, 11), new), Some(12));
+        offsets.begin(("a", 0, 11));
+        assert_eq!(finish(("a", 0, 10), new), Some(11));
+        assert_eq!(finish(("a", 0, 11), new), Some(12));
         // Revoked again and assigned back at 0 (the topic made again): the old highest done
         // (99) is forgotten, and a late copy from before stores nothing.
-        revoke(&mut t);
-        let fresh = t.begin(("a", 0, 0));
+        revoke();
+        assert_eq!(offsets.done_below("a", 0), None, "not known here now");
+        let fresh = offsets.begin(("a", 0, 0));
         for offset in 1..5 {
-            t.begin(("a", 0, offset));
+            offsets.begin(("a", 0, offset));
         }
-        assert_eq!(complete(&mut t, ("a", 0, 40), new), None);
-        for offset in 0..4 {
-            assert_eq!(complete(&mut t, ("a", 0, offset), fresh), Some(offset + 1));
+        assert_eq!(finish(("a", 0, 40), new), None);
+        for offset in 0..5 {
+            assert_eq!(finish(("a", 0, offset), fresh), Some(offset + 1));
         }
-        assert_eq!(complete(&mut t, ("a", 0, 4), fresh), Some(5));
     }
 
-    /// Tasks finishing at once (each under the tracker's lock, as `RoleConsumer::done` calls
+    /// Tasks finishing at once (through `Offsets::finish`, as `RoleConsumer::done` does)
     /// it) store a partition's offsets in increasing order, ending with the last: the live
     /// worker once left a lower offset stored last, and the partition uncommitted for good.
     #[test]
     fn concurrent_completions_store_in_order() {
         const RECORDS: i64 = 500;
         for round in 0..10 {
-            let tracker = Mutex::new(OffsetTracker::default());
-            let assignment = tracker.lock().unwrap().begin(("a", 0, 0));
+            let offsets = Offsets::default();
+            let assignment = offsets.begin(("a", 0, 0));
             for offset in 1..RECORDS {
-                tracker.lock().unwrap().begin(("a", 0, offset));
+                offsets.begin(("a", 0, offset));
             }
             let stored = Mutex::new(Vec::new());
             std::thread::scope(|scope| {
                 for thread in 0..8 {
-                    let (tracker, stored) = (&tracker, &stored);
+                    let (offsets, stored) = (&offsets, &stored);
                     scope.spawn(move || {
                         for offset in (thread..RECORDS).step_by(8) {
-                            let mut tracker = tracker.lock().unwrap();
-                            let _ = tracker.complete::<()>(("a", 0, offset), assignment, |next| {
+                            let _ = offsets.finish::<()>(("a", 0, offset), assignment, |next| {
                                 // librdkafka's store takes a moment, in which another task
                                 // may finish.
                                 std::thread::sleep(Duration::from_micros(offset as u64 * 7 % 50));

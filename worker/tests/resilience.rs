@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -261,4 +262,65 @@ async fn a_gateway_error_page_is_not_a_sent_welcome() {
     wait_for("the welcome", || env.wechat.sends_to("behind_proxy") == 1).await;
     assert_eq!(env.wechat.state.lock().unwrap().bad_gateway, 0);
     worker.stop().await;
+}
+
+/// A partition revoked while Kafka refuses the group's commits comes back at the older
+/// committed offset: its records are delivered again and their offsets stored again, so the
+/// group catches up once commits pass. (When the worker kept a partition's state across a
+/// revocation, it never stored below the offset it had stored before, and the group stayed
+/// behind for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_back_after_a_refused_commit_is_committed_again() {
+    let env = Env::start().await;
+    let Some(mock) = env.kafka.mock_cluster() else {
+        eprintln!("skipped: refusing commits needs the mock cluster");
+        return;
+    };
+    let users: Vec<String> = (0..40).map(|i| format!("back{i}")).collect();
+    let records: Vec<_> = users
+        .iter()
+        .map(|u| location("gh_a", u, 100, 1.0, 2.0))
+        .collect();
+    env.produce("location", &records);
+    let topic = env.topic("location");
+    let refused = RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_COMMIT_OFFSET_SIZE;
+    mock.request_errors(RDKafkaApiKey::OffsetCommit, &vec![refused; 100_000]);
+
+    let a = env.spawn_logged(&["--role", "location"]);
+    wait_within_async(WAIT, "every location applied", || async {
+        for user in &users {
+            if env.store.latest_location(user).await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // B joins: A's partitions are revoked (the commit refused), and one comes back to A.
+    let mut b = env.spawn_process(&["--role", "location"]);
+    let a = &a;
+    let assigned = |n| move || a.count("partitions assigned") >= n;
+    wait_for("A's second assignment", assigned(2)).await;
+    // B leaves: both come back to A, at the committed offsets of before (none).
+    testkit::terminate(&mut b, Duration::from_secs(20))
+        .await
+        .expect("B stops");
+    wait_for("A's third assignment", assigned(3)).await;
+    assert_eq!(
+        env.kafka.committed("wxpipe-location", &topic),
+        0,
+        "every commit was refused"
+    );
+    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+    let caught_up = eventually(WAIT, || {
+        env.kafka.committed("wxpipe-location", &topic) == records.len() as i64
+    })
+    .await;
+    assert!(
+        caught_up,
+        "committed {} of {}; A's log ends:\n{}",
+        env.kafka.committed("wxpipe-location", &topic),
+        records.len(),
+        a.tail(40)
+    );
 }

@@ -191,10 +191,12 @@ impl Env {
     }
 
     /// The worker binary, as a child process whose log goes to a file, for a failing test
-    /// to show; `WXPIPE_TEST_LOG` sets its `RUST_LOG` (default `warn`).
+    /// to show; `WXPIPE_TEST_LOG` sets its `RUST_LOG` (default: warnings, and the consumer
+    /// loop's `info`, where rebalances show).
     pub fn spawn_logged(&self, extra: &[&str]) -> LoggedWorker {
         let log = std::env::temp_dir().join(format!("{}.log", testkit::unique("wxpipe-worker")));
-        let level = std::env::var("WXPIPE_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let level =
+            std::env::var("WXPIPE_TEST_LOG").unwrap_or_else(|_| "warn,worker::consume=info".into());
         let child = self
             .command()
             .env("RUST_LOG", level)
@@ -316,6 +318,12 @@ pub struct LoggedWorker {
 }
 
 impl LoggedWorker {
+    /// Lines of its log that contain `text`.
+    pub fn count(&self, text: &str) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().filter(|line| line.contains(text)).count()
+    }
+
     /// The last `lines` of its log, a run of lines that differ only in their time as one.
     pub fn tail(&self, lines: usize) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();

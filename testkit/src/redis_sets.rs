@@ -18,11 +18,31 @@ fn cluster_port() -> u16 {
     }
 }
 
-/// A scratch directory for the processes' files (nodes.conf, the sentinels' configs).
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("wxpipe-redis-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch directory for the processes' files (nodes.conf, the sentinels' configs),
+/// removed on drop: a set holds it after its nodes, so they are gone first.
+#[derive(Debug)]
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = std::env::temp_dir().join(unique("wxpipe-redis-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A `redis-server` on loopback `port`, without persistence, with `extra` arguments.
@@ -123,11 +143,12 @@ impl Drop for Node {
 #[derive(Debug)]
 pub struct RedisCluster {
     pub nodes: Vec<Node>,
+    _dir: Scratch,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let dir = scratch();
+        let dir = Scratch::new();
         let nodes: Vec<Node> = (0..6)
             .map(|_| {
                 let port = cluster_port();
@@ -161,7 +182,7 @@ impl RedisCluster {
             .status()
             .expect("redis-cli must be installed (Debian's redis-tools, with redis-server)");
         assert!(status.success(), "redis-cli --cluster create failed");
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, _dir: dir };
         for node in &cluster.nodes {
             node.wait_for(
                 |info| info.is_some_and(|i| i.contains("cluster_state:ok")),
@@ -231,13 +252,14 @@ pub struct RedisSentinel {
     pub primary: Node,
     pub replica: Node,
     pub sentinels: Vec<Node>,
+    _dir: Scratch,
 }
 
 impl RedisSentinel {
     pub const MASTER: &'static str = "wxpipe";
 
     pub fn start() -> RedisSentinel {
-        let dir = scratch();
+        let dir = Scratch::new();
         let server = |port: u16, extra: &[&str]| Node::spawn(port, &dir, &server_args(port, extra));
         let primary = server(free_port(), &[]);
         let replica = server(
@@ -272,6 +294,7 @@ impl RedisSentinel {
             primary,
             replica,
             sentinels,
+            _dir: dir,
         };
         set.replica.wait_for(
             |info| info.is_some_and(|i| i.contains("master_link_status:up")),

@@ -152,30 +152,16 @@ async fn the_embedded_default_refuses_to_start_when_its_workers_cannot() {
     // A consumer property librdkafka refuses: the workers cannot start, so neither does the
     // ingress (it used to say "workers running in-process" and answer ready).
     let port = free_port();
-    let mut child = ingest(&[
+    let mut command = ingest(&[
         ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
         ("INGEST_ADMIN_LISTEN", String::new()),
         ("WECHAT_TOKEN", TOKEN.to_owned()),
         ("KAFKA_CONSUMER_CONFIG", "no.such.property=1".to_owned()),
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut exited = None;
-    for _ in 0..200 {
-        if let Some(status) = child.try_wait().unwrap() {
-            exited = Some(status);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let Some(status) = exited else {
-        let _ = child.kill();
-        panic!("the ingress kept running without its workers");
-    };
-    assert_eq!(status.code(), Some(2));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    ]);
+    let out = testkit::output_within(&mut command, Duration::from_secs(20))
+        .await
+        .expect("the ingress kept running without its workers");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("KAFKA_CONSUMER_CONFIG"), "{stderr}");
 }

@@ -94,8 +94,17 @@ pub async fn output_within(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn the command");
+    exit_within(&mut child, within).await?;
+    Some(child.wait_with_output().expect("the child's output"))
+}
+
+/// Waits for `child` to exit; `None` (and a SIGKILL) if it has not exited `within`.
+async fn exit_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + within;
-    while child.try_wait().expect("wait for the child").is_none() {
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return Some(status);
+        }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
@@ -103,7 +112,6 @@ pub async fn output_within(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Some(child.wait_with_output().expect("the child's output"))
 }
 
 /// Sends SIGTERM to `child` and waits for it to exit; `None` (and a SIGKILL) if it has not
@@ -113,17 +121,7 @@ pub async fn terminate(child: &mut Child, within: Duration) -> Option<std::proce
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("run kill");
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    exit_within(child, within).await
 }
 
 /// A `redis-server` process on a loopback port, killed on drop.

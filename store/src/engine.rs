@@ -606,12 +606,6 @@ mod tests {
         assert!(Engine::open("postgres://x", timeout).is_err());
     }
 
-    /// A loopback port nothing listens on.
-    fn free_port() -> u16 {
-        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        socket.local_addr().unwrap().port()
-    }
-
     /// One command of a RESP array of bulk strings at the start of `buf`, and its length.
     fn command(buf: &[u8]) -> Option<(Vec<String>, usize)> {
         let line = |at: usize| {
@@ -747,7 +741,7 @@ mod tests {
     /// `KEPT_CHECKS` such checks (a dead host the crate keeps routing to), it is replaced.
     #[tokio::test]
     async fn a_cluster_connection_that_answers_a_ping_is_kept_a_while() {
-        let dead = free_port();
+        let dead = testkit::free_port();
         let fixture = Fixture::on(fake_node(Some(dead)).await);
         fixture.unanswered_calls(Duration::from_millis(3000)).await;
         assert_eq!(fixture.state(), (0, 1, true), "checked and kept");

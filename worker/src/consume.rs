@@ -100,10 +100,11 @@ struct PartitionState {
     /// The assignment of the partition its records were begun under.
     assignment: u64,
     in_flight: BTreeSet<i64>,
-    /// The highest offset done so far.
-    max_done: Option<i64>,
-    /// The last offset handed to `store_offsets` (the next one to consume).
-    stored: Option<i64>,
+    /// The highest offset done so far (at first, the one before where the group resumed).
+    max_done: i64,
+    /// The last offset handed to `store_offsets` (the next one to consume); at first, where
+    /// the group resumed: nothing below needs storing.
+    stored: i64,
 }
 
 /// A record's place: topic, partition, offset.
@@ -119,9 +120,8 @@ impl OffsetTracker {
                 PartitionState {
                     assignment: self.assignments,
                     in_flight: BTreeSet::new(),
-                    max_done: None,
-                    // The group resumed here: nothing below needs storing.
-                    stored: Some(offset),
+                    max_done: offset - 1,
+                    stored: offset,
                 }
             });
         state.in_flight.insert(offset);
@@ -143,17 +143,16 @@ impl OffsetTracker {
             return Ok(None);
         };
         state.in_flight.remove(&offset);
-        state.max_done = Some(state.max_done.map_or(offset, |m| m.max(offset)));
-        let next = match (state.in_flight.first(), state.max_done) {
-            (Some(lowest), _) => *lowest,
-            (None, Some(max_done)) => max_done + 1,
-            (None, None) => return Ok(None),
+        state.max_done = state.max_done.max(offset);
+        let next = match state.in_flight.first() {
+            Some(lowest) => *lowest,
+            None => state.max_done + 1,
         };
-        if state.stored.is_some_and(|s| s >= next) {
+        if state.stored >= next {
             return Ok(None);
         }
         store(next)?;
-        state.stored = Some(next);
+        state.stored = next;
         Ok(Some(next))
     }
 
@@ -161,7 +160,7 @@ impl OffsetTracker {
         let state = self.partitions.get(&(topic.to_owned(), partition))?;
         match state.in_flight.first() {
             Some(lowest) => Some(*lowest),
-            None => state.stored.max(state.max_done.map(|m| m + 1)),
+            None => Some(state.stored.max(state.max_done + 1)),
         }
     }
 
@@ -1185,7 +1184,7 @@ mod tests {
     }
 
     /// Tasks finishing at once (through `Offsets::finish`, as `RoleConsumer::done` does)
-    /// it) store a partition's offsets in increasing order, ending with the last: the live
+    /// store a partition's offsets in increasing order, ending with the last: the live
     /// worker once left a lower offset stored last, and the partition uncommitted for good.
     #[test]
     fn concurrent_completions_store_in_order() {

@@ -311,7 +311,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A worker process killed when dropped, with its log in a file (removed when dropped).
+/// A worker process killed when dropped, with its log in a file (removed when dropped,
+/// unless the test is failing).
 pub struct LoggedWorker {
     _child: KillOnDrop,
     log: std::path::PathBuf,

@@ -717,11 +717,11 @@ async fn a_location_off_the_globe_is_poison_with_no_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_property_librdkafka_refuses_stops_the_start_and_a_clean_stop_raises_no_alarm() {
     let env = Env::start().await;
-    let out = env
-        .command()
-        .env("KAFKA_CONSUMER_CONFIG", "no.such.property=1")
-        .output()
-        .unwrap();
+    let mut command = env.command();
+    command.env("KAFKA_CONSUMER_CONFIG", "no.such.property=1");
+    let out = testkit::output_within(&mut command, Duration::from_secs(60))
+        .await
+        .expect("refused at once, not running");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -20,7 +20,8 @@ pub struct Account {
     /// Present: compatible and safe mode are accepted.
     pub aes_key: Option<AesKey>,
     pub appsecret: Option<Secret>,
-    /// The `gh_…` id; when set, a push whose `ToUserName` differs is refused.
+    /// The `gh_…` id; when set, a push whose `ToUserName` differs is refused. Unset only when
+    /// it is the one account served: then any `ToUserName` is taken.
     pub original_id: Option<String>,
     /// With an AES key, plaintext pushes are refused unless this is set: WeChat always sends
     /// `encrypt_type=aes` in compatible and safe mode, so a plaintext push is a downgrade.
@@ -82,7 +83,7 @@ impl Accounts {
                     .appsecret
                     .as_ref()
                     .map(|s| s.expose().to_owned()),
-                None,
+                config.shared.original_id.clone(),
                 config.accept_plaintext,
             )?;
             accounts
@@ -111,6 +112,14 @@ impl Accounts {
         if accounts.by_path.is_empty() {
             return Err("no account configured: set WECHAT_TOKEN, or INGEST_ACCOUNTS with at least one [accounts.NAME]".into());
         }
+        wechat::accounts::check_original_ids(accounts.iter().map(|(path, a)| {
+            let setting = if path == config.path {
+                "WECHAT_ORIGINAL_ID"
+            } else {
+                "original_id in its [accounts.NAME] table"
+            };
+            (a.name.as_str(), a.original_id.as_deref(), setting)
+        }))?;
         Ok(accounts)
     }
 
@@ -167,9 +176,11 @@ mod tests {
 
             [accounts.news]
             token = "news-token"
+            original_id = "gh_news"
             "#,
         );
         config.token = Some(Secret::new("default-token"));
+        config.shared.original_id = Some("gh_default".into());
         let accounts = Accounts::load(&config).unwrap();
         assert_eq!(accounts.len(), 3);
         let paths: Vec<&str> = accounts.iter().map(|(p, _)| p).collect();
@@ -199,6 +210,30 @@ mod tests {
             let error = Accounts::load(&config_with_file(toml)).unwrap_err();
             assert!(error.contains(expected), "{toml:?}: {error}");
         }
+    }
+
+    #[test]
+    fn several_accounts_each_need_their_original_id() {
+        let mut config =
+            config_with_file("[accounts.shop]\ntoken = \"t\"\noriginal_id = \"gh_shop\"\n");
+        assert!(Accounts::load(&config).is_ok(), "one account: none needed");
+        config.token = Some(Secret::new("default-token"));
+        let error = Accounts::load(&config).unwrap_err();
+        assert!(error.contains("WECHAT_ORIGINAL_ID"), "{error}");
+        config.shared.original_id = Some("gh_default".into());
+        assert!(Accounts::load(&config).is_ok());
+        config.shared.original_id = Some("gh_shop".into());
+        let error = Accounts::load(&config).unwrap_err();
+        assert!(error.contains("gh_shop"), "two accounts, one id: {error}");
+        let mut config = config_with_file(
+            "[accounts.a]\ntoken = \"t\"\noriginal_id = \"gh_a\"\n[accounts.b]\ntoken = \"t\"\n",
+        );
+        config.token = None;
+        let error = Accounts::load(&config).unwrap_err();
+        assert!(
+            error.contains("account b") && error.contains("original_id"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -86,8 +86,9 @@ pub struct Config {
     #[arg(long, env = "INGEST_READ_TIMEOUT_MS", default_value_t = 5000)]
     pub read_timeout_ms: u64,
 
-    /// Seconds a dedup claim is kept after its event is durable. Unset: long enough to cover
-    /// WeChat's retries and the replay window (2 × tolerance + 60 s; a day when the window is off).
+    /// Seconds a dedup claim (and a nonce binding) is kept after its event is durable. Never
+    /// less than the replay window needs, 2 × tolerance + 60 s (a day when the window is off):
+    /// a lower value is raised to that, with a warning. Unset: that floor.
     #[arg(long, env = "INGEST_DEDUP_TTL")]
     pub dedup_ttl_secs: Option<u64>,
 
@@ -149,14 +150,28 @@ impl Config {
         (self.ack_deadline() + Duration::from_millis(1000)).min(Duration::from_millis(4900))
     }
 
+    /// The least a claim and a nonce binding may live: as long as a captured request can pass
+    /// the replay window (2 × tolerance, with a minute for WeChat's retries), or a day with the
+    /// window off. A shorter binding would let a captured plaintext query carry a new body.
+    pub fn dedup_ttl_floor(&self) -> Duration {
+        Duration::from_secs(match self.timestamp_tolerance {
+            0 => 24 * 3600,
+            tolerance => 2 * tolerance + 60,
+        })
+    }
+
+    /// `INGEST_DEDUP_TTL`, never below [`Config::dedup_ttl_floor`] (a lower setting is floored,
+    /// with a warning at start).
     pub fn dedup_ttl(&self) -> Duration {
-        Duration::from_secs(
-            self.dedup_ttl_secs
-                .unwrap_or(match self.timestamp_tolerance {
-                    0 => 24 * 3600,
-                    tolerance => 2 * tolerance + 60,
-                }),
-        )
+        let floor = self.dedup_ttl_floor();
+        self.dedup_ttl_secs
+            .map_or(floor, |secs| Duration::from_secs(secs).max(floor))
+    }
+
+    /// Whether `INGEST_DEDUP_TTL` asks for less than the floor: said at start.
+    pub fn dedup_ttl_floored(&self) -> bool {
+        self.dedup_ttl_secs
+            .is_some_and(|secs| Duration::from_secs(secs) < self.dedup_ttl_floor())
     }
 
     /// How long a (timestamp, nonce) stays bound to its body: as long as a request carrying it
@@ -325,6 +340,24 @@ mod tests {
         assert_eq!(config.dedup_ttl(), Duration::from_secs(660));
         config.timestamp_tolerance = 0;
         assert_eq!(config.dedup_ttl(), Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn a_short_dedup_ttl_is_floored_at_the_replay_window() {
+        let mut config = Config::for_token("t");
+        config.dedup_ttl_secs = Some(1);
+        assert_eq!(config.dedup_ttl(), Duration::from_secs(660));
+        assert_eq!(config.nonce_ttl(), Duration::from_secs(660));
+        assert!(config.dedup_ttl_floored());
+        config.timestamp_tolerance = 0;
+        assert_eq!(
+            config.dedup_ttl(),
+            Duration::from_secs(86400),
+            "the window off: a day"
+        );
+        config.dedup_ttl_secs = Some(7 * 86400);
+        assert_eq!(config.dedup_ttl(), Duration::from_secs(7 * 86400));
+        assert!(!config.dedup_ttl_floored());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! spool (replayed to Kafka later with the same id), or an earlier attempt of it was (the
 //! dedup store says `done`). Anything else is a 503, and WeChat retries.
 //!
-//! - **Claim** the id in the dedup store (with a plaintext push's nonce binding) within the
+//! - **Claim** the id in the dedup store (with the push's nonce binding, if any) within the
 //!   claim budget. Done: 200, nothing published. Another attempt holds it: 503. The nonce
 //!   seen with another body, by the store or by this instance: 403. Redis down or slow: go on
 //!   without a claim, since a duplicate is better than a loss.
@@ -228,7 +228,7 @@ impl Durability {
             id: &push.id,
             token,
             lease: self.lease,
-            nonce: push.plaintext.as_ref().map(|binding| NonceBinding {
+            nonce: push.binding.as_ref().map(|binding| NonceBinding {
                 account: binding.account,
                 timestamp: binding.timestamp,
                 nonce: binding.nonce,
@@ -240,7 +240,7 @@ impl Durability {
             Ok(claim) => claim,
             Err(_) => Err(StoreError::Timeout),
         };
-        if let Some(binding) = &push.plaintext {
+        if let Some(binding) = &push.binding {
             self.bind_here(binding, &claim, &push.id, token, answer_by)
                 .await?;
         }

@@ -99,6 +99,14 @@ pub async fn serve(
     ops::prometheus();
     let accounts = accounts::Accounts::load(&config)
         .map_err(|e| StartError::Config(ops::settings::ConfigError::Invalid(e)))?;
+    if config.dedup_ttl_floored() {
+        tracing::warn!(
+            requested_secs = config.dedup_ttl_secs,
+            used_secs = config.dedup_ttl().as_secs(),
+            "INGEST_DEDUP_TTL is below 2 x WECHAT_TIMESTAMP_TOLERANCE + 60 s: raised to that, so a \
+             captured request is refused for as long as its timestamp passes"
+        );
+    }
     let brokers = config
         .shared
         .kafka_brokers

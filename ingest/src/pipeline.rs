@@ -51,10 +51,11 @@ impl Signed {
     }
 }
 
-/// A verified push: its plaintext XML, and whether it came encrypted.
+/// A verified push: its plaintext XML, and the digest its (timestamp, nonce) is bound to, if
+/// any (see [`BodyBinding`]).
 struct Opened<'b> {
     xml: Cow<'b, [u8]>,
-    encrypted: bool,
+    bound: Option<[u8; 20]>,
 }
 
 /// A push checked and normalized: its Kafka record, and what its claim binds.
@@ -69,14 +70,17 @@ pub struct Prepared<'a> {
     pub payload: Vec<u8>,
     /// The record's CloudEvents attributes (its headers).
     pub ce: CloudEvent,
-    /// A plaintext push's binding of (timestamp, nonce) to its body; `None` when encrypted
-    /// (then `msg_signature` covers the ciphertext).
-    pub plaintext: Option<BodyBinding<'a>>,
+    /// The binding of (timestamp, nonce) to the body: a plaintext push's always, an encrypted
+    /// one's while its account also takes plaintext; otherwise `None` (`msg_signature` covers
+    /// the ciphertext, and plaintext is refused).
+    pub binding: Option<BodyBinding<'a>>,
 }
 
 /// In plaintext mode the signature does not cover the body: the claim binds (timestamp, nonce)
-/// to the body's digest, so a captured query cannot carry another body. Keyed by the account
-/// the request was routed to, never by anything the body says.
+/// to the body's digest, so a captured query cannot carry another body. While an account takes
+/// plaintext as well as encrypted pushes, an encrypted push binds its pair to its ciphertext's
+/// digest, so its query stripped of `msg_signature` cannot carry a plaintext body either. Keyed
+/// by the account the request was routed to, never by anything the body says.
 #[derive(Debug)]
 pub struct BodyBinding<'a> {
     pub account: &'a str,
@@ -156,7 +160,7 @@ pub fn prepare<'a>(
     signed: &'a Signed,
     body: &[u8],
 ) -> Result<Prepared<'a>, PushError> {
-    let Opened { xml, encrypted } = open(account, signed, body)?;
+    let Opened { xml, bound } = open(account, signed, body)?;
     let push = Push::try_from(&xml[..])?;
     if account
         .original_id
@@ -173,15 +177,12 @@ pub fn prepare<'a>(
     let topic = event.topic();
     let ce = CloudEvent::of(&event);
     let payload = serde_json::to_vec(&event).expect("an event serializes");
-    let plaintext = (!encrypted).then(|| {
-        let body_sha1: [u8; 20] = Sha1::digest(body).into();
-        BodyBinding {
-            account: &account.name,
-            timestamp: signed.timestamp(),
-            nonce: signed.nonce(),
-            body_sha1,
-            body_digest: hex::encode(body_sha1),
-        }
+    let binding = bound.map(|body_sha1: [u8; 20]| BodyBinding {
+        account: &account.name,
+        timestamp: signed.timestamp(),
+        nonce: signed.nonce(),
+        body_sha1,
+        body_digest: hex::encode(body_sha1),
     });
     Ok(Prepared {
         topic,
@@ -189,7 +190,7 @@ pub fn prepare<'a>(
         key: event.openid,
         payload,
         ce,
-        plaintext,
+        binding,
     })
 }
 
@@ -216,7 +217,7 @@ fn open<'b>(
         }
         return Ok(Opened {
             xml: body.into(),
-            encrypted: false,
+            bound: Some(Sha1::digest(body).into()),
         });
     }
     let msg_signature = required(&query.msg_signature, "msg_signature")?;
@@ -238,6 +239,8 @@ fn open<'b>(
     let appid = account.appid.as_deref().unwrap_or_default();
     Ok(Opened {
         xml: key.decrypt(encrypt, appid)?.into(),
-        encrypted: true,
+        bound: account
+            .accept_plaintext
+            .then(|| Sha1::digest(encrypt.as_bytes()).into()),
     })
 }

@@ -236,8 +236,16 @@ fn crypto_accounts(vectors: &[Value]) -> String {
     for v in vectors {
         let name = s(v, "id").split('_').next().unwrap().to_lowercase();
         let appid = v.get("appid").and_then(Value::as_str).unwrap_or("1000005");
+        // With several accounts each names its own: the ToUserName its vector's push carries.
+        let case = v.get("message_case").unwrap_or(v);
+        let plaintext = case.get("plaintext").or(v.get("plaintext"));
+        let to_user = plaintext
+            .and_then(Value::as_str)
+            .and_then(|p| p.split("<ToUserName><![CDATA[").nth(1))
+            .and_then(|rest| rest.split("]]>").next())
+            .map_or_else(|| format!("gh_{name}"), str::to_owned);
         toml.push_str(&format!(
-            "[accounts.{name}]\ntoken = \"{}\"\nappid = \"{appid}\"\nencoding_aes_key = \"{}\"\n\n",
+            "[accounts.{name}]\ntoken = \"{}\"\nappid = \"{appid}\"\nencoding_aes_key = \"{}\"\noriginal_id = \"{to_user}\"\n\n",
             s(v, "token"),
             s(v, "encoding_aes_key")
         ));
@@ -258,6 +266,7 @@ async fn every_crypto_vector_through_the_server() {
     let redis = RedisServer::start();
     let mut config = test_config(&redis.url());
     config.shared.accounts_file = Some(accounts_file(&crypto_accounts(&vectors)));
+    config.shared.original_id = Some("gh_default".into());
     // The public samples were signed years ago.
     config.timestamp_tolerance = 0;
     let app = TestApp::spawn_with(config).await;
@@ -396,8 +405,9 @@ async fn several_accounts_each_with_its_own_secrets() {
     let redis = RedisServer::start();
     let mut config = test_config(&redis.url());
     config.shared.accounts_file = Some(accounts_file(
-        "[accounts.shop]\ntoken = \"shop-token\"\noriginal_id = \"gh_shop\"\n\n[accounts.news]\ntoken = \"news-token\"\n",
+        "[accounts.shop]\ntoken = \"shop-token\"\noriginal_id = \"gh_shop\"\n\n[accounts.news]\ntoken = \"news-token\"\noriginal_id = \"gh_news\"\n",
     ));
+    config.shared.original_id = Some("gh_default".into());
     let app = TestApp::spawn_with(config).await;
     let push = |to: &str, from: &str| {
         format!(

@@ -299,8 +299,9 @@ async fn metrics_count_what_was_sent() {
     let account = unique("acct").replace('x', "_");
     let mut config = test_config("memory://");
     config.shared.accounts_file = Some(accounts_file(&format!(
-        "[accounts.{account}]\ntoken = \"metrics-token\"\n"
+        "[accounts.{account}]\ntoken = \"metrics-token\"\noriginal_id = \"gh_faults\"\n"
     )));
+    config.shared.original_id = Some("gh_default".into());
     let app = TestApp::spawn_binary(config).await;
     let path = format!("/wechat/{account}");
     for i in 0..3 {

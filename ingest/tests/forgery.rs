@@ -50,16 +50,22 @@ async fn an_account_with_a_key_refuses_plaintext_unless_told_to_accept_it() {
     let mut config = test_config(&redis.url());
     config.token = None;
     config.shared.accounts_file = Some(accounts_file(&format!(
-        "[accounts.strict]\ntoken = \"{TOKEN}\"\nappid = \"wx1\"\nencoding_aes_key = \"{KEY}\"\n\n\
-         [accounts.lax]\ntoken = \"{TOKEN}\"\nappid = \"wx2\"\nencoding_aes_key = \"{KEY}\"\naccept_plaintext = true\n"
+        "[accounts.strict]\ntoken = \"{TOKEN}\"\nappid = \"wx1\"\nencoding_aes_key = \"{KEY}\"\noriginal_id = \"gh_strict\"\n\n\
+         [accounts.lax]\ntoken = \"{TOKEN}\"\nappid = \"wx2\"\nencoding_aes_key = \"{KEY}\"\naccept_plaintext = true\noriginal_id = \"gh_lax\"\n"
     )));
     let app = TestApp::spawn_with(config).await;
     let query = || TestApp::signed_query(TOKEN, &unique("n"));
+    let to = |account: &str| push(account, "victim", now(), "unsubscribe", "");
     assert_eq!(
-        app.post_to("/wechat/strict", &query(), &forged).await.0,
+        app.post_to("/wechat/strict", &query(), &to("gh_strict"))
+            .await
+            .0,
         403
     );
-    assert_eq!(app.post_to("/wechat/lax", &query(), &forged).await.0, 200);
+    assert_eq!(
+        app.post_to("/wechat/lax", &query(), &to("gh_lax")).await.0,
+        200
+    );
     assert_eq!(app.read("event.unsubscribe", 1).len(), 1);
     app.stop().await;
 }
@@ -336,5 +342,140 @@ async fn events_that_differ_in_any_field_are_never_merged() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.count_all(), 6, "two of each, no retry published");
+    app.stop().await;
+}
+
+/// The tenant boundary: whoever holds one account's token speaks for that account only. A
+/// push is its routed account's, so a `ToUserName` naming another account is refused before
+/// anything is claimed or published (a forged unsubscribe would delete that account's binding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_accounts_token_never_speaks_for_another() {
+    let mut config = test_config("memory://");
+    config.shared.original_id = Some("gh_default".into());
+    config.shared.accounts_file = Some(accounts_file(
+        "[accounts.shop]\ntoken = \"shop-token\"\noriginal_id = \"gh_shop\"\n",
+    ));
+    let app = TestApp::spawn_binary(config).await;
+    // Signed with the WECHAT_* account's token, naming the shop: refused.
+    let (status, reason) = app
+        .post_push(&push("gh_shop", "victim", now(), "unsubscribe", ""))
+        .await;
+    assert_eq!(status, 403, "{reason}");
+    // Signed with the shop's token on its own route, naming the WECHAT_* account: refused.
+    let query = TestApp::signed_query("shop-token", &unique("n"));
+    let forged = push("gh_default", "victim", now(), "unsubscribe", "");
+    assert_eq!(app.post_to("/wechat/shop", &query, &forged).await.0, 403);
+    assert_eq!(app.count_all(), 0, "nothing published for a 403");
+    // Each account's own pushes pass.
+    let own = push("gh_default", "fan", now(), "subscribe", "");
+    assert_eq!(app.post_push(&own).await.0, 200);
+    let query = TestApp::signed_query("shop-token", &unique("n"));
+    let own = push("gh_shop", "fan", now(), "subscribe", "");
+    assert_eq!(app.post_to("/wechat/shop", &query, &own).await.0, 200);
+    let mut accounts: Vec<String> = app
+        .read("event.subscribe", 2)
+        .into_iter()
+        .map(|(_, event, _)| event.account)
+        .collect();
+    accounts.sort();
+    assert_eq!(accounts, ["gh_default", "gh_shop"]);
+    app.stop().await;
+}
+
+/// With more than one account, an account without its `original_id` could be named by any
+/// push to it: the start is refused, naming the account and the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_accounts_without_their_original_ids_refuse_the_start() {
+    let kafka = Kafka::start(&[]);
+    let accounts =
+        accounts_file("[accounts.shop]\ntoken = \"shop-token\"\noriginal_id = \"gh_shop\"\n");
+    let output = testkit::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+            .env("INGEST_LISTEN", "127.0.0.1:0")
+            .env("INGEST_ADMIN_LISTEN", "")
+            .env("WECHAT_TOKEN", TOKEN)
+            .env("INGEST_ACCOUNTS", &accounts)
+            .env("KAFKA_BROKERS", kafka.brokers())
+            .env("REDIS_URL", "memory://"),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("the ingress refuses to start, and exits");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("WECHAT_ORIGINAL_ID"), "{stderr}");
+}
+
+/// `INGEST_DEDUP_TTL` below the replay window is floored: a captured plaintext query must not
+/// carry a new body once a short-lived binding expires while its timestamp still passes, and
+/// WeChat's last retry must still find its claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_dedup_ttl_never_reopens_a_captured_query() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.dedup_ttl_secs = Some(1);
+    let app = TestApp::spawn_with(config).await;
+    let query = TestApp::signed_query(TOKEN, "captured");
+    let genuine = push("gh_test", "fan", now(), "subscribe", "");
+    assert_eq!(app.post_with_query(&query, &genuine).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let forged = push("gh_test", "victim", now(), "unsubscribe", "");
+    let (status, reason) = app.post_with_query(&query, &forged).await;
+    assert_eq!(
+        status, 403,
+        "the binding outlived INGEST_DEDUP_TTL=1: {reason}"
+    );
+    assert_eq!(
+        app.post_with_query(&query, &genuine).await.0,
+        200,
+        "a retry"
+    );
+    app.read_exactly(
+        "event.subscribe",
+        1,
+        Duration::from_millis(300),
+        "a retry after INGEST_DEDUP_TTL is still the same event",
+    )
+    .await;
+    assert_eq!(app.count("event.unsubscribe"), 0);
+    app.stop().await;
+}
+
+/// While an account accepts plaintext (switching to safe mode), an encrypted push's
+/// (timestamp, nonce) is bound too: its captured query, stripped of `encrypt_type` and
+/// `msg_signature`, must not carry a plaintext body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_pushs_query_carries_no_plaintext_body() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.shared.appid = Some("wxapp".into());
+    config.encoding_aes_key = Some(ingest::config::Secret::new(KEY));
+    config.accept_plaintext = true;
+    let app = TestApp::spawn_with(config).await;
+    let key = wechat::decrypt::AesKey::parse(KEY).unwrap();
+    let signer = wechat::Signer::encrypted(TOKEN, key, "wxapp");
+    let ts = now().to_string();
+    let genuine = signer.push(
+        &push("gh_test", "fan", now(), "subscribe", ""),
+        "gh_test",
+        &ts,
+        "captured-aes",
+        [3; 16],
+    );
+    assert_eq!(
+        app.post_with_query(&genuine.query, &genuine.body).await.0,
+        200
+    );
+    let stripped = TestApp::signed_query_at(TOKEN, &ts, "captured-aes");
+    let forged = push("gh_test", "victim", now(), "unsubscribe", "");
+    let (status, reason) = app.post_with_query(&stripped, &forged).await;
+    assert_eq!(status, 403, "{reason}");
+    // WeChat's retry of the encrypted push passes.
+    assert_eq!(
+        app.post_with_query(&genuine.query, &genuine.body).await.0,
+        200
+    );
+    assert_eq!(app.count("event.unsubscribe"), 0);
+    assert_eq!(app.read("event.subscribe", 1).len(), 1);
     app.stop().await;
 }

@@ -40,9 +40,16 @@ pub struct Shared {
     pub redis_timeout_ms: u64,
 
     /// The account's AppID: checked inside every encrypted push, and the workers' API
-    /// account for events of accounts `INGEST_ACCOUNTS` does not name.
+    /// account for that account's events (`WECHAT_ORIGINAL_ID`).
     #[arg(long, env = "WECHAT_APPID")]
     pub appid: Option<String>,
+
+    /// The `gh_…` id of the `WECHAT_*` account (its pushes' `ToUserName`): a push to
+    /// `{INGEST_PATH}` naming another is refused (403), and the workers use `WECHAT_APPID`
+    /// and `WECHAT_APPSECRET` for this account's events only. Required once more than one
+    /// account is configured; with one account and none, any `ToUserName` is taken.
+    #[arg(long, env = "WECHAT_ORIGINAL_ID")]
+    pub original_id: Option<String>,
 
     /// The account's AppSecret (the workers' API calls); without one, welcome messages are
     /// logged, not sent.
@@ -52,7 +59,7 @@ pub struct Shared {
     /// TOML file of several accounts (`[accounts.NAME]` with `token`, `appid`,
     /// `encoding_aes_key`, `appsecret`, `original_id`): the ingress serves each at
     /// `{INGEST_PATH}/NAME`; the workers find an account's AppID and AppSecret in it by
-    /// `original_id`.
+    /// `original_id`. With more than one account, each needs its `original_id`.
     #[arg(long, env = "INGEST_ACCOUNTS")]
     pub accounts_file: Option<PathBuf>,
 }

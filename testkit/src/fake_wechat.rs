@@ -22,6 +22,8 @@ pub struct FakeState {
     pub sends: Vec<(String, String)>,
     /// Every stable_token call's `force_refresh`.
     pub token_fetches: Vec<bool>,
+    /// Every stable_token call's `appid`: whose credentials asked.
+    pub token_appids: Vec<String>,
     /// Tokens WeChat no longer accepts (42001).
     pub expired: HashSet<String>,
     /// errcode to answer for a user, and how many times (u32::MAX = always).
@@ -92,6 +94,11 @@ impl FakeWeChat {
         self.state.lock().unwrap().token_fetches.clone()
     }
 
+    /// The `appid` of every stable_token call so far.
+    pub fn token_appids(&self) -> Vec<String> {
+        self.state.lock().unwrap().token_appids.clone()
+    }
+
     /// Makes every token issued so far expired.
     pub fn expire_tokens(&self) {
         let mut s = self.state.lock().unwrap();
@@ -142,6 +149,8 @@ async fn answer(
             let mut s = state.lock().unwrap();
             s.token_fetches
                 .push(body["force_refresh"].as_bool().unwrap_or(false));
+            s.token_appids
+                .push(body["appid"].as_str().unwrap_or_default().to_owned());
             // Like WeChat's stable_token: the same token until it expires or a refresh is forced.
             let current = format!("TOKEN-{}", s.issued);
             if let Some(stuck) = s.stuck_token.clone() {

@@ -7,7 +7,7 @@
 //! appid = "wx…"
 //! encoding_aes_key = "…"   # optional
 //! appsecret = "…"          # optional
-//! original_id = "gh_…"     # optional
+//! original_id = "gh_…"     # the ToUserName of its pushes; required with more than one account
 //! accept_plaintext = false # optional: with a key, let plaintext through while switching modes
 //! ```
 
@@ -89,5 +89,57 @@ impl AccountsFile {
             }
         }
         Ok(file)
+    }
+}
+
+/// Checks the rule that keeps one account's secrets speaking for that account only: with more
+/// than one account, each must name its `original_id` (the `gh_…` `ToUserName` of its pushes),
+/// and no two the same one. `accounts` are (name, original_id, what sets it) triples.
+pub fn check_original_ids<'a>(
+    accounts: impl IntoIterator<Item = (&'a str, Option<&'a str>, &'static str)>,
+) -> Result<(), String> {
+    let accounts: Vec<_> = accounts.into_iter().collect();
+    let mut seen = BTreeMap::new();
+    for (name, original_id, setting) in &accounts {
+        match original_id {
+            None if accounts.len() > 1 => {
+                return Err(format!(
+                    "account {name} has no original_id ({setting}): with more than one account, \
+                     each needs its gh_ id so that a push naming another account is refused"
+                ))
+            }
+            None => {}
+            Some(id) => {
+                if let Some(other) = seen.insert(*id, *name) {
+                    return Err(format!(
+                        "accounts {other} and {name} have the same original_id {id:?}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_accounts_each_need_a_distinct_original_id() {
+        assert!(check_original_ids([("default", None, "WECHAT_ORIGINAL_ID")]).is_ok());
+        assert!(check_original_ids([("a", Some("gh_a"), "x"), ("b", Some("gh_b"), "x")]).is_ok());
+        let error = check_original_ids([
+            ("default", None, "WECHAT_ORIGINAL_ID"),
+            ("b", Some("gh_b"), "original_id"),
+        ])
+        .unwrap_err();
+        assert!(
+            error.contains("default") && error.contains("WECHAT_ORIGINAL_ID"),
+            "{error}"
+        );
+        let error =
+            check_original_ids([("a", Some("gh_x"), "x"), ("b", Some("gh_x"), "x")]).unwrap_err();
+        assert!(error.contains("gh_x"), "{error}");
     }
 }

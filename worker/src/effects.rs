@@ -1,13 +1,13 @@
 //! One event's effect, by role: the unit of work of the workers. [`Effects::apply`] returns an
 //! [`Outcome`]; the consumer loop around it decides retries, the dead-letter topic and offsets.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use schemas::Event;
 
-use crate::api::{Credentials, ErrorClass, WeChat};
+use crate::accounts::{NoSender, Senders};
+use crate::api::{ErrorClass, WeChat};
 use crate::config::{Role, SceneTexts};
 use store::effects::{Applied, EffectStores, Location, Subscription};
 use store::Lease;
@@ -87,10 +87,8 @@ impl Outcome {
 pub struct Effects {
     pub stores: EffectStores,
     pub wechat: WeChat,
-    /// API credentials by the account's original id (`ToUserName`).
-    pub accounts: HashMap<String, Credentials>,
-    /// Credentials for accounts not in `accounts` (`WECHAT_APPID` / `WECHAT_APPSECRET`).
-    pub default_account: Option<Credentials>,
+    /// Each account's API credentials, found by the record's account only.
+    pub senders: Senders,
     pub welcome_text: String,
     pub scene_texts: SceneTexts,
     pub location_history: usize,
@@ -173,13 +171,16 @@ impl Effects {
             ));
         }
         let text = self.welcome_text(event);
-        let Some(creds) = self
-            .accounts
-            .get(&event.account)
-            .or(self.default_account.as_ref())
-        else {
-            tracing::info!(account = %event.account, openid = %ops::hash_openid(&event.openid), %text, "welcome message (logged, not sent: no AppSecret configured)");
-            return Outcome::Done;
+        let creds = match self.senders.for_account(&event.account) {
+            Ok(creds) => creds,
+            Err(NoSender::NoSecret) => {
+                tracing::info!(account = %event.account, openid = %ops::hash_openid(&event.openid), %text, "welcome message (logged, not sent: no AppSecret configured for its account)");
+                return Outcome::Done;
+            }
+            Err(NoSender::Unknown) => {
+                tracing::warn!(account = %event.account, openid = %ops::hash_openid(&event.openid), %text, "welcome message (logged, not sent: no configured account has this original_id)");
+                return Outcome::Skipped(format!("account {} is not configured", event.account));
+            }
         };
         // Another worker may be sending it (a rebalance handed us its record), or may have
         // died sending it: wait for its lease to end either way.

@@ -13,19 +13,19 @@
 //! - [`replay`]: `worker rebuild` (a projection again from the log) and `worker redrive`
 //!   (dead letters back to their topics).
 //! - [`effects`](mod@effects): one event's effect, the unit of work, on the `store` crate's effect stores;
-//!   [`api`]: the WeChat API calls and the shared access token.
+//!   [`api`]: the WeChat API calls and the shared access token; [`accounts`]: whose
+//!   credentials speak for a record's account (its own, never another's).
 //!
 //! It must never depend on the ingress: the ingress depends on it (to run the workers
 //! in-process), and the topics are the only thing the two share at run time.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use wechat::accounts::AccountsFile;
 
+pub mod accounts;
 pub mod api;
 pub mod config;
 pub mod consume;
@@ -35,7 +35,7 @@ pub mod replay;
 
 pub use config::{Config, Role};
 
-use crate::api::{Credentials, WeChat};
+use crate::api::WeChat;
 use crate::consume::{ConsumerSettings, RoleConsumer};
 use crate::effects::Effects;
 
@@ -115,37 +115,14 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
         Arc::clone(&stores.tokens),
         owner.clone(),
     )?;
-    let mut accounts = HashMap::new();
-    if let Some(path) = &config.shared.accounts_file {
-        for (name, entry) in AccountsFile::read(path)
-            .map_err(StartError::Accounts)?
-            .accounts
-        {
-            match (entry.original_id, entry.appid, entry.appsecret) {
-                (Some(original_id), Some(appid), Some(appsecret)) => {
-                    accounts.insert(original_id, Credentials { appid, appsecret });
-                }
-                _ => {
-                    tracing::info!(account = %name, "no original_id, appid and appsecret: its welcome messages are logged, not sent")
-                }
-            }
-        }
-    }
-    let default_account = match (&config.shared.appid, &config.shared.appsecret) {
-        (Some(appid), Some(appsecret)) if !appsecret.expose().is_empty() => Some(Credentials {
-            appid: appid.clone(),
-            appsecret: appsecret.clone(),
-        }),
-        _ => None,
-    };
-    if accounts.is_empty() && default_account.is_none() && config.roles().contains(&Role::Welcome) {
+    let senders = accounts::Senders::load(&config.shared).map_err(StartError::Accounts)?;
+    if !senders.any() && config.roles().contains(&Role::Welcome) {
         tracing::warn!("no AppSecret configured: welcome messages are logged instead of sent");
     }
     Ok(Arc::new(Effects {
         stores,
         wechat,
-        accounts,
-        default_account,
+        senders,
         welcome_text: config.settings.welcome_text.clone(),
         scene_texts: config.settings.welcome_scene_texts.clone(),
         location_history: config.settings.location_history,

@@ -132,6 +132,10 @@ impl TestApp {
                 envs.push(("INGEST_ACCOUNTS", file.display().to_string()));
                 expected.shared.accounts_file = Some(file.clone());
             }
+            if let Some(id) = &config.shared.original_id {
+                envs.push(("WECHAT_ORIGINAL_ID", id.clone()));
+                expected.shared.original_id = Some(id.clone());
+            }
             if config.token.is_some() {
                 envs.push(("WECHAT_TOKEN", TOKEN.to_owned()));
             } else {

@@ -3,6 +3,7 @@
 //! ```text
 //! recv ─▶ parse ─▶ Effects::apply ─┬─ Done / Skipped ─────────────────────────────────▶ done
 //!          │                       ├─ Wait (an outage) ─▶ capped backoff, while it lasts ─┘
+//!          │                       ├─ Held (its account refused) ─▶ its account's probes ─┘
 //!          │                       ├─ Retry (unexplained) ─▶ up to max_attempts ─▶ DLQ ─▶ done
 //!          └─ not an Event ────────┴─ Poison ───────────────────────────────────▶ DLQ ─▶ done
 //! done ─▶ OffsetTracker ─▶ store the offset below which everything is done ─▶ auto-commit
@@ -12,7 +13,8 @@
 //! is idempotent and last-write-wins, so order does not matter, and an offset is stored only
 //! once every record before it is done. A worker killed at any point loses nothing: what was
 //! not stored is redelivered. A role pauses its partitions while it is full or while a record
-//! waits for a dependency, and keeps polling, so the group keeps it.
+//! waits for a dependency, and keeps polling, so the group keeps it. A record whose account the
+//! API refuses holds only that account's records ([`crate::holds`]): the role reads on.
 //!
 //! The unbind role holds each unsubscribe until the group has applied every subscribe that was
 //! already in the log when it arrived (`Gate`): a re-follow then wins over the older
@@ -35,6 +37,7 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, Role};
 use crate::effects::{Effects, Outcome};
+use crate::holds::{AccountHolds, Turn};
 use crate::StartError;
 
 /// A role's offsets: the tracker behind its lock, shared by the role's tasks and its rebalance
@@ -298,6 +301,8 @@ pub struct RoleConsumer {
     changed: Notify,
     /// The unbind role's unsubscribes, held until the subscribes before them are applied.
     gate: Option<Gate>,
+    /// Accounts the API refuses, each holding its own records.
+    holds: AccountHolds,
 }
 
 /// What decides whether a role's partitions are paused.
@@ -388,6 +393,53 @@ impl Drop for Waiting<'_> {
         let role = self.consumer.role.name();
         self.consumer.waits.leave(role);
         self.consumer.update_flow(|flow| flow.waiting -= 1);
+    }
+}
+
+/// A record its account's hold keeps (see [`crate::holds`]): its permit goes back to the role
+/// while it waits, unless the role holds too many already.
+struct Held<'a> {
+    consumer: &'a RoleConsumer,
+    account: &'a str,
+    gave_back: bool,
+    left: bool,
+}
+
+impl<'a> Held<'a> {
+    fn enter(consumer: &'a RoleConsumer, account: &'a str, reason: &str) -> Self {
+        let gave_back = consumer.holds.enter(account, reason);
+        if gave_back {
+            consumer.permits.add_permits(1);
+        }
+        Held {
+            consumer,
+            account,
+            gave_back,
+            left: false,
+        }
+    }
+
+    /// The record goes on: it takes a permit again (the one it gave back is another
+    /// record's now), unless the worker stops first.
+    async fn leave(mut self, shutdown: &mut watch::Receiver<bool>) {
+        self.left = true;
+        self.consumer.holds.leave(self.account);
+        if self.gave_back {
+            tokio::select! {
+                permit = Arc::clone(&self.consumer.permits).acquire_owned() => {
+                    permit.expect("semaphore open").forget();
+                }
+                _ = shutdown.wait_for(|stop| *stop) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if !self.left {
+            self.consumer.holds.leave(self.account);
+        }
     }
 }
 
@@ -531,6 +583,10 @@ const GATE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unsubscribes the gate holds, per unit of concurrency, before it pauses their partitions.
 const GATE_DEPTH: usize = 4;
 
+/// Records held for their account, per unit of concurrency, that give their permits back:
+/// past that, they fill the role as an outage would, and it stops reading.
+const HELD_PER_PERMIT: usize = 64;
+
 /// Back-off before attempt `n` (1-based) of a failing effect.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
@@ -599,6 +655,7 @@ impl RoleConsumer {
             pause,
             changed: Notify::new(),
             gate,
+            holds: AccountHolds::new(role.name(), settings.concurrency * HELD_PER_PERMIT),
         })
     }
 
@@ -915,7 +972,10 @@ impl RoleConsumer {
             Outcome::Skipped(reason) | Outcome::TooOld(reason) | Outcome::Unknown(reason) => {
                 tracing::debug!(role = self.role.name(), %reason, "skipped")
             }
-            Outcome::Wait(reason) | Outcome::Retry(reason) | Outcome::Poison(reason) => {
+            Outcome::Wait(reason)
+            | Outcome::Held(reason)
+            | Outcome::Retry(reason)
+            | Outcome::Poison(reason) => {
                 if !self.dead_letter(message, reason, &mut shutdown).await {
                     return false;
                 }
@@ -943,9 +1003,26 @@ impl RoleConsumer {
         let mut attempt = 1;
         let mut waits = 0;
         let mut waiting: Option<Waiting<'_>> = None;
+        let mut held: Option<Held<'_>> = None;
         loop {
+            // A record of an account the API refuses waits its account's turn.
+            while let Turn::WaitUntil(at) = self.holds.turn(&event.account) {
+                let pause = at.saturating_duration_since(Instant::now());
+                if !sleep_unless_stopping(pause, shutdown).await {
+                    return None;
+                }
+            }
             let outcome = self.effects.apply(self.role, event).await;
+            let refused = match &outcome {
+                Outcome::Held(reason) => Some(reason.as_str()),
+                _ => None,
+            };
+            if let (Some(reason), None) = (refused, &held) {
+                held = Some(Held::enter(self, &event.account, reason));
+            }
+            self.holds.tried(&event.account, refused);
             let pause = match outcome {
+                Outcome::Held(_) => continue,
                 Outcome::Wait(ref reason) => {
                     match &waiting {
                         Some(_) => self.waits.still(role, reason),
@@ -966,6 +1043,9 @@ impl RoleConsumer {
                 outcome => {
                     if waiting.is_some() {
                         tracing::info!(role, "the dependency answers again: the record moved on");
+                    }
+                    if let Some(held) = held.take() {
+                        held.leave(shutdown).await;
                     }
                     return Some(outcome);
                 }

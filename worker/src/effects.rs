@@ -27,6 +27,10 @@ pub enum Outcome {
     /// A dependency (Redis, WeChat, the network) is failing: the record waits, and is tried
     /// again for as long as that lasts; it never goes to the dead-letter topic for it.
     Wait(String),
+    /// The record's account cannot act now (the API refuses its credentials or permissions):
+    /// only that account's records wait, tried again until a person fixes it, and never
+    /// dead-lettered for it (see [`crate::holds`]).
+    Held(String),
     /// A failure this worker cannot explain: tried again a few times, then dead-lettered.
     Retry(String),
     /// The record cannot be handled as it is: it goes to the dead-letter topic.
@@ -77,7 +81,9 @@ impl Outcome {
             Outcome::Skipped(_) => "skipped",
             Outcome::TooOld(_) => "too_old",
             Outcome::Unknown(_) => "unknown",
-            Outcome::Wait(_) | Outcome::Retry(_) | Outcome::Poison(_) => "dead_lettered",
+            Outcome::Wait(_) | Outcome::Held(_) | Outcome::Retry(_) | Outcome::Poison(_) => {
+                "dead_lettered"
+            }
         }
     }
 }
@@ -247,10 +253,10 @@ impl Effects {
                     Outcome::Skipped(error.to_string())
                 }
                 ErrorClass::Account => {
-                    tracing::error!(%error, errcode = error.errcode(), account = %event.account,
+                    tracing::warn!(%error, errcode = error.errcode(), account = %event.account,
                         "the account cannot send welcomes: check its AppID, AppSecret and API permissions");
                     self.abandon(&event.id).await;
-                    Outcome::Wait(error.to_string())
+                    Outcome::Held(error.to_string())
                 }
                 ErrorClass::Outage | ErrorClass::TokenInvalid => {
                     self.abandon(&event.id).await;

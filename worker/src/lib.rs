@@ -14,7 +14,8 @@
 //!   (dead letters back to their topics).
 //! - [`effects`](mod@effects): one event's effect, the unit of work, on the `store` crate's effect stores;
 //!   [`api`]: the WeChat API calls and the shared access token; [`accounts`]: whose
-//!   credentials speak for a record's account (its own, never another's).
+//!   credentials speak for a record's account (its own, never another's); [`holds`]: an
+//!   account the API refuses holds its own records only.
 //!
 //! It must never depend on the ingress: the ingress depends on it (to run the workers
 //! in-process), and the topics are the only thing the two share at run time.
@@ -30,6 +31,7 @@ pub mod api;
 pub mod config;
 pub mod consume;
 pub mod effects;
+pub mod holds;
 pub mod kafka;
 pub mod replay;
 

@@ -190,7 +190,7 @@ async fn apply(
                 tally.skipped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Outcome::Wait(reason) => {
+            Outcome::Wait(reason) | Outcome::Held(reason) => {
                 if waits == 0 {
                     tracing::warn!(role = role.name(), %reason, "a dependency is failing: the rebuild waits for it");
                 }

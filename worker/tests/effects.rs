@@ -779,8 +779,9 @@ async fn a_token_the_api_just_rejected_is_never_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_level_refusal_is_never_recorded_as_sent() {
     // 48001 (API not authorised) concerns the account, not the user: once the configuration
-    // is fixed the welcome must still go out, so it waits (readiness says why), is never
-    // dead-lettered, and is never marked sent.
+    // is fixed the welcome must still go out, so it is held (the held-records metric says so,
+    // for its account), is never dead-lettered, and is never marked sent. The process stays
+    // ready: one account's configuration is not the worker's health.
     let env = Env::start().await;
     env.wechat.fail("refused", 48001, u32::MAX);
     let (key, value) = subscribe("gh_a", "refused", 100, None);
@@ -789,12 +790,17 @@ async fn an_account_level_refusal_is_never_recorded_as_sent() {
     let port = free_port();
     let admin = format!("127.0.0.1:{port}");
     let worker = env.spawn(&["--role", "welcome", "--admin-listen", &admin]);
-    wait_for_async("readiness to name the refusal", || async {
-        ready(port)
-            .await
-            .is_some_and(|(status, body)| status == 503 && body.contains("errcode 48001"))
+    wait_for_async("the held-records metric to name the account", || async {
+        // Until the admin listener is up, ready() is None.
+        ready(port).await.is_some()
+            && testkit::metric(
+                &metrics(port).await,
+                "wxpipe_worker_held_records",
+                &[("role", "welcome"), ("account", "gh_a")],
+            ) == Some(1.0)
     })
     .await;
+    assert_eq!(ready(port).await.map(|(status, _)| status), Some(200));
     // Past the attempts that used to dead-letter it.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let dlq = env.dlq("welcome");

@@ -82,3 +82,101 @@ async fn two_accounts_without_their_original_ids_refuse_the_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("WECHAT_ORIGINAL_ID"), "{stderr}");
 }
+
+/// Account b's welcomes are refused by the API (48001: not authorised) for a while: only b's
+/// records wait. a's followers are welcomed meanwhile, b's held records are counted per
+/// account, nothing is committed past them, and once the API takes b again they are sent,
+/// each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_accounts_api_errors_hold_only_that_accounts_welcomes() {
+    let env = Env::start().await;
+    let accounts = accounts_file(
+        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
+    );
+    let b_fans: Vec<String> = (0..5).map(|i| format!("b_fan{i}")).collect();
+    for fan in &b_fans {
+        env.wechat.fail(fan, 48001, u32::MAX);
+    }
+    let admin = free_port();
+    let worker = KillOnDrop(
+        env.command()
+            .env("RUST_LOG", "warn")
+            .env("WECHAT_ORIGINAL_ID", "gh_a")
+            .env("INGEST_ACCOUNTS", &accounts)
+            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .args(["--role", "welcome"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let b_records: Vec<_> = b_fans
+        .iter()
+        .enumerate()
+        .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
+        .collect();
+    env.produce("subscribe", &b_records);
+    let held = || async {
+        let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        testkit::metric(
+            &text,
+            "wxpipe_worker_held_records",
+            &[("role", "welcome"), ("account", "gh_b")],
+        )
+    };
+    wait_within_async(WAIT, "b's five records held", || async {
+        held().await == Some(5.0)
+    })
+    .await;
+
+    // a's followers come while b is held: each is welcomed.
+    let a_fans: Vec<String> = (0..20).map(|i| format!("a_fan{i}")).collect();
+    let a_records: Vec<_> = a_fans
+        .iter()
+        .enumerate()
+        .map(|(i, fan)| subscribe("gh_a", fan, 2000 + i as i64, None))
+        .collect();
+    env.produce("subscribe", &a_records);
+    wait_within(WAIT, "a's welcomes while b is held", || {
+        a_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1)
+    })
+    .await;
+    assert!(b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 0));
+    assert_eq!(held().await, Some(5.0));
+    // Committed: never past a held record (b's come first in their partitions).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let committed = env
+        .kafka
+        .committed("wxpipe-welcome", &env.topic("subscribe"));
+    assert!(
+        committed <= 20,
+        "committed {committed} of 25, past b's held records"
+    );
+
+    // The API takes b again: its held welcomes go, each once.
+    env.wechat.state.lock().unwrap().failures.clear();
+    wait_within(
+        Duration::from_secs(60),
+        "b's welcomes once the API takes it",
+        || b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
+    )
+    .await;
+    wait_within_async(WAIT, "b's hold over", || async {
+        held().await == Some(0.0)
+    })
+    .await;
+    wait_within(WAIT, "every offset committed", || {
+        env.kafka
+            .committed("wxpipe-welcome", &env.topic("subscribe"))
+            == 25
+    })
+    .await;
+    for fan in a_fans.iter().chain(&b_fans) {
+        assert_eq!(env.wechat.sends_to(fan), 1, "{fan}");
+    }
+    drop(worker);
+}

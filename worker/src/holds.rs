@@ -1,0 +1,239 @@
+//! Accounts whose records are held: an account the WeChat API refuses for now (a wrong
+//! AppSecret, an API not authorised) holds its own records, never the whole role. Its records
+//! wait in flight (their offsets are not stored, so nothing is committed past them) while the
+//! role reads on and other accounts' records move on; one of them probes the API at a time,
+//! with a growing pause, and when a probe passes every held record of that account goes on.
+//!
+//! A held record gives its concurrency permit back, so held records never fill the role. Past
+//! [`AccountHolds::capacity`] held records the role keeps their permits, and so stops reading
+//! when they fill it, as it does for an outage: memory stays bounded.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The pause before a held account's probe `n` (1-based): from 1 s, doubling, at most a minute.
+fn probe_pause(probes: u32) -> Duration {
+    Duration::from_secs(1u64 << probes.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+/// The held accounts of one role.
+#[derive(Debug)]
+pub struct AccountHolds {
+    role: &'static str,
+    capacity: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    accounts: HashMap<String, Hold>,
+    /// Held records of every account.
+    records: usize,
+}
+
+#[derive(Debug)]
+struct Hold {
+    records: usize,
+    /// When the next probe may go.
+    probe_at: Instant,
+    probes: u32,
+    /// A probe is under way: no other record of the account tries meanwhile.
+    probing: bool,
+    /// The last probe passed: every record of the account goes on.
+    open: bool,
+    reason: String,
+}
+
+/// What a record of an account may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Go: the account is not held, or this record is its probe.
+    Go,
+    /// Wait, and ask again at the latest at this instant.
+    WaitUntil(Instant),
+}
+
+impl AccountHolds {
+    pub fn new(role: &'static str, capacity: usize) -> Self {
+        AccountHolds {
+            role,
+            capacity,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Held records past which a held record keeps its permit.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("holds lock")
+    }
+
+    /// Whether a record of `account` may try its effect now. A record that goes while the
+    /// account is held may be its probe: every record that went reports how its try went,
+    /// with [`AccountHolds::tried`].
+    pub fn turn(&self, account: &str) -> Turn {
+        let mut state = self.lock();
+        let Some(hold) = state.accounts.get_mut(account) else {
+            return Turn::Go;
+        };
+        if hold.open {
+            return Turn::Go;
+        }
+        let now = Instant::now();
+        if hold.probing || now < hold.probe_at {
+            // Look again soon: the probe may pass before the next one is due.
+            let soon = now + Duration::from_millis(250);
+            return Turn::WaitUntil(if hold.probing {
+                soon
+            } else {
+                hold.probe_at.min(soon)
+            });
+        }
+        hold.probing = true;
+        Turn::Go
+    }
+
+    /// A record of `account` that the API refused joins the held ones (once; it then reports
+    /// its try as refused); true when it may give its permit back.
+    pub fn enter(&self, account: &str, reason: &str) -> bool {
+        let mut state = self.lock();
+        let give_back = state.records < self.capacity;
+        state.records += 1;
+        let hold = state.accounts.entry(account.to_owned()).or_insert_with(|| {
+            tracing::error!(role = self.role, account, %reason,
+                "the WeChat API refuses this account: its records are held (the rest move on) until a person fixes its AppID, AppSecret or API permissions");
+            Hold {
+                records: 0,
+                probe_at: Instant::now(),
+                probes: 0,
+                probing: false,
+                open: false,
+                reason: String::new(),
+            }
+        });
+        hold.records += 1;
+        reason.clone_into(&mut hold.reason);
+        let held = hold.records;
+        drop(state);
+        self.gauge(account, held);
+        give_back
+    }
+
+    /// How a record's try went: `Some(reason)` when the API refused its account (the next
+    /// probe then waits longer), `None` when it did not (every held record of the account
+    /// goes on). A no-op for an account that is not held.
+    pub fn tried(&self, account: &str, refused: Option<&str>) {
+        let mut state = self.lock();
+        let Some(hold) = state.accounts.get_mut(account) else {
+            return;
+        };
+        hold.probing = false;
+        match refused {
+            Some(reason) => {
+                hold.open = false;
+                hold.probes += 1;
+                hold.probe_at = Instant::now() + probe_pause(hold.probes);
+                reason.clone_into(&mut hold.reason);
+            }
+            None => hold.open = true,
+        }
+    }
+
+    /// A held record of `account` is done with (or stops): it leaves the count, and the hold
+    /// ends with its last record.
+    pub fn leave(&self, account: &str) {
+        let mut state = self.lock();
+        state.records = state.records.saturating_sub(1);
+        let held = match state.accounts.get_mut(account) {
+            Some(hold) => {
+                hold.records -= 1;
+                hold.records
+            }
+            None => return,
+        };
+        if held == 0 {
+            state.accounts.remove(account);
+            tracing::info!(
+                role = self.role,
+                account,
+                "the account's held records moved on"
+            );
+        }
+        drop(state);
+        self.gauge(account, held);
+    }
+
+    /// Held records of `account` (for the tests and the metric).
+    pub fn held(&self, account: &str) -> usize {
+        self.lock().accounts.get(account).map_or(0, |h| h.records)
+    }
+
+    fn gauge(&self, account: &str, held: usize) {
+        metrics::gauge!("wxpipe_worker_held_records", "role" => self.role, "account" => account.to_owned())
+            .set(held as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_probe_at_a_time_and_the_rest_wait() {
+        let holds = AccountHolds::new("welcome", 10);
+        assert_eq!(holds.turn("gh_a"), Turn::Go, "not held");
+        holds.tried("gh_a", None);
+        assert!(holds.enter("gh_a", "48001"));
+        holds.tried("gh_a", Some("48001"));
+        assert!(holds.enter("gh_a", "48001"));
+        holds.tried("gh_a", Some("48001"));
+        assert_eq!(holds.held("gh_a"), 2);
+        assert!(
+            matches!(holds.turn("gh_a"), Turn::WaitUntil(_)),
+            "the next probe waits its pause"
+        );
+        assert_eq!(holds.turn("gh_b"), Turn::Go, "another account goes on");
+        // Due: one probe goes, the others wait for it.
+        holds.lock().accounts.get_mut("gh_a").unwrap().probe_at = Instant::now();
+        assert_eq!(holds.turn("gh_a"), Turn::Go);
+        assert!(matches!(holds.turn("gh_a"), Turn::WaitUntil(_)));
+        holds.tried("gh_a", Some("48001 again"));
+        assert!(
+            matches!(holds.turn("gh_a"), Turn::WaitUntil(_)),
+            "a longer pause"
+        );
+        holds.lock().accounts.get_mut("gh_a").unwrap().probe_at = Instant::now();
+        assert_eq!(holds.turn("gh_a"), Turn::Go);
+        holds.tried("gh_a", None);
+        assert_eq!(holds.turn("gh_a"), Turn::Go, "every held record goes on");
+        assert_eq!(holds.turn("gh_a"), Turn::Go);
+        holds.leave("gh_a");
+        holds.leave("gh_a");
+        assert_eq!(holds.held("gh_a"), 0);
+        assert!(holds.lock().accounts.is_empty());
+    }
+
+    #[test]
+    fn past_its_capacity_a_held_record_keeps_its_permit() {
+        let holds = AccountHolds::new("welcome", 2);
+        assert!(holds.enter("gh_a", "x"));
+        assert!(holds.enter("gh_b", "x"));
+        assert!(!holds.enter("gh_a", "x"));
+        holds.leave("gh_a");
+        assert!(!holds.enter("gh_b", "x"), "two held still");
+        holds.leave("gh_a");
+        holds.leave("gh_b");
+        assert!(holds.enter("gh_b", "x"));
+    }
+
+    #[test]
+    fn probe_pauses_grow_to_a_minute() {
+        assert_eq!(probe_pause(1), Duration::from_secs(1));
+        assert_eq!(probe_pause(2), Duration::from_secs(2));
+        assert_eq!(probe_pause(30), Duration::from_secs(60));
+    }
+}

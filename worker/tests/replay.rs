@@ -78,6 +78,9 @@ async fn projection(env: &Env, key_prefix: &str, users: &[String]) -> BTreeMap<S
 async fn a_rebuild_from_the_log_equals_the_live_projection() {
     let env = Env::start().await;
     let users: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+    // Users whose unfollow reaches the log before their (older) follows: a retry, the spool
+    // or a redrive brings the follow late.
+    let unfollowed_first: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
     let engine = store::Engine::open(&env.redis.url(), Duration::from_secs(1)).unwrap();
     let rebuilt_prefix = unique("rebuilt");
     let rebuilt = Store(EffectStores::open(&engine, &rebuilt_prefix));
@@ -138,17 +141,19 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
     );
     caught_up(&env, &live).await;
     // 2: unfollows: most newer than the follow, some older (stale: the binding stays), some
-    // retried.
-    phase(
-        vec![],
-        each(&|i, u| match i % 5 {
-            0 => vec![],
-            1 => vec![unsubscribe("gh_a", u, 900)],
-            2 => vec![unsubscribe("gh_a", u, 1200), unsubscribe("gh_a", u, 1200)],
-            _ => vec![unsubscribe("gh_a", u, 1200 + i as i64)],
-        }),
-        vec![],
+    // retried; and the unfollows that come before their follows.
+    let mut unsubs = each(&|i, u| match i % 5 {
+        0 => vec![],
+        1 => vec![unsubscribe("gh_a", u, 900)],
+        2 => vec![unsubscribe("gh_a", u, 1200), unsubscribe("gh_a", u, 1200)],
+        _ => vec![unsubscribe("gh_a", u, 1200 + i as i64)],
+    });
+    unsubs.extend(
+        unfollowed_first
+            .iter()
+            .map(|u| unsubscribe("gh_a", u, 1200)),
     );
+    phase(vec![], unsubs, vec![]);
     caught_up(&env, &live).await;
     // 3: some follow again (the host binds them again), late older follows, late locations.
     for (i, user) in users.iter().enumerate() {
@@ -157,17 +162,28 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
             rebuilt.bind(user, &format!("again-{user}")).await;
         }
     }
+    // The late follows of the users who unfollowed first, older than that unfollow: live, the
+    // scene of the newest is theirs, as in the rebuild (which applies them first).
+    let mut subs = Vec::new();
+    for (i, u) in unfollowed_first.iter().enumerate() {
+        subs.push(subscribe("gh_a", u, 1000, Some("first")));
+        if i % 2 == 0 {
+            subs.push(subscribe("gh_a", u, 1100, Some("second")));
+            subs.push(subscribe("gh_a", u, 1050, Some("between")));
+        }
+    }
+    subs.extend(each(&|i, u| match i % 5 {
+        3 => vec![subscribe("gh_a", u, 1300 + i as i64, Some("c"))],
+        // A late follow between the user's follow and their newer unfollow: live, it
+        // comes after the unfollow; a rebuild applies it before (it reads every follow
+        // first). Its scene is the user's latest follow's either way.
+        4 if i % 2 == 0 => vec![subscribe("gh_a", u, 1150, Some("late"))],
+        // Older than the follow already applied.
+        4 => vec![subscribe("gh_a", u, 950, Some("late"))],
+        _ => vec![],
+    }));
     phase(
-        each(&|i, u| match i % 5 {
-            3 => vec![subscribe("gh_a", u, 1300 + i as i64, Some("c"))],
-            // A late follow between the user's follow and their newer unfollow: live, it
-            // comes after the unfollow; a rebuild applies it before (it reads every follow
-            // first). Its scene is the user's latest follow's either way.
-            4 if i % 2 == 0 => vec![subscribe("gh_a", u, 1150, Some("late"))],
-            // Older than the follow already applied.
-            4 => vec![subscribe("gh_a", u, 950, Some("late"))],
-            _ => vec![],
-        }),
+        subs,
         vec![],
         each(&|i, u| {
             vec![
@@ -204,8 +220,9 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("rebuilt"), "a summary: {stdout}");
 
-    let live_state = projection(&env, &env.key_prefix, &users).await;
-    let rebuilt_state = projection(&env, &rebuilt_prefix, &users).await;
+    let all_users: Vec<String> = users.iter().chain(&unfollowed_first).cloned().collect();
+    let live_state = projection(&env, &env.key_prefix, &all_users).await;
+    let rebuilt_state = projection(&env, &rebuilt_prefix, &all_users).await;
     // The history is not trivial: users of every kind.
     let count = |what: &str| live_state.values().filter(|v| v.contains(what)).count();
     assert!(count("subscribed: false") >= 10, "{live_state:?}");
@@ -216,6 +233,14 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
         assert_eq!(Some(live), rebuilt_state.get(key), "{key}");
     }
     assert_eq!(live_state, rebuilt_state);
+    for (i, user) in unfollowed_first.iter().enumerate() {
+        let scene = if i % 2 == 0 { "second" } else { "first" };
+        let state = &live_state[&format!("{user} user")];
+        assert!(
+            state.contains("subscribed: false") && state.contains(&format!("scene: \"{scene}\"")),
+            "{user}: {state}"
+        );
+    }
     // The rebuild committed nothing under the live groups.
     assert_eq!(
         live_offsets,
@@ -325,3 +350,4 @@ async fn redrive_moves_dead_letters_back_once_with_their_headers() {
     assert_eq!(env.wechat.sends_to("fine"), 1);
     worker.stop().await;
 }
+

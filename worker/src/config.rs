@@ -164,7 +164,8 @@ pub enum Command {
         roles: Vec<Role>,
     },
     /// Moves the records of a role's dead-letter topic (`{prefix}.dlq.{role}`) back to the
-    /// topic each came from, with its key, value and headers, and exits. Its own consumer
+    /// topic each came from, with its key, value and headers, for that role only (the
+    /// topic's other roles skip it: header `wxpipe_redrive_role`), and exits. Its own consumer
     /// group (`wxpipe-redrive-{role}`) commits what it moved: a second run moves only what
     /// was dead-lettered since.
     Redrive {

@@ -5,6 +5,7 @@
 //! rebuild: {prefix}.event.subscribe ─▶ then {prefix}.event.unsubscribe ─▶ Effects::apply ─▶ Redis
 //!          (earliest offset → the end offsets seen at the start; a consumer that commits nothing)
 //! redrive: {prefix}.dlq.{role} ─▶ source_topic header ─▶ the record back, key, value, headers
+//!          + wxpipe_redrive_role={role} (the topic's other roles skip it)
 //!          (from group wxpipe-redrive-{role}'s offsets to the end; committed once written)
 //! ```
 
@@ -26,6 +27,21 @@ use crate::config::{Config, Role};
 use crate::consume::{ConsumerSettings, DEAD_LETTER_HEADERS};
 use crate::effects::{Effects, Outcome};
 use crate::StartError;
+
+/// The header `worker redrive` adds to a record it moves back: the role whose dead letter it
+/// was. Every other role reading the topic skips the record, so it reaches that role only.
+pub const REDRIVE_ROLE_HEADER: &str = "wxpipe_redrive_role";
+
+/// The role a redriven record was moved back for, when that is not `role` (which skips it).
+pub(crate) fn redriven_for_another(message: &impl Message, role: Role) -> Option<String> {
+    let headers = message.headers()?;
+    let target = headers
+        .iter()
+        .find(|h| h.key == REDRIVE_ROLE_HEADER)?
+        .value
+        .map(String::from_utf8_lossy)?;
+    (target != role.name()).then(|| target.into_owned())
+}
 
 /// How long a metadata, watermark or offset query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -298,7 +314,8 @@ pub async fn rebuild(config: &Config, roles: &[Role]) -> Result<(), ReplayError>
 
 /// `worker redrive --role ROLE`: the role's dead letters from its redrive group's committed
 /// offsets to the end offsets seen at the start, each written back to its `source_topic`
-/// (key, value and the record's own headers, without the dead letter's), then committed.
+/// (key, value and the record's own headers, without the dead letter's, and a
+/// [`REDRIVE_ROLE_HEADER`] naming `role`, the only role that handles it), then committed.
 /// Returns how many records moved.
 pub async fn redrive(config: &Config, role: Role) -> Result<u64, ReplayError> {
     let settings = ConsumerSettings::from_config(config)?;
@@ -347,6 +364,11 @@ pub async fn redrive(config: &Config, role: Role) -> Result<u64, ReplayError> {
                             }
                         }
                     }
+                    // For this role only: the other roles of the topic skip it.
+                    let headers = headers.insert(Header {
+                        key: REDRIVE_ROLE_HEADER,
+                        value: Some(role.name()),
+                    });
                     let mut record = FutureRecord::to(&topic)
                         .payload(message.payload().unwrap_or_default())
                         .headers(headers);

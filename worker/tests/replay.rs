@@ -351,3 +351,79 @@ async fn redrive_moves_dead_letters_back_once_with_their_headers() {
     worker.stop().await;
 }
 
+/// A record both roles of `event.subscribe` dead-lettered goes back, on each redrive, to the
+/// role whose dead letter it was, only: the other skips it (its offset stored, no dead letter
+/// of its own), so redrives never multiply it. Dead-lettered again by that role, a later
+/// redrive still reaches that role only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_record_reaches_only_the_role_that_dead_lettered_it() {
+    let env = Env::start().await;
+    let subscribes = env.topic("subscribe");
+    let (unbind_dlq, welcome_dlq) = (env.dlq("unbind"), env.dlq("welcome"));
+    // Poison to every role, on every delivery: each dead-letters it each time it handles it.
+    env.kafka
+        .produce(&subscribes, &[("poisoned", b"{not json".as_slice())]);
+    let counts = || {
+        (
+            env.kafka.count(&subscribes),
+            env.kafka.count(&unbind_dlq),
+            env.kafka.count(&welcome_dlq),
+        )
+    };
+    // Runs both roles until each has handled every record of `event.subscribe`.
+    let handle_all = || async {
+        let worker = env.spawn(&["--role", "unbind", "--role", "welcome"]);
+        let all = env.kafka.count(&subscribes);
+        wait_for("both roles through event.subscribe", || {
+            env.kafka.committed("wxpipe-unbind", &subscribes) == all
+                && env.kafka.committed("wxpipe-welcome", &subscribes) == all
+        })
+        .await;
+        worker.stop().await;
+    };
+    let redrive = |role: &str| {
+        let (code, stdout, stderr) = env.run_command(&[], &["redrive", "--role", role]);
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        stdout
+    };
+    handle_all().await;
+    assert_eq!(counts(), (1, 1, 1), "each role dead-lettered it once");
+
+    // The welcome role's dead letter goes back for the welcome role only.
+    assert!(redrive("welcome").contains("moved 1 record"));
+    assert!(
+        redrive("welcome").contains("moved 0 record"),
+        "a second run"
+    );
+    assert_eq!(counts(), (2, 1, 1));
+    let back = env.kafka.read(&subscribes, 2).remove(1);
+    assert_eq!(back.header("wxpipe_redrive_role"), Some("welcome"));
+    handle_all().await;
+    assert_eq!(
+        counts(),
+        (2, 1, 2),
+        "the welcome role dead-lettered it again, the unbind role skipped it"
+    );
+
+    // Dead-lettered again by the welcome role: a redrive still reaches that role only, with
+    // one role header.
+    assert!(redrive("welcome").contains("moved 1 record"));
+    let back = env.kafka.read(&subscribes, 3).remove(2);
+    let roles: Vec<_> = back
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "wxpipe_redrive_role")
+        .collect();
+    assert_eq!(roles.len(), 1, "{:?}", back.headers);
+    handle_all().await;
+    assert_eq!(counts(), (3, 1, 3));
+
+    // The unbind role's dead letter goes back for it only.
+    assert!(redrive("unbind").contains("moved 1 record"));
+    handle_all().await;
+    assert_eq!(counts(), (4, 2, 3));
+    assert!(redrive("unbind").contains("moved 1 record"));
+    assert!(redrive("unbind").contains("moved 0 record"));
+    assert!(redrive("welcome").contains("moved 1 record"));
+    assert!(redrive("welcome").contains("moved 0 record"));
+}

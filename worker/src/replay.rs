@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! rebuild: {prefix}.event.subscribe ─▶ then {prefix}.event.unsubscribe ─▶ Effects::apply ─▶ Redis
-//!          (earliest offset → the end offsets seen at the start; a consumer that commits nothing)
+//!          (earliest offset → every topic's end offsets, all taken at the start; a consumer
+//!          that commits nothing)
 //! redrive: {prefix}.dlq.{role} ─▶ source_topic header ─▶ the record back, key, value, headers
 //!          + wxpipe_redrive_role={role} (the topic's other roles skip it)
 //!          (from group wxpipe-redrive-{role}'s offsets to the end; committed once written)
@@ -230,7 +231,7 @@ async fn apply(
 /// `worker rebuild --role …`: each role's topics, one after the other (for `unbind`, every
 /// subscribe before any unsubscribe, so an unsubscribe deletes a binding only when no
 /// subscribe is newer, as the live role's gate ensures), from the earliest offset to the end
-/// offsets seen when the topic's turn came, into the configured Redis.
+/// offsets every topic had when the rebuild started, into the configured Redis.
 pub async fn rebuild(config: &Config, roles: &[Role]) -> Result<(), ReplayError> {
     let roles: Vec<Role> = if roles.is_empty() {
         vec![Role::Unbind, Role::Location]
@@ -251,59 +252,65 @@ pub async fn rebuild(config: &Config, roles: &[Role]) -> Result<(), ReplayError>
     // A group of its own, never committed: no live worker sees it.
     let group = format!("wxpipe-rebuild-{}", ops::instance_id());
     let consumer = consumer(&settings, &group)?;
-    for role in roles {
+    // Every topic's end offsets first, before reading any: the rebuild is the log as it was
+    // when it started, and what is written meanwhile is the live roles' to apply.
+    let mut plan = Vec::new();
+    for &role in &roles {
         for topic in role.topics(&settings.topic_prefix) {
             let marks = watermarks(&consumer, &topic).await?;
-            let starts: HashMap<i32, i64> = marks.iter().map(|&(p, low, _)| (p, low)).collect();
-            let ends: HashMap<i32, i64> = marks.iter().map(|&(p, _, high)| (p, high)).collect();
-            let total: u64 = marks
-                .iter()
-                .map(|&(_, low, high)| (high - low).max(0) as u64)
-                .sum();
-            let bar = ProgressBar::new(total).with_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} {per_sec}",
-                )
-                .expect("valid template"),
-            );
-            bar.set_message(topic.clone());
-            let tally = Arc::new(Tally::default());
-            let permits = Arc::new(Semaphore::new(settings.concurrency));
-            // Records of one topic are applied concurrently: every effect is last-write-wins
-            // by created_at and idempotent, so their order within a topic does not matter.
-            read_range(&consumer, &topic, &starts, &ends, |message| {
-                let (effects, tally, permits, bar) = (
-                    Arc::clone(&effects),
-                    Arc::clone(&tally),
-                    Arc::clone(&permits),
-                    bar.clone(),
-                );
-                let max_attempts = settings.max_attempts;
-                async move {
-                    let permit = permits.acquire_owned().await.expect("semaphore open");
-                    tokio::spawn(async move {
-                        apply(&effects, role, &message, max_attempts, &tally).await;
-                        bar.inc(1);
-                        drop(permit);
-                    });
-                    Ok(())
-                }
-            })
-            .await?;
-            // Every record handed out is done once every permit is back.
-            let _all = permits
-                .acquire_many(settings.concurrency as u32)
-                .await
-                .expect("semaphore open");
-            bar.finish_and_clear();
-            println!(
-                "rebuilt {} from {topic}: {total} record(s), {} applied, {} skipped, {} not applicable",
-                role.name(),
-                tally.applied.load(Ordering::Relaxed),
-                tally.skipped.load(Ordering::Relaxed),
-                tally.refused.load(Ordering::Relaxed),
-            );
+            plan.push((role, topic, marks));
         }
+    }
+    for (role, topic, marks) in plan {
+        let starts: HashMap<i32, i64> = marks.iter().map(|&(p, low, _)| (p, low)).collect();
+        let ends: HashMap<i32, i64> = marks.iter().map(|&(p, _, high)| (p, high)).collect();
+        let total: u64 = marks
+            .iter()
+            .map(|&(_, low, high)| (high - low).max(0) as u64)
+            .sum();
+        let bar = ProgressBar::new(total).with_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} {per_sec}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_message(topic.clone());
+        let tally = Arc::new(Tally::default());
+        let permits = Arc::new(Semaphore::new(settings.concurrency));
+        // Records of one topic are applied concurrently: every effect is last-write-wins
+        // by created_at and idempotent, so their order within a topic does not matter.
+        read_range(&consumer, &topic, &starts, &ends, |message| {
+            let (effects, tally, permits, bar) = (
+                Arc::clone(&effects),
+                Arc::clone(&tally),
+                Arc::clone(&permits),
+                bar.clone(),
+            );
+            let max_attempts = settings.max_attempts;
+            async move {
+                let permit = permits.acquire_owned().await.expect("semaphore open");
+                tokio::spawn(async move {
+                    apply(&effects, role, &message, max_attempts, &tally).await;
+                    bar.inc(1);
+                    drop(permit);
+                });
+                Ok(())
+            }
+        })
+        .await?;
+        // Every record handed out is done once every permit is back.
+        let _all = permits
+            .acquire_many(settings.concurrency as u32)
+            .await
+            .expect("semaphore open");
+        bar.finish_and_clear();
+        println!(
+            "rebuilt {} from {topic}: {total} record(s), {} applied, {} skipped, {} not applicable",
+            role.name(),
+            tally.applied.load(Ordering::Relaxed),
+            tally.skipped.load(Ordering::Relaxed),
+            tally.refused.load(Ordering::Relaxed),
+        );
     }
     println!(
         "rebuild done: the projection is in Redis under the key prefix {}",

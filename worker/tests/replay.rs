@@ -351,6 +351,63 @@ async fn redrive_moves_dead_letters_back_once_with_their_headers() {
     worker.stop().await;
 }
 
+/// `worker rebuild` takes the end offsets of every topic it reads when it starts: a record
+/// written to its second topic while it still reads the first is not applied (it is for the
+/// live role, after the rebuild).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_reads_every_topic_up_to_its_end_at_the_start() {
+    let env = Env::start().await;
+    env.produce("subscribe", &[subscribe("gh_a", "stays", 1000, Some("a"))]);
+    // Redis black-holed: the rebuild starts anyway (an outage at the start is waited out
+    // later), and waits at the first subscribe, with every end offset already taken.
+    let proxy = testkit::Proxy::start(testkit::redis_addr(&env.redis.url())).await;
+    proxy.stall();
+    let rebuilt_prefix = unique("rebuilt");
+    let log = std::env::temp_dir().join(format!("{}.log", unique("wxpipe-rebuild")));
+    let child = env
+        .command()
+        .env("REDIS_URL", proxy.redis_url())
+        .env("REDIS_KEY_PREFIX", &rebuilt_prefix)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .args(["rebuild", "--role", "unbind"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let output = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_within(
+        Duration::from_secs(120),
+        "the rebuild waiting for Redis",
+        || output().contains("the rebuild waits for it"),
+    )
+    .await;
+    // Written after the rebuild started: the user unfollows.
+    env.produce("unsubscribe", &[unsubscribe("gh_a", "stays", 2000)]);
+    proxy.resume();
+    let ended = eventually(Duration::from_secs(120), || {
+        child.0.try_wait().unwrap().is_some()
+    })
+    .await;
+    let printed = output();
+    let _ = std::fs::remove_file(&log);
+    assert!(ended, "the rebuild did not end: {printed}");
+    assert_eq!(child.0.wait().unwrap().code(), Some(0), "{printed}");
+    let unsubscribes = env.topic("unsubscribe");
+    assert!(
+        printed.contains(&format!("from {unsubscribes}: 0 record(s)")),
+        "{printed}"
+    );
+    let engine = store::Engine::open(&env.redis.url(), Duration::from_secs(1)).unwrap();
+    let rebuilt = Store(EffectStores::open(&engine, &rebuilt_prefix));
+    let user = rebuilt.user("stays").await.unwrap();
+    assert!(
+        user.subscribed,
+        "the unfollow written after the start was applied: {user:?}\n{printed}"
+    );
+}
+
 /// A record both roles of `event.subscribe` dead-lettered goes back, on each redrive, to the
 /// role whose dead letter it was, only: the other skips it (its offset stored, no dead letter
 /// of its own), so redrives never multiply it. Dead-lettered again by that role, a later

@@ -33,7 +33,7 @@ impl Role {
         format!("wxpipe-{}", self.name())
     }
 
-    /// The topics this role consumes, under a prefix.
+    /// The topics this role consumes, under a prefix, as the contract names them.
     pub fn topics(self, prefix: &str) -> Vec<String> {
         let types: &[&str] = match self {
             Role::Unbind => &["subscribe", "unsubscribe"],
@@ -42,7 +42,7 @@ impl Role {
         };
         types
             .iter()
-            .map(|t| format!("{prefix}.event.{t}"))
+            .map(|t| schemas::Topic::of(schemas::Kind::Event, t).name(prefix))
             .collect()
     }
 
@@ -231,6 +231,21 @@ mod tests {
             ["wechat.event.subscribe", "wechat.event.unsubscribe"]
         );
         assert_eq!(Role::Location.dlq_topic("p"), "p.dlq.location");
+    }
+
+    #[test]
+    fn roles_read_topics_the_contract_names() {
+        let contract = schemas::all_topic_names("p");
+        for role in Role::ALL {
+            for topic in role.topics("p") {
+                // A known event type's topic, not `event.other` (where a misspelt type goes).
+                assert!(
+                    contract.contains(&topic) && !topic.ends_with(".other"),
+                    "{topic}"
+                );
+            }
+            assert!(contract.contains(&role.dlq_topic("p")));
+        }
     }
 
     #[test]

@@ -112,6 +112,48 @@ async fn suite(s: &EffectStores) {
         (false, 200, "late")
     );
 
+    // The unfollow comes first (the follow reaches the log late: a retry, the spool, a
+    // redrive): the follow changes nothing else, but its scene is the user's, as in a rebuild
+    // that applies every follow first. The newest follow's scene wins in either order.
+    assert_eq!(apply(s, sub("s2", false, 200, None)).await, Applied::Yes);
+    assert_eq!(
+        apply(s, sub("s2", true, 100, Some("first"))).await,
+        Applied::Stale
+    );
+    let state = s.subscriptions.user("gh_a", "s2").await.unwrap().unwrap();
+    assert_eq!(
+        (state.subscribed, state.updated_at, state.scene.as_str()),
+        (false, 200, "first")
+    );
+    apply(s, sub("s2", true, 150, Some("newer"))).await;
+    apply(s, sub("s2", true, 120, Some("older"))).await;
+    let state = s.subscriptions.user("gh_a", "s2").await.unwrap().unwrap();
+    assert_eq!(
+        (state.subscribed, state.updated_at, state.scene.as_str()),
+        (false, 200, "newer")
+    );
+    // Two follows of one second with different scenes resolve the same way in either order
+    // (the greater scene), as the rebuild applies a topic's records in any order.
+    for (openid, order) in [("s3", ["x", "y"]), ("s4", ["y", "x"])] {
+        apply(s, sub(openid, false, 300, None)).await;
+        for scene in order {
+            apply(s, sub(openid, true, 250, Some(scene))).await;
+        }
+        let state = s.subscriptions.user("gh_a", openid).await.unwrap().unwrap();
+        assert_eq!(state.scene, "y", "{openid}");
+    }
+    for (openid, order) in [("s5", ["x", "y"]), ("s6", ["y", "x"])] {
+        for scene in order {
+            apply(s, sub(openid, true, 250, Some(scene))).await;
+        }
+        let state = s.subscriptions.user("gh_a", openid).await.unwrap().unwrap();
+        assert_eq!(
+            (state.subscribed, state.scene.as_str()),
+            (true, "y"),
+            "{openid}"
+        );
+    }
+
     // A late, older unsubscribe never undoes a newer subscribe, nor deletes the new binding.
     assert_eq!(apply(s, sub("u2", true, 300, None)).await, Applied::Yes);
     bind(s, "u2", "user-7").await;

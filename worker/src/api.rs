@@ -140,6 +140,8 @@ fn written(error: reqwest::Error) -> ApiError {
 /// How long to wait for another process's fetch before failing (and retrying later), beyond
 /// the longest a fetch may take.
 const LOCK_WAIT_MARGIN: Duration = Duration::from_secs(2);
+/// Numbers this process's attempts at the token fetch lock.
+static LOCK_ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// A cached token expires this much before WeChat's own expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
 
@@ -149,7 +151,7 @@ pub struct WeChat {
     http: reqwest::Client,
     base: String,
     store: Arc<dyn TokenCache>,
-    /// This process, for the fetch lock.
+    /// This process, for the fetch lock (each attempt at it adds a number of its own).
     owner: String,
     /// The longest a token fetch may take (a call, then a forced one), and so the fetch
     /// lock's lease: the lock never expires while its holder still fetches.
@@ -286,31 +288,52 @@ impl WeChat {
             if let Some(token) = self.cached(creds, failed).await? {
                 return Ok(token);
             }
-            if self
-                .store
-                .lock_token(
-                    &creds.appid,
-                    &self.owner,
-                    self.fetch_bound + LOCK_WAIT_MARGIN,
-                )
-                .await?
-            {
+            let lease = self.fetch_bound + LOCK_WAIT_MARGIN;
+            // This attempt's own holder: a release never frees a lock another task of this
+            // process holds.
+            let holder = format!(
+                "{}/{}",
+                self.owner,
+                LOCK_ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let locked = match self.store.lock_token(&creds.appid, &holder, lease).await {
+                Ok(locked) => locked,
+                Err(error) => {
+                    // The lock may have been taken before the answer was lost: release it
+                    // (only if it is this attempt's), or every process would wait out its
+                    // lease.
+                    self.unlock(creds, &holder).await;
+                    return Err(error.into());
+                }
+            };
+            if locked {
                 // Another process (or task) may have fetched and unlocked between our look at
                 // the cache and our lock: look again before spending a call of the quota.
                 // The fetch is bounded by the lock's lease, so no other process fetches too.
-                let fetched = match self.cached(creds, failed).await? {
-                    Some(token) => Ok(token),
-                    None => tokio::time::timeout(self.fetch_bound, self.fetch(creds, failed))
+                let fetched = match self.cached(creds, failed).await {
+                    Ok(Some(token)) => Ok(token),
+                    Ok(None) => tokio::time::timeout(self.fetch_bound, self.fetch(creds, failed))
                         .await
                         .unwrap_or(Err(ApiError::TokenWait)),
+                    Err(error) => Err(error),
                 };
-                self.store.unlock_token(&creds.appid, &self.owner).await?;
+                // Released whatever happened above; a token fetched is kept even if the
+                // release fails.
+                self.unlock(creds, &holder).await;
                 return fetched;
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ApiError::TokenWait);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Releases this process's fetch lock; a failure leaves it to its lease, logged.
+    async fn unlock(&self, creds: &Credentials, holder: &str) {
+        if let Err(error) = self.store.unlock_token(&creds.appid, holder).await {
+            tracing::warn!(appid = %creds.appid, %error,
+                "token fetch lock not released: other processes wait for its lease to run out");
         }
     }
 

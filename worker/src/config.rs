@@ -33,7 +33,7 @@ impl Role {
         format!("wxpipe-{}", self.name())
     }
 
-    /// The topics this role consumes, under a prefix.
+    /// The topics this role consumes, under a prefix, as the contract names them.
     pub fn topics(self, prefix: &str) -> Vec<String> {
         let types: &[&str] = match self {
             Role::Unbind => &["subscribe", "unsubscribe"],
@@ -42,7 +42,7 @@ impl Role {
         };
         types
             .iter()
-            .map(|t| format!("{prefix}.event.{t}"))
+            .map(|t| schemas::Topic::of(schemas::Kind::Event, t).name(prefix))
             .collect()
     }
 
@@ -164,7 +164,8 @@ pub enum Command {
         roles: Vec<Role>,
     },
     /// Moves the records of a role's dead-letter topic (`{prefix}.dlq.{role}`) back to the
-    /// topic each came from, with its key, value and headers, and exits. Its own consumer
+    /// topic each came from, with its key, value and headers, for that role only (the
+    /// topic's other roles skip it: header `wxpipe_redrive_role`), and exits. Its own consumer
     /// group (`wxpipe-redrive-{role}`) commits what it moved: a second run moves only what
     /// was dead-lettered since.
     Redrive {
@@ -230,6 +231,21 @@ mod tests {
             ["wechat.event.subscribe", "wechat.event.unsubscribe"]
         );
         assert_eq!(Role::Location.dlq_topic("p"), "p.dlq.location");
+    }
+
+    #[test]
+    fn roles_read_topics_the_contract_names() {
+        let contract = schemas::all_topic_names("p");
+        for role in Role::ALL {
+            for topic in role.topics("p") {
+                // A known event type's topic, not `event.other` (where a misspelt type goes).
+                assert!(
+                    contract.contains(&topic) && !topic.ends_with(".other"),
+                    "{topic}"
+                );
+            }
+            assert!(contract.contains(&role.dlq_topic("p")));
+        }
     }
 
     #[test]

@@ -564,10 +564,16 @@ impl ConsumerSettings {
     }
 }
 
-/// The headers a dead letter adds to its record's own: what failed, and where the record was.
-/// `worker redrive` drops them when it moves the record back.
-pub const DEAD_LETTER_HEADERS: [&str; 4] =
-    ["error", "source_topic", "source_partition", "source_offset"];
+/// The headers a dead letter adds to its record's own (what failed, and where the record was),
+/// and the one `worker redrive` adds (the role it moved the record back for). Each drops them
+/// all before adding its own, so a record dead-lettered and redriven again carries one of each.
+pub const DEAD_LETTER_HEADERS: [&str; 5] = [
+    "error",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    crate::replay::REDRIVE_ROLE_HEADER,
+];
 
 /// How long a stopping worker waits for its final commit and group leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -960,11 +966,14 @@ impl RoleConsumer {
     ) -> bool {
         let started = Instant::now();
         let payload = message.payload().unwrap_or_default();
-        let outcome = match Event::from_json(payload) {
-            Err(error) => Outcome::Poison(format!("not a wxpipe event: {error}")),
-            Ok(event) => match self.apply_with_retries(&event, &mut shutdown).await {
-                Some(outcome) => outcome,
-                None => return false,
+        let outcome = match crate::replay::redriven_for_another(message, self.role) {
+            Some(other) => Outcome::Skipped(format!("redriven for the {other} role")),
+            None => match Event::from_json(payload) {
+                Err(error) => Outcome::Poison(format!("not a wxpipe event: {error}")),
+                Ok(event) => match self.apply_with_retries(&event, &mut shutdown).await {
+                    Some(outcome) => outcome,
+                    None => return false,
+                },
             },
         };
         match &outcome {

@@ -37,9 +37,14 @@ pub enum Outcome {
     Poison(String),
 }
 
-/// How long a sent welcome is remembered: longer than Kafka's default retention, so a
-/// redelivery from anywhere in the log sends nothing.
+/// How long a sent welcome is remembered at least: longer than Kafka's default retention, so a
+/// redelivery from anywhere in the log sends nothing. A day longer than `WELCOME_MAX_AGE` when
+/// that is longer ([`Effects::sent_ttl`]), up to [`SENT_TTL_MAX`].
 const SENT_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
+
+/// 100 years: no follow is older (`created_at` counts from 1970), and the engines' expiry
+/// arithmetic stays far from overflowing whatever `WELCOME_MAX_AGE` says.
+const SENT_TTL_MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// How far ahead of this worker's clock an event's `created_at` may be. The ingress refuses a
 /// `CreateTime` more than 60 s ahead of the signed timestamp (itself within the replay window
@@ -298,13 +303,21 @@ impl Effects {
         Outcome::Unknown(format!("send outcome unknown: {why}"))
     }
 
+    /// How long a sent welcome is remembered: as long as a replayed follow may still be
+    /// welcomed (`WELCOME_MAX_AGE`) and a day more, at least [`SENT_TTL`].
+    fn sent_ttl(&self) -> Duration {
+        let day = Duration::from_secs(24 * 3600);
+        let ttl = self.welcome_max_age.saturating_add(day).max(SENT_TTL);
+        ttl.min(SENT_TTL_MAX)
+    }
+
     /// Marks a welcome sent (or handled for good). A failure here would let the claim lapse
     /// and a redelivery send again, so it is tried until Redis takes it or half the lease is
     /// gone (the claim still holds meanwhile).
     async fn record_sent(&self, id: &str) {
         let give_up = tokio::time::Instant::now() + self.send_lease / 2;
         loop {
-            match self.stores.welcome.finish_send(id, SENT_TTL).await {
+            match self.stores.welcome.finish_send(id, self.sent_ttl()).await {
                 Ok(()) => return,
                 Err(error) if tokio::time::Instant::now() >= give_up => {
                     tracing::warn!(%error, id = %ops::redact_id(id), "welcome handled but not recorded: a redelivery after its lease could send it again");

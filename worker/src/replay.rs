@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! rebuild: {prefix}.event.subscribe ─▶ then {prefix}.event.unsubscribe ─▶ Effects::apply ─▶ Redis
-//!          (earliest offset → the end offsets seen at the start; a consumer that commits nothing)
+//!          (earliest offset → every topic's end offsets, all taken at the start; a consumer
+//!          that commits nothing)
 //! redrive: {prefix}.dlq.{role} ─▶ source_topic header ─▶ the record back, key, value, headers
+//!          + wxpipe_redrive_role={role} (the topic's other roles skip it)
 //!          (from group wxpipe-redrive-{role}'s offsets to the end; committed once written)
 //! ```
 
@@ -26,6 +28,21 @@ use crate::config::{Config, Role};
 use crate::consume::{ConsumerSettings, DEAD_LETTER_HEADERS};
 use crate::effects::{Effects, Outcome};
 use crate::StartError;
+
+/// The header `worker redrive` adds to a record it moves back: the role whose dead letter it
+/// was. Every other role reading the topic skips the record, so it reaches that role only.
+pub const REDRIVE_ROLE_HEADER: &str = "wxpipe_redrive_role";
+
+/// The role a redriven record was moved back for, when that is not `role` (which skips it).
+pub(crate) fn redriven_for_another(message: &impl Message, role: Role) -> Option<String> {
+    let headers = message.headers()?;
+    let target = headers
+        .iter()
+        .find(|h| h.key == REDRIVE_ROLE_HEADER)?
+        .value
+        .map(String::from_utf8_lossy)?;
+    (target != role.name()).then(|| target.into_owned())
+}
 
 /// How long a metadata, watermark or offset query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,7 +231,7 @@ async fn apply(
 /// `worker rebuild --role …`: each role's topics, one after the other (for `unbind`, every
 /// subscribe before any unsubscribe, so an unsubscribe deletes a binding only when no
 /// subscribe is newer, as the live role's gate ensures), from the earliest offset to the end
-/// offsets seen when the topic's turn came, into the configured Redis.
+/// offsets every topic had when the rebuild started, into the configured Redis.
 pub async fn rebuild(config: &Config, roles: &[Role]) -> Result<(), ReplayError> {
     let roles: Vec<Role> = if roles.is_empty() {
         vec![Role::Unbind, Role::Location]
@@ -235,59 +252,65 @@ pub async fn rebuild(config: &Config, roles: &[Role]) -> Result<(), ReplayError>
     // A group of its own, never committed: no live worker sees it.
     let group = format!("wxpipe-rebuild-{}", ops::instance_id());
     let consumer = consumer(&settings, &group)?;
-    for role in roles {
+    // Every topic's end offsets first, before reading any: the rebuild is the log as it was
+    // when it started, and what is written meanwhile is the live roles' to apply.
+    let mut plan = Vec::new();
+    for &role in &roles {
         for topic in role.topics(&settings.topic_prefix) {
             let marks = watermarks(&consumer, &topic).await?;
-            let starts: HashMap<i32, i64> = marks.iter().map(|&(p, low, _)| (p, low)).collect();
-            let ends: HashMap<i32, i64> = marks.iter().map(|&(p, _, high)| (p, high)).collect();
-            let total: u64 = marks
-                .iter()
-                .map(|&(_, low, high)| (high - low).max(0) as u64)
-                .sum();
-            let bar = ProgressBar::new(total).with_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} {per_sec}",
-                )
-                .expect("valid template"),
-            );
-            bar.set_message(topic.clone());
-            let tally = Arc::new(Tally::default());
-            let permits = Arc::new(Semaphore::new(settings.concurrency));
-            // Records of one topic are applied concurrently: every effect is last-write-wins
-            // by created_at and idempotent, so their order within a topic does not matter.
-            read_range(&consumer, &topic, &starts, &ends, |message| {
-                let (effects, tally, permits, bar) = (
-                    Arc::clone(&effects),
-                    Arc::clone(&tally),
-                    Arc::clone(&permits),
-                    bar.clone(),
-                );
-                let max_attempts = settings.max_attempts;
-                async move {
-                    let permit = permits.acquire_owned().await.expect("semaphore open");
-                    tokio::spawn(async move {
-                        apply(&effects, role, &message, max_attempts, &tally).await;
-                        bar.inc(1);
-                        drop(permit);
-                    });
-                    Ok(())
-                }
-            })
-            .await?;
-            // Every record handed out is done once every permit is back.
-            let _all = permits
-                .acquire_many(settings.concurrency as u32)
-                .await
-                .expect("semaphore open");
-            bar.finish_and_clear();
-            println!(
-                "rebuilt {} from {topic}: {total} record(s), {} applied, {} skipped, {} not applicable",
-                role.name(),
-                tally.applied.load(Ordering::Relaxed),
-                tally.skipped.load(Ordering::Relaxed),
-                tally.refused.load(Ordering::Relaxed),
-            );
+            plan.push((role, topic, marks));
         }
+    }
+    for (role, topic, marks) in plan {
+        let starts: HashMap<i32, i64> = marks.iter().map(|&(p, low, _)| (p, low)).collect();
+        let ends: HashMap<i32, i64> = marks.iter().map(|&(p, _, high)| (p, high)).collect();
+        let total: u64 = marks
+            .iter()
+            .map(|&(_, low, high)| (high - low).max(0) as u64)
+            .sum();
+        let bar = ProgressBar::new(total).with_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} {per_sec}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_message(topic.clone());
+        let tally = Arc::new(Tally::default());
+        let permits = Arc::new(Semaphore::new(settings.concurrency));
+        // Records of one topic are applied concurrently: every effect is last-write-wins
+        // by created_at and idempotent, so their order within a topic does not matter.
+        read_range(&consumer, &topic, &starts, &ends, |message| {
+            let (effects, tally, permits, bar) = (
+                Arc::clone(&effects),
+                Arc::clone(&tally),
+                Arc::clone(&permits),
+                bar.clone(),
+            );
+            let max_attempts = settings.max_attempts;
+            async move {
+                let permit = permits.acquire_owned().await.expect("semaphore open");
+                tokio::spawn(async move {
+                    apply(&effects, role, &message, max_attempts, &tally).await;
+                    bar.inc(1);
+                    drop(permit);
+                });
+                Ok(())
+            }
+        })
+        .await?;
+        // Every record handed out is done once every permit is back.
+        let _all = permits
+            .acquire_many(settings.concurrency as u32)
+            .await
+            .expect("semaphore open");
+        bar.finish_and_clear();
+        println!(
+            "rebuilt {} from {topic}: {total} record(s), {} applied, {} skipped, {} not applicable",
+            role.name(),
+            tally.applied.load(Ordering::Relaxed),
+            tally.skipped.load(Ordering::Relaxed),
+            tally.refused.load(Ordering::Relaxed),
+        );
     }
     println!(
         "rebuild done: the projection is in Redis under the key prefix {}",
@@ -298,7 +321,8 @@ pub async fn rebuild(config: &Config, roles: &[Role]) -> Result<(), ReplayError>
 
 /// `worker redrive --role ROLE`: the role's dead letters from its redrive group's committed
 /// offsets to the end offsets seen at the start, each written back to its `source_topic`
-/// (key, value and the record's own headers, without the dead letter's), then committed.
+/// (key, value and the record's own headers, without the dead letter's, and a
+/// [`REDRIVE_ROLE_HEADER`] naming `role`, the only role that handles it), then committed.
 /// Returns how many records moved.
 pub async fn redrive(config: &Config, role: Role) -> Result<u64, ReplayError> {
     let settings = ConsumerSettings::from_config(config)?;
@@ -347,6 +371,11 @@ pub async fn redrive(config: &Config, role: Role) -> Result<u64, ReplayError> {
                             }
                         }
                     }
+                    // For this role only: the other roles of the topic skip it.
+                    let headers = headers.insert(Header {
+                        key: REDRIVE_ROLE_HEADER,
+                        value: Some(role.name()),
+                    });
                     let mut record = FutureRecord::to(&topic)
                         .payload(message.payload().unwrap_or_default())
                         .headers(headers);

@@ -869,3 +869,137 @@ async fn the_token_lock_outlasts_the_slowest_fetch() {
         "one process fetched (a normal call, then a forced one); the other waited"
     );
 }
+
+/// A token cache that fails chosen calls once, at the moment a fault is most harmful: the
+/// look at the cache after the fetch lock is taken, or the unlock.
+#[derive(Debug)]
+struct FaultyTokens {
+    inner: std::sync::Arc<dyn store::effects::TokenCache>,
+    /// Set by a successful `lock_token`: the next `token` fails (once) when `fail_after_lock`.
+    locked: std::sync::atomic::AtomicBool,
+    fail_after_lock: std::sync::atomic::AtomicBool,
+    fail_unlock: std::sync::atomic::AtomicBool,
+    /// The next `lock_token` takes the lock, then fails as if its answer were lost.
+    lose_lock_answer: std::sync::atomic::AtomicBool,
+}
+
+impl FaultyTokens {
+    fn fault() -> store::StoreError {
+        store::StoreError::Timeout
+    }
+}
+
+impl store::effects::TokenCache for FaultyTokens {
+    fn token<'a>(&'a self, appid: &'a str) -> store::Fut<'a, Option<String>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.locked.load(SeqCst) && self.fail_after_lock.swap(false, SeqCst) {
+            return Box::pin(async { Err(FaultyTokens::fault()) });
+        }
+        self.inner.token(appid)
+    }
+
+    fn set_token<'a>(
+        &'a self,
+        appid: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> store::Fut<'a, ()> {
+        self.inner.set_token(appid, token, ttl)
+    }
+
+    fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> store::Fut<'a, ()> {
+        self.inner.drop_token(appid, token)
+    }
+
+    fn lock_token<'a>(
+        &'a self,
+        appid: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> store::Fut<'a, bool> {
+        Box::pin(async move {
+            let locked = self.inner.lock_token(appid, owner, ttl).await?;
+            if self
+                .lose_lock_answer
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(FaultyTokens::fault());
+            }
+            self.locked
+                .store(locked, std::sync::atomic::Ordering::SeqCst);
+            Ok(locked)
+        })
+    }
+
+    fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> store::Fut<'a, ()> {
+        if self
+            .fail_unlock
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Box::pin(async { Err(FaultyTokens::fault()) });
+        }
+        self.inner.unlock_token(appid, owner)
+    }
+}
+
+/// A Redis call that fails after the fetch lock is taken releases the lock: another process
+/// takes it at once instead of waiting out its lease (8 s here). An unlock that fails keeps
+/// the token that was fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_lock_is_released_whatever_fails_after_it_is_taken() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let env = Env::start().await;
+    let faulty = std::sync::Arc::new(FaultyTokens {
+        inner: std::sync::Arc::clone(&env.store.tokens),
+        locked: AtomicBool::new(false),
+        fail_after_lock: AtomicBool::new(true),
+        fail_unlock: AtomicBool::new(false),
+        lose_lock_answer: AtomicBool::new(false),
+    });
+    let timeout = Duration::from_secs(3);
+    let a = WeChat::new(
+        &env.wechat.base(),
+        timeout,
+        faulty.clone(),
+        "process-a".into(),
+    )
+    .unwrap();
+    let creds = credentials("wxfault");
+    let failed = a.token(&creds).await;
+    assert!(
+        failed.is_err(),
+        "the cache failed after the lock: {failed:?}"
+    );
+    assert!(env.wechat.token_fetches().is_empty());
+    // The lock is free now, not held for its lease: another process takes it.
+    let lock_is_free = || async {
+        let tokens = &env.store.tokens;
+        let free = tokens
+            .lock_token("wxfault", "process-b", Duration::from_secs(10))
+            .await
+            .unwrap();
+        tokens.unlock_token("wxfault", "process-b").await.unwrap();
+        free
+    };
+    assert!(lock_is_free().await, "the fetch lock was left held");
+
+    // The lock is taken but its answer lost: released too.
+    faulty.lose_lock_answer.store(true, SeqCst);
+    let failed = a.token(&creds).await;
+    assert!(failed.is_err(), "the lock's answer was lost: {failed:?}");
+    assert!(!faulty.lose_lock_answer.load(SeqCst));
+    assert!(
+        lock_is_free().await,
+        "the fetch lock taken unanswered was left held"
+    );
+
+    // The unlock fails: the token fetched is still handed out (and cached).
+    faulty.fail_unlock.store(true, SeqCst);
+    let token = a.token(&creds).await.unwrap();
+    assert_eq!(env.wechat.token_fetches().len(), 1);
+    assert_eq!(
+        env.store.tokens.token("wxfault").await.unwrap().as_deref(),
+        Some(token.as_str())
+    );
+    assert!(!faulty.fail_unlock.load(SeqCst), "the unlock was tried");
+}

@@ -78,6 +78,9 @@ async fn projection(env: &Env, key_prefix: &str, users: &[String]) -> BTreeMap<S
 async fn a_rebuild_from_the_log_equals_the_live_projection() {
     let env = Env::start().await;
     let users: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+    // Users whose unfollow reaches the log before their (older) follows: a retry, the spool
+    // or a redrive brings the follow late.
+    let unfollowed_first: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
     let engine = store::Engine::open(&env.redis.url(), Duration::from_secs(1)).unwrap();
     let rebuilt_prefix = unique("rebuilt");
     let rebuilt = Store(EffectStores::open(&engine, &rebuilt_prefix));
@@ -138,17 +141,19 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
     );
     caught_up(&env, &live).await;
     // 2: unfollows: most newer than the follow, some older (stale: the binding stays), some
-    // retried.
-    phase(
-        vec![],
-        each(&|i, u| match i % 5 {
-            0 => vec![],
-            1 => vec![unsubscribe("gh_a", u, 900)],
-            2 => vec![unsubscribe("gh_a", u, 1200), unsubscribe("gh_a", u, 1200)],
-            _ => vec![unsubscribe("gh_a", u, 1200 + i as i64)],
-        }),
-        vec![],
+    // retried; and the unfollows that come before their follows.
+    let mut unsubs = each(&|i, u| match i % 5 {
+        0 => vec![],
+        1 => vec![unsubscribe("gh_a", u, 900)],
+        2 => vec![unsubscribe("gh_a", u, 1200), unsubscribe("gh_a", u, 1200)],
+        _ => vec![unsubscribe("gh_a", u, 1200 + i as i64)],
+    });
+    unsubs.extend(
+        unfollowed_first
+            .iter()
+            .map(|u| unsubscribe("gh_a", u, 1200)),
     );
+    phase(vec![], unsubs, vec![]);
     caught_up(&env, &live).await;
     // 3: some follow again (the host binds them again), late older follows, late locations.
     for (i, user) in users.iter().enumerate() {
@@ -157,17 +162,28 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
             rebuilt.bind(user, &format!("again-{user}")).await;
         }
     }
+    // The late follows of the users who unfollowed first, older than that unfollow: live, the
+    // scene of the newest is theirs, as in the rebuild (which applies them first).
+    let mut subs = Vec::new();
+    for (i, u) in unfollowed_first.iter().enumerate() {
+        subs.push(subscribe("gh_a", u, 1000, Some("first")));
+        if i % 2 == 0 {
+            subs.push(subscribe("gh_a", u, 1100, Some("second")));
+            subs.push(subscribe("gh_a", u, 1050, Some("between")));
+        }
+    }
+    subs.extend(each(&|i, u| match i % 5 {
+        3 => vec![subscribe("gh_a", u, 1300 + i as i64, Some("c"))],
+        // A late follow between the user's follow and their newer unfollow: live, it
+        // comes after the unfollow; a rebuild applies it before (it reads every follow
+        // first). Its scene is the user's latest follow's either way.
+        4 if i % 2 == 0 => vec![subscribe("gh_a", u, 1150, Some("late"))],
+        // Older than the follow already applied.
+        4 => vec![subscribe("gh_a", u, 950, Some("late"))],
+        _ => vec![],
+    }));
     phase(
-        each(&|i, u| match i % 5 {
-            3 => vec![subscribe("gh_a", u, 1300 + i as i64, Some("c"))],
-            // A late follow between the user's follow and their newer unfollow: live, it
-            // comes after the unfollow; a rebuild applies it before (it reads every follow
-            // first). Its scene is the user's latest follow's either way.
-            4 if i % 2 == 0 => vec![subscribe("gh_a", u, 1150, Some("late"))],
-            // Older than the follow already applied.
-            4 => vec![subscribe("gh_a", u, 950, Some("late"))],
-            _ => vec![],
-        }),
+        subs,
         vec![],
         each(&|i, u| {
             vec![
@@ -204,8 +220,9 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("rebuilt"), "a summary: {stdout}");
 
-    let live_state = projection(&env, &env.key_prefix, &users).await;
-    let rebuilt_state = projection(&env, &rebuilt_prefix, &users).await;
+    let all_users: Vec<String> = users.iter().chain(&unfollowed_first).cloned().collect();
+    let live_state = projection(&env, &env.key_prefix, &all_users).await;
+    let rebuilt_state = projection(&env, &rebuilt_prefix, &all_users).await;
     // The history is not trivial: users of every kind.
     let count = |what: &str| live_state.values().filter(|v| v.contains(what)).count();
     assert!(count("subscribed: false") >= 10, "{live_state:?}");
@@ -216,6 +233,14 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
         assert_eq!(Some(live), rebuilt_state.get(key), "{key}");
     }
     assert_eq!(live_state, rebuilt_state);
+    for (i, user) in unfollowed_first.iter().enumerate() {
+        let scene = if i % 2 == 0 { "second" } else { "first" };
+        let state = &live_state[&format!("{user} user")];
+        assert!(
+            state.contains("subscribed: false") && state.contains(&format!("scene: \"{scene}\"")),
+            "{user}: {state}"
+        );
+    }
     // The rebuild committed nothing under the live groups.
     assert_eq!(
         live_offsets,
@@ -324,4 +349,138 @@ async fn redrive_moves_dead_letters_back_once_with_their_headers() {
     assert_eq!(env.wechat.sends_to("fixed_later"), 1);
     assert_eq!(env.wechat.sends_to("fine"), 1);
     worker.stop().await;
+}
+
+/// `worker rebuild` takes the end offsets of every topic it reads when it starts: a record
+/// written to its second topic while it still reads the first is not applied (it is for the
+/// live role, after the rebuild).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_reads_every_topic_up_to_its_end_at_the_start() {
+    let env = Env::start().await;
+    env.produce("subscribe", &[subscribe("gh_a", "stays", 1000, Some("a"))]);
+    // Redis black-holed: the rebuild starts anyway (an outage at the start is waited out
+    // later), and waits at the first subscribe, with every end offset already taken.
+    let proxy = testkit::Proxy::start(testkit::redis_addr(&env.redis.url())).await;
+    proxy.stall();
+    let rebuilt_prefix = unique("rebuilt");
+    let log = std::env::temp_dir().join(format!("{}.log", unique("wxpipe-rebuild")));
+    let child = env
+        .command()
+        .env("REDIS_URL", proxy.redis_url())
+        .env("REDIS_KEY_PREFIX", &rebuilt_prefix)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .args(["rebuild", "--role", "unbind"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let output = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_within(
+        Duration::from_secs(120),
+        "the rebuild waiting for Redis",
+        || output().contains("the rebuild waits for it"),
+    )
+    .await;
+    // Written after the rebuild started: the user unfollows.
+    env.produce("unsubscribe", &[unsubscribe("gh_a", "stays", 2000)]);
+    proxy.resume();
+    let ended = eventually(Duration::from_secs(120), || {
+        child.0.try_wait().unwrap().is_some()
+    })
+    .await;
+    let printed = output();
+    let _ = std::fs::remove_file(&log);
+    assert!(ended, "the rebuild did not end: {printed}");
+    assert_eq!(child.0.wait().unwrap().code(), Some(0), "{printed}");
+    let unsubscribes = env.topic("unsubscribe");
+    assert!(
+        printed.contains(&format!("from {unsubscribes}: 0 record(s)")),
+        "{printed}"
+    );
+    let engine = store::Engine::open(&env.redis.url(), Duration::from_secs(1)).unwrap();
+    let rebuilt = Store(EffectStores::open(&engine, &rebuilt_prefix));
+    let user = rebuilt.user("stays").await.unwrap();
+    assert!(
+        user.subscribed,
+        "the unfollow written after the start was applied: {user:?}\n{printed}"
+    );
+}
+
+/// A record both roles of `event.subscribe` dead-lettered goes back, on each redrive, to the
+/// role whose dead letter it was, only: the other skips it (its offset stored, no dead letter
+/// of its own), so redrives never multiply it. Dead-lettered again by that role, a later
+/// redrive still reaches that role only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_record_reaches_only_the_role_that_dead_lettered_it() {
+    let env = Env::start().await;
+    let subscribes = env.topic("subscribe");
+    let (unbind_dlq, welcome_dlq) = (env.dlq("unbind"), env.dlq("welcome"));
+    // Poison to every role, on every delivery: each dead-letters it each time it handles it.
+    env.kafka
+        .produce(&subscribes, &[("poisoned", b"{not json".as_slice())]);
+    let counts = || {
+        (
+            env.kafka.count(&subscribes),
+            env.kafka.count(&unbind_dlq),
+            env.kafka.count(&welcome_dlq),
+        )
+    };
+    // Runs both roles until each has handled every record of `event.subscribe`.
+    let handle_all = || async {
+        let worker = env.spawn(&["--role", "unbind", "--role", "welcome"]);
+        let all = env.kafka.count(&subscribes);
+        wait_for("both roles through event.subscribe", || {
+            env.kafka.committed("wxpipe-unbind", &subscribes) == all
+                && env.kafka.committed("wxpipe-welcome", &subscribes) == all
+        })
+        .await;
+        worker.stop().await;
+    };
+    let redrive = |role: &str| {
+        let (code, stdout, stderr) = env.run_command(&[], &["redrive", "--role", role]);
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        stdout
+    };
+    handle_all().await;
+    assert_eq!(counts(), (1, 1, 1), "each role dead-lettered it once");
+
+    // The welcome role's dead letter goes back for the welcome role only.
+    assert!(redrive("welcome").contains("moved 1 record"));
+    assert!(
+        redrive("welcome").contains("moved 0 record"),
+        "a second run"
+    );
+    assert_eq!(counts(), (2, 1, 1));
+    let back = env.kafka.read(&subscribes, 2).remove(1);
+    assert_eq!(back.header("wxpipe_redrive_role"), Some("welcome"));
+    handle_all().await;
+    assert_eq!(
+        counts(),
+        (2, 1, 2),
+        "the welcome role dead-lettered it again, the unbind role skipped it"
+    );
+
+    // Dead-lettered again by the welcome role: a redrive still reaches that role only, with
+    // one role header.
+    assert!(redrive("welcome").contains("moved 1 record"));
+    let back = env.kafka.read(&subscribes, 3).remove(2);
+    let roles: Vec<_> = back
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "wxpipe_redrive_role")
+        .collect();
+    assert_eq!(roles.len(), 1, "{:?}", back.headers);
+    handle_all().await;
+    assert_eq!(counts(), (3, 1, 3));
+
+    // The unbind role's dead letter goes back for it only.
+    assert!(redrive("unbind").contains("moved 1 record"));
+    handle_all().await;
+    assert_eq!(counts(), (4, 2, 3));
+    assert!(redrive("unbind").contains("moved 1 record"));
+    assert!(redrive("unbind").contains("moved 0 record"));
+    assert!(redrive("welcome").contains("moved 1 record"));
+    assert!(redrive("welcome").contains("moved 0 record"));
 }

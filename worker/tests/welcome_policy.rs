@@ -167,3 +167,37 @@ async fn a_send_whose_worker_died_holding_the_lease_goes_out_once_the_lease_runs
     assert_eq!(env.wechat.sends_to("orphaned"), 1);
     stop(child);
 }
+
+/// A sent welcome is remembered at least as long as `WELCOME_MAX_AGE`: a follow replayed from
+/// the log (a redrive, a reset group) while it may still be welcomed finds it sent, even when
+/// that age is longer than the 8 days a sent welcome is kept by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sent_welcome_is_remembered_for_at_least_welcome_max_age() {
+    use redis::Commands;
+    let env = Env::start().await;
+    env.produce(
+        "subscribe",
+        &[subscribe("gh_a", "long_ago", now() - 3600, None)],
+    );
+    let worker = env.spawn(&["--role", "welcome", "--welcome-max-age", "30days"]);
+    wait_for("the welcome", || env.wechat.sends_to("long_ago") == 1).await;
+    let mut conn = env.redis.conn();
+    let pattern = format!("{}:welcome:*", env.key_prefix);
+    let mut ttl = None;
+    wait_within(Duration::from_secs(20), "the sent record", || {
+        let keys: Vec<String> = conn.keys(&pattern).unwrap();
+        let kept: Vec<i64> = keys.iter().map(|k| conn.pttl(k).unwrap()).collect();
+        ttl = kept
+            .first()
+            .copied()
+            .filter(|_| kept.len() == 1 && kept[0] > 86_400_000);
+        ttl.is_some()
+    })
+    .await;
+    worker.stop().await;
+    let ttl = Duration::from_millis(ttl.unwrap() as u64);
+    assert!(
+        ttl >= Duration::from_secs(30 * 24 * 3600),
+        "a sent welcome is kept {ttl:?}, less than WELCOME_MAX_AGE (30 days)"
+    );
+}

@@ -65,9 +65,15 @@ impl Subscriptions for MemoryEffects {
                 let loses_tie =
                     c.created_at == current.updated_at && !unsubscribes_a_subscribed_user;
                 if c.created_at < current.updated_at || loses_tie {
-                    let newer_scene = s.scene_at.get(&k).is_some_and(|at| c.created_at > *at);
+                    // No follow set the scene yet (the unfollow came first), or this one
+                    // is newer; of one second, the greater scene.
+                    let scene = c.scene.unwrap_or_default();
+                    let newer_scene = match s.scene_at.get(&k) {
+                        None => true,
+                        Some(&at) => (c.created_at, scene) > (at, current.scene.as_str()),
+                    };
                     if c.subscribed && newer_scene {
-                        let scene = c.scene.unwrap_or_default().to_owned();
+                        let scene = scene.to_owned();
                         s.users.get_mut(&k).expect("present").scene = scene;
                         s.scene_at.insert(k, c.created_at);
                     }

@@ -17,17 +17,27 @@ use crate::{Fut, Keys, Lease, StoreError};
 ///
 /// `scene` is the latest follow's, by its `created_at` (`scene_at`), whatever order follows
 /// and unfollows come in: a follow older than an unfollow already applied changes nothing
-/// else, but its scene counts when it is newer than the scene's follow, as it would have had
-/// it come first (as it does in `worker rebuild`).
+/// else, but its scene counts when it is newer than the scene's follow (or no follow set one
+/// yet: the unfollow came first), as it would have had it come first (as it does in
+/// `worker rebuild`). Two follows of one second keep the greater scene, in either order.
 const SUBSCRIPTION: &str = r"
-local current = redis.call('HMGET', KEYS[1], 'updated_at', 'subscribed', 'scene_at')
+local current = redis.call('HMGET', KEYS[1], 'updated_at', 'subscribed', 'scene_at', 'scene')
 local at = tonumber(current[1])
 local t = tonumber(ARGV[2])
+-- Byte order, as the memory engine compares (Lua's own compares by the server's locale).
+local function greater(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return #a > #b
+end
 -- At the same second an unsubscribe wins over a subscribe; anything else (a redelivery above
 -- all) changes nothing.
 if at and (t < at or (t == at and not (ARGV[1] == '0' and current[2] == '1'))) then
   local scene_at = tonumber(current[3])
-  if ARGV[1] == '1' and scene_at and t > scene_at then
+  if ARGV[1] == '1' and (not scene_at or t > scene_at
+      or (t == scene_at and greater(ARGV[3], current[4] or ''))) then
     redis.call('HSET', KEYS[1], 'scene', ARGV[3], 'scene_at', ARGV[2])
   end
   return 0

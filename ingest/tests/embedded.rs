@@ -101,8 +101,17 @@ async fn one_command_runs_the_whole_pipeline() {
         "the in-process welcome worker sent a welcome: {}",
         log.lock().unwrap()
     );
-
+    // Both binaries' metrics, in one process: each HELP names the labels its series carry.
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     stop_cleanly(&mut child).await;
+    assert_help_names_the_labels(&metrics);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,7 +74,7 @@ fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!(
         "wxpipe_build_info",
-        "Always 1; the version label says which wxpipe runs"
+        "Always 1: which wxpipe runs, by version"
     );
     describe_counter!(
         "wxpipe_pushes_total",
@@ -124,7 +124,7 @@ fn describe_metrics() {
     );
     describe_gauge!(
         "wxpipe_dependency_up",
-        "1 when the dependency answered the last readiness check, else 0"
+        "1 when the dependency answered the last readiness check, else 0, by dependency"
     );
     describe_gauge!(
         "wxpipe_spool_bytes",
@@ -133,7 +133,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "wxpipe_spool_records_total",
-        "Records appended to and replayed from the spool, by op"
+        "Records appended to, replayed from, held in or rejected by the spool, by op"
     );
     describe_counter!(
         "wxpipe_spool_write_errors_total",
@@ -141,7 +141,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "wxpipe_worker_events_total",
-        "Events a worker role handled, by role, type and outcome"
+        "Events a worker role handled, by role and outcome"
     );
     describe_histogram!(
         "wxpipe_worker_effect_seconds",
@@ -163,11 +163,19 @@ fn describe_metrics() {
     );
     describe_gauge!(
         "wxpipe_worker_waiting_records",
-        "Records of a role waiting for a failing dependency (the role is paused meanwhile)"
+        "Records of a role waiting for a failing dependency (the role is paused meanwhile), by role"
+    );
+    describe_gauge!(
+        "wxpipe_worker_held_records",
+        "Records held because the WeChat API refuses their account (the rest move on), by role and account"
+    );
+    describe_counter!(
+        "wxpipe_worker_welcome_unknown_total",
+        "Welcome sends whose outcome is unknown (written, answer lost), by then (recorded or resent)"
     );
     describe_counter!(
         "wxpipe_wechat_api_calls_total",
-        "Calls to the WeChat API, by API and outcome"
+        "Calls to the WeChat API, by api and errcode (0 ok, -2 no answer)"
     );
 }
 

@@ -501,3 +501,50 @@ pub async fn on_redis() -> (RedisServer, TestApp) {
     let app = TestApp::spawn(&redis.url()).await;
     (redis, app)
 }
+
+/// Asserts that in a Prometheus exposition every metric with labelled series says which in
+/// its HELP line, as `…, by a, b and c` (a histogram's own `le` and a summary's `quantile`
+/// aside), naming exactly the labels its series carry.
+pub fn assert_help_names_the_labels(exposition: &str) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut helps: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut labels: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in exposition.lines() {
+        if let Some(help) = line.strip_prefix("# HELP ") {
+            let (name, text) = help.split_once(' ').unwrap_or((help, ""));
+            helps.insert(name, text);
+        } else if !line.starts_with('#') && line.contains('{') {
+            let (series, _) = line.split_once('{').unwrap();
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| series.strip_suffix(suffix))
+                .unwrap_or(series);
+            let names = labels.entry(name.to_owned()).or_default();
+            for pair in line[line.find('{').unwrap() + 1..line.rfind('}').unwrap()].split("\",") {
+                let label = pair.split('=').next().unwrap().trim_matches(',');
+                if !label.is_empty() && label != "le" && label != "quantile" {
+                    names.insert(label.to_owned());
+                }
+            }
+        }
+    }
+    assert!(!labels.is_empty(), "no labelled series in:\n{exposition}");
+    for (name, carried) in labels {
+        if carried.is_empty() {
+            continue;
+        }
+        let help = helps
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("{name} has no HELP"));
+        let listed: BTreeSet<String> = help
+            .rsplit_once(", by ")
+            .map(|(_, by)| by.split(" (").next().unwrap_or_default())
+            .unwrap_or_default()
+            .split(", ")
+            .flat_map(|part| part.split(" and "))
+            .filter(|label| !label.is_empty())
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(listed, carried, "{name}: HELP {help:?}");
+    }
+}

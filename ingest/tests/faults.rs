@@ -718,3 +718,82 @@ async fn refused_records_are_held_while_the_rest_of_their_segment_moves_on() {
     );
     app.stop().await;
 }
+
+/// A push of `event` (`subscribe`, `unsubscribe`) from `from`.
+fn event_push(from: &str, event: &str, created_at: i64) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_faults]]></ToUserName><FromUserName><![CDATA[{from}]]></FromUserName>\
+         <CreateTime>{created_at}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[{event}]]></Event></xml>"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sick_partition_never_holds_up_the_rest_of_the_spool() {
+    // 600 spooled pushes, half subscribes, half unsubscribes; Kafka comes back with one
+    // partition of the subscribe topic leaderless. The unsubscribes and the other partition
+    // must reach Kafka while it is sick, each once; when it heals, its records arrive, each
+    // once and in their order; nothing Kafka acknowledged is sent again (counted by end
+    // offsets).
+    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool_dir())).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    let (subscribe, unsubscribe) = (app.topic("event.subscribe"), app.topic("event.unsubscribe"));
+    let t = now();
+    let (status, reason) = app
+        .post_push(&event_push("sick_warm", "unsubscribe", t))
+        .await;
+    assert_eq!(status, 200, "{reason}");
+    mock.broker_down(1).unwrap();
+    for i in 0..300 {
+        for event in ["subscribe", "unsubscribe"] {
+            let (status, reason) = app
+                .post_push(&event_push(&format!("sick{i:03}"), event, t))
+                .await;
+            assert_eq!(status, 200, "spooled: {reason}");
+        }
+    }
+    mock.partition_leader(&subscribe, 0, None).unwrap();
+    mock.broker_up(1).unwrap();
+
+    let healthy = || app.kafka.count(&unsubscribe);
+    assert!(
+        eventually(Duration::from_secs(40), || healthy() >= 301).await,
+        "the other topic while one partition is sick: {} of 301",
+        healthy()
+    );
+    let other_partition = app.kafka.count_partition(&subscribe, 1);
+    assert!(other_partition > 0, "the healthy partition got its records");
+    // Rounds go on meeting the sick partition.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(healthy(), 301, "each record of the other topic once");
+    assert_eq!(
+        app.kafka.count_partition(&subscribe, 1),
+        other_partition,
+        "each record of the healthy partition once"
+    );
+
+    mock.partition_leader(&subscribe, 0, Some(1)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(40), || app.kafka.count(&subscribe)
+            >= 300)
+        .await,
+        "the healed partition's records: {} of 300",
+        app.kafka.count(&subscribe)
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(app.kafka.count(&subscribe), 300, "each subscribe once");
+    assert_eq!(healthy(), 301, "each unsubscribe once");
+    let sick = 300 - other_partition as usize;
+    let order: Vec<String> = app
+        .kafka
+        .read_partition(&subscribe, 0, sick)
+        .iter()
+        .map(|r| r.key.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(order.len(), sick);
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "the sick partition's records in their order");
+    app.stop().await;
+}

@@ -797,3 +797,53 @@ async fn one_sick_partition_never_holds_up_the_rest_of_the_spool() {
     assert_eq!(order, sorted, "the sick partition's records in their order");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_exits_the_ingress_and_the_restart_replays_its_spool() {
+    // Pushes spooled while the broker is down; when it comes back, the idempotent producer's
+    // first produce fails with a sequence error at the head of its queue, which librdkafka
+    // takes as a fatal error: that producer never produces again. The ingress must not stay
+    // "degraded (spooling)" for good: it exits non-zero (its supervisor restarts it), and the
+    // restarted one replays the spool, each record once.
+    let dir = spool_dir();
+    let (redis, mut app) = spawn(|config| config.spool_dir = Some(dir.clone())).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    assert_accepted(&app, "fatal_warm").await;
+    mock.broker_down(1).unwrap();
+    for i in 0..5 {
+        assert_accepted(&app, &format!("fatal{i}")).await;
+    }
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    mock.broker_up(1).unwrap();
+    let Some(status) = app.exited_within(Duration::from_secs(30)).await else {
+        let ready = app.admin_get("/readyz").await;
+        panic!("a fatal producer: still running 30 s on, /readyz {ready:?}");
+    };
+    assert!(!status.success(), "{status}");
+    assert_eq!(app.count("event.subscribe"), 1, "the spooled pushes wait");
+
+    let port = free_port();
+    let _restarted = spawn_ingest(
+        port,
+        &[
+            ("KAFKA_BROKERS", app.kafka.brokers()),
+            ("KAFKA_TOPIC_PREFIX", app.config.shared.topic_prefix.clone()),
+            ("REDIS_URL", redis.url()),
+            ("REDIS_KEY_PREFIX", app.config.shared.key_prefix.clone()),
+            ("INGEST_SPOOL_DIR", dir.display().to_string()),
+        ],
+    );
+    wait_up(port).await;
+    assert!(
+        subscribes(&app, Duration::from_secs(30), |n| n >= 6).await,
+        "the restart replayed the spool: {} of 6",
+        app.count("event.subscribe")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.count("event.subscribe"), 6, "each record once");
+}

@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ const BATCH: usize = 2048;
 
 /// Past this many keys with a record left, a round ends early (each key costs a hash): the
 /// rest is sent next round.
-const MAX_KEYS_LEFT: usize = 1 << 20;
+const MAX_KEYS_LEFT: usize = 1 << 18;
 
 /// Why a replay round stopped early; the replay backs off, then tries again.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +85,7 @@ struct Left {
 
 impl Left {
     fn key(&self, record: &SpoolRecord) -> u64 {
-        let mut hasher = self.hasher.build_hasher();
-        (&record.topic, &record.key).hash(&mut hasher);
-        hasher.finish()
+        self.hasher.hash_one((&record.topic, &record.key))
     }
 
     /// Whether an earlier record of this record's key was left this round (a hash collision

@@ -847,3 +847,51 @@ async fn a_fatal_producer_exits_the_ingress_and_the_restart_replays_its_spool() 
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(app.count("event.subscribe"), 6, "each record once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_never_holds_up_the_rest_of_the_spool() {
+    // As above with a whole topic missing (auto-creation off, `ingest topics` not run for
+    // it): the other topic's spooled records reach Kafka, each once, while it is missing;
+    // once it exists, its records arrive, each once.
+    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool_dir())).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    let (subscribe, unsubscribe) = (app.topic("event.subscribe"), app.topic("event.unsubscribe"));
+    let t = now();
+    assert_accepted(&app, "missing_warm").await;
+    mock.broker_down(1).unwrap();
+    for i in 0..300 {
+        for event in ["subscribe", "unsubscribe"] {
+            let (status, reason) = app
+                .post_push(&event_push(&format!("missing{i:03}"), event, t))
+                .await;
+            assert_eq!(status, 200, "spooled: {reason}");
+        }
+    }
+    let missing = RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+    mock.topic_error(&unsubscribe, missing).unwrap();
+    mock.broker_up(1).unwrap();
+    let healthy = || app.kafka.count(&subscribe);
+    assert!(
+        eventually(Duration::from_secs(40), || healthy() >= 301).await,
+        "the other topic while one is missing: {} of 301",
+        healthy()
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(healthy(), 301, "each record of the other topic once");
+
+    mock.topic_error(&unsubscribe, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || app.kafka.count(&unsubscribe)
+            >= 300)
+        .await,
+        "the missing topic's records once it exists: {} of 300",
+        app.kafka.count(&unsubscribe)
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(app.kafka.count(&unsubscribe), 300, "each unsubscribe once");
+    assert_eq!(healthy(), 301, "each subscribe once");
+    app.stop().await;
+}

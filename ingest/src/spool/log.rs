@@ -256,6 +256,16 @@ impl Spool {
                 .expect("committed lock")
                 .insert(seq, len);
         };
+        // A rewrite a crash cut short: the segment it was for is still whole.
+        for entry in fs::read_dir(dir)?.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg.rewrite")
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         for (seq, path) in segments(dir)? {
             next_seq = seq + 1;
             let (records, valid) = match read_segment(&path) {
@@ -778,12 +788,16 @@ mod tests {
             expected,
             "before every later segment, in order"
         );
+        // A rewrite a crash cut short leaves nothing behind once the spool opens.
+        let stray = path.with_extension("seg.rewrite");
+        fs::write(&stray, b"cut short").unwrap();
         let reopened = Spool::open(&dir, 1 << 20).unwrap();
         assert_eq!(
             reopened.bytes(),
             full - gone,
             "the same count after a restart"
         );
+        assert!(!stray.exists());
     }
 
     #[tokio::test]

@@ -66,10 +66,14 @@ pub enum StartError {
     Workers(#[from] worker::StartError),
     #[error("admin listener {0}")]
     Admin(String),
+    /// The producer can never produce again; a restart gets a new one (and replays the spool).
+    #[error("kafka producer: fatal error, exiting to be restarted: {0}")]
+    KafkaFatal(String),
 }
 
 /// Serves WeChat pushes on `listener` until `shutdown` resolves; then finishes in-flight
-/// pushes (each ends durable-and-200 or not-200) and flushes the producer.
+/// pushes (each ends durable-and-200 or not-200) and flushes the producer. A producer that
+/// hits a fatal error stops it the same way, then [`StartError::KafkaFatal`].
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -183,6 +187,29 @@ pub async fn serve(
     };
     let grace = config.ack_deadline() + Duration::from_secs(1);
     let max_connections = server::connection_limit(config.max_connections);
+    // A producer in librdkafka's fatal state fails every record for good, so the spool would
+    // fill and never drain: the ingress stops as for a signal (readiness fails meanwhile) and
+    // exits non-zero. Every 200 is on Kafka or in the spool, which the next start replays.
+    let fatal = Arc::new(std::sync::OnceLock::new());
+    let watch_fatal = {
+        let (publisher, fatal) = (Arc::clone(&publisher), Arc::clone(&fatal));
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some((code, reason)) = publisher.fatal() {
+                    tracing::error!(?code, %reason, "the Kafka producer hit a fatal error: stopping, to be restarted with a new one");
+                    let _ = fatal.set(format!("{code:?}: {reason}"));
+                    return;
+                }
+            }
+        }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = watch_fatal => {}
+        }
+    };
     let mut finished = server::serve(listener, routes, max_connections, shutdown, grace).await;
     // Each push holds an in-flight permit to its end: holding them all means none is left.
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
@@ -213,6 +240,9 @@ pub async fn serve(
         if let Err(error) = task.await {
             tracing::warn!(%error, "workers ended abnormally");
         }
+    }
+    if let Some(fatal) = fatal.get() {
+        return Err(StartError::KafkaFatal(fatal.clone()));
     }
     tracing::info!("ingest stopped");
     Ok(())

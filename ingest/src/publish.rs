@@ -184,14 +184,20 @@ impl Publisher {
     /// producer can still produce: after a fatal error (an idempotent producer that lost its
     /// sequence) it fails every record until the process restarts.
     pub fn reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            tracing::error!(?code, %reason, "the Kafka producer hit a fatal error: restart the ingress");
+        if let Some((code, _)) = self.fatal() {
             return Err(KafkaError::Global(code));
         }
         self.producer
             .client()
             .fetch_metadata(None, timeout)
             .map(drop)
+    }
+
+    /// The producer's fatal error, if it hit one (librdkafka's `rd_kafka_fatal_error`: an
+    /// idempotent producer that lost its sequence with the broker). It then fails every
+    /// record for good; [`crate::serve`] ends the process for its supervisor to restart.
+    pub fn fatal(&self) -> Option<(RDKafkaErrorCode, String)> {
+        self.producer.client().fatal_error()
     }
 
     /// Sends what is queued, waiting at most `timeout`.

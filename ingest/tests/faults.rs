@@ -719,3 +719,180 @@ async fn refused_records_are_held_while_the_rest_of_their_segment_moves_on() {
     );
     app.stop().await;
 }
+
+/// A push of `event` (`subscribe`, `unsubscribe`) from `from`.
+fn event_push(from: &str, event: &str, created_at: i64) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_faults]]></ToUserName><FromUserName><![CDATA[{from}]]></FromUserName>\
+         <CreateTime>{created_at}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[{event}]]></Event></xml>"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sick_partition_never_holds_up_the_rest_of_the_spool() {
+    // 600 spooled pushes, half subscribes, half unsubscribes; Kafka comes back with one
+    // partition of the subscribe topic leaderless. The unsubscribes and the other partition
+    // must reach Kafka while it is sick, each once; when it heals, its records arrive, each
+    // once and in their order; nothing Kafka acknowledged is sent again (counted by end
+    // offsets).
+    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool_dir())).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    let (subscribe, unsubscribe) = (app.topic("event.subscribe"), app.topic("event.unsubscribe"));
+    let t = now();
+    let (status, reason) = app
+        .post_push(&event_push("sick_warm", "unsubscribe", t))
+        .await;
+    assert_eq!(status, 200, "{reason}");
+    mock.broker_down(1).unwrap();
+    for i in 0..300 {
+        for event in ["subscribe", "unsubscribe"] {
+            let (status, reason) = app
+                .post_push(&event_push(&format!("sick{i:03}"), event, t))
+                .await;
+            assert_eq!(status, 200, "spooled: {reason}");
+        }
+    }
+    mock.partition_leader(&subscribe, 0, None).unwrap();
+    mock.broker_up(1).unwrap();
+
+    let healthy = || app.kafka.count(&unsubscribe);
+    assert!(
+        eventually(Duration::from_secs(40), || healthy() >= 301).await,
+        "the other topic while one partition is sick: {} of 301",
+        healthy()
+    );
+    let other_partition = app.kafka.count_partition(&subscribe, 1);
+    assert!(other_partition > 0, "the healthy partition got its records");
+    // Rounds go on meeting the sick partition.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(healthy(), 301, "each record of the other topic once");
+    assert_eq!(
+        app.kafka.count_partition(&subscribe, 1),
+        other_partition,
+        "each record of the healthy partition once"
+    );
+
+    mock.partition_leader(&subscribe, 0, Some(1)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(40), || app.kafka.count(&subscribe)
+            >= 300)
+        .await,
+        "the healed partition's records: {} of 300",
+        app.kafka.count(&subscribe)
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(app.kafka.count(&subscribe), 300, "each subscribe once");
+    assert_eq!(healthy(), 301, "each unsubscribe once");
+    let sick = 300 - other_partition as usize;
+    let order: Vec<String> = app
+        .kafka
+        .read_partition(&subscribe, 0, sick)
+        .iter()
+        .map(|r| r.key.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(order.len(), sick);
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "the sick partition's records in their order");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_exits_the_ingress_and_the_restart_replays_its_spool() {
+    // Pushes spooled while the broker is down; when it comes back, the idempotent producer's
+    // first produce fails with a sequence error at the head of its queue, which librdkafka
+    // takes as a fatal error: that producer never produces again. The ingress must not stay
+    // "degraded (spooling)" for good: it exits non-zero (its supervisor restarts it), and the
+    // restarted one replays the spool, each record once.
+    let dir = spool_dir();
+    let (redis, mut app) = spawn(|config| config.spool_dir = Some(dir.clone())).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    assert_accepted(&app, "fatal_warm").await;
+    mock.broker_down(1).unwrap();
+    for i in 0..5 {
+        assert_accepted(&app, &format!("fatal{i}")).await;
+    }
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    mock.broker_up(1).unwrap();
+    let Some(status) = app.exited_within(Duration::from_secs(30)).await else {
+        let ready = app.admin_get("/readyz").await;
+        panic!("a fatal producer: still running 30 s on, /readyz {ready:?}");
+    };
+    assert!(!status.success(), "{status}");
+    assert_eq!(app.count("event.subscribe"), 1, "the spooled pushes wait");
+
+    let port = free_port();
+    let _restarted = spawn_ingest(
+        port,
+        &[
+            ("KAFKA_BROKERS", app.kafka.brokers()),
+            ("KAFKA_TOPIC_PREFIX", app.config.shared.topic_prefix.clone()),
+            ("REDIS_URL", redis.url()),
+            ("REDIS_KEY_PREFIX", app.config.shared.key_prefix.clone()),
+            ("INGEST_SPOOL_DIR", dir.display().to_string()),
+        ],
+    );
+    wait_up(port).await;
+    assert!(
+        subscribes(&app, Duration::from_secs(30), |n| n >= 6).await,
+        "the restart replayed the spool: {} of 6",
+        app.count("event.subscribe")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.count("event.subscribe"), 6, "each record once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_never_holds_up_the_rest_of_the_spool() {
+    // As above with a whole topic missing (auto-creation off, `ingest topics` not run for
+    // it): the other topic's spooled records reach Kafka, each once, while it is missing;
+    // once it exists, its records arrive, each once.
+    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool_dir())).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    let (subscribe, unsubscribe) = (app.topic("event.subscribe"), app.topic("event.unsubscribe"));
+    let t = now();
+    assert_accepted(&app, "missing_warm").await;
+    mock.broker_down(1).unwrap();
+    for i in 0..300 {
+        for event in ["subscribe", "unsubscribe"] {
+            let (status, reason) = app
+                .post_push(&event_push(&format!("missing{i:03}"), event, t))
+                .await;
+            assert_eq!(status, 200, "spooled: {reason}");
+        }
+    }
+    let missing = RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+    mock.topic_error(&unsubscribe, missing).unwrap();
+    mock.broker_up(1).unwrap();
+    let healthy = || app.kafka.count(&subscribe);
+    assert!(
+        eventually(Duration::from_secs(40), || healthy() >= 301).await,
+        "the other topic while one is missing: {} of 301",
+        healthy()
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(healthy(), 301, "each record of the other topic once");
+
+    mock.topic_error(&unsubscribe, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || app.kafka.count(&unsubscribe)
+            >= 300)
+        .await,
+        "the missing topic's records once it exists: {} of 300",
+        app.kafka.count(&unsubscribe)
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(app.kafka.count(&unsubscribe), 300, "each unsubscribe once");
+    assert_eq!(healthy(), 301, "each subscribe once");
+    app.stop().await;
+}

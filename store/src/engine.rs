@@ -16,6 +16,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
@@ -214,9 +215,10 @@ impl Redis {
         ))))
     }
 
-    /// The `redis` crate's Sentinel client finds the primary; a connection that fails (the
-    /// primary is gone) or is refused writes (it was demoted) is dropped, and the next call
-    /// asks the sentinels again.
+    /// The `redis` crate's Sentinel client finds the primary, one client per sentinel so that
+    /// they are asked all at once (see [`Sentineled`]); a connection that fails (the primary
+    /// is gone) or is refused writes (it was demoted) is dropped, and the next call asks the
+    /// sentinels again.
     fn sentinel(url: &str, timeout: Duration) -> Result<Conn, StoreError> {
         let parts = parts(url);
         let master = parts.path.trim_matches('/');
@@ -233,14 +235,20 @@ impl Redis {
             ))?;
             node = node.set_redis_connection_info(info.redis_settings().clone());
         }
-        let client = SentinelClient::build(
-            parts.node_urls(false),
-            master,
-            Some(node),
-            SentinelServerType::Master,
-        )?;
+        let sentinels = parts
+            .node_urls(false)
+            .into_iter()
+            .map(|url| {
+                SentinelClient::build(
+                    vec![url],
+                    master,
+                    Some(node.clone()),
+                    SentinelServerType::Master,
+                )
+            })
+            .collect::<redis::RedisResult<Vec<_>>>()?;
         Ok(Conn::Sentinel(Arc::new(Sentineled {
-            client: tokio::sync::Mutex::new(client),
+            sentinels: tokio::sync::Mutex::new(sentinels),
             current: Mutex::new(None),
             timeout,
         })))
@@ -522,8 +530,15 @@ impl Drop for Unanswered<'_> {
 }
 
 /// The primary of a Sentinel set: connected on first use, forgotten when it fails.
+///
+/// Every sentinel is asked at once and the first primary found (named by a sentinel, its
+/// `ROLE` checked by the crate, connected) wins. The crate's own client, given them all, takes
+/// their answers in list order, with its own timeouts (longer than a call's bound) on each:
+/// a first-listed sentinel whose host is gone without a reset held up every lookup, so a
+/// failover was never followed.
 pub(crate) struct Sentineled {
-    client: tokio::sync::Mutex<SentinelClient>,
+    /// One client per sentinel of `REDIS_URL`, in its order.
+    sentinels: tokio::sync::Mutex<Vec<SentinelClient>>,
     current: Mutex<Option<MultiplexedConnection>>,
     timeout: Duration,
 }
@@ -533,16 +548,36 @@ impl Sentineled {
         if let Some(conn) = self.current.lock().expect("sentinel lock").clone() {
             return Ok(conn);
         }
-        let mut client = self.client.lock().await;
+        let mut sentinels = self.sentinels.lock().await;
         if let Some(conn) = self.current.lock().expect("sentinel lock").clone() {
             return Ok(conn);
         }
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
-        let conn = client.get_async_connection_with_config(&config).await?;
-        *self.current.lock().expect("sentinel lock") = Some(conn.clone());
-        Ok(conn)
+        // The lookups still running when one succeeds are dropped: the crate caches only a
+        // sentinel connection it has verified, so that is safe.
+        let mut lookups: FuturesUnordered<_> = sentinels
+            .iter_mut()
+            .map(|sentinel| sentinel.get_async_connection_with_config(&config))
+            .collect();
+        // As the crate does: an error met on a named primary says more than "not found".
+        let (mut about_primary, mut last) = (None, None);
+        while let Some(lookup) = lookups.next().await {
+            match lookup {
+                Ok(conn) => {
+                    *self.current.lock().expect("sentinel lock") = Some(conn.clone());
+                    return Ok(conn);
+                }
+                Err(error) if error.kind() != redis::ErrorKind::MasterNameNotFoundBySentinel => {
+                    about_primary = Some(error);
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(about_primary
+            .or(last)
+            .expect("a Sentinel URL names at least one sentinel"))
     }
 
     /// Forgets the connection after an error that says the primary is not there or not the

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use store::dedup::{self, Claim, ClaimRequest, DedupStore, NonceBinding};
 use store::Engine;
-use testkit::{unique, RedisCluster, RedisServer};
+use testkit::{unique, RedisCluster, RedisSentinel, RedisServer};
 
 const LEASE: Duration = Duration::from_millis(300);
 const TTL: Duration = Duration::from_secs(60);
@@ -315,6 +315,56 @@ async fn redis_engine_fails_fast_while_redis_is_down_and_recovers() {
             Err(error) => panic!("the store did not recover: {error}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_sentinel_never_holds_up_finding_the_new_primary() {
+    // The first-listed sentinel's host goes silent (packets dropped: no reset, no answer) as
+    // the primary dies. The other two sentinels answer: the store must find the primary they
+    // promote, within the timeouts it has (250 ms a call), however long the silent one hangs.
+    let mut set = RedisSentinel::start();
+    let silent = testkit::Proxy::start(
+        format!("127.0.0.1:{}", set.sentinels[0].port)
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let url = format!(
+        "redis+sentinel://{},127.0.0.1:{},127.0.0.1:{}/{}",
+        silent.addr,
+        set.sentinels[1].port,
+        set.sentinels[2].port,
+        RedisSentinel::MASTER
+    );
+    let engine = Engine::open(&url, Duration::from_millis(250)).unwrap();
+    let store = dedup::open(&engine, &unique("k"));
+    store.round_trip().await.unwrap();
+
+    let old = set.primary.port;
+    silent.stall();
+    set.primary.kill();
+    assert!(
+        testkit::eventually(Duration::from_secs(30), || set
+            .primary_port()
+            .is_some_and(|port| port != old))
+        .await,
+        "the sentinels promoted the replica"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match store.round_trip().await {
+            Ok(()) => break,
+            Err(error) if std::time::Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the new primary was not found past the silent sentinel: {error}"),
+        }
+    }
+    assert_eq!(
+        store.claim(claim("after-failover", "a")).await.unwrap(),
+        Claim::Claimed
+    );
 }
 
 #[tokio::test]

@@ -310,17 +310,41 @@ impl Kafka {
             .sum()
     }
 
+    /// How many records one partition holds, by its end offsets.
+    pub fn count_partition(&self, topic: &str, partition: i32) -> i64 {
+        let (low, high) = self
+            .consumer()
+            .fetch_watermarks(topic, partition, Duration::from_secs(5))
+            .unwrap_or((0, 0));
+        high - low
+    }
+
     /// Reads a topic from the beginning until `expected` records are in (or 10 s pass):
     /// (key, value, headers) of each.
     pub fn read(&self, topic: &str, expected: usize) -> Vec<Record> {
-        let consumer = self.consumer();
-        let metadata = consumer
+        let metadata = self
+            .consumer()
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .unwrap();
+        let partitions: Vec<i32> = metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| p.id())
+            .collect();
+        self.read_partitions(topic, &partitions, expected)
+    }
+
+    /// [`Kafka::read`] of one partition: its records in their order there.
+    pub fn read_partition(&self, topic: &str, partition: i32, expected: usize) -> Vec<Record> {
+        self.read_partitions(topic, &[partition], expected)
+    }
+
+    fn read_partitions(&self, topic: &str, partitions: &[i32], expected: usize) -> Vec<Record> {
+        let consumer = self.consumer();
         let mut assignment = TopicPartitionList::new();
-        for p in metadata.topics()[0].partitions() {
+        for p in partitions {
             assignment
-                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .add_partition_offset(topic, *p, Offset::Beginning)
                 .unwrap();
         }
         consumer.assign(&assignment).unwrap();

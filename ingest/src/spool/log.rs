@@ -256,6 +256,16 @@ impl Spool {
                 .expect("committed lock")
                 .insert(seq, len);
         };
+        // A rewrite a crash cut short: the segment it was for is still whole.
+        for entry in fs::read_dir(dir)?.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg.rewrite")
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         for (seq, path) in segments(dir)? {
             next_seq = seq + 1;
             let (records, valid) = match read_segment(&path) {
@@ -447,6 +457,44 @@ impl Spool {
                 Some(held.saturating_sub(committed))
             });
         metrics::gauge!("wxpipe_spool_bytes").set(self.bytes() as f64);
+    }
+
+    /// Replaces a sealed segment by `records`, what is left of it for Kafka, in place so that
+    /// they keep their turn (before every later segment, in their order): written beside it,
+    /// fsync'd, renamed over it. A crash leaves the one or the other, so at worst records
+    /// Kafka has are sent again with their ids.
+    pub(super) fn rewrite_segment(
+        &self,
+        seq: u64,
+        path: &Path,
+        records: &[SpoolRecord],
+    ) -> Result<(), SpoolError> {
+        let mut data = Vec::new();
+        for record in records {
+            data.extend_from_slice(&record.encode()?);
+        }
+        let beside = path.with_extension("seg.rewrite");
+        let mut file = File::create(&beside)?;
+        file.write_all(&data)?;
+        file.sync_data()?;
+        fs::rename(&beside, path)?;
+        sync_dir(&self.dir)?;
+        let len = data.len() as u64;
+        let before = self
+            .shared
+            .committed
+            .lock()
+            .expect("committed lock")
+            .insert(seq, len)
+            .unwrap_or(len);
+        let _ = self
+            .shared
+            .bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                Some((held + len).saturating_sub(before))
+            });
+        metrics::gauge!("wxpipe_spool_bytes").set(self.bytes() as f64);
+        Ok(())
     }
 
     /// Whether the disk failed or hung and no probe write has succeeded since.
@@ -711,6 +759,45 @@ mod tests {
         let reopened = Spool::open(&dir, 1 << 20).unwrap();
         assert!(reopened.active(), "a spool with records replays on start");
         assert_eq!(all_records(&dir), (0..50).map(record).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_segment_keeps_its_turn_and_gives_back_its_bytes() {
+        let dir = temp_dir();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        for i in 0..10 {
+            spool.append(&record(i)).await.unwrap();
+        }
+        let sealed = spool.seal().await.unwrap();
+        for i in 10..15 {
+            spool.append(&record(i)).await.unwrap();
+        }
+        let full = spool.bytes();
+        let (seq, path) = &sealed[0];
+        let left: Vec<SpoolRecord> = [3, 7].map(record).to_vec();
+        spool.rewrite_segment(*seq, path, &left).unwrap();
+        let gone: u64 = (0..10)
+            .filter(|i| ![3, 7].contains(i))
+            .map(|i| record(i).encode().unwrap().len() as u64)
+            .sum();
+        assert_eq!(spool.bytes(), full - gone);
+        drop(spool);
+        let expected: Vec<SpoolRecord> = [3, 7].into_iter().chain(10..15).map(record).collect();
+        assert_eq!(
+            all_records(&dir),
+            expected,
+            "before every later segment, in order"
+        );
+        // A rewrite a crash cut short leaves nothing behind once the spool opens.
+        let stray = path.with_extension("seg.rewrite");
+        fs::write(&stray, b"cut short").unwrap();
+        let reopened = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(
+            reopened.bytes(),
+            full - gone,
+            "the same count after a restart"
+        );
+        assert!(!stray.exists());
     }
 
     #[tokio::test]

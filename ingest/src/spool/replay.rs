@@ -1,8 +1,18 @@
 //! The replay: sealed segments to Kafka, oldest first, each deleted only once Kafka has
-//! acknowledged all of it. A record is re-sent after a failure or a crash mid-segment: a
-//! second copy with the same id, never a loss.
+//! acknowledged all of it. A record is re-sent after a crash mid-segment: a second copy with
+//! the same id, never a loss.
+//!
+//! A record Kafka does not take now (its partition has no leader or too few in-sync replicas,
+//! its topic is missing, Kafka refuses it for its setup, Kafka is down) does not end the
+//! round: it stays in its segment, which is rewritten in place with only what Kafka has not
+//! acknowledged, and the rest moves on. So one sick partition or topic holds back only its own
+//! records, and nothing Kafka acknowledged is sent again. The records left keep their turn:
+//! within a round, a record whose key (its user) has an earlier record left is left too, and
+//! the next round sends them again oldest first.
 
+use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
+use std::hash::BuildHasher;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -17,21 +27,27 @@ use crate::publish::{PublishError, Publisher};
 /// Records Kafka refused for good, kept for a person (not a segment: never replayed).
 const REJECTED: &str = "rejected.seg.kept";
 
+/// Records handed to the producer at once; their outcomes are awaited before the next ones,
+/// so a record waits behind an earlier one of its key that Kafka did not take.
+const BATCH: usize = 2048;
+
+/// Past this many keys with a record left, a round ends early (each key costs a hash): the
+/// rest is sent next round.
+const MAX_KEYS_LEFT: usize = 1 << 18;
+
 /// Why a replay round stopped early; the replay backs off, then tries again.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error(transparent)]
     Seal(io::Error),
-    #[error(transparent)]
-    Kafka(#[from] PublishError),
     #[error("keeping a rejected record: {0}")]
     KeepRejected(SpoolError),
-    #[error("holding a refused record: {0}")]
-    HoldRefused(SpoolError),
+    #[error("rewriting a segment with the records left: {0}")]
+    Rewrite(SpoolError),
     #[error(transparent)]
     Remove(io::Error),
-    #[error("{0} record(s) held in the spool: Kafka refuses them for its setup")]
-    Held(u64),
+    #[error("{left} record(s) left in the spool for the next round; the first: {first}")]
+    Left { left: u64, first: PublishError },
 }
 
 /// Replays the spool to Kafka until `stop` turns true.
@@ -49,10 +65,40 @@ pub async fn replay(spool: Arc<Spool>, publisher: Arc<Publisher>, mut stop: watc
             Ok(()) => backoff = Duration::from_millis(200),
             Err(error) => {
                 spool.stop_draining();
-                tracing::warn!(%error, "spool replay: Kafka not taking writes yet");
+                tracing::warn!(%error, "spool replay: Kafka not taking every record yet");
                 let _ = tokio::time::timeout(backoff, stop.changed()).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// What a round left in the spool: how many records, the first one's error, and the keys
+/// (hashed, per topic) that later records of the round wait behind.
+#[derive(Default)]
+struct Left {
+    records: u64,
+    first: Option<PublishError>,
+    keys: HashSet<u64>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Left {
+    fn key(&self, record: &SpoolRecord) -> u64 {
+        self.hasher.hash_one((&record.topic, &record.key))
+    }
+
+    /// Whether an earlier record of this record's key was left this round (a hash collision
+    /// only leaves one more record for the next round).
+    fn waits(&self, record: &SpoolRecord) -> bool {
+        !self.keys.is_empty() && self.keys.contains(&self.key(record))
+    }
+
+    fn leave(&mut self, record: &SpoolRecord, error: Option<PublishError>) {
+        self.records += 1;
+        self.keys.insert(self.key(record));
+        if self.first.is_none() {
+            self.first = error;
         }
     }
 }
@@ -64,84 +110,108 @@ async fn replay_sealed(
     stop: &watch::Receiver<bool>,
 ) -> Result<(), ReplayError> {
     let sealed = spool.seal().await.map_err(ReplayError::Seal)?;
+    let mut left = Left::default();
     for (seq, path) in &sealed {
-        if *stop.borrow() {
-            return Ok(());
+        if *stop.borrow() || left.keys.len() > MAX_KEYS_LEFT {
+            break;
         }
         // A segment cut short by a write error may hold records past what was committed
         // (answered 503): they are replayed too, a copy with the same id at worst.
-        let records = match read_segment(path) {
-            Ok((records, _)) => spool.not_delivered(records),
+        let (records, skipped) = match read_segment(path) {
+            Ok((records, _)) => {
+                let read = records.len();
+                let records = spool.not_delivered(records);
+                let skipped = read - records.len();
+                (records, skipped)
+            }
             Err(error) => {
                 set_aside(path, &error);
                 spool.forget_segment(*seq);
                 continue;
             }
         };
-        let held = replay_records(spool, publisher, &records).await?;
-        fs::remove_file(path).map_err(ReplayError::Remove)?;
-        spool.forget_segment(*seq);
-        tracing::info!(
-            records = records.len(),
-            held,
-            "spool: segment replayed to Kafka"
-        );
-        if held > 0 {
-            metrics::counter!("wxpipe_spool_records_total", "op" => "held").increment(held);
-            // Back off before trying them again.
-            return Err(ReplayError::Held(held));
+        let before = left.records;
+        let rest = replay_records(spool, publisher, &records, &mut left).await?;
+        if rest.is_empty() {
+            fs::remove_file(path).map_err(ReplayError::Remove)?;
+            spool.forget_segment(*seq);
+            tracing::info!(records = records.len(), "spool: segment replayed to Kafka");
+        } else if rest.len() < records.len() + skipped {
+            // What Kafka has leaves the segment, so it is never sent again.
+            spool
+                .rewrite_segment(*seq, path, &rest)
+                .map_err(ReplayError::Rewrite)?;
+            tracing::info!(
+                records = records.len(),
+                left = left.records - before,
+                "spool: segment partly replayed to Kafka; the rest stays in it"
+            );
         }
+    }
+    if *stop.borrow() {
+        return Ok(());
+    }
+    if left.records > 0 {
+        metrics::counter!("wxpipe_spool_records_total", "op" => "held").increment(left.records);
+        return Err(ReplayError::Left {
+            left: left.records,
+            first: left.first.unwrap_or(PublishError::Canceled),
+        });
     }
     spool.round_replayed();
     Ok(())
 }
 
-/// Sends a segment's records and waits for each outcome: the number held back in the spool
-/// because Kafka refuses them for its setup.
+/// Sends a segment's records and waits for each outcome: the records Kafka did not take, in
+/// their order, to stay in the segment.
 async fn replay_records(
     spool: &Spool,
     publisher: &Publisher,
     records: &[SpoolRecord],
-) -> Result<u64, ReplayError> {
-    let mut held = 0;
-    for chunk in records.chunks(512) {
-        // An error at enqueue is handled as the record's outcome, like a delivery's:
-        // returning at once would re-send, next round, the records already enqueued.
-        let deliveries: Vec<_> = chunk
+    left: &mut Left,
+) -> Result<Vec<SpoolRecord>, ReplayError> {
+    let mut rest = Vec::new();
+    for batch in records.chunks(BATCH) {
+        // An error at enqueue is handled as the record's outcome, like a delivery's.
+        let deliveries: Vec<_> = batch
             .iter()
-            .map(|r| publisher.enqueue_named(&r.topic, &r.key, &r.value, headers(r)))
+            .map(|r| {
+                (!left.waits(r))
+                    .then(|| publisher.enqueue_named(&r.topic, &r.key, &r.value, headers(r)))
+            })
             .collect();
-        for (record, delivery) in chunk.iter().zip(deliveries) {
+        let mut replayed = 0;
+        for (record, delivery) in batch.iter().zip(deliveries) {
             let outcome = match delivery {
-                Ok(delivery) => Publisher::delivered(delivery).await,
-                Err(error) => Err(error),
+                // Behind an earlier record of its key that Kafka did not take.
+                None => {
+                    left.leave(record, None);
+                    rest.push(record.clone());
+                    continue;
+                }
+                Some(Ok(delivery)) => Publisher::delivered(delivery).await,
+                Some(Err(error)) => Err(error),
             };
             match outcome {
-                Ok(()) => {}
+                Ok(()) => replayed += 1,
                 // Kafka will never take it as it is (too large, not authorised): keep
                 // it for a person instead of blocking every record behind it.
                 Err(error) if error.is_permanent() => {
                     keep_rejected(spool.dir(), record, &error.to_string())
                         .map_err(ReplayError::KeepRejected)?;
                 }
-                // Refused for Kafka's setup (often one topic's ACL): the record goes
-                // back into the spool (fsync'd, a later segment) so this segment, and
-                // the other topics, move on; it is tried again until the setup is
-                // fixed.
-                Err(error) if error.is_refused() => {
-                    spool
-                        .append(record)
-                        .await
-                        .map_err(ReplayError::HoldRefused)?;
-                    held += 1;
+                // Not now: its partition or topic is sick, Kafka is down, or Kafka refuses
+                // it for its setup (often one topic's ACL), which passes once a person
+                // fixes it. It stays, and is tried again next round.
+                Err(error) => {
+                    left.leave(record, Some(error));
+                    rest.push(record.clone());
                 }
-                Err(error) => return Err(error.into()),
             }
         }
-        metrics::counter!("wxpipe_spool_records_total", "op" => "replayed")
-            .increment(chunk.len() as u64);
+        metrics::counter!("wxpipe_spool_records_total", "op" => "replayed").increment(replayed);
     }
-    Ok(held)
+    Ok(rest)
 }
 
 /// A spooled record's headers, the same as when it was first produced: the spool keeps the

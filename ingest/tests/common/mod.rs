@@ -343,6 +343,25 @@ impl TestApp {
         false
     }
 
+    /// Waits up to `within` for the binary to exit by itself: its status, `None` while it
+    /// still runs.
+    pub async fn exited_within(
+        &mut self,
+        within: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let process = self.process.as_mut()?;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = process.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Signals the ingress to stop (SIGTERM to the binary), without waiting.
     pub fn signal_stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -25,7 +25,9 @@ pub struct Shared {
     #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "wechat")]
     pub topic_prefix: String,
 
-    /// `redis://…` or `memory://`.
+    /// The dedup and effect store: `redis://host:port` (`rediss://` for TLS),
+    /// `redis+cluster://host:port,host:port,…`, `redis+sentinel://host:port,…/MASTER`, or
+    /// `memory://` (this process only).
     #[arg(long, env = "REDIS_URL", default_value = "memory://")]
     pub redis_url: String,
 

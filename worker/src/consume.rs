@@ -397,41 +397,70 @@ impl Drop for Waiting<'_> {
 }
 
 /// A record its account's hold keeps (see [`crate::holds`]): its permit goes back to the role
-/// while it waits, unless the role holds too many already.
+/// while it waits, unless the role holds too many already, and is taken again before each try,
+/// so held records never try more at once than the role's concurrency (when the hold opens,
+/// all of them would otherwise send together).
 struct Held<'a> {
     consumer: &'a RoleConsumer,
     account: &'a str,
-    gave_back: bool,
+    /// Under the cap when it was held: it gives its permit back whenever it waits.
+    gives_back: bool,
+    /// Its permit is given back now: it takes one before it tries again.
+    given: bool,
     left: bool,
 }
 
 impl<'a> Held<'a> {
-    fn enter(consumer: &'a RoleConsumer, account: &'a str, reason: &str) -> Self {
-        let gave_back = consumer.holds.enter(account, reason);
-        if gave_back {
-            consumer.permits.add_permits(1);
-        }
-        Held {
+    fn new(consumer: &'a RoleConsumer, account: &'a str, gives_back: bool) -> Self {
+        let mut held = Held {
             consumer,
             account,
-            gave_back,
+            gives_back,
+            given: false,
             left: false,
+        };
+        held.give_back();
+        held
+    }
+
+    /// A record the API refused for its account.
+    fn enter(consumer: &'a RoleConsumer, account: &'a str, reason: &str) -> Self {
+        Self::new(consumer, account, consumer.holds.enter(account, reason))
+    }
+
+    /// A record that found its account held before it tried: it waits as a held record
+    /// (its permit back to the role), not on the role's permit. `None`: the hold ended.
+    fn join(consumer: &'a RoleConsumer, account: &'a str) -> Option<Self> {
+        Some(Self::new(consumer, account, consumer.holds.join(account)?))
+    }
+
+    fn give_back(&mut self) {
+        if self.gives_back && !self.given {
+            self.consumer.permits.add_permits(1);
+            self.given = true;
         }
     }
 
-    /// The record goes on: it takes a permit again (the one it gave back is another
-    /// record's now), unless the worker stops first.
-    async fn leave(mut self, shutdown: &mut watch::Receiver<bool>) {
+    /// Takes a permit again before a try (the one given back is another record's now);
+    /// false when the worker stops first.
+    async fn retake(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        if !self.given {
+            return true;
+        }
+        tokio::select! {
+            permit = Arc::clone(&self.consumer.permits).acquire_owned() => {
+                permit.expect("semaphore open").forget();
+                self.given = false;
+                true
+            }
+            _ = shutdown.wait_for(|stop| *stop) => false,
+        }
+    }
+
+    /// The record goes on (it holds a permit: it tried).
+    fn leave(mut self) {
         self.left = true;
         self.consumer.holds.leave(self.account);
-        if self.gave_back {
-            tokio::select! {
-                permit = Arc::clone(&self.consumer.permits).acquire_owned() => {
-                    permit.expect("semaphore open").forget();
-                }
-                _ = shutdown.wait_for(|stop| *stop) => {}
-            }
-        }
     }
 }
 
@@ -1014,10 +1043,19 @@ impl RoleConsumer {
         let mut waiting: Option<Waiting<'_>> = None;
         let mut held: Option<Held<'_>> = None;
         loop {
-            // A record of an account the API refuses waits its account's turn.
+            // A record of an account the API refuses waits its account's turn, as one of
+            // its held records (its permit given back), and takes a permit before it tries.
             while let Turn::WaitUntil(at) = self.holds.turn(&event.account) {
+                if held.is_none() {
+                    held = Held::join(self, &event.account);
+                }
                 let pause = at.saturating_duration_since(Instant::now());
                 if !sleep_unless_stopping(pause, shutdown).await {
+                    return None;
+                }
+            }
+            if let Some(held) = &mut held {
+                if !held.retake(shutdown).await {
                     return None;
                 }
             }
@@ -1026,8 +1064,11 @@ impl RoleConsumer {
                 Outcome::Held(reason) => Some(reason.as_str()),
                 _ => None,
             };
-            if let (Some(reason), None) = (refused, &held) {
-                held = Some(Held::enter(self, &event.account, reason));
+            if let Some(reason) = refused {
+                match &mut held {
+                    None => held = Some(Held::enter(self, &event.account, reason)),
+                    Some(held) => held.give_back(),
+                }
             }
             self.holds.tried(&event.account, refused);
             let pause = match outcome {
@@ -1054,7 +1095,7 @@ impl RoleConsumer {
                         tracing::info!(role, "the dependency answers again: the record moved on");
                     }
                     if let Some(held) = held.take() {
-                        held.leave(shutdown).await;
+                        held.leave();
                     }
                     return Some(outcome);
                 }

@@ -4,7 +4,9 @@
 //! role reads on and other accounts' records move on; one of them probes the API at a time,
 //! with a growing pause, and when a probe passes every held record of that account goes on.
 //!
-//! A held record gives its concurrency permit back, so held records never fill the role. Past
+//! A held record (one the API refused, or one that found its account held before it tried)
+//! gives its concurrency permit back while it waits, so held records never fill the role, and
+//! takes one again before it tries, so they never try more at once than the role's concurrency. Past
 //! [`AccountHolds::capacity`] held records the role keeps their permits, and so stops reading
 //! when they fill it, as it does for an outage: memory stays bounded.
 
@@ -123,6 +125,21 @@ impl AccountHolds {
         give_back
     }
 
+    /// A record that found `account` held before it tried joins its held records (it waits
+    /// for the probe as they do); true when it may give its permit back. `None`: the account
+    /// is no longer held.
+    pub fn join(&self, account: &str) -> Option<bool> {
+        let mut state = self.lock();
+        let give_back = state.records < self.capacity;
+        let hold = state.accounts.get_mut(account)?;
+        hold.records += 1;
+        let held = hold.records;
+        state.records += 1;
+        drop(state);
+        self.gauge(account, held);
+        Some(give_back)
+    }
+
     /// How a record's try went: `Some(reason)` when the API refused its account (the next
     /// probe then waits longer), `None` when it did not (every held record of the account
     /// goes on). A no-op for an account that is not held.
@@ -228,6 +245,22 @@ mod tests {
         holds.leave("gh_a");
         holds.leave("gh_b");
         assert!(holds.enter("gh_b", "x"));
+    }
+
+    #[test]
+    fn a_record_that_finds_its_account_held_joins_the_count() {
+        let holds = AccountHolds::new("welcome", 2);
+        assert_eq!(holds.join("gh_a"), None, "not held: nothing to join");
+        assert!(holds.enter("gh_a", "48001"));
+        assert_eq!(holds.join("gh_a"), Some(true));
+        assert_eq!(holds.held("gh_a"), 2);
+        assert_eq!(holds.join("gh_a"), Some(false), "past the cap");
+        for _ in 0..3 {
+            holds.leave("gh_a");
+        }
+        assert_eq!(holds.held("gh_a"), 0);
+        assert!(holds.lock().accounts.is_empty());
+        assert_eq!(holds.lock().records, 0);
     }
 
     #[test]

@@ -180,3 +180,123 @@ async fn one_accounts_api_errors_hold_only_that_accounts_welcomes() {
     }
     drop(worker);
 }
+
+/// Red team: `WORKER_CONCURRENCY` bounds a role's effects, held records included. Eight of b's
+/// records are held (48001) in a role of concurrency 1; when the API takes b again they must go
+/// on one at a time. A held record gives its permit back while it waits, and took none again
+/// before it tried: once the probe passed, every held record sent at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_records_go_on_within_the_roles_concurrency() {
+    let env = Env::start().await;
+    let accounts = accounts_file(
+        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
+    );
+    let b_fans: Vec<String> = (0..8).map(|i| format!("b_fan{i}")).collect();
+    for fan in &b_fans {
+        env.wechat.fail(fan, 48001, u32::MAX);
+    }
+    env.wechat.set_send_delay(Duration::from_millis(400));
+    let admin = free_port();
+    let worker = KillOnDrop(
+        env.command()
+            .env("RUST_LOG", "warn")
+            .env("WECHAT_ORIGINAL_ID", "gh_a")
+            .env("INGEST_ACCOUNTS", &accounts)
+            .env("WORKER_CONCURRENCY", "1")
+            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .args(["--role", "welcome"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let b_records: Vec<_> = b_fans
+        .iter()
+        .enumerate()
+        .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
+        .collect();
+    env.produce("subscribe", &b_records);
+    let held = || async {
+        let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        testkit::metric(
+            &text,
+            "wxpipe_worker_held_records",
+            &[("role", "welcome"), ("account", "gh_b")],
+        )
+    };
+    wait_within_async(
+        Duration::from_secs(60),
+        "b's eight records held",
+        || async { held().await == Some(8.0) },
+    )
+    .await;
+
+    env.wechat.take_max_sends_in_flight();
+    env.wechat.state.lock().unwrap().failures.clear();
+    wait_within(
+        Duration::from_secs(90),
+        "b's welcomes once the API takes it",
+        || b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
+    )
+    .await;
+    let at_once = env.wechat.take_max_sends_in_flight();
+    assert!(
+        at_once <= 1,
+        "{at_once} sends under way at once with WORKER_CONCURRENCY=1"
+    );
+    drop(worker);
+}
+
+/// Red team: a held account must not hold the role. With `WORKER_CONCURRENCY=1`, seven of b's
+/// records (48001, always) come before three of a's in one partition. b's first record is
+/// held and gives its permit back; each next one of b's waited for b's next probe *keeping
+/// the role's only permit* (it had not tried yet, so it was not counted as held), and a's
+/// records behind them waited the sum of b's probe pauses: 1 + 2 + 4 + … + 32 s = 63 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_waiting_for_a_held_accounts_probe_do_not_stall_the_role() {
+    let env = Env::start().await;
+    let accounts = accounts_file(
+        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
+    );
+    let b_fans: Vec<String> = (0..7).map(|i| format!("b_fan{i}")).collect();
+    for fan in &b_fans {
+        env.wechat.fail(fan, 48001, u32::MAX);
+    }
+    let a_fans: Vec<String> = (0..3).map(|i| format!("a_fan{i}")).collect();
+    // One key: one partition, b's records first.
+    let records: Vec<_> = b_fans
+        .iter()
+        .map(|fan| ("gh_b", fan))
+        .chain(a_fans.iter().map(|fan| ("gh_a", fan)))
+        .enumerate()
+        .map(|(i, (account, fan))| {
+            let (_, value) = subscribe(account, fan, 1000 + i as i64, None);
+            ("one-partition".to_owned(), value)
+        })
+        .collect();
+    env.produce("subscribe", &records);
+    let worker = KillOnDrop(
+        env.command()
+            .env("RUST_LOG", "warn")
+            .env("WECHAT_ORIGINAL_ID", "gh_a")
+            .env("INGEST_ACCOUNTS", &accounts)
+            .env("WORKER_CONCURRENCY", "1")
+            .args(["--role", "welcome"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Well under the 63 s of b's probe pauses; long for a loaded machine.
+    wait_within(
+        Duration::from_secs(30),
+        "a's welcomes while b is held",
+        || a_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
+    )
+    .await;
+    assert!(b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 0));
+    drop(worker);
+}

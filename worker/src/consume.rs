@@ -83,6 +83,15 @@ impl Offsets {
         }
     }
 
+    /// Whether the partition of a record begun under `assignment` is still this process's,
+    /// under that assignment (not revoked since).
+    pub fn owns(&self, (topic, partition, _): Place<'_>, assignment: u64) -> bool {
+        self.lock()
+            .partitions
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|state| state.assignment == assignment)
+    }
+
     /// The offset below which every record of a partition is done, as far as this process
     /// knows (it has the partition, and has handled records of it).
     pub fn done_below(&self, topic: &str, partition: i32) -> Option<i64> {
@@ -790,7 +799,7 @@ impl RoleConsumer {
                     .await
                     .expect("semaphore open"),
             };
-            if this.handle(&message, shutdown).await {
+            if this.handle(&message, assignment, shutdown).await {
                 let place = (message.topic(), message.partition(), message.offset());
                 this.done(place, assignment);
             }
@@ -987,10 +996,12 @@ impl RoleConsumer {
     }
 
     /// One record, to its end: effect done or skipped, or dead-lettered (`true`); or left
-    /// for redelivery because the worker is stopping (`false`).
+    /// for redelivery because the worker is stopping, or because its partition was revoked while
+    /// its account's hold kept it (`false`).
     pub async fn handle(
         &self,
         message: &OwnedMessage,
+        assignment: u64,
         mut shutdown: watch::Receiver<bool>,
     ) -> bool {
         let started = Instant::now();
@@ -999,7 +1010,10 @@ impl RoleConsumer {
             Some(other) => Outcome::Skipped(format!("redriven for the {other} role")),
             None => match Event::from_json(payload) {
                 Err(error) => Outcome::Poison(format!("not a wxpipe event: {error}")),
-                Ok(event) => match self.apply_with_retries(&event, &mut shutdown).await {
+                Ok(event) => match self
+                    .apply_with_retries(&event, (message, assignment), &mut shutdown)
+                    .await
+                {
                     Some(outcome) => outcome,
                     None => return false,
                 },
@@ -1027,10 +1041,12 @@ impl RoleConsumer {
 
     /// The effect, tried until it is done or known to fail: an outage is waited out however
     /// long it lasts (the role paused meanwhile); an unexplained failure is tried
-    /// `max_attempts` times. `None` when the worker stops first.
+    /// `max_attempts` times. `None` when the worker stops first, or when the partition of a
+    /// record its account's hold keeps is revoked.
     async fn apply_with_retries(
         &self,
         event: &Event,
+        (message, assignment): (&OwnedMessage, u64),
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Outcome> {
         let role = self.role.name();
@@ -1048,6 +1064,20 @@ impl RoleConsumer {
             while let Turn::WaitUntil(at) = self.holds.turn(&event.account) {
                 if held.is_none() {
                     held = Held::join(self, &event.account);
+                }
+                // Its partition was revoked: the record is its new owner's now. It leaves the
+                // hold here (a hold may last days), and is not done here.
+                let place = (message.topic(), message.partition(), message.offset());
+                if !self.offsets.owns(place, assignment) {
+                    tracing::info!(role, account = %event.account, "a held record's partition was revoked: left to its new owner");
+                    if let Some(mut held) = held.take() {
+                        // Its permit back first: dropped, it would leave the role one more.
+                        if !held.retake(shutdown).await {
+                            return None;
+                        }
+                        held.leave();
+                    }
+                    return None;
                 }
                 let pause = at.saturating_duration_since(Instant::now());
                 if !sleep_unless_stopping(pause, shutdown).await {

@@ -44,6 +44,8 @@ pub struct FakeState {
     /// had under way together).
     pub sends_in_flight: usize,
     pub max_sends_in_flight: usize,
+    /// Sends asked for, answered or refused.
+    pub send_attempts: usize,
     issued: u32,
 }
 
@@ -193,6 +195,7 @@ async fn answer(
             let (reply, delay) = {
                 let mut s = state.lock().unwrap();
                 s.sends_in_flight += 1;
+                s.send_attempts += 1;
                 s.max_sends_in_flight = s.max_sends_in_flight.max(s.sends_in_flight);
                 let reply = if s.expired.contains(&token) || !token.starts_with("TOKEN-") {
                     json!({"errcode": 42001, "errmsg": "access_token expired"})

@@ -37,7 +37,7 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, Role};
 use crate::effects::{Effects, Outcome};
-use crate::holds::{AccountHolds, Turn};
+use crate::holds::{AccountHolds, Tried, Turn};
 use crate::StartError;
 
 /// A role's offsets: the tracker behind its lock, shared by the role's tasks and its rebalance
@@ -1061,9 +1061,15 @@ impl RoleConsumer {
         loop {
             // A record of an account the API refuses waits its account's turn, as one of
             // its held records (its permit given back), and takes a permit before it tries.
-            while let Turn::WaitUntil(at) = self.holds.turn(&event.account) {
-                if held.is_none() {
-                    held = Held::join(self, &event.account);
+            let probe = loop {
+                let at = match self.holds.turn(&event.account) {
+                    Turn::Go => break false,
+                    Turn::Probe => break true,
+                    Turn::WaitUntil(at) => at,
+                };
+                match &mut held {
+                    None => held = Held::join(self, &event.account),
+                    Some(held) => held.give_back(),
                 }
                 // Its partition was revoked: the record is its new owner's now. It leaves the
                 // hold here (a hold may last days), and is not done here.
@@ -1083,7 +1089,7 @@ impl RoleConsumer {
                 if !sleep_unless_stopping(pause, shutdown).await {
                     return None;
                 }
-            }
+            };
             if let Some(held) = &mut held {
                 if !held.retake(shutdown).await {
                     return None;
@@ -1095,12 +1101,22 @@ impl RoleConsumer {
                 _ => None,
             };
             if let Some(reason) = refused {
+                // The API answered: no longer a dependency wait (which pauses the whole role,
+                // and would for as long as the account's hold lasts), a hold of its account.
+                if waiting.take().is_some() {
+                    waits = 0;
+                }
                 match &mut held {
                     None => held = Some(Held::enter(self, &event.account, reason)),
                     Some(held) => held.give_back(),
                 }
             }
-            self.holds.tried(&event.account, refused);
+            let tried = match (&outcome, refused) {
+                (_, Some(reason)) => Tried::Refused(reason),
+                (Outcome::Wait(_) | Outcome::Retry(_), None) => Tried::Unsettled,
+                _ => Tried::Passed,
+            };
+            self.holds.tried(&event.account, probe, tried);
             let pause = match outcome {
                 Outcome::Held(_) => continue,
                 Outcome::Wait(ref reason) => {

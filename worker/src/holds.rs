@@ -50,10 +50,24 @@ struct Hold {
 /// What a record of an account may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Turn {
-    /// Go: the account is not held, or this record is its probe.
+    /// Go: the account is not held, or its hold is open.
     Go,
+    /// Go as the held account's probe: the only record of it trying now.
+    Probe,
     /// Wait, and ask again at the latest at this instant.
     WaitUntil(Instant),
+}
+
+/// How a record's try went, as far as its account is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tried<'r> {
+    /// The API refused the account (the reason).
+    Refused(&'r str),
+    /// The account was not refused: its held records may go on.
+    Passed,
+    /// Nothing learnt of the account (an outage, an unexplained failure): a probe that
+    /// meets one has not passed, and the next probe waits its pause.
+    Unsettled,
 }
 
 impl AccountHolds {
@@ -96,7 +110,7 @@ impl AccountHolds {
             });
         }
         hold.probing = true;
-        Turn::Go
+        Turn::Probe
     }
 
     /// A record of `account` that the API refused joins the held ones (once; it then reports
@@ -140,23 +154,31 @@ impl AccountHolds {
         Some(give_back)
     }
 
-    /// How a record's try went: `Some(reason)` when the API refused its account (the next
-    /// probe then waits longer), `None` when it did not (every held record of the account
-    /// goes on). A no-op for an account that is not held.
-    pub fn tried(&self, account: &str, refused: Option<&str>) {
+    /// How a record's try went (`probe`: it went as the account's probe). A refused probe
+    /// makes the next one wait longer; records refused together before the account was held
+    /// count as one refusal, not one each; a pass lets every held record of the account go
+    /// on. A no-op for an account that is not held.
+    pub fn tried(&self, account: &str, probe: bool, tried: Tried<'_>) {
         let mut state = self.lock();
         let Some(hold) = state.accounts.get_mut(account) else {
             return;
         };
-        hold.probing = false;
-        match refused {
-            Some(reason) => {
-                hold.open = false;
-                hold.probes += 1;
-                hold.probe_at = Instant::now() + probe_pause(hold.probes);
+        if probe {
+            hold.probing = false;
+        }
+        let now = Instant::now();
+        match tried {
+            Tried::Refused(reason) => {
                 reason.clone_into(&mut hold.reason);
+                if probe || hold.open || hold.probes == 0 {
+                    hold.open = false;
+                    hold.probes += 1;
+                    hold.probe_at = now + probe_pause(hold.probes);
+                }
             }
-            None => hold.open = true,
+            Tried::Passed => hold.open = true,
+            Tried::Unsettled if probe => hold.probe_at = now + probe_pause(hold.probes.max(1)),
+            Tried::Unsettled => {}
         }
     }
 
@@ -203,11 +225,11 @@ mod tests {
     fn one_probe_at_a_time_and_the_rest_wait() {
         let holds = AccountHolds::new("welcome", 10);
         assert_eq!(holds.turn("gh_a"), Turn::Go, "not held");
-        holds.tried("gh_a", None);
+        holds.tried("gh_a", false, Tried::Passed);
         assert!(holds.enter("gh_a", "48001"));
-        holds.tried("gh_a", Some("48001"));
+        holds.tried("gh_a", false, Tried::Refused("48001"));
         assert!(holds.enter("gh_a", "48001"));
-        holds.tried("gh_a", Some("48001"));
+        holds.tried("gh_a", false, Tried::Refused("48001"));
         assert_eq!(holds.held("gh_a"), 2);
         assert!(
             matches!(holds.turn("gh_a"), Turn::WaitUntil(_)),
@@ -216,16 +238,16 @@ mod tests {
         assert_eq!(holds.turn("gh_b"), Turn::Go, "another account goes on");
         // Due: one probe goes, the others wait for it.
         holds.lock().accounts.get_mut("gh_a").unwrap().probe_at = Instant::now();
-        assert_eq!(holds.turn("gh_a"), Turn::Go);
+        assert_eq!(holds.turn("gh_a"), Turn::Probe);
         assert!(matches!(holds.turn("gh_a"), Turn::WaitUntil(_)));
-        holds.tried("gh_a", Some("48001 again"));
+        holds.tried("gh_a", true, Tried::Refused("48001 again"));
         assert!(
             matches!(holds.turn("gh_a"), Turn::WaitUntil(_)),
             "a longer pause"
         );
         holds.lock().accounts.get_mut("gh_a").unwrap().probe_at = Instant::now();
-        assert_eq!(holds.turn("gh_a"), Turn::Go);
-        holds.tried("gh_a", None);
+        assert_eq!(holds.turn("gh_a"), Turn::Probe);
+        holds.tried("gh_a", true, Tried::Passed);
         assert_eq!(holds.turn("gh_a"), Turn::Go, "every held record goes on");
         assert_eq!(holds.turn("gh_a"), Turn::Go);
         holds.leave("gh_a");
@@ -261,6 +283,42 @@ mod tests {
         assert_eq!(holds.held("gh_a"), 0);
         assert!(holds.lock().accounts.is_empty());
         assert_eq!(holds.lock().records, 0);
+    }
+
+    /// Red team: the pause grows with each probe, not with each record: eight records tried
+    /// together before the account was held (none of them a probe) and all refused made the
+    /// first probe wait a minute (the pause of probe 8), not a second.
+    #[test]
+    fn records_refused_together_make_one_pause_not_eight() {
+        let holds = AccountHolds::new("welcome", 64);
+        for _ in 0..8 {
+            assert_eq!(holds.turn("gh_a"), Turn::Go, "not held yet");
+        }
+        for _ in 0..8 {
+            holds.enter("gh_a", "48001");
+            holds.tried("gh_a", false, Tried::Refused("48001"));
+        }
+        let due = holds.lock().accounts["gh_a"].probe_at;
+        assert!(
+            due <= Instant::now() + Duration::from_secs(1),
+            "the first probe is due in {:?}",
+            due - Instant::now()
+        );
+    }
+
+    /// Red team: a probe that meets an outage has not passed: the hold stays closed, and the
+    /// next probe waits its pause.
+    #[test]
+    fn a_probe_that_meets_an_outage_has_not_passed() {
+        let holds = AccountHolds::new("welcome", 64);
+        holds.enter("gh_a", "48001");
+        holds.tried("gh_a", false, Tried::Refused("48001"));
+        holds.lock().accounts.get_mut("gh_a").unwrap().probe_at = Instant::now();
+        assert_eq!(holds.turn("gh_a"), Turn::Probe);
+        holds.tried("gh_a", true, Tried::Unsettled);
+        assert!(matches!(holds.turn("gh_a"), Turn::WaitUntil(_)));
+        holds.lock().accounts.get_mut("gh_a").unwrap().probe_at = Instant::now();
+        assert_eq!(holds.turn("gh_a"), Turn::Probe, "a probe again, when due");
     }
 
     #[test]

@@ -400,3 +400,93 @@ async fn a_revoked_partitions_held_records_leave_the_hold() {
     drop(second);
     drop(first);
 }
+
+/// Red team: a probe that meets an outage (-1, system busy) has not passed: the hold stays,
+/// one probe at a time. It opened the hold, and every held record of b tried at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_meets_an_outage_keeps_the_hold() {
+    let env = Env::start().await;
+    let accounts = accounts_file(
+        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
+    );
+    let b_fans: Vec<String> = (0..4).map(|i| format!("b_fan{i}")).collect();
+    for fan in &b_fans {
+        env.wechat.fail(fan, 48001, u32::MAX);
+    }
+    env.wechat.set_send_delay(Duration::from_millis(400));
+    let admin = free_port();
+    let worker = KillOnDrop(
+        env.command()
+            .env("RUST_LOG", "warn")
+            .env("WECHAT_ORIGINAL_ID", "gh_a")
+            .env("INGEST_ACCOUNTS", &accounts)
+            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .args(["--role", "welcome"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let records: Vec<_> = b_fans
+        .iter()
+        .enumerate()
+        .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
+        .collect();
+    env.produce("subscribe", &records);
+    wait_within_async(Duration::from_secs(60), "b's four records held", || async {
+        held_on(admin, "gh_b").await == Some(4.0)
+    })
+    .await;
+    // Every send in flight now is answered 48001; the next ones meet an outage.
+    wait_within(Duration::from_secs(30), "no send under way", || {
+        env.wechat.state.lock().unwrap().sends_in_flight == 0
+    })
+    .await;
+    let before = {
+        let mut s = env.wechat.state.lock().unwrap();
+        for fan in &b_fans {
+            s.failures.insert(fan.clone(), (-1, u32::MAX));
+        }
+        s.max_sends_in_flight = 0;
+        s.send_attempts
+    };
+    wait_within(
+        Duration::from_secs(90),
+        "a probe meeting the outage",
+        || env.wechat.state.lock().unwrap().send_attempts > before,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let at_once = env.wechat.take_max_sends_in_flight();
+    assert!(at_once <= 1, "{at_once} of b's held records tried at once");
+    assert_eq!(held_on(admin, "gh_b").await, Some(4.0));
+
+    // The outage ends; the API still refuses b. A record that met the outage paused the role
+    // (as a dependency wait does) and, refused again, kept it paused for as long as b's hold
+    // lasted: a's followers were never welcomed.
+    {
+        let mut s = env.wechat.state.lock().unwrap();
+        for fan in &b_fans {
+            s.failures.insert(fan.clone(), (48001, u32::MAX));
+        }
+    }
+    let at_before = env.wechat.state.lock().unwrap().send_attempts;
+    wait_within(Duration::from_secs(90), "a probe refused again", || {
+        env.wechat.state.lock().unwrap().send_attempts > at_before + 1
+    })
+    .await;
+    let a_fans: Vec<String> = (0..3).map(|i| format!("a_fan{i}")).collect();
+    let records: Vec<_> = a_fans
+        .iter()
+        .enumerate()
+        .map(|(i, fan)| subscribe("gh_a", fan, 2000 + i as i64, None))
+        .collect();
+    env.produce("subscribe", &records);
+    wait_within(
+        Duration::from_secs(60),
+        "a's welcomes while b is held",
+        || a_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
+    )
+    .await;
+    assert!(b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 0));
+    drop(worker);
+}

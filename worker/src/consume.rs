@@ -406,9 +406,11 @@ impl Drop for Waiting<'_> {
 }
 
 /// A record its account's hold keeps (see [`crate::holds`]): its permit goes back to the role
-/// while it waits, unless the role holds too many already, and is taken again before each try,
-/// so held records never try more at once than the role's concurrency (when the hold opens,
-/// all of them would otherwise send together).
+/// while it waits, unless the role holds too many already, and is taken again before each try
+/// but its account's probe, so held records never try more at once than the role's concurrency
+/// (when the hold opens, all of them would otherwise send together). The probe goes without
+/// one (one per held account): past the cap, a record waiting for the probe may hold the
+/// role's last permit.
 struct Held<'a> {
     consumer: &'a RoleConsumer,
     account: &'a str,
@@ -466,10 +468,12 @@ impl<'a> Held<'a> {
         }
     }
 
-    /// The record goes on (it holds a permit: it tried).
-    fn leave(mut self) {
+    /// The record goes on, or is left to another member: it leaves the hold, and takes back
+    /// the permit it gave (a probe tried without it), unless the worker stops first.
+    async fn leave(mut self, shutdown: &mut watch::Receiver<bool>) {
         self.left = true;
         self.consumer.holds.leave(self.account);
+        self.retake(shutdown).await;
     }
 }
 
@@ -1071,17 +1075,18 @@ impl RoleConsumer {
                     None => held = Held::join(self, &event.account),
                     Some(held) => held.give_back(),
                 }
+                // Waiting for its account's probe, not for a dependency: a dependency wait
+                // pauses the whole role (the next probe finds out if the outage lasts).
+                if waiting.take().is_some() {
+                    waits = 0;
+                }
                 // Its partition was revoked: the record is its new owner's now. It leaves the
                 // hold here (a hold may last days), and is not done here.
                 let place = (message.topic(), message.partition(), message.offset());
                 if !self.offsets.owns(place, assignment) {
                     tracing::info!(role, account = %event.account, "a held record's partition was revoked: left to its new owner");
-                    if let Some(mut held) = held.take() {
-                        // Its permit back first: dropped, it would leave the role one more.
-                        if !held.retake(shutdown).await {
-                            return None;
-                        }
-                        held.leave();
+                    if let Some(held) = held.take() {
+                        held.leave(shutdown).await;
                     }
                     return None;
                 }
@@ -1090,7 +1095,9 @@ impl RoleConsumer {
                     return None;
                 }
             };
-            if let Some(held) = &mut held {
+            // Not the probe: past the cap a held record keeps its permit while it waits for
+            // the probe, and may hold the role's last one.
+            if let Some(held) = held.as_mut().filter(|_| !probe) {
                 if !held.retake(shutdown).await {
                     return None;
                 }
@@ -1141,7 +1148,7 @@ impl RoleConsumer {
                         tracing::info!(role, "the dependency answers again: the record moved on");
                     }
                     if let Some(held) = held.take() {
-                        held.leave();
+                        held.leave(shutdown).await;
                     }
                     return Some(outcome);
                 }

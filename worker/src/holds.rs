@@ -6,7 +6,8 @@
 //!
 //! A held record (one the API refused, or one that found its account held before it tried)
 //! gives its concurrency permit back while it waits, so held records never fill the role, and
-//! takes one again before it tries, so they never try more at once than the role's concurrency. Past
+//! takes one again before it tries (but the probe, one per held account), so they never try
+//! more at once than the role's concurrency. Past
 //! [`AccountHolds::capacity`] held records the role keeps their permits, and so stops reading
 //! when they fill it, as it does for an outage: memory stays bounded.
 

@@ -490,3 +490,53 @@ async fn a_probe_that_meets_an_outage_keeps_the_hold() {
     assert!(b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 0));
     drop(worker);
 }
+
+/// Red team: past the cap on held records (64 per unit of concurrency) a held record keeps
+/// its permit; with `WORKER_CONCURRENCY=1` the 65th keeps the role's only one. b's probe must
+/// still go, and once the API takes b every record must go on (a probe that waited for a
+/// permit first never went: the 65th held it, waiting for the probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_cap_the_probe_still_goes() {
+    let env = Env::start().await;
+    let accounts = accounts_file(
+        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
+    );
+    let b_fans: Vec<String> = (0..66).map(|i| format!("b_fan{i}")).collect();
+    for fan in &b_fans {
+        env.wechat.fail(fan, 48001, u32::MAX);
+    }
+    let admin = free_port();
+    let worker = KillOnDrop(
+        env.command()
+            .env("RUST_LOG", "warn")
+            .env("WECHAT_ORIGINAL_ID", "gh_a")
+            .env("INGEST_ACCOUNTS", &accounts)
+            .env("WORKER_CONCURRENCY", "1")
+            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .args(["--role", "welcome"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let records: Vec<_> = b_fans
+        .iter()
+        .enumerate()
+        .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
+        .collect();
+    env.produce("subscribe", &records);
+    // 64 give their permits back; the 65th keeps the only one, so the 66th is not read.
+    wait_within_async(
+        Duration::from_secs(60),
+        "65 of b's records held",
+        || async { held_on(admin, "gh_b").await == Some(65.0) },
+    )
+    .await;
+    env.wechat.state.lock().unwrap().failures.clear();
+    wait_within(
+        Duration::from_secs(120),
+        "b's welcomes once the API takes it",
+        || b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
+    )
+    .await;
+    drop(worker);
+}

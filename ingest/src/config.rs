@@ -156,7 +156,8 @@ impl Config {
     pub fn dedup_ttl_floor(&self) -> Duration {
         Duration::from_secs(match self.timestamp_tolerance {
             0 => 24 * 3600,
-            tolerance => 2 * tolerance + 60,
+            // Saturating: a huge tolerance is a window off, not a wrapped few seconds.
+            tolerance => tolerance.saturating_mul(2).saturating_add(60),
         })
     }
 
@@ -358,6 +359,19 @@ mod tests {
         config.dedup_ttl_secs = Some(7 * 86400);
         assert_eq!(config.dedup_ttl(), Duration::from_secs(7 * 86400));
         assert!(!config.dedup_ttl_floored());
+    }
+
+    /// Red team: `2 × tolerance + 60` overflowed for a huge `WECHAT_TIMESTAMP_TOLERANCE` (a
+    /// panic in a debug build; in release it wrapped: 2^63 s gave a 60 s floor while every
+    /// timestamp passed the window).
+    #[test]
+    fn a_huge_tolerance_floors_the_ttl_past_the_window() {
+        let mut config = Config::for_token("t");
+        config.timestamp_tolerance = 1 << 63;
+        assert!(config.dedup_ttl() > Duration::from_secs(1 << 63));
+        assert!(config.nonce_ttl() > Duration::from_secs(1 << 63));
+        config.timestamp_tolerance = u64::MAX;
+        assert_eq!(config.dedup_ttl(), Duration::from_secs(u64::MAX));
     }
 
     #[test]

@@ -96,8 +96,16 @@ pub(crate) fn probe_id() -> String {
     format!("wxpipe-check:{}.{now}.{n}", std::process::id())
 }
 
+/// The longest expiry sent to Redis: a century. Redis refuses one whose milliseconds from now
+/// pass an `i64`, and a duration's milliseconds truncated to 64 bits can be anything (2^63 s
+/// is 0 ms): a huge TTL (`INGEST_DEDUP_TTL`) must stay a long one, not vanish.
+pub(crate) const MAX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// A duration as Redis milliseconds: at least 1, at most [`MAX_MS`].
 pub(crate) fn ms(duration: Duration) -> u64 {
-    (duration.as_millis() as u64).max(1)
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_MS)
 }
 
 /// The lease steps on Redis, one call each.

@@ -25,6 +25,8 @@ impl TtlMap {
 
     pub fn set(&mut self, key: String, value: String, ttl: Duration) {
         let now = Instant::now();
+        // As in Redis, a century at most: `now + ttl` would panic for a huge TTL.
+        let ttl = ttl.min(Duration::from_millis(crate::lease::MAX_MS));
         self.map.insert(key, (value, now + ttl));
         if self.map.len() >= 2 * self.swept_at.max(1024) {
             self.map.retain(|_, (_, expires)| *expires > now);

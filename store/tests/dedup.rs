@@ -405,3 +405,63 @@ async fn unknown_scheme_is_an_error() {
     let error = Engine::open("postgres://x", Duration::from_millis(250)).unwrap_err();
     assert!(error.to_string().contains("redis://"), "{error}");
 }
+
+/// A claim binding `nonce` to `digest` for `secs` seconds.
+fn binding_for<'a>(id: &'a str, nonce: &'a str, digest: &'a str, secs: u64) -> ClaimRequest<'a> {
+    ClaimRequest {
+        nonce: Some(NonceBinding {
+            account: "gh_a",
+            timestamp: "1700000000",
+            nonce,
+            body_digest: digest,
+            ttl: Duration::from_secs(secs),
+        }),
+        ..claim(id, "a")
+    }
+}
+
+/// Red team: a TTL beyond what Redis keeps (`INGEST_DEDUP_TTL` set huge, which the floor
+/// lets through) must still be a long one. Sent as milliseconds truncated to 64 bits, 2^63 s
+/// was 0 ms (so 1 ms: the binding gone at once, and a captured plaintext query could carry
+/// another body), and 10^16 s was more milliseconds than Redis takes (every claim refused:
+/// no dedup and no binding at all).
+#[tokio::test]
+async fn redis_engine_a_huge_ttl_is_a_long_one() {
+    let redis = RedisServer::start();
+    huge_ttls(redis_store(&redis, &unique("k")).await.as_ref()).await;
+}
+
+/// The same in memory, where `Instant::now() + ttl` panicked (and poisoned the store's lock).
+#[tokio::test]
+async fn memory_engine_a_huge_ttl_is_a_long_one() {
+    let engine = Engine::open("memory://", Duration::from_millis(250)).unwrap();
+    huge_ttls(dedup::open(&engine, &unique("k")).as_ref()).await;
+}
+
+async fn huge_ttls(store: &dyn DedupStore) {
+    for (n, secs) in [1u64 << 63, 10_000_000_000_000_000, u64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let (id, other, nonce) = (format!("h{n}"), format!("h{n}-other"), format!("hn{n}"));
+        let got = store
+            .claim(binding_for(&id, &nonce, "digest-1", secs))
+            .await;
+        assert!(matches!(got, Ok(Claim::Claimed)), "{secs} s: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = store
+            .claim(binding_for(&other, &nonce, "digest-2", secs))
+            .await;
+        assert!(
+            matches!(got, Ok(Claim::Replayed)),
+            "{secs} s, the binding must be kept: {got:?}"
+        );
+        store.confirm(&id, Duration::from_secs(secs)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = store.claim(claim(&id, "b")).await;
+        assert!(
+            matches!(got, Ok(Claim::Done)),
+            "{secs} s, the claim must be kept: {got:?}"
+        );
+    }
+}

@@ -40,6 +40,12 @@ pub struct FakeState {
     /// Sends answered by a gateway's error page (HTTP 502, HTML) before reaching WeChat: so
     /// many of the next ones, not taken.
     pub bad_gateway: u32,
+    /// Sends being answered now, and the most there ever were at once (how many the workers
+    /// had under way together).
+    pub sends_in_flight: usize,
+    pub max_sends_in_flight: usize,
+    /// Sends asked for, answered or refused.
+    pub send_attempts: usize,
     issued: u32,
 }
 
@@ -115,6 +121,13 @@ impl FakeWeChat {
             .insert(openid.to_owned(), (errcode, times));
     }
 
+    /// The most sends under way at once since the last call (which starts a new count).
+    pub fn take_max_sends_in_flight(&self) -> usize {
+        let mut s = self.state.lock().unwrap();
+        let now = s.sends_in_flight;
+        std::mem::replace(&mut s.max_sends_in_flight, now)
+    }
+
     pub fn set_send_delay(&self, delay: Duration) {
         self.state.lock().unwrap().send_delay = delay;
     }
@@ -181,6 +194,9 @@ async fn answer(
             let to = body["touser"].as_str().unwrap_or_default().to_owned();
             let (reply, delay) = {
                 let mut s = state.lock().unwrap();
+                s.sends_in_flight += 1;
+                s.send_attempts += 1;
+                s.max_sends_in_flight = s.max_sends_in_flight.max(s.sends_in_flight);
                 let reply = if s.expired.contains(&token) || !token.starts_with("TOKEN-") {
                     json!({"errcode": 42001, "errmsg": "access_token expired"})
                 } else if s.refused.contains(&token) {
@@ -200,12 +216,25 @@ async fn answer(
                 };
                 (reply, s.send_delay)
             };
+            // Counted out even when the client hangs up first (this future is dropped then).
+            let _out = InFlight(&state);
             tokio::time::sleep(delay).await;
             reply
         }
         _ => json!({"errcode": 404, "errmsg": "no such API"}),
     };
     Ok(Response::new(Full::new(Bytes::from(reply.to_string()))))
+}
+
+/// A send being answered: counted out when its answer goes (or its client hangs up).
+struct InFlight<'a>(&'a Mutex<FakeState>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.lock() {
+            s.sends_in_flight -= 1;
+        }
+    }
 }
 
 /// Whether this send meets the gateway's error page (and counts it).

@@ -33,6 +33,9 @@ pub enum NoSender {
     Unknown,
 }
 
+/// The name of the `WECHAT_*` account (not a valid table name: no clash with one).
+const WECHAT_ACCOUNT: &str = "default (WECHAT_*)";
+
 /// An account as the workers see it: (name, original_id, credentials).
 type Entry = (String, Option<String>, Option<Credentials>);
 
@@ -53,7 +56,7 @@ impl Senders {
         let original_id = shared.original_id.clone().filter(|id| !id.is_empty());
         if shared.appid.is_some() || shared.appsecret.is_some() || original_id.is_some() {
             entries.push((
-                "default (WECHAT_*)".into(),
+                WECHAT_ACCOUNT.into(),
                 original_id,
                 credentials(shared.appid.clone(), shared.appsecret.clone()),
             ));
@@ -68,7 +71,7 @@ impl Senders {
             }
         }
         check_original_ids(entries.iter().map(|(name, id, _)| {
-            let setting = if name.starts_with("default") {
+            let setting = if name == WECHAT_ACCOUNT {
                 "WECHAT_ORIGINAL_ID"
             } else {
                 "original_id in its [accounts.NAME] table"
@@ -179,6 +182,21 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(senders.for_account("gh_b").unwrap_err(), NoSender::Unknown);
+    }
+
+    /// Red team: a table whose name starts with `default` is not the `WECHAT_*` account: the
+    /// error must name its own setting (it named WECHAT_ORIGINAL_ID).
+    #[test]
+    fn a_table_named_default_something_is_told_its_own_setting() {
+        let error = Senders::load(&shared(
+            &["--original-id", "gh_a"],
+            Some("[accounts.default_eu]\ntoken = \"t\"\n"),
+        ))
+        .unwrap_err();
+        assert!(
+            error.contains("default_eu") && error.contains("[accounts.NAME]"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, Role};
 use crate::effects::{Effects, Outcome};
-use crate::holds::{AccountHolds, Turn};
+use crate::holds::{AccountHolds, Tried, Turn};
 use crate::StartError;
 
 /// A role's offsets: the tracker behind its lock, shared by the role's tasks and its rebalance
@@ -81,6 +81,15 @@ impl Offsets {
                 .partitions
                 .remove(&(element.topic().to_owned(), element.partition()));
         }
+    }
+
+    /// Whether the partition of a record begun under `assignment` is still this process's,
+    /// under that assignment (not revoked since).
+    pub fn owns(&self, (topic, partition, _): Place<'_>, assignment: u64) -> bool {
+        self.lock()
+            .partitions
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|state| state.assignment == assignment)
     }
 
     /// The offset below which every record of a partition is done, as far as this process
@@ -397,41 +406,74 @@ impl Drop for Waiting<'_> {
 }
 
 /// A record its account's hold keeps (see [`crate::holds`]): its permit goes back to the role
-/// while it waits, unless the role holds too many already.
+/// while it waits, unless the role holds too many already, and is taken again before each try
+/// but its account's probe, so held records never try more at once than the role's concurrency
+/// (when the hold opens, all of them would otherwise send together). The probe goes without
+/// one (one per held account): past the cap, a record waiting for the probe may hold the
+/// role's last permit.
 struct Held<'a> {
     consumer: &'a RoleConsumer,
     account: &'a str,
-    gave_back: bool,
+    /// Under the cap when it was held: it gives its permit back whenever it waits.
+    gives_back: bool,
+    /// Its permit is given back now: it takes one before it tries again.
+    given: bool,
     left: bool,
 }
 
 impl<'a> Held<'a> {
-    fn enter(consumer: &'a RoleConsumer, account: &'a str, reason: &str) -> Self {
-        let gave_back = consumer.holds.enter(account, reason);
-        if gave_back {
-            consumer.permits.add_permits(1);
-        }
-        Held {
+    fn new(consumer: &'a RoleConsumer, account: &'a str, gives_back: bool) -> Self {
+        let mut held = Held {
             consumer,
             account,
-            gave_back,
+            gives_back,
+            given: false,
             left: false,
+        };
+        held.give_back();
+        held
+    }
+
+    /// A record the API refused for its account.
+    fn enter(consumer: &'a RoleConsumer, account: &'a str, reason: &str) -> Self {
+        Self::new(consumer, account, consumer.holds.enter(account, reason))
+    }
+
+    /// A record that found its account held before it tried: it waits as a held record
+    /// (its permit back to the role), not on the role's permit. `None`: the hold ended.
+    fn join(consumer: &'a RoleConsumer, account: &'a str) -> Option<Self> {
+        Some(Self::new(consumer, account, consumer.holds.join(account)?))
+    }
+
+    fn give_back(&mut self) {
+        if self.gives_back && !self.given {
+            self.consumer.permits.add_permits(1);
+            self.given = true;
         }
     }
 
-    /// The record goes on: it takes a permit again (the one it gave back is another
-    /// record's now), unless the worker stops first.
+    /// Takes a permit again before a try (the one given back is another record's now);
+    /// false when the worker stops first.
+    async fn retake(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        if !self.given {
+            return true;
+        }
+        tokio::select! {
+            permit = Arc::clone(&self.consumer.permits).acquire_owned() => {
+                permit.expect("semaphore open").forget();
+                self.given = false;
+                true
+            }
+            _ = shutdown.wait_for(|stop| *stop) => false,
+        }
+    }
+
+    /// The record goes on, or is left to another member: it leaves the hold, and takes back
+    /// the permit it gave (a probe tried without it), unless the worker stops first.
     async fn leave(mut self, shutdown: &mut watch::Receiver<bool>) {
         self.left = true;
         self.consumer.holds.leave(self.account);
-        if self.gave_back {
-            tokio::select! {
-                permit = Arc::clone(&self.consumer.permits).acquire_owned() => {
-                    permit.expect("semaphore open").forget();
-                }
-                _ = shutdown.wait_for(|stop| *stop) => {}
-            }
-        }
+        self.retake(shutdown).await;
     }
 }
 
@@ -761,7 +803,7 @@ impl RoleConsumer {
                     .await
                     .expect("semaphore open"),
             };
-            if this.handle(&message, shutdown).await {
+            if this.handle(&message, assignment, shutdown).await {
                 let place = (message.topic(), message.partition(), message.offset());
                 this.done(place, assignment);
             }
@@ -958,10 +1000,12 @@ impl RoleConsumer {
     }
 
     /// One record, to its end: effect done or skipped, or dead-lettered (`true`); or left
-    /// for redelivery because the worker is stopping (`false`).
+    /// for redelivery because the worker is stopping, or because its partition was revoked while
+    /// its account's hold kept it (`false`).
     pub async fn handle(
         &self,
         message: &OwnedMessage,
+        assignment: u64,
         mut shutdown: watch::Receiver<bool>,
     ) -> bool {
         let started = Instant::now();
@@ -970,7 +1014,10 @@ impl RoleConsumer {
             Some(other) => Outcome::Skipped(format!("redriven for the {other} role")),
             None => match Event::from_json(payload) {
                 Err(error) => Outcome::Poison(format!("not a wxpipe event: {error}")),
-                Ok(event) => match self.apply_with_retries(&event, &mut shutdown).await {
+                Ok(event) => match self
+                    .apply_with_retries(&event, (message, assignment), &mut shutdown)
+                    .await
+                {
                     Some(outcome) => outcome,
                     None => return false,
                 },
@@ -998,10 +1045,12 @@ impl RoleConsumer {
 
     /// The effect, tried until it is done or known to fail: an outage is waited out however
     /// long it lasts (the role paused meanwhile); an unexplained failure is tried
-    /// `max_attempts` times. `None` when the worker stops first.
+    /// `max_attempts` times. `None` when the worker stops first, or when the partition of a
+    /// record its account's hold keeps is revoked.
     async fn apply_with_retries(
         &self,
         event: &Event,
+        (message, assignment): (&OwnedMessage, u64),
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Outcome> {
         let role = self.role.name();
@@ -1014,10 +1063,42 @@ impl RoleConsumer {
         let mut waiting: Option<Waiting<'_>> = None;
         let mut held: Option<Held<'_>> = None;
         loop {
-            // A record of an account the API refuses waits its account's turn.
-            while let Turn::WaitUntil(at) = self.holds.turn(&event.account) {
+            // A record of an account the API refuses waits its account's turn, as one of
+            // its held records (its permit given back), and takes a permit before it tries.
+            let probe = loop {
+                let at = match self.holds.turn(&event.account) {
+                    Turn::Go => break false,
+                    Turn::Probe => break true,
+                    Turn::WaitUntil(at) => at,
+                };
+                match &mut held {
+                    None => held = Held::join(self, &event.account),
+                    Some(held) => held.give_back(),
+                }
+                // Waiting for its account's probe, not for a dependency: a dependency wait
+                // pauses the whole role (the next probe finds out if the outage lasts).
+                if waiting.take().is_some() {
+                    waits = 0;
+                }
+                // Its partition was revoked: the record is its new owner's now. It leaves the
+                // hold here (a hold may last days), and is not done here.
+                let place = (message.topic(), message.partition(), message.offset());
+                if !self.offsets.owns(place, assignment) {
+                    tracing::info!(role, account = %event.account, "a held record's partition was revoked: left to its new owner");
+                    if let Some(held) = held.take() {
+                        held.leave(shutdown).await;
+                    }
+                    return None;
+                }
                 let pause = at.saturating_duration_since(Instant::now());
                 if !sleep_unless_stopping(pause, shutdown).await {
+                    return None;
+                }
+            };
+            // Not the probe: past the cap a held record keeps its permit while it waits for
+            // the probe, and may hold the role's last one.
+            if let Some(held) = held.as_mut().filter(|_| !probe) {
+                if !held.retake(shutdown).await {
                     return None;
                 }
             }
@@ -1026,10 +1107,23 @@ impl RoleConsumer {
                 Outcome::Held(reason) => Some(reason.as_str()),
                 _ => None,
             };
-            if let (Some(reason), None) = (refused, &held) {
-                held = Some(Held::enter(self, &event.account, reason));
+            if let Some(reason) = refused {
+                // The API answered: no longer a dependency wait (which pauses the whole role,
+                // and would for as long as the account's hold lasts), a hold of its account.
+                if waiting.take().is_some() {
+                    waits = 0;
+                }
+                match &mut held {
+                    None => held = Some(Held::enter(self, &event.account, reason)),
+                    Some(held) => held.give_back(),
+                }
             }
-            self.holds.tried(&event.account, refused);
+            let tried = match (&outcome, refused) {
+                (_, Some(reason)) => Tried::Refused(reason),
+                (Outcome::Wait(_) | Outcome::Retry(_), None) => Tried::Unsettled,
+                _ => Tried::Passed,
+            };
+            self.holds.tried(&event.account, probe, tried);
             let pause = match outcome {
                 Outcome::Held(_) => continue,
                 Outcome::Wait(ref reason) => {

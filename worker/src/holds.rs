@@ -4,7 +4,10 @@
 //! role reads on and other accounts' records move on; one of them probes the API at a time,
 //! with a growing pause, and when a probe passes every held record of that account goes on.
 //!
-//! A held record gives its concurrency permit back, so held records never fill the role. Past
+//! A held record (one the API refused, or one that found its account held before it tried)
+//! gives its concurrency permit back while it waits, so held records never fill the role, and
+//! takes one again before it tries (but the probe, one per held account), so they never try
+//! more at once than the role's concurrency. Past
 //! [`AccountHolds::capacity`] held records the role keeps their permits, and so stops reading
 //! when they fill it, as it does for an outage: memory stays bounded.
 
@@ -48,10 +51,24 @@ struct Hold {
 /// What a record of an account may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Turn {
-    /// Go: the account is not held, or this record is its probe.
+    /// Go: the account is not held, or its hold is open.
     Go,
+    /// Go as the held account's probe: the only record of it trying now.
+    Probe,
     /// Wait, and ask again at the latest at this instant.
     WaitUntil(Instant),
+}
+
+/// How a record's try went, as far as its account is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tried<'r> {
+    /// The API refused the account (the reason).
+    Refused(&'r str),
+    /// The account was not refused: its held records may go on.
+    Passed,
+    /// Nothing learnt of the account (an outage, an unexplained failure): a probe that
+    /// meets one has not passed, and the next probe waits its pause.
+    Unsettled,
 }
 
 impl AccountHolds {
@@ -94,7 +111,7 @@ impl AccountHolds {
             });
         }
         hold.probing = true;
-        Turn::Go
+        Turn::Probe
     }
 
     /// A record of `account` that the API refused joins the held ones (once; it then reports
@@ -123,23 +140,46 @@ impl AccountHolds {
         give_back
     }
 
-    /// How a record's try went: `Some(reason)` when the API refused its account (the next
-    /// probe then waits longer), `None` when it did not (every held record of the account
-    /// goes on). A no-op for an account that is not held.
-    pub fn tried(&self, account: &str, refused: Option<&str>) {
+    /// A record that found `account` held before it tried joins its held records (it waits
+    /// for the probe as they do); true when it may give its permit back. `None`: the account
+    /// is no longer held.
+    pub fn join(&self, account: &str) -> Option<bool> {
+        let mut state = self.lock();
+        let give_back = state.records < self.capacity;
+        let hold = state.accounts.get_mut(account)?;
+        hold.records += 1;
+        let held = hold.records;
+        state.records += 1;
+        drop(state);
+        self.gauge(account, held);
+        Some(give_back)
+    }
+
+    /// How a record's try went (`probe`: it went as the account's probe). A refused probe
+    /// makes the next one wait longer; records refused together before the account was held
+    /// count as one refusal, not one each; a pass lets every held record of the account go
+    /// on. A no-op for an account that is not held.
+    pub fn tried(&self, account: &str, probe: bool, tried: Tried<'_>) {
         let mut state = self.lock();
         let Some(hold) = state.accounts.get_mut(account) else {
             return;
         };
-        hold.probing = false;
-        match refused {
-            Some(reason) => {
-                hold.open = false;
-                hold.probes += 1;
-                hold.probe_at = Instant::now() + probe_pause(hold.probes);
+        if probe {
+            hold.probing = false;
+        }
+        let now = Instant::now();
+        match tried {
+            Tried::Refused(reason) => {
                 reason.clone_into(&mut hold.reason);
+                if probe || hold.open || hold.probes == 0 {
+                    hold.open = false;
+                    hold.probes += 1;
+                    hold.probe_at = now + probe_pause(hold.probes);
+                }
             }
-            None => hold.open = true,
+            Tried::Passed => hold.open = true,
+            Tried::Unsettled if probe => hold.probe_at = now + probe_pause(hold.probes.max(1)),
+            Tried::Unsettled => {}
         }
     }
 
@@ -186,11 +226,11 @@ mod tests {
     fn one_probe_at_a_time_and_the_rest_wait() {
         let holds = AccountHolds::new("welcome", 10);
         assert_eq!(holds.turn("gh_a"), Turn::Go, "not held");
-        holds.tried("gh_a", None);
+        holds.tried("gh_a", false, Tried::Passed);
         assert!(holds.enter("gh_a", "48001"));
-        holds.tried("gh_a", Some("48001"));
+        holds.tried("gh_a", false, Tried::Refused("48001"));
         assert!(holds.enter("gh_a", "48001"));
-        holds.tried("gh_a", Some("48001"));
+        holds.tried("gh_a", false, Tried::Refused("48001"));
         assert_eq!(holds.held("gh_a"), 2);
         assert!(
             matches!(holds.turn("gh_a"), Turn::WaitUntil(_)),
@@ -199,16 +239,16 @@ mod tests {
         assert_eq!(holds.turn("gh_b"), Turn::Go, "another account goes on");
         // Due: one probe goes, the others wait for it.
         holds.lock().accounts.get_mut("gh_a").unwrap().probe_at = Instant::now();
-        assert_eq!(holds.turn("gh_a"), Turn::Go);
+        assert_eq!(holds.turn("gh_a"), Turn::Probe);
         assert!(matches!(holds.turn("gh_a"), Turn::WaitUntil(_)));
-        holds.tried("gh_a", Some("48001 again"));
+        holds.tried("gh_a", true, Tried::Refused("48001 again"));
         assert!(
             matches!(holds.turn("gh_a"), Turn::WaitUntil(_)),
             "a longer pause"
         );
         holds.lock().accounts.get_mut("gh_a").unwrap().probe_at = Instant::now();
-        assert_eq!(holds.turn("gh_a"), Turn::Go);
-        holds.tried("gh_a", None);
+        assert_eq!(holds.turn("gh_a"), Turn::Probe);
+        holds.tried("gh_a", true, Tried::Passed);
         assert_eq!(holds.turn("gh_a"), Turn::Go, "every held record goes on");
         assert_eq!(holds.turn("gh_a"), Turn::Go);
         holds.leave("gh_a");
@@ -228,6 +268,58 @@ mod tests {
         holds.leave("gh_a");
         holds.leave("gh_b");
         assert!(holds.enter("gh_b", "x"));
+    }
+
+    #[test]
+    fn a_record_that_finds_its_account_held_joins_the_count() {
+        let holds = AccountHolds::new("welcome", 2);
+        assert_eq!(holds.join("gh_a"), None, "not held: nothing to join");
+        assert!(holds.enter("gh_a", "48001"));
+        assert_eq!(holds.join("gh_a"), Some(true));
+        assert_eq!(holds.held("gh_a"), 2);
+        assert_eq!(holds.join("gh_a"), Some(false), "past the cap");
+        for _ in 0..3 {
+            holds.leave("gh_a");
+        }
+        assert_eq!(holds.held("gh_a"), 0);
+        assert!(holds.lock().accounts.is_empty());
+        assert_eq!(holds.lock().records, 0);
+    }
+
+    /// Red team: the pause grows with each probe, not with each record: eight records tried
+    /// together before the account was held (none of them a probe) and all refused made the
+    /// first probe wait a minute (the pause of probe 8), not a second.
+    #[test]
+    fn records_refused_together_make_one_pause_not_eight() {
+        let holds = AccountHolds::new("welcome", 64);
+        for _ in 0..8 {
+            assert_eq!(holds.turn("gh_a"), Turn::Go, "not held yet");
+        }
+        for _ in 0..8 {
+            holds.enter("gh_a", "48001");
+            holds.tried("gh_a", false, Tried::Refused("48001"));
+        }
+        let due = holds.lock().accounts["gh_a"].probe_at;
+        assert!(
+            due <= Instant::now() + Duration::from_secs(1),
+            "the first probe is due in {:?}",
+            due - Instant::now()
+        );
+    }
+
+    /// Red team: a probe that meets an outage has not passed: the hold stays closed, and the
+    /// next probe waits its pause.
+    #[test]
+    fn a_probe_that_meets_an_outage_has_not_passed() {
+        let holds = AccountHolds::new("welcome", 64);
+        holds.enter("gh_a", "48001");
+        holds.tried("gh_a", false, Tried::Refused("48001"));
+        holds.lock().accounts.get_mut("gh_a").unwrap().probe_at = Instant::now();
+        assert_eq!(holds.turn("gh_a"), Turn::Probe);
+        holds.tried("gh_a", true, Tried::Unsettled);
+        assert!(matches!(holds.turn("gh_a"), Turn::WaitUntil(_)));
+        holds.lock().accounts.get_mut("gh_a").unwrap().probe_at = Instant::now();
+        assert_eq!(holds.turn("gh_a"), Turn::Probe, "a probe again, when due");
     }
 
     #[test]

@@ -180,3 +180,363 @@ async fn one_accounts_api_errors_hold_only_that_accounts_welcomes() {
     }
     drop(worker);
 }
+
+/// Red team: `WORKER_CONCURRENCY` bounds a role's effects, held records included. Eight of b's
+/// records are held (48001) in a role of concurrency 1; when the API takes b again they must go
+/// on one at a time. A held record gives its permit back while it waits, and took none again
+/// before it tried: once the probe passed, every held record sent at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_records_go_on_within_the_roles_concurrency() {
+    let env = Env::start().await;
+    let accounts = accounts_file(
+        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
+    );
+    let b_fans: Vec<String> = (0..8).map(|i| format!("b_fan{i}")).collect();
+    for fan in &b_fans {
+        env.wechat.fail(fan, 48001, u32::MAX);
+    }
+    env.wechat.set_send_delay(Duration::from_millis(400));
+    let admin = free_port();
+    let worker = KillOnDrop(
+        env.command()
+            .env("RUST_LOG", "warn")
+            .env("WECHAT_ORIGINAL_ID", "gh_a")
+            .env("INGEST_ACCOUNTS", &accounts)
+            .env("WORKER_CONCURRENCY", "1")
+            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .args(["--role", "welcome"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let b_records: Vec<_> = b_fans
+        .iter()
+        .enumerate()
+        .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
+        .collect();
+    env.produce("subscribe", &b_records);
+    let held = || async {
+        let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        testkit::metric(
+            &text,
+            "wxpipe_worker_held_records",
+            &[("role", "welcome"), ("account", "gh_b")],
+        )
+    };
+    wait_within_async(
+        Duration::from_secs(60),
+        "b's eight records held",
+        || async { held().await == Some(8.0) },
+    )
+    .await;
+
+    env.wechat.take_max_sends_in_flight();
+    env.wechat.state.lock().unwrap().failures.clear();
+    wait_within(
+        Duration::from_secs(90),
+        "b's welcomes once the API takes it",
+        || b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
+    )
+    .await;
+    let at_once = env.wechat.take_max_sends_in_flight();
+    assert!(
+        at_once <= 1,
+        "{at_once} sends under way at once with WORKER_CONCURRENCY=1"
+    );
+    drop(worker);
+}
+
+/// Red team: a held account must not hold the role. With `WORKER_CONCURRENCY=1`, seven of b's
+/// records (48001, always) come before three of a's in one partition. b's first record is
+/// held and gives its permit back; each next one of b's waited for b's next probe *keeping
+/// the role's only permit* (it had not tried yet, so it was not counted as held), and a's
+/// records behind them waited the sum of b's probe pauses: 1 + 2 + 4 + … + 32 s = 63 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_waiting_for_a_held_accounts_probe_do_not_stall_the_role() {
+    let env = Env::start().await;
+    let accounts = accounts_file(
+        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
+    );
+    let b_fans: Vec<String> = (0..7).map(|i| format!("b_fan{i}")).collect();
+    for fan in &b_fans {
+        env.wechat.fail(fan, 48001, u32::MAX);
+    }
+    let a_fans: Vec<String> = (0..3).map(|i| format!("a_fan{i}")).collect();
+    // One key: one partition, b's records first.
+    let records: Vec<_> = b_fans
+        .iter()
+        .map(|fan| ("gh_b", fan))
+        .chain(a_fans.iter().map(|fan| ("gh_a", fan)))
+        .enumerate()
+        .map(|(i, (account, fan))| {
+            let (_, value) = subscribe(account, fan, 1000 + i as i64, None);
+            ("one-partition".to_owned(), value)
+        })
+        .collect();
+    env.produce("subscribe", &records);
+    let worker = KillOnDrop(
+        env.command()
+            .env("RUST_LOG", "warn")
+            .env("WECHAT_ORIGINAL_ID", "gh_a")
+            .env("INGEST_ACCOUNTS", &accounts)
+            .env("WORKER_CONCURRENCY", "1")
+            .args(["--role", "welcome"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Well under the 63 s of b's probe pauses; long for a loaded machine.
+    wait_within(
+        Duration::from_secs(30),
+        "a's welcomes while b is held",
+        || a_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
+    )
+    .await;
+    assert!(b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 0));
+    drop(worker);
+}
+
+/// `(key, value)` records to one partition of a topic.
+fn produce_to(env: &Env, type_: &str, partition: i32, records: &[(String, Vec<u8>)]) {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", env.kafka.brokers())
+        .create()
+        .unwrap();
+    let topic = env.topic(type_);
+    for (key, value) in records {
+        let record = BaseRecord::<_, _, ()>::to(&topic)
+            .partition(partition)
+            .key(key.as_str())
+            .payload(value.as_slice());
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// `wxpipe_worker_held_records` of the welcome role for `account`, from a worker's admin port.
+async fn held_on(admin: u16, account: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    testkit::metric(
+        &text,
+        "wxpipe_worker_held_records",
+        &[("role", "welcome"), ("account", account)],
+    )
+}
+
+/// Red team: a held record whose partition the group takes away is its new owner's: it must
+/// leave the hold here. It stayed, waiting for b's probe however long the API refuses b (days,
+/// until a person fixes it), counted in the metric and in the role's cap on held records; each
+/// rebalance that brought the partition back added a copy, until past the cap the copies kept
+/// their permits and the role stopped reading for every account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partitions_held_records_leave_the_hold() {
+    let env = Env::start().await;
+    let accounts = accounts_file(
+        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
+    );
+    let b_fans: Vec<String> = (0..6).map(|i| format!("b_fan{i}")).collect();
+    for fan in &b_fans {
+        env.wechat.fail(fan, 48001, u32::MAX);
+    }
+    for (partition, fans) in b_fans.chunks(3).enumerate() {
+        let records: Vec<_> = fans
+            .iter()
+            .enumerate()
+            .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
+            .collect();
+        produce_to(&env, "subscribe", partition as i32, &records);
+    }
+    let worker = |admin: u16| {
+        KillOnDrop(
+            env.command()
+                .env("RUST_LOG", "warn")
+                .env("WECHAT_ORIGINAL_ID", "gh_a")
+                .env("INGEST_ACCOUNTS", &accounts)
+                .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+                .args(["--role", "welcome"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let (admin1, admin2) = (free_port(), free_port());
+    let first = worker(admin1);
+    wait_within_async(Duration::from_secs(60), "b's six records held", || async {
+        held_on(admin1, "gh_b").await == Some(6.0)
+    })
+    .await;
+    // A second member takes one partition, and holds its three records there.
+    let second = worker(admin2);
+    wait_within_async(
+        Duration::from_secs(90),
+        "three of b's records held by the second worker",
+        || async { held_on(admin2, "gh_b").await == Some(3.0) },
+    )
+    .await;
+    // The first worker holds only its own partition's three.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let mut first_holds = held_on(admin1, "gh_b").await;
+    while first_holds != Some(3.0) && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        first_holds = held_on(admin1, "gh_b").await;
+    }
+    assert_eq!(
+        first_holds,
+        Some(3.0),
+        "held records the first worker counts, its revoked partition's included"
+    );
+    assert!(b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 0));
+    drop(second);
+    drop(first);
+}
+
+/// Red team: a probe that meets an outage (-1, system busy) has not passed: the hold stays,
+/// one probe at a time. It opened the hold, and every held record of b tried at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_meets_an_outage_keeps_the_hold() {
+    let env = Env::start().await;
+    let accounts = accounts_file(
+        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
+    );
+    let b_fans: Vec<String> = (0..4).map(|i| format!("b_fan{i}")).collect();
+    for fan in &b_fans {
+        env.wechat.fail(fan, 48001, u32::MAX);
+    }
+    env.wechat.set_send_delay(Duration::from_millis(400));
+    let admin = free_port();
+    let worker = KillOnDrop(
+        env.command()
+            .env("RUST_LOG", "warn")
+            .env("WECHAT_ORIGINAL_ID", "gh_a")
+            .env("INGEST_ACCOUNTS", &accounts)
+            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .args(["--role", "welcome"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let records: Vec<_> = b_fans
+        .iter()
+        .enumerate()
+        .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
+        .collect();
+    env.produce("subscribe", &records);
+    wait_within_async(Duration::from_secs(60), "b's four records held", || async {
+        held_on(admin, "gh_b").await == Some(4.0)
+    })
+    .await;
+    // Every send in flight now is answered 48001; the next ones meet an outage.
+    wait_within(Duration::from_secs(30), "no send under way", || {
+        env.wechat.state.lock().unwrap().sends_in_flight == 0
+    })
+    .await;
+    let before = {
+        let mut s = env.wechat.state.lock().unwrap();
+        for fan in &b_fans {
+            s.failures.insert(fan.clone(), (-1, u32::MAX));
+        }
+        s.max_sends_in_flight = 0;
+        s.send_attempts
+    };
+    wait_within(
+        Duration::from_secs(90),
+        "a probe meeting the outage",
+        || env.wechat.state.lock().unwrap().send_attempts > before,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let at_once = env.wechat.take_max_sends_in_flight();
+    assert!(at_once <= 1, "{at_once} of b's held records tried at once");
+    assert_eq!(held_on(admin, "gh_b").await, Some(4.0));
+
+    // The outage ends; the API still refuses b. A record that met the outage paused the role
+    // (as a dependency wait does) and, refused again, kept it paused for as long as b's hold
+    // lasted: a's followers were never welcomed.
+    {
+        let mut s = env.wechat.state.lock().unwrap();
+        for fan in &b_fans {
+            s.failures.insert(fan.clone(), (48001, u32::MAX));
+        }
+    }
+    let at_before = env.wechat.state.lock().unwrap().send_attempts;
+    wait_within(Duration::from_secs(90), "a probe refused again", || {
+        env.wechat.state.lock().unwrap().send_attempts > at_before + 1
+    })
+    .await;
+    let a_fans: Vec<String> = (0..3).map(|i| format!("a_fan{i}")).collect();
+    let records: Vec<_> = a_fans
+        .iter()
+        .enumerate()
+        .map(|(i, fan)| subscribe("gh_a", fan, 2000 + i as i64, None))
+        .collect();
+    env.produce("subscribe", &records);
+    wait_within(
+        Duration::from_secs(60),
+        "a's welcomes while b is held",
+        || a_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
+    )
+    .await;
+    assert!(b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 0));
+    drop(worker);
+}
+
+/// Red team: past the cap on held records (64 per unit of concurrency) a held record keeps
+/// its permit; with `WORKER_CONCURRENCY=1` the 65th keeps the role's only one. b's probe must
+/// still go, and once the API takes b every record must go on (a probe that waited for a
+/// permit first never went: the 65th held it, waiting for the probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_cap_the_probe_still_goes() {
+    let env = Env::start().await;
+    let accounts = accounts_file(
+        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
+    );
+    let b_fans: Vec<String> = (0..66).map(|i| format!("b_fan{i}")).collect();
+    for fan in &b_fans {
+        env.wechat.fail(fan, 48001, u32::MAX);
+    }
+    let admin = free_port();
+    let worker = KillOnDrop(
+        env.command()
+            .env("RUST_LOG", "warn")
+            .env("WECHAT_ORIGINAL_ID", "gh_a")
+            .env("INGEST_ACCOUNTS", &accounts)
+            .env("WORKER_CONCURRENCY", "1")
+            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .args(["--role", "welcome"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let records: Vec<_> = b_fans
+        .iter()
+        .enumerate()
+        .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
+        .collect();
+    env.produce("subscribe", &records);
+    // 64 give their permits back; the 65th keeps the only one, so the 66th is not read.
+    wait_within_async(
+        Duration::from_secs(60),
+        "65 of b's records held",
+        || async { held_on(admin, "gh_b").await == Some(65.0) },
+    )
+    .await;
+    env.wechat.state.lock().unwrap().failures.clear();
+    wait_within(
+        Duration::from_secs(120),
+        "b's welcomes once the API takes it",
+        || b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
+    )
+    .await;
+    drop(worker);
+}

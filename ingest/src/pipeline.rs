@@ -78,8 +78,9 @@ pub struct Prepared<'a> {
 
 /// In plaintext mode the signature does not cover the body: the claim binds (timestamp, nonce)
 /// to the body's digest, so a captured query cannot carry another body. While an account takes
-/// plaintext as well as encrypted pushes, an encrypted push binds its pair to its ciphertext's
-/// digest, so its query stripped of `msg_signature` cannot carry a plaintext body either. Keyed
+/// plaintext as well as encrypted pushes, an encrypted push binds its pair to its decrypted
+/// push's digest, so its query stripped of `msg_signature` cannot carry another plaintext body
+/// either (only the push itself, which is the same event). Keyed
 /// by the account the request was routed to, never by anything the body says.
 #[derive(Debug)]
 pub struct BodyBinding<'a> {
@@ -237,10 +238,12 @@ fn open<'b>(
         ],
     )?;
     let appid = account.appid.as_deref().unwrap_or_default();
+    let xml = key.decrypt(encrypt, appid)?;
+    // Bound to the decrypted push, not its ciphertext: a retry encrypted afresh (another
+    // random prefix) under the same (timestamp, nonce) is the same push and must pass.
+    let bound = account.accept_plaintext.then(|| Sha1::digest(&xml).into());
     Ok(Opened {
-        xml: key.decrypt(encrypt, appid)?.into(),
-        bound: account
-            .accept_plaintext
-            .then(|| Sha1::digest(encrypt.as_bytes()).into()),
+        xml: xml.into(),
+        bound,
     })
 }

@@ -455,13 +455,8 @@ async fn an_encrypted_pushs_query_carries_no_plaintext_body() {
     let key = wechat::decrypt::AesKey::parse(KEY).unwrap();
     let signer = wechat::Signer::encrypted(TOKEN, key, "wxapp");
     let ts = now().to_string();
-    let genuine = signer.push(
-        &push("gh_test", "fan", now(), "subscribe", ""),
-        "gh_test",
-        &ts,
-        "captured-aes",
-        [3; 16],
-    );
+    let xml = push("gh_test", "fan", now(), "subscribe", "");
+    let genuine = signer.push(&xml, "gh_test", &ts, "captured-aes", [3; 16]);
     assert_eq!(
         app.post_with_query(&genuine.query, &genuine.body).await.0,
         200
@@ -470,12 +465,22 @@ async fn an_encrypted_pushs_query_carries_no_plaintext_body() {
     let forged = push("gh_test", "victim", now(), "unsubscribe", "");
     let (status, reason) = app.post_with_query(&stripped, &forged).await;
     assert_eq!(status, 403, "{reason}");
-    // WeChat's retry of the encrypted push passes.
+    // WeChat's retry of the encrypted push passes, even encrypted afresh (another random
+    // prefix, so another ciphertext) under the same (timestamp, nonce).
     assert_eq!(
         app.post_with_query(&genuine.query, &genuine.body).await.0,
         200
     );
+    let again = signer.push(&xml, "gh_test", &ts, "captured-aes", [9; 16]);
+    assert_ne!(again.body, genuine.body);
+    assert_eq!(app.post_with_query(&again.query, &again.body).await.0, 200);
     assert_eq!(app.count("event.unsubscribe"), 0);
-    assert_eq!(app.read("event.subscribe", 1).len(), 1);
+    app.read_exactly(
+        "event.subscribe",
+        1,
+        Duration::from_millis(300),
+        "one push, retried twice",
+    )
+    .await;
     app.stop().await;
 }

@@ -125,9 +125,19 @@ pub enum Command {
         /// Partitions per topic: the ceiling on consumers per group, and on produce parallelism.
         #[arg(long, default_value_t = 12)]
         partitions: i32,
-        /// Replicas per partition (3 for `acks=all` to survive a broker loss).
-        #[arg(long, default_value_t = 3)]
-        replication_factor: i32,
+        /// Replicas per partition. Unset: 3 (with `min.insync.replicas=2`, `acks=all` survives
+        /// a broker's loss), or as many brokers as the cluster has when fewer (a development
+        /// Kafka), which is said.
+        #[arg(long)]
+        replication_factor: Option<i32>,
+        /// `retention.ms` of the topics `worker rebuild` reads (`event.subscribe`,
+        /// `event.unsubscribe`, `event.location`); `-1`: forever. A rebuild is only as
+        /// complete as these topics.
+        #[arg(long, default_value_t = -1)]
+        rebuild_retention_ms: i64,
+        /// `retention.ms` of every other topic. Unset: the broker's default.
+        #[arg(long)]
+        retention_ms: Option<i64>,
     },
 }
 

@@ -20,9 +20,17 @@ fn main() -> ExitCode {
     if let Some(Command::Topics {
         partitions,
         replication_factor,
+        rebuild_retention_ms,
+        retention_ms,
     }) = config.command.clone()
     {
-        return create_topics(&config, partitions, replication_factor);
+        let layout = ingest::topics::Layout {
+            partitions,
+            replication: replication_factor,
+            rebuild_retention_ms,
+            retention_ms,
+        };
+        return create_topics(&config, &layout);
     }
     if let Err(message) = config.validate() {
         eprintln!("ingest: {message}");
@@ -81,7 +89,7 @@ fn main() -> ExitCode {
 }
 
 /// `ingest topics`: creates every topic, prints one line per topic, exits non-zero if any failed.
-fn create_topics(config: &Config, partitions: i32, replication: i32) -> ExitCode {
+fn create_topics(config: &Config, layout: &ingest::topics::Layout) -> ExitCode {
     let Some(brokers) = &config.shared.kafka_brokers else {
         eprintln!("ingest topics: KAFKA_BROKERS is required");
         return ExitCode::from(2);
@@ -93,12 +101,17 @@ fn create_topics(config: &Config, partitions: i32, replication: i32) -> ExitCode
     let results = runtime.block_on(ingest::topics::create_all(
         brokers,
         &config.shared.topic_prefix,
-        partitions,
-        replication,
+        layout,
         &[&config.shared.kafka_config, &config.kafka_producer_config],
     ));
     match results {
-        Ok(results) => {
+        Ok((replication, results)) => {
+            if layout.replication.is_none() && replication < 3 {
+                println!(
+                    "replicas: {replication} (the cluster has fewer than 3 brokers): a broker's \
+                     loss loses acknowledged records; use 3 brokers in production"
+                );
+            }
             let mut failed = false;
             for (topic, created) in results {
                 match created {

@@ -54,6 +54,31 @@ fn creates_every_topic_and_is_idempotent() {
         assert_eq!(topic.partitions().len(), 6, "{name}");
     }
 
+    // The topics a rebuild reads keep every record.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+    let subscribe = format!("{prefix}.event.subscribe");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let described = runtime
+        .block_on(admin.describe_configs(
+            &[rdkafka::admin::ResourceSpecifier::Topic(&subscribe)],
+            &rdkafka::admin::AdminOptions::new(),
+        ))
+        .unwrap();
+    let config = described.into_iter().next().unwrap().unwrap();
+    let value = |key: &str| {
+        config
+            .entries
+            .iter()
+            .find(|e| e.name == key)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("retention.ms").as_deref(), Some("-1"));
+    assert_eq!(value("cleanup.policy").as_deref(), Some("delete"));
+
     let again = run();
     assert!(again.status.success());
     let stdout = String::from_utf8(again.stdout).unwrap();

@@ -114,7 +114,16 @@ fn validate(
     if config.shared.memory_with_kafka() {
         println!("WARN REDIS_URL=memory:// with KAFKA_BROKERS: effects live in this process only");
     }
-    if let Err(problem) = config.validate() {
+    // Each check stops at its first problem: the store's is checked on its own, so the
+    // rest are checked too.
+    if let Err(problem) = config.shared.check_store() {
+        problems.push(problem.to_string());
+    }
+    let mut rest = config.clone();
+    rest.shared
+        .redis_url
+        .get_or_insert_with(|| ops::settings::MEMORY.to_owned());
+    if let Err(problem) = rest.validate() {
         problems.push(problem.to_string());
     }
     if let Err(problem) = worker::accounts::Senders::load(&config.shared) {

@@ -438,6 +438,19 @@ mod tests {
     }
 
     #[test]
+    fn accounts_come_from_one_place() {
+        let mut config = Config::for_token("t");
+        config.shared.accounts = Some(wechat::accounts::AccountsFile::default());
+        assert_eq!(config.validate(), Ok(()));
+        config.shared.accounts_file = Some("accounts.toml".into());
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("INGEST_ACCOUNTS") && error.contains("[accounts.NAME]"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn every_flag_is_accepted_after_a_subcommand() {
         use clap::FromArgMatches;
         let matches = command()

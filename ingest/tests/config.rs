@@ -302,3 +302,37 @@ async fn validate_connect_reaches_kafka_and_redis() {
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_of_the_config_file_are_served_with_their_tokens_from_files() {
+    let token = file("shop-token", "shop-token-from-file\n");
+    let config = file(
+        "wxpipe.toml",
+        &format!(
+            "[accounts.shop]\ntoken_file = \"{}\"\noriginal_id = \"gh_shop\"\n",
+            token.display()
+        ),
+    );
+    let port = free_port();
+    let _ingest = Ingest(
+        ingest(
+            &["--config", config.to_str().unwrap()],
+            &[
+                ("INGEST_LISTEN", &format!("127.0.0.1:{port}")),
+                ("RUST_LOG", "warn"),
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    wait_up(port).await;
+    let query = TestApp::signed_query("shop-token-from-file", "n1");
+    let response = reqwest::get(format!(
+        "http://127.0.0.1:{port}/wechat/shop?{query}&echostr=hi"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "hi");
+}

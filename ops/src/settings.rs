@@ -283,6 +283,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_property_ending_in_file_is_read_from_that_file() {
+        let path = std::env::temp_dir().join(format!("wxpipe-sasl-{}", std::process::id()));
+        std::fs::write(&path, "pa,ss=word\n").unwrap();
+        let mut entries = vec![
+            "security.protocol=sasl_ssl".to_owned(),
+            format!("sasl.password_file={}", path.display()),
+        ];
+        property_files("KAFKA_CONFIG", &mut entries).unwrap();
+        assert_eq!(
+            entries[1], "sasl.password=pa,ss=word",
+            "whole, newline dropped"
+        );
+        assert_eq!(
+            kafka_property(&entries[1]),
+            Property::Pair("sasl.password", "pa,ss=word")
+        );
+        let mut both = vec![
+            "sasl.password=x".to_owned(),
+            format!("sasl.password_file={}", path.display()),
+        ];
+        let error = property_files("KAFKA_CONFIG", &mut both).unwrap_err();
+        assert!(error.contains("sasl.password"), "{error}");
+        let mut missing = vec!["sasl.password_file=/nonexistent/wxpipe".to_owned()];
+        let error = property_files("KAFKA_CONFIG", &mut missing).unwrap_err();
+        assert!(error.contains("KAFKA_CONFIG sasl.password_file"), "{error}");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_secret_and_its_file_are_not_both_taken() {
+        let path = std::env::temp_dir().join(format!("wxpipe-secret-{}", std::process::id()));
+        std::fs::write(&path, "s3cret\r\n").unwrap();
+        let mut value = None;
+        from_file(&mut value, &Some(path.clone()), "REDIS_URL").unwrap();
+        assert_eq!(value.as_deref(), Some("s3cret"));
+        let error = from_file(&mut value, &Some(path.clone()), "REDIS_URL").unwrap_err();
+        assert!(error.contains("REDIS_URL_FILE"), "{error}");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn malformed_pairs_are_named() {
         assert!(check_properties("KAFKA_CONFIG", &["a=b".into()]).is_ok());
         let error = check_properties("KAFKA_CONFIG", &["a=b".into(), "oops".into()])

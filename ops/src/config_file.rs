@@ -54,6 +54,21 @@ pub const INGEST_ONLY: &[&str] = &[
     "WECHAT_TOKEN_FILE",
 ];
 
+/// Where a setting goes in the config file, by the rule: `KAFKA_BROKERS` → `[kafka] brokers`,
+/// `KAFKA_CONFIG` → `[kafka.config]` (a table); `None` for `WXPIPE_CONFIG` (the file itself).
+pub fn file_key(variable: &str) -> Option<String> {
+    if variable == CONFIG_VARIABLE {
+        return None;
+    }
+    let (section, key) = variable.split_once('_')?;
+    let (section, key) = (section.to_lowercase(), key.to_lowercase());
+    Some(if PROPERTY_SETTINGS.contains(&variable) {
+        format!("[{section}.{key}]")
+    } else {
+        format!("[{section}] {key}")
+    })
+}
+
 /// The variable of every setting of `command` and its subcommands.
 pub fn variables(command: &clap::Command) -> BTreeSet<String> {
     let mut names: BTreeSet<String> = command
@@ -485,6 +500,23 @@ mod tests {
             parsed.properties["KAFKA_CONFIG"],
             ["sasl.jaas.config=a,b=c"]
         );
+    }
+
+    #[test]
+    fn file_keys_follow_the_rule() {
+        assert_eq!(
+            file_key("INGEST_MAX_IN_FLIGHT").unwrap(),
+            "[ingest] max_in_flight"
+        );
+        assert_eq!(
+            file_key("WECHAT_TOKEN_FILE").unwrap(),
+            "[wechat] token_file"
+        );
+        assert_eq!(
+            file_key("KAFKA_CONSUMER_CONFIG").unwrap(),
+            "[kafka.consumer_config]"
+        );
+        assert_eq!(file_key(CONFIG_VARIABLE), None);
     }
 
     #[test]

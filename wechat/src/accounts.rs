@@ -10,6 +10,10 @@
 //! original_id = "gh_…"     # the ToUserName of its pushes; required with more than one account
 //! accept_plaintext = false # optional: with a key, let plaintext through while switching modes
 //! ```
+//!
+//! Each secret may come from a file instead: `token_file`, `appsecret_file`,
+//! `encoding_aes_key_file` (trailing newline ignored). The config file's `[accounts.NAME]`
+//! tables are the same entries.
 
 use std::collections::BTreeMap;
 use std::fmt;

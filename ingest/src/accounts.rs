@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use wechat::accounts::AccountsFile;
-
 use crate::config::{Config, Secret};
 use wechat::decrypt::AesKey;
 
@@ -90,8 +88,8 @@ impl Accounts {
                 .by_path
                 .insert(config.path.clone(), Arc::new(account));
         }
-        if let Some(file) = &config.shared.accounts_file {
-            for (name, entry) in AccountsFile::read(file)?.accounts {
+        if let Some(file) = config.shared.accounts()? {
+            for (name, entry) in file.accounts {
                 // The name keys the account's nonce bindings and metrics.
                 if accounts.by_path.contains_key(&config.path) && name == "default" {
                     return Err("account name \"default\" is taken by the WECHAT_* account: rename the table in INGEST_ACCOUNTS".into());

@@ -1,11 +1,13 @@
 //! One typed config: every setting is a flag with an environment fallback (`--help` lists them).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use ipnet::IpNet;
-use ops::settings::{check_properties, ConfigError};
+use ops::config_file::FileSettings;
+use ops::settings::{check_properties, from_file, property_files, ConfigError};
 pub use wechat::accounts::Secret;
 
 /// wxpipe ingress: WeChat pushes to Kafka
@@ -29,9 +31,17 @@ pub struct Config {
     #[arg(long, env = "WECHAT_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
 
+    /// A file holding `WECHAT_TOKEN` (a Kubernetes or Docker secret), trailing newline ignored.
+    #[arg(long, env = "WECHAT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// 43-character EncodingAESKey: enables compatible and safe mode.
     #[arg(long, env = "WECHAT_ENCODING_AES_KEY", hide_env_values = true)]
     pub encoding_aes_key: Option<Secret>,
+
+    /// A file holding `WECHAT_ENCODING_AES_KEY`, trailing newline ignored.
+    #[arg(long, env = "WECHAT_ENCODING_AES_KEY_FILE")]
+    pub encoding_aes_key_file: Option<PathBuf>,
 
     /// Let plaintext pushes through although the account has an EncodingAESKey (WeChat always
     /// encrypts then): only for the minutes of switching modes in WeChat's console. Each such
@@ -72,7 +82,7 @@ pub struct Config {
 
     /// Local disk spool for pushes Kafka cannot take in time; unset: no spool (503 instead).
     #[arg(long, env = "INGEST_SPOOL_DIR")]
-    pub spool_dir: Option<std::path::PathBuf>,
+    pub spool_dir: Option<PathBuf>,
 
     /// Spool size limit in bytes; past it, 503.
     #[arg(long, env = "INGEST_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
@@ -139,6 +149,27 @@ pub enum Command {
         #[arg(long)]
         retention_ms: Option<i64>,
     },
+    /// Resolve the configuration as `ingest` would (flags, environment, `--config`), print
+    /// each setting with where it came from (secrets masked) and every problem, and exit: 0,
+    /// or 2 on a problem; with `--connect`, 1 when Kafka or Redis cannot be reached.
+    Validate {
+        /// Also reach Kafka (metadata) and Redis (the start-up round trip).
+        #[arg(long)]
+        connect: bool,
+    },
+}
+
+/// The ingress's command line: every flag also after a subcommand (`ingest validate
+/// --config FILE`).
+pub fn command() -> clap::Command {
+    ops::config_file::globals(Config::command(), &[])
+}
+
+/// The variables a config file may set: the ingress's and the workers' (one file for both).
+pub fn variables() -> std::collections::BTreeSet<String> {
+    let mut names = ops::config_file::variables(&Config::command());
+    names.extend(ops::config_file::variables(&worker::Config::command()));
+    names
 }
 
 /// A CIDR, or a single address (a /32 or /128).
@@ -202,12 +233,76 @@ impl Config {
         (2 * self.shared.redis_timeout()).min(self.ack_deadline() / 3)
     }
 
+    /// Parses the command line (after [`ops::config_file::load`] fed the config file):
+    /// clap's errors exit as clap does (2).
+    pub fn from_command_line(file: &FileSettings) -> (Config, clap::ArgMatches) {
+        use clap::FromArgMatches;
+        let command = command();
+        let matches = command.clone().get_matches();
+        let mut config = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        config.apply_file(file, &command, &matches);
+        (config, matches)
+    }
+
+    /// What the config file gives that clap does not parse: its property tables (unless a
+    /// flag or the environment set them) and its accounts.
+    pub fn apply_file(
+        &mut self,
+        file: &FileSettings,
+        command: &clap::Command,
+        matches: &clap::ArgMatches,
+    ) {
+        if let Some(entries) = file.properties_for(command, matches, "KAFKA_CONFIG") {
+            self.shared.kafka_config = entries;
+        }
+        if let Some(entries) = file.properties_for(command, matches, "KAFKA_PRODUCER_CONFIG") {
+            self.kafka_producer_config = entries;
+        }
+        if let Some(entries) = file.properties_for(command, matches, "KAFKA_CONSUMER_CONFIG") {
+            self.worker.kafka_consumer_config = entries;
+        }
+        self.shared.accounts = file.accounts.clone();
+    }
+
+    /// Reads the secrets given as files (`WECHAT_TOKEN_FILE` and the like); each problem
+    /// names its setting.
+    pub fn resolve_files(&mut self) -> Vec<String> {
+        let mut problems = self.shared.resolve_files();
+        for (secret, file, name) in [
+            (&mut self.token, &self.token_file, "WECHAT_TOKEN"),
+            (
+                &mut self.encoding_aes_key,
+                &self.encoding_aes_key_file,
+                "WECHAT_ENCODING_AES_KEY",
+            ),
+        ] {
+            let mut value = secret.take().map(|s| s.expose().to_owned());
+            if let Err(problem) = from_file(&mut value, file, name) {
+                problems.push(problem);
+            }
+            *secret = value.map(Secret::new);
+        }
+        for (name, entries) in [
+            ("KAFKA_PRODUCER_CONFIG", &mut self.kafka_producer_config),
+            (
+                "KAFKA_CONSUMER_CONFIG",
+                &mut self.worker.kafka_consumer_config,
+            ),
+        ] {
+            if let Err(problem) = property_files(name, entries) {
+                problems.push(problem);
+            }
+        }
+        problems
+    }
+
     /// Checks what clap cannot: at least one account is configured, the Kafka property
     /// lists are `key=value`, and those of the in-process workers.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let shared = &self.shared;
         if self.token.as_ref().is_none_or(|t| t.expose().is_empty())
             && shared.accounts_file.is_none()
+            && shared.accounts.is_none()
         {
             return Err(ConfigError::NoAccount);
         }
@@ -223,6 +318,8 @@ impl Config {
         if !self.path.starts_with('/') {
             return Err(ConfigError::Path(self.path.clone()));
         }
+        // Outside the embedded default (no KAFKA_BROKERS), the store is chosen, never assumed.
+        shared.check_store()?;
         shared.validate()?;
         check_properties("KAFKA_PRODUCER_CONFIG", &self.kafka_producer_config)?;
         if self.run_workers {
@@ -245,6 +342,7 @@ impl Config {
     pub fn for_token(token: &str) -> Config {
         let mut config = Config::parse_from(["ingest"]);
         config.token = Some(Secret::new(token));
+        config.shared.redis_url = Some(ops::settings::MEMORY.into());
         config
     }
 }
@@ -327,6 +425,54 @@ mod tests {
             config.worker_config().shared.kafka_config,
             config.shared.kafka_config
         );
+    }
+
+    #[test]
+    fn the_worker_knows_every_setting_of_the_ingress() {
+        // The worker binary reads the same config file, and cannot see these definitions.
+        let ingress = ops::config_file::variables(&Config::command());
+        let worker = ops::config_file::variables(&worker::Config::command());
+        let only: Vec<&str> = ingress.difference(&worker).map(String::as_str).collect();
+        assert_eq!(only, ops::config_file::INGEST_ONLY);
+    }
+
+    #[test]
+    fn kafka_without_a_store_is_a_config_error() {
+        let mut config = Config::for_token("t");
+        config.shared.redis_url = None;
+        assert_eq!(config.validate(), Ok(()), "the embedded default");
+        config.shared.kafka_brokers = Some("localhost:9092".into());
+        assert_eq!(config.validate(), Err(ConfigError::NoRedis));
+        config.shared.redis_url = Some("memory://".into());
+        assert_eq!(config.validate(), Ok(()), "written out");
+        assert!(config.shared.memory_with_kafka());
+    }
+
+    #[test]
+    fn accounts_come_from_one_place() {
+        let mut config = Config::for_token("t");
+        config.shared.accounts = Some(wechat::accounts::AccountsFile::default());
+        assert_eq!(config.validate(), Ok(()));
+        config.shared.accounts_file = Some("accounts.toml".into());
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("INGEST_ACCOUNTS") && error.contains("[accounts.NAME]"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn every_flag_is_accepted_after_a_subcommand() {
+        use clap::FromArgMatches;
+        let matches = command()
+            .try_get_matches_from(["ingest", "validate", "--path", "/p", "--connect"])
+            .unwrap();
+        let config = Config::from_arg_matches(&matches).unwrap();
+        assert_eq!(config.path, "/p");
+        assert!(matches!(
+            config.command,
+            Some(Command::Validate { connect: true })
+        ));
     }
 
     #[test]

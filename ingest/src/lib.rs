@@ -116,7 +116,7 @@ pub async fn serve(
         .kafka_brokers
         .as_deref()
         .ok_or(StartError::NoBrokers)?;
-    let engine = store::Engine::open(&config.shared.redis_url, config.shared.redis_timeout())?;
+    let engine = store::Engine::open(config.shared.store_url()?, config.shared.redis_timeout())?;
     let store = store::dedup::open(&engine, &config.shared.key_prefix);
     engine.check_at_start(|| store.round_trip()).await?;
     let publisher = Arc::new(publish::Publisher::new(
@@ -170,7 +170,7 @@ pub async fn serve(
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         accounts = %routes.accounts.iter().map(|(path, a)| format!("{}={path}", a.name)).collect::<Vec<_>>().join(","),
-        redis = %if config.shared.redis_url.starts_with("memory://") { "memory://" } else { "redis" },
+        redis = %if config.shared.redis_url.as_deref().is_some_and(|url| url.starts_with(ops::settings::MEMORY)) { "memory://" } else { "redis" },
         "ingest listening"
     );
     // The embedded default runs the workers here, so one command shows the whole flow.

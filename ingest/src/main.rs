@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use ingest::config::Command;
 use ingest::embedded::Embedded;
 use ingest::topics::Created;
@@ -15,8 +14,24 @@ use ingest::Config;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // The config file is fed as environment variables: before any thread starts.
+    let file = match ops::config_file::load(&ingest::config::variables()) {
+        Ok(file) => file,
+        Err(message) => {
+            eprintln!("ingest: {message}");
+            return ExitCode::from(2);
+        }
+    };
     ops::init_logs();
-    let mut config = Config::parse();
+    let (mut config, matches) = Config::from_command_line(&file);
+    let problems = config.resolve_files();
+    if let Some(Command::Validate { connect }) = config.command {
+        return validate(&config, &file, &matches, problems, connect);
+    }
+    if let Some(problem) = problems.first() {
+        eprintln!("ingest: {problem}");
+        return ExitCode::from(2);
+    }
     if let Some(Command::Topics {
         partitions,
         replication_factor,
@@ -35,6 +50,19 @@ fn main() -> ExitCode {
     if let Err(message) = config.validate() {
         eprintln!("ingest: {message}");
         return ExitCode::from(2);
+    }
+    if config.shared.memory_with_kafka() {
+        tracing::warn!(
+            "REDIS_URL=memory:// with KAFKA_BROKERS: each process dedups alone (a retry that \
+             reaches another replica is published twice) and forgets on exit"
+        );
+    }
+    if config.shared.kafka_brokers.is_none() {
+        // The embedded default: nothing to share claims with.
+        config
+            .shared
+            .redis_url
+            .get_or_insert_with(|| ops::settings::MEMORY.to_owned());
     }
     // The mock cluster is not Send: it lives here, on the main thread, for the whole run.
     let _embedded = match config.shared.kafka_brokers {
@@ -133,5 +161,90 @@ fn create_topics(config: &Config, layout: &ingest::topics::Layout) -> ExitCode {
             eprintln!("ingest topics: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `ingest validate [--connect]`: the resolved configuration, its problems, and with
+/// `--connect` what Kafka and Redis answer. Exit 0, 2 on a problem, 1 when one is unreachable.
+fn validate(
+    config: &Config,
+    file: &ops::config_file::FileSettings,
+    matches: &clap::ArgMatches,
+    mut problems: Vec<String>,
+    connect: bool,
+) -> ExitCode {
+    match &file.path {
+        Some(path) => println!("config file: {}", path.display()),
+        None => println!("config file: none (--config or WXPIPE_CONFIG)"),
+    }
+    for line in ops::config_file::report(&ingest::config::command(), matches, file) {
+        println!("{line}");
+    }
+    let embedded = config.shared.kafka_brokers.is_none();
+    if embedded {
+        println!("note: no KAFKA_BROKERS: the embedded default (in-process broker and workers, memory://)");
+    }
+    if config.shared.memory_with_kafka() {
+        println!("WARN REDIS_URL=memory:// with KAFKA_BROKERS: each process dedups alone");
+    }
+    // Each check stops at its first problem: the store's is checked on its own, so the
+    // rest are checked too.
+    if let Err(problem) = config.shared.check_store() {
+        problems.push(problem.to_string());
+    }
+    let mut rest = config.clone();
+    rest.shared
+        .redis_url
+        .get_or_insert_with(|| ops::settings::MEMORY.to_owned());
+    if let Err(problem) = rest.validate() {
+        problems.push(problem.to_string());
+    }
+    if let Err(problem) = ingest::accounts::Accounts::load(config) {
+        problems.push(problem);
+    }
+    problems.dedup();
+    if !problems.is_empty() {
+        for problem in &problems {
+            println!("problem: {problem}");
+        }
+        return ExitCode::from(2);
+    }
+    println!("configuration: ok");
+    if !connect {
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match ops::runtime("ingest") {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let reached = runtime.block_on(async {
+        let kafka = match &config.shared.kafka_brokers {
+            None => Ok("the embedded broker (nothing to reach)".to_owned()),
+            Some(brokers) => {
+                worker::check::kafka(
+                    brokers,
+                    &[&config.shared.kafka_config, &config.kafka_producer_config],
+                )
+                .await
+            }
+        };
+        let url = config
+            .shared
+            .redis_url
+            .as_deref()
+            .unwrap_or(ops::settings::MEMORY);
+        let redis = match store::Engine::open(url, config.shared.redis_timeout()) {
+            Ok(engine) => {
+                let dedup = store::dedup::open(&engine, &config.shared.key_prefix);
+                worker::check::redis(&engine, || dedup.round_trip()).await
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        worker::check::say(kafka, redis)
+    });
+    if reached {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -125,6 +125,8 @@ async fn an_accounts_file_alone_is_enough_to_start() {
         ("INGEST_ADMIN_LISTEN", String::new()),
         ("INGEST_ACCOUNTS", accounts.display().to_string()),
         ("KAFKA_BROKERS", kafka.brokers()),
+        // With Kafka, the store is named: memory:// written out.
+        ("REDIS_URL", "memory://".to_owned()),
         ("KAFKA_TOPIC_PREFIX", unique("t")),
     ])
     .env_remove("WECHAT_TOKEN")

@@ -2,10 +2,13 @@
 //! into each binary's config, with the one parser of `key=value` Kafka property lists, and
 //! the typed error every config check returns.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wechat::accounts::Secret;
+use wechat::accounts::{AccountsFile, Secret};
+
+/// `REDIS_URL` for a store in this process only.
+pub const MEMORY: &str = "memory://";
 
 /// What the ingress and the workers both read, with the same names and defaults.
 #[derive(Debug, Clone, clap::Args)]
@@ -17,7 +20,9 @@ pub struct Shared {
 
     /// librdkafka properties for every Kafka client (producers, consumers, dead-letter
     /// producers, probes, `ingest topics`), `key=value` separated by commas: TLS, SASL and
-    /// the like.
+    /// the like. A key ending in `_file` names a file holding the value of the key without
+    /// it (`sasl.password_file=/run/secrets/kafka` sets `sasl.password`). In the config file,
+    /// the table `[kafka.config]`.
     #[arg(long, env = "KAFKA_CONFIG", value_delimiter = ',')]
     pub kafka_config: Vec<String>,
 
@@ -27,9 +32,15 @@ pub struct Shared {
 
     /// The dedup and effect store: `redis://host:port` (`rediss://` for TLS),
     /// `redis+cluster://host:port,host:port,…`, `redis+sentinel://host:port,…/MASTER`, or
-    /// `memory://` (this process only).
-    #[arg(long, env = "REDIS_URL", default_value = "memory://")]
-    pub redis_url: String,
+    /// `memory://` (this process only). Required with `KAFKA_BROKERS` (`memory://` must be
+    /// written out there: each process would dedup alone); unset, the embedded default uses
+    /// `memory://`.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// A file holding `REDIS_URL` (a Kubernetes or Docker secret), trailing newline ignored.
+    #[arg(long, env = "REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
 
     /// Prefix of every Redis key wxpipe writes.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "wxpipe")]
@@ -58,12 +69,29 @@ pub struct Shared {
     #[arg(long, env = "WECHAT_APPSECRET", hide_env_values = true)]
     pub appsecret: Option<Secret>,
 
+    /// A file holding `WECHAT_APPSECRET`, trailing newline ignored.
+    #[arg(long, env = "WECHAT_APPSECRET_FILE")]
+    pub appsecret_file: Option<PathBuf>,
+
     /// TOML file of several accounts (`[accounts.NAME]` with `token`, `appid`,
     /// `encoding_aes_key`, `appsecret`, `original_id`): the ingress serves each at
     /// `{INGEST_PATH}/NAME`; the workers find an account's AppID and AppSecret in it by
     /// `original_id`. With more than one account, each needs its `original_id`.
     #[arg(long, env = "INGEST_ACCOUNTS")]
     pub accounts_file: Option<PathBuf>,
+
+    /// The `[accounts.NAME]` tables of the config file: the same entries as `INGEST_ACCOUNTS`.
+    #[arg(skip)]
+    pub accounts: Option<AccountsFile>,
+
+    /// A TOML file of settings both binaries read (see `ops::config_file`): `[kafka] brokers`
+    /// for `KAFKA_BROKERS` and so on. Flags and the environment override it.
+    #[arg(long, env = "WXPIPE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log lines as text, or one JSON object per line (`json`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], ignore_case = true)]
+    pub log_format: String,
 }
 
 impl Shared {
@@ -71,8 +99,62 @@ impl Shared {
         Duration::from_millis(self.redis_timeout_ms)
     }
 
+    /// The store's URL. Unset is an error: only the embedded default (which sets it) may run
+    /// on `memory://` without saying so.
+    pub fn store_url(&self) -> Result<&str, ConfigError> {
+        self.redis_url.as_deref().ok_or(ConfigError::NoRedis)
+    }
+
+    /// With Kafka configured, `REDIS_URL` must be set (`memory://` written out).
+    pub fn check_store(&self) -> Result<(), ConfigError> {
+        match (&self.kafka_brokers, &self.redis_url) {
+            (Some(_), None) => Err(ConfigError::NoRedis),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `memory://` was chosen although Kafka is configured: warned about at start.
+    pub fn memory_with_kafka(&self) -> bool {
+        self.kafka_brokers.is_some()
+            && self
+                .redis_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with(MEMORY))
+    }
+
+    /// Reads the secrets given as files (`REDIS_URL_FILE`, `WECHAT_APPSECRET_FILE`, `_file`
+    /// Kafka properties) into their settings; each problem names its setting.
+    pub fn resolve_files(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(problem) = from_file(&mut self.redis_url, &self.redis_url_file, "REDIS_URL") {
+            problems.push(problem);
+        }
+        let mut appsecret = self.appsecret.take().map(|s| s.expose().to_owned());
+        if let Err(problem) = from_file(&mut appsecret, &self.appsecret_file, "WECHAT_APPSECRET") {
+            problems.push(problem);
+        }
+        self.appsecret = appsecret.map(Secret::new);
+        if let Err(problem) = property_files("KAFKA_CONFIG", &mut self.kafka_config) {
+            problems.push(problem);
+        }
+        problems
+    }
+
+    /// The accounts of `INGEST_ACCOUNTS` or of the config file's `[accounts.NAME]` tables.
+    pub fn accounts(&self) -> Result<Option<AccountsFile>, String> {
+        match (&self.accounts_file, &self.accounts) {
+            (Some(path), _) => AccountsFile::read(path).map(Some),
+            (None, accounts) => Ok(accounts.clone()),
+        }
+    }
+
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.accounts_file.is_some() && self.accounts.is_some() {
+            return Err(ConfigError::Invalid(
+                "INGEST_ACCOUNTS and [accounts.NAME] tables in the config file are both set: keep the accounts in one place".into(),
+            ));
+        }
         // Braces would change the Redis Cluster hash tag of every key, so one user's keys
         // could fall into different slots.
         if self.key_prefix.contains(['{', '}']) {
@@ -101,8 +183,63 @@ pub enum ConfigError {
         setting: &'static str,
         entry: String,
     },
+    #[error("REDIS_URL is not set: with KAFKA_BROKERS set, set REDIS_URL=redis://HOST:6379 (or redis+cluster://…, redis+sentinel://…/MASTER), or write out REDIS_URL=memory:// to keep claims and effects in this process only")]
+    NoRedis,
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Reads a secret from the file a `{VARIABLE}_FILE` setting names; a trailing newline (what
+/// editors and `echo` leave) is not part of it.
+pub fn read_secret_file(setting: &str, path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// Fills `value` from the file `file` names; both set is a problem (which one is meant?).
+pub fn from_file(
+    value: &mut Option<String>,
+    file: &Option<PathBuf>,
+    variable: &str,
+) -> Result<(), String> {
+    let Some(path) = file else { return Ok(()) };
+    if value.is_some() {
+        return Err(format!(
+            "{variable} and {variable}_FILE are both set: set one"
+        ));
+    }
+    *value = Some(read_secret_file(&format!("{variable}_FILE"), path)?);
+    Ok(())
+}
+
+/// Replaces each `KEY_file=PATH` entry of a Kafka property list with `KEY=<the file's
+/// content>`: how SASL passwords and TLS key passwords come from secret files.
+pub fn property_files(setting: &str, entries: &mut [String]) -> Result<(), String> {
+    let keys: Vec<String> = entries
+        .iter()
+        .filter_map(|entry| match kafka_property(entry) {
+            Property::Pair(key, _) => Some(key.to_owned()),
+            _ => None,
+        })
+        .collect();
+    for entry in entries.iter_mut() {
+        let (base, path) = match kafka_property(entry) {
+            Property::Pair(key, path) => match key.strip_suffix("_file") {
+                Some(base) => (base.to_owned(), PathBuf::from(path)),
+                None => continue,
+            },
+            _ => continue,
+        };
+        if keys.contains(&base) {
+            return Err(format!(
+                "{setting}: {base} and {base}_file are both set: set one"
+            ));
+        }
+        let value = read_secret_file(&format!("{setting} {base}_file"), &path)?;
+        *entry = format!("{base}={value}");
+    }
+    Ok(())
 }
 
 /// One entry of a Kafka property list.
@@ -144,6 +281,47 @@ pub fn check_properties(setting: &'static str, entries: &[String]) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_property_ending_in_file_is_read_from_that_file() {
+        let path = std::env::temp_dir().join(format!("wxpipe-sasl-{}", std::process::id()));
+        std::fs::write(&path, "pa,ss=word\n").unwrap();
+        let mut entries = vec![
+            "security.protocol=sasl_ssl".to_owned(),
+            format!("sasl.password_file={}", path.display()),
+        ];
+        property_files("KAFKA_CONFIG", &mut entries).unwrap();
+        assert_eq!(
+            entries[1], "sasl.password=pa,ss=word",
+            "whole, newline dropped"
+        );
+        assert_eq!(
+            kafka_property(&entries[1]),
+            Property::Pair("sasl.password", "pa,ss=word")
+        );
+        let mut both = vec![
+            "sasl.password=x".to_owned(),
+            format!("sasl.password_file={}", path.display()),
+        ];
+        let error = property_files("KAFKA_CONFIG", &mut both).unwrap_err();
+        assert!(error.contains("sasl.password"), "{error}");
+        let mut missing = vec!["sasl.password_file=/nonexistent/wxpipe".to_owned()];
+        let error = property_files("KAFKA_CONFIG", &mut missing).unwrap_err();
+        assert!(error.contains("KAFKA_CONFIG sasl.password_file"), "{error}");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_secret_and_its_file_are_not_both_taken() {
+        let path = std::env::temp_dir().join(format!("wxpipe-secret-{}", std::process::id()));
+        std::fs::write(&path, "s3cret\r\n").unwrap();
+        let mut value = None;
+        from_file(&mut value, &Some(path.clone()), "REDIS_URL").unwrap();
+        assert_eq!(value.as_deref(), Some("s3cret"));
+        let error = from_file(&mut value, &Some(path.clone()), "REDIS_URL").unwrap_err();
+        assert!(error.contains("REDIS_URL_FILE"), "{error}");
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn malformed_pairs_are_named() {

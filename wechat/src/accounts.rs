@@ -10,6 +10,10 @@
 //! original_id = "gh_…"     # the ToUserName of its pushes; required with more than one account
 //! accept_plaintext = false # optional: with a key, let plaintext through while switching modes
 //! ```
+//!
+//! Each secret may come from a file instead: `token_file`, `appsecret_file`,
+//! `encoding_aes_key_file` (trailing newline ignored). The config file's `[accounts.NAME]`
+//! tables are the same entries.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -73,10 +77,28 @@ pub struct AccountsFile {
 impl AccountsFile {
     /// Reads and checks a file; the error names the file and what is wrong.
     pub fn read(path: &Path) -> Result<AccountsFile, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("INGEST_ACCOUNTS {}: {e}", path.display()))?;
-        let file: AccountsFile = toml::from_str(&text)
-            .map_err(|e| format!("INGEST_ACCOUNTS {}: {e}", path.display()))?;
+        let origin = format!("INGEST_ACCOUNTS {}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: {e}"))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{origin}: {e}"))?;
+        AccountsFile::from_table(table, &origin)
+    }
+
+    /// The accounts of a parsed file (the `INGEST_ACCOUNTS` file, or the config file's
+    /// `[accounts.NAME]` tables); `origin` names it in errors. A secret key may be given as
+    /// `{key}_file` naming a file that holds it (trailing newline ignored): `token_file`,
+    /// `appsecret_file`, `encoding_aes_key_file`.
+    pub fn from_table(mut table: toml::Table, origin: &str) -> Result<AccountsFile, String> {
+        if let Some(toml::Value::Table(accounts)) = table.get_mut("accounts") {
+            for (name, account) in accounts.iter_mut() {
+                if let toml::Value::Table(account) = account {
+                    secrets_from_files(account)
+                        .map_err(|e| format!("{origin}: [accounts.{name}] {e}"))?;
+                }
+            }
+        }
+        let file: AccountsFile = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| format!("{origin}: {e}"))?;
         for name in file.accounts.keys() {
             if name.is_empty()
                 || !name
@@ -90,6 +112,32 @@ impl AccountsFile {
         }
         Ok(file)
     }
+}
+
+/// The keys of an account table that hold secrets, each of which may come from a file.
+const SECRET_KEYS: [&str; 3] = ["token", "appsecret", "encoding_aes_key"];
+
+/// Replaces `{key}_file = "PATH"` with `{key} = <the file's content>` for the secret keys.
+fn secrets_from_files(account: &mut toml::Table) -> Result<(), String> {
+    for key in SECRET_KEYS {
+        let file_key = format!("{key}_file");
+        let Some(path) = account.remove(&file_key) else {
+            continue;
+        };
+        let toml::Value::String(path) = path else {
+            return Err(format!("{file_key} must be a path (a string)"));
+        };
+        if account.contains_key(key) {
+            return Err(format!("{key} and {file_key} are both set: set one"));
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{file_key}: cannot read {path}: {e}"))?;
+        account.insert(
+            key.to_owned(),
+            toml::Value::String(text.trim_end_matches(['\n', '\r']).to_owned()),
+        );
+    }
+    Ok(())
 }
 
 /// Checks the rule that keeps one account's secrets speaking for that account only: with more

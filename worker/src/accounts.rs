@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use ops::settings::Shared;
-use wechat::accounts::{check_original_ids, AccountsFile, Secret};
+use wechat::accounts::{check_original_ids, Secret};
 
 use crate::api::Credentials;
 
@@ -61,8 +61,8 @@ impl Senders {
                 credentials(shared.appid.clone(), shared.appsecret.clone()),
             ));
         }
-        if let Some(path) = &shared.accounts_file {
-            for (name, entry) in AccountsFile::read(path)?.accounts {
+        if let Some(file) = shared.accounts()? {
+            for (name, entry) in file.accounts {
                 entries.push((
                     name,
                     entry.original_id.filter(|id| !id.is_empty()),

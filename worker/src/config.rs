@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use ops::settings::{check_properties, ConfigError};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use ops::config_file::FileSettings;
+use ops::settings::{check_properties, property_files, ConfigError};
 
 /// A worker role: one consumer group, one kind of effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
@@ -173,6 +174,34 @@ pub enum Command {
         #[arg(long = "role")]
         role: Role,
     },
+    /// Resolve the configuration as `worker` would (flags, environment, `--config`), print
+    /// each setting with where it came from (secrets masked) and every problem, and exit: 0,
+    /// or 2 on a problem; with `--connect`, 1 when Kafka or Redis cannot be reached.
+    Validate {
+        /// Also reach Kafka (metadata) and Redis (the start-up round trip).
+        #[arg(long)]
+        connect: bool,
+        /// The roles to check (repeatable), as `worker --role`.
+        #[arg(long = "role", value_delimiter = ',')]
+        roles: Vec<Role>,
+    },
+}
+
+/// The worker's command line: every flag also after a subcommand (`worker validate --config
+/// FILE`), but `--role`, which `rebuild`, `redrive` and `validate` take themselves.
+pub fn command() -> clap::Command {
+    ops::config_file::globals(Config::command(), &["roles"])
+}
+
+/// The variables a config file may set: the workers' and the ingress's (one file for both).
+pub fn variables() -> std::collections::BTreeSet<String> {
+    let mut names = ops::config_file::variables(&Config::command());
+    names.extend(
+        ops::config_file::INGEST_ONLY
+            .iter()
+            .map(|name| (*name).to_owned()),
+    );
+    names
 }
 
 impl Config {
@@ -186,8 +215,46 @@ impl Config {
         }
     }
 
-    /// Checks what clap cannot: the Kafka property lists are `key=value` pairs.
+    /// Parses the command line (after [`ops::config_file::load`] fed the config file):
+    /// clap's errors exit as clap does (2).
+    pub fn from_command_line(file: &FileSettings) -> (Config, clap::ArgMatches) {
+        use clap::FromArgMatches;
+        let command = command();
+        let matches = command.clone().get_matches();
+        let mut config = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if let Some(entries) = file.properties_for(&command, &matches, "KAFKA_CONFIG") {
+            config.shared.kafka_config = entries;
+        }
+        if let Some(entries) = file.properties_for(&command, &matches, "KAFKA_CONSUMER_CONFIG") {
+            config.settings.kafka_consumer_config = entries;
+        }
+        config.shared.accounts = file.accounts.clone();
+        if let Some(Command::Validate { roles, .. }) = &config.command {
+            if !roles.is_empty() {
+                config.roles = roles.clone();
+            }
+        }
+        (config, matches)
+    }
+
+    /// Reads the secrets given as files; each problem names its setting.
+    pub fn resolve_files(&mut self) -> Vec<String> {
+        let mut problems = self.shared.resolve_files();
+        if let Err(problem) = property_files(
+            "KAFKA_CONSUMER_CONFIG",
+            &mut self.settings.kafka_consumer_config,
+        ) {
+            problems.push(problem);
+        }
+        problems
+    }
+
+    /// Checks what clap cannot: the Kafka property lists are `key=value` pairs, and the
+    /// store is named (but for `redrive`, which never touches it).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.command, Some(Command::Redrive { .. })) {
+            self.shared.check_store()?;
+        }
         self.shared.validate()?;
         // A role with no concurrency would read nothing; the first attempt is one of
         // WORKER_MAX_ATTEMPTS.
@@ -213,9 +280,11 @@ impl Config {
             .filter(|b| !b.trim().is_empty())
     }
 
-    /// Defaults, for tests and embedding.
+    /// Defaults, for tests and embedding: `memory://` storage.
     pub fn defaults() -> Config {
-        Config::parse_from(["worker"])
+        let mut config = Config::parse_from(["worker"]);
+        config.shared.redis_url = Some(ops::settings::MEMORY.into());
+        config
     }
 }
 

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 pub mod accounts;
 pub mod api;
+pub mod check;
 pub mod config;
 pub mod consume;
 pub mod effects;
@@ -107,7 +108,7 @@ fn readiness(
 
 /// Builds the effects a config describes.
 pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
-    let engine = store::Engine::open(&config.shared.redis_url, config.shared.redis_timeout())?;
+    let engine = store::Engine::open(config.shared.store_url()?, config.shared.redis_timeout())?;
     let stores = store::effects::EffectStores::open(&engine, &config.shared.key_prefix);
     engine.check_at_start(|| stores.round_trip()).await?;
     let owner = ops::instance_id();

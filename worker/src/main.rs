@@ -3,19 +3,40 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use worker::config::Command;
 
 fn main() -> ExitCode {
+    // The config file is fed as environment variables: before any thread starts.
+    let file = match ops::config_file::load(&worker::config::variables()) {
+        Ok(file) => file,
+        Err(message) => {
+            eprintln!("worker: {message}");
+            return ExitCode::from(2);
+        }
+    };
     ops::init_logs();
-    let config = worker::Config::parse();
+    let (mut config, matches) = worker::Config::from_command_line(&file);
+    let problems = config.resolve_files();
+    if let Some(Command::Validate { connect, .. }) = config.command {
+        return validate(&config, &file, &matches, problems, connect);
+    }
+    if let Some(problem) = problems.first() {
+        eprintln!("worker: {problem}");
+        return ExitCode::from(2);
+    }
     if config.brokers().is_none() {
-        eprintln!("worker: KAFKA_BROKERS is required (the embedded default runs the workers inside `ingest`)");
+        eprintln!("worker: {NO_BROKERS}");
         return ExitCode::from(2);
     }
     if let Err(error) = config.validate() {
         eprintln!("worker: invalid configuration: {error}");
         return ExitCode::from(2);
+    }
+    if config.shared.memory_with_kafka() {
+        tracing::warn!(
+            "REDIS_URL=memory:// with KAFKA_BROKERS: bindings, locations and welcome claims live \
+             in this process only and are lost on exit"
+        );
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -47,6 +68,7 @@ fn main() -> ExitCode {
                 "redrive",
                 worker::replay::redrive(&config, *role).await.map(drop),
             ),
+            Some(Command::Validate { .. }) => unreachable!("handled before the runtime"),
         };
         match done {
             Ok(()) => ExitCode::SUCCESS,
@@ -56,4 +78,101 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+const NO_BROKERS: &str =
+    "KAFKA_BROKERS is required (the embedded default runs the workers inside `ingest`)";
+
+/// `worker validate [--connect]`: the resolved configuration, its problems, and with
+/// `--connect` what Kafka and Redis answer. Exit 0, 2 on a problem, 1 when one is unreachable.
+fn validate(
+    config: &worker::Config,
+    file: &ops::config_file::FileSettings,
+    matches: &clap::ArgMatches,
+    mut problems: Vec<String>,
+    connect: bool,
+) -> ExitCode {
+    match &file.path {
+        Some(path) => println!("config file: {}", path.display()),
+        None => println!("config file: none (--config or WXPIPE_CONFIG)"),
+    }
+    for line in ops::config_file::report(&worker::config::command(), matches, file) {
+        println!("{line}");
+    }
+    println!(
+        "roles: {}",
+        config
+            .roles()
+            .iter()
+            .map(|role| role.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    if config.brokers().is_none() {
+        problems.push(NO_BROKERS.to_owned());
+    }
+    if config.shared.memory_with_kafka() {
+        println!("WARN REDIS_URL=memory:// with KAFKA_BROKERS: effects live in this process only");
+    }
+    // Each check stops at its first problem: the store's is checked on its own, so the
+    // rest are checked too.
+    if let Err(problem) = config.shared.check_store() {
+        problems.push(problem.to_string());
+    }
+    let mut rest = config.clone();
+    rest.shared
+        .redis_url
+        .get_or_insert_with(|| ops::settings::MEMORY.to_owned());
+    if let Err(problem) = rest.validate() {
+        problems.push(problem.to_string());
+    }
+    if let Err(problem) = worker::accounts::Senders::load(&config.shared) {
+        problems.push(problem);
+    }
+    if !problems.is_empty() {
+        for problem in &problems {
+            println!("problem: {problem}");
+        }
+        return ExitCode::from(2);
+    }
+    println!("configuration: ok");
+    if !connect {
+        return ExitCode::SUCCESS;
+    }
+    let Some(brokers) = config.brokers() else {
+        return ExitCode::from(2);
+    };
+    let runtime = match ops::runtime("worker") {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let reached = runtime.block_on(async {
+        let kafka = worker::check::kafka(
+            brokers,
+            &[
+                &config.shared.kafka_config,
+                &config.settings.kafka_consumer_config,
+            ],
+        )
+        .await;
+        let redis = match config
+            .shared
+            .store_url()
+            .map_err(|e| e.to_string())
+            .and_then(|url| {
+                store::Engine::open(url, config.shared.redis_timeout()).map_err(|e| e.to_string())
+            }) {
+            Ok(engine) => {
+                let stores = store::effects::EffectStores::open(&engine, &config.shared.key_prefix);
+                worker::check::redis(&engine, || stores.round_trip()).await
+            }
+            Err(error) => Err(error),
+        };
+        worker::check::say(kafka, redis)
+    });
+    if reached {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

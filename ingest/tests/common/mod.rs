@@ -35,7 +35,7 @@ pub struct TestApp {
 pub fn test_config(redis_url: &str) -> Config {
     let mut config = Config::for_token(TOKEN);
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.shared.redis_url = redis_url.to_owned();
+    config.shared.redis_url = Some(redis_url.to_owned());
     config.shared.topic_prefix = unique("t");
     config.shared.key_prefix = unique("k");
     config.ack_deadline_ms = 1500;
@@ -103,7 +103,10 @@ impl TestApp {
                 ("INGEST_ADMIN_LISTEN", config.admin_listen.clone()),
                 ("KAFKA_BROKERS", kafka.brokers()),
                 ("KAFKA_TOPIC_PREFIX", config.shared.topic_prefix.clone()),
-                ("REDIS_URL", config.shared.redis_url.clone()),
+                (
+                    "REDIS_URL",
+                    config.shared.redis_url.clone().unwrap_or_default(),
+                ),
                 ("REDIS_KEY_PREFIX", config.shared.key_prefix.clone()),
                 ("INGEST_ACK_DEADLINE_MS", config.ack_deadline_ms.to_string()),
                 (

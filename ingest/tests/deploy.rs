@@ -76,8 +76,9 @@ fn compose_runs_our_binaries_with_settings_they_know() {
         "multi-stage"
     );
 
-    // Every wxpipe setting the stack sets is one the binaries accept and the README documents.
-    let readme = read("README.md");
+    // Every wxpipe setting the stack sets is one the binaries accept and the settings
+    // reference documents.
+    let readme = read("docs/configuration.md");
     let help = |bin: &str, args: &[&str]| {
         let exe = match bin {
             "ingest" => env!("CARGO_BIN_EXE_ingest"),
@@ -111,7 +112,7 @@ fn compose_runs_our_binaries_with_settings_they_know() {
         }
         assert!(
             readme.contains(&format!("`{var}`")),
-            "{var} is documented in the README"
+            "{var} is documented in docs/configuration.md"
         );
         let known = ingest_help.contains(&format!("[env: {var}")) || var.starts_with("WORKER_");
         assert!(known, "{var} is a setting of ingest or worker");

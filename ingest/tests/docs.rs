@@ -1,5 +1,5 @@
-//! The user documents say what the code does, where a test can tell: the README's sample
-//! record, its metrics table, the schema version, the benchmark commands, `--help`.
+//! The user documents say what the code does, where a test can tell: the sample record, the
+//! metrics table, the schema version, the benchmark commands, `--help`, and every link.
 
 use std::path::{Path, PathBuf};
 
@@ -11,11 +11,11 @@ fn read(name: &str) -> String {
     std::fs::read_to_string(root().join(name)).unwrap()
 }
 
-/// The README's sample record is exactly what the ingress writes for the push it shows.
+/// The sample record of `docs/records.md` is exactly what the ingress writes for the push it
+/// shows.
 #[test]
-fn the_readme_sample_record_is_what_the_ingress_writes() {
-    let readme = read("README.md");
-    let records = &readme[readme.find("## Records").expect("a Records section")..];
+fn the_sample_record_is_what_the_ingress_writes() {
+    let records = read("docs/records.md");
     let json = records
         .split("```json\n")
         .nth(1)
@@ -35,7 +35,7 @@ fn the_readme_sample_record_is_what_the_ingress_writes() {
     let push = wechat::parse::Push::try_from(xml.as_bytes()).unwrap();
     let event = wechat::normalize::normalize(push, field("received_at")).unwrap();
     let written = serde_json::to_value(&event).unwrap();
-    assert_eq!(written, sample, "the README's sample record");
+    assert_eq!(written, sample, "the sample record of docs/records.md");
     let topic = schemas::Topic::all()
         .find(|t| t.suffix() == "event.subscribe")
         .unwrap();
@@ -59,7 +59,7 @@ fn the_schemas_readme_names_the_current_version() {
 #[test]
 fn every_bench_command_names_a_crate_with_benchmarks() {
     let mut named = 0;
-    for doc in ["README.md", "BENCHMARKS.md"] {
+    for doc in ["docs/operating.md", "BENCHMARKS.md", "CONTRIBUTING.md"] {
         let text = read(doc).split_whitespace().collect::<Vec<_>>().join(" ");
         for rest in text.split("cargo bench -p ").skip(1) {
             let krate: String = rest
@@ -76,11 +76,11 @@ fn every_bench_command_names_a_crate_with_benchmarks() {
     assert!(named > 0, "the documents name the benchmarks");
 }
 
-/// The metrics the binaries describe are the ones the README's table lists, and the
-/// `op` values of `wxpipe_spool_records_total` in the code are all in its row.
+/// The metrics the binaries describe are the ones the table of `docs/operating.md` lists,
+/// and the `op` values of `wxpipe_spool_records_total` in the code are all in its row.
 #[test]
-fn the_readme_lists_every_metric_and_only_those() {
-    let readme = read("README.md");
+fn the_operating_guide_lists_every_metric_and_only_those() {
+    let readme = read("docs/operating.md");
     let ops = read("ops/src/lib.rs");
     let described: std::collections::BTreeSet<String> = ops
         .split("describe_")
@@ -103,7 +103,7 @@ fn the_readme_lists_every_metric_and_only_those() {
         .collect();
     assert_eq!(
         described, table,
-        "described (left) and in the README (right)"
+        "described (left) and in docs/operating.md (right)"
     );
 
     let row = readme
@@ -153,4 +153,72 @@ fn help_names_every_redis_url() {
             "--help says nothing of {kind}:\n{help}"
         );
     }
+}
+
+/// The front page stays a front page, and every relative link of the user documents leads to
+/// a file that exists (and, within a page, to a heading it has).
+#[test]
+fn the_readme_is_short_and_every_link_resolves() {
+    let readme = read("README.md");
+    assert!(readme.lines().count() < 200, "README.md is a front page");
+    let mut pages = vec![
+        PathBuf::from("README.md"),
+        PathBuf::from("CONTRIBUTING.md"),
+        PathBuf::from("CHANGELOG.md"),
+    ];
+    for entry in std::fs::read_dir(root().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            pages.push(path.strip_prefix(root()).unwrap().to_owned());
+        }
+    }
+    let mut links = 0;
+    for page in &pages {
+        let text = read(page.to_str().unwrap());
+        for target in text
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next())
+        {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+            let linked = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            let linked_path = root().join(&linked);
+            assert!(
+                linked_path.exists(),
+                "{}: a link to {target}, which does not exist",
+                page.display()
+            );
+            if !anchor.is_empty() && linked_path.extension().is_some_and(|e| e == "md") {
+                let headings: Vec<String> = std::fs::read_to_string(&linked_path)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.starts_with('#'))
+                    .map(|l| {
+                        l.trim_start_matches('#')
+                            .trim()
+                            .to_lowercase()
+                            .chars()
+                            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+                            .collect::<String>()
+                            .replace(' ', "-")
+                    })
+                    .collect();
+                assert!(
+                    headings.iter().any(|h| h == anchor),
+                    "{}: no heading for #{anchor} in {}",
+                    page.display(),
+                    linked.display()
+                );
+            }
+            links += 1;
+        }
+    }
+    assert!(links > 10, "the pages link to each other");
 }

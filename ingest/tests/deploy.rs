@@ -751,6 +751,16 @@ fn check_manifests(dir: &str, docs: &[serde_json::Value], known: &BTreeSet<Strin
                     config_file = Some(key);
                 }
             }
+            // The process (not root) can read its secret files: they are readable by all, or
+            // belong to the pod's fsGroup.
+            for volume in volumes.iter().filter(|v| v["secret"].is_object()) {
+                let mode = volume["secret"]["defaultMode"].as_u64().unwrap_or(0o644);
+                assert!(
+                    mode & 0o004 != 0
+                        || (mode & 0o040 != 0 && pod["securityContext"]["fsGroup"].is_u64()),
+                    "{what}: the Secret's files (mode {mode:o}) are readable by the process"
+                );
+            }
             assert!(
                 config_file.is_some(),
                 "{what}: WXPIPE_CONFIG names the config file"

@@ -47,6 +47,9 @@ pub mod topics;
 
 pub use config::Config;
 
+/// How often the dependencies are probed in the background (see [`readiness`]).
+const PROBE_EVERY: Duration = Duration::from_secs(3);
+
 /// Why the ingress could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -150,6 +153,12 @@ pub async fn serve(
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    // `wxpipe_dependency_up` stays current with nobody polling `/readyz`.
+    let probe = tokio::spawn(ops::admin::probe(
+        readiness.clone().into_check(),
+        PROBE_EVERY,
+        admin_stopped.clone(),
+    ));
     let admin = admin.map(|listener| {
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoints listening");
         let mut stopped = admin_stopped.clone();
@@ -226,6 +235,7 @@ pub async fn serve(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    let _ = probe.await;
     let _ = stop_replay.send(true);
     if let Some(replay) = replay {
         let _ = replay.await;

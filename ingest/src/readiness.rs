@@ -42,13 +42,7 @@ impl Readiness {
     /// down is degraded (pushes go on without claims), never unready: behind a load balancer,
     /// a Redis blip would otherwise take every ingress out at once.
     pub async fn check(&self) -> Result<String, String> {
-        let up = |dependency: &'static str, up: bool| {
-            metrics::gauge!("wxpipe_dependency_up", "dependency" => dependency).set(if up {
-                1.0
-            } else {
-                0.0
-            });
-        };
+        let up = ops::dependency_up;
         // Both at once: a probe waits at most about a second, whatever is down.
         let publisher = Arc::clone(&self.publisher);
         let round_trip = tokio::time::timeout(Duration::from_secs(1), self.store.round_trip());

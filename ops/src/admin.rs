@@ -33,7 +33,7 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>>
 
 /// `GET /metrics`: this process's metrics.
 pub fn metrics() -> Response<Full<Bytes>> {
-    let mut body = crate::prometheus().render();
+    let mut body = crate::render();
     body.push_str(&crate::process::render());
     let mut response = text(StatusCode::OK, body);
     response.headers_mut().insert(
@@ -50,6 +50,27 @@ pub async fn ready(check: &Readiness) -> Response<Full<Bytes>> {
     match check().await {
         Ok(state) => text(StatusCode::OK, format!("{state}\n")),
         Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+    }
+}
+
+/// Runs `check` now and then every `every` until `stop` turns true, for what it records
+/// (`wxpipe_dependency_up`): the metrics stay current with nobody polling `/readyz`.
+pub async fn probe(
+    check: Readiness,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = ticks.tick() => {}
+        }
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = check() => {}
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 
 use std::sync::OnceLock;
 
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sha1::{Digest, Sha1};
 use tracing_subscriber::EnvFilter;
@@ -71,114 +72,292 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Gives every metric of both binaries its `# HELP` line (and its type), in one place.
-fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!(
+/// Every metric of both binaries, in one place: its `# HELP` line, its type, and the series
+/// that exist from start (at zero), so dashboards and alerts see them before the first event.
+/// A metric whose labels depend on traffic (an account, a topic) has no series until then, but
+/// its `# HELP` and `# TYPE` are in `/metrics` all the same ([`render`]).
+pub const METRICS: &[Metric] = &[
+    describe_gauge(
         "wxpipe_build_info",
-        "Always 1: which wxpipe runs, by version"
-    );
-    describe_counter!(
+        None,
+        "Always 1: which wxpipe runs, by version",
+        &[],
+    ),
+    describe_counter(
         "wxpipe_pushes_total",
-        "Pushes answered, by account, kind, type, outcome and reason"
-    );
-    describe_histogram!(
+        None,
+        "Pushes answered, by account, kind, type, outcome and reason",
+        &[],
+    ),
+    describe_histogram(
         "wxpipe_push_ack_seconds",
-        Unit::Seconds,
-        "From a push's arrival to its answer, by outcome"
-    );
-    describe_gauge!(
+        Some(Unit::Seconds),
+        "From a push's arrival to its answer, by outcome",
+        &[&[("outcome", "published")], &[("outcome", "duplicate")], &[("outcome", "spooled")], &[("outcome", "rejected")], &[("outcome", "failed")]],
+    ),
+    describe_gauge(
         "wxpipe_pushes_in_flight",
-        "Pushes being handled now (holding an in-flight place)"
-    );
-    describe_counter!(
+        None,
+        "Pushes being handled now (holding an in-flight place)",
+        UNLABELLED,
+    ),
+    describe_counter(
         "wxpipe_url_verifications_total",
-        "URL verifications (GET), by account and outcome"
-    );
-    describe_gauge!(
+        None,
+        "URL verifications (GET), by account and outcome",
+        &[],
+    ),
+    describe_gauge(
         "wxpipe_connections_open",
-        "Open client connections of the ingress"
-    );
-    describe_counter!(
+        None,
+        "Open client connections of the ingress",
+        UNLABELLED,
+    ),
+    describe_counter(
         "wxpipe_connections_closed_total",
-        "Connections the ingress closed to stay under INGEST_MAX_CONNECTIONS, by reason"
-    );
-    describe_gauge!(
+        None,
+        "Connections the ingress closed to stay under INGEST_MAX_CONNECTIONS, by reason",
+        &[&[("reason", "limit")], &[("reason", "all_busy")]],
+    ),
+    describe_gauge(
         "wxpipe_kafka_in_flight",
-        "Records sent to Kafka and not yet acknowledged"
-    );
-    describe_histogram!(
+        None,
+        "Records sent to Kafka and not yet acknowledged",
+        UNLABELLED,
+    ),
+    describe_histogram(
         "wxpipe_kafka_produce_seconds",
-        Unit::Seconds,
-        "From a record's produce to its delivery report"
-    );
-    describe_counter!(
+        Some(Unit::Seconds),
+        "From a record's produce to its delivery report",
+        UNLABELLED,
+    ),
+    describe_counter(
         "wxpipe_redis_errors_total",
-        "Redis calls that failed or timed out, by op and kind (outage, CROSSSLOT, MOVED, NOSCRIPT, READONLY, refused, …)"
-    );
-    describe_counter!(
+        None,
+        "Redis calls that failed or timed out, by op and kind (outage, CROSSSLOT, MOVED, NOSCRIPT, READONLY, refused, …)",
+        &[],
+    ),
+    describe_counter(
         "wxpipe_redis_cluster_reconnects_total",
-        "Redis Cluster connections replaced because calls went unanswered and no node answered a PING either, or calls went on going unanswered through three checks"
-    );
-    describe_histogram!(
+        None,
+        "Redis Cluster connections replaced because calls went unanswered and no node answered a PING either, or calls went on going unanswered through three checks",
+        UNLABELLED,
+    ),
+    describe_histogram(
         "wxpipe_redis_batch_ops",
-        "Dedup ops carried by one group-committed Redis call"
-    );
-    describe_gauge!(
+        None,
+        "Dedup ops carried by one group-committed Redis call",
+        UNLABELLED,
+    ),
+    describe_gauge(
         "wxpipe_dependency_up",
-        "1 when the dependency answered the last readiness check, else 0, by dependency"
-    );
-    describe_gauge!(
+        None,
+        "1 when the dependency answered the last check (a probe every few seconds, and each /readyz), else 0, by dependency",
+        &[],
+    ),
+    describe_gauge(
         "wxpipe_spool_bytes",
-        Unit::Bytes,
-        "Bytes held in the spool, not yet on Kafka"
-    );
-    describe_counter!(
+        Some(Unit::Bytes),
+        "Bytes held in the spool, not yet on Kafka",
+        UNLABELLED,
+    ),
+    describe_counter(
         "wxpipe_spool_records_total",
-        "Records appended to, replayed from, held in or rejected by the spool, by op"
-    );
-    describe_counter!(
+        None,
+        "Records appended to, replayed from, held in or rejected by the spool, by op",
+        &[&[("op", "appended")], &[("op", "replayed")], &[("op", "held")], &[("op", "rejected")]],
+    ),
+    describe_counter(
         "wxpipe_spool_write_errors_total",
-        "Spool writes or fsyncs that failed (the segment was sealed)"
-    );
-    describe_counter!(
+        None,
+        "Spool writes or fsyncs that failed (the segment was sealed)",
+        UNLABELLED,
+    ),
+    describe_counter(
         "wxpipe_worker_events_total",
-        "Events a worker role handled, by role and outcome"
-    );
-    describe_histogram!(
+        None,
+        "Events a worker role handled, by role and outcome",
+        &[],
+    ),
+    describe_histogram(
         "wxpipe_worker_effect_seconds",
-        Unit::Seconds,
-        "How long one effect took, by role"
-    );
-    describe_gauge!(
+        Some(Unit::Seconds),
+        "How long one effect took, by role",
+        &[],
+    ),
+    describe_gauge(
         "wxpipe_worker_consumer_lag",
-        "Records not yet committed by a role's consumer group, by role and topic"
-    );
-    describe_counter!(
+        None,
+        "Records not yet committed by a role's consumer group, by role and topic",
+        &[],
+    ),
+    describe_counter(
         "wxpipe_worker_dead_letter_failures_total",
-        "Dead-letter writes that failed (the record's partition waits), by role"
-    );
-    describe_histogram!(
+        None,
+        "Dead-letter writes that failed (the record's partition waits), by role",
+        &[],
+    ),
+    describe_histogram(
         "wxpipe_worker_dependency_wait_seconds",
-        Unit::Seconds,
-        "Backoffs of records waiting for a failing dependency, by role (the sum is the time spent waiting)"
-    );
-    describe_gauge!(
+        Some(Unit::Seconds),
+        "Backoffs of records waiting for a failing dependency, by role (the sum is the time spent waiting)",
+        &[],
+    ),
+    describe_gauge(
         "wxpipe_worker_waiting_records",
-        "Records of a role waiting for a failing dependency (the role is paused meanwhile), by role"
-    );
-    describe_gauge!(
+        None,
+        "Records of a role waiting for a failing dependency (the role is paused meanwhile), by role",
+        &[],
+    ),
+    describe_gauge(
         "wxpipe_worker_held_records",
-        "Records held because the WeChat API refuses their account (the rest move on), by role and account"
-    );
-    describe_counter!(
+        None,
+        "Records held because the WeChat API refuses their account (the rest move on), by role and account",
+        &[],
+    ),
+    describe_counter(
         "wxpipe_worker_welcome_unknown_total",
-        "Welcome sends whose outcome is unknown (written, answer lost), by then (recorded or resent)"
-    );
-    describe_counter!(
+        None,
+        "Welcome sends whose outcome is unknown (written, answer lost), by then (recorded or resent)",
+        &[&[("then", "recorded")], &[("then", "resent")]],
+    ),
+    describe_counter(
         "wxpipe_wechat_api_calls_total",
-        "Calls to the WeChat API, by api and errcode (0 ok, -2 no answer)"
-    );
+        None,
+        "Calls to the WeChat API, by api and errcode (0 ok, -2 no answer)",
+        &[],
+    ),
+];
+
+/// One label-free series.
+const UNLABELLED: &[&[(&str, &str)]] = &[&[]];
+
+/// What Prometheus calls a metric's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    /// Its name on a `# TYPE` line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric of [`METRICS`].
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<metrics::Unit>,
+    pub help: &'static str,
+    /// The label sets whose series exist from start (none: the labels depend on traffic).
+    pub series: &'static [&'static [(&'static str, &'static str)]],
+}
+
+type Series = &'static [&'static [(&'static str, &'static str)]];
+
+const fn describe_counter(
+    name: &'static str,
+    unit: Option<metrics::Unit>,
+    help: &'static str,
+    series: Series,
+) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Counter,
+        unit,
+        help,
+        series,
+    }
+}
+
+const fn describe_gauge(
+    name: &'static str,
+    unit: Option<metrics::Unit>,
+    help: &'static str,
+    series: Series,
+) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Gauge,
+        unit,
+        help,
+        series,
+    }
+}
+
+const fn describe_histogram(
+    name: &'static str,
+    unit: Option<metrics::Unit>,
+    help: &'static str,
+    series: Series,
+) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Histogram,
+        unit,
+        help,
+        series,
+    }
+}
+
+/// Describes every metric of [`METRICS`] to the recorder and creates its fixed series at zero.
+fn describe_metrics() {
+    for metric in METRICS {
+        let name = metrics::KeyName::from_const_str(metric.name);
+        let help = metrics::SharedString::const_str(metric.help);
+        metrics::with_recorder(|recorder| match metric.kind {
+            Kind::Counter => recorder.describe_counter(name, metric.unit, help),
+            Kind::Gauge => recorder.describe_gauge(name, metric.unit, help),
+            Kind::Histogram => recorder.describe_histogram(name, metric.unit, help),
+        });
+        for labels in metric.series {
+            let labels: Vec<metrics::Label> = labels
+                .iter()
+                .map(|(key, value)| metrics::Label::from_static_parts(key, value))
+                .collect();
+            match metric.kind {
+                Kind::Counter => drop(metrics::counter!(metric.name, labels)),
+                Kind::Gauge => metrics::gauge!(metric.name, labels).set(0.0),
+                Kind::Histogram => drop(metrics::histogram!(metric.name, labels)),
+            }
+        }
+    }
+}
+
+/// Records whether a dependency (`redis`, `kafka`, `spool`) answered its last check.
+pub fn dependency_up(dependency: &'static str, up: bool) {
+    metrics::gauge!("wxpipe_dependency_up", "dependency" => dependency).set(if up {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// This process's metrics in Prometheus text: what the recorder holds, then a `# HELP` and
+/// `# TYPE` for each metric of [`METRICS`] that has no series yet.
+pub fn render() -> String {
+    let mut text = prometheus().render();
+    for metric in METRICS {
+        if !text.contains(&format!("# TYPE {} ", metric.name)) {
+            text.push_str(&format!(
+                "# HELP {} {}\n# TYPE {} {}\n",
+                metric.name,
+                metric.help,
+                metric.name,
+                metric.kind.name()
+            ));
+        }
+    }
+    text
 }
 
 /// An OpenID as it may appear in logs: the first 12 hex digits of its SHA-1, enough to follow

@@ -635,6 +635,20 @@ const GATE_DEPTH: usize = 4;
 /// past that, they fill the role as an outage would, and it stops reading.
 const HELD_PER_PERMIT: usize = 64;
 
+/// The role's series whose labels are known before its first record, at zero: an alert on
+/// their increase sees the first dead letter, and dashboards show the role from start.
+fn zero_series(role: Role) {
+    let role = role.name();
+    for outcome in Outcome::LABELS {
+        metrics::counter!("wxpipe_worker_events_total", "role" => role, "outcome" => outcome)
+            .increment(0);
+    }
+    metrics::counter!("wxpipe_worker_dead_letter_failures_total", "role" => role).increment(0);
+    metrics::gauge!("wxpipe_worker_waiting_records", "role" => role).set(0.0);
+    let _ = metrics::histogram!("wxpipe_worker_effect_seconds", "role" => role);
+    let _ = metrics::histogram!("wxpipe_worker_dependency_wait_seconds", "role" => role);
+}
+
 /// Back-off before attempt `n` (1-based) of a failing effect.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
@@ -667,6 +681,7 @@ impl RoleConsumer {
         effects: Arc<Effects>,
     ) -> Result<Self, KafkaError> {
         let topics = role.topics(&settings.topic_prefix);
+        zero_series(role);
         let pause = Arc::new(PauseFlags {
             gated_topic: (role == Role::Unbind).then(|| topics[1].clone()),
             ..PauseFlags::default()

@@ -79,6 +79,10 @@ fn check_created_at(event: &Event) -> Result<i64, Outcome> {
 }
 
 impl Outcome {
+    /// Every `outcome` label of `wxpipe_worker_events_total`.
+    pub const LABELS: [&'static str; 5] =
+        ["done", "skipped", "too_old", "unknown", "dead_lettered"];
+
     /// Its `outcome` label in `wxpipe_worker_events_total`, once its record is handled.
     pub fn label(&self) -> &'static str {
         match self {

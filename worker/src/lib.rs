@@ -61,8 +61,13 @@ pub enum StartError {
     Config(#[from] ops::settings::ConfigError),
 }
 
-/// Ready when a claim round trip through the store passes and the Kafka cluster returns metadata, now, and no role is
-/// held back (a dead-letter write failing, a record waiting for a dependency).
+/// How often both dependencies are probed in the background, so `wxpipe_dependency_up` is
+/// current whether or not anyone asks `/readyz`.
+const PROBE_EVERY: Duration = Duration::from_secs(3);
+
+/// Ready when a claim round trip through the store passes and the Kafka cluster returns
+/// metadata, now, and no role is held back (a dead-letter write failing, a record waiting for a
+/// dependency). Each check sets `wxpipe_dependency_up` for Redis and Kafka.
 fn readiness(
     store: store::effects::EffectStores,
     settings: &ConsumerSettings,
@@ -84,23 +89,35 @@ fn readiness(
         let dead_letters = Arc::clone(&dead_letters);
         let waits = Arc::clone(&waits);
         Box::pin(async move {
+            // Both at once, each bounded, and both recorded whatever the other answered.
+            let redis = async {
+                match tokio::time::timeout(Duration::from_secs(1), store.round_trip()).await {
+                    Ok(result) => {
+                        result.map_err(|e| format!("redis: claim round trip failed: {e}"))
+                    }
+                    Err(_) => Err("redis: claim round trip took over a second".to_owned()),
+                }
+            };
+            let kafka = async {
+                let probe = probe.ok_or_else(|| "kafka: no client".to_owned())?;
+                tokio::task::spawn_blocking(move || {
+                    probe.fetch_metadata(None, Duration::from_secs(1)).map(drop)
+                })
+                .await
+                .map_err(|e| format!("kafka: {e}"))?
+                .map_err(|e| format!("kafka: {e}"))
+            };
+            let (redis, kafka) = tokio::join!(redis, kafka);
+            ops::dependency_up("redis", redis.is_ok());
+            ops::dependency_up("kafka", kafka.is_ok());
             if let Some(stuck) = dead_letters.stuck() {
                 return Err(stuck);
             }
             if let Some(waiting) = waits.waiting() {
                 return Err(waiting);
             }
-            store
-                .round_trip()
-                .await
-                .map_err(|e| format!("redis: claim round trip failed: {e}"))?;
-            let probe = probe.ok_or("kafka: no client")?;
-            tokio::task::spawn_blocking(move || {
-                probe.fetch_metadata(None, Duration::from_secs(1)).map(drop)
-            })
-            .await
-            .map_err(|e| format!("kafka: {e}"))?
-            .map_err(|e| format!("kafka: {e}"))?;
+            redis?;
+            kafka?;
             Ok("ready".to_owned())
         })
     })
@@ -141,7 +158,9 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
 /// use) fails before anything runs, and the embedded ingress can refuse to start with it.
 pub struct Workers {
     consumers: Vec<Arc<RoleConsumer>>,
-    admin: Option<(tokio::net::TcpListener, ops::admin::Readiness)>,
+    admin: Option<tokio::net::TcpListener>,
+    /// The readiness check: `/readyz`, and the background probe of the dependencies.
+    check: ops::admin::Readiness,
 }
 
 impl std::fmt::Debug for Workers {
@@ -178,10 +197,15 @@ pub async fn start(config: Config) -> Result<Workers, StartError> {
                 .await
                 .map_err(|e| StartError::Admin(format!("{addr}: {e}")))?;
             tracing::info!(%addr, "admin endpoints listening");
-            Some((listener, readiness(effects.stores.clone(), &settings)))
+            Some(listener)
         }
     };
-    Ok(Workers { consumers, admin })
+    let check = readiness(effects.stores.clone(), &settings);
+    Ok(Workers {
+        consumers,
+        admin,
+        check,
+    })
 }
 
 impl Workers {
@@ -190,16 +214,21 @@ impl Workers {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        if let Some((listener, check)) = self.admin {
+        if let Some(listener) = self.admin {
             let mut stopped = stopped.clone();
             tasks.push(tokio::spawn(ops::admin::serve(
                 listener,
-                check,
+                Arc::clone(&self.check),
                 async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 },
             )));
         }
+        tasks.push(tokio::spawn(ops::admin::probe(
+            Arc::clone(&self.check),
+            PROBE_EVERY,
+            stopped.clone(),
+        )));
         for consumer in self.consumers {
             tasks.push(tokio::spawn(
                 consumer.run(stopped.clone(), Duration::from_secs(10)),

@@ -324,3 +324,101 @@ async fn a_partition_back_after_a_refused_commit_is_committed_again() {
         a.tail(40)
     );
 }
+
+/// A child process, killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `/metrics` of a worker binary on `admin`, once it answers.
+async fn worker_metrics(admin: u16) -> Option<String> {
+    reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_is_there_from_start_and_the_dependency_gauge_follows_redis_unasked() {
+    // One role only, and nobody ever asks /readyz: every metric of both binaries is listed
+    // from start (dashboards and alerts see a series before the first event), the role's
+    // counters at zero, and the background probe notices Redis going away.
+    let mut env = Env::start().await;
+    let admin = testkit::free_port();
+    let mut child = KillOnDrop(
+        env.command()
+            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .env("RUST_LOG", "error")
+            .args(["--role", "location"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let up = poll(WAIT, Duration::from_millis(100), || async {
+        let text = worker_metrics(admin).await?;
+        (testkit::metric(&text, "wxpipe_dependency_up", &[("dependency", "redis")]) == Some(1.0))
+            .then_some(text)
+    })
+    .await;
+    let text = up.expect("the worker never showed Redis up");
+    for metric in ops::METRICS {
+        for line in ["HELP", "TYPE"] {
+            assert!(
+                text.contains(&format!("# {line} {} ", metric.name)),
+                "no {line} for {} in:\n{text}",
+                metric.name
+            );
+        }
+    }
+    for outcome in ["done", "skipped", "too_old", "unknown", "dead_lettered"] {
+        assert_eq!(
+            testkit::metric(
+                &text,
+                "wxpipe_worker_events_total",
+                &[("role", "location"), ("outcome", outcome)]
+            ),
+            Some(0.0),
+            "{outcome}: {text}"
+        );
+    }
+    for (name, labels) in [
+        (
+            "wxpipe_worker_dead_letter_failures_total",
+            &[("role", "location")][..],
+        ),
+        ("wxpipe_worker_waiting_records", &[("role", "location")][..]),
+        ("wxpipe_spool_records_total", &[("op", "appended")][..]),
+        ("wxpipe_redis_cluster_reconnects_total", &[][..]),
+    ] {
+        assert_eq!(
+            testkit::metric(&text, name, labels),
+            Some(0.0),
+            "{name}: {text}"
+        );
+    }
+    assert!(
+        !text.contains("role=\"welcome\""),
+        "only the roles it runs: {text}"
+    );
+    env.redis.stop();
+    let down = poll(
+        Duration::from_secs(12),
+        Duration::from_millis(200),
+        || async {
+            let text = worker_metrics(admin).await?;
+            (testkit::metric(&text, "wxpipe_dependency_up", &[("dependency", "redis")])
+                == Some(0.0))
+            .then_some(())
+        },
+    )
+    .await;
+    child.0.kill().unwrap();
+    assert!(down.is_some(), "Redis down was not shown within 12 s");
+}

@@ -23,7 +23,10 @@ fn every_setting_has_a_meaning_and_a_config_file_key() {
     assert!(rows.len() > 40, "{section}");
     for row in rows {
         let cells: Vec<&str> = row.split(" | ").collect();
-        assert!(cells[1].starts_with("`["), "no config-file key: {row}");
+        // The config file's own path is the one setting the file cannot hold.
+        if !row.starts_with("| `WXPIPE_CONFIG`") {
+            assert!(cells[1].starts_with("`["), "no config-file key: {row}");
+        }
         assert!(cells[3].len() > 3, "no meaning: {row}");
     }
 }

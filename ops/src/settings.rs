@@ -84,7 +84,7 @@ pub struct Shared {
     #[arg(skip)]
     pub accounts: Option<AccountsFile>,
 
-    /// A TOML file of settings both binaries read (see `ops::config_file`): `[kafka] brokers`
+    /// A TOML file of settings both binaries read (docs/configuration.md): `[kafka] brokers`
     /// for `KAFKA_BROKERS` and so on. Flags and the environment override it.
     #[arg(long, env = "WXPIPE_CONFIG")]
     pub config: Option<PathBuf>,

@@ -474,10 +474,14 @@ impl Spool {
             data.extend_from_slice(&record.encode()?);
         }
         let beside = path.with_extension("seg.rewrite");
-        let mut file = File::create(&beside)?;
-        file.write_all(&data)?;
-        file.sync_data()?;
-        fs::rename(&beside, path)?;
+        // A rewrite that fails (a full disk) does not leave its part taking room.
+        let written = File::create(&beside)
+            .and_then(|mut file| file.write_all(&data).and_then(|()| file.sync_data()))
+            .and_then(|()| fs::rename(&beside, path));
+        if let Err(error) = written {
+            let _ = fs::remove_file(&beside);
+            return Err(error.into());
+        }
         sync_dir(&self.dir)?;
         let len = data.len() as u64;
         let before = self
@@ -545,13 +549,23 @@ impl Spool {
         self.shared.unknown.load(Ordering::SeqCst) > 0
     }
 
-    /// A segment's records less those Kafka took after all (each skipped once).
-    pub(super) fn not_delivered(&self, records: Vec<SpoolRecord>) -> Vec<SpoolRecord> {
+    /// A segment's records less those Kafka took after all (each skipped once), and the ids
+    /// skipped.
+    pub(super) fn not_delivered(
+        &self,
+        records: Vec<SpoolRecord>,
+    ) -> (Vec<SpoolRecord>, Vec<String>) {
         let mut delivered = self.delivered.lock().expect("delivered lock");
-        records
-            .into_iter()
-            .filter(|r| !delivered.remove(&r.id))
-            .collect()
+        let (skipped, records): (Vec<_>, Vec<_>) =
+            records.into_iter().partition(|r| delivered.remove(&r.id));
+        (records, skipped.into_iter().map(|r| r.id).collect())
+    }
+
+    /// Ids Kafka has whose records are still in a segment (its rewrite or removal failed): the
+    /// replay skips them, so a disk that refuses the rewrite does not make every round send
+    /// them again.
+    pub(super) fn taken_by_kafka(&self, ids: impl IntoIterator<Item = String>) {
+        self.delivered.lock().expect("delivered lock").extend(ids);
     }
 
     /// The directory, for files kept aside next to the segments.

@@ -1025,3 +1025,47 @@ async fn a_stopping_replay_never_waits_out_kafka_for_the_rest_of_its_segment() {
     }
     assert_eq!(kept, records, "every record stays in the spool");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_record_the_disk_cannot_keep_never_resends_its_segment_each_round() {
+    // A record Kafka refuses for good (larger than the producer takes) goes to the rejected
+    // file; when the disk will not take it there (here a directory stands in its way; a full
+    // disk fails the append the same way), the records of its segment Kafka took must not be
+    // sent again round after round.
+    use ingest::spool::{Spool, SpoolRecord};
+    use std::sync::Arc;
+    let topic = unique("t.rejected");
+    let kafka = testkit::Kafka::start(std::slice::from_ref(&topic));
+    let dir = spool_dir();
+    let spool = Spool::open(&dir, 1 << 30).unwrap();
+    for (i, size) in [(0, 10), (1, 2_000_000), (2, 10)] {
+        let record = SpoolRecord {
+            topic: topic.clone(),
+            key: format!("o{i}"),
+            id: format!("gh:o{i}:1:event.subscribe"),
+            value: vec![b'x'; size],
+        };
+        spool.append(&record).await.unwrap();
+    }
+    std::fs::create_dir(dir.join("rejected.seg.kept")).unwrap();
+    let publisher = Arc::new(
+        ingest::publish::Publisher::new(&kafka.brokers(), "t", Duration::from_secs(5), &[])
+            .unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let replay = tokio::spawn(ingest::spool::replay(
+        Arc::clone(&spool),
+        publisher,
+        stopped,
+    ));
+    assert!(
+        eventually(Duration::from_secs(30), || kafka.count(&topic) >= 2).await,
+        "the records Kafka takes: {} of 2",
+        kafka.count(&topic)
+    );
+    // Rounds go on meeting the record that cannot be kept.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(kafka.count(&topic), 2, "each record Kafka took once");
+    stop.send(true).unwrap();
+    replay.await.unwrap();
+}

@@ -40,8 +40,6 @@ const MAX_KEYS_LEFT: usize = 1 << 18;
 pub enum ReplayError {
     #[error(transparent)]
     Seal(io::Error),
-    #[error("keeping a rejected record: {0}")]
-    KeepRejected(SpoolError),
     #[error("rewriting a segment with the records left: {0}")]
     Rewrite(SpoolError),
     #[error(transparent)]
@@ -220,9 +218,16 @@ async fn replay_records(
                 Ok(()) => replayed += 1,
                 // Kafka will never take it as it is (too large, not authorised): keep
                 // it for a person instead of blocking every record behind it.
+                // If the disk will not keep it (full), it stays in its segment like a record
+                // Kafka did not take now, and the rest of the segment moves on: ending the
+                // round here sent what Kafka took of the segment again every round.
                 Err(error) if error.is_permanent() => {
-                    keep_rejected(spool.dir(), record, &error.to_string())
-                        .map_err(ReplayError::KeepRejected)?;
+                    if let Err(kept) = keep_rejected(spool.dir(), record, &error.to_string()) {
+                        tracing::error!(error = %kept, id = %ops::redact_id(&record.id),
+                            "spool: a record Kafka refused for good could not be kept aside; it stays in the spool");
+                        left.leave(record, Some(error));
+                        rest.push(record.clone());
+                    }
                 }
                 // Not now: its partition or topic is sick, Kafka is down, or Kafka refuses
                 // it for its setup (often one topic's ACL), which passes once a person

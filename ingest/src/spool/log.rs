@@ -490,7 +490,8 @@ impl Spool {
             .lock()
             .expect("committed lock")
             .insert(seq, len)
-            .unwrap_or(len);
+            // Not counted (its only commit failed): nothing to give back.
+            .unwrap_or(0);
         let _ = self
             .shared
             .bytes
@@ -812,6 +813,37 @@ mod tests {
             "the same count after a restart"
         );
         assert!(!stray.exists());
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_segment_whose_commit_failed_counts_what_it_holds_now() {
+        // A segment whose only commit failed (written, then its fsync failed) and that could
+        // not be cut back keeps its records (answered 503, replayed: a copy at worst) but was
+        // never counted: the writer gave its bytes back. Rewritten with what Kafka left, it
+        // holds bytes that its removal later subtracts, so the rewrite must count them.
+        let dir = temp_dir();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&record(0)).await.unwrap();
+        spool.seal().await.unwrap();
+        for i in 1..4 {
+            spool.append(&record(i)).await.unwrap();
+        }
+        let sealed = spool.seal().await.unwrap();
+        let (seq, path) = sealed.last().unwrap().clone();
+        assert_eq!(seq, 1);
+        // The state such a failed commit leaves: no committed length, its bytes given back.
+        let len = spool.shared.committed.lock().unwrap().remove(&seq).unwrap();
+        spool.shared.bytes.fetch_sub(len, Ordering::SeqCst);
+        let first = record(0).encode().unwrap().len() as u64;
+        assert_eq!(spool.bytes(), first);
+        spool.rewrite_segment(seq, &path, &[record(2)]).unwrap();
+        fs::remove_file(&path).unwrap();
+        spool.forget_segment(seq);
+        assert_eq!(
+            spool.bytes(),
+            first,
+            "the first segment's bytes still counted"
+        );
     }
 
     #[tokio::test]

@@ -896,3 +896,176 @@ async fn a_missing_topic_never_holds_up_the_rest_of_the_spool() {
     assert_eq!(healthy(), 301, "each subscribe once");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_the_disk_refuses_never_sends_what_kafka_took_again_each_round() {
+    // As with one sick partition, but the disk refuses to rewrite the segment (here a
+    // directory stands where its rewrite goes; a full disk fails the write the same way). The
+    // segment stays whole, so its records Kafka took are in it still: the next rounds must
+    // not send them again, round after round, for as long as the partition is sick.
+    let dir = spool_dir();
+    let (_redis, app) = spawn(|config| config.spool_dir = Some(dir.clone())).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    let (subscribe, unsubscribe) = (app.topic("event.subscribe"), app.topic("event.unsubscribe"));
+    let t = now();
+    let (status, reason) = app
+        .post_push(&event_push("refused_warm", "unsubscribe", t))
+        .await;
+    assert_eq!(status, 200, "{reason}");
+    mock.broker_down(1).unwrap();
+    for i in 0..100 {
+        for event in ["subscribe", "unsubscribe"] {
+            let (status, reason) = app
+                .post_push(&event_push(&format!("refused{i:03}"), event, t))
+                .await;
+            assert_eq!(status, 200, "spooled: {reason}");
+        }
+    }
+    let mut blocked = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "seg") {
+            let beside = path.with_extension("seg.rewrite");
+            std::fs::create_dir(&beside).unwrap();
+            blocked.push(beside);
+        }
+    }
+    assert!(!blocked.is_empty(), "the pushes were spooled");
+    mock.partition_leader(&subscribe, 0, None).unwrap();
+    mock.broker_up(1).unwrap();
+
+    let healthy = || app.kafka.count(&unsubscribe);
+    assert!(
+        eventually(Duration::from_secs(40), || healthy() >= 101).await,
+        "the other topic while one partition is sick: {} of 101",
+        healthy()
+    );
+    // Rounds go on meeting the sick partition and the refused rewrite.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(healthy(), 101, "each record of the other topic once");
+
+    for beside in blocked {
+        std::fs::remove_dir(beside).unwrap();
+    }
+    mock.partition_leader(&subscribe, 0, Some(1)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(40), || app.kafka.count(&subscribe)
+            >= 100)
+        .await,
+        "the healed partition's records: {} of 100",
+        app.kafka.count(&subscribe)
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(app.kafka.count(&subscribe), 100, "each subscribe once");
+    assert_eq!(healthy(), 101, "each unsubscribe once");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_replay_never_waits_out_kafka_for_the_rest_of_its_segment() {
+    // Kafka down, and one segment holding many users' records (several of the replay's
+    // batches, each waiting out librdkafka's delivery timeout). A stop (the ingress shutting
+    // down) must end the replay within about one timeout, not one per batch left in the
+    // segment; what did not reach Kafka stays in the spool, every record of it.
+    use ingest::spool::{read_segment, Spool, SpoolRecord};
+    use std::sync::Arc;
+    let dir = spool_dir();
+    let spool = Spool::open(&dir, 1 << 30).unwrap();
+    let records = 8 * 2048 + 1;
+    let appends: Vec<_> = (0..records)
+        .map(|i| {
+            let spool = Arc::clone(&spool);
+            tokio::spawn(async move {
+                let record = SpoolRecord {
+                    topic: "stopping".into(),
+                    key: format!("o{i}"),
+                    id: format!("gh:o{i}:1:event.subscribe"),
+                    value: b"{}".to_vec(),
+                };
+                spool.append(&record).await
+            })
+        })
+        .collect();
+    for append in appends {
+        append.await.unwrap().unwrap();
+    }
+    // Nobody listens there: every record waits for its delivery timeout (2.1 s).
+    let publisher = Arc::new(
+        ingest::publish::Publisher::new("127.0.0.1:1", "t", Duration::from_millis(100), &[])
+            .unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let replay = tokio::spawn(ingest::spool::replay(
+        Arc::clone(&spool),
+        publisher,
+        stopped,
+    ));
+    // The first round is under way.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.send(true).unwrap();
+    let asked = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(120), replay).await;
+    let took = asked.elapsed();
+    assert!(ended.is_ok(), "the replay never stopped");
+    // Eight batches of 2.1 s each: at least 16.8 s when each one is waited out.
+    assert!(
+        took < Duration::from_secs(10),
+        "the replay took {took:?} to stop"
+    );
+    drop(spool);
+    let _reopened = Spool::open(&dir, 1 << 30).unwrap();
+    let mut kept = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "seg") {
+            kept += read_segment(&path).unwrap().0.len();
+        }
+    }
+    assert_eq!(kept, records, "every record stays in the spool");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_record_the_disk_cannot_keep_never_resends_its_segment_each_round() {
+    // A record Kafka refuses for good (larger than the producer takes) goes to the rejected
+    // file; when the disk will not take it there (here a directory stands in its way; a full
+    // disk fails the append the same way), the records of its segment Kafka took must not be
+    // sent again round after round.
+    use ingest::spool::{Spool, SpoolRecord};
+    use std::sync::Arc;
+    let topic = unique("t.rejected");
+    let kafka = testkit::Kafka::start(std::slice::from_ref(&topic));
+    let dir = spool_dir();
+    let spool = Spool::open(&dir, 1 << 30).unwrap();
+    for (i, size) in [(0, 10), (1, 2_000_000), (2, 10)] {
+        let record = SpoolRecord {
+            topic: topic.clone(),
+            key: format!("o{i}"),
+            id: format!("gh:o{i}:1:event.subscribe"),
+            value: vec![b'x'; size],
+        };
+        spool.append(&record).await.unwrap();
+    }
+    std::fs::create_dir(dir.join("rejected.seg.kept")).unwrap();
+    let publisher = Arc::new(
+        ingest::publish::Publisher::new(&kafka.brokers(), "t", Duration::from_secs(5), &[])
+            .unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let replay = tokio::spawn(ingest::spool::replay(
+        Arc::clone(&spool),
+        publisher,
+        stopped,
+    ));
+    assert!(
+        eventually(Duration::from_secs(30), || kafka.count(&topic) >= 2).await,
+        "the records Kafka takes: {} of 2",
+        kafka.count(&topic)
+    );
+    // Rounds go on meeting the record that cannot be kept.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(kafka.count(&topic), 2, "each record Kafka took once");
+    stop.send(true).unwrap();
+    replay.await.unwrap();
+}

@@ -465,3 +465,91 @@ async fn huge_ttls(store: &dyn DedupStore) {
         );
     }
 }
+
+/// A TCP proxy that holds every chunk `delay` before passing it on: a far-away host.
+async fn slow_proxy(upstream: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let pass = |mut from: tokio::net::tcp::OwnedReadHalf,
+                            mut to: tokio::net::tcp::OwnedWriteHalf| async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = from.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(delay).await;
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::join!(pass(cr, sw), pass(sr, cw));
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red-team: a Sentinel lookup runs inside the call that needs it, so each call's bound (REDIS_TIMEOUT_MS) cuts it and the next call starts over: a lookup whose round trips together pass one bound never completes (here it takes 1.4 s, each request 0.4 s, the bound 1 s); fix: one lookup at a time in a task of its own, shared by the callers, bounded on its own"]
+async fn a_far_sentinel_still_leads_to_the_primary() {
+    // The sentinel answers each request well within a call's bound (a round trip of 400 ms,
+    // the bound 1 s), but finding the primary takes several round trips (1.4 s when nothing
+    // cuts it). A call that runs out of time must not throw that progress away, or no call
+    // ever finds the primary.
+    let set = RedisSentinel::start();
+    let far = slow_proxy(
+        format!("127.0.0.1:{}", set.sentinels[0].port)
+            .parse()
+            .unwrap(),
+        Duration::from_millis(200),
+    )
+    .await;
+    let url = format!("redis+sentinel://{far}/{}", RedisSentinel::MASTER);
+    let engine = Engine::open(&url, Duration::from_millis(1000)).unwrap();
+    let store = dedup::open(&engine, &unique("k"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match store.round_trip().await {
+            Ok(()) => break,
+            Err(error) if std::time::Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!(
+                "the primary was never found through a far sentinel ({tries} calls): {error}"
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red-team: the redis crate's own Sentinel lookup talks to the sentinels (and checks the named primary's ROLE) with its default timeouts (500 ms a response, 1 s a connect), not REDIS_TIMEOUT_MS: a sentinel slower than 500 ms a request is never used, whatever REDIS_TIMEOUT_MS says"]
+async fn a_sentinel_within_redis_timeout_ms_is_used() {
+    // Each request to the sentinel takes 600 ms; REDIS_TIMEOUT_MS is 15 s, so even a lookup
+    // of several round trips fits in one call.
+    let set = RedisSentinel::start();
+    let far = slow_proxy(
+        format!("127.0.0.1:{}", set.sentinels[0].port)
+            .parse()
+            .unwrap(),
+        Duration::from_millis(300),
+    )
+    .await;
+    let url = format!("redis+sentinel://{far}/{}", RedisSentinel::MASTER);
+    let engine = Engine::open(&url, Duration::from_secs(15)).unwrap();
+    let store = dedup::open(&engine, &unique("k"));
+    store.round_trip().await.unwrap();
+}

@@ -145,6 +145,38 @@ static LOCK_ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// A cached token expires this much before WeChat's own expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
 
+/// A fetch lock an attempt may hold: released in a task of its own if the attempt is dropped
+/// before it releases it (only this attempt's holder is deleted, so a lock it never got is
+/// left alone).
+struct HeldLock<'a> {
+    store: Arc<dyn TokenCache>,
+    appid: &'a str,
+    holder: &'a str,
+    armed: bool,
+}
+
+impl Drop for HeldLock<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, appid, holder) = (
+            Arc::clone(&self.store),
+            self.appid.to_owned(),
+            self.holder.to_owned(),
+        );
+        runtime.spawn(async move {
+            if let Err(error) = store.unlock_token(&appid, &holder).await {
+                tracing::warn!(%appid, %error,
+                    "token fetch lock of a cut fetch not released: other processes wait for its lease to run out");
+            }
+        });
+    }
+}
+
 /// The API client.
 #[derive(Debug, Clone)]
 pub struct WeChat {
@@ -296,6 +328,14 @@ impl WeChat {
                 self.owner,
                 LOCK_ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             );
+            // Cut from here on (a welcome's send cut at its bound drops this future), the
+            // lock this attempt may hold is released in the background.
+            let mut held = HeldLock {
+                store: Arc::clone(&self.store),
+                appid: &creds.appid,
+                holder: &holder,
+                armed: true,
+            };
             let locked = match self.store.lock_token(&creds.appid, &holder, lease).await {
                 Ok(locked) => locked,
                 Err(error) => {
@@ -303,9 +343,11 @@ impl WeChat {
                     // (only if it is this attempt's), or every process would wait out its
                     // lease.
                     self.unlock(creds, &holder).await;
+                    held.armed = false;
                     return Err(error.into());
                 }
             };
+            held.armed = locked;
             if locked {
                 // Another process (or task) may have fetched and unlocked between our look at
                 // the cache and our lock: look again before spending a call of the quota.
@@ -320,6 +362,7 @@ impl WeChat {
                 // Released whatever happened above; a token fetched is kept even if the
                 // release fails.
                 self.unlock(creds, &holder).await;
+                held.armed = false;
                 return fetched;
             }
             if tokio::time::Instant::now() >= deadline {

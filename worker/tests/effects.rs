@@ -1003,3 +1003,92 @@ async fn the_token_lock_is_released_whatever_fails_after_it_is_taken() {
     );
     assert!(!faulty.fail_unlock.load(SeqCst), "the unlock was tried");
 }
+
+/// A token cache whose look at the cache once the fetch lock is taken stalls (a Redis that
+/// answers late), so the caller's own bound cuts the fetch while it holds the lock.
+#[derive(Debug)]
+struct StallingTokens {
+    inner: std::sync::Arc<dyn store::effects::TokenCache>,
+    locked: std::sync::atomic::AtomicBool,
+}
+
+impl store::effects::TokenCache for StallingTokens {
+    fn token<'a>(&'a self, appid: &'a str) -> store::Fut<'a, Option<String>> {
+        Box::pin(async move {
+            if self.locked.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            self.inner.token(appid).await
+        })
+    }
+
+    fn set_token<'a>(
+        &'a self,
+        appid: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> store::Fut<'a, ()> {
+        self.inner.set_token(appid, token, ttl)
+    }
+
+    fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> store::Fut<'a, ()> {
+        self.inner.drop_token(appid, token)
+    }
+
+    fn lock_token<'a>(
+        &'a self,
+        appid: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> store::Fut<'a, bool> {
+        Box::pin(async move {
+            let locked = self.inner.lock_token(appid, owner, ttl).await?;
+            self.locked
+                .store(locked, std::sync::atomic::Ordering::SeqCst);
+            Ok(locked)
+        })
+    }
+
+    fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> store::Fut<'a, ()> {
+        self.inner.unlock_token(appid, owner)
+    }
+}
+
+/// A token fetch cut while it holds the fetch lock (a welcome's send cut at its bound: its
+/// Redis calls are not in the token's share of that bound, so a slow Redis gets it there)
+/// releases the lock: other processes do not wait out its lease (9 s here) for a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_fetch_cut_while_it_holds_the_lock_releases_it() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let env = Env::start().await;
+    let stalling = std::sync::Arc::new(StallingTokens {
+        inner: std::sync::Arc::clone(&env.store.tokens),
+        locked: AtomicBool::new(false),
+    });
+    let a = WeChat::new(
+        &env.wechat.base(),
+        Duration::from_secs(3),
+        stalling.clone(),
+        "process-a".into(),
+    )
+    .unwrap();
+    let creds = credentials("wxcut");
+    let cut = tokio::time::timeout(Duration::from_secs(1), a.token(&creds)).await;
+    assert!(cut.is_err(), "the fetch was cut: {cut:?}");
+    assert!(stalling.locked.load(SeqCst), "cut while it held the lock");
+    let tokens = &env.store.tokens;
+    let mut free = false;
+    for _ in 0..40 {
+        if tokens
+            .lock_token("wxcut", "process-b", Duration::from_secs(10))
+            .await
+            .unwrap()
+        {
+            tokens.unlock_token("wxcut", "process-b").await.unwrap();
+            free = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(free, "the fetch lock was left held for its lease");
+}

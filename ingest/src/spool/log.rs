@@ -474,10 +474,14 @@ impl Spool {
             data.extend_from_slice(&record.encode()?);
         }
         let beside = path.with_extension("seg.rewrite");
-        let mut file = File::create(&beside)?;
-        file.write_all(&data)?;
-        file.sync_data()?;
-        fs::rename(&beside, path)?;
+        // A rewrite that fails (a full disk) does not leave its part taking room.
+        let written = File::create(&beside)
+            .and_then(|mut file| file.write_all(&data).and_then(|()| file.sync_data()))
+            .and_then(|()| fs::rename(&beside, path));
+        if let Err(error) = written {
+            let _ = fs::remove_file(&beside);
+            return Err(error.into());
+        }
         sync_dir(&self.dir)?;
         let len = data.len() as u64;
         let before = self
@@ -486,7 +490,8 @@ impl Spool {
             .lock()
             .expect("committed lock")
             .insert(seq, len)
-            .unwrap_or(len);
+            // Not counted (its only commit failed): nothing to give back.
+            .unwrap_or(0);
         let _ = self
             .shared
             .bytes
@@ -545,13 +550,23 @@ impl Spool {
         self.shared.unknown.load(Ordering::SeqCst) > 0
     }
 
-    /// A segment's records less those Kafka took after all (each skipped once).
-    pub(super) fn not_delivered(&self, records: Vec<SpoolRecord>) -> Vec<SpoolRecord> {
+    /// A segment's records less those Kafka took after all (each skipped once), and the ids
+    /// skipped.
+    pub(super) fn not_delivered(
+        &self,
+        records: Vec<SpoolRecord>,
+    ) -> (Vec<SpoolRecord>, Vec<String>) {
         let mut delivered = self.delivered.lock().expect("delivered lock");
-        records
-            .into_iter()
-            .filter(|r| !delivered.remove(&r.id))
-            .collect()
+        let (skipped, records): (Vec<_>, Vec<_>) =
+            records.into_iter().partition(|r| delivered.remove(&r.id));
+        (records, skipped.into_iter().map(|r| r.id).collect())
+    }
+
+    /// Ids Kafka has whose records are still in a segment (its rewrite or removal failed): the
+    /// replay skips them, so a disk that refuses the rewrite does not make every round send
+    /// them again.
+    pub(super) fn taken_by_kafka(&self, ids: impl IntoIterator<Item = String>) {
+        self.delivered.lock().expect("delivered lock").extend(ids);
     }
 
     /// The directory, for files kept aside next to the segments.
@@ -798,6 +813,37 @@ mod tests {
             "the same count after a restart"
         );
         assert!(!stray.exists());
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_segment_whose_commit_failed_counts_what_it_holds_now() {
+        // A segment whose only commit failed (written, then its fsync failed) and that could
+        // not be cut back keeps its records (answered 503, replayed: a copy at worst) but was
+        // never counted: the writer gave its bytes back. Rewritten with what Kafka left, it
+        // holds bytes that its removal later subtracts, so the rewrite must count them.
+        let dir = temp_dir();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&record(0)).await.unwrap();
+        spool.seal().await.unwrap();
+        for i in 1..4 {
+            spool.append(&record(i)).await.unwrap();
+        }
+        let sealed = spool.seal().await.unwrap();
+        let (seq, path) = sealed.last().unwrap().clone();
+        assert_eq!(seq, 1);
+        // The state such a failed commit leaves: no committed length, its bytes given back.
+        let len = spool.shared.committed.lock().unwrap().remove(&seq).unwrap();
+        spool.shared.bytes.fetch_sub(len, Ordering::SeqCst);
+        let first = record(0).encode().unwrap().len() as u64;
+        assert_eq!(spool.bytes(), first);
+        spool.rewrite_segment(seq, &path, &[record(2)]).unwrap();
+        fs::remove_file(&path).unwrap();
+        spool.forget_segment(seq);
+        assert_eq!(
+            spool.bytes(),
+            first,
+            "the first segment's bytes still counted"
+        );
     }
 
     #[tokio::test]

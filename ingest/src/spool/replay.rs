@@ -40,8 +40,6 @@ const MAX_KEYS_LEFT: usize = 1 << 18;
 pub enum ReplayError {
     #[error(transparent)]
     Seal(io::Error),
-    #[error("keeping a rejected record: {0}")]
-    KeepRejected(SpoolError),
     #[error("rewriting a segment with the records left: {0}")]
     Rewrite(SpoolError),
     #[error(transparent)]
@@ -118,12 +116,7 @@ async fn replay_sealed(
         // A segment cut short by a write error may hold records past what was committed
         // (answered 503): they are replayed too, a copy with the same id at worst.
         let (records, skipped) = match read_segment(path) {
-            Ok((records, _)) => {
-                let read = records.len();
-                let records = spool.not_delivered(records);
-                let skipped = read - records.len();
-                (records, skipped)
-            }
+            Ok((records, _)) => spool.not_delivered(records),
             Err(error) => {
                 set_aside(path, &error);
                 spool.forget_segment(*seq);
@@ -131,16 +124,32 @@ async fn replay_sealed(
             }
         };
         let before = left.records;
-        let rest = replay_records(spool, publisher, &records, &mut left).await?;
+        let rest = replay_records(spool, publisher, &records, &mut left, stop).await?;
+        // If the segment cannot be removed or rewritten (a full or failing disk), what Kafka
+        // has (or refused for good) stays in it: skipped by the next rounds of this process,
+        // not sent again each round.
+        let taken = || {
+            let left: HashSet<&str> = rest.iter().map(|r| r.id.as_str()).collect();
+            records
+                .iter()
+                .filter(|r| !left.contains(r.id.as_str()))
+                .map(|r| r.id.clone())
+                .chain(skipped.iter().cloned())
+                .collect::<Vec<_>>()
+        };
         if rest.is_empty() {
-            fs::remove_file(path).map_err(ReplayError::Remove)?;
+            if let Err(error) = fs::remove_file(path) {
+                spool.taken_by_kafka(taken());
+                return Err(ReplayError::Remove(error));
+            }
             spool.forget_segment(*seq);
             tracing::info!(records = records.len(), "spool: segment replayed to Kafka");
-        } else if rest.len() < records.len() + skipped {
+        } else if rest.len() < records.len() + skipped.len() {
             // What Kafka has leaves the segment, so it is never sent again.
-            spool
-                .rewrite_segment(*seq, path, &rest)
-                .map_err(ReplayError::Rewrite)?;
+            if let Err(error) = spool.rewrite_segment(*seq, path, &rest) {
+                spool.taken_by_kafka(taken());
+                return Err(ReplayError::Rewrite(error));
+            }
             tracing::info!(
                 records = records.len(),
                 left = left.records - before,
@@ -164,14 +173,24 @@ async fn replay_sealed(
 
 /// Sends a segment's records and waits for each outcome: the records Kafka did not take, in
 /// their order, to stay in the segment.
+///
+/// On `stop` it waits no more (with Kafka down each batch waits out librdkafka's delivery
+/// timeout, so a segment would hold up a shutdown for many of them): the records not sent
+/// and those whose outcome is still unknown stay, a copy with the same id at worst.
 async fn replay_records(
     spool: &Spool,
     publisher: &Publisher,
     records: &[SpoolRecord],
     left: &mut Left,
+    stop: &watch::Receiver<bool>,
 ) -> Result<Vec<SpoolRecord>, ReplayError> {
+    let mut stop = stop.clone();
     let mut rest = Vec::new();
-    for batch in records.chunks(BATCH) {
+    for (n, batch) in records.chunks(BATCH).enumerate() {
+        if *stop.borrow() {
+            rest.extend_from_slice(&records[n * BATCH..]);
+            break;
+        }
         // An error at enqueue is handled as the record's outcome, like a delivery's.
         let deliveries: Vec<_> = batch
             .iter()
@@ -189,16 +208,26 @@ async fn replay_records(
                     rest.push(record.clone());
                     continue;
                 }
-                Some(Ok(delivery)) => Publisher::delivered(delivery).await,
+                Some(Ok(delivery)) => tokio::select! {
+                    outcome = Publisher::delivered(delivery) => outcome,
+                    Ok(_) = stop.wait_for(|stop| *stop) => Err(PublishError::Canceled),
+                },
                 Some(Err(error)) => Err(error),
             };
             match outcome {
                 Ok(()) => replayed += 1,
                 // Kafka will never take it as it is (too large, not authorised): keep
                 // it for a person instead of blocking every record behind it.
+                // If the disk will not keep it (full), it stays in its segment like a record
+                // Kafka did not take now, and the rest of the segment moves on: ending the
+                // round here sent what Kafka took of the segment again every round.
                 Err(error) if error.is_permanent() => {
-                    keep_rejected(spool.dir(), record, &error.to_string())
-                        .map_err(ReplayError::KeepRejected)?;
+                    if let Err(kept) = keep_rejected(spool.dir(), record, &error.to_string()) {
+                        tracing::error!(error = %kept, id = %ops::redact_id(&record.id),
+                            "spool: a record Kafka refused for good could not be kept aside; it stays in the spool");
+                        left.leave(record, Some(error));
+                        rest.push(record.clone());
+                    }
                 }
                 // Not now: its partition or topic is sick, Kafka is down, or Kafka refuses
                 // it for its setup (often one topic's ACL), which passes once a person

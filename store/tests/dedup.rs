@@ -501,7 +501,7 @@ async fn slow_proxy(upstream: std::net::SocketAddr, delay: Duration) -> std::net
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red-team: a Sentinel lookup runs inside the call that needs it, so each call's bound (REDIS_TIMEOUT_MS) cuts it and the next call starts over: a lookup whose round trips together pass one bound never completes (here it takes 1.4 s, each request 0.4 s, the bound 1 s); fix: one lookup at a time in a task of its own, shared by the callers, bounded on its own"]
+
 async fn a_far_sentinel_still_leads_to_the_primary() {
     // The sentinel answers each request well within a call's bound (a round trip of 400 ms,
     // the bound 1 s), but finding the primary takes several round trips (1.4 s when nothing

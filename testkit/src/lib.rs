@@ -136,6 +136,19 @@ pub fn temp_file(prefix: &str, name: &str, content: &str) -> std::path::PathBuf 
     path
 }
 
+/// Asserts that a `/metrics` text has a `# HELP` and a `# TYPE` line for each metric `names`
+/// (listed from start, before anything was counted).
+pub fn assert_described<'a>(text: &str, names: impl IntoIterator<Item = &'a str>) {
+    for name in names {
+        for line in ["HELP", "TYPE"] {
+            assert!(
+                text.contains(&format!("# {line} {name} ")),
+                "no {line} for {name} in:\n{text}"
+            );
+        }
+    }
+}
+
 /// Waits for `child` to exit; `None` (and a SIGKILL) if it has not exited `within`.
 async fn exit_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + within;

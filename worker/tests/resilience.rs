@@ -368,15 +368,7 @@ async fn every_metric_is_there_from_start_and_the_dependency_gauge_follows_redis
     })
     .await;
     let text = up.expect("the worker never showed Redis up");
-    for metric in ops::METRICS {
-        for line in ["HELP", "TYPE"] {
-            assert!(
-                text.contains(&format!("# {line} {} ", metric.name)),
-                "no {line} for {} in:\n{text}",
-                metric.name
-            );
-        }
-    }
+    testkit::assert_described(&text, ops::METRICS.iter().map(|metric| metric.name));
     for outcome in ["done", "skipped", "too_old", "unknown", "dead_lettered"] {
         assert_eq!(
             testkit::metric(

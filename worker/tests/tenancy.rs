@@ -76,12 +76,7 @@ fn one_at_a_time() -> (&'static str, String) {
 
 /// `wxpipe_worker_held_records` of the welcome role for `account`, from a worker's admin port.
 async fn held_on(admin: u16, account: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = metrics_if_up(admin).await?;
     testkit::metric(
         &text,
         "wxpipe_worker_held_records",

@@ -19,11 +19,7 @@ const B_WITH_SECRET: &str =
 
 /// An accounts file in a fresh temporary folder.
 fn accounts_file(toml: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(unique("wxpipe-worker-accounts-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("accounts.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
+    testkit::temp_file("wxpipe-worker-accounts-", "accounts.toml", toml)
 }
 
 /// `prefix0`, `prefix1`, … : `n` followers.

@@ -173,13 +173,7 @@ fn validate(
     mut problems: Vec<String>,
     connect: bool,
 ) -> ExitCode {
-    match &file.path {
-        Some(path) => println!("config file: {}", path.display()),
-        None => println!("config file: none (--config or WXPIPE_CONFIG)"),
-    }
-    for line in ops::config_file::report(&ingest::config::command(), matches, file) {
-        println!("{line}");
-    }
+    ops::config_file::print_report(&ingest::config::command(), matches, file);
     let embedded = config.shared.kafka_brokers.is_none();
     if embedded {
         println!("note: no KAFKA_BROKERS: the embedded default (in-process broker and workers, memory://)");
@@ -187,27 +181,18 @@ fn validate(
     if config.shared.memory_with_kafka() {
         println!("WARN REDIS_URL=memory:// with KAFKA_BROKERS: each process dedups alone");
     }
-    // Each check stops at its first problem: the store's is checked on its own, so the
-    // rest are checked too.
-    if let Err(problem) = config.shared.check_store() {
-        problems.push(problem.to_string());
-    }
-    let mut rest = config.clone();
-    rest.shared
-        .redis_url
-        .get_or_insert_with(|| ops::settings::MEMORY.to_owned());
-    if let Err(problem) = rest.validate() {
-        problems.push(problem.to_string());
-    }
+    ops::settings::Shared::check_apart(
+        config,
+        |config| &mut config.shared,
+        Config::validate,
+        &mut problems,
+    );
     if let Err(problem) = ingest::accounts::Accounts::load(config) {
         problems.push(problem);
     }
     problems.dedup();
-    if !problems.is_empty() {
-        for problem in &problems {
-            println!("problem: {problem}");
-        }
-        return ExitCode::from(2);
+    if let Err(code) = ops::config_file::print_problems(&problems) {
+        return code;
     }
     println!("configuration: ok");
     if !connect {

@@ -5,53 +5,62 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::Command;
 
 use common::*;
+use testkit::{printed as text, run_to_end as run};
 
 /// The ingest binary with none of the environment's settings that would change the test.
 fn ingest(args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ingest"));
-    for name in [
-        "KAFKA_BROKERS",
-        "REDIS_URL",
-        "WECHAT_TOKEN",
-        "WXPIPE_CONFIG",
-        "KAFKA_CONFIG",
-    ] {
-        command.env_remove(name);
-    }
+    let mut command = testkit::bare_command(
+        env!("CARGO_BIN_EXE_ingest"),
+        &[
+            "KAFKA_BROKERS",
+            "REDIS_URL",
+            "WECHAT_TOKEN",
+            "WXPIPE_CONFIG",
+            "KAFKA_CONFIG",
+        ],
+        &[("INGEST_ADMIN_LISTEN", "")],
+    );
+    command.args(args).envs(envs.iter().copied());
     command
-        .args(args)
-        .env("INGEST_ADMIN_LISTEN", "")
-        .env("NO_COLOR", "1")
-        .envs(envs.iter().copied());
-    command
-}
-
-/// Runs to its end (60 s at most: a process that should have stopped at once and serves
-/// instead fails the test).
-async fn run(mut command: Command) -> Output {
-    testkit::output_within(&mut command, Duration::from_secs(60))
-        .await
-        .expect("the process ended by itself")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn file(name: &str, content: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(testkit::unique("wxpipe-config"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
-    path
+    testkit::temp_file("wxpipe-config", name, content)
+}
+
+/// An ingress on a free port (`RUST_LOG=warn`), once it answers: with `args` and `envs`.
+async fn serving(args: &[&str], envs: &[(&str, &str)]) -> (Ingest, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut envs = envs.to_vec();
+    envs.extend([("INGEST_LISTEN", listen.as_str()), ("RUST_LOG", "warn")]);
+    let ingest = Ingest(
+        ingest(args, &envs)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_up(port).await;
+    (ingest, port)
+}
+
+/// A URL verification (GET) of `path` on `port`, signed with `token`, echoing `echostr`.
+async fn verify(
+    port: u16,
+    path: &str,
+    token: &str,
+    nonce: &str,
+    echostr: &str,
+) -> reqwest::Response {
+    let query = TestApp::signed_query(token, nonce);
+    reqwest::get(format!(
+        "http://127.0.0.1:{port}{path}?{query}&echostr={echostr}"
+    ))
+    .await
+    .unwrap()
 }
 
 /// A port nothing listens on.
@@ -174,35 +183,11 @@ async fn a_kafka_property_with_a_comma_reaches_librdkafka_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_comes_from_a_file_without_its_trailing_newline() {
     let token = file("token", "token-from-file\n");
-    let port = free_port();
-    let _ingest = Ingest(
-        ingest(
-            &[],
-            &[
-                ("WECHAT_TOKEN_FILE", token.to_str().unwrap()),
-                ("INGEST_LISTEN", &format!("127.0.0.1:{port}")),
-                ("RUST_LOG", "warn"),
-            ],
-        )
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
-    wait_up(port).await;
-    let query = TestApp::signed_query("token-from-file", "n1");
-    let response = reqwest::get(format!(
-        "http://127.0.0.1:{port}/wechat?{query}&echostr=hello"
-    ))
-    .await
-    .unwrap();
+    let (_ingest, port) = serving(&[], &[("WECHAT_TOKEN_FILE", token.to_str().unwrap())]).await;
+    let response = verify(port, "/wechat", "token-from-file", "n1", "hello").await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "hello");
-    let query = TestApp::signed_query("token-from-file\n", "n2");
-    let response = reqwest::get(format!(
-        "http://127.0.0.1:{port}/wechat?{query}&echostr=hello"
-    ))
-    .await
-    .unwrap();
+    let response = verify(port, "/wechat", "token-from-file\n", "n2", "hello").await;
     assert_eq!(response.status(), 403, "the newline is not the token's");
 }
 
@@ -313,26 +298,8 @@ async fn accounts_of_the_config_file_are_served_with_their_tokens_from_files() {
             token.display()
         ),
     );
-    let port = free_port();
-    let _ingest = Ingest(
-        ingest(
-            &["--config", config.to_str().unwrap()],
-            &[
-                ("INGEST_LISTEN", &format!("127.0.0.1:{port}")),
-                ("RUST_LOG", "warn"),
-            ],
-        )
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
-    wait_up(port).await;
-    let query = TestApp::signed_query("shop-token-from-file", "n1");
-    let response = reqwest::get(format!(
-        "http://127.0.0.1:{port}/wechat/shop?{query}&echostr=hi"
-    ))
-    .await
-    .unwrap();
+    let (_ingest, port) = serving(&["--config", config.to_str().unwrap()], &[]).await;
+    let response = verify(port, "/wechat/shop", "shop-token-from-file", "n1", "hi").await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "hi");
 }

@@ -247,22 +247,17 @@ fn the_image_builds_dependencies_apart_exposes_every_port_and_checks_health_with
         .unwrap();
     assert!(ran.success());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let out = std::process::Command::new(cargo)
-        .args([
-            "metadata",
-            "--no-deps",
-            "--locked",
-            "--offline",
-            "--format-version",
-            "1",
-        ])
-        .current_dir(&stub)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeded(
+        std::process::Command::new(cargo)
+            .args([
+                "metadata",
+                "--no-deps",
+                "--locked",
+                "--offline",
+                "--format-version",
+                "1",
+            ])
+            .current_dir(&stub),
     );
     let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut targets = 0;
@@ -344,16 +339,22 @@ fn compose_keeps_kafka_data_builds_every_image_and_checks_health_on_the_admin_po
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::process::Command::new("docker")
-        .args(["compose", "--env-file", ".env.example", "config", "--quiet"])
-        .current_dir(&root)
-        .output()
-        .unwrap();
+    succeeded(
+        std::process::Command::new("docker")
+            .args(["compose", "--env-file", ".env.example", "config", "--quiet"])
+            .current_dir(&root),
+    );
+}
+
+/// Runs `command` and asserts that it succeeded (showing its stderr when not).
+fn succeeded(command: &mut std::process::Command) -> std::process::Output {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
 
 /// A child process, killed when the test ends, passed or not.
@@ -422,14 +423,8 @@ async fn every_metric_is_there_from_start_and_the_dependency_gauge_follows_redis
     })
     .await
     .expect("the ingress never showed Redis up");
+    testkit::assert_described(&text, ops::METRICS.iter().map(|metric| metric.name));
     for metric in ops::METRICS {
-        for line in ["HELP", "TYPE"] {
-            assert!(
-                text.contains(&format!("# {line} {} ", metric.name)),
-                "no {line} for {} in:\n{text}",
-                metric.name
-            );
-        }
         // Each fixed series is there; a counter with nothing counted yet (no push came) at 0.
         // (The probe's own Redis calls may already show in wxpipe_redis_batch_ops.)
         for labels in metric.series {

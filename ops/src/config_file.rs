@@ -408,6 +408,28 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
+/// `validate`'s head: where the settings came from, then [`report`]'s lines.
+pub fn print_report(command: &clap::Command, matches: &clap::ArgMatches, file: &FileSettings) {
+    match &file.path {
+        Some(path) => println!("config file: {}", path.display()),
+        None => println!("config file: none (--config or WXPIPE_CONFIG)"),
+    }
+    for line in report(command, matches, file) {
+        println!("{line}");
+    }
+}
+
+/// `validate`'s verdict: each problem, and exit 2 when there is one.
+pub fn print_problems(problems: &[String]) -> Result<(), std::process::ExitCode> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for problem in problems {
+        println!("problem: {problem}");
+    }
+    Err(std::process::ExitCode::from(2))
+}
+
 /// One line per setting of `command` (`VARIABLE = value (source)`), values masked as
 /// [`shown`] says; `overrides` are resolved values that clap did not parse (property tables
 /// from the file).

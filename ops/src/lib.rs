@@ -77,151 +77,176 @@ pub fn prometheus() -> &'static PrometheusHandle {
 /// A metric whose labels depend on traffic (an account, a topic) has no series until then, but
 /// its `# HELP` and `# TYPE` are in `/metrics` all the same ([`render`]).
 pub const METRICS: &[Metric] = &[
-    describe_gauge(
+    describe(
+        Kind::Gauge,
         "wxpipe_build_info",
         None,
         "Always 1: which wxpipe runs, by version",
         &[],
     ),
-    describe_counter(
+    describe(
+        Kind::Counter,
         "wxpipe_pushes_total",
         None,
         "Pushes answered, by account, kind, type, outcome and reason",
         &[],
     ),
-    describe_histogram(
+    describe(
+        Kind::Histogram,
         "wxpipe_push_ack_seconds",
         Some(Unit::Seconds),
         "From a push's arrival to its answer, by outcome",
         &[&[("outcome", "published")], &[("outcome", "duplicate")], &[("outcome", "spooled")], &[("outcome", "rejected")], &[("outcome", "failed")]],
     ),
-    describe_gauge(
+    describe(
+        Kind::Gauge,
         "wxpipe_pushes_in_flight",
         None,
         "Pushes being handled now (holding an in-flight place)",
         UNLABELLED,
     ),
-    describe_counter(
+    describe(
+        Kind::Counter,
         "wxpipe_url_verifications_total",
         None,
         "URL verifications (GET), by account and outcome",
         &[],
     ),
-    describe_gauge(
+    describe(
+        Kind::Gauge,
         "wxpipe_connections_open",
         None,
         "Open client connections of the ingress",
         UNLABELLED,
     ),
-    describe_counter(
+    describe(
+        Kind::Counter,
         "wxpipe_connections_closed_total",
         None,
         "Connections the ingress closed to stay under INGEST_MAX_CONNECTIONS, by reason",
         &[&[("reason", "limit")], &[("reason", "all_busy")]],
     ),
-    describe_gauge(
+    describe(
+        Kind::Gauge,
         "wxpipe_kafka_in_flight",
         None,
         "Records sent to Kafka and not yet acknowledged",
         UNLABELLED,
     ),
-    describe_histogram(
+    describe(
+        Kind::Histogram,
         "wxpipe_kafka_produce_seconds",
         Some(Unit::Seconds),
         "From a record's produce to its delivery report",
         UNLABELLED,
     ),
-    describe_counter(
+    describe(
+        Kind::Counter,
         "wxpipe_redis_errors_total",
         None,
         "Redis calls that failed or timed out, by op and kind (outage, CROSSSLOT, MOVED, NOSCRIPT, READONLY, refused, …)",
         &[],
     ),
-    describe_counter(
+    describe(
+        Kind::Counter,
         "wxpipe_redis_cluster_reconnects_total",
         None,
         "Redis Cluster connections replaced because calls went unanswered and no node answered a PING either, or calls went on going unanswered through three checks",
         UNLABELLED,
     ),
-    describe_histogram(
+    describe(
+        Kind::Histogram,
         "wxpipe_redis_batch_ops",
         None,
         "Dedup ops carried by one group-committed Redis call",
         UNLABELLED,
     ),
-    describe_gauge(
+    describe(
+        Kind::Gauge,
         "wxpipe_dependency_up",
         None,
         "1 when the dependency answered the last check (a probe every few seconds, and each /readyz), else 0, by dependency",
         &[],
     ),
-    describe_gauge(
+    describe(
+        Kind::Gauge,
         "wxpipe_spool_bytes",
         Some(Unit::Bytes),
         "Bytes held in the spool, not yet on Kafka",
         UNLABELLED,
     ),
-    describe_counter(
+    describe(
+        Kind::Counter,
         "wxpipe_spool_records_total",
         None,
         "Records appended to, replayed from, held in or rejected by the spool, by op",
         &[&[("op", "appended")], &[("op", "replayed")], &[("op", "held")], &[("op", "rejected")]],
     ),
-    describe_counter(
+    describe(
+        Kind::Counter,
         "wxpipe_spool_write_errors_total",
         None,
         "Spool writes or fsyncs that failed (the segment was sealed)",
         UNLABELLED,
     ),
-    describe_counter(
+    describe(
+        Kind::Counter,
         "wxpipe_worker_events_total",
         None,
         "Events a worker role handled, by role and outcome",
         &[],
     ),
-    describe_histogram(
+    describe(
+        Kind::Histogram,
         "wxpipe_worker_effect_seconds",
         Some(Unit::Seconds),
         "How long one effect took, by role",
         &[],
     ),
-    describe_gauge(
+    describe(
+        Kind::Gauge,
         "wxpipe_worker_consumer_lag",
         None,
         "Records not yet committed by a role's consumer group, by role and topic",
         &[],
     ),
-    describe_counter(
+    describe(
+        Kind::Counter,
         "wxpipe_worker_dead_letter_failures_total",
         None,
         "Dead-letter writes that failed (the record's partition waits), by role",
         &[],
     ),
-    describe_histogram(
+    describe(
+        Kind::Histogram,
         "wxpipe_worker_dependency_wait_seconds",
         Some(Unit::Seconds),
         "Backoffs of records waiting for a failing dependency, by role (the sum is the time spent waiting)",
         &[],
     ),
-    describe_gauge(
+    describe(
+        Kind::Gauge,
         "wxpipe_worker_waiting_records",
         None,
         "Records of a role waiting for a failing dependency (the role is paused meanwhile), by role",
         &[],
     ),
-    describe_gauge(
+    describe(
+        Kind::Gauge,
         "wxpipe_worker_held_records",
         None,
         "Records held because the WeChat API refuses their account (the rest move on), by role and account",
         &[],
     ),
-    describe_counter(
+    describe(
+        Kind::Counter,
         "wxpipe_worker_welcome_unknown_total",
         None,
         "Welcome sends whose outcome is unknown (written, answer lost), by then (recorded or resent)",
         &[&[("then", "recorded")], &[("then", "resent")]],
     ),
-    describe_counter(
+    describe(
+        Kind::Counter,
         "wxpipe_wechat_api_calls_total",
         None,
         "Calls to the WeChat API, by api and errcode (0 ok, -2 no answer)",
@@ -264,7 +289,9 @@ pub struct Metric {
 
 type Series = &'static [&'static [(&'static str, &'static str)]];
 
-const fn describe_counter(
+/// One entry of [`METRICS`].
+const fn describe(
+    kind: Kind,
     name: &'static str,
     unit: Option<metrics::Unit>,
     help: &'static str,
@@ -272,37 +299,7 @@ const fn describe_counter(
 ) -> Metric {
     Metric {
         name,
-        kind: Kind::Counter,
-        unit,
-        help,
-        series,
-    }
-}
-
-const fn describe_gauge(
-    name: &'static str,
-    unit: Option<metrics::Unit>,
-    help: &'static str,
-    series: Series,
-) -> Metric {
-    Metric {
-        name,
-        kind: Kind::Gauge,
-        unit,
-        help,
-        series,
-    }
-}
-
-const fn describe_histogram(
-    name: &'static str,
-    unit: Option<metrics::Unit>,
-    help: &'static str,
-    series: Series,
-) -> Metric {
-    Metric {
-        name,
-        kind: Kind::Histogram,
+        kind,
         unit,
         help,
         series,

@@ -113,6 +113,26 @@ impl Shared {
         }
     }
 
+    /// `validate`'s checks of a binary's `config` (whose `Shared` is `shared`): each check
+    /// stops at its first problem, so the store's is checked on its own and the rest with
+    /// `memory://` standing in for an unset store, and both problems are pushed.
+    pub fn check_apart<C: Clone>(
+        config: &C,
+        shared: fn(&mut C) -> &mut Shared,
+        validate: fn(&C) -> Result<(), ConfigError>,
+        problems: &mut Vec<String>,
+    ) {
+        let mut rest = config.clone();
+        let settings = shared(&mut rest);
+        if let Err(problem) = settings.check_store() {
+            problems.push(problem.to_string());
+        }
+        settings.redis_url.get_or_insert_with(|| MEMORY.to_owned());
+        if let Err(problem) = validate(&rest) {
+            problems.push(problem.to_string());
+        }
+    }
+
     /// Whether `memory://` was chosen although Kafka is configured: warned about at start.
     pub fn memory_with_kafka(&self) -> bool {
         self.kafka_brokers.is_some()

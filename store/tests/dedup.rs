@@ -408,16 +408,11 @@ async fn unknown_scheme_is_an_error() {
 
 /// A claim binding `nonce` to `digest` for `secs` seconds.
 fn binding_for<'a>(id: &'a str, nonce: &'a str, digest: &'a str, secs: u64) -> ClaimRequest<'a> {
-    ClaimRequest {
-        nonce: Some(NonceBinding {
-            account: "gh_a",
-            timestamp: "1700000000",
-            nonce,
-            body_digest: digest,
-            ttl: Duration::from_secs(secs),
-        }),
-        ..claim(id, "a")
+    let mut request = with_nonce(id, "a", nonce, digest);
+    if let Some(binding) = request.nonce.as_mut() {
+        binding.ttl = Duration::from_secs(secs);
     }
+    request
 }
 
 /// Red team: a TTL beyond what Redis keeps (`INGEST_DEDUP_TTL` set huge, which the floor

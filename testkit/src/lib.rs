@@ -98,6 +98,57 @@ pub async fn output_within(
     Some(child.wait_with_output().expect("the child's output"))
 }
 
+/// A command for `program` with `unset` removed from its environment, `NO_COLOR=1`, and
+/// `defaults` set (settings given after them override them): a binary run by a test that the
+/// environment around the test must not change.
+pub fn bare_command(program: &str, unset: &[&str], defaults: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(program);
+    for name in unset {
+        command.env_remove(name);
+    }
+    command.env("NO_COLOR", "1").envs(defaults.iter().copied());
+    command
+}
+
+/// Runs `command` to its end (60 s at most: a process that should have stopped at once and
+/// serves instead fails the test).
+pub async fn run_to_end(mut command: Command) -> std::process::Output {
+    output_within(&mut command, Duration::from_secs(60))
+        .await
+        .expect("the process ended by itself")
+}
+
+/// What a process printed: its stdout, then its stderr.
+pub fn printed(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A file `name` holding `content`, in a fresh temporary folder named from `prefix`.
+pub fn temp_file(prefix: &str, name: &str, content: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique(prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+/// Asserts that a `/metrics` text has a `# HELP` and a `# TYPE` line for each metric `names`
+/// (listed from start, before anything was counted).
+pub fn assert_described<'a>(text: &str, names: impl IntoIterator<Item = &'a str>) {
+    for name in names {
+        for line in ["HELP", "TYPE"] {
+            assert!(
+                text.contains(&format!("# {line} {name} ")),
+                "no {line} for {name} in:\n{text}"
+            );
+        }
+    }
+}
+
 /// Waits for `child` to exit; `None` (and a SIGKILL) if it has not exited `within`.
 async fn exit_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + within;

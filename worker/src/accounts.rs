@@ -151,17 +151,20 @@ mod tests {
         assert!(!senders.any());
     }
 
+    /// Account `gh_a` with its own credentials, given on the command line.
+    const ACCOUNT_A: &[&str] = &[
+        "--appid",
+        "wxa",
+        "--appsecret",
+        "s",
+        "--original-id",
+        "gh_a",
+    ];
+
     #[test]
     fn an_account_never_borrows_another_accounts_credentials() {
         let senders = Senders::load(&shared(
-            &[
-                "--appid",
-                "wxa",
-                "--appsecret",
-                "s",
-                "--original-id",
-                "gh_a",
-            ],
+            ACCOUNT_A,
             Some("[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\noriginal_id = \"gh_b\"\n"),
         ))
         .unwrap();
@@ -169,18 +172,7 @@ mod tests {
         assert_eq!(senders.for_account("gh_b").unwrap_err(), NoSender::NoSecret);
         assert_eq!(senders.for_account("gh_c").unwrap_err(), NoSender::Unknown);
         // One named account alone: only its own records.
-        let senders = Senders::load(&shared(
-            &[
-                "--appid",
-                "wxa",
-                "--appsecret",
-                "s",
-                "--original-id",
-                "gh_a",
-            ],
-            None,
-        ))
-        .unwrap();
+        let senders = Senders::load(&shared(ACCOUNT_A, None)).unwrap();
         assert_eq!(senders.for_account("gh_b").unwrap_err(), NoSender::Unknown);
     }
 

@@ -92,13 +92,7 @@ fn validate(
     mut problems: Vec<String>,
     connect: bool,
 ) -> ExitCode {
-    match &file.path {
-        Some(path) => println!("config file: {}", path.display()),
-        None => println!("config file: none (--config or WXPIPE_CONFIG)"),
-    }
-    for line in ops::config_file::report(&worker::config::command(), matches, file) {
-        println!("{line}");
-    }
+    ops::config_file::print_report(&worker::config::command(), matches, file);
     println!(
         "roles: {}",
         config
@@ -114,26 +108,17 @@ fn validate(
     if config.shared.memory_with_kafka() {
         println!("WARN REDIS_URL=memory:// with KAFKA_BROKERS: effects live in this process only");
     }
-    // Each check stops at its first problem: the store's is checked on its own, so the
-    // rest are checked too.
-    if let Err(problem) = config.shared.check_store() {
-        problems.push(problem.to_string());
-    }
-    let mut rest = config.clone();
-    rest.shared
-        .redis_url
-        .get_or_insert_with(|| ops::settings::MEMORY.to_owned());
-    if let Err(problem) = rest.validate() {
-        problems.push(problem.to_string());
-    }
+    ops::settings::Shared::check_apart(
+        config,
+        |config| &mut config.shared,
+        worker::Config::validate,
+        &mut problems,
+    );
     if let Err(problem) = worker::accounts::Senders::load(&config.shared) {
         problems.push(problem);
     }
-    if !problems.is_empty() {
-        for problem in &problems {
-            println!("problem: {problem}");
-        }
-        return ExitCode::from(2);
+    if let Err(code) = ops::config_file::print_problems(&problems) {
+        return code;
     }
     println!("configuration: ok");
     if !connect {

@@ -5,51 +5,30 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::Command;
 
 use common::*;
+use testkit::{printed as text, run_to_end as run};
 
 /// The worker binary with none of the environment's settings that would change the test.
 fn worker(args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_worker"));
-    for name in [
-        "KAFKA_BROKERS",
-        "REDIS_URL",
-        "WXPIPE_CONFIG",
-        "KAFKA_CONFIG",
-        "WECHAT_APPSECRET",
-    ] {
-        command.env_remove(name);
-    }
+    let mut command = testkit::bare_command(
+        env!("CARGO_BIN_EXE_worker"),
+        &[
+            "KAFKA_BROKERS",
+            "REDIS_URL",
+            "WXPIPE_CONFIG",
+            "KAFKA_CONFIG",
+            "WECHAT_APPSECRET",
+        ],
+        &[("WORKER_ADMIN_LISTEN", "")],
+    );
+    command.args(args).envs(envs.iter().copied());
     command
-        .args(args)
-        .env("WORKER_ADMIN_LISTEN", "")
-        .env("NO_COLOR", "1")
-        .envs(envs.iter().copied());
-    command
-}
-
-async fn run(mut command: Command) -> Output {
-    testkit::output_within(&mut command, Duration::from_secs(60))
-        .await
-        .expect("the process ended by itself")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn file(name: &str, content: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("wxpipe-worker-config"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
-    path
+    testkit::temp_file("wxpipe-worker-config", name, content)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -335,16 +335,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// `/metrics` of a worker binary on `admin`, once it answers.
-async fn worker_metrics(admin: u16) -> Option<String> {
-    reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_is_there_from_start_and_the_dependency_gauge_follows_redis_unasked() {
     // One role only, and nobody ever asks /readyz: every metric of both binaries is listed
@@ -362,21 +352,13 @@ async fn every_metric_is_there_from_start_and_the_dependency_gauge_follows_redis
             .unwrap(),
     );
     let up = poll(WAIT, Duration::from_millis(100), || async {
-        let text = worker_metrics(admin).await?;
+        let text = metrics_if_up(admin).await?;
         (testkit::metric(&text, "wxpipe_dependency_up", &[("dependency", "redis")]) == Some(1.0))
             .then_some(text)
     })
     .await;
     let text = up.expect("the worker never showed Redis up");
-    for metric in ops::METRICS {
-        for line in ["HELP", "TYPE"] {
-            assert!(
-                text.contains(&format!("# {line} {} ", metric.name)),
-                "no {line} for {} in:\n{text}",
-                metric.name
-            );
-        }
-    }
+    testkit::assert_described(&text, ops::METRICS.iter().map(|metric| metric.name));
     for outcome in ["done", "skipped", "too_old", "unknown", "dead_lettered"] {
         assert_eq!(
             testkit::metric(
@@ -412,7 +394,7 @@ async fn every_metric_is_there_from_start_and_the_dependency_gauge_follows_redis
         Duration::from_secs(12),
         Duration::from_millis(200),
         || async {
-            let text = worker_metrics(admin).await?;
+            let text = metrics_if_up(admin).await?;
             (testkit::metric(&text, "wxpipe_dependency_up", &[("dependency", "redis")])
                 == Some(0.0))
             .then_some(())

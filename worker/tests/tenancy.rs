@@ -9,13 +9,75 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Account b without an AppSecret.
+const B_WITHOUT_SECRET: &str =
+    "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\noriginal_id = \"gh_b\"\n";
+
+/// Account b with its own AppSecret.
+const B_WITH_SECRET: &str =
+    "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n";
+
 /// An accounts file in a fresh temporary folder.
 fn accounts_file(toml: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(unique("wxpipe-worker-accounts-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("accounts.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
+    testkit::temp_file("wxpipe-worker-accounts-", "accounts.toml", toml)
+}
+
+/// `prefix0`, `prefix1`, … : `n` followers.
+fn fans(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// `n` of b's followers, whose sends the API refuses (48001: not authorised) until told
+/// otherwise.
+fn refused_b_fans(env: &Env, n: usize) -> Vec<String> {
+    let b_fans = fans("b_fan", n);
+    for fan in &b_fans {
+        env.wechat.fail(fan, 48001, u32::MAX);
+    }
+    b_fans
+}
+
+/// A subscribe record of `account` per follower, created from `first` on.
+fn subscribes(account: &str, fans: &[String], first: i64) -> Vec<(String, Vec<u8>)> {
+    fans.iter()
+        .enumerate()
+        .map(|(i, fan)| subscribe(account, fan, first + i as i64, None))
+        .collect()
+}
+
+/// A welcome worker for the `WECHAT_*` account `gh_a` and the accounts file, with `vars`.
+fn welcome_worker(env: &Env, accounts: &std::path::Path, vars: &[(&str, String)]) -> KillOnDrop {
+    KillOnDrop(
+        env.command()
+            .env("RUST_LOG", "warn")
+            .env("WECHAT_ORIGINAL_ID", "gh_a")
+            .env("INGEST_ACCOUNTS", accounts)
+            .envs(vars.iter().cloned())
+            .args(["--role", "welcome"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// `WORKER_ADMIN_LISTEN` on `port`.
+fn admin_on(port: u16) -> (&'static str, String) {
+    ("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
+}
+
+/// `WORKER_CONCURRENCY=1`.
+fn one_at_a_time() -> (&'static str, String) {
+    ("WORKER_CONCURRENCY", "1".to_owned())
+}
+
+/// `wxpipe_worker_held_records` of the welcome role for `account`, from a worker's admin port.
+async fn held_on(admin: u16, account: &str) -> Option<f64> {
+    let text = metrics_if_up(admin).await?;
+    testkit::metric(
+        &text,
+        "wxpipe_worker_held_records",
+        &[("role", "welcome"), ("account", account)],
+    )
 }
 
 /// Account b is configured without an AppSecret: its followers' welcomes are logged, and are
@@ -24,8 +86,7 @@ fn accounts_file(toml: &str) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_without_an_appsecret_never_sends_with_another_accounts_credentials() {
     let env = Env::start().await;
-    let accounts =
-        accounts_file("[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\noriginal_id = \"gh_b\"\n");
+    let accounts = accounts_file(B_WITHOUT_SECRET);
     env.produce(
         "subscribe",
         &[
@@ -33,16 +94,7 @@ async fn an_account_without_an_appsecret_never_sends_with_another_accounts_crede
             subscribe("gh_a", "fan_of_a", 1001, None),
         ],
     );
-    let mut worker = KillOnDrop(
-        env.command()
-            .env("RUST_LOG", "warn")
-            .env("WECHAT_ORIGINAL_ID", "gh_a")
-            .env("INGEST_ACCOUNTS", &accounts)
-            .args(["--role", "welcome"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut worker = welcome_worker(&env, &accounts, &[]);
     wait_within(WAIT, "a's welcome", || env.wechat.sends_to("fan_of_a") == 1).await;
     // b's record was handled before or after a's; give it time to do what it would.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -67,8 +119,7 @@ async fn an_account_without_an_appsecret_never_sends_with_another_accounts_crede
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_accounts_without_their_original_ids_refuse_the_start() {
     let env = Env::start().await;
-    let accounts =
-        accounts_file("[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\noriginal_id = \"gh_b\"\n");
+    let accounts = accounts_file(B_WITHOUT_SECRET);
     let output = testkit::output_within(
         env.command()
             .env("RUST_LOG", "warn")
@@ -90,56 +141,21 @@ async fn two_accounts_without_their_original_ids_refuse_the_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_accounts_api_errors_hold_only_that_accounts_welcomes() {
     let env = Env::start().await;
-    let accounts = accounts_file(
-        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
-    );
-    let b_fans: Vec<String> = (0..5).map(|i| format!("b_fan{i}")).collect();
-    for fan in &b_fans {
-        env.wechat.fail(fan, 48001, u32::MAX);
-    }
+    let accounts = accounts_file(B_WITH_SECRET);
+    let b_fans = refused_b_fans(&env, 5);
     let admin = free_port();
-    let worker = KillOnDrop(
-        env.command()
-            .env("RUST_LOG", "warn")
-            .env("WECHAT_ORIGINAL_ID", "gh_a")
-            .env("INGEST_ACCOUNTS", &accounts)
-            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-            .args(["--role", "welcome"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let b_records: Vec<_> = b_fans
-        .iter()
-        .enumerate()
-        .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
-        .collect();
+    let worker = welcome_worker(&env, &accounts, &[admin_on(admin)]);
+    let b_records = subscribes("gh_b", &b_fans, 1000);
     env.produce("subscribe", &b_records);
-    let held = || async {
-        let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        testkit::metric(
-            &text,
-            "wxpipe_worker_held_records",
-            &[("role", "welcome"), ("account", "gh_b")],
-        )
-    };
+    let held = || held_on(admin, "gh_b");
     wait_within_async(WAIT, "b's five records held", || async {
         held().await == Some(5.0)
     })
     .await;
 
     // a's followers come while b is held: each is welcomed.
-    let a_fans: Vec<String> = (0..20).map(|i| format!("a_fan{i}")).collect();
-    let a_records: Vec<_> = a_fans
-        .iter()
-        .enumerate()
-        .map(|(i, fan)| subscribe("gh_a", fan, 2000 + i as i64, None))
-        .collect();
+    let a_fans = fans("a_fan", 20);
+    let a_records = subscribes("gh_a", &a_fans, 2000);
     env.produce("subscribe", &a_records);
     wait_within(WAIT, "a's welcomes while b is held", || {
         a_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1)
@@ -188,46 +204,14 @@ async fn one_accounts_api_errors_hold_only_that_accounts_welcomes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_records_go_on_within_the_roles_concurrency() {
     let env = Env::start().await;
-    let accounts = accounts_file(
-        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
-    );
-    let b_fans: Vec<String> = (0..8).map(|i| format!("b_fan{i}")).collect();
-    for fan in &b_fans {
-        env.wechat.fail(fan, 48001, u32::MAX);
-    }
+    let accounts = accounts_file(B_WITH_SECRET);
+    let b_fans = refused_b_fans(&env, 8);
     env.wechat.set_send_delay(Duration::from_millis(400));
     let admin = free_port();
-    let worker = KillOnDrop(
-        env.command()
-            .env("RUST_LOG", "warn")
-            .env("WECHAT_ORIGINAL_ID", "gh_a")
-            .env("INGEST_ACCOUNTS", &accounts)
-            .env("WORKER_CONCURRENCY", "1")
-            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-            .args(["--role", "welcome"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let b_records: Vec<_> = b_fans
-        .iter()
-        .enumerate()
-        .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
-        .collect();
+    let worker = welcome_worker(&env, &accounts, &[one_at_a_time(), admin_on(admin)]);
+    let b_records = subscribes("gh_b", &b_fans, 1000);
     env.produce("subscribe", &b_records);
-    let held = || async {
-        let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        testkit::metric(
-            &text,
-            "wxpipe_worker_held_records",
-            &[("role", "welcome"), ("account", "gh_b")],
-        )
-    };
+    let held = || held_on(admin, "gh_b");
     wait_within_async(
         Duration::from_secs(60),
         "b's eight records held",
@@ -259,14 +243,9 @@ async fn held_records_go_on_within_the_roles_concurrency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_waiting_for_a_held_accounts_probe_do_not_stall_the_role() {
     let env = Env::start().await;
-    let accounts = accounts_file(
-        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
-    );
-    let b_fans: Vec<String> = (0..7).map(|i| format!("b_fan{i}")).collect();
-    for fan in &b_fans {
-        env.wechat.fail(fan, 48001, u32::MAX);
-    }
-    let a_fans: Vec<String> = (0..3).map(|i| format!("a_fan{i}")).collect();
+    let accounts = accounts_file(B_WITH_SECRET);
+    let b_fans = refused_b_fans(&env, 7);
+    let a_fans = fans("a_fan", 3);
     // One key: one partition, b's records first.
     let records: Vec<_> = b_fans
         .iter()
@@ -279,17 +258,7 @@ async fn records_waiting_for_a_held_accounts_probe_do_not_stall_the_role() {
         })
         .collect();
     env.produce("subscribe", &records);
-    let worker = KillOnDrop(
-        env.command()
-            .env("RUST_LOG", "warn")
-            .env("WECHAT_ORIGINAL_ID", "gh_a")
-            .env("INGEST_ACCOUNTS", &accounts)
-            .env("WORKER_CONCURRENCY", "1")
-            .args(["--role", "welcome"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let worker = welcome_worker(&env, &accounts, &[one_at_a_time()]);
     // Well under the 63 s of b's probe pauses; long for a loaded machine.
     wait_within(
         Duration::from_secs(30),
@@ -319,21 +288,6 @@ fn produce_to(env: &Env, type_: &str, partition: i32, records: &[(String, Vec<u8
     producer.flush(Duration::from_secs(30)).unwrap();
 }
 
-/// `wxpipe_worker_held_records` of the welcome role for `account`, from a worker's admin port.
-async fn held_on(admin: u16, account: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    testkit::metric(
-        &text,
-        "wxpipe_worker_held_records",
-        &[("role", "welcome"), ("account", account)],
-    )
-}
-
 /// Red team: a held record whose partition the group takes away is its new owner's: it must
 /// leave the hold here. It stayed, waiting for b's probe however long the API refuses b (days,
 /// until a person fixes it), counted in the metric and in the role's cap on held records; each
@@ -342,13 +296,8 @@ async fn held_on(admin: u16, account: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_partitions_held_records_leave_the_hold() {
     let env = Env::start().await;
-    let accounts = accounts_file(
-        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
-    );
-    let b_fans: Vec<String> = (0..6).map(|i| format!("b_fan{i}")).collect();
-    for fan in &b_fans {
-        env.wechat.fail(fan, 48001, u32::MAX);
-    }
+    let accounts = accounts_file(B_WITH_SECRET);
+    let b_fans = refused_b_fans(&env, 6);
     for (partition, fans) in b_fans.chunks(3).enumerate() {
         let records: Vec<_> = fans
             .iter()
@@ -357,19 +306,7 @@ async fn a_revoked_partitions_held_records_leave_the_hold() {
             .collect();
         produce_to(&env, "subscribe", partition as i32, &records);
     }
-    let worker = |admin: u16| {
-        KillOnDrop(
-            env.command()
-                .env("RUST_LOG", "warn")
-                .env("WECHAT_ORIGINAL_ID", "gh_a")
-                .env("INGEST_ACCOUNTS", &accounts)
-                .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-                .args(["--role", "welcome"])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let worker = |admin: u16| welcome_worker(&env, &accounts, &[admin_on(admin)]);
     let (admin1, admin2) = (free_port(), free_port());
     let first = worker(admin1);
     wait_within_async(Duration::from_secs(60), "b's six records held", || async {
@@ -406,31 +343,12 @@ async fn a_revoked_partitions_held_records_leave_the_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_that_meets_an_outage_keeps_the_hold() {
     let env = Env::start().await;
-    let accounts = accounts_file(
-        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
-    );
-    let b_fans: Vec<String> = (0..4).map(|i| format!("b_fan{i}")).collect();
-    for fan in &b_fans {
-        env.wechat.fail(fan, 48001, u32::MAX);
-    }
+    let accounts = accounts_file(B_WITH_SECRET);
+    let b_fans = refused_b_fans(&env, 4);
     env.wechat.set_send_delay(Duration::from_millis(400));
     let admin = free_port();
-    let worker = KillOnDrop(
-        env.command()
-            .env("RUST_LOG", "warn")
-            .env("WECHAT_ORIGINAL_ID", "gh_a")
-            .env("INGEST_ACCOUNTS", &accounts)
-            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-            .args(["--role", "welcome"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let records: Vec<_> = b_fans
-        .iter()
-        .enumerate()
-        .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
-        .collect();
+    let worker = welcome_worker(&env, &accounts, &[admin_on(admin)]);
+    let records = subscribes("gh_b", &b_fans, 1000);
     env.produce("subscribe", &records);
     wait_within_async(Duration::from_secs(60), "b's four records held", || async {
         held_on(admin, "gh_b").await == Some(4.0)
@@ -474,12 +392,8 @@ async fn a_probe_that_meets_an_outage_keeps_the_hold() {
         env.wechat.state.lock().unwrap().send_attempts > at_before + 1
     })
     .await;
-    let a_fans: Vec<String> = (0..3).map(|i| format!("a_fan{i}")).collect();
-    let records: Vec<_> = a_fans
-        .iter()
-        .enumerate()
-        .map(|(i, fan)| subscribe("gh_a", fan, 2000 + i as i64, None))
-        .collect();
+    let a_fans = fans("a_fan", 3);
+    let records = subscribes("gh_a", &a_fans, 2000);
     env.produce("subscribe", &records);
     wait_within(
         Duration::from_secs(60),
@@ -498,31 +412,11 @@ async fn a_probe_that_meets_an_outage_keeps_the_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_cap_the_probe_still_goes() {
     let env = Env::start().await;
-    let accounts = accounts_file(
-        "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\nappsecret = \"sb\"\noriginal_id = \"gh_b\"\n",
-    );
-    let b_fans: Vec<String> = (0..66).map(|i| format!("b_fan{i}")).collect();
-    for fan in &b_fans {
-        env.wechat.fail(fan, 48001, u32::MAX);
-    }
+    let accounts = accounts_file(B_WITH_SECRET);
+    let b_fans = refused_b_fans(&env, 66);
     let admin = free_port();
-    let worker = KillOnDrop(
-        env.command()
-            .env("RUST_LOG", "warn")
-            .env("WECHAT_ORIGINAL_ID", "gh_a")
-            .env("INGEST_ACCOUNTS", &accounts)
-            .env("WORKER_CONCURRENCY", "1")
-            .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-            .args(["--role", "welcome"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let records: Vec<_> = b_fans
-        .iter()
-        .enumerate()
-        .map(|(i, fan)| subscribe("gh_b", fan, 1000 + i as i64, None))
-        .collect();
+    let worker = welcome_worker(&env, &accounts, &[one_at_a_time(), admin_on(admin)]);
+    let records = subscribes("gh_b", &b_fans, 1000);
     env.produce("subscribe", &records);
     // 64 give their permits back; the 65th keeps the only one, so the 66th is not read.
     wait_within_async(

@@ -299,12 +299,18 @@ impl Config {
     /// Checks what clap cannot: at least one account is configured, the Kafka property
     /// lists are `key=value`, and those of the in-process workers.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        ops::settings::first(self.problems())
+    }
+
+    /// Every problem [`Config::validate`] finds, each naming its setting, for `validate`.
+    pub fn problems(&self) -> Vec<ConfigError> {
         let shared = &self.shared;
+        let mut problems = Vec::new();
         if self.token.as_ref().is_none_or(|t| t.expose().is_empty())
             && shared.accounts_file.is_none()
             && shared.accounts.is_none()
         {
-            return Err(ConfigError::NoAccount);
+            problems.push(ConfigError::NoAccount);
         }
         // Blank is neither the embedded default nor a broker list: refuse it rather than run
         // a producer that reaches nothing, or the embedded broker where Kafka was meant.
@@ -313,19 +319,25 @@ impl Config {
             .as_deref()
             .is_some_and(|b| b.trim().is_empty())
         {
-            return Err(ConfigError::BlankBrokers);
+            problems.push(ConfigError::BlankBrokers);
         }
         if !self.path.starts_with('/') {
-            return Err(ConfigError::Path(self.path.clone()));
+            problems.push(ConfigError::Path(self.path.clone()));
         }
         // Outside the embedded default (no KAFKA_BROKERS), the store is chosen, never assumed.
-        shared.check_store()?;
-        shared.validate()?;
-        check_properties("KAFKA_PRODUCER_CONFIG", &self.kafka_producer_config)?;
+        problems.extend(shared.check_store().err());
+        problems.extend(shared.problems());
+        problems
+            .extend(check_properties("KAFKA_PRODUCER_CONFIG", &self.kafka_producer_config).err());
         if self.run_workers {
-            self.worker_config().validate()?;
+            let workers = self.worker_config().problems();
+            problems.extend(
+                workers
+                    .into_iter()
+                    .filter(|p| !shared.problems().contains(p)),
+            );
         }
-        Ok(())
+        problems
     }
 
     /// The config of the in-process workers: the same Kafka, store and accounts.

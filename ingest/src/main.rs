@@ -184,7 +184,7 @@ fn validate(
     ops::settings::Shared::check_apart(
         config,
         |config| &mut config.shared,
-        Config::validate,
+        Config::problems,
         &mut problems,
     );
     if let Err(problem) = ingest::accounts::Accounts::load(config) {

@@ -240,13 +240,28 @@ async fn validate_names_every_problem_and_exits_2() {
         &[
             ("KAFKA_BROKERS", "127.0.0.1:9092"),
             ("WECHAT_APPSECRET_FILE", "/nonexistent/wxpipe-appsecret"),
+            ("INGEST_PATH", "wechat"),
+            ("REDIS_KEY_PREFIX", "{wx}"),
+            ("KAFKA_PRODUCER_CONFIG", "linger.ms"),
         ],
     ))
     .await;
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
-    for setting in ["REDIS_URL", "WECHAT_TOKEN", "WECHAT_APPSECRET_FILE"] {
-        assert!(said.contains(setting), "{setting} in:\n{said}");
+    // Each problem on a line of its own, not only the first the start would stop at.
+    let problems: Vec<&str> = said.lines().filter(|l| l.starts_with("problem")).collect();
+    for setting in [
+        "REDIS_URL",
+        "WECHAT_TOKEN",
+        "WECHAT_APPSECRET_FILE",
+        "INGEST_PATH",
+        "REDIS_KEY_PREFIX",
+        "KAFKA_PRODUCER_CONFIG",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(setting)),
+            "{setting} in the problems:\n{said}"
+        );
     }
 }
 

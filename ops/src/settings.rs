@@ -113,13 +113,12 @@ impl Shared {
         }
     }
 
-    /// `validate`'s checks of a binary's `config` (whose `Shared` is `shared`): each check
-    /// stops at its first problem, so the store's is checked on its own and the rest with
-    /// `memory://` standing in for an unset store, and both problems are pushed.
+    /// `validate`'s checks of a binary's `config` (whose `Shared` is `shared`): the store's on
+    /// its own, then every other problem with `memory://` standing in for an unset store.
     pub fn check_apart<C: Clone>(
         config: &C,
         shared: fn(&mut C) -> &mut Shared,
-        validate: fn(&C) -> Result<(), ConfigError>,
+        validate: fn(&C) -> Vec<ConfigError>,
         problems: &mut Vec<String>,
     ) {
         let mut rest = config.clone();
@@ -128,9 +127,7 @@ impl Shared {
             problems.push(problem.to_string());
         }
         settings.redis_url.get_or_insert_with(|| MEMORY.to_owned());
-        if let Err(problem) = validate(&rest) {
-            problems.push(problem.to_string());
-        }
+        problems.extend(validate(&rest).iter().map(ToString::to_string));
     }
 
     /// Whether `memory://` was chosen although Kafka is configured: warned about at start.
@@ -170,21 +167,34 @@ impl Shared {
 
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        first(self.problems())
+    }
+
+    /// Every problem of these settings (what [`Shared::validate`] checks), each naming its
+    /// setting: `validate` reports them all.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         if self.accounts_file.is_some() && self.accounts.is_some() {
-            return Err(ConfigError::Invalid(
+            problems.push(ConfigError::Invalid(
                 "INGEST_ACCOUNTS and [accounts.NAME] tables in the config file are both set: keep the accounts in one place".into(),
             ));
         }
         // Braces would change the Redis Cluster hash tag of every key, so one user's keys
         // could fall into different slots.
         if self.key_prefix.contains(['{', '}']) {
-            return Err(ConfigError::Invalid(format!(
+            problems.push(ConfigError::Invalid(format!(
                 "REDIS_KEY_PREFIX must not contain braces (they are Redis Cluster hash tags): {:?}",
                 self.key_prefix
             )));
         }
-        check_properties("KAFKA_CONFIG", &self.kafka_config)
+        problems.extend(check_properties("KAFKA_CONFIG", &self.kafka_config).err());
+        problems
     }
+}
+
+/// The first of `problems`, as a check that stops at it.
+pub fn first(problems: Vec<ConfigError>) -> Result<(), ConfigError> {
+    problems.into_iter().next().map_or(Ok(()), Err)
 }
 
 /// Why a configuration cannot work. The binaries print it and exit 2.

@@ -252,10 +252,16 @@ impl Config {
     /// Checks what clap cannot: the Kafka property lists are `key=value` pairs, and the
     /// store is named (but for `redrive`, which never touches it).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        ops::settings::first(self.problems())
+    }
+
+    /// Every problem [`Config::validate`] finds, each naming its setting, for `validate`.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         if !matches!(self.command, Some(Command::Redrive { .. })) {
-            self.shared.check_store()?;
+            problems.extend(self.shared.check_store().err());
         }
-        self.shared.validate()?;
+        problems.extend(self.shared.problems());
         // A role with no concurrency would read nothing; the first attempt is one of
         // WORKER_MAX_ATTEMPTS.
         for (name, value) in [
@@ -263,13 +269,17 @@ impl Config {
             ("WORKER_MAX_ATTEMPTS", self.settings.max_attempts as usize),
         ] {
             if value == 0 {
-                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+                problems.push(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
-        check_properties(
-            "KAFKA_CONSUMER_CONFIG",
-            &self.settings.kafka_consumer_config,
-        )
+        problems.extend(
+            check_properties(
+                "KAFKA_CONSUMER_CONFIG",
+                &self.settings.kafka_consumer_config,
+            )
+            .err(),
+        );
+        problems
     }
 
     /// The bootstrap servers, unless unset or blank (a blank list reaches no broker).

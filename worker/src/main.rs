@@ -111,7 +111,7 @@ fn validate(
     ops::settings::Shared::check_apart(
         config,
         |config| &mut config.shared,
-        worker::Config::validate,
+        worker::Config::problems,
         &mut problems,
     );
     if let Err(problem) = worker::accounts::Senders::load(&config.shared) {

@@ -415,6 +415,16 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // An in-process ingress that was not stopped still holds its producer in a task of
+        // the test's runtime, which outlives this value: its broker must outlive it too, or
+        // librdkafka's threads reach a destroyed mock cluster (a SIGSEGV of the whole test
+        // binary, at any later moment). The test process ends soon; the broker is leaked.
+        if self.task.is_some() {
+            std::mem::forget(std::mem::replace(
+                &mut self.kafka,
+                Kafka::Real(String::new()),
+            ));
+        }
     }
 }
 

@@ -728,36 +728,62 @@ fn event_push(from: &str, event: &str, created_at: i64) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "librdkafka 2.12's mock cluster crashes the whole test process (SIGSEGV in rd_kafka_mock_Produce_reply_tags_partition_write) when a Produce reaches a partition made leaderless, a race under load: to be rebuilt on a two-broker mock whose partition leader host goes down"]
-async fn one_sick_partition_never_holds_up_the_rest_of_the_spool() {
-    // 600 spooled pushes, half subscribes, half unsubscribes; Kafka comes back with one
-    // partition of the subscribe topic leaderless. The unsubscribes and the other partition
-    // must reach Kafka while it is sick, each once; when it heals, its records arrive, each
-    // once and in their order; nothing Kafka acknowledged is sent again (counted by end
-    // offsets).
-    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool_dir())).await;
-    let Some(mock) = app.kafka.mock_cluster() else {
-        return;
-    };
-    let (subscribe, unsubscribe) = (app.topic("event.subscribe"), app.topic("event.unsubscribe"));
+/// The ingress binary with a spool in `dir`, over a mock of two hosts where host 2 leads
+/// partition 0 of the subscribe topic and host 1 everything else, with one unsubscribe from
+/// `prefix`_warm on Kafka. Then both hosts go down, `pairs` subscribe and unsubscribe pushes
+/// are spooled (users `prefix`000…), `before_up` runs, and host 1 comes back: that one
+/// partition stays sick until the test starts host 2. `None` against real brokers.
+async fn spool_then_sicken_one_partition(
+    dir: &std::path::Path,
+    prefix: &str,
+    pairs: usize,
+    before_up: impl FnOnce(),
+) -> Option<(RedisServer, TestApp)> {
+    if std::env::var("KAFKA_BROKERS").is_ok_and(|b| !b.is_empty()) {
+        return None;
+    }
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.spool_dir = Some(dir.to_path_buf());
+    let kafka = Kafka::mock_hosts(2, &all_topics(&config.shared.topic_prefix));
+    let app = TestApp::spawn_binary_on(config, kafka).await;
+    let mock = app.kafka.mock_cluster().unwrap();
+    mock.partition_leader(&app.topic("event.subscribe"), 0, Some(2))
+        .unwrap();
     let t = now();
     let (status, reason) = app
-        .post_push(&event_push("sick_warm", "unsubscribe", t))
+        .post_push(&event_push(&format!("{prefix}_warm"), "unsubscribe", t))
         .await;
     assert_eq!(status, 200, "{reason}");
     mock.broker_down(1).unwrap();
-    for i in 0..300 {
+    mock.broker_down(2).unwrap();
+    for i in 0..pairs {
         for event in ["subscribe", "unsubscribe"] {
             let (status, reason) = app
-                .post_push(&event_push(&format!("sick{i:03}"), event, t))
+                .post_push(&event_push(&format!("{prefix}{i:03}"), event, t))
                 .await;
             assert_eq!(status, 200, "spooled: {reason}");
         }
     }
-    mock.partition_leader(&subscribe, 0, None).unwrap();
+    before_up();
     mock.broker_up(1).unwrap();
+    Some((redis, app))
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sick_partition_never_holds_up_the_rest_of_the_spool() {
+    // 600 spooled pushes, half subscribes, half unsubscribes; Kafka comes back with the host
+    // of one partition of the subscribe topic still down. The unsubscribes and the other
+    // partition must reach Kafka while it is sick, each once; when it heals, its records
+    // arrive, each once and in their order; nothing Kafka acknowledged is sent again
+    // (counted by end offsets).
+    let Some((_redis, app)) =
+        spool_then_sicken_one_partition(&spool_dir(), "sick", 300, || {}).await
+    else {
+        return;
+    };
+    let mock = app.kafka.mock_cluster().unwrap();
+    let (subscribe, unsubscribe) = (app.topic("event.subscribe"), app.topic("event.unsubscribe"));
     let healthy = || app.kafka.count(&unsubscribe);
     assert!(
         eventually(Duration::from_secs(40), || healthy() >= 301).await,
@@ -775,7 +801,7 @@ async fn one_sick_partition_never_holds_up_the_rest_of_the_spool() {
         "each record of the healthy partition once"
     );
 
-    mock.partition_leader(&subscribe, 0, Some(1)).unwrap();
+    mock.broker_up(2).unwrap();
     assert!(
         eventually(Duration::from_secs(40), || app.kafka.count(&subscribe)
             >= 300)
@@ -899,45 +925,31 @@ async fn a_missing_topic_never_holds_up_the_rest_of_the_spool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "librdkafka 2.12's mock cluster crashes the whole test process (SIGSEGV in rd_kafka_mock_Produce_reply_tags_partition_write) when a Produce reaches a partition made leaderless, a race under load: to be rebuilt on a two-broker mock whose partition leader host goes down"]
 async fn a_rewrite_the_disk_refuses_never_sends_what_kafka_took_again_each_round() {
     // As with one sick partition, but the disk refuses to rewrite the segment (here a
     // directory stands where its rewrite goes; a full disk fails the write the same way). The
     // segment stays whole, so its records Kafka took are in it still: the next rounds must
     // not send them again, round after round, for as long as the partition is sick.
     let dir = spool_dir();
-    let (_redis, app) = spawn(|config| config.spool_dir = Some(dir.clone())).await;
-    let Some(mock) = app.kafka.mock_cluster() else {
+    let mut blocked = Vec::new();
+    let block_rewrites = || {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "seg") {
+                let beside = path.with_extension("seg.rewrite");
+                std::fs::create_dir(&beside).unwrap();
+                blocked.push(beside);
+            }
+        }
+        assert!(!blocked.is_empty(), "the pushes were spooled");
+    };
+    let Some((_redis, app)) =
+        spool_then_sicken_one_partition(&dir, "refused", 100, block_rewrites).await
+    else {
         return;
     };
+    let mock = app.kafka.mock_cluster().unwrap();
     let (subscribe, unsubscribe) = (app.topic("event.subscribe"), app.topic("event.unsubscribe"));
-    let t = now();
-    let (status, reason) = app
-        .post_push(&event_push("refused_warm", "unsubscribe", t))
-        .await;
-    assert_eq!(status, 200, "{reason}");
-    mock.broker_down(1).unwrap();
-    for i in 0..100 {
-        for event in ["subscribe", "unsubscribe"] {
-            let (status, reason) = app
-                .post_push(&event_push(&format!("refused{i:03}"), event, t))
-                .await;
-            assert_eq!(status, 200, "spooled: {reason}");
-        }
-    }
-    let mut blocked = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "seg") {
-            let beside = path.with_extension("seg.rewrite");
-            std::fs::create_dir(&beside).unwrap();
-            blocked.push(beside);
-        }
-    }
-    assert!(!blocked.is_empty(), "the pushes were spooled");
-    mock.partition_leader(&subscribe, 0, None).unwrap();
-    mock.broker_up(1).unwrap();
-
     let healthy = || app.kafka.count(&unsubscribe);
     assert!(
         eventually(Duration::from_secs(40), || healthy() >= 101).await,
@@ -951,7 +963,7 @@ async fn a_rewrite_the_disk_refuses_never_sends_what_kafka_took_again_each_round
     for beside in blocked {
         std::fs::remove_dir(beside).unwrap();
     }
-    mock.partition_leader(&subscribe, 0, Some(1)).unwrap();
+    mock.broker_up(2).unwrap();
     assert!(
         eventually(Duration::from_secs(40), || app.kafka.count(&subscribe)
             >= 100)

@@ -276,9 +276,18 @@ impl Kafka {
     }
 
     pub fn mock(topics: &[String]) -> Kafka {
-        let cluster = MockCluster::new(1).unwrap();
+        Kafka::mock_hosts(1, topics)
+    }
+
+    /// A mock cluster of `brokers` hosts, every partition led by broker 1 until a test moves
+    /// one (`partition_leader`): a host a test stops then sickens only what it leads.
+    pub fn mock_hosts(brokers: i32, topics: &[String]) -> Kafka {
+        let cluster = MockCluster::new(brokers).unwrap();
         for topic in topics {
             cluster.create_topic(topic, 2, 1).unwrap();
+            for partition in 0..2 {
+                cluster.partition_leader(topic, partition, Some(1)).unwrap();
+            }
         }
         Kafka::Mock(cluster)
     }

@@ -92,6 +92,13 @@ impl TestApp {
     /// never runs with a setting silently dropped.
     pub async fn spawn_binary(mut config: Config) -> TestApp {
         let kafka = start_kafka(&mut config);
+        Self::spawn_binary_on(config, kafka).await
+    }
+
+    /// [`TestApp::spawn_binary`] on a Kafka the test started itself (a mock of several
+    /// brokers), which the config then names.
+    pub async fn spawn_binary_on(mut config: Config, kafka: Kafka) -> TestApp {
+        config.shared.kafka_brokers = Some(kafka.brokers());
         // A port free a moment ago may be taken before the binary binds it (by another test's
         // connection): then the binary exits, and is started again on other ports.
         for attempt in 1.. {

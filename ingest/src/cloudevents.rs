@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `ce_specversion` | `1.0` |
 //! | `ce_id` | the event's `id` (the dedup identity) |
-//! | `ce_source` | `/wechat/{account}` (`ToUserName`) |
+//! | `ce_source` | `/wechat/{account}` (`ToUserName`); `/wechat/component/{appid}` for an authorization event |
 //! | `ce_type` | `wechat.{kind}.{type}`, whatever the topic prefix |
 //! | `ce_time` | `CreateTime`, RFC 3339, UTC |
 //! | `content-type` | `application/json` |
@@ -31,9 +31,13 @@ pub struct CloudEvent {
 
 impl CloudEvent {
     pub fn new(account: &str, kind: &str, type_: &str, created_at: i64) -> CloudEvent {
-        // "/wechat/" + account + "wechat." + kind + "." + type + "YYYY-MM-DDTHH:MM:SSZ"
-        let mut buf = String::with_capacity(8 + account.len() + 8 + kind.len() + type_.len() + 20);
+        // "/wechat/" + ["component/"] + account + "wechat." + kind + "." + type + "YYYY-MM-DDTHH:MM:SSZ"
+        let mut buf = String::with_capacity(18 + account.len() + 8 + kind.len() + type_.len() + 20);
         buf.push_str("/wechat/");
+        // An authorization event's source is the component (its `account` is the AppID).
+        if kind == schemas::Kind::Component.as_str() {
+            buf.push_str("component/");
+        }
         buf.push_str(account);
         let source_end = buf.len();
         buf.push_str("wechat.");

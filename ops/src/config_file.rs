@@ -60,7 +60,10 @@ pub fn file_key(variable: &str) -> Option<String> {
     if variable == CONFIG_VARIABLE {
         return None;
     }
-    let (section, key) = variable.split_once('_')?;
+    let (section, key) = match variable.strip_prefix("WECHAT_COMPONENT_") {
+        Some(key) => ("component", key),
+        None => variable.split_once('_')?,
+    };
     let (section, key) = (section.to_lowercase(), key.to_lowercase());
     Some(if PROPERTY_SETTINGS.contains(&variable) {
         format!("[{section}.{key}]")
@@ -232,7 +235,13 @@ pub fn parse(text: &str, known: &BTreeSet<String>, origin: &str) -> Result<Parse
     // section → key → variable, by the rule.
     let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for name in known.iter().filter(|name| *name != CONFIG_VARIABLE) {
-        if let Some((section, key)) = name.split_once('_') {
+        // `WECHAT_COMPONENT_X` ↔ `[component] x`, not `[wechat] component_x`.
+        if let Some(key) = name.strip_prefix("WECHAT_COMPONENT_") {
+            sections
+                .entry("component".to_owned())
+                .or_default()
+                .insert(key.to_lowercase(), name.clone());
+        } else if let Some((section, key)) = name.split_once('_') {
             sections
                 .entry(section.to_lowercase())
                 .or_default()
@@ -247,12 +256,6 @@ pub fn parse(text: &str, known: &BTreeSet<String>, origin: &str) -> Result<Parse
             parsed.accounts = Some(AccountsFile::from_table(file, origin)?);
             continue;
         }
-        if section == "component" {
-            return Err(
-                "[component] (Open Platform mode) is not supported by this version: remove the table"
-                    .into(),
-            );
-        }
         let Some(keys) = sections.get(&section) else {
             let mut candidates: Vec<String> = sections.keys().map(|s| format!("[{s}]")).collect();
             candidates.push("[accounts.NAME]".into());
@@ -262,7 +265,10 @@ pub fn parse(text: &str, known: &BTreeSet<String>, origin: &str) -> Result<Parse
             return Err(format!("{section} must be a table: [{section}]"));
         };
         for (key, value) in entries {
-            let name = format!("{}_{}", section.to_uppercase(), key.to_uppercase());
+            let name = keys
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| format!("{}_{}", section.to_uppercase(), key.to_uppercase()));
             let known_key = keys.contains_key(&key);
             if known_key && PROPERTY_SETTINGS.contains(&name.as_str()) {
                 let toml::Value::Table(properties) = value else {
@@ -494,6 +500,7 @@ mod tests {
             "INGEST_MAX_IN_FLIGHT",
             "REDIS_URL",
             "WECHAT_TOKEN",
+            "WECHAT_COMPONENT_APPID",
             "WORKER_ROLES",
             "WXPIPE_CONFIG",
         ]
@@ -538,6 +545,10 @@ mod tests {
             file_key("KAFKA_CONSUMER_CONFIG").unwrap(),
             "[kafka.consumer_config]"
         );
+        assert_eq!(
+            file_key("WECHAT_COMPONENT_TOKEN_FILE").unwrap(),
+            "[component] token_file"
+        );
         assert_eq!(file_key(CONFIG_VARIABLE), None);
     }
 
@@ -551,7 +562,11 @@ mod tests {
             "{error}"
         );
         assert!(parse("[wxpipe]\nconfig = \"x\"\n", &known(), "t").is_err());
-        assert!(parse("[component]\nappid = \"x\"\n", &known(), "t").is_err());
+        let parsed = parse("[component]\nappid = \"x\"\n", &known(), "t").unwrap();
+        assert_eq!(
+            parsed.values,
+            [("WECHAT_COMPONENT_APPID".to_owned(), "x".to_owned())]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wechat::accounts::{AccountsFile, Secret};
+use wechat::accounts::{AccountsFile, ComponentEntry, Secret};
 
 /// `REDIS_URL` for a store in this process only.
 pub const MEMORY: &str = "memory://";
@@ -84,6 +84,47 @@ pub struct Shared {
     #[arg(skip)]
     pub accounts: Option<AccountsFile>,
 
+    /// Open Platform mode: the third-party platform's `component_appid`. With the component's
+    /// token and EncodingAESKey, the ingress takes its authorization events at
+    /// `{INGEST_PATH}/component/auth` and each authorizer's pushes at
+    /// `{INGEST_PATH}/component/{AUTHORIZER_APPID}`. Or the `[component]` table of
+    /// `INGEST_ACCOUNTS`.
+    #[arg(long, env = "WECHAT_COMPONENT_APPID")]
+    pub component_appid: Option<String>,
+
+    /// The component's `component_appsecret`: the `component` worker's API calls.
+    #[arg(long, env = "WECHAT_COMPONENT_APPSECRET", hide_env_values = true)]
+    pub component_appsecret: Option<Secret>,
+
+    /// A file holding `WECHAT_COMPONENT_APPSECRET`, trailing newline ignored.
+    #[arg(long, env = "WECHAT_COMPONENT_APPSECRET_FILE")]
+    pub component_appsecret_file: Option<PathBuf>,
+
+    /// The component's message Token (the signatures of every component push).
+    #[arg(long, env = "WECHAT_COMPONENT_TOKEN", hide_env_values = true)]
+    pub component_token: Option<Secret>,
+
+    /// A file holding `WECHAT_COMPONENT_TOKEN`, trailing newline ignored.
+    #[arg(long, env = "WECHAT_COMPONENT_TOKEN_FILE")]
+    pub component_token_file: Option<PathBuf>,
+
+    /// The component's 43-character EncodingAESKey: every component push is encrypted.
+    #[arg(
+        long,
+        env = "WECHAT_COMPONENT_ENCODING_AES_KEY",
+        hide_env_values = true
+    )]
+    pub component_encoding_aes_key: Option<Secret>,
+
+    /// A file holding `WECHAT_COMPONENT_ENCODING_AES_KEY`, trailing newline ignored.
+    #[arg(long, env = "WECHAT_COMPONENT_ENCODING_AES_KEY_FILE")]
+    pub component_encoding_aes_key_file: Option<PathBuf>,
+
+    /// Answer WeChat's release-check (全网发布) test accounts with their fixed replies, as a
+    /// platform must before it goes live; every other push is answered as usual.
+    #[arg(long, env = "WECHAT_COMPONENT_RELEASE_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub component_release_check: bool,
+
     /// A TOML file of settings both binaries read (docs/configuration.md): `[kafka] brokers`
     /// for `KAFKA_BROKERS` and so on. Flags and the environment override it.
     #[arg(long, env = "WXPIPE_CONFIG")]
@@ -151,6 +192,29 @@ impl Shared {
             problems.push(problem);
         }
         self.appsecret = appsecret.map(Secret::new);
+        for (value, file, variable) in [
+            (
+                &mut self.component_appsecret,
+                &self.component_appsecret_file,
+                "WECHAT_COMPONENT_APPSECRET",
+            ),
+            (
+                &mut self.component_token,
+                &self.component_token_file,
+                "WECHAT_COMPONENT_TOKEN",
+            ),
+            (
+                &mut self.component_encoding_aes_key,
+                &self.component_encoding_aes_key_file,
+                "WECHAT_COMPONENT_ENCODING_AES_KEY",
+            ),
+        ] {
+            let mut text = value.take().map(|s| s.expose().to_owned());
+            if let Err(problem) = from_file(&mut text, file, variable) {
+                problems.push(problem);
+            }
+            *value = text.map(Secret::new);
+        }
         if let Err(problem) = property_files("KAFKA_CONFIG", &mut self.kafka_config) {
             problems.push(problem);
         }
@@ -163,6 +227,45 @@ impl Shared {
             (Some(path), _) => AccountsFile::read(path).map(Some),
             (None, accounts) => Ok(accounts.clone()),
         }
+    }
+
+    /// The Open Platform component: the `WECHAT_COMPONENT_*` settings (or the config file's
+    /// `[component]`), or the `[component]` table of `INGEST_ACCOUNTS`; `None` when neither.
+    pub fn component(&self) -> Result<Option<ComponentEntry>, String> {
+        let from_file = self.accounts()?.and_then(|file| file.component);
+        let set = self.component_appid.is_some()
+            || self.component_token.is_some()
+            || self.component_encoding_aes_key.is_some()
+            || self.component_appsecret.is_some();
+        if !set {
+            return Ok(from_file);
+        }
+        if from_file.is_some() {
+            return Err("WECHAT_COMPONENT_* and a [component] table in INGEST_ACCOUNTS are both set: keep the component in one place".into());
+        }
+        let missing = |name: &str| {
+            format!(
+                "WECHAT_COMPONENT_{name} is required with the other WECHAT_COMPONENT_* settings"
+            )
+        };
+        let component = ComponentEntry {
+            appid: self
+                .component_appid
+                .clone()
+                .ok_or_else(|| missing("APPID"))?,
+            appsecret: self.component_appsecret.clone(),
+            token: self
+                .component_token
+                .clone()
+                .ok_or_else(|| missing("TOKEN"))?,
+            encoding_aes_key: self
+                .component_encoding_aes_key
+                .clone()
+                .ok_or_else(|| missing("ENCODING_AES_KEY"))?,
+            release_check: self.component_release_check,
+        };
+        component.check("WECHAT_COMPONENT_*")?;
+        Ok(Some(component))
     }
 
     /// Checks what clap cannot.
@@ -188,6 +291,9 @@ impl Shared {
             )));
         }
         problems.extend(check_properties("KAFKA_CONFIG", &self.kafka_config).err());
+        if let Err(problem) = self.component() {
+            problems.push(ConfigError::Invalid(problem));
+        }
         problems
     }
 }

@@ -56,8 +56,12 @@ pub fn json_schema(topic: Topic) -> Value {
                 .filter(|t| t.kind == topic.kind())
                 .map(|t| t.name)
                 .collect();
+            let description = format!(
+                "lower-case type; the original spelling is in extra.{}",
+                topic.kind().type_element()
+            );
             json!({"type": "string", "minLength": 1, "not": {"enum": known},
-                   "description": "lower-case type; the original spelling is in extra.Event / extra.MsgType"})
+                   "description": description})
         }
     };
     let mut properties = Map::new();
@@ -70,6 +74,18 @@ pub fn json_schema(topic: Topic) -> Value {
         "kind",
         "type",
     ];
+    let component = topic.kind() == Kind::Component;
+    let (account, openid) = if component {
+        (
+            "AppId: the component's AppID",
+            "the authorizer's AppID (the component's in a ticket); also the record key",
+        )
+    } else {
+        (
+            "ToUserName: the account's original id (gh_…)",
+            "FromUserName: the user's OpenID; also the record key",
+        )
+    };
     for (name, schema) in [
         (
             "id",
@@ -77,11 +93,11 @@ pub fn json_schema(topic: Topic) -> Value {
         ),
         (
             "account",
-            json!({"type": "string", "minLength": 1, "description": "ToUserName: the account's original id (gh_…)"}),
+            json!({"type": "string", "minLength": 1, "description": account}),
         ),
         (
             "openid",
-            json!({"type": "string", "minLength": 1, "description": "FromUserName: the user's OpenID; also the record key"}),
+            json!({"type": "string", "minLength": 1, "description": openid}),
         ),
         (
             "created_at",
@@ -101,6 +117,13 @@ pub fn json_schema(topic: Topic) -> Value {
         properties.insert(field.json.to_owned(), field_schema(field));
         required.push(field.json);
     }
+    if !component {
+        properties.insert(
+            "appid".to_owned(),
+            json!({"type": "string", "minLength": 1,
+                   "description": "Open Platform mode only: the authorizer AppID of the route the push came in on"}),
+        );
+    }
     properties.insert(
         "extra".to_owned(),
         json!({"type": "object", "additionalProperties": {"$ref": "#/$defs/xml"},
@@ -112,7 +135,11 @@ pub fn json_schema(topic: Topic) -> Value {
         "$id": format!("urn:wxpipe:schema:v{VERSION}:{suffix}"),
         "title": format!("wxpipe record on {{prefix}}.{suffix}"),
         "description": topic.spec().map_or(
-            if topic.kind() == Kind::Event { "an event of a type wxpipe does not know yet" } else { "a message of a type wxpipe does not know yet" },
+            match topic.kind() {
+                Kind::Event => "an event of a type wxpipe does not know yet",
+                Kind::Message => "a message of a type wxpipe does not know yet",
+                Kind::Component => "an Open Platform authorization event of a type wxpipe does not know yet",
+            },
             |s| s.doc,
         ),
         "type": "object",

@@ -25,12 +25,14 @@ pub use id::{EventId, OpenId};
 pub use json_schema::json_schema;
 pub use topic::{all_topic_names, dead_letter_topic, Topic, DEAD_LETTER_ROLES};
 
-/// Whether a push is an event (`MsgType` = `event`) or a user message.
+/// Whether a push is an event (`MsgType` = `event`), a user message, or an Open Platform
+/// authorization event (`InfoType`, sent to a third-party platform's component).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Event,
     Message,
+    Component,
 }
 
 impl Kind {
@@ -38,6 +40,16 @@ impl Kind {
         match self {
             Kind::Event => "event",
             Kind::Message => "message",
+            Kind::Component => "component",
+        }
+    }
+
+    /// The XML element that names a push's type in this kind.
+    pub fn type_element(self) -> &'static str {
+        match self {
+            Kind::Event => "Event",
+            Kind::Message => "MsgType",
+            Kind::Component => "InfoType",
         }
     }
 }
@@ -47,10 +59,15 @@ impl Kind {
 pub struct Event {
     /// The dedup identity; the same for every retry of one push.
     pub id: EventId,
-    /// `ToUserName`: the Official Account's original id (`gh_…`).
+    /// `ToUserName`: the Official Account's original id (`gh_…`); the component AppID in an
+    /// authorization event.
     pub account: String,
-    /// `FromUserName`: the user's OpenID.
+    /// `FromUserName`: the user's OpenID; the authorizer AppID in an authorization event (the
+    /// component AppID in a ticket).
     pub openid: OpenId,
+    /// Open Platform mode only: the authorizer AppID of the route a push came in on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appid: Option<String>,
     /// `CreateTime`, Unix seconds.
     pub created_at: i64,
     /// When the ingress received the push (RFC 3339, UTC, milliseconds).

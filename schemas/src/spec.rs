@@ -70,6 +70,15 @@ const fn event(name: &'static str, doc: &'static str, fields: &'static [Field]) 
     }
 }
 
+const fn component(name: &'static str, doc: &'static str, fields: &'static [Field]) -> TypeSpec {
+    TypeSpec {
+        kind: Kind::Component,
+        name,
+        fields,
+        doc,
+    }
+}
+
 const fn message(name: &'static str, doc: &'static str, fields: &'static [Field]) -> TypeSpec {
     TypeSpec {
         kind: Kind::Message,
@@ -211,7 +220,37 @@ const SUBSCRIBE_STATUS: Field = field(
     "`accept` or `reject`",
 );
 
-/// Every known type. A type not here goes to `{prefix}.event.other` or `{prefix}.message.other`.
+/// The authorizer AppID of an authorization event.
+const AUTHORIZER: Field = field(
+    "authorizer_appid",
+    &[&["AuthorizerAppid"]],
+    Text,
+    "the authorizer's AppID (AuthorizerAppid)",
+);
+const AUTHORIZATION: [Field; 4] = [
+    AUTHORIZER,
+    field(
+        "authorization_code",
+        &[&["AuthorizationCode"]],
+        OptText,
+        "the code the component exchanges for the authorizer's tokens (api_query_auth)",
+    ),
+    field(
+        "authorization_code_expired_time",
+        &[&["AuthorizationCodeExpiredTime"]],
+        OptInt,
+        "when the code expires (Unix seconds)",
+    ),
+    field(
+        "pre_auth_code",
+        &[&["PreAuthCode"]],
+        OptText,
+        "the pre-authorization code the authorization used",
+    ),
+];
+
+/// Every known type. A type not here goes to `{prefix}.event.other`, `{prefix}.message.other`
+/// or `{prefix}.component.other`.
 pub const TYPES: &[TypeSpec] = &[
     event(
         "subscribe",
@@ -576,6 +615,32 @@ pub const TYPES: &[TypeSpec] = &[
             field("url", &[&["Url"]], OptText, "URL"),
             MSG_ID,
         ],
+    ),
+    // Open Platform: the authorization events a component receives (`InfoType`).
+    component(
+        "component_verify_ticket",
+        "WeChat's ticket for the component, every 10 minutes; a credential: with the AppSecret it gets the component token",
+        &[field(
+            "ticket",
+            &[&["ComponentVerifyTicket"]],
+            Text,
+            "the ticket (ComponentVerifyTicket)",
+        )],
+    ),
+    component(
+        "authorized",
+        "an Official Account authorized the component",
+        &AUTHORIZATION,
+    ),
+    component(
+        "updateauthorized",
+        "an authorizer changed what it authorized",
+        &AUTHORIZATION,
+    ),
+    component(
+        "unauthorized",
+        "an authorizer withdrew its authorization",
+        &[AUTHORIZER],
     ),
 ];
 

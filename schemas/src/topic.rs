@@ -20,14 +20,18 @@ impl Topic {
         }
     }
 
-    /// Every topic wxpipe may write: the known types', then `event.other` and `message.other`.
+    /// Every topic wxpipe may write: the known types', then `event.other`, `message.other`
+    /// and `component.other`.
     pub fn all() -> impl Iterator<Item = Topic> {
         (0..TYPES.len())
             .map(|i| Topic {
                 kind: TYPES[i].kind,
                 known: Some(i),
             })
-            .chain([Kind::Event, Kind::Message].map(|kind| Topic { kind, known: None }))
+            .chain(
+                [Kind::Event, Kind::Message, Kind::Component]
+                    .map(|kind| Topic { kind, known: None }),
+            )
     }
 
     pub fn kind(self) -> Kind {
@@ -56,7 +60,7 @@ impl Topic {
 }
 
 /// The worker roles, each with a dead-letter topic of its own (by the contract).
-pub const DEAD_LETTER_ROLES: [&str; 3] = ["unbind", "welcome", "location"];
+pub const DEAD_LETTER_ROLES: [&str; 4] = ["unbind", "welcome", "location", "component"];
 
 /// The dead-letter topic of a worker role under a prefix: `wechat.dlq.welcome`.
 pub fn dead_letter_topic(prefix: &str, role: &str) -> String {

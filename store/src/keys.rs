@@ -19,8 +19,12 @@
 //! | `{p}:geo_at:{account}` | hash OpenID → `created_at` of the location in the GEO set (last write wins there too) |
 //! | `{p}:token:{appid}` | the cached access token, expiring before WeChat's does |
 //! | `{p}:token_lock:{appid}` | the lock held while one process fetches a token |
+//! | `{p}:component:{C}:ticket`, `…:authorizer:{A}`, `…:token`, `…:token_lock` | an Open Platform component's state ([`crate::component`]) |
 
 use schemas::EventId;
+
+/// How a component's access token is named to the token cache (see [`Keys::token`]).
+pub(crate) const COMPONENT_TOKEN: &str = "component/";
 
 /// Key names under `REDIS_KEY_PREFIX`.
 #[derive(Debug, Clone)]
@@ -84,12 +88,34 @@ impl Keys {
         self.key("welcome", &[EventId::user_of(id)], Some(id))
     }
 
+    /// An account's (or an authorizer's) access token; a component's under its own tag
+    /// (named by [`crate::component::component_token`]).
     pub fn token(&self, appid: &str) -> String {
-        self.key("token", &[appid], None)
+        match appid.strip_prefix(COMPONENT_TOKEN) {
+            Some(component) => self.key("component", &[component], Some("token")),
+            None => self.key("token", &[appid], None),
+        }
     }
 
     pub fn token_lock(&self, appid: &str) -> String {
-        self.key("token_lock", &[appid], None)
+        match appid.strip_prefix(COMPONENT_TOKEN) {
+            Some(component) => self.key("component", &[component], Some("token_lock")),
+            None => self.key("token_lock", &[appid], None),
+        }
+    }
+
+    /// A component's newest ticket.
+    pub fn component_ticket(&self, component: &str) -> String {
+        self.key("component", &[component], Some("ticket"))
+    }
+
+    /// What a component knows of one authorizer.
+    pub fn component_authorizer(&self, component: &str, authorizer: &str) -> String {
+        self.key(
+            "component",
+            &[component],
+            Some(&format!("authorizer:{authorizer}")),
+        )
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`dedup`]: the ingress's claims, with group commit on Redis.
 //! - [`effects`]: one narrow trait per worker effect (subscriptions, locations, welcome
 //!   sends, the token cache).
+//! - [`component`]: an Open Platform component's tickets and authorizers, which the ingress
+//!   and the `component` worker share.
 //!
 //! Every trait runs the same test suite on every engine (`store/tests/`). This crate knows
 //! nothing of HTTP, Kafka or WeChat's protocol, and must never depend on `ingest` or
@@ -16,6 +18,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod component;
 pub mod dedup;
 pub mod effects;
 mod engine;

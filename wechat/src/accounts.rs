@@ -14,6 +14,17 @@
 //! Each secret may come from a file instead: `token_file`, `appsecret_file`,
 //! `encoding_aes_key_file` (trailing newline ignored). The config file's `[accounts.NAME]`
 //! tables are the same entries.
+//!
+//! A third-party platform (WeChat Open Platform) adds one `[component]` table:
+//!
+//! ```toml
+//! [component]
+//! appid = "wx…"            # the component_appid
+//! appsecret = "…"          # the component_appsecret (the component worker's API calls)
+//! token = "…"              # the message Token
+//! encoding_aes_key = "…"   # the EncodingAESKey (every component push is encrypted)
+//! release_check = false    # answer WeChat's release-check test accounts
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,12 +77,44 @@ pub struct AccountEntry {
     pub accept_plaintext: bool,
 }
 
-/// The whole file: accounts by name, sorted.
+/// The `[component]` table (or the `WECHAT_COMPONENT_*` settings): a WeChat Open Platform
+/// third-party platform, which receives every authorizer's pushes through one component.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentEntry {
+    pub appid: String,
+    /// Needed by the component worker (component token); the ingress never uses it.
+    pub appsecret: Option<Secret>,
+    pub token: Secret,
+    pub encoding_aes_key: Secret,
+    /// Answer WeChat's release-check (全网发布) test accounts with their fixed replies.
+    #[serde(default)]
+    pub release_check: bool,
+}
+
+impl ComponentEntry {
+    /// What makes a component unusable, naming `origin` (`[component]`, `WECHAT_COMPONENT_*`).
+    pub fn check(&self, origin: &str) -> Result<(), String> {
+        if self.appid.trim().is_empty() {
+            return Err(format!("{origin}: appid is empty"));
+        }
+        if self.token.expose().is_empty() {
+            return Err(format!("{origin}: token is empty"));
+        }
+        crate::decrypt::AesKey::parse(self.encoding_aes_key.expose())
+            .map_err(|e| format!("{origin}: encoding_aes_key: {e}"))?;
+        Ok(())
+    }
+}
+
+/// The whole file: accounts by name, sorted, and the component, if any.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountsFile {
     #[serde(default)]
     pub accounts: BTreeMap<String, AccountEntry>,
+    #[serde(default)]
+    pub component: Option<ComponentEntry>,
 }
 
 impl AccountsFile {
@@ -96,9 +139,15 @@ impl AccountsFile {
                 }
             }
         }
+        if let Some(toml::Value::Table(component)) = table.get_mut("component") {
+            secrets_from_files(component).map_err(|e| format!("{origin}: [component] {e}"))?;
+        }
         let file: AccountsFile = toml::Value::Table(table)
             .try_into()
             .map_err(|e| format!("{origin}: {e}"))?;
+        if let Some(component) = &file.component {
+            component.check(&format!("{origin}: [component]"))?;
+        }
         for name in file.accounts.keys() {
             if name.is_empty()
                 || !name

@@ -202,7 +202,18 @@ fn typed(source: &mut impl Source, field: &Field) -> Result<Value, ParseError> {
 }
 
 /// Normalizes a push received at `received_at` (RFC 3339).
-pub fn normalize(mut push: Push, received_at: String) -> Result<Event, ParseError> {
+pub fn normalize(push: Push, received_at: String) -> Result<Event, ParseError> {
+    normalize_on(push, received_at, None)
+}
+
+/// Normalizes a push that came in on an Open Platform authorizer's route, `appid` (the
+/// authorizer AppID of the route, `None` on an account's own route): the record names the
+/// route's AppID, and its identity covers it, so two routes never share an identity.
+pub fn normalize_on(
+    mut push: Push,
+    received_at: String,
+    appid: Option<&str>,
+) -> Result<Event, ParseError> {
     check_id(&push.to_user, "ToUserName")?;
     check_id(&push.from_user, "FromUserName")?;
     let (kind, type_, original) = if push.msg_type.trim().eq_ignore_ascii_case("event") {
@@ -219,8 +230,40 @@ pub fn normalize(mut push: Push, received_at: String) -> Result<Event, ParseErro
             msg_type,
         )
     };
+    if let Some(appid) = appid {
+        check_id(appid, "AppId")?;
+    }
+    finish(push, kind, type_, original, received_at, appid)
+}
+
+/// Normalizes an Open Platform authorization event ([`Push::component`]).
+pub fn normalize_component(push: Push, received_at: String) -> Result<Event, ParseError> {
+    check_id(&push.to_user, "AppId")?;
+    check_id(&push.from_user, "AuthorizerAppid")?;
+    let info_type = push.msg_type.clone();
+    let type_ = info_type.trim().to_ascii_lowercase();
+    finish(push, Kind::Component, type_, info_type, received_at, None)
+}
+
+fn finish(
+    mut push: Push,
+    kind: Kind,
+    type_: String,
+    original: String,
+    received_at: String,
+    appid: Option<&str>,
+) -> Result<Event, ParseError> {
     // WeChat spells it `MsgId` in messages and `MsgID` in some events.
     let msg_id = push.text("MsgId").or_else(|| push.text("MsgID"));
+    let digest = match appid {
+        None => fields_digest(&push.fields),
+        Some(appid) => {
+            // Under a name no XML element can have.
+            let mut fields = push.fields.clone();
+            fields.push((" appid".to_owned(), Value::String(appid.to_owned())));
+            fields_digest(&fields)
+        }
+    };
     let id = EventId::new(
         &push.to_user,
         &push.from_user,
@@ -228,7 +271,7 @@ pub fn normalize(mut push: Push, received_at: String) -> Result<Event, ParseErro
         kind,
         &type_,
         msg_id,
-        &fields_digest(&push.fields),
+        &digest,
     );
 
     let topic = Topic::of(kind, &type_);
@@ -239,18 +282,14 @@ pub fn normalize(mut push: Push, received_at: String) -> Result<Event, ParseErro
     let mut extra: Map<String, Value> = push.fields.into_iter().collect();
     if topic.spec().is_none() {
         // `type` is lower-cased; keep the name exactly as WeChat sent it.
-        let name = if kind == Kind::Event {
-            "Event"
-        } else {
-            "MsgType"
-        };
-        extra.insert(name.into(), Value::String(original));
+        extra.insert(kind.type_element().into(), Value::String(original));
     }
 
     Ok(Event {
         id,
         account: push.to_user,
         openid: OpenId::new(push.from_user),
+        appid: appid.map(str::to_owned),
         created_at: push.create_time,
         received_at,
         kind,
@@ -591,5 +630,86 @@ mod tests {
             let value = serde_json::to_value(&e).unwrap();
             assert!(jsonschema::is_valid(&schema, &value), "{file}: {value}");
         }
+    }
+}
+
+#[cfg(test)]
+mod component_tests {
+    use super::*;
+    use crate::parse::{ParseError, Push};
+    use serde_json::json;
+
+    const AT: &str = "2026-12-06T00:00:00.000Z";
+
+    fn component(xml: &str) -> Result<Event, ParseError> {
+        normalize_component(Push::component(xml.as_bytes())?, AT.into())
+    }
+
+    #[test]
+    fn a_ticket_is_keyed_by_the_component() {
+        let e = component("<xml><AppId>wxcomponent</AppId><CreateTime>1413192605</CreateTime><InfoType>component_verify_ticket</InfoType><ComponentVerifyTicket>ticket@@@x</ComponentVerifyTicket></xml>").unwrap();
+        assert_eq!(
+            e.topic().name("wechat"),
+            "wechat.component.component_verify_ticket"
+        );
+        assert_eq!(
+            (e.account.as_str(), e.openid.as_str()),
+            ("wxcomponent", "wxcomponent")
+        );
+        assert_eq!(
+            serde_json::Value::Object(e.fields),
+            json!({"ticket": "ticket@@@x"})
+        );
+        assert!(e.extra.is_empty());
+    }
+
+    #[test]
+    fn an_authorization_is_keyed_by_its_authorizer() {
+        let e = component("<xml><AppId>wxcomponent</AppId><CreateTime>1413192760</CreateTime><InfoType>authorized</InfoType><AuthorizerAppid>wxauthorizer</AuthorizerAppid><AuthorizationCode>code</AuthorizationCode><AuthorizationCodeExpiredTime>1413196360</AuthorizationCodeExpiredTime><PreAuthCode>pre</PreAuthCode></xml>").unwrap();
+        assert_eq!(e.topic().suffix(), "component.authorized");
+        assert_eq!(e.openid, "wxauthorizer");
+        assert_eq!(
+            serde_json::Value::Object(e.fields),
+            json!({"authorizer_appid": "wxauthorizer", "authorization_code": "code",
+                   "authorization_code_expired_time": 1413196360, "pre_auth_code": "pre"})
+        );
+        let other = component("<xml><AppId>wxcomponent</AppId><CreateTime>1</CreateTime><InfoType>notify_third_fasteregister</InfoType></xml>").unwrap();
+        assert_eq!(other.topic().suffix(), "component.other");
+        assert_eq!(other.extra["InfoType"], "notify_third_fasteregister");
+    }
+
+    #[test]
+    fn an_authorization_event_needs_its_three_fields() {
+        for (xml, missing) in [
+            (
+                "<xml><CreateTime>1</CreateTime><InfoType>unauthorized</InfoType></xml>",
+                "AppId",
+            ),
+            (
+                "<xml><AppId>wx</AppId><InfoType>unauthorized</InfoType></xml>",
+                "CreateTime",
+            ),
+            (
+                "<xml><AppId>wx</AppId><CreateTime>1</CreateTime></xml>",
+                "InfoType",
+            ),
+        ] {
+            assert_eq!(component(xml).unwrap_err(), ParseError::Missing(missing));
+        }
+    }
+
+    #[test]
+    fn a_route_appid_is_in_the_record_and_its_identity() {
+        let xml = "<xml><ToUserName>gh_a</ToUserName><FromUserName>o1</FromUserName><CreateTime>1</CreateTime><MsgType>event</MsgType><Event>subscribe</Event></xml>";
+        let push = || Push::try_from(xml.as_bytes()).unwrap();
+        let plain = normalize(push(), AT.into()).unwrap();
+        let a = normalize_on(push(), AT.into(), Some("wxa")).unwrap();
+        let b = normalize_on(push(), AT.into(), Some("wxb")).unwrap();
+        assert_eq!(plain.appid, None);
+        assert_eq!(a.appid.as_deref(), Some("wxa"));
+        assert_ne!(a.id, b.id, "two routes, two identities");
+        assert_ne!(a.id, plain.id);
+        assert_eq!(serde_json::to_value(&a).unwrap()["appid"], "wxa");
+        assert!(serde_json::to_value(&plain).unwrap().get("appid").is_none());
     }
 }

@@ -78,31 +78,68 @@ impl Push {
     }
 }
 
+impl Push {
+    /// An Open Platform authorization event (the decrypted XML a component's authorization
+    /// URL receives) as a push: `AppId` (the component) in the place of `ToUserName`,
+    /// `AuthorizerAppid` (the component's `AppId` in a ticket) in the place of
+    /// `FromUserName`, and `InfoType` in the place of `MsgType`.
+    pub fn component(body: &[u8]) -> Result<Push, ParseError> {
+        let mut fields = parse_document(body)?;
+        let to_user = take_required(&mut fields, "AppId")?;
+        let create_time = create_time(take_required(&mut fields, "CreateTime")?)?;
+        let msg_type = take_required(&mut fields, "InfoType")?;
+        let from_user = fields
+            .iter()
+            .find_map(|(n, v)| match v {
+                Value::String(s) if n == "AuthorizerAppid" && !s.trim().is_empty() => {
+                    Some(s.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| to_user.clone());
+        Ok(Push {
+            to_user,
+            from_user,
+            create_time,
+            msg_type,
+            fields,
+        })
+    }
+}
+
+/// Removes a leaf that must be there and not blank.
+fn take_required(
+    fields: &mut Vec<(String, Value)>,
+    name: &'static str,
+) -> Result<String, ParseError> {
+    let at = fields
+        .iter()
+        .position(|(n, _)| n == name)
+        .ok_or(ParseError::Missing(name))?;
+    match fields.remove(at).1 {
+        Value::String(s) if !s.trim().is_empty() => Ok(s),
+        Value::String(_) => Err(ParseError::Missing(name)),
+        _ => Err(ParseError::BadField(name)),
+    }
+}
+
+fn create_time(text: String) -> Result<i64, ParseError> {
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|t| *t >= 0)
+        .ok_or(ParseError::BadField("CreateTime"))
+}
+
 impl TryFrom<&[u8]> for Push {
     type Error = ParseError;
 
     fn try_from(body: &[u8]) -> Result<Self, ParseError> {
         let mut fields = parse_document(body)?;
-        let mut required = |name: &'static str| -> Result<String, ParseError> {
-            let at = fields
-                .iter()
-                .position(|(n, _)| n == name)
-                .ok_or(ParseError::Missing(name))?;
-            match fields.remove(at).1 {
-                Value::String(s) if !s.trim().is_empty() => Ok(s),
-                Value::String(_) => Err(ParseError::Missing(name)),
-                _ => Err(ParseError::BadField(name)),
-            }
-        };
-        let to_user = required("ToUserName")?;
-        let from_user = required("FromUserName")?;
-        let create_time = required("CreateTime")?
-            .trim()
-            .parse::<i64>()
-            .ok()
-            .filter(|t| *t >= 0)
-            .ok_or(ParseError::BadField("CreateTime"))?;
-        let msg_type = required("MsgType")?;
+        let to_user = take_required(&mut fields, "ToUserName")?;
+        let from_user = take_required(&mut fields, "FromUserName")?;
+        let create_time = create_time(take_required(&mut fields, "CreateTime")?)?;
+        let msg_type = take_required(&mut fields, "MsgType")?;
         Ok(Push {
             to_user,
             from_user,

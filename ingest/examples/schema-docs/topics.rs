@@ -70,6 +70,9 @@ pub fn topics_section(vectors: &Path) -> String {
             out.push('\n');
         }
         let sample = manifest.iter().find_map(|entry| {
+            if topic.kind() == schemas::Kind::Component {
+                return None;
+            }
             let xml = std::fs::read(vectors.join(entry["file"].as_str()?)).ok()?;
             let event = normalize(
                 Push::try_from(&xml[..]).ok()?,
@@ -93,9 +96,35 @@ pub fn topics_section(vectors: &Path) -> String {
     out
 }
 
-/// A push of a topic the corpus lacks (an event type WeChat may add tomorrow).
+/// A push of a topic the corpus lacks (an event type WeChat may add tomorrow, or an Open
+/// Platform authorization event, which the corpus has none of).
 fn made_up(topic: Topic) -> schemas::Event {
+    if topic.kind() == schemas::Kind::Component {
+        let fields = match topic.type_name() {
+            "component_verify_ticket" => {
+                "<ComponentVerifyTicket>ticket@@@made-up</ComponentVerifyTicket>".to_owned()
+            }
+            "unauthorized" => "<AuthorizerAppid>wxauthorizer</AuthorizerAppid>".to_owned(),
+            "other" => "<AuthorizerAppid>wxauthorizer</AuthorizerAppid>".to_owned(),
+            _ => "<AuthorizerAppid>wxauthorizer</AuthorizerAppid><AuthorizationCode>queryauthcode@@@made-up</AuthorizationCode>\
+                  <AuthorizationCodeExpiredTime>1764147600</AuthorizationCodeExpiredTime><PreAuthCode>preauthcode@@@made-up</PreAuthCode>"
+                .to_owned(),
+        };
+        let info_type = match topic.type_name() {
+            "other" => "NEW_INFO_TYPE",
+            known => known,
+        };
+        let xml = format!(
+            "<xml><AppId>wxcomponent</AppId><CreateTime>1764144000</CreateTime><InfoType>{info_type}</InfoType>{fields}</xml>"
+        );
+        return wechat::normalize::normalize_component(
+            Push::component(xml.as_bytes()).expect("valid"),
+            "2026-11-26T08:00:00.000Z".into(),
+        )
+        .expect("valid");
+    }
     let msg = match topic.kind() {
+        schemas::Kind::Component => unreachable!("made above"),
         schemas::Kind::Event => {
             "<MsgType>event</MsgType><Event>NEW_EVENT_TYPE</Event><EventKey>k</EventKey>"
         }

@@ -1,0 +1,155 @@
+//! The component store in one process's memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::{Admission, Authorizer, Components};
+use crate::effects::Applied;
+use crate::Fut;
+
+#[derive(Debug, Default)]
+struct State {
+    tickets: HashMap<String, (i64, String)>,
+    authorizers: HashMap<(String, String), Authorizer>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct MemoryComponents {
+    state: Mutex<State>,
+}
+
+/// The one memory store of a key prefix in this process.
+pub(super) fn shared(prefix: &str) -> Arc<dyn Components> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<MemoryComponents>>>> = OnceLock::new();
+    let mut stores = STORES
+        .get_or_init(Mutex::default)
+        .lock()
+        .expect("stores lock");
+    stores.entry(prefix.to_owned()).or_default().clone()
+}
+
+impl MemoryComponents {
+    fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut State) -> T) -> Fut<'_, T> {
+        let result = f(&mut self.state.lock().expect("memory store lock"));
+        Box::pin(async move { Ok(result) })
+    }
+}
+
+fn key(component: &str, authorizer: &str) -> (String, String) {
+    (component.to_owned(), authorizer.to_owned())
+}
+
+impl Components for MemoryComponents {
+    fn set_ticket<'a>(
+        &'a self,
+        component: &'a str,
+        ticket: &'a str,
+        created_at: i64,
+    ) -> Fut<'a, ()> {
+        self.with(|s| {
+            let kept = s.tickets.get(component).map(|(at, _)| *at);
+            if kept.is_none_or(|at| created_at >= at) {
+                s.tickets
+                    .insert(component.to_owned(), (created_at, ticket.to_owned()));
+            }
+        })
+    }
+
+    fn ticket<'a>(&'a self, component: &'a str) -> Fut<'a, Option<String>> {
+        self.with(|s| s.tickets.get(component).map(|(_, t)| t.clone()))
+    }
+
+    fn set_authorized<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        authorized: bool,
+        created_at: i64,
+    ) -> Fut<'a, Applied> {
+        self.with(|s| {
+            let a = s.authorizers.entry(key(component, authorizer)).or_default();
+            if let Some(at) = a.authorized_at {
+                if created_at < at
+                    || (created_at == at && (authorized || a.authorized == Some(false)))
+                {
+                    return Applied::Stale;
+                }
+            }
+            a.authorized = Some(authorized);
+            a.authorized_at = Some(created_at);
+            if !authorized {
+                a.refresh_token = None;
+                a.refresh_at = None;
+            }
+            Applied::Yes
+        })
+    }
+
+    fn admit<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        user_name: &'a str,
+    ) -> Fut<'a, Admission> {
+        self.with(|s| {
+            let a = s.authorizers.entry(key(component, authorizer)).or_default();
+            if a.authorized == Some(false) {
+                return Admission::Unauthorized;
+            }
+            match &a.user_name {
+                Some(known) if known != user_name => Admission::OtherAccount {
+                    known: known.clone(),
+                },
+                Some(_) => Admission::Admitted,
+                None => {
+                    a.user_name = Some(user_name.to_owned());
+                    Admission::Admitted
+                }
+            }
+        })
+    }
+
+    fn set_user_name<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        user_name: &'a str,
+    ) -> Fut<'a, ()> {
+        self.with(|s| {
+            s.authorizers
+                .entry(key(component, authorizer))
+                .or_default()
+                .user_name = Some(user_name.to_owned());
+        })
+    }
+
+    fn set_refresh_token<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        refresh_token: &'a str,
+        created_at: i64,
+    ) -> Fut<'a, Applied> {
+        self.with(|s| {
+            let a = s.authorizers.entry(key(component, authorizer)).or_default();
+            let current = a.authorized != Some(false)
+                && a.authorized_at.is_none_or(|at| created_at >= at)
+                && a.refresh_at.is_none_or(|at| created_at >= at);
+            if !current {
+                return Applied::Stale;
+            }
+            a.refresh_token = Some(refresh_token.to_owned());
+            a.refresh_at = Some(created_at);
+            Applied::Yes
+        })
+    }
+
+    fn authorizer<'a>(&'a self, component: &'a str, authorizer: &'a str) -> Fut<'a, Authorizer> {
+        self.with(|s| {
+            s.authorizers
+                .get(&key(component, authorizer))
+                .cloned()
+                .unwrap_or_default()
+        })
+    }
+}

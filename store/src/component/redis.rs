@@ -1,0 +1,230 @@
+//! The component store on Redis: one script per step, each on one key.
+
+use redis::{AsyncCommands, Script};
+
+use super::{Admission, Authorizer, Components};
+use crate::effects::Applied;
+use crate::engine::Redis;
+use crate::{Fut, Keys, StoreError};
+
+/// KEYS: ticket hash. ARGV: ticket, created_at. An older ticket than the one kept is dropped.
+const SET_TICKET: &str = r"
+local at = tonumber(redis.call('HGET', KEYS[1], 'created_at'))
+if at and tonumber(ARGV[2]) < at then return 0 end
+redis.call('HSET', KEYS[1], 'ticket', ARGV[1], 'created_at', ARGV[2])
+return 1
+";
+
+/// KEYS: authorizer hash. ARGV: authorized (1/0), created_at. Last write wins; of one
+/// second, the withdrawal; a withdrawal forgets the refresh token.
+const SET_AUTHORIZED: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'authorized', 'authorized_at')
+local at, t = tonumber(cur[2]), tonumber(ARGV[2])
+if at and (t < at or (t == at and (ARGV[1] == '1' or cur[1] == '0'))) then return 0 end
+redis.call('HSET', KEYS[1], 'authorized', ARGV[1], 'authorized_at', ARGV[2])
+if ARGV[1] == '0' then redis.call('HDEL', KEYS[1], 'refresh_token', 'refresh_at') end
+return 1
+";
+
+/// KEYS: authorizer hash. ARGV: the push's ToUserName. → {0} withdrawn, {1} admitted (the
+/// gh_ id learned if unknown), {2, known} another account's.
+const ADMIT: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'authorized', 'user_name')
+if cur[1] == '0' then return {0, ''} end
+if cur[2] then
+  if cur[2] == ARGV[1] then return {1, ''} end
+  return {2, cur[2]}
+end
+redis.call('HSET', KEYS[1], 'user_name', ARGV[1])
+return {1, ''}
+";
+
+/// KEYS: authorizer hash. ARGV: refresh token, created_at of its authorization.
+const SET_REFRESH_TOKEN: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'authorized', 'authorized_at', 'refresh_at')
+local t = tonumber(ARGV[2])
+if cur[1] == '0' then return 0 end
+local at, refreshed = tonumber(cur[2]), tonumber(cur[3])
+if (at and t < at) or (refreshed and t < refreshed) then return 0 end
+redis.call('HSET', KEYS[1], 'refresh_token', ARGV[1], 'refresh_at', ARGV[2])
+return 1
+";
+
+#[derive(Debug)]
+pub(super) struct RedisComponents {
+    redis: Redis,
+    keys: Keys,
+    set_ticket: Script,
+    set_authorized: Script,
+    admit: Script,
+    set_refresh_token: Script,
+}
+
+impl RedisComponents {
+    pub fn new(redis: Redis, keys: Keys) -> Self {
+        RedisComponents {
+            redis,
+            keys,
+            set_ticket: Script::new(SET_TICKET),
+            set_authorized: Script::new(SET_AUTHORIZED),
+            admit: Script::new(ADMIT),
+            set_refresh_token: Script::new(SET_REFRESH_TOKEN),
+        }
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        key: String,
+        args: &[&str],
+    ) -> Result<T, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.redis
+            .bounded(invocation.invoke_async(&mut self.redis.conn()))
+            .await
+    }
+}
+
+/// An authorizer hash's fields, as `HMGET` returns them.
+type Fields = (
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
+
+fn applied(code: i64) -> Applied {
+    if code == 1 {
+        Applied::Yes
+    } else {
+        Applied::Stale
+    }
+}
+
+impl Components for RedisComponents {
+    fn set_ticket<'a>(
+        &'a self,
+        component: &'a str,
+        ticket: &'a str,
+        created_at: i64,
+    ) -> Fut<'a, ()> {
+        let key = self.keys.component_ticket(component);
+        Box::pin(async move {
+            let at = created_at.to_string();
+            self.run::<i64>(&self.set_ticket, key, &[ticket, &at])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn ticket<'a>(&'a self, component: &'a str) -> Fut<'a, Option<String>> {
+        let key = self.keys.component_ticket(component);
+        Box::pin(async move {
+            self.redis
+                .bounded(self.redis.conn().hget(key, "ticket"))
+                .await
+        })
+    }
+
+    fn set_authorized<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        authorized: bool,
+        created_at: i64,
+    ) -> Fut<'a, Applied> {
+        let key = self.keys.component_authorizer(component, authorizer);
+        Box::pin(async move {
+            let at = created_at.to_string();
+            let flag = if authorized { "1" } else { "0" };
+            Ok(applied(
+                self.run(&self.set_authorized, key, &[flag, &at]).await?,
+            ))
+        })
+    }
+
+    fn admit<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        user_name: &'a str,
+    ) -> Fut<'a, Admission> {
+        let key = self.keys.component_authorizer(component, authorizer);
+        Box::pin(async move {
+            let (code, known): (i64, String) = self.run(&self.admit, key, &[user_name]).await?;
+            Ok(match code {
+                0 => Admission::Unauthorized,
+                2 => Admission::OtherAccount { known },
+                _ => Admission::Admitted,
+            })
+        })
+    }
+
+    fn set_user_name<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        user_name: &'a str,
+    ) -> Fut<'a, ()> {
+        let key = self.keys.component_authorizer(component, authorizer);
+        Box::pin(async move {
+            self.redis
+                .bounded(
+                    self.redis
+                        .conn()
+                        .hset::<_, _, _, ()>(key, "user_name", user_name),
+                )
+                .await
+        })
+    }
+
+    fn set_refresh_token<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        refresh_token: &'a str,
+        created_at: i64,
+    ) -> Fut<'a, Applied> {
+        let key = self.keys.component_authorizer(component, authorizer);
+        Box::pin(async move {
+            let at = created_at.to_string();
+            Ok(applied(
+                self.run(&self.set_refresh_token, key, &[refresh_token, &at])
+                    .await?,
+            ))
+        })
+    }
+
+    fn authorizer<'a>(&'a self, component: &'a str, authorizer: &'a str) -> Fut<'a, Authorizer> {
+        let key = self.keys.component_authorizer(component, authorizer);
+        Box::pin(async move {
+            let (authorized, authorized_at, user_name, refresh_token, refresh_at): Fields = self
+                .redis
+                .bounded(
+                    redis::cmd("HMGET")
+                        .arg(key)
+                        .arg(&[
+                            "authorized",
+                            "authorized_at",
+                            "user_name",
+                            "refresh_token",
+                            "refresh_at",
+                        ])
+                        .query_async(&mut self.redis.conn()),
+                )
+                .await?;
+            Ok(Authorizer {
+                authorized: authorized.map(|a| a == "1"),
+                authorized_at,
+                user_name,
+                refresh_token,
+                refresh_at,
+            })
+        })
+    }
+}

@@ -1,0 +1,192 @@
+//! One suite for every engine of the Open Platform component store.
+
+mod common;
+
+use std::time::Duration;
+
+use store::component::{self, Admission, Components};
+use store::effects::Applied;
+use store::Engine;
+use testkit::{unique, RedisServer};
+
+async fn suite(s: &dyn Components) {
+    let c = "wxcomponent";
+
+    // The newest ticket by CreateTime is kept, whatever order they come in.
+    assert_eq!(s.ticket(c).await.unwrap(), None);
+    s.set_ticket(c, "t200", 200).await.unwrap();
+    s.set_ticket(c, "t100", 100).await.unwrap();
+    assert_eq!(s.ticket(c).await.unwrap().as_deref(), Some("t200"));
+    s.set_ticket(c, "t300", 300).await.unwrap();
+    assert_eq!(s.ticket(c).await.unwrap().as_deref(), Some("t300"));
+    assert_eq!(s.ticket("wxother").await.unwrap(), None, "per component");
+
+    // An authorizer never seen is admitted, and its first push teaches its gh_ id.
+    assert_eq!(
+        s.admit(c, "wxa", "gh_a").await.unwrap(),
+        Admission::Admitted
+    );
+    assert_eq!(
+        s.admit(c, "wxa", "gh_a").await.unwrap(),
+        Admission::Admitted
+    );
+    assert_eq!(
+        s.admit(c, "wxa", "gh_b").await.unwrap(),
+        Admission::OtherAccount {
+            known: "gh_a".into()
+        }
+    );
+    // WeChat's API has the last word on the gh_ id.
+    s.set_user_name(c, "wxa", "gh_real").await.unwrap();
+    assert!(matches!(
+        s.admit(c, "wxa", "gh_a").await.unwrap(),
+        Admission::OtherAccount { .. }
+    ));
+    assert_eq!(
+        s.admit(c, "wxa", "gh_real").await.unwrap(),
+        Admission::Admitted
+    );
+
+    // Authorization: last write wins by CreateTime; the refresh token follows it.
+    assert_eq!(
+        s.set_authorized(c, "wxa", true, 100).await.unwrap(),
+        Applied::Yes
+    );
+    assert_eq!(
+        s.set_refresh_token(c, "wxa", "r100", 100).await.unwrap(),
+        Applied::Yes
+    );
+    let a = s.authorizer(c, "wxa").await.unwrap();
+    assert_eq!((a.authorized, a.authorized_at), (Some(true), Some(100)));
+    assert_eq!(a.refresh_token.as_deref(), Some("r100"));
+    assert_eq!(a.user_name.as_deref(), Some("gh_real"));
+    assert_eq!(
+        s.set_refresh_token(c, "wxa", "r90", 90).await.unwrap(),
+        Applied::Stale
+    );
+    assert_eq!(
+        s.set_authorized(c, "wxa", true, 150).await.unwrap(),
+        Applied::Yes,
+        "updateauthorized"
+    );
+    assert_eq!(
+        s.set_refresh_token(c, "wxa", "r150", 150).await.unwrap(),
+        Applied::Yes
+    );
+    assert_eq!(
+        s.set_refresh_token(c, "wxa", "r100", 100).await.unwrap(),
+        Applied::Stale,
+        "a late exchange of an older code never replaces a newer token"
+    );
+
+    // A withdrawal refuses the authorizer's pushes and forgets its refresh token.
+    assert_eq!(
+        s.set_authorized(c, "wxa", false, 200).await.unwrap(),
+        Applied::Yes
+    );
+    assert_eq!(
+        s.admit(c, "wxa", "gh_real").await.unwrap(),
+        Admission::Unauthorized
+    );
+    let a = s.authorizer(c, "wxa").await.unwrap();
+    assert_eq!((a.authorized, a.refresh_token), (Some(false), None));
+    assert_eq!(
+        s.set_refresh_token(c, "wxa", "r150", 150).await.unwrap(),
+        Applied::Stale,
+        "an exchange that finishes after the withdrawal keeps nothing"
+    );
+    assert_eq!(
+        s.set_authorized(c, "wxa", true, 180).await.unwrap(),
+        Applied::Stale,
+        "late"
+    );
+    assert_eq!(
+        s.set_authorized(c, "wxa", true, 200).await.unwrap(),
+        Applied::Stale,
+        "a tie: withdrawn"
+    );
+    assert_eq!(
+        s.admit(c, "wxa", "gh_real").await.unwrap(),
+        Admission::Unauthorized
+    );
+    // Until it authorizes again.
+    assert_eq!(
+        s.set_authorized(c, "wxa", true, 300).await.unwrap(),
+        Applied::Yes
+    );
+    assert_eq!(
+        s.admit(c, "wxa", "gh_real").await.unwrap(),
+        Admission::Admitted
+    );
+    assert_eq!(
+        s.set_refresh_token(c, "wxa", "r300", 300).await.unwrap(),
+        Applied::Yes
+    );
+    // Withdrawn and authorized in one second: withdrawn, in either order.
+    assert_eq!(
+        s.set_authorized(c, "wxb", true, 50).await.unwrap(),
+        Applied::Yes
+    );
+    assert_eq!(
+        s.set_authorized(c, "wxb", false, 50).await.unwrap(),
+        Applied::Yes
+    );
+    assert_eq!(
+        s.set_authorized(c, "wxb", true, 50).await.unwrap(),
+        Applied::Stale
+    );
+    assert_eq!(
+        s.authorizer(c, "wxb").await.unwrap().authorized,
+        Some(false)
+    );
+    // Nothing of one authorizer is another's.
+    assert_eq!(s.authorizer(c, "wxnone").await.unwrap(), Default::default());
+    assert_eq!(
+        s.authorizer("wxother", "wxa").await.unwrap(),
+        Default::default()
+    );
+}
+
+#[tokio::test]
+async fn memory_engine() {
+    let engine = Engine::open("memory://", Duration::from_secs(1)).unwrap();
+    let prefix = unique("k");
+    suite(&*component::open(&engine, &prefix)).await;
+    // Every opening of one prefix shares the state (the embedded ingress and workers).
+    let again = component::open(&engine, &prefix);
+    assert_eq!(
+        again.ticket("wxcomponent").await.unwrap().as_deref(),
+        Some("t300")
+    );
+    let other = component::open(&engine, &unique("k"));
+    assert_eq!(other.ticket("wxcomponent").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn redis_engine() {
+    let redis = RedisServer::start();
+    let prefix = unique("k");
+    let engine = Engine::open(&redis.url(), Duration::from_secs(1)).unwrap();
+    suite(&*component::open(&engine, &prefix)).await;
+    // The keys the README names.
+    let mut conn = redis.conn();
+    let ticket: String = redis::cmd("HGET")
+        .arg(format!("{prefix}:component:{{wxcomponent}}:ticket"))
+        .arg("ticket")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(ticket, "t300");
+    let refresh: String = redis::cmd("HGET")
+        .arg(format!("{prefix}:component:{{wxcomponent}}:authorizer:wxa"))
+        .arg("refresh_token")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(refresh, "r300");
+}
+
+async fn on_url(url: &str) {
+    let engine = Engine::open(url, Duration::from_secs(1)).unwrap();
+    suite(&*component::open(&engine, &unique("k"))).await;
+}
+
+on_every_deployment!(on_url);

@@ -32,12 +32,17 @@ pub struct CloudEvent {
 impl CloudEvent {
     pub fn new(account: &str, kind: &str, type_: &str, created_at: i64) -> CloudEvent {
         // "/wechat/" + ["component/"] + account + "wechat." + kind + "." + type + "YYYY-MM-DDTHH:MM:SSZ"
-        let mut buf = String::with_capacity(18 + account.len() + 8 + kind.len() + type_.len() + 20);
-        buf.push_str("/wechat/");
         // An authorization event's source is the component (its `account` is the AppID).
-        if kind == schemas::Kind::Component.as_str() {
-            buf.push_str("component/");
-        }
+        let component = if kind == schemas::Kind::Component.as_str() {
+            "component/"
+        } else {
+            ""
+        };
+        let mut buf = String::with_capacity(
+            8 + component.len() + account.len() + 8 + kind.len() + type_.len() + 20,
+        );
+        buf.push_str("/wechat/");
+        buf.push_str(component);
         buf.push_str(account);
         let source_end = buf.len();
         buf.push_str("wechat.");

@@ -291,7 +291,8 @@ impl Shared {
             )));
         }
         problems.extend(check_properties("KAFKA_CONFIG", &self.kafka_config).err());
-        if let Err(problem) = self.component() {
+        // An unreadable accounts file is reported where the accounts are loaded.
+        if let (Err(problem), Ok(_)) = (self.component(), self.accounts()) {
             problems.push(ConfigError::Invalid(problem));
         }
         problems

@@ -1,5 +1,7 @@
 //! A fake WeChat API: `cgi-bin/stable_token` and `cgi-bin/message/custom/send`, with
-//! expiring tokens, injected errcodes and delays.
+//! expiring tokens, injected errcodes and delays; and the Open Platform component APIs
+//! (`cgi-bin/component/api_component_token`, `api_query_auth`, `api_authorizer_token`,
+//! `api_get_authorizer_info`), with authorization codes a test hands out.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -46,6 +48,20 @@ pub struct FakeState {
     pub max_sends_in_flight: usize,
     /// Sends asked for, answered or refused.
     pub send_attempts: usize,
+    /// The access token of every accepted send, in order with `sends`.
+    pub send_tokens: Vec<String>,
+    /// Open Platform: authorization codes not used yet → the authorizer AppID.
+    pub auth_codes: HashMap<String, String>,
+    /// Every code `api_query_auth` was asked to exchange, used or not.
+    pub code_exchanges: Vec<String>,
+    /// Every `api_component_token` call's ticket.
+    pub component_tickets: Vec<String>,
+    /// Every `api_authorizer_token` call's authorizer AppID.
+    pub authorizer_token_fetches: Vec<String>,
+    /// Each authorizer's current refresh token.
+    pub refresh_tokens: HashMap<String, String>,
+    /// Each authorizer's gh_ id (`api_get_authorizer_info`); `gh_{appid}` by default.
+    pub user_names: HashMap<String, String>,
     issued: u32,
 }
 
@@ -136,6 +152,26 @@ impl FakeWeChat {
         self.state.lock().unwrap().token_delay = delay;
     }
 
+    /// An authorization code for `authorizer`, good once.
+    pub fn authorization_code(&self, code: &str, authorizer: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .auth_codes
+            .insert(code.to_owned(), authorizer.to_owned());
+    }
+
+    /// The access token of every accepted send to `openid`.
+    pub fn tokens_sent_to(&self, openid: &str) -> Vec<String> {
+        let s = self.state.lock().unwrap();
+        s.sends
+            .iter()
+            .zip(&s.send_tokens)
+            .filter(|((to, _), _)| to == openid)
+            .map(|(_, token)| token.clone())
+            .collect()
+    }
+
     /// Makes sends refuse `token` (40001), though stable_token still hands it out unforced.
     pub fn refuse_token(&self, token: &str) {
         self.state.lock().unwrap().refused.insert(token.to_owned());
@@ -212,6 +248,7 @@ async fn answer(
                         .unwrap_or_default()
                         .to_owned();
                     s.sends.push((to, content));
+                    s.send_tokens.push(token.clone());
                     json!({"errcode": 0, "errmsg": "ok"})
                 };
                 (reply, s.send_delay)
@@ -221,9 +258,84 @@ async fn answer(
             tokio::time::sleep(delay).await;
             reply
         }
+        "/cgi-bin/component/api_component_token" => {
+            let mut s = state.lock().unwrap();
+            let ticket = body["component_verify_ticket"].as_str().unwrap_or_default();
+            s.component_tickets.push(ticket.to_owned());
+            if ticket.is_empty()
+                || body["component_appsecret"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .is_empty()
+            {
+                json!({"errcode": 61006, "errmsg": "component ticket is invalid"})
+            } else {
+                s.issued += 1;
+                json!({"component_access_token": format!("COMPONENT-{}", s.issued), "expires_in": 7200})
+            }
+        }
+        path if path.starts_with("/cgi-bin/component/") => {
+            let token = query
+                .strip_prefix("component_access_token=")
+                .unwrap_or_default();
+            let mut s = state.lock().unwrap();
+            if !token.starts_with("COMPONENT-") || s.expired.contains(token) {
+                json!({"errcode": 42001, "errmsg": "component_access_token expired"})
+            } else {
+                component_api(&mut s, path, &body)
+            }
+        }
         _ => json!({"errcode": 404, "errmsg": "no such API"}),
     };
     Ok(Response::new(Full::new(Bytes::from(reply.to_string()))))
+}
+
+/// An Open Platform API called with a valid component token.
+fn component_api(s: &mut FakeState, path: &str, body: &Value) -> Value {
+    let issue = |s: &mut FakeState, appid: &str| {
+        s.issued += 1;
+        let refresh = format!("refreshtoken@@@{appid}-{}", s.issued);
+        s.refresh_tokens.insert(appid.to_owned(), refresh.clone());
+        (format!("TOKEN-{appid}-{}", s.issued), refresh)
+    };
+    match path {
+        "/cgi-bin/component/api_query_auth" => {
+            let code = body["authorization_code"].as_str().unwrap_or_default();
+            s.code_exchanges.push(code.to_owned());
+            let Some(appid) = s.auth_codes.remove(code) else {
+                return json!({"errcode": 61010, "errmsg": "code is expired or used"});
+            };
+            let (token, refresh) = issue(s, &appid);
+            json!({"authorization_info": {
+                "authorizer_appid": appid, "authorizer_access_token": token, "expires_in": 7200,
+                "authorizer_refresh_token": refresh, "func_info": []}})
+        }
+        "/cgi-bin/component/api_authorizer_token" => {
+            let appid = body["authorizer_appid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            s.authorizer_token_fetches.push(appid.clone());
+            if s.refresh_tokens.get(&appid).map(String::as_str)
+                != body["authorizer_refresh_token"].as_str()
+            {
+                return json!({"errcode": 61023, "errmsg": "refresh_token is invalid"});
+            }
+            let (token, refresh) = issue(s, &appid);
+            json!({"authorizer_access_token": token, "expires_in": 7200, "authorizer_refresh_token": refresh})
+        }
+        "/cgi-bin/component/api_get_authorizer_info" => {
+            let appid = body["authorizer_appid"].as_str().unwrap_or_default();
+            let user_name = s
+                .user_names
+                .get(appid)
+                .cloned()
+                .unwrap_or_else(|| format!("gh_{appid}"));
+            json!({"authorizer_info": {"user_name": user_name, "nick_name": appid},
+                   "authorization_info": {"authorizer_appid": appid}})
+        }
+        _ => json!({"errcode": 404, "errmsg": "no such API"}),
+    }
 }
 
 /// A send being answered: counted out when its answer goes (or its client hangs up).

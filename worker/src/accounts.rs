@@ -42,7 +42,7 @@ type Entry = (String, Option<String>, Option<Credentials>);
 fn credentials(appid: Option<String>, appsecret: Option<Secret>) -> Option<Credentials> {
     match (appid, appsecret) {
         (Some(appid), Some(appsecret)) if !appid.is_empty() && !appsecret.expose().is_empty() => {
-            Some(Credentials { appid, appsecret })
+            Some(Credentials::account(appid, appsecret))
         }
         _ => None,
     }

@@ -10,14 +10,66 @@ use serde::Deserialize;
 use serde_json::json;
 use wechat::accounts::Secret;
 
+use store::component::Components;
 use store::effects::TokenCache;
 use store::StoreError;
 
-/// An account's API credentials.
+/// Whose access token, and how it is fetched.
 #[derive(Debug, Clone)]
 pub struct Credentials {
+    /// The account's, the authorizer's or the component's AppID.
+    pub appid: String,
+    pub grant: Grant,
+}
+
+/// How an access token is fetched.
+#[derive(Debug, Clone)]
+pub enum Grant {
+    /// An account's own AppSecret (`cgi-bin/stable_token`).
+    AppSecret(Secret),
+    /// An Open Platform authorizer's: its refresh token (kept by the `component` worker)
+    /// through the component (`api_authorizer_token`). Never another account's secrets.
+    Authorizer(Arc<ComponentCredentials>),
+    /// The component's own token (`api_component_token`, with the newest ticket).
+    Component(Arc<ComponentCredentials>),
+}
+
+/// A component's AppID and AppSecret.
+#[derive(Debug)]
+pub struct ComponentCredentials {
     pub appid: String,
     pub appsecret: Secret,
+}
+
+impl Credentials {
+    pub fn account(appid: impl Into<String>, appsecret: Secret) -> Credentials {
+        Credentials {
+            appid: appid.into(),
+            grant: Grant::AppSecret(appsecret),
+        }
+    }
+
+    pub fn authorizer(appid: impl Into<String>, component: &Arc<ComponentCredentials>) -> Self {
+        Credentials {
+            appid: appid.into(),
+            grant: Grant::Authorizer(Arc::clone(component)),
+        }
+    }
+
+    pub fn component(component: &Arc<ComponentCredentials>) -> Credentials {
+        Credentials {
+            appid: component.appid.clone(),
+            grant: Grant::Component(Arc::clone(component)),
+        }
+    }
+
+    /// The name its token is cached under (a component's apart from any account's).
+    fn cache_name(&self) -> std::borrow::Cow<'_, str> {
+        match &self.grant {
+            Grant::Component(_) => store::component::component_token(&self.appid).into(),
+            _ => self.appid.as_str().into(),
+        }
+    }
 }
 
 /// What to do about a failed call.
@@ -58,6 +110,15 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("no token: another process holds the fetch lock and none appeared in time")]
     TokenWait,
+    /// No refresh token is kept for the authorizer: its authorization was not exchanged yet,
+    /// or it withdrew it. Only its own records wait.
+    #[error("no refresh token for authorizer {0}: not authorized (yet), or withdrawn")]
+    NotAuthorized(String),
+    /// No `component_verify_ticket` yet: WeChat pushes one every 10 minutes.
+    #[error("no component_verify_ticket received yet")]
+    NoTicket,
+    #[error("no component configured")]
+    NoComponent,
 }
 
 impl ApiError {
@@ -78,9 +139,11 @@ impl ApiError {
                 _ => ErrorClass::Unknown,
             },
             ApiError::Unanswered(_) => ErrorClass::Unanswered,
-            ApiError::Transport(_) | ApiError::Response(_) | ApiError::TokenWait => {
-                ErrorClass::Outage
-            }
+            ApiError::Transport(_)
+            | ApiError::Response(_)
+            | ApiError::TokenWait
+            | ApiError::NoTicket => ErrorClass::Outage,
+            ApiError::NotAuthorized(_) | ApiError::NoComponent => ErrorClass::Account,
             ApiError::Store(error) if error.is_outage() => ErrorClass::Outage,
             ApiError::Store(_) => ErrorClass::Unknown,
         }
@@ -101,8 +164,21 @@ struct Reply {
     errcode: i64,
     #[serde(default)]
     errmsg: String,
+    #[serde(alias = "component_access_token", alias = "authorizer_access_token")]
     access_token: Option<String>,
     expires_in: Option<u64>,
+    /// `api_authorizer_token` may hand out a new refresh token.
+    authorizer_refresh_token: Option<String>,
+}
+
+/// What `api_query_auth` returns of an authorization.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthorizationInfo {
+    pub authorizer_appid: String,
+    pub authorizer_access_token: String,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    pub authorizer_refresh_token: String,
 }
 
 /// Counts an API call by errcode (-2: no answer).
@@ -183,6 +259,8 @@ pub struct WeChat {
     http: reqwest::Client,
     base: String,
     store: Arc<dyn TokenCache>,
+    /// The component's tickets and authorizers' refresh tokens (Open Platform mode).
+    components: Option<Arc<dyn Components>>,
     /// This process, for the fetch lock (each attempt at it adds a number of its own).
     owner: String,
     /// The longest a token fetch may take (a call, then a forced one), and so the fetch
@@ -209,10 +287,17 @@ impl WeChat {
             http,
             base: base.trim_end_matches('/').to_owned(),
             store,
+            components: None,
             owner,
             fetch_bound: 2 * timeout + Duration::from_secs(1),
             timeout,
         })
+    }
+
+    /// With the component store: authorizers' and the component's tokens can be fetched.
+    pub fn with_components(mut self, components: Arc<dyn Components>) -> Self {
+        self.components = Some(components);
+        self
     }
 
     /// The longest [`WeChat::send_text`] may take: a token (a wait for another process's
@@ -306,7 +391,7 @@ impl WeChat {
     /// Forgets `failed` (only if it is still the cached token: another process may have
     /// refreshed already) and returns a token that is not it.
     async fn refresh(&self, creds: &Credentials, failed: &str) -> Result<String, ApiError> {
-        self.store.drop_token(&creds.appid, failed).await?;
+        self.store.drop_token(&creds.cache_name(), failed).await?;
         self.token_avoiding(creds, Some(failed)).await
     }
 
@@ -330,13 +415,14 @@ impl WeChat {
             );
             // Cut from here on (a welcome's send cut at its bound drops this future), the
             // lock this attempt may hold is released in the background.
+            let name = creds.cache_name();
             let mut held = HeldLock {
                 store: Arc::clone(&self.store),
-                appid: &creds.appid,
+                appid: &name,
                 holder: &holder,
                 armed: true,
             };
-            let locked = match self.store.lock_token(&creds.appid, &holder, lease).await {
+            let locked = match self.store.lock_token(&name, &holder, lease).await {
                 Ok(locked) => locked,
                 Err(error) => {
                     // The lock may have been taken before the answer was lost: release it
@@ -374,7 +460,7 @@ impl WeChat {
 
     /// Releases this process's fetch lock; a failure leaves it to its lease, logged.
     async fn unlock(&self, creds: &Credentials, holder: &str) {
-        if let Err(error) = self.store.unlock_token(&creds.appid, holder).await {
+        if let Err(error) = self.store.unlock_token(&creds.cache_name(), holder).await {
             tracing::warn!(appid = %creds.appid, %error,
                 "token fetch lock not released: other processes wait for its lease to run out");
         }
@@ -388,14 +474,63 @@ impl WeChat {
     ) -> Result<Option<String>, ApiError> {
         Ok(self
             .store
-            .token(&creds.appid)
+            .token(&creds.cache_name())
             .await?
             .filter(|t| Some(t.as_str()) != failed))
     }
 
-    /// Fetches from `stable_token` and caches; asks WeChat to force a new token only when the
-    /// normal call returns the one that just failed.
+    /// Fetches a token as its grant says, and caches it.
     async fn fetch(&self, creds: &Credentials, failed: Option<&str>) -> Result<String, ApiError> {
+        let (reply, forced) = match &creds.grant {
+            Grant::AppSecret(secret) => self.stable_token(&creds.appid, secret, failed).await?,
+            Grant::Component(component) => (self.fetch_component_token(component).await?, false),
+            Grant::Authorizer(component) => (
+                self.fetch_authorizer_token(&creds.appid, component).await?,
+                false,
+            ),
+        };
+        let token = reply
+            .access_token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::Response("no access_token".into()))?;
+        if failed == Some(token.as_str()) {
+            // Caching the token WeChat just refused would make every call fail until it
+            // expires. Try again later.
+            return Err(ApiError::Response(
+                "the fetch returned the rejected token".into(),
+            ));
+        }
+        let ttl = self.cache(creds, &token, reply.expires_in).await?;
+        tracing::info!(appid = %creds.appid, ttl_secs = ttl.as_secs(), forced, "access token fetched");
+        Ok(token)
+    }
+
+    /// Caches a token for its lifetime less a margin.
+    async fn cache(
+        &self,
+        creds: &Credentials,
+        token: &str,
+        expires_in: Option<u64>,
+    ) -> Result<Duration, ApiError> {
+        let lifetime = Duration::from_secs(expires_in.unwrap_or(7200));
+        let ttl = lifetime
+            .saturating_sub(EXPIRY_MARGIN)
+            .max(lifetime / 2)
+            .max(Duration::from_secs(1));
+        self.store
+            .set_token(&creds.cache_name(), token, ttl)
+            .await?;
+        Ok(ttl)
+    }
+
+    /// `stable_token`; asks WeChat to force a new token only when the normal call returns the
+    /// one that just failed. Returns whether it forced.
+    async fn stable_token(
+        &self,
+        appid: &str,
+        secret: &Secret,
+        failed: Option<&str>,
+    ) -> Result<(Reply, bool), ApiError> {
         let mut force = false;
         loop {
             let reply = async {
@@ -404,8 +539,8 @@ impl WeChat {
                         .post(format!("{}/cgi-bin/stable_token", self.base))
                         .json(&json!({
                             "grant_type": "client_credential",
-                            "appid": creds.appid,
-                            "secret": creds.appsecret.expose(),
+                            "appid": appid,
+                            "secret": secret.expose(),
                             "force_refresh": force,
                         }))
                         .send()
@@ -417,30 +552,194 @@ impl WeChat {
             .await;
             count("stable_token", &reply);
             let reply = reply?.ok()?;
-            let token = reply
-                .access_token
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| ApiError::Response("no access_token".into()))?;
-            if failed == Some(token.as_str()) {
-                if !force {
-                    force = true;
+            if !force && failed.is_some() && reply.access_token.as_deref() == failed {
+                force = true;
+                continue;
+            }
+            return Ok((reply, force));
+        }
+    }
+
+    fn components(&self) -> Result<&Arc<dyn Components>, ApiError> {
+        self.components.as_ref().ok_or(ApiError::NoComponent)
+    }
+
+    /// `api_component_token`, with the newest ticket WeChat pushed.
+    async fn fetch_component_token(
+        &self,
+        component: &ComponentCredentials,
+    ) -> Result<Reply, ApiError> {
+        let ticket = self
+            .components()?
+            .ticket(&component.appid)
+            .await?
+            .ok_or(ApiError::NoTicket)?;
+        let reply = async {
+            Ok::<Reply, ApiError>(
+                self.http
+                    .post(format!(
+                        "{}/cgi-bin/component/api_component_token",
+                        self.base
+                    ))
+                    .json(&json!({
+                        "component_appid": component.appid,
+                        "component_appsecret": component.appsecret.expose(),
+                        "component_verify_ticket": ticket,
+                    }))
+                    .send()
+                    .await?
+                    .json::<Reply>()
+                    .await?,
+            )
+        }
+        .await;
+        count("api_component_token", &reply);
+        reply?.ok()
+    }
+
+    /// `api_authorizer_token`, with the refresh token the component worker keeps (and keeps
+    /// the new one WeChat may hand out).
+    async fn fetch_authorizer_token(
+        &self,
+        appid: &str,
+        component: &Arc<ComponentCredentials>,
+    ) -> Result<Reply, ApiError> {
+        let components = self.components()?;
+        let authorizer = components.authorizer(&component.appid, appid).await?;
+        let refresh_token = authorizer
+            .refresh_token
+            .ok_or_else(|| ApiError::NotAuthorized(appid.to_owned()))?;
+        let reply = self
+            .component_call(
+                component,
+                "api_authorizer_token",
+                json!({
+                    "component_appid": component.appid,
+                    "authorizer_appid": appid,
+                    "authorizer_refresh_token": refresh_token,
+                }),
+            )
+            .await?;
+        let reply: Reply = serde_json::from_value(reply)
+            .map_err(|e| ApiError::Response(format!("unexpected answer: {e}")))?;
+        if let Some(fresh) = reply
+            .authorizer_refresh_token
+            .as_deref()
+            .filter(|fresh| !fresh.is_empty() && *fresh != refresh_token)
+        {
+            let at = authorizer.refresh_at.unwrap_or(0);
+            components
+                .set_refresh_token(&component.appid, appid, fresh, at)
+                .await?;
+        }
+        Ok(reply)
+    }
+
+    /// A component API call with the component token, refreshed and tried once more when
+    /// WeChat says it is invalid. The answer, once its errcode is 0 (or absent).
+    fn component_call<'a>(
+        &'a self,
+        component: &'a Arc<ComponentCredentials>,
+        api: &'static str,
+        body: serde_json::Value,
+    ) -> store::BoxFuture<'a, Result<serde_json::Value, ApiError>> {
+        Box::pin(async move {
+            let creds = Credentials::component(component);
+            let mut token = self.token(&creds).await?;
+            for attempt in 0..2 {
+                let reply = async {
+                    let response = self
+                        .http
+                        .post(format!("{}/cgi-bin/component/{api}", self.base))
+                        .query(&[("component_access_token", token.as_str())])
+                        .json(&body)
+                        .send()
+                        .await?;
+                    Ok::<serde_json::Value, ApiError>(response.json().await?)
+                }
+                .await;
+                let errcode = match &reply {
+                    Ok(value) => value.get("errcode").and_then(|e| e.as_i64()).unwrap_or(0),
+                    Err(error) => error.errcode(),
+                };
+                metrics::counter!("wxpipe_wechat_api_calls_total", "api" => api, "errcode" => errcode.to_string()).increment(1);
+                let value = reply?;
+                if errcode == 0 {
+                    return Ok(value);
+                }
+                let error = ApiError::Code {
+                    errcode,
+                    errmsg: value
+                        .get("errmsg")
+                        .and_then(|e| e.as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                };
+                if attempt == 0 && error.class() == ErrorClass::TokenInvalid {
+                    token = self.refresh(&creds, &token).await?;
                     continue;
                 }
-                // Even a forced refresh returned the token WeChat just refused: caching it
-                // would make every send fail until it expires. Try again later.
-                return Err(ApiError::Response(
-                    "a forced refresh returned the rejected token".into(),
-                ));
+                return Err(error);
             }
-            let lifetime = Duration::from_secs(reply.expires_in.unwrap_or(7200));
-            let ttl = lifetime
-                .saturating_sub(EXPIRY_MARGIN)
-                .max(lifetime / 2)
-                .max(Duration::from_secs(1));
-            self.store.set_token(&creds.appid, &token, ttl).await?;
-            tracing::info!(appid = %creds.appid, ttl_secs = ttl.as_secs(), forced = force, "access token fetched");
-            return Ok(token);
+            unreachable!("the second attempt returns")
+        })
+    }
+
+    /// `api_query_auth`: exchanges an authorization code for the authorizer's tokens. A code
+    /// is good once.
+    pub async fn query_auth(
+        &self,
+        component: &Arc<ComponentCredentials>,
+        code: &str,
+    ) -> Result<AuthorizationInfo, ApiError> {
+        let reply = self
+            .component_call(
+                component,
+                "api_query_auth",
+                json!({"component_appid": component.appid, "authorization_code": code}),
+            )
+            .await?;
+        serde_json::from_value(reply["authorization_info"].clone())
+            .map_err(|e| ApiError::Response(format!("api_query_auth: {e}")))
+    }
+
+    /// `api_get_authorizer_info`: the authorizer's `gh_` id (`authorizer_info.user_name`).
+    pub async fn authorizer_user_name(
+        &self,
+        component: &Arc<ComponentCredentials>,
+        appid: &str,
+    ) -> Result<String, ApiError> {
+        let reply = self
+            .component_call(
+                component,
+                "api_get_authorizer_info",
+                json!({"component_appid": component.appid, "authorizer_appid": appid}),
+            )
+            .await?;
+        reply["authorizer_info"]["user_name"]
+            .as_str()
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::Response("api_get_authorizer_info: no user_name".into()))
+    }
+
+    /// Caches an authorizer token `api_query_auth` handed out, so the first send needs no
+    /// fetch.
+    pub async fn keep_token(
+        &self,
+        creds: &Credentials,
+        token: &str,
+        expires_in: Option<u64>,
+    ) -> Result<(), ApiError> {
+        self.cache(creds, token, expires_in).await.map(drop)
+    }
+
+    /// Forgets the cached token of `creds` (an authorizer that withdrew).
+    pub async fn forget_token(&self, creds: &Credentials) -> Result<(), ApiError> {
+        if let Some(token) = self.store.token(&creds.cache_name()).await? {
+            self.store.drop_token(&creds.cache_name(), &token).await?;
         }
+        Ok(())
     }
 }
 

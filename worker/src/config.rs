@@ -16,16 +16,24 @@ pub enum Role {
     Welcome,
     /// `LOCATION`: store the latest location and a bounded history.
     Location,
+    /// Open Platform: exchange each authorization's code for the authorizer's refresh token,
+    /// forget it on `unauthorized`, and answer WeChat's release check.
+    Component,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Unbind, Role::Welcome, Role::Location];
+    pub const ALL: [Role; 4] = [Role::Unbind, Role::Welcome, Role::Location, Role::Component];
+
+    /// The roles a worker runs when none is named (`component` too once a component is
+    /// configured).
+    pub const DEFAULT: [Role; 3] = [Role::Unbind, Role::Welcome, Role::Location];
 
     pub fn name(self) -> &'static str {
         match self {
             Role::Unbind => "unbind",
             Role::Welcome => "welcome",
             Role::Location => "location",
+            Role::Component => "component",
         }
     }
 
@@ -35,16 +43,32 @@ impl Role {
     }
 
     /// The topics this role consumes, under a prefix, as the contract names them.
+    /// The `component` role also reads `message.text` while the release check is on (see
+    /// [`Role::topics_with`]).
     pub fn topics(self, prefix: &str) -> Vec<String> {
-        let types: &[&str] = match self {
-            Role::Unbind => &["subscribe", "unsubscribe"],
-            Role::Welcome => &["subscribe"],
-            Role::Location => &["location"],
+        let (kind, types): (schemas::Kind, &[&str]) = match self {
+            Role::Unbind => (schemas::Kind::Event, &["subscribe", "unsubscribe"]),
+            Role::Welcome => (schemas::Kind::Event, &["subscribe"]),
+            Role::Location => (schemas::Kind::Event, &["location"]),
+            Role::Component => (
+                schemas::Kind::Component,
+                &["authorized", "updateauthorized", "unauthorized"],
+            ),
         };
         types
             .iter()
-            .map(|t| schemas::Topic::of(schemas::Kind::Event, t).name(prefix))
+            .map(|t| schemas::Topic::of(kind, t).name(prefix))
             .collect()
+    }
+
+    /// [`Role::topics`], and for `component` with the release check on, the text messages
+    /// (where WeChat's test accounts send `QUERY_AUTH_CODE:…`).
+    pub fn topics_with(self, prefix: &str, release_check: bool) -> Vec<String> {
+        let mut topics = self.topics(prefix);
+        if self == Role::Component && release_check {
+            topics.push(schemas::Topic::of(schemas::Kind::Message, "text").name(prefix));
+        }
+        topics
     }
 
     /// The consumer group of `worker redrive` for this role's dead letters.
@@ -160,7 +184,8 @@ pub enum Command {
     /// offset to the end offsets seen at the start, with a consumer of its own that commits
     /// nothing, applies the role's effects, and exits. Never for `welcome`.
     Rebuild {
-        /// The roles to rebuild (repeatable): `unbind`, `location`; both when unset.
+        /// The roles to rebuild (repeatable): `unbind`, `location`; both when unset. Never
+        /// `welcome` or `component` (they act on WeChat, not on a projection).
         #[arg(long = "role", value_delimiter = ',')]
         roles: Vec<Role>,
     },
@@ -207,7 +232,11 @@ pub fn variables() -> std::collections::BTreeSet<String> {
 impl Config {
     pub fn roles(&self) -> Vec<Role> {
         if self.roles.is_empty() {
-            Role::ALL.to_vec()
+            let mut roles = Role::DEFAULT.to_vec();
+            if matches!(self.shared.component(), Ok(Some(_))) {
+                roles.push(Role::Component);
+            }
+            roles
         } else {
             let mut roles = self.roles.clone();
             roles.dedup();
@@ -279,6 +308,19 @@ impl Config {
             )
             .err(),
         );
+        let component = self.shared.component().ok().flatten();
+        if self.roles.contains(&Role::Component) && component.is_none() {
+            problems.push(ConfigError::Invalid(
+                "the component role needs a component: set WECHAT_COMPONENT_APPID and the rest of WECHAT_COMPONENT_* (or [component])".into(),
+            ));
+        }
+        if self.roles().contains(&Role::Component)
+            && component.is_some_and(|c| c.appsecret.is_none())
+        {
+            problems.push(ConfigError::Invalid(
+                "the component role needs WECHAT_COMPONENT_APPSECRET (the component token)".into(),
+            ));
+        }
         problems
     }
 
@@ -333,7 +375,7 @@ mod tests {
         assert_eq!(config.roles(), [Role::Welcome, Role::Location]);
         let config = Config::parse_from(["worker", "--role", "unbind,welcome"]);
         assert_eq!(config.roles(), [Role::Unbind, Role::Welcome]);
-        assert_eq!(Config::parse_from(["worker"]).roles(), Role::ALL);
+        assert_eq!(Config::parse_from(["worker"]).roles(), Role::DEFAULT);
         assert!(Config::try_parse_from(["worker", "--role", "nope"]).is_err());
     }
 

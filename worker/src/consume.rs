@@ -549,6 +549,8 @@ pub struct ConsumerSettings {
     pub waits: Arc<WaitState>,
     /// Records handled at once per role.
     pub concurrency: usize,
+    /// The component's release check is on: the `component` role reads text messages too.
+    pub release_check: bool,
 }
 
 impl ConsumerSettings {
@@ -566,6 +568,7 @@ impl ConsumerSettings {
             dead_letters: Arc::default(),
             waits: Arc::default(),
             concurrency: config.settings.concurrency,
+            release_check: matches!(config.shared.component(), Ok(Some(c)) if c.release_check),
         })
     }
 
@@ -680,7 +683,7 @@ impl RoleConsumer {
         settings: &ConsumerSettings,
         effects: Arc<Effects>,
     ) -> Result<Self, KafkaError> {
-        let topics = role.topics(&settings.topic_prefix);
+        let topics = role.topics_with(&settings.topic_prefix, settings.release_check);
         zero_series(role);
         let pause = Arc::new(PauseFlags {
             gated_topic: (role == Role::Unbind).then(|| topics[1].clone()),

@@ -7,8 +7,11 @@ use std::time::Duration;
 use schemas::Event;
 
 use crate::accounts::{NoSender, Senders};
-use crate::api::{ErrorClass, WeChat};
+use std::sync::Arc;
+
+use crate::api::{ApiError, ComponentCredentials, Credentials, ErrorClass, WeChat};
 use crate::config::{Role, SceneTexts};
+use store::component::Components;
 use store::effects::{Applied, EffectStores, Location, Subscription};
 use store::Lease;
 
@@ -61,6 +64,17 @@ fn store_failed(error: &store::StoreError) -> Outcome {
         Outcome::Wait(error.to_string())
     } else {
         Outcome::Retry(error.to_string())
+    }
+}
+
+/// A failed API call of the component role: as the welcome's classes say, but nothing of it
+/// is ever recorded as sent.
+fn api_failed(error: &ApiError) -> Outcome {
+    match error.class() {
+        ErrorClass::Outage | ErrorClass::TokenInvalid => Outcome::Wait(error.to_string()),
+        ErrorClass::Account => Outcome::Held(error.to_string()),
+        ErrorClass::Permanent => Outcome::Skipped(error.to_string()),
+        ErrorClass::Unanswered | ErrorClass::Unknown => Outcome::Retry(error.to_string()),
     }
 }
 
@@ -118,7 +132,27 @@ pub struct Effects {
     /// Send again a welcome whose outcome is unknown (`WELCOME_RESEND_UNKNOWN`): at least
     /// once instead of at most once.
     pub resend_unknown: bool,
+    /// Open Platform mode: the component, its store, and whether the release check is on.
+    pub component: Option<ComponentEffects>,
 }
+
+/// What the `component` role and an authorizer's welcomes need.
+#[derive(Debug)]
+pub struct ComponentEffects {
+    pub credentials: Arc<ComponentCredentials>,
+    pub store: Arc<dyn Components>,
+    pub release_check: bool,
+}
+
+/// WeChat's release-check (全网发布) test accounts, by AppID: the only authorizers whose
+/// `QUERY_AUTH_CODE:` texts the component role answers.
+pub const RELEASE_CHECK_APPIDS: [&str; 5] = [
+    "wx570bc396a51b8ff8",
+    "wx9252c5e0bb1836fc",
+    "wx8e1097c5bc82cde9",
+    "wx14550af28c71a144",
+    "wxa35b9c23cfe664eb",
+];
 
 impl Effects {
     pub async fn apply(&self, role: Role, event: &Event) -> Outcome {
@@ -126,6 +160,169 @@ impl Effects {
             Role::Unbind => self.unbind(event).await,
             Role::Welcome => self.welcome(event).await,
             Role::Location => self.location(event).await,
+            Role::Component => self.component(event).await,
+        }
+    }
+
+    /// `component`: an authorization's code exchanged for the authorizer's refresh token
+    /// (once: a redelivery finds it kept), forgotten on `unauthorized`; and, with the release
+    /// check on, a test account's `QUERY_AUTH_CODE:` answered through the API.
+    async fn component(&self, event: &Event) -> Outcome {
+        let Some(component) = &self.component else {
+            return Outcome::Skipped("no component configured".into());
+        };
+        let Some(authorizer) = event.text("authorizer_appid").map(str::to_owned) else {
+            if event.kind == schemas::Kind::Message && component.release_check {
+                return self.release_check(component, event).await;
+            }
+            return Outcome::Skipped(format!("{} is not an authorization", event.type_));
+        };
+        if event.account != component.credentials.appid {
+            return Outcome::Skipped(format!("another component's ({})", event.account));
+        }
+        let store = &component.store;
+        match event.type_.as_str() {
+            "authorized" | "updateauthorized" => {
+                // The ingress recorded the authorization before it answered; a record from
+                // the spool or a redrive is recorded here again (idempotent).
+                if let Err(error) = store
+                    .set_authorized(&event.account, &authorizer, true, event.created_at)
+                    .await
+                {
+                    return store_failed(&error);
+                }
+                let known = match store.authorizer(&event.account, &authorizer).await {
+                    Ok(known) => known,
+                    Err(error) => return store_failed(&error),
+                };
+                if known.authorized == Some(false) {
+                    return Outcome::Skipped("withdrawn since".into());
+                }
+                if known.refresh_at.is_some_and(|at| at >= event.created_at) {
+                    // Exchanged already (a code is good once): a redelivery.
+                    return Outcome::Done;
+                }
+                let Some(code) = event.text("authorization_code") else {
+                    return Outcome::Poison("an authorization without its code".into());
+                };
+                self.exchange(component, &authorizer, code, event.created_at)
+                    .await
+            }
+            "unauthorized" => {
+                if let Err(error) = store
+                    .set_authorized(&event.account, &authorizer, false, event.created_at)
+                    .await
+                {
+                    return store_failed(&error);
+                }
+                let creds = Credentials::authorizer(&authorizer, &component.credentials);
+                match self.wechat.forget_token(&creds).await {
+                    Ok(()) => Outcome::Done,
+                    Err(error) => api_failed(&error),
+                }
+            }
+            other => Outcome::Skipped(format!("{other} is not an authorization")),
+        }
+    }
+
+    /// Exchanges an authorization code and keeps the refresh token, the access token it came
+    /// with, and the authorizer's `gh_` id.
+    async fn exchange(
+        &self,
+        component: &ComponentEffects,
+        authorizer: &str,
+        code: &str,
+        created_at: i64,
+    ) -> Outcome {
+        let c = &component.credentials.appid;
+        let info = match self.wechat.query_auth(&component.credentials, code).await {
+            Ok(info) => info,
+            Err(error) => {
+                // A copy of this record handled at the same time may have used the code (it
+                // is good once): then its token is kept, and this one is done.
+                let kept = component.store.authorizer(c, authorizer).await;
+                if kept.is_ok_and(|a| a.refresh_at.is_some_and(|at| at >= created_at)) {
+                    return Outcome::Done;
+                }
+                return api_failed(&error);
+            }
+        };
+        if info.authorizer_appid != authorizer {
+            return Outcome::Poison(format!(
+                "the code is {}'s, not {authorizer}'s",
+                info.authorizer_appid
+            ));
+        }
+        match component
+            .store
+            .set_refresh_token(c, authorizer, &info.authorizer_refresh_token, created_at)
+            .await
+        {
+            Ok(Applied::Yes) => {}
+            Ok(Applied::Stale) => {
+                return Outcome::Skipped("withdrawn or reauthorized since".into())
+            }
+            Err(error) => return store_failed(&error),
+        }
+        let creds = Credentials::authorizer(authorizer, &component.credentials);
+        if let Err(error) = self
+            .wechat
+            .keep_token(&creds, &info.authorizer_access_token, info.expires_in)
+            .await
+        {
+            tracing::warn!(%error, %authorizer, "authorizer token not cached: the first send fetches one");
+        }
+        // Its gh_ id, so a push on its route naming another account is refused. Learned from
+        // its first push otherwise.
+        match self
+            .wechat
+            .authorizer_user_name(&component.credentials, authorizer)
+            .await
+        {
+            Ok(user_name) => {
+                if let Err(error) = component
+                    .store
+                    .set_user_name(c, authorizer, &user_name)
+                    .await
+                {
+                    tracing::warn!(%error, %authorizer, "authorizer's gh_ id not kept: learned from its first push");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, %authorizer, "api_get_authorizer_info failed: its gh_ id is learned from its first push");
+            }
+        }
+        tracing::info!(%authorizer, "authorization exchanged: refresh token kept");
+        Outcome::Done
+    }
+
+    /// WeChat's release check: a test account's `QUERY_AUTH_CODE:{code}` text is answered
+    /// with `{code}_from_api`, sent with the authorizer token the code is exchanged for.
+    async fn release_check(&self, component: &ComponentEffects, event: &Event) -> Outcome {
+        let Some(appid) = event.appid.as_deref() else {
+            return Outcome::Skipped("not an authorizer's".into());
+        };
+        let code = match event
+            .text("content")
+            .and_then(|c| c.strip_prefix("QUERY_AUTH_CODE:"))
+        {
+            Some(code) if RELEASE_CHECK_APPIDS.contains(&appid) && !code.is_empty() => code,
+            _ => return Outcome::Skipped("not a release check".into()),
+        };
+        let outcome = self
+            .exchange(component, appid, code, event.created_at)
+            .await;
+        if outcome != Outcome::Done {
+            return outcome;
+        }
+        let creds = Credentials::authorizer(appid, &component.credentials);
+        match self
+            .wechat
+            .send_text(&creds, &event.openid, &format!("{code}_from_api"))
+            .await
+        {
+            Ok(()) => Outcome::Done,
+            Err(error) => api_failed(&error),
         }
     }
 
@@ -186,7 +383,25 @@ impl Effects {
             ));
         }
         let text = self.welcome_text(event);
-        let creds = match self.senders.for_account(&event.account) {
+        // An authorizer's follower (Open Platform): that authorizer's token, never another
+        // account's credentials.
+        let authorizer = match (&event.appid, &self.component) {
+            (Some(appid), Some(component)) => {
+                Some(Credentials::authorizer(appid, &component.credentials))
+            }
+            (Some(appid), None) => {
+                tracing::warn!(%appid, openid = %ops::hash_openid(&event.openid), %text,
+                    "welcome message (logged, not sent: an authorizer's follow, and no component with its AppSecret configured)");
+                return Outcome::Skipped(format!(
+                    "authorizer {appid}: no component with its AppSecret configured"
+                ));
+            }
+            (None, _) => None,
+        };
+        let creds = match authorizer
+            .as_ref()
+            .map_or_else(|| self.senders.for_account(&event.account), Ok)
+        {
             Ok(creds) => creds,
             Err(NoSender::NoSecret) => {
                 tracing::info!(account = %event.account, openid = %ops::hash_openid(&event.openid), %text, "welcome message (logged, not sent: no AppSecret configured for its account)");

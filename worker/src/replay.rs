@@ -247,6 +247,13 @@ pub async fn rebuild(config: &Config, roles: &[Role]) -> Result<(), ReplayError>
                 .into(),
         ));
     }
+    if roles.contains(&Role::Component) {
+        return Err(ReplayError::Refused(
+            "--role component is refused: an authorization code is good once, so its \
+             exchange is never replayed; rebuild `unbind` or `location`"
+                .into(),
+        ));
+    }
     let settings = ConsumerSettings::from_config(config)?;
     let effects = crate::effects(config).await?;
     // A group of its own, never committed: no live worker sees it.

@@ -25,10 +25,7 @@ fn api_client(env: &Env, timeout: Duration, owner: &str) -> WeChat {
 }
 
 fn credentials(appid: &str) -> Credentials {
-    Credentials {
-        appid: appid.into(),
-        appsecret: wechat::accounts::Secret::new("secret"),
-    }
+    Credentials::account(appid, wechat::accounts::Secret::new("secret"))
 }
 
 async fn wait_for_async<F, Fut>(what: &str, check: F)
@@ -651,6 +648,7 @@ async fn kafka_settings_reach_every_client_and_bad_ones_stop_the_start() {
         dead_letters: Default::default(),
         waits: Default::default(),
         concurrency: 1,
+        release_check: false,
     };
     let consumer = settings.consumer_config("g");
     let dead_letter = settings.dead_letter_config();

@@ -85,10 +85,16 @@ impl Env {
             .map(|t| format!("{prefix}.event.{t}"))
             .collect();
         topics.extend(
-            ["unbind", "welcome", "location"]
+            ["unbind", "welcome", "location", "component"]
                 .iter()
                 .map(|r| format!("{prefix}.dlq.{r}")),
         );
+        topics.extend(
+            ["authorized", "updateauthorized", "unauthorized"]
+                .iter()
+                .map(|t| format!("{prefix}.component.{t}")),
+        );
+        topics.push(format!("{prefix}.message.text"));
         let redis = RedisServer::start();
         let key_prefix = unique("k");
         let engine = store::Engine::open(&redis.url(), Duration::from_secs(1)).unwrap();

@@ -1,0 +1,343 @@
+//! Open Platform: the `component` role exchanges authorizations, and welcomes for an
+//! authorizer's followers go out with that authorizer's token only; through the worker binary,
+//! on the mock Kafka, a real redis-server and the fake WeChat API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use store::component::Components;
+
+const COMPONENT: &str = "wxcomponent";
+const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An authorization event as the ingress writes it to `{prefix}.component.{info_type}`.
+fn authorization(
+    info_type: &str,
+    authorizer: &str,
+    code: Option<&str>,
+    at: i64,
+) -> (String, Vec<u8>) {
+    let mut value = json!({
+        "id": format!("{COMPONENT}:{authorizer}:{at}:component.{info_type}:h0"),
+        "account": COMPONENT, "openid": authorizer, "created_at": at,
+        "received_at": "2026-12-06T08:00:00.000Z", "kind": "component", "type": info_type,
+        "authorizer_appid": authorizer, "extra": {}
+    });
+    if let Some(code) = code {
+        value["authorization_code"] = json!(code);
+        value["authorization_code_expired_time"] = json!(at + 3600);
+        value["pre_auth_code"] = json!(null);
+    }
+    (authorizer.to_owned(), serde_json::to_vec(&value).unwrap())
+}
+
+/// A follow of an authorizer's account, as the ingress writes it from the authorizer's route.
+fn authorizer_subscribe(authorizer: &str, openid: &str, at: i64) -> (String, Vec<u8>) {
+    let (key, value) = subscribe(&format!("gh_{authorizer}"), openid, at, None);
+    let mut value: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    value["appid"] = json!(authorizer);
+    value["id"] = json!(format!(
+        "gh_{authorizer}:{openid}:{at}:event.subscribe:h{authorizer}"
+    ));
+    (key, serde_json::to_vec(&value).unwrap())
+}
+
+fn component_vars() -> Vec<(&'static str, String)> {
+    vec![
+        ("WECHAT_COMPONENT_APPID", COMPONENT.into()),
+        ("WECHAT_COMPONENT_APPSECRET", "component-secret".into()),
+        ("WECHAT_COMPONENT_TOKEN", "component-token".into()),
+        ("WECHAT_COMPONENT_ENCODING_AES_KEY", KEY.into()),
+    ]
+}
+
+/// The worker binary with the component configured, running `roles`.
+fn component_worker(env: &Env, roles: &str, extra: &[(&str, String)]) -> KillOnDrop {
+    KillOnDrop(
+        env.command()
+            .env("RUST_LOG", "warn")
+            .envs(component_vars())
+            .envs(extra.iter().cloned())
+            .args(["--role", roles])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn produce(env: &Env, suffix: &str, records: &[(String, Vec<u8>)]) {
+    let records: Vec<(&str, &[u8])> = records
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    env.kafka
+        .produce(&format!("{}.{suffix}", env.prefix), &records);
+}
+
+/// The component store this test's workers share.
+fn components(env: &Env) -> std::sync::Arc<dyn Components> {
+    let engine = store::Engine::open(&env.redis.url(), Duration::from_secs(1)).unwrap();
+    store::component::open(&engine, &env.key_prefix)
+}
+
+#[tokio::test]
+async fn an_authorization_is_exchanged_once_and_its_followers_are_welcomed_with_its_token() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    env.wechat.authorization_code("code-a", "wxauth_a");
+    let t = now();
+    // A follow that comes before its authorizer's authorization is exchanged waits for it.
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxauth_a", "fan_a1", t)],
+    );
+    let _worker = component_worker(&env, "welcome,component", &[]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        env.wechat.sends_to("fan_a1"),
+        0,
+        "no refresh token yet: nothing sent"
+    );
+    assert!(
+        env.wechat.token_appids().is_empty(),
+        "never with an account's credentials"
+    );
+
+    produce(
+        &env,
+        "component.authorized",
+        &[authorization("authorized", "wxauth_a", Some("code-a"), t)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || env.wechat.sends_to("fan_a1")
+            == 1)
+        .await,
+        "the held follow is welcomed once its authorization is exchanged"
+    );
+    let state = store.authorizer(COMPONENT, "wxauth_a").await.unwrap();
+    assert!(state
+        .refresh_token
+        .is_some_and(|r| r.starts_with("refreshtoken@@@wxauth_a")));
+    assert_eq!(
+        state.user_name.as_deref(),
+        Some("gh_wxauth_a"),
+        "api_get_authorizer_info"
+    );
+    let tokens = env.wechat.tokens_sent_to("fan_a1");
+    assert!(
+        tokens[0].starts_with("TOKEN-wxauth_a-"),
+        "the authorizer's own token: {tokens:?}"
+    );
+    assert_eq!(
+        env.wechat.state.lock().unwrap().component_tickets,
+        ["ticket@@@1"],
+        "the stored ticket got the component token"
+    );
+
+    // A redelivery of the authorization exchanges nothing again (a code is good once).
+    produce(
+        &env,
+        "component.authorized",
+        &[authorization("authorized", "wxauth_a", Some("code-a"), t)],
+    );
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxauth_a", "fan_a2", t + 1)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || env.wechat.sends_to("fan_a2")
+            == 1)
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.wechat.state.lock().unwrap().code_exchanges,
+        ["code-a"],
+        "exchanged once"
+    );
+    assert_eq!(env.wechat.sends_to("fan_a1"), 1);
+    assert!(
+        env.wechat.token_appids().is_empty(),
+        "stable_token never asked"
+    );
+}
+
+#[tokio::test]
+async fn after_unauthorized_nothing_more_is_sent_for_that_authorizer() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    env.wechat.authorization_code("code-b", "wxauth_b");
+    env.wechat.authorization_code("code-c", "wxauth_c");
+    let t = now();
+    let _worker = component_worker(&env, "welcome,component", &[]);
+    produce(
+        &env,
+        "component.authorized",
+        &[
+            authorization("authorized", "wxauth_b", Some("code-b"), t),
+            authorization("authorized", "wxauth_c", Some("code-c"), t),
+        ],
+    );
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxauth_b", "fan_b1", t)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || env.wechat.sends_to("fan_b1")
+            == 1)
+        .await
+    );
+
+    produce(
+        &env,
+        "component.unauthorized",
+        &[authorization("unauthorized", "wxauth_b", None, t + 10)],
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || authorized(&env, "wxauth_b")
+            .as_deref()
+            == Some("0"))
+        .await,
+        "the withdrawal is recorded"
+    );
+    produce(
+        &env,
+        "event.subscribe",
+        &[
+            authorizer_subscribe("wxauth_b", "fan_b2", t + 11),
+            authorizer_subscribe("wxauth_c", "fan_c1", t + 11),
+        ],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || env.wechat.sends_to("fan_c1")
+            == 1)
+        .await,
+        "another authorizer's follows go on"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.wechat.sends_to("fan_b2"),
+        0,
+        "nothing sent for a withdrawn authorizer"
+    );
+    let state = store.authorizer(COMPONENT, "wxauth_b").await.unwrap();
+    assert_eq!(state.refresh_token, None, "its refresh token is forgotten");
+    assert!(
+        !env.has_key("token:{wxauth_b}"),
+        "its cached access token is forgotten"
+    );
+}
+
+/// The authorizer's `authorized` field in Redis (the component store's hash).
+fn authorized(env: &Env, authorizer: &str) -> Option<String> {
+    redis::Commands::hget(
+        &mut env.redis.conn(),
+        format!(
+            "{}:component:{{{COMPONENT}}}:authorizer:{authorizer}",
+            env.key_prefix
+        ),
+        "authorized",
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_release_check_exchanges_the_code_and_answers_through_the_api() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    let test_account = "wx570bc396a51b8ff8";
+    env.wechat.authorization_code("query-code-1", test_account);
+    env.wechat
+        .authorization_code("query-code-2", "wxnot_a_test_account");
+    let t = now();
+    let text = |appid: &str, openid: &str, content: &str| {
+        let (key, value) = event(
+            "text",
+            "gh_3c884a361561",
+            openid,
+            t,
+            json!({"content": content, "msg_id": "1"}),
+        );
+        let mut value: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        value["kind"] = json!("message");
+        value["appid"] = json!(appid);
+        value["id"] = json!(format!("gh_3c884a361561:{openid}:{t}:message.text:{appid}"));
+        (key, serde_json::to_vec(&value).unwrap())
+    };
+    let _worker = component_worker(
+        &env,
+        "component",
+        &[("WECHAT_COMPONENT_RELEASE_CHECK", "true".into())],
+    );
+    produce(
+        &env,
+        "message.text",
+        &[
+            text(test_account, "test_user", "QUERY_AUTH_CODE:query-code-1"),
+            text(
+                "wxnot_a_test_account",
+                "other_user",
+                "QUERY_AUTH_CODE:query-code-2",
+            ),
+        ],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || env.wechat.sends_to("test_user")
+            == 1)
+        .await,
+        "the test account's user gets {{code}}_from_api"
+    );
+    let sends = env.wechat.sends();
+    assert!(
+        sends.contains(&("test_user".into(), "query-code-1_from_api".into())),
+        "{sends:?}"
+    );
+    assert!(
+        env.wechat.tokens_sent_to("test_user")[0].starts_with(&format!("TOKEN-{test_account}-"))
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.wechat.sends_to("other_user"),
+        0,
+        "only WeChat's test accounts"
+    );
+    assert_eq!(
+        env.wechat.state.lock().unwrap().code_exchanges,
+        ["query-code-1"]
+    );
+}
+
+#[tokio::test]
+async fn the_component_role_without_a_component_refuses_to_start() {
+    let env = Env::start().await;
+    let (code, _, stderr) = env.run_command(&[], &["--role", "component"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("WECHAT_COMPONENT"), "{stderr}");
+    let (code, _, stderr) = env.run_command(&[], &["rebuild", "--role", "component"]);
+    assert_ne!(code, 0, "{stderr}");
+}

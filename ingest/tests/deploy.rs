@@ -539,8 +539,13 @@ fn config_file_settings(config: &serde_json::Value) -> Vec<String> {
             names.push("INGEST_ACCOUNTS".to_owned());
             continue;
         }
+        // `[component] x` is `WECHAT_COMPONENT_X`.
+        let prefix = match section.as_str() {
+            "component" => "wechat_component",
+            other => other,
+        };
         for (key, value) in table.as_object().unwrap_or_else(|| panic!("[{section}]")) {
-            names.push(format!("{section}_{key}").to_uppercase());
+            names.push(format!("{prefix}_{key}").to_uppercase());
             if value.is_object() {
                 assert_eq!(
                     section, "kafka",
@@ -910,10 +915,14 @@ fn check_manifests(dir: &str, docs: &[serde_json::Value], known: &BTreeSet<Strin
         // worker::Workers::run: 10 s for the records in flight, 5 s to commit and leave.
         assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 15);
     }
-    let all_roles: BTreeSet<String> = ["location", "unbind", "welcome"]
+    // Every role a worker runs by default, and `component` with a component configured.
+    let mut all_roles: BTreeSet<String> = worker::Role::DEFAULT
         .iter()
-        .map(|r| r.to_string())
+        .map(|r| r.name().to_owned())
         .collect();
+    if config.get("component").is_some() {
+        all_roles.insert(worker::Role::Component.name().to_owned());
+    }
     assert_eq!(roles, all_roles, "{dir}: a Deployment per role");
 
     // The ServiceMonitor (no schema here): it selects the admin Services, on a port they
@@ -978,7 +987,11 @@ fn the_kubernetes_manifests_are_valid_and_name_only_settings_the_binaries_read()
             && known.contains("WORKER_ROLES")
             && known.contains("LOG_FORMAT")
     );
-    for dir in ["deploy/kubernetes", "deploy/kubernetes/overlays/example"] {
+    for dir in [
+        "deploy/kubernetes",
+        "deploy/kubernetes/overlays/example",
+        "deploy/kubernetes/overlays/open-platform",
+    ] {
         let Some(docs) = kustomize(dir) else {
             eprintln!("kubectl is not installed here: the Kubernetes manifests were not rendered");
             return;

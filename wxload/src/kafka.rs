@@ -42,6 +42,22 @@ pub fn written(
         .sum()
 }
 
+/// Records written between two snapshots to the topics whose names start with `topics`.
+pub fn written_on(
+    before: &HashMap<(String, i32), (i64, i64)>,
+    after: &HashMap<(String, i32), (i64, i64)>,
+    topics: &str,
+) -> i64 {
+    let only = |offsets: &HashMap<(String, i32), (i64, i64)>| {
+        offsets
+            .iter()
+            .filter(|((topic, _), _)| topic.starts_with(topics))
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect::<HashMap<_, _>>()
+    };
+    written(&only(before), &only(after))
+}
+
 /// Waits until the end offsets stop moving (or `within` passes).
 pub fn settled(
     brokers: &str,
@@ -112,4 +128,32 @@ pub fn read_ids(
         }
     }
     Some(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_on_counts_only_the_topics_named() {
+        let offsets = |entries: &[(&str, i32, i64)]| {
+            entries
+                .iter()
+                .map(|(t, p, high)| (((*t).to_owned(), *p), (0, *high)))
+                .collect::<HashMap<_, _>>()
+        };
+        let before = offsets(&[
+            ("w.component.authorized", 0, 2),
+            ("w.event.subscribe", 0, 5),
+        ]);
+        let after = offsets(&[
+            ("w.component.authorized", 0, 5),
+            ("w.component.authorized", 1, 1),
+            ("w.component.component_verify_ticket", 0, 2),
+            ("w.event.subscribe", 0, 9),
+            ("wx.component.authorized", 0, 7),
+        ]);
+        assert_eq!(written_on(&before, &after, "w.component."), 3 + 1 + 2);
+        assert_eq!(written(&before, &after), 3 + 1 + 2 + 4 + 7);
+    }
 }

@@ -5,6 +5,8 @@
 //! ```text
 //! wxload run --url http://127.0.0.1:8080/wechat --token T --connections 64 --count 100000 \
 //!            --kafka-brokers localhost:9092        # then: sent, acked, on Kafka, latencies
+//! wxload run --url http://127.0.0.1:8080/wechat --component-appid wxC --component-token T \
+//!            --component-key K --authorizers 100   # an Open Platform component's traffic
 //! wxload baseline --listen 127.0.0.1:9000          # the bare limit: 200 and nothing else
 //! wxload fake-wechat --listen 127.0.0.1:9100       # a WeChat API for worker benchmarks
 //! wxload produce --kafka-brokers B --type subscribe --count 100000
@@ -16,12 +18,14 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use wechat::decrypt::AesKey;
 
+mod component;
 mod kafka;
 mod push;
 mod run;
 mod servers;
 
-use push::{Mix, Signer};
+use component::Component;
+use push::{Mix, Signer, Target};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +41,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Send signed pushes and report what was acknowledged and what reached Kafka.
+    ///
+    /// With --component-appid it plays WeChat for an Open Platform third-party platform (a
+    /// component) instead: a component_verify_ticket push to {url}/component/auth at the start
+    /// and every --ticket-interval, one `authorized` event there per authorizer before the load,
+    /// and the load spread over --authorizers authorizers, wxauthorizer{i} (ToUserName
+    /// gh_authorizer{i}) at {url}/component/wxauthorizer{i}; all encrypted with the
+    /// component's token and key. --token, --aes-key, --appid and --account are then unused.
     Run(Box<RunArgs>),
     /// Serve the bare limit: 200 with an empty body, nothing else.
     Baseline {
@@ -78,8 +89,12 @@ struct RunArgs {
     /// The URL WeChat calls, path included.
     #[arg(long, default_value = "http://127.0.0.1:8080/wechat")]
     url: String,
-    #[arg(long, env = "WECHAT_TOKEN")]
-    token: String,
+    #[arg(
+        long,
+        env = "WECHAT_TOKEN",
+        required_unless_present = "component_appid"
+    )]
+    token: Option<String>,
     /// Safe mode: the EncodingAESKey (with --appid).
     #[arg(long, env = "WECHAT_ENCODING_AES_KEY")]
     aes_key: Option<String>,
@@ -128,6 +143,46 @@ struct RunArgs {
     json: Option<std::path::PathBuf>,
     #[arg(long)]
     no_progress: bool,
+    /// Open Platform mode: the component_appid of the third-party platform to play WeChat for.
+    #[arg(
+        long,
+        env = "WECHAT_COMPONENT_APPID",
+        requires_all = ["component_token", "component_key"],
+        help_heading = "Open Platform (component) mode"
+    )]
+    component_appid: Option<String>,
+    /// The component's message Token.
+    #[arg(
+        long,
+        env = "WECHAT_COMPONENT_TOKEN",
+        help_heading = "Open Platform (component) mode"
+    )]
+    component_token: Option<String>,
+    /// The component's EncodingAESKey (every component push is encrypted).
+    #[arg(
+        long,
+        env = "WECHAT_COMPONENT_ENCODING_AES_KEY",
+        help_heading = "Open Platform (component) mode"
+    )]
+    component_key: Option<String>,
+    /// Authorizers the load is spread over: push n goes to authorizer n % N.
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..),
+        requires = "component_appid",
+        help_heading = "Open Platform (component) mode"
+    )]
+    authorizers: u64,
+    /// How often a ticket push follows the first (WeChat: every 10 minutes).
+    #[arg(
+        long,
+        default_value = "10m",
+        value_parser = humantime_duration,
+        requires = "component_appid",
+        help_heading = "Open Platform (component) mode"
+    )]
+    ticket_interval: Duration,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -213,7 +268,14 @@ async fn produce(
     let started = std::time::Instant::now();
     let mut pending = Vec::new();
     for seq in 0..count {
-        let request = push::build(seq, users, base_time, &mix, "gh_wxload", "/", &signer);
+        let request = push::build(
+            seq,
+            users,
+            base_time,
+            &mix,
+            &Target::account("gh_wxload", "/"),
+            &signer,
+        );
         let push = wechat::parse::Push::try_from(request.body.as_bytes())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let at = humantime_rfc3339_now();
@@ -261,13 +323,48 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
     let (addr, path) = url
         .split_once('/')
         .map_or((url, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-    let aes = match (&args.aes_key, &args.appid) {
-        (Some(key), Some(appid)) => Some((
-            AesKey::parse(key).map_err(|e| anyhow::anyhow!("{e}"))?,
-            appid.clone(),
-        )),
-        (Some(_), None) => bail!("--aes-key needs --appid"),
-        _ => None,
+    let retry = run::Retry {
+        timeout: args.timeout,
+        retries: args.retries,
+        retry_delay: args.retry_delay,
+    };
+    let component = match &args.component_appid {
+        None => None,
+        Some(appid) => {
+            // Clap requires both with the AppID.
+            let token = args.component_token.as_deref().unwrap_or_default();
+            let key = args.component_key.as_deref().unwrap_or_default();
+            let key = AesKey::parse(key).map_err(|e| anyhow::anyhow!("--component-key: {e}"))?;
+            if args.ticket_interval.is_zero() {
+                bail!("--ticket-interval must be more than 0");
+            }
+            Some(Component::new(appid, token, key, &path))
+        }
+    };
+    let (targets, signer) = match &component {
+        Some(component) => (
+            (0..args.authorizers)
+                .map(|i| component.authorizer(i))
+                .collect(),
+            component.signer().clone(),
+        ),
+        None => {
+            let aes = match (&args.aes_key, &args.appid) {
+                (Some(key), Some(appid)) => Some((
+                    AesKey::parse(key).map_err(|e| anyhow::anyhow!("{e}"))?,
+                    appid.clone(),
+                )),
+                (Some(_), None) => bail!("--aes-key needs --appid"),
+                _ => None,
+            };
+            // Clap requires --token without --component-appid.
+            let token = args.token.as_deref().unwrap_or_default();
+            let signer = match aes {
+                None => Signer::plaintext(token),
+                Some((key, appid)) => Signer::encrypted(token, key, &appid),
+            };
+            (vec![Target::account(&args.account, &path)], signer)
+        }
     };
     let count = args.count.or(if args.duration.is_none() {
         Some(10_000)
@@ -280,24 +377,43 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
         .map(|b| kafka::end_offsets(b, &args.topic_prefix));
     let load = run::Load {
         addr: addr.to_owned(),
-        path,
         connections: args.connections,
         rate: args.rate,
         count,
         duration: args.duration,
         users: args.users.max(1),
         mix: Mix::parse(&args.mix).map_err(anyhow::Error::msg)?,
-        account: args.account.clone(),
-        signer: match aes {
-            None => Signer::plaintext(&args.token),
-            Some((key, appid)) => Signer::encrypted(&args.token, key, &appid),
-        },
-        timeout: args.timeout,
-        retries: args.retries,
-        retry_delay: args.retry_delay,
+        targets,
+        signer,
+        retry,
         progress: !args.no_progress,
     };
-    let outcome = run::run(load).await;
+    let (outcome, component_report) = match &component {
+        None => (run::run(load).await, None),
+        Some(component) => {
+            let done = run::run_component(load, component, args.ticket_interval).await;
+            let Some(mut outcome) = done.load else {
+                bail!(
+                    "no authorization event was answered 200 `success` at http://{addr}{} \
+                     (is the ingress serving this component?)",
+                    component.auth_path()
+                );
+            };
+            outcome
+                .acked_ids
+                .extend(done.authorizations.acked_ids.iter().cloned());
+            outcome
+                .acked_ids
+                .extend(done.tickets.acked_ids.iter().cloned());
+            let figures = serde_json::json!({
+                "appid": args.component_appid,
+                "authorizers": args.authorizers,
+                "authorizations": done.authorizations.json(),
+                "tickets": done.tickets.json(),
+            });
+            (outcome, Some(figures))
+        }
+    };
     let cpu = cpu_seconds();
     let percentile = |q: f64| outcome.latency.value_at_quantile(q) as f64 / 1000.0;
     let throughput = outcome.acked as f64 / outcome.elapsed.as_secs_f64().max(1e-9);
@@ -315,6 +431,11 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
             "max": outcome.latency.max() as f64 / 1000.0,
         },
     });
+    let component_mode = component_report.is_some();
+    if let Some(figures) = component_report {
+        // The figures above are the authorizers' pushes; these, the authorization events.
+        report["component"] = figures;
+    }
     if let (Some(brokers), Some(before)) = (args.kafka_brokers.as_deref(), before) {
         let brokers = brokers.to_owned();
         let prefix = args.topic_prefix.clone();
@@ -324,6 +445,14 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
             let after = kafka::settled(&brokers, &prefix, Duration::from_secs(30));
             let on_kafka = kafka::written(&before, &after);
             let mut figures = serde_json::json!({ "on_kafka": on_kafka });
+            if component_mode {
+                // Of `on_kafka`, the authorization events: `component.acked` of them.
+                figures["on_kafka_component"] = serde_json::json!(kafka::written_on(
+                    &before,
+                    &after,
+                    &format!("{prefix}.component.")
+                ));
+            }
             if read_back {
                 match kafka::read_ids(&brokers, &before, &after) {
                     Some(ids) => {
@@ -358,4 +487,104 @@ fn cpu_seconds() -> Option<f64> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
     Some((ticks(14)? + ticks(15)?) / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `wxload run` with these arguments, or clap's error.
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["wxload", "run"].iter().chain(args))?;
+        match cli.command {
+            Command::Run(args) => Ok(*args),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// These tests mean the flags alone: they say nothing when the settings are in the
+    /// environment (clap reads it).
+    fn environment_is_clear() -> bool {
+        let set: Vec<_> = [
+            "WECHAT_TOKEN",
+            "WECHAT_COMPONENT_APPID",
+            "WECHAT_COMPONENT_TOKEN",
+            "WECHAT_COMPONENT_ENCODING_AES_KEY",
+        ]
+        .into_iter()
+        .filter(|v| std::env::var_os(v).is_some())
+        .collect();
+        if !set.is_empty() {
+            eprintln!("skipped: {set:?} set in the environment");
+        }
+        set.is_empty()
+    }
+
+    const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    #[test]
+    fn an_account_still_needs_its_token_and_nothing_of_a_component() {
+        if !environment_is_clear() {
+            return;
+        }
+        let args = run_args(&["--token", "t"]).unwrap();
+        assert_eq!(args.token.as_deref(), Some("t"));
+        assert_eq!(args.component_appid, None);
+        assert!(run_args(&[]).is_err(), "--token is required");
+        // The component's own flags mean nothing without the component.
+        for flags in [&["--authorizers", "3"][..], &["--ticket-interval", "1s"]] {
+            let mut all = vec!["--token", "t"];
+            all.extend(flags);
+            assert!(run_args(&all).is_err(), "{flags:?}");
+        }
+    }
+
+    #[test]
+    fn a_component_needs_its_token_and_key_and_not_an_accounts() {
+        if !environment_is_clear() {
+            return;
+        }
+        let args = run_args(&[
+            "--component-appid",
+            "wxc",
+            "--component-token",
+            "ct",
+            "--component-key",
+            KEY,
+            "--authorizers",
+            "5",
+            "--ticket-interval",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(args.component_appid.as_deref(), Some("wxc"));
+        assert_eq!(args.component_token.as_deref(), Some("ct"));
+        assert_eq!(args.component_key.as_deref(), Some(KEY));
+        assert_eq!(args.authorizers, 5);
+        assert_eq!(args.ticket_interval, Duration::from_secs(30));
+        let defaults = run_args(&[
+            "--component-appid",
+            "wxc",
+            "--component-token",
+            "ct",
+            "--component-key",
+            KEY,
+        ])
+        .unwrap();
+        assert_eq!(defaults.authorizers, 10);
+        assert_eq!(defaults.ticket_interval, Duration::from_secs(600));
+        assert!(run_args(&["--component-appid", "wxc", "--component-token", "ct"]).is_err());
+        assert!(run_args(&["--component-appid", "wxc", "--component-key", KEY]).is_err());
+        assert!(run_args(&[
+            "--component-appid",
+            "wxc",
+            "--component-token",
+            "ct",
+            "--component-key",
+            KEY,
+            "--authorizers",
+            "0"
+        ])
+        .is_err());
+    }
 }

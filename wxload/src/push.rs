@@ -99,7 +99,7 @@ impl Mix {
 }
 
 /// A number unique to this process, so two runs never share nonces.
-fn run_salt() -> &'static str {
+pub(crate) fn run_salt() -> &'static str {
     static SALT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SALT.get_or_init(|| {
         let now = std::time::SystemTime::now()
@@ -110,6 +110,29 @@ fn run_salt() -> &'static str {
 }
 
 pub use wechat::Signer;
+
+/// Where pushes go: an account's own URL, or an Open Platform authorizer's route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `ToUserName` of every push: the account's `gh_` id.
+    pub account: String,
+    /// The path pushes are POSTed to.
+    pub path: String,
+    /// The authorizer AppID of a component route (`{path}` ends in it), which the ingress
+    /// puts in the record and its identity; `None` on an account's own URL.
+    pub appid: Option<String>,
+}
+
+impl Target {
+    /// An account's own URL.
+    pub fn account(account: &str, path: &str) -> Target {
+        Target {
+            account: account.to_owned(),
+            path: path.to_owned(),
+            appid: None,
+        }
+    }
+}
 
 /// One push, ready to send (and to send again, identically, on retry).
 #[derive(Debug, Clone)]
@@ -127,10 +150,10 @@ pub fn build(
     users: u64,
     base_time: i64,
     mix: &Mix,
-    account: &str,
-    path: &str,
+    target: &Target,
     signer: &Signer,
 ) -> Request {
+    let account = &target.account;
     let kind = mix.pick(seq);
     let openid = format!("oLoad{:012}", seq % users);
     let now = std::time::SystemTime::now()
@@ -143,7 +166,7 @@ pub fn build(
         kind.fields(seq)
     );
     let push = wechat::parse::Push::try_from(xml.as_bytes()).expect("generated pushes parse");
-    let id = wechat::normalize::normalize(push, String::new())
+    let id = wechat::normalize::normalize_on(push, String::new(), target.appid.as_deref())
         .expect("generated pushes normalize")
         .id;
     let timestamp = now.to_string();
@@ -153,7 +176,7 @@ pub fn build(
     let mut random = [0u8; 16];
     random[..8].copy_from_slice(&seq.to_le_bytes());
     let signed = signer.push(&xml, account, &timestamp, &nonce, random);
-    let (path_and_query, body) = (format!("{path}?{}", signed.query), signed.body);
+    let (path_and_query, body) = (format!("{}?{}", target.path, signed.query), signed.body);
     Request {
         path_and_query,
         body,
@@ -181,9 +204,10 @@ mod tests {
     fn every_push_has_its_own_identity_and_passes_the_ingress_checks() {
         let mix = Mix::parse("subscribe,unsubscribe,scan,location,click,view,text").unwrap();
         let signer = Signer::plaintext("t");
+        let target = Target::account("gh_load", "/wechat");
         let mut ids = std::collections::HashSet::new();
         for seq in 0..2_000 {
-            let r = build(seq, 100, 1_700_000_000, &mix, "gh_load", "/wechat", &signer);
+            let r = build(seq, 100, 1_700_000_000, &mix, &target, &signer);
             assert!(ids.insert(r.id.clone()), "{}", r.id);
         }
         // Many rounds of few users from now on: CreateTime never passes the signed timestamp.
@@ -192,7 +216,7 @@ mod tests {
             .unwrap()
             .as_secs() as i64;
         for seq in (0..100_000).step_by(997) {
-            let r = build(seq, 10, now, &mix, "gh_load", "/wechat", &signer);
+            let r = build(seq, 10, now, &mix, &target, &signer);
             let push = wechat::parse::Push::try_from(r.body.as_bytes()).unwrap();
             let timestamp: i64 = r
                 .path_and_query
@@ -216,8 +240,7 @@ mod tests {
             10,
             1_700_000_000,
             &Mix::parse("text").unwrap(),
-            "gh_load",
-            "/wechat",
+            &Target::account("gh_load", "/wechat"),
             &signer,
         );
         assert!(r.path_and_query.contains("encrypt_type=aes"));
@@ -231,5 +254,38 @@ mod tests {
             .unwrap();
         let xml = key.decrypt(encrypt, "wxapp").unwrap();
         assert!(String::from_utf8(xml).unwrap().contains("hello 7"));
+    }
+
+    /// An account's own URL gets the pushes wxload sent before the component mode, byte for
+    /// byte (bodies, path, query's shape, identities: taken from the release before it).
+    #[test]
+    fn an_accounts_pushes_are_what_they_were() {
+        let mix = Mix::parse("subscribe,unsubscribe,scan,location,click,view,text").unwrap();
+        let target = Target::account("gh_load", "/wechat");
+        let golden = [
+            (0, "<xml><ToUserName><![CDATA[gh_load]]></ToUserName><FromUserName><![CDATA[oLoad000000000000]]></FromUserName><CreateTime>1700000000</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event><EventKey><![CDATA[qrscene_0]]></EventKey><Ticket><![CDATA[TICKET]]></Ticket><LoadSeq>0</LoadSeq></xml>",
+             "gh_load:oLoad000000000000:1700000000:event.subscribe:ha92bcb669b500c74"),
+            (12, "<xml><ToUserName><![CDATA[gh_load]]></ToUserName><FromUserName><![CDATA[oLoad000000000002]]></FromUserName><CreateTime>1700000001</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[hello 12]]></Content><MsgId>6000000000000000012</MsgId><LoadSeq>12</LoadSeq></xml>",
+             "gh_load:oLoad000000000002:1700000001:message.text:m6000000000000000012:h4e82e79c311f45a1"),
+        ];
+        for (seq, body, id) in golden {
+            let r = build(
+                seq,
+                10,
+                1_700_000_000,
+                &mix,
+                &target,
+                &Signer::plaintext("t"),
+            );
+            assert_eq!(r.body, body);
+            assert_eq!(r.id.to_string(), id);
+            let (path, query) = r.path_and_query.split_once('?').unwrap();
+            assert_eq!(path, "/wechat");
+            let names: Vec<&str> = query
+                .split('&')
+                .map(|kv| kv.split_once('=').unwrap().0)
+                .collect();
+            assert_eq!(names, ["signature", "timestamp", "nonce"]);
+        }
     }
 }

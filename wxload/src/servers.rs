@@ -13,7 +13,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-async fn serve<F, Fut>(listener: TcpListener, handler: F)
+pub(crate) async fn serve<F, Fut>(listener: TcpListener, handler: F)
 where
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send,

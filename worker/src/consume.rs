@@ -312,6 +312,7 @@ pub struct RoleConsumer {
     gate: Option<Gate>,
     /// Accounts the API refuses, each holding its own records.
     holds: AccountHolds,
+    metrics: RoleMetrics,
 }
 
 /// What decides whether a role's partitions are paused.
@@ -638,18 +639,44 @@ const GATE_DEPTH: usize = 4;
 /// past that, they fill the role as an outage would, and it stops reading.
 const HELD_PER_PERMIT: usize = 64;
 
+/// The per-record series of a role, looked up once: a lookup hashes the labels into the
+/// registry, which every record would pay two or three times.
+struct RoleMetrics {
+    /// `wxpipe_worker_events_total` by [`Outcome::LABELS`].
+    events: [metrics::Counter; Outcome::LABELS.len()],
+    effect_seconds: metrics::Histogram,
+    waiting: metrics::Gauge,
+}
+
+impl RoleMetrics {
+    fn event(&self, outcome: &Outcome) -> &metrics::Counter {
+        let at = Outcome::LABELS
+            .iter()
+            .position(|label| *label == outcome.label())
+            .expect("every label is listed");
+        &self.events[at]
+    }
+}
+
 /// The role's series whose labels are known before its first record, at zero: an alert on
 /// their increase sees the first dead letter, and dashboards show the role from start.
-fn zero_series(role: Role) {
+fn zero_series(role: Role) -> RoleMetrics {
     let role = role.name();
-    for outcome in Outcome::LABELS {
-        metrics::counter!("wxpipe_worker_events_total", "role" => role, "outcome" => outcome)
-            .increment(0);
-    }
+    let events = Outcome::LABELS.map(|outcome| {
+        let counter =
+            metrics::counter!("wxpipe_worker_events_total", "role" => role, "outcome" => outcome);
+        counter.increment(0);
+        counter
+    });
     metrics::counter!("wxpipe_worker_dead_letter_failures_total", "role" => role).increment(0);
-    metrics::gauge!("wxpipe_worker_waiting_records", "role" => role).set(0.0);
-    let _ = metrics::histogram!("wxpipe_worker_effect_seconds", "role" => role);
+    let waiting = metrics::gauge!("wxpipe_worker_waiting_records", "role" => role);
+    waiting.set(0.0);
     let _ = metrics::histogram!("wxpipe_worker_dependency_wait_seconds", "role" => role);
+    RoleMetrics {
+        events,
+        effect_seconds: metrics::histogram!("wxpipe_worker_effect_seconds", "role" => role),
+        waiting,
+    }
 }
 
 /// Back-off before attempt `n` (1-based) of a failing effect.
@@ -684,7 +711,7 @@ impl RoleConsumer {
         effects: Arc<Effects>,
     ) -> Result<Self, KafkaError> {
         let topics = role.topics_with(&settings.topic_prefix, settings.release_check);
-        zero_series(role);
+        let metrics = zero_series(role);
         let pause = Arc::new(PauseFlags {
             gated_topic: (role == Role::Unbind).then(|| topics[1].clone()),
             ..PauseFlags::default()
@@ -722,6 +749,7 @@ impl RoleConsumer {
             changed: Notify::new(),
             gate,
             holds: AccountHolds::new(role.name(), settings.concurrency * HELD_PER_PERMIT),
+            metrics,
         })
     }
 
@@ -839,8 +867,7 @@ impl RoleConsumer {
         let all = flow.waiting > 0 || flow.full;
         let gated = flow.gated >= self.concurrency * GATE_DEPTH
             || (paused_gated && flow.gated > self.concurrency * GATE_DEPTH / 2);
-        metrics::gauge!("wxpipe_worker_waiting_records", "role" => self.role.name())
-            .set(flow.waiting as f64);
+        self.metrics.waiting.set(flow.waiting as f64);
         if (all, gated) == (paused_all, paused_gated) {
             return;
         }
@@ -1055,8 +1082,9 @@ impl RoleConsumer {
                 }
             }
         }
-        metrics::counter!("wxpipe_worker_events_total", "role" => self.role.name(), "outcome" => outcome.label()).increment(1);
-        metrics::histogram!("wxpipe_worker_effect_seconds", "role" => self.role.name())
+        self.metrics.event(&outcome).increment(1);
+        self.metrics
+            .effect_seconds
             .record(started.elapsed().as_secs_f64());
         true
     }

@@ -107,8 +107,10 @@ impl Accounts {
                 accounts.by_path.insert(path, Arc::new(account));
             }
         }
-        if accounts.by_path.is_empty() {
-            return Err("no account configured: set WECHAT_TOKEN, or INGEST_ACCOUNTS with at least one [accounts.NAME]".into());
+        // An Open Platform component alone is served too (see `component`); it is no
+        // account for the original_id rule below.
+        if accounts.by_path.is_empty() && config.shared.component()?.is_none() {
+            return Err("no account configured: set WECHAT_TOKEN, or INGEST_ACCOUNTS with at least one [accounts.NAME], or an Open Platform component (WECHAT_COMPONENT_* or [component])".into());
         }
         wechat::accounts::check_original_ids(accounts.iter().map(|(path, a)| {
             let setting = if path == config.path {

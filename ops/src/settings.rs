@@ -306,7 +306,7 @@ pub fn first(problems: Vec<ConfigError>) -> Result<(), ConfigError> {
 /// Why a configuration cannot work. The binaries print it and exit 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("WECHAT_TOKEN is required (the Token of the account's server config) unless INGEST_ACCOUNTS is set")]
+    #[error("WECHAT_TOKEN is required (the Token of the account's server config) unless INGEST_ACCOUNTS or an Open Platform component (WECHAT_COMPONENT_*, [component]) is set")]
     NoAccount,
     #[error(
         "KAFKA_BROKERS is set but empty: unset it for the embedded default, or list the brokers"

@@ -291,8 +291,16 @@ impl Shared {
             )));
         }
         problems.extend(check_properties("KAFKA_CONFIG", &self.kafka_config).err());
-        if let Err(problem) = self.component() {
-            problems.push(ConfigError::Invalid(problem));
+        // A `[component]` of INGEST_ACCOUNTS is checked where that file is read (the
+        // ingress's accounts); reading it here would make every check a file read.
+        let set = self.component_appid.is_some()
+            || self.component_token.is_some()
+            || self.component_encoding_aes_key.is_some()
+            || self.component_appsecret.is_some();
+        if set {
+            if let Err(problem) = self.component() {
+                problems.push(ConfigError::Invalid(problem));
+            }
         }
         problems
     }

@@ -37,3 +37,9 @@ fn test_vectors(file: &str) -> Vec<serde_json::Value> {
     let path = format!("{}/../tests/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
+
+/// The Rust examples of `docs/open-platform.md`, run as doctests so the page never shows code
+/// that does not compile or values that are not what the crate computes.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/open-platform.md")]
+pub struct OpenPlatformDocs;

@@ -228,6 +228,20 @@ async fn an_authorization_and_its_authorizers_pushes_are_published_once_each() {
         Some(AUTHORIZER_GH),
         "its gh_ id learned from the first push"
     );
+    // One metrics label for the component, whatever the number of authorizers.
+    let (_, metrics) = app.admin_get("/metrics").await;
+    let series = |kind: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("wxpipe_pushes_total{")
+                && l.contains(r#"account="component""#)
+                && l.contains(&format!(r#"kind="{kind}""#))
+        })
+    };
+    assert!(series("component") && series("event"), "{metrics}");
+    assert!(
+        !metrics.contains(AUTHORIZER),
+        "no authorizer AppID: {metrics}"
+    );
     app.stop().await;
 }
 
@@ -583,5 +597,30 @@ async fn spooled_component_records_are_replayed_with_their_headers() {
         record.header("ce_type"),
         Some("wechat.component.component_verify_ticket")
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_component_routes_keep_the_listeners_limits() {
+    let mut config = test_config("memory://");
+    with_component(&mut config);
+    config.allowed_ips = vec!["10.0.0.0/8".parse().unwrap()];
+    let app = TestApp::spawn_with(config).await;
+    let push = sign(&ticket(now(), "ticket@@@from-elsewhere"));
+    for route in ["auth", AUTHORIZER] {
+        let (status, reason) = post(&app, route, &push).await;
+        assert_eq!(status, 403, "{route}: outside INGEST_ALLOWED_IPS: {reason}");
+    }
+    assert_nothing_published(&app, "nothing of a refused push").await;
+    app.stop().await;
+    let mut config = test_config("memory://");
+    with_component(&mut config);
+    config.max_body_bytes = 64;
+    let app = TestApp::spawn_with(config).await;
+    for route in ["auth", AUTHORIZER] {
+        let (status, reason) = post(&app, route, &push).await;
+        assert_eq!(status, 413, "{route}: {reason}");
+    }
+    assert_nothing_published(&app, "nothing of a refused push").await;
     app.stop().await;
 }

@@ -351,6 +351,13 @@ async fn an_authorizer_route_takes_its_own_account_only() {
     );
     let (status, reason) = post(&app, AUTHORIZER, &plain).await;
     assert_eq!(status, 403, "plaintext: {reason}");
+    let plain = Signer::plaintext(COMPONENT_TOKEN).push(
+        &ticket(t, "ticket@@@plain"),
+        COMPONENT,
+        &now().to_string(),
+        &unique("n"),
+        [0; 16],
+    );
     let (status, reason) = post(&app, "auth", &plain).await;
     assert_eq!(status, 403, "plaintext: {reason}");
     tokio::time::sleep(SETTLE).await;

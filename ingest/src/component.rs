@@ -175,7 +175,7 @@ impl Component {
                 .and_then(serde_json::Value::as_str)
                 .ok_or(PushError::from(ParseError::Missing(element)))
         };
-        let by = (arrived + self.deadline).into();
+        let by = self.store_by(arrived);
         let timeout = || Unavailable::ComponentStore(store::StoreError::Timeout);
         let stored = match event.type_.as_str() {
             "component_verify_ticket" => {
@@ -241,7 +241,7 @@ impl Component {
         let event = normalize_on(push, received_at(), Some(appid))?;
         *topic = Some(event.topic());
         let admission = tokio::time::timeout_at(
-            (arrived + self.deadline).into(),
+            self.store_by(arrived),
             self.store.admit(self.appid(), appid, &event.account),
         )
         .await
@@ -265,6 +265,12 @@ impl Component {
             Some((user, account, content)) => self.seal(&user, &account, &content),
         };
         Ok((accepted, body))
+    }
+
+    /// Until when the component store may answer for a push that arrived at `arrived`: half
+    /// the ack deadline, leaving the other half to making it durable.
+    fn store_by(&self, arrived: Instant) -> tokio::time::Instant {
+        (arrived + self.deadline / 2).into()
     }
 
     /// A passive text reply from `account` to `user`, in safe mode with the component's key.

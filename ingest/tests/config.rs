@@ -351,6 +351,31 @@ async fn validate_takes_a_component_alone_and_names_its_problems() {
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(said.contains("encoding_aes_key"), "{said}");
+    // In INGEST_ACCOUNTS, and in two places at once.
+    let accounts = file(
+        "accounts.toml",
+        "[component]\nappid = \"wxc\"\ntoken = \"t\"\nencoding_aes_key = \"short\"\n",
+    );
+    let accounts = accounts.to_str().unwrap();
+    let out = run(ingest(&["validate"], &[("INGEST_ACCOUNTS", accounts)])).await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.lines().any(|l| l.starts_with("problem")
+            && l.contains("[component]")
+            && l.contains("encoding_aes_key")),
+        "{said}"
+    );
+    let accounts = file(
+        "accounts.toml",
+        &format!("[component]\nappid = \"wxc\"\ntoken = \"t\"\nencoding_aes_key = \"{key}\"\n"),
+    );
+    let mut envs = component.to_vec();
+    envs.push(("INGEST_ACCOUNTS", accounts.to_str().unwrap()));
+    let out = run(ingest(&["validate"], &envs)).await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("both set"), "{said}");
     // Neither an account nor a component: the error names both ways.
     let out = run(ingest(&["validate"], &[])).await;
     let said = text(&out);

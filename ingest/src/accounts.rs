@@ -107,8 +107,11 @@ impl Accounts {
                 accounts.by_path.insert(path, Arc::new(account));
             }
         }
-        if accounts.by_path.is_empty() {
-            return Err("no account configured: set WECHAT_TOKEN, or INGEST_ACCOUNTS with at least one [accounts.NAME]".into());
+        // An Open Platform component alone is served too (see `component`); it is no
+        // account for the original_id rule below.
+        let component = config.shared.component()?;
+        if accounts.by_path.is_empty() && component.is_none() {
+            return Err("no account configured: set WECHAT_TOKEN, or INGEST_ACCOUNTS with at least one [accounts.NAME], or an Open Platform component (WECHAT_COMPONENT_* or [component])".into());
         }
         wechat::accounts::check_original_ids(accounts.iter().map(|(path, a)| {
             let setting = if path == config.path {
@@ -232,6 +235,22 @@ mod tests {
             error.contains("account b") && error.contains("original_id"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_component_alone_is_served_and_needs_no_original_id() {
+        let mut config = config_with_file(
+            "[component]\nappid = \"wxc\"\ntoken = \"t\"\n\
+             encoding_aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\"\n",
+        );
+        assert!(Accounts::load(&config).unwrap().is_empty(), "no account");
+        // Beside one account, which therefore needs no original_id.
+        config.token = Some(Secret::new("default-token"));
+        assert_eq!(Accounts::load(&config).unwrap().len(), 1);
+        // The component in two places is refused here too (`ingest validate` loads this).
+        config.shared.component_appid = Some("wxc".into());
+        let error = Accounts::load(&config).unwrap_err();
+        assert!(error.contains("both set"), "{error}");
     }
 
     #[test]

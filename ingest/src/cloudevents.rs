@@ -31,18 +31,15 @@ pub struct CloudEvent {
 
 impl CloudEvent {
     pub fn new(account: &str, kind: &str, type_: &str, created_at: i64) -> CloudEvent {
-        // "/wechat/" + ["component/"] + account + "wechat." + kind + "." + type + "YYYY-MM-DDTHH:MM:SSZ"
         // An authorization event's source is the component (its `account` is the AppID).
-        let component = if kind == schemas::Kind::Component.as_str() {
-            "component/"
-        } else {
-            ""
-        };
+        let component = kind == schemas::Kind::Component.as_str();
+        let scope = if component { "component/" } else { "" };
+        // "/wechat/" + scope + account + "wechat." + kind + "." + type + "YYYY-MM-DDTHH:MM:SSZ"
         let mut buf = String::with_capacity(
-            8 + component.len() + account.len() + 8 + kind.len() + type_.len() + 20,
+            8 + scope.len() + account.len() + 8 + kind.len() + type_.len() + 20,
         );
         buf.push_str("/wechat/");
-        buf.push_str(component);
+        buf.push_str(scope);
         buf.push_str(account);
         let source_end = buf.len();
         buf.push_str("wechat.");
@@ -149,5 +146,12 @@ mod tests {
         assert!(CloudEvent::of_value(no_id).is_none());
         assert_eq!(ce.time(), "1970-01-01T00:00:01Z");
         assert!(CloudEvent::of_value(b"{not json").is_none());
+        // A spooled authorization event keeps its component source.
+        let ticket = br#"{"id":"x","account":"wxc","openid":"wxc","created_at":1,"received_at":"t",
+            "kind":"component","type":"component_verify_ticket","ticket":"t","extra":{}}"#;
+        let ce = CloudEvent::of_value(ticket).unwrap();
+        assert_eq!(ce.source(), "/wechat/component/wxc");
+        assert_eq!(ce.type_(), "wechat.component.component_verify_ticket");
+        assert_eq!(ce.buf.capacity(), ce.buf.len(), "one allocation here too");
     }
 }

@@ -306,9 +306,14 @@ impl Config {
     pub fn problems(&self) -> Vec<ConfigError> {
         let shared = &self.shared;
         let mut problems = Vec::new();
+        // A component given in part is `Shared::problems`'s to name.
+        let component = shared.component_appid.is_some()
+            || shared.component_token.is_some()
+            || shared.component_encoding_aes_key.is_some();
         if self.token.as_ref().is_none_or(|t| t.expose().is_empty())
             && shared.accounts_file.is_none()
             && shared.accounts.is_none()
+            && !component
         {
             problems.push(ConfigError::NoAccount);
         }

@@ -22,6 +22,8 @@ pub enum Rejection {
     NoAesKey,
     #[error("push is addressed to another account")]
     WrongAccount,
+    #[error("the authorizer withdrew its authorization of the component")]
+    Unauthorized,
     #[error(
         "plaintext push to an account with an EncodingAESKey (WeChat encrypts every push for it)"
     )]
@@ -61,6 +63,7 @@ impl Rejection {
             | Rejection::Decrypt(_)
             | Rejection::NoAesKey
             | Rejection::WrongAccount
+            | Rejection::Unauthorized
             | Rejection::PlaintextRefused
             | Rejection::CreateTimeAhead
             | Rejection::SourceNotAllowed => StatusCode::FORBIDDEN,
@@ -81,6 +84,7 @@ impl Rejection {
             Rejection::Decrypt(_) => "decrypt_failed",
             Rejection::NoAesKey => "no_aes_key",
             Rejection::WrongAccount => "wrong_account",
+            Rejection::Unauthorized => "unauthorized",
             Rejection::PlaintextRefused => "plaintext_refused",
             Rejection::CreateTimeAhead => "create_time_ahead",
             Rejection::SourceNotAllowed => "source_not_allowed",
@@ -104,6 +108,10 @@ pub enum Unavailable {
     Deadline,
     #[error("too many pushes in flight")]
     Overloaded,
+    /// The Open Platform component's state (an authorization, a ticket, an authorizer's
+    /// admission) could not be read or recorded: the push is not taken without it.
+    #[error("the component store did not answer: {0}")]
+    ComponentStore(#[from] store::StoreError),
 
     #[error("kafka unavailable and the spool refused: {0}")]
     Spool(#[from] crate::spool::SpoolError),
@@ -116,6 +124,7 @@ impl Unavailable {
             Unavailable::Publish(_) => "publish_failed",
             Unavailable::Deadline => "deadline",
             Unavailable::Overloaded => "overloaded",
+            Unavailable::ComponentStore(_) => "component_store",
             Unavailable::Spool(_) => "spool_failed",
         }
     }

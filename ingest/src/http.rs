@@ -12,6 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
 
 use crate::accounts::{Account, Accounts};
+use crate::component::{self, Component};
 use crate::deliver::Accepted;
 use crate::error::{PushError, Rejection, Unavailable};
 use crate::pipeline::{Pipeline, Query};
@@ -24,6 +25,8 @@ use schemas::Topic;
 #[derive(Debug)]
 pub struct Routes {
     pub accounts: Accounts,
+    /// The Open Platform component, served under `{INGEST_PATH}/component/`.
+    pub component: Option<Arc<Component>>,
     pub max_body_bytes: usize,
     /// How long a client may take to send its body once the headers are in.
     pub read_timeout: Duration,
@@ -136,6 +139,22 @@ fn rejected(error: &PushError) -> Response<Full<Bytes>> {
     text(error.status(), format!("{error}\n"))
 }
 
+/// Whose push a request is: an account's, or one of the component's routes.
+enum Target {
+    Account(Arc<Account>),
+    Component(Arc<Component>, component::Route),
+}
+
+impl Target {
+    /// Whose Token and key check the request; its name labels the metrics.
+    fn account(&self) -> &Account {
+        match self {
+            Target::Account(account) => account,
+            Target::Component(component, _) => component.account(),
+        }
+    }
+}
+
 impl Routes {
     /// Answers one request from `peer` on a connection that `busy` marks while a complete
     /// request is being handled (so the connection limit closes other connections first).
@@ -148,21 +167,30 @@ impl Routes {
         let arrived = Instant::now();
         // A request with no body is complete once its headers are in.
         let _complete = (req.method() != Method::POST).then(|| busy.mark());
-        if let Some(account) = self.accounts.at(req.uri().path()) {
-            let account = Arc::clone(account);
-            if !self.allowed(peer, req.headers()) {
-                tracing::info!(account = %account.name, %peer, "request from outside INGEST_ALLOWED_IPS refused");
-                return self.answer(
-                    &account,
-                    None,
-                    Err(Rejection::SourceNotAllowed.into()),
-                    arrived,
-                );
-            }
-            return self.wechat(account, req, arrived, busy).await;
+        let path = req.uri().path();
+        let target = if let Some(account) = self.accounts.at(path) {
+            Target::Account(Arc::clone(account))
+        } else if let Some((component, route)) = self
+            .component
+            .as_ref()
+            .and_then(|c| c.route(path).map(|route| (c, route)))
+        {
+            Target::Component(Arc::clone(component), route)
+        } else {
+            // Operators' endpoints are on the admin listener only.
+            return rejected(&Rejection::NotFound.into());
+        };
+        if !self.allowed(peer, req.headers()) {
+            let account = target.account();
+            tracing::info!(account = %account.name, %peer, "request from outside INGEST_ALLOWED_IPS refused");
+            return self.answer(
+                account,
+                None,
+                Err(Rejection::SourceNotAllowed.into()),
+                arrived,
+            );
         }
-        // Operators' endpoints are on the admin listener only.
-        rejected(&Rejection::NotFound.into())
+        self.wechat(target, req, arrived, busy).await
     }
 
     /// Whether a request from `peer` with these headers comes from an allowed address.
@@ -176,15 +204,16 @@ impl Routes {
 
     async fn wechat(
         &self,
-        account: Arc<Account>,
+        target: Target,
         req: Request<Incoming>,
         arrived: Instant,
         busy: &Busy,
     ) -> Response<Full<Bytes>> {
-        let account = &account;
+        let account = target.account();
         let query = Query::parse(req.uri().query());
         match *req.method() {
-            Method::GET => {
+            // WeChat verifies an account's URL; a component's routes take pushes only.
+            Method::GET if matches!(target, Target::Account(_)) => {
                 let result = self.pipeline.verify_url(account, query);
                 let outcome = if result.is_ok() {
                     "verified"
@@ -231,8 +260,17 @@ impl Routes {
                 // pending produce outcome is followed by a task of its own, and a claim left
                 // pending expires with its lease.
                 let _in_flight = InFlight::enter(permit, &self.metrics.in_flight);
-                let (topic, result) = self.pipeline.push(account, &signed, &body, arrived).await;
-                // WeChat reads an empty body as "received, do not retry, no reply".
+                let (topic, result) = match &target {
+                    Target::Account(account) => {
+                        let (topic, result) =
+                            self.pipeline.push(account, &signed, &body, arrived).await;
+                        // WeChat reads an empty body as "received, do not retry, no reply".
+                        (topic, result.map(|accepted| (accepted, Bytes::new())))
+                    }
+                    Target::Component(component, route) => {
+                        component.push(route, &signed, &body, arrived).await
+                    }
+                };
                 self.answer(account, topic, result, arrived)
             }
             _ => self.answer(
@@ -244,21 +282,27 @@ impl Routes {
         }
     }
 
-    /// Answers a push, with one log line for a refusal and the push's metrics.
+    /// Answers a push (200 with its body once durable), with one log line for a refusal and
+    /// the push's metrics.
     fn answer(
         &self,
         account: &Account,
         topic: Option<Topic>,
-        result: Result<Accepted, PushError>,
+        result: Result<(Accepted, Bytes), PushError>,
         arrived: Instant,
     ) -> Response<Full<Bytes>> {
         let type_ = topic.map_or("unknown", Topic::type_name);
         let kind = topic.map_or("unknown", |t| t.kind().as_str());
-        let (outcome, reason, response) = match &result {
-            Ok(Accepted::Published) => ("published", "", text(StatusCode::OK, Bytes::new())),
-            Ok(Accepted::Duplicate) => ("duplicate", "", text(StatusCode::OK, Bytes::new())),
-            Ok(Accepted::Spooled) => ("spooled", "", text(StatusCode::OK, Bytes::new())),
-            Err(error) => {
+        let (outcome, reason, response) = match result {
+            Ok((accepted, body)) => {
+                let outcome = match accepted {
+                    Accepted::Published => "published",
+                    Accepted::Duplicate => "duplicate",
+                    Accepted::Spooled => "spooled",
+                };
+                (outcome, "", text(StatusCode::OK, body))
+            }
+            Err(ref error) => {
                 let outcome = match error {
                     PushError::Rejected(_) => {
                         tracing::info!(account = %account.name, reason = error.reason(), %error, "push rejected");

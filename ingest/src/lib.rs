@@ -9,7 +9,8 @@
 //!
 //! It owns the HTTP side of a push and what a 200 promises:
 //! - [`http`]: routes, body limits, status mapping; [`server`]: the accept loop.
-//! - [`accounts`]: which account a path serves, with its secrets.
+//! - [`accounts`]: which account a path serves, with its secrets; [`component`]: the Open
+//!   Platform component's routes (authorization events, and every authorizer's pushes).
 //! - [`pipeline`]: the checks, from a signed query to a [`Prepared`](pipeline::Prepared)
 //!   record; the protocol itself (verify, decrypt, parse, normalize) is the `wechat` crate's.
 //! - [`deliver`]: the durability policy (claim, publish under the deadline, spool, settle),
@@ -32,6 +33,7 @@ use tokio::net::TcpListener;
 
 pub mod accounts;
 pub mod cloudevents;
+pub mod component;
 pub mod config;
 pub mod deliver;
 pub mod embedded;
@@ -104,8 +106,9 @@ pub async fn serve(
     config.validate()?;
     // Install the metrics recorder before anything records.
     ops::prometheus();
-    let accounts = accounts::Accounts::load(&config)
-        .map_err(|e| StartError::Config(ops::settings::ConfigError::Invalid(e)))?;
+    let invalid = |e| StartError::Config(ops::settings::ConfigError::Invalid(e));
+    let accounts = accounts::Accounts::load(&config).map_err(invalid)?;
+    let component_entry = config.shared.component().map_err(invalid)?;
     if config.dedup_ttl_floored() {
         tracing::warn!(
             requested_secs = config.dedup_ttl_secs,
@@ -147,6 +150,19 @@ pub async fn serve(
         spool,
     ));
     let readiness = durability.readiness();
+    let component = match component_entry {
+        None => None,
+        Some(entry) => Some(Arc::new(
+            component::Component::new(
+                entry,
+                &config,
+                &accounts,
+                store::component::open(&engine, &config.shared.key_prefix),
+                Arc::clone(&durability),
+            )
+            .map_err(invalid)?,
+        )),
+    };
     let pipeline = Arc::new(pipeline::Pipeline::new(&config, durability));
     let max_in_flight = config
         .max_in_flight
@@ -168,6 +184,7 @@ pub async fn serve(
     });
     let routes = Arc::new(http::Routes {
         accounts,
+        component,
         max_body_bytes: config.max_body_bytes,
         read_timeout: config.read_timeout(),
         in_flight: Arc::clone(&in_flight),
@@ -179,6 +196,7 @@ pub async fn serve(
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         accounts = %routes.accounts.iter().map(|(path, a)| format!("{}={path}", a.name)).collect::<Vec<_>>().join(","),
+        component = %routes.component.as_ref().map_or("", |c| c.appid()),
         redis = %if config.shared.redis_url.as_deref().is_some_and(|url| url.starts_with(ops::settings::MEMORY)) { "memory://" } else { "redis" },
         "ingest listening"
     );

@@ -49,12 +49,17 @@ impl Signed {
     fn nonce(&self) -> &str {
         self.query.nonce.as_deref().unwrap_or_default()
     }
+
+    /// Whether a push stamped `create_time` claims to be later than its signature allows.
+    pub(crate) fn create_time_ahead(&self, create_time: i64) -> bool {
+        create_time > self.timestamp.saturating_add(MAX_CREATE_TIME_AHEAD)
+    }
 }
 
 /// A verified push: its plaintext XML, and the digest its (timestamp, nonce) is bound to, if
 /// any (see [`BodyBinding`]).
-struct Opened<'b> {
-    xml: Cow<'b, [u8]>,
+pub(crate) struct Opened<'b> {
+    pub(crate) xml: Cow<'b, [u8]>,
     bound: Option<[u8; 20]>,
 }
 
@@ -99,7 +104,7 @@ pub struct Pipeline {
     durability: Arc<Durability>,
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -170,7 +175,7 @@ pub fn prepare<'a>(
     {
         return Err(Rejection::WrongAccount.into());
     }
-    if push.create_time > signed.timestamp.saturating_add(MAX_CREATE_TIME_AHEAD) {
+    if signed.create_time_ahead(push.create_time) {
         return Err(Rejection::CreateTimeAhead.into());
     }
     let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -197,7 +202,7 @@ pub fn prepare<'a>(
 
 /// Returns a signed push's plaintext XML: the body itself, or in compatible and safe mode
 /// the decrypted `Encrypt` (the plaintext fields beside it do not count).
-fn open<'b>(
+pub(crate) fn open<'b>(
     account: &Account,
     signed: &'b Signed,
     body: &'b [u8],

@@ -318,3 +318,67 @@ async fn accounts_of_the_config_file_are_served_with_their_tokens_from_files() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "hi");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_takes_a_component_alone_and_names_its_problems() {
+    let key = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+    let component = [
+        ("WECHAT_COMPONENT_APPID", "wxcomponent"),
+        ("WECHAT_COMPONENT_TOKEN", "component-token"),
+        ("WECHAT_COMPONENT_ENCODING_AES_KEY", key),
+    ];
+    let out = run(ingest(&["validate"], &component)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (without, named) in [
+        (0, "WECHAT_COMPONENT_APPID"),
+        (1, "WECHAT_COMPONENT_TOKEN"),
+        (2, "WECHAT_COMPONENT_ENCODING_AES_KEY"),
+    ] {
+        let mut envs = component.to_vec();
+        envs.remove(without);
+        let out = run(ingest(&["validate"], &envs)).await;
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        assert!(
+            said.lines()
+                .any(|l| l.starts_with("problem") && l.contains(named)),
+            "{named} in the problems:\n{said}"
+        );
+    }
+    let mut envs = component.to_vec();
+    envs[2].1 = "too-short";
+    let out = run(ingest(&["validate"], &envs)).await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("encoding_aes_key"), "{said}");
+    // In INGEST_ACCOUNTS, and in two places at once.
+    let accounts = file(
+        "accounts.toml",
+        "[component]\nappid = \"wxc\"\ntoken = \"t\"\nencoding_aes_key = \"short\"\n",
+    );
+    let accounts = accounts.to_str().unwrap();
+    let out = run(ingest(&["validate"], &[("INGEST_ACCOUNTS", accounts)])).await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.lines().any(|l| l.starts_with("problem")
+            && l.contains("[component]")
+            && l.contains("encoding_aes_key")),
+        "{said}"
+    );
+    let accounts = file(
+        "accounts.toml",
+        &format!("[component]\nappid = \"wxc\"\ntoken = \"t\"\nencoding_aes_key = \"{key}\"\n"),
+    );
+    let mut envs = component.to_vec();
+    envs.push(("INGEST_ACCOUNTS", accounts.to_str().unwrap()));
+    let out = run(ingest(&["validate"], &envs)).await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("both set"), "{said}");
+    // Neither an account nor a component: the error names both ways.
+    let out = run(ingest(&["validate"], &[])).await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("WECHAT_COMPONENT_*"), "{said}");
+}

@@ -220,3 +220,40 @@ fn the_readme_is_short_and_every_link_resolves() {
     }
     assert!(links > 10, "the pages link to each other");
 }
+
+/// `docs/open-platform.md` names both URLs to enter in WeChat's console, every component
+/// topic, every Redis key of a component, and the release-check pairs.
+#[test]
+fn the_open_platform_page_names_its_routes_topics_keys_and_test_accounts() {
+    let page = read("docs/open-platform.md");
+    let mut named = vec![
+        "`https://HOST{INGEST_PATH}/component/auth`".to_owned(),
+        "`https://HOST{INGEST_PATH}/component/$APPID$`".to_owned(),
+    ];
+    let topics: Vec<_> = schemas::Topic::all()
+        .filter(|t| t.kind() == schemas::Kind::Component)
+        .collect();
+    assert!(topics.len() >= 5, "{topics:?}");
+    named.extend(
+        topics
+            .iter()
+            .map(|t| format!("`{{prefix}}.{}`", t.suffix())),
+    );
+    // As `tests/component.rs` finds them in Redis.
+    named.extend(
+        [
+            "{p}:component:{C}:ticket",
+            "{p}:component:{C}:authorizer:{A}",
+            "{p}:component:{C}:token",
+            "{p}:component:{C}:token_lock",
+            "{p}:token:{A}",
+        ]
+        .map(|key| format!("`{key}`")),
+    );
+    for (appid, gh) in wechat::reply::RELEASE_CHECK_ACCOUNTS {
+        named.push(format!("| `{appid}` | `{gh}` |"));
+    }
+    for name in named {
+        assert!(page.contains(&name), "docs/open-platform.md: {name}");
+    }
+}

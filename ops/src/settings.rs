@@ -291,9 +291,16 @@ impl Shared {
             )));
         }
         problems.extend(check_properties("KAFKA_CONFIG", &self.kafka_config).err());
-        // An unreadable accounts file is reported where the accounts are loaded.
-        if let (Err(problem), Ok(_)) = (self.component(), self.accounts()) {
-            problems.push(ConfigError::Invalid(problem));
+        // A `[component]` of INGEST_ACCOUNTS is checked where that file is read (the
+        // ingress's accounts); reading it here would make every check a file read.
+        let set = self.component_appid.is_some()
+            || self.component_token.is_some()
+            || self.component_encoding_aes_key.is_some()
+            || self.component_appsecret.is_some();
+        if set {
+            if let Err(problem) = self.component() {
+                problems.push(ConfigError::Invalid(problem));
+            }
         }
         problems
     }
@@ -307,7 +314,7 @@ pub fn first(problems: Vec<ConfigError>) -> Result<(), ConfigError> {
 /// Why a configuration cannot work. The binaries print it and exit 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("WECHAT_TOKEN is required (the Token of the account's server config) unless INGEST_ACCOUNTS is set")]
+    #[error("WECHAT_TOKEN is required (the Token of the account's server config) unless INGEST_ACCOUNTS or an Open Platform component (WECHAT_COMPONENT_*, [component]) is set")]
     NoAccount,
     #[error(
         "KAFKA_BROKERS is set but empty: unset it for the embedded default, or list the brokers"

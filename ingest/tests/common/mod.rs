@@ -146,6 +146,43 @@ impl TestApp {
                 envs.push(("WECHAT_ORIGINAL_ID", id.clone()));
                 expected.shared.original_id = Some(id.clone());
             }
+            let shared = &config.shared;
+            for (variable, value) in [
+                ("WECHAT_COMPONENT_APPID", shared.component_appid.clone()),
+                (
+                    "WECHAT_COMPONENT_TOKEN",
+                    shared
+                        .component_token
+                        .as_ref()
+                        .map(|s| s.expose().to_owned()),
+                ),
+                (
+                    "WECHAT_COMPONENT_ENCODING_AES_KEY",
+                    shared
+                        .component_encoding_aes_key
+                        .as_ref()
+                        .map(|s| s.expose().to_owned()),
+                ),
+                (
+                    "WECHAT_COMPONENT_APPSECRET",
+                    shared
+                        .component_appsecret
+                        .as_ref()
+                        .map(|s| s.expose().to_owned()),
+                ),
+            ] {
+                if let Some(value) = value {
+                    envs.push((variable, value));
+                }
+            }
+            expected.shared.component_appid = shared.component_appid.clone();
+            expected.shared.component_token = shared.component_token.clone();
+            expected.shared.component_encoding_aes_key = shared.component_encoding_aes_key.clone();
+            expected.shared.component_appsecret = shared.component_appsecret.clone();
+            if shared.component_release_check {
+                envs.push(("WECHAT_COMPONENT_RELEASE_CHECK", "true".to_owned()));
+                expected.shared.component_release_check = true;
+            }
             if config.token.is_some() {
                 envs.push(("WECHAT_TOKEN", TOKEN.to_owned()));
             } else {

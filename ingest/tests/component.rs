@@ -1,0 +1,633 @@
+//! Open Platform mode through the real binary, on a real Redis and the mock Kafka: a
+//! component's authorization events and its authorizers' pushes, each made durable once,
+//! every forgery and every withdrawn authorization refused, and WeChat's release check.
+
+mod common;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use common::*;
+use ingest::Config;
+use wechat::decrypt::AesKey;
+use wechat::sign::SignedPush;
+use wechat::Signer;
+
+const COMPONENT: &str = "wxcomponent0000001";
+const COMPONENT_TOKEN: &str = "component-token";
+const COMPONENT_KEY: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+/// An authorizer of the component, and its `gh_` id.
+const AUTHORIZER: &str = "wxauthorizer000001";
+const AUTHORIZER_GH: &str = "gh_authorizer01";
+
+const SETTLE: Duration = Duration::from_millis(500);
+
+fn key() -> AesKey {
+    AesKey::parse(COMPONENT_KEY).unwrap()
+}
+
+/// WeChat, signing for the component.
+fn signer() -> Signer {
+    Signer::encrypted(COMPONENT_TOKEN, key(), COMPONENT)
+}
+
+fn with_component(config: &mut Config) {
+    config.shared.component_appid = Some(COMPONENT.into());
+    config.shared.component_token = Some(COMPONENT_TOKEN.parse().unwrap());
+    config.shared.component_encoding_aes_key = Some(COMPONENT_KEY.parse().unwrap());
+}
+
+async fn spawn(configure: impl FnOnce(&mut Config)) -> (RedisServer, TestApp) {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    with_component(&mut config);
+    configure(&mut config);
+    (redis, TestApp::spawn_binary(config).await)
+}
+
+/// `xml` as WeChat sends it with `signer`, now, with a fresh nonce.
+fn sign_with(signer: &Signer, xml: &str) -> SignedPush {
+    static RANDOM: AtomicU8 = AtomicU8::new(0);
+    let random = [RANDOM.fetch_add(1, Ordering::Relaxed); 16];
+    signer.push(xml, COMPONENT, &now().to_string(), &unique("n"), random)
+}
+
+fn sign(xml: &str) -> SignedPush {
+    sign_with(&signer(), xml)
+}
+
+/// POSTs a signed push to `{INGEST_PATH}/component/{route}`.
+async fn post(app: &TestApp, route: &str, push: &SignedPush) -> (u16, String) {
+    let path = format!("{}/component/{route}", app.config.path);
+    app.post_to(&path, &push.query, &push.body).await
+}
+
+fn ticket(created_at: i64, ticket: &str) -> String {
+    format!(
+        "<xml><AppId><![CDATA[{COMPONENT}]]></AppId><CreateTime>{created_at}</CreateTime>\
+         <InfoType><![CDATA[component_verify_ticket]]></InfoType>\
+         <ComponentVerifyTicket><![CDATA[{ticket}]]></ComponentVerifyTicket></xml>"
+    )
+}
+
+fn authorization(info_type: &str, authorizer: &str, created_at: i64) -> String {
+    let code = if info_type == "unauthorized" {
+        String::new()
+    } else {
+        format!(
+            "<AuthorizationCode><![CDATA[queryauthcode@@@{created_at}]]></AuthorizationCode>\
+             <AuthorizationCodeExpiredTime>{}</AuthorizationCodeExpiredTime>\
+             <PreAuthCode><![CDATA[preauthcode@@@x]]></PreAuthCode>",
+            created_at + 3600
+        )
+    };
+    format!(
+        "<xml><AppId><![CDATA[{COMPONENT}]]></AppId><CreateTime>{created_at}</CreateTime>\
+         <InfoType><![CDATA[{info_type}]]></InfoType>\
+         <AuthorizerAppid><![CDATA[{authorizer}]]></AuthorizerAppid>{code}</xml>"
+    )
+}
+
+fn subscribe(to: &str, from: &str, created_at: i64) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[{to}]]></ToUserName><FromUserName><![CDATA[{from}]]></FromUserName>\
+         <CreateTime>{created_at}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[subscribe]]></Event></xml>"
+    )
+}
+
+fn text(to: &str, from: &str, created_at: i64, content: &str, msg_id: u64) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[{to}]]></ToUserName><FromUserName><![CDATA[{from}]]></FromUserName>\
+         <CreateTime>{created_at}</CreateTime><MsgType><![CDATA[text]]></MsgType>\
+         <Content><![CDATA[{content}]]></Content><MsgId>{msg_id}</MsgId></xml>"
+    )
+}
+
+/// A field of a Redis hash of the app's key prefix.
+fn hget(redis: &RedisServer, app: &TestApp, key: &str, field: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(format!("{}:{key}", app.config.shared.key_prefix))
+        .arg(field)
+        .query(&mut redis.conn())
+        .unwrap()
+}
+
+/// Asserts that nothing reached any topic, `SETTLE` later.
+async fn assert_nothing_published(app: &TestApp, why: &str) {
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(app.count_all(), 0, "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_is_answered_success_once_durable_published_once_and_kept() {
+    let (redis, app) = spawn(|_| {}).await;
+    let push = sign(&ticket(now(), "ticket@@@one"));
+    assert_eq!(post(&app, "auth", &push).await, (200, "success".into()));
+    // WeChat's retry of the same push: answered the same, published once.
+    assert_eq!(post(&app, "auth", &push).await, (200, "success".into()));
+    let records = app
+        .read_exactly(
+            "component.component_verify_ticket",
+            1,
+            SETTLE,
+            "a retried ticket is one record",
+        )
+        .await;
+    let (key, event, value) = &records[0];
+    assert_eq!(key, COMPONENT, "a ticket is keyed by the component");
+    assert_eq!(event.account, COMPONENT);
+    assert_eq!(value["ticket"], "ticket@@@one");
+    assert_schema_valid(event.topic(), value);
+    let record = &app
+        .kafka
+        .read(&app.topic("component.component_verify_ticket"), 1)[0];
+    assert_eq!(
+        record.header("ce_type"),
+        Some("wechat.component.component_verify_ticket")
+    );
+    assert_eq!(
+        record.header("ce_source"),
+        Some(format!("/wechat/component/{COMPONENT}").as_str())
+    );
+    assert_eq!(record.header("ce_id"), Some(&*event.id));
+    let key = format!("component:{{{COMPONENT}}}:ticket");
+    assert_eq!(
+        hget(&redis, &app, &key, "ticket").as_deref(),
+        Some("ticket@@@one")
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_encrypted_for_another_component_is_refused() {
+    let (_redis, app) = spawn(|_| {}).await;
+    // Signed with the component's Token and key, but encrypted for another AppID: a push
+    // meant for another platform sharing the key cannot pass as this one's.
+    let other = Signer::encrypted(COMPONENT_TOKEN, key(), "wxothercomponent01");
+    let forged = sign_with(&other, &ticket(now(), "ticket@@@forged"));
+    let (status, reason) = post(&app, "auth", &forged).await;
+    assert_eq!(status, 403, "{reason}");
+    let forged = sign_with(&other, &subscribe(AUTHORIZER_GH, "oUser", now()));
+    let (status, reason) = post(&app, AUTHORIZER, &forged).await;
+    assert_eq!(status, 403, "{reason}");
+    // Or signed with another Token.
+    let wrong_token = Signer::encrypted("another-token", key(), COMPONENT);
+    let forged = sign_with(&wrong_token, &ticket(now(), "ticket@@@forged"));
+    assert_eq!(post(&app, "auth", &forged).await.0, 403);
+    assert_nothing_published(&app, "nothing of a refused push").await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_and_its_authorizers_pushes_are_published_once_each() {
+    let (redis, app) = spawn(|_| {}).await;
+    let t = now();
+    let authorized = sign(&authorization("authorized", AUTHORIZER, t - 10));
+    assert_eq!(
+        post(&app, "auth", &authorized).await,
+        (200, "success".into())
+    );
+    assert_eq!(
+        post(&app, "auth", &authorized).await,
+        (200, "success".into())
+    );
+    let records = app
+        .read_exactly("component.authorized", 1, SETTLE, "one authorization")
+        .await;
+    assert_eq!(records[0].0, AUTHORIZER, "keyed by the authorizer");
+    assert_eq!(records[0].2["authorizer_appid"], AUTHORIZER);
+    assert_schema_valid(records[0].1.topic(), &records[0].2);
+    let state = format!("component:{{{COMPONENT}}}:authorizer:{AUTHORIZER}");
+    assert_eq!(
+        hget(&redis, &app, &state, "authorized").as_deref(),
+        Some("1")
+    );
+
+    let push = sign(&subscribe(AUTHORIZER_GH, "oFollower", t));
+    let (status, body) = post(&app, AUTHORIZER, &push).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, ""),
+        "answered like an account push"
+    );
+    assert_eq!(post(&app, AUTHORIZER, &push).await.0, 200, "a retry");
+    let records = app
+        .read_exactly("event.subscribe", 1, SETTLE, "a retried push is one record")
+        .await;
+    let (key, event, value) = &records[0];
+    assert_eq!(key, "oFollower");
+    assert_eq!(
+        event.account, AUTHORIZER_GH,
+        "account: the push's ToUserName"
+    );
+    assert_eq!(value["appid"], AUTHORIZER, "appid: the route's");
+    assert_schema_valid(event.topic(), value);
+    assert_eq!(
+        hget(&redis, &app, &state, "user_name").as_deref(),
+        Some(AUTHORIZER_GH),
+        "its gh_ id learned from the first push"
+    );
+    // One metrics label for the component, whatever the number of authorizers.
+    let (_, metrics) = app.admin_get("/metrics").await;
+    let series = |kind: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("wxpipe_pushes_total{")
+                && l.contains(r#"account="component""#)
+                && l.contains(&format!(r#"kind="{kind}""#))
+        })
+    };
+    assert!(series("component") && series("event"), "{metrics}");
+    assert!(
+        !metrics.contains(AUTHORIZER),
+        "no authorizer AppID: {metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_authorizer_is_refused_until_it_authorizes_again() {
+    let (_redis, app) = spawn(|_| {}).await;
+    let t = now();
+    assert_eq!(
+        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o1", t)))
+            .await
+            .0,
+        200,
+        "an authorizer wxpipe never saw authorize is taken"
+    );
+    let unauthorized = sign(&authorization("unauthorized", AUTHORIZER, t - 5));
+    assert_eq!(
+        post(&app, "auth", &unauthorized).await,
+        (200, "success".into())
+    );
+    app.read_exactly("component.unauthorized", 1, SETTLE, "one withdrawal")
+        .await;
+    for from in ["o2", "o3"] {
+        let (status, reason) =
+            post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, from, t))).await;
+        assert_eq!(status, 403, "withdrawn: {reason}");
+    }
+    assert_eq!(
+        app.count("event.subscribe"),
+        1,
+        "nothing of a withdrawn authorizer"
+    );
+    // An older authorization (a late retry) changes nothing.
+    let older = sign(&authorization("authorized", AUTHORIZER, t - 20));
+    assert_eq!(post(&app, "auth", &older).await, (200, "success".into()));
+    assert_eq!(
+        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o4", t)))
+            .await
+            .0,
+        403
+    );
+    let again = sign(&authorization("authorized", AUTHORIZER, t - 1));
+    assert_eq!(post(&app, "auth", &again).await, (200, "success".into()));
+    assert_eq!(
+        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o5", t)))
+            .await
+            .0,
+        200,
+        "authorized again"
+    );
+    let records = app
+        .read_exactly("event.subscribe", 2, SETTLE, "o1 and o5")
+        .await;
+    let mut users: Vec<&str> = records.iter().map(|(k, _, _)| k.as_str()).collect();
+    users.sort_unstable();
+    assert_eq!(users, ["o1", "o5"], "one partition each: any order");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_push_never_speaks_for_a_configured_account() {
+    let accounts = accounts_file(&format!(
+        "[accounts.shop]\ntoken = \"{TOKEN}\"\noriginal_id = \"gh_shop\"\n"
+    ));
+    let (_redis, app) = spawn(|config| {
+        config.shared.original_id = Some("gh_default".into());
+        config.shared.accounts_file = Some(accounts);
+    })
+    .await;
+    for gh in ["gh_default", "gh_shop"] {
+        let (status, reason) = post(&app, AUTHORIZER, &sign(&subscribe(gh, "o1", now()))).await;
+        assert_eq!(status, 403, "{gh}: {reason}");
+    }
+    assert_nothing_published(&app, "the accounts' own pushes come on their own routes").await;
+    // The account still takes its own.
+    let (status, reason) = app.post_push(&subscribe("gh_default", "o1", now())).await;
+    assert_eq!(status, 200, "{reason}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorizer_route_takes_its_own_account_only() {
+    let (_redis, app) = spawn(|_| {}).await;
+    let t = now();
+    assert_eq!(
+        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o1", t)))
+            .await
+            .0,
+        200
+    );
+    let (status, reason) = post(
+        &app,
+        AUTHORIZER,
+        &sign(&subscribe("gh_someoneelse", "o2", t)),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "another gh_ id than the authorizer's: {reason}"
+    );
+    // Plaintext, even signed with the component's Token, is a downgrade.
+    let plain = Signer::plaintext(COMPONENT_TOKEN).push(
+        &subscribe(AUTHORIZER_GH, "o3", t),
+        AUTHORIZER_GH,
+        &now().to_string(),
+        &unique("n"),
+        [0; 16],
+    );
+    let (status, reason) = post(&app, AUTHORIZER, &plain).await;
+    assert_eq!(status, 403, "plaintext: {reason}");
+    let plain = Signer::plaintext(COMPONENT_TOKEN).push(
+        &ticket(t, "ticket@@@plain"),
+        COMPONENT,
+        &now().to_string(),
+        &unique("n"),
+        [0; 16],
+    );
+    let (status, reason) = post(&app, "auth", &plain).await;
+    assert_eq!(status, 403, "plaintext: {reason}");
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(app.count_all(), 1, "o1 only");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_methods_and_unknown_info_types() {
+    let (_redis, app) = spawn(|_| {}).await;
+    let other = format!(
+        "<xml><AppId><![CDATA[{COMPONENT}]]></AppId><CreateTime>{}</CreateTime>\
+         <InfoType><![CDATA[notify_third_fasteregister]]></InfoType><Status>0</Status></xml>",
+        now()
+    );
+    assert_eq!(
+        post(&app, "auth", &sign(&other)).await,
+        (200, "success".into())
+    );
+    let records = app
+        .read_exactly("component.other", 1, SETTLE, "an unknown InfoType, kept")
+        .await;
+    assert_eq!(
+        records[0].2["extra"]["InfoType"],
+        "notify_third_fasteregister"
+    );
+    assert_schema_valid(records[0].1.topic(), &records[0].2);
+    let push = sign(&subscribe(AUTHORIZER_GH, "o1", now()));
+    for route in ["wx.bad", "wx/a", &"a".repeat(65), ""] {
+        let (status, _) = post(&app, route, &push).await;
+        assert_eq!(status, 404, "{route:?}");
+    }
+    // A CreateTime past its signed timestamp would win every last-write-wins comparison.
+    let ahead = now() + 3600;
+    let (status, reason) = post(
+        &app,
+        "auth",
+        &sign(&authorization("unauthorized", AUTHORIZER, ahead)),
+    )
+    .await;
+    assert_eq!(status, 403, "{reason}");
+    let (status, reason) = post(
+        &app,
+        AUTHORIZER,
+        &sign(&subscribe(AUTHORIZER_GH, "o1", ahead)),
+    )
+    .await;
+    assert_eq!(status, 403, "{reason}");
+    let path = format!("{}/component/auth?{}", app.config.path, push.query);
+    assert_eq!(app.get(&path).await.0, 405);
+    let path = format!("{}/component/{AUTHORIZER}?{}", app.config.path, push.query);
+    assert_eq!(app.get(&path).await.0, 405);
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(app.count_all(), 1, "the unknown InfoType only");
+    app.stop().await;
+}
+
+/// The text of an encrypted passive reply, checked as WeChat checks it: (ToUserName,
+/// FromUserName, Content).
+fn open_reply(body: &str) -> (String, String, String) {
+    let fields =
+        wechat::parse::parse_document(body.as_bytes()).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+            .to_owned()
+    };
+    let encrypt = field("Encrypt");
+    let (timestamp, nonce) = (field("TimeStamp"), field("Nonce"));
+    wechat::verify::check(
+        &field("MsgSignature"),
+        &mut [COMPONENT_TOKEN, &timestamp, &nonce, &encrypt],
+    )
+    .expect("MsgSignature");
+    let xml = key()
+        .decrypt(&encrypt, COMPONENT)
+        .expect("for the component");
+    let reply = wechat::parse::Push::try_from(&xml[..]).unwrap();
+    assert_eq!(reply.msg_type, "text");
+    let content = reply.text("Content").unwrap_or_default().to_owned();
+    (reply.to_user, reply.from_user, content)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_check_accounts_get_their_fixed_replies() {
+    let (_redis, app) = spawn(|config| config.shared.component_release_check = true).await;
+    let (appid, gh) = wechat::reply::RELEASE_CHECK_ACCOUNTS[1];
+    let t = now();
+    let event = format!(
+        "<xml><ToUserName><![CDATA[{gh}]]></ToUserName><FromUserName><![CDATA[oTester]]></FromUserName>\
+         <CreateTime>{t}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[LOCATION]]></Event>\
+         <Latitude>23.1</Latitude><Longitude>113.3</Longitude><Precision>119.3</Precision></xml>"
+    );
+    let push = sign(&event);
+    let (status, body) = post(&app, appid, &push).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        open_reply(&body),
+        ("oTester".into(), gh.into(), "LOCATIONfrom_callback".into())
+    );
+    let (status, body) = post(&app, appid, &push).await;
+    assert_eq!(status, 200, "a retry of the durable push");
+    assert_eq!(
+        open_reply(&body).2,
+        "LOCATIONfrom_callback",
+        "the same reply"
+    );
+
+    let test_text = text(gh, "oTester", t, "TESTCOMPONENT_MSG_TYPE_TEXT", 1);
+    let (status, body) = post(&app, appid, &sign(&test_text)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(open_reply(&body).2, "TESTCOMPONENT_MSG_TYPE_TEXT_callback");
+
+    let query_auth = text(gh, "oTester", t, "QUERY_AUTH_CODE:queryauthcode@@@x", 2);
+    assert_eq!(
+        post(&app, appid, &sign(&query_auth)).await,
+        (200, String::new()),
+        "answered empty: the component worker sends the answer"
+    );
+    // Published like any push.
+    app.read_exactly("event.location", 1, SETTLE, "the event")
+        .await;
+    let texts = app
+        .read_exactly("message.text", 2, SETTLE, "the texts")
+        .await;
+    assert!(texts
+        .iter()
+        .all(|(_, e, _)| e.appid.as_deref() == Some(appid)));
+
+    // Anyone else sending the same gets the empty answer.
+    let others = [
+        (AUTHORIZER, event.replace(gh, AUTHORIZER_GH)),
+        (
+            AUTHORIZER,
+            test_text
+                .replace(gh, AUTHORIZER_GH)
+                .replace("<MsgId>1", "<MsgId>3"),
+        ),
+        // A test AppID naming another test account's gh_ id.
+        (
+            wechat::reply::RELEASE_CHECK_ACCOUNTS[2].0,
+            test_text.clone(),
+        ),
+    ];
+    for (appid, xml) in others {
+        assert_eq!(
+            post(&app, appid, &sign(&xml)).await,
+            (200, String::new()),
+            "{appid}: {xml}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_check_is_off_unless_asked_for() {
+    let (_redis, app) = spawn(|_| {}).await;
+    let (appid, gh) = wechat::reply::RELEASE_CHECK_ACCOUNTS[0];
+    let push = sign(&text(
+        gh,
+        "oTester",
+        now(),
+        "TESTCOMPONENT_MSG_TYPE_TEXT",
+        1,
+    ));
+    assert_eq!(post(&app, appid, &push).await, (200, String::new()));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_alone_is_a_configuration() {
+    let (_redis, app) = spawn(|config| config.token = None).await;
+    assert_eq!(
+        post(&app, "auth", &sign(&ticket(now(), "ticket@@@alone"))).await,
+        (200, "success".into())
+    );
+    // No account is served at INGEST_PATH.
+    let (status, _) = app.post_push(&subscribe("gh_x", "o1", now())).await;
+    assert_eq!(status, 404);
+    app.read_exactly("component.component_verify_ticket", 1, SETTLE, "the ticket")
+        .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_the_component_routes_take_nothing() {
+    let (mut redis, app) = spawn(|_| {}).await;
+    let t = now();
+    assert_eq!(
+        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o1", t)))
+            .await
+            .0,
+        200
+    );
+    redis.stop();
+    // Whether the authorizer withdrew cannot be known: fail closed (WeChat retries).
+    let (status, reason) = post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o2", t))).await;
+    assert_eq!(status, 503, "{reason}");
+    // An authorization event must be recorded before it is answered.
+    let (status, reason) = post(
+        &app,
+        "auth",
+        &sign(&authorization("unauthorized", AUTHORIZER, t)),
+    )
+    .await;
+    assert_eq!(status, 503, "{reason}");
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(app.count_all(), 1, "o1 only");
+    // An account's pushes are still taken without Redis (a duplicate beats a loss).
+    let (status, reason) = app.post_push(&subscribe("gh_own", "o3", t)).await;
+    assert_eq!(status, 200, "{reason}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_component_records_are_replayed_with_their_headers() {
+    let spool = std::env::temp_dir().join(unique("wxpipe-spool-"));
+    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool)).await;
+    let Some(mock) = app.kafka.mock_cluster() else {
+        return;
+    };
+    mock.broker_down(1).unwrap();
+    let (status, body) = post(&app, "auth", &sign(&ticket(now(), "ticket@@@spooled"))).await;
+    assert_eq!((status, body.as_str()), (200, "success"), "spooled");
+    mock.broker_up(1).unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || app
+            .count("component.component_verify_ticket")
+            == 1)
+        .await,
+        "the spool replayed"
+    );
+    let record = &app
+        .kafka
+        .read(&app.topic("component.component_verify_ticket"), 1)[0];
+    assert_eq!(
+        record.header("ce_source"),
+        Some(format!("/wechat/component/{COMPONENT}").as_str())
+    );
+    assert_eq!(
+        record.header("ce_type"),
+        Some("wechat.component.component_verify_ticket")
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_component_routes_keep_the_listeners_limits() {
+    let mut config = test_config("memory://");
+    with_component(&mut config);
+    config.allowed_ips = vec!["10.0.0.0/8".parse().unwrap()];
+    let app = TestApp::spawn_with(config).await;
+    let push = sign(&ticket(now(), "ticket@@@from-elsewhere"));
+    for route in ["auth", AUTHORIZER] {
+        let (status, reason) = post(&app, route, &push).await;
+        assert_eq!(status, 403, "{route}: outside INGEST_ALLOWED_IPS: {reason}");
+    }
+    assert_nothing_published(&app, "nothing of a refused push").await;
+    app.stop().await;
+    let mut config = test_config("memory://");
+    with_component(&mut config);
+    config.max_body_bytes = 64;
+    let app = TestApp::spawn_with(config).await;
+    for route in ["auth", AUTHORIZER] {
+        let (status, reason) = post(&app, route, &push).await;
+        assert_eq!(status, 413, "{route}: {reason}");
+    }
+    assert_nothing_published(&app, "nothing of a refused push").await;
+    app.stop().await;
+}

@@ -27,7 +27,8 @@ pub struct Config {
     #[arg(long, env = "INGEST_PATH", default_value = "/wechat")]
     pub path: String,
 
-    /// The account's server-config Token (signature check).
+    /// The account's server-config Token (signature check). Required unless
+    /// `INGEST_ACCOUNTS` or an Open Platform component (`WECHAT_COMPONENT_*`) is set.
     #[arg(long, env = "WECHAT_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
 

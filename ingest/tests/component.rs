@@ -631,3 +631,119 @@ async fn the_component_routes_keep_the_listeners_limits() {
     assert_nothing_published(&app, "nothing of a refused push").await;
     app.stop().await;
 }
+
+/// The whole Open Platform flow, WeChat to welcome: the ingress binary takes the ticket and
+/// the authorization, the workers (`welcome` and `component`, in this process) exchange the
+/// code with the fake WeChat API and welcome the authorizer's follower with that authorizer's
+/// own token; after `unauthorized`, its pushes are refused and nothing more is sent for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_the_ticket_to_a_welcome_sent_with_the_authorizers_own_token() {
+    use clap::Parser;
+    let (redis, app) = spawn(|_| {}).await;
+    let wechat = testkit::FakeWeChat::start().await;
+    let t = now();
+    let code = format!("queryauthcode@@@{t}");
+    wechat.authorization_code(&code, AUTHORIZER);
+    wechat
+        .state
+        .lock()
+        .unwrap()
+        .user_names
+        .insert(AUTHORIZER.into(), AUTHORIZER_GH.into());
+    let config = worker::Config::parse_from([
+        "worker",
+        "--kafka-brokers",
+        &app.kafka.brokers(),
+        "--topic-prefix",
+        &app.config.shared.topic_prefix,
+        "--redis-url",
+        &redis.url(),
+        "--key-prefix",
+        &app.config.shared.key_prefix,
+        "--api-base",
+        &wechat.base(),
+        "--component-appid",
+        COMPONENT,
+        "--component-appsecret",
+        "component-secret",
+        "--component-token",
+        COMPONENT_TOKEN,
+        "--component-encoding-aes-key",
+        COMPONENT_KEY,
+        "--role",
+        "welcome,component",
+        "--welcome-max-age",
+        "36500days",
+        "--admin-listen",
+        "",
+        "--kafka-consumer-config",
+        "session.timeout.ms=6000,heartbeat.interval.ms=500",
+    ]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let workers = tokio::spawn(worker::run(config, async {
+        let _ = stopped.await;
+    }));
+
+    let ticket = format!("ticket@@@{t}");
+    let push = sign(&self::ticket(t, &ticket));
+    assert_eq!(post(&app, "auth", &push).await, (200, "success".into()));
+    let push = sign(&authorization("authorized", AUTHORIZER, t));
+    assert_eq!(post(&app, "auth", &push).await, (200, "success".into()));
+    let push = sign(&subscribe(AUTHORIZER_GH, "o_follower_1", t));
+    let (status, body) = post(&app, AUTHORIZER, &push).await;
+    assert_eq!((status, body.as_str()), (200, ""));
+
+    assert!(
+        eventually(Duration::from_secs(60), || wechat.sends_to("o_follower_1")
+            == 1)
+        .await,
+        "the follower is welcomed"
+    );
+    let tokens = wechat.tokens_sent_to("o_follower_1");
+    assert!(
+        tokens[0].starts_with(&format!("TOKEN-{AUTHORIZER}-")),
+        "with the authorizer's own token: {tokens:?}"
+    );
+    {
+        let state = wechat.state.lock().unwrap();
+        assert_eq!(
+            state.code_exchanges,
+            [code.clone()],
+            "the code exchanged once"
+        );
+        assert_eq!(
+            state.component_tickets,
+            [ticket.clone()],
+            "with the ticket the ingress kept"
+        );
+    }
+    assert!(
+        wechat.token_appids().is_empty(),
+        "never an account's stable_token"
+    );
+    let authorizer_key = format!("component:{{{COMPONENT}}}:authorizer:{AUTHORIZER}");
+    assert!(hget(&redis, &app, &authorizer_key, "refresh_token").is_some());
+
+    // Withdrawn: the authorizer's pushes are refused, and nothing more is sent for it.
+    let push = sign(&authorization("unauthorized", AUTHORIZER, t + 1));
+    assert_eq!(post(&app, "auth", &push).await, (200, "success".into()));
+    let push = sign(&subscribe(AUTHORIZER_GH, "o_follower_2", t + 2));
+    assert_eq!(post(&app, AUTHORIZER, &push).await.0, 403);
+    assert!(
+        eventually(Duration::from_secs(30), || hget(
+            &redis,
+            &app,
+            &authorizer_key,
+            "refresh_token"
+        )
+        .is_none())
+        .await,
+        "its refresh token is forgotten"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(wechat.sends_to("o_follower_2"), 0);
+    assert_eq!(wechat.sends().len(), 1, "one welcome in all");
+    let _ = stop.send(());
+    let _ = workers.await;
+    app.stop().await;
+}

@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{
@@ -679,6 +680,14 @@ fn zero_series(role: Role) -> RoleMetrics {
     }
 }
 
+/// Polls a future once: its output if it is ready now, else `Pending` (the future stays
+/// usable, its waker registered).
+async fn poll_once<F: std::future::Future>(
+    mut future: std::pin::Pin<&mut F>,
+) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await
+}
+
 /// Back-off before attempt `n` (1-based) of a failing effect.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
@@ -765,25 +774,40 @@ impl RoleConsumer {
             // A permit, then a record; the group drops a member that stops polling, so a role
             // whose permits are all held (records waiting for a dependency) still polls, its
             // partitions paused.
-            let permit = tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|stop| *stop) => break,
-                permit = Arc::clone(&self.permits).acquire_owned() => Some(permit.expect("semaphore open")),
-                () = tokio::time::sleep(POLL_EVERY) => None,
+            // A permit free now takes the fast path, which arms no timer: a timer armed and
+            // dropped twice a record was the loop's largest cost, and one loop feeds the
+            // whole role.
+            if *shutdown.borrow() {
+                break;
+            }
+            let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    permit = Arc::clone(&self.permits).acquire_owned() => Some(permit.expect("semaphore open")),
+                    () = tokio::time::sleep(POLL_EVERY) => None,
+                },
             };
             let full = permit.is_none();
             if full != self.flow.lock().expect("flow lock").full {
                 self.update_flow(|flow| flow.full = full);
             }
-            let message = tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|stop| *stop) => break,
-                message = self.consumer.recv() => message,
-                () = tokio::time::sleep(POLL_EVERY) => {
-                    // Partitions assigned since the pause are paused too.
-                    self.apply_pause(false);
-                    continue;
-                }
+            // Likewise a record already fetched: the timer is armed only when none is.
+            let recv = self.consumer.recv();
+            tokio::pin!(recv);
+            let message = match poll_once(recv.as_mut()).await {
+                Poll::Ready(message) => message,
+                Poll::Pending => tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    message = &mut recv => message,
+                    () = tokio::time::sleep(POLL_EVERY) => {
+                        // Partitions assigned since the pause are paused too.
+                        self.apply_pause(false);
+                        continue;
+                    }
+                },
             };
             let message = match message {
                 Ok(message) => message.detach(),

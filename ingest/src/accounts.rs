@@ -107,20 +107,24 @@ impl Accounts {
                 accounts.by_path.insert(path, Arc::new(account));
             }
         }
-        // An Open Platform component alone is served too (see `component`); it is no
-        // account for the original_id rule below.
+        // An Open Platform component alone is served too (see `component`). It is no account
+        // for the original_id rule below, but its authorizers are accounts: beside it, an
+        // account without its gh_ id would speak for theirs.
         let component = config.shared.component()?;
         if accounts.by_path.is_empty() && component.is_none() {
             return Err("no account configured: set WECHAT_TOKEN, or INGEST_ACCOUNTS with at least one [accounts.NAME], or an Open Platform component (WECHAT_COMPONENT_* or [component])".into());
         }
-        wechat::accounts::check_original_ids(accounts.iter().map(|(path, a)| {
-            let setting = if path == config.path {
-                "WECHAT_ORIGINAL_ID"
-            } else {
-                "original_id in its [accounts.NAME] table"
-            };
-            (a.name.as_str(), a.original_id.as_deref(), setting)
-        }))?;
+        wechat::accounts::check_original_ids(
+            accounts.iter().map(|(path, a)| {
+                let setting = if path == config.path {
+                    "WECHAT_ORIGINAL_ID"
+                } else {
+                    "original_id in its [accounts.NAME] table"
+                };
+                (a.name.as_str(), a.original_id.as_deref(), setting)
+            }),
+            component.is_some(),
+        )?;
         Ok(accounts)
     }
 
@@ -238,14 +242,21 @@ mod tests {
     }
 
     #[test]
-    fn a_component_alone_is_served_and_needs_no_original_id() {
+    fn a_component_alone_is_served_and_an_account_beside_it_needs_its_original_id() {
         let mut config = config_with_file(
             "[component]\nappid = \"wxc\"\ntoken = \"t\"\n\
              encoding_aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\"\n",
         );
         assert!(Accounts::load(&config).unwrap().is_empty(), "no account");
-        // Beside one account, which therefore needs no original_id.
+        // Beside one account, which needs its original_id: without it, its secrets would
+        // speak for any authorizer's account (the red team's finding).
         config.token = Some(Secret::new("default-token"));
+        let error = Accounts::load(&config).unwrap_err();
+        assert!(
+            error.contains("WECHAT_ORIGINAL_ID") && error.contains("component"),
+            "{error}"
+        );
+        config.shared.original_id = Some("gh_default".into());
         assert_eq!(Accounts::load(&config).unwrap().len(), 1);
         // The component in two places is refused here too (`ingest validate` loads this).
         config.shared.component_appid = Some("wxc".into());

@@ -32,6 +32,8 @@ fn signer() -> Signer {
 }
 
 fn with_component(config: &mut Config) {
+    // Beside a component, the account needs its gh_ id.
+    config.shared.original_id = Some("gh_own".into());
     config.shared.component_appid = Some(COMPONENT.into());
     config.shared.component_token = Some(COMPONENT_TOKEN.parse().unwrap());
     config.shared.component_encoding_aes_key = Some(COMPONENT_KEY.parse().unwrap());

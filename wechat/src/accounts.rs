@@ -190,10 +190,12 @@ fn secrets_from_files(account: &mut toml::Table) -> Result<(), String> {
 }
 
 /// Checks the rule that keeps one account's secrets speaking for that account only: with more
-/// than one account, each must name its `original_id` (the `gh_…` `ToUserName` of its pushes),
-/// and no two the same one. `accounts` are (name, original_id, what sets it) triples.
+/// than one account, or an account beside an Open Platform component (whose authorizers are
+/// other accounts), each must name its `original_id` (the `gh_…` `ToUserName` of its
+/// pushes), and no two the same one. `accounts` are (name, original_id, what sets it) triples.
 pub fn check_original_ids<'a>(
     accounts: impl IntoIterator<Item = (&'a str, Option<&'a str>, &'static str)>,
+    beside_component: bool,
 ) -> Result<(), String> {
     let accounts: Vec<_> = accounts.into_iter().collect();
     let mut seen = BTreeMap::new();
@@ -203,6 +205,13 @@ pub fn check_original_ids<'a>(
                 return Err(format!(
                     "account {name} has no original_id ({setting}): with more than one account, \
                      each needs its gh_ id so that a push naming another account is refused"
+                ))
+            }
+            None if beside_component => {
+                return Err(format!(
+                    "account {name} has no original_id ({setting}): beside an Open Platform \
+                     component, each account needs its gh_ id, so that its secrets never speak \
+                     for an authorizer's account (nor the component's for it)"
                 ))
             }
             None => {}
@@ -224,19 +233,28 @@ mod tests {
 
     #[test]
     fn several_accounts_each_need_a_distinct_original_id() {
-        assert!(check_original_ids([("default", None, "WECHAT_ORIGINAL_ID")]).is_ok());
-        assert!(check_original_ids([("a", Some("gh_a"), "x"), ("b", Some("gh_b"), "x")]).is_ok());
-        let error = check_original_ids([
-            ("default", None, "WECHAT_ORIGINAL_ID"),
-            ("b", Some("gh_b"), "original_id"),
-        ])
+        assert!(check_original_ids([("default", None, "WECHAT_ORIGINAL_ID")], false).is_ok());
+        let error =
+            check_original_ids([("default", None, "WECHAT_ORIGINAL_ID")], true).unwrap_err();
+        assert!(error.contains("component"), "{error}");
+        assert!(check_original_ids([("default", Some("gh_d"), "x")], true).is_ok());
+        assert!(
+            check_original_ids([("a", Some("gh_a"), "x"), ("b", Some("gh_b"), "x")], false).is_ok()
+        );
+        let error = check_original_ids(
+            [
+                ("default", None, "WECHAT_ORIGINAL_ID"),
+                ("b", Some("gh_b"), "original_id"),
+            ],
+            false,
+        )
         .unwrap_err();
         assert!(
             error.contains("default") && error.contains("WECHAT_ORIGINAL_ID"),
             "{error}"
         );
-        let error =
-            check_original_ids([("a", Some("gh_x"), "x"), ("b", Some("gh_x"), "x")]).unwrap_err();
+        let error = check_original_ids([("a", Some("gh_x"), "x"), ("b", Some("gh_x"), "x")], false)
+            .unwrap_err();
         assert!(error.contains("gh_x"), "{error}");
     }
 }

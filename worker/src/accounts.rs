@@ -70,14 +70,17 @@ impl Senders {
                 ));
             }
         }
-        check_original_ids(entries.iter().map(|(name, id, _)| {
-            let setting = if name == WECHAT_ACCOUNT {
-                "WECHAT_ORIGINAL_ID"
-            } else {
-                "original_id in its [accounts.NAME] table"
-            };
-            (name.as_str(), id.as_deref(), setting)
-        }))?;
+        check_original_ids(
+            entries.iter().map(|(name, id, _)| {
+                let setting = if name == WECHAT_ACCOUNT {
+                    "WECHAT_ORIGINAL_ID"
+                } else {
+                    "original_id in its [accounts.NAME] table"
+                };
+                (name.as_str(), id.as_deref(), setting)
+            }),
+            shared.component()?.is_some(),
+        )?;
         for (name, _, creds) in &entries {
             if creds.is_none() {
                 tracing::info!(account = %name, "no AppID and AppSecret: its welcome messages are logged, not sent");

@@ -58,6 +58,8 @@ fn component_vars() -> Vec<(&'static str, String)> {
         ("WECHAT_COMPONENT_APPSECRET", "component-secret".into()),
         ("WECHAT_COMPONENT_TOKEN", "component-token".into()),
         ("WECHAT_COMPONENT_ENCODING_AES_KEY", KEY.into()),
+        // The WECHAT_* account of the test's Env: beside a component, it needs its gh_ id.
+        ("WECHAT_ORIGINAL_ID", "gh_wxtest".into()),
     ]
 }
 
@@ -330,6 +332,17 @@ async fn the_release_check_exchanges_the_code_and_answers_through_the_api() {
         env.wechat.state.lock().unwrap().code_exchanges,
         ["query-code-1"]
     );
+}
+
+#[tokio::test]
+async fn an_account_without_its_gh_id_beside_a_component_refuses_to_start() {
+    let env = Env::start().await;
+    let mut vars: Vec<(&str, String)> = component_vars();
+    vars.retain(|(name, _)| *name != "WECHAT_ORIGINAL_ID");
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let (code, _, stderr) = env.run_command(&vars, &["--role", "welcome"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("original_id"), "{stderr}");
 }
 
 #[tokio::test]

@@ -428,9 +428,17 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
         "cpu_seconds": cpu,
         "latency_ms": {
             "p50": percentile(0.50), "p90": percentile(0.90), "p99": percentile(0.99),
+            "p99.9": percentile(0.999),
             "max": outcome.latency.max() as f64 / 1000.0,
         },
     });
+    if let Some((second, h)) = outcome.worst_second() {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        report["worst_second"] = serde_json::json!({
+            "second": second, "acked": h.len(),
+            "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": h.max() as f64 / 1000.0,
+        });
+    }
     let component_mode = component_report.is_some();
     if let Some(figures) = component_report {
         // The figures above are the authorizers' pushes; these, the authorization events.

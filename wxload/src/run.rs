@@ -45,7 +45,21 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Microseconds from a push's (intended) send time to its 200.
     pub latency: Histogram<u64>,
+    /// The same, by the second of the run in which each push was answered: where a stall
+    /// shows that a whole-run percentile averages away.
+    pub by_second: Vec<Histogram<u64>>,
     pub acked_ids: HashSet<String>,
+}
+
+impl Outcome {
+    /// The second of the run whose p99 was the worst: (second, its histogram).
+    pub fn worst_second(&self) -> Option<(usize, &Histogram<u64>)> {
+        self.by_second
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| !h.is_empty())
+            .max_by_key(|(_, h)| h.value_at_quantile(0.99))
+    }
 }
 
 struct Shared {
@@ -54,7 +68,13 @@ struct Shared {
     failed: AtomicU64,
     retried: AtomicU64,
     latency: Mutex<Histogram<u64>>,
+    by_second: Mutex<Vec<Histogram<u64>>>,
     acked_ids: Mutex<HashSet<String>>,
+}
+
+/// A latency histogram: 1 µs to 60 s, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
 type Sender = http1::SendRequest<Full<Bytes>>;
@@ -196,12 +216,19 @@ async fn connection_loop(
         .await;
         if ok {
             shared.acked.fetch_add(1, Ordering::Relaxed);
-            let micros = due.elapsed().as_micros().max(1) as u64;
+            let micros = (due.elapsed().as_micros().max(1) as u64).min(60_000_000);
             let _ = shared
                 .latency
                 .lock()
                 .expect("histogram lock")
-                .record(micros.min(60_000_000));
+                .record(micros);
+            let second = start.elapsed().as_secs() as usize;
+            let mut by_second = shared.by_second.lock().expect("histogram lock");
+            if by_second.len() <= second {
+                by_second.resize_with(second + 1, histogram);
+            }
+            let _ = by_second[second].record(micros);
+            drop(by_second);
             shared
                 .acked_ids
                 .lock()
@@ -221,7 +248,8 @@ pub async fn run(load: Load) -> Outcome {
         acked: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         retried: AtomicU64::new(0),
-        latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")),
+        latency: Mutex::new(histogram()),
+        by_second: Mutex::new(Vec::new()),
         acked_ids: Mutex::new(HashSet::new()),
     });
     let bar = match (load.progress, load.count) {
@@ -261,6 +289,7 @@ pub async fn run(load: Load) -> Outcome {
     let acked = shared.acked.load(Ordering::Relaxed);
     let failed = shared.failed.load(Ordering::Relaxed);
     let latency = shared.latency.lock().expect("histogram lock").clone();
+    let by_second = std::mem::take(&mut *shared.by_second.lock().expect("histogram lock"));
     let acked_ids = std::mem::take(&mut *shared.acked_ids.lock().expect("ids lock"));
     Outcome {
         sent: acked + failed,
@@ -269,6 +298,7 @@ pub async fn run(load: Load) -> Outcome {
         retried: shared.retried.load(Ordering::Relaxed),
         elapsed,
         latency,
+        by_second,
         acked_ids,
     }
 }
@@ -447,6 +477,42 @@ pub async fn run_component(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worst_second_is_the_one_with_the_worst_p99() {
+        let second = |micros: &[u64]| {
+            let mut h = histogram();
+            for m in micros {
+                h.record(*m).unwrap();
+            }
+            h
+        };
+        let outcome = Outcome {
+            sent: 0,
+            acked: 0,
+            failed: 0,
+            retried: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+            // A stall in second 2 of 4: two pushes of 120 ms among fast ones.
+            by_second: vec![
+                second(&[900; 100]),
+                second(&[1_000; 100]),
+                second(&[[1_000; 98].as_slice(), &[120_000; 2]].concat()),
+                histogram(),
+            ],
+            acked_ids: HashSet::new(),
+        };
+        let (at, worst) = outcome.worst_second().unwrap();
+        assert_eq!(at, 2);
+        assert!(worst.value_at_quantile(0.999) >= 119_000);
+        assert!(Outcome {
+            by_second: Vec::new(),
+            ..outcome
+        }
+        .worst_second()
+        .is_none());
+    }
     use std::collections::HashMap;
     use wechat::decrypt::AesKey;
     use wechat::parse::{parse_document, Push};

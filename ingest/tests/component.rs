@@ -747,3 +747,37 @@ async fn from_the_ticket_to_a_welcome_sent_with_the_authorizers_own_token() {
     let _ = workers.await;
     app.stop().await;
 }
+
+/// Red team (issue 22): the component's signature covers (timestamp, nonce, ciphertext),
+/// not the route. A push captured on authorizer A's route and replayed within the replay
+/// window on authorizer B's route (whose `gh_` id is not known yet) must not be published as
+/// B's, nor teach B's route A's `gh_` id (which would refuse B's own pushes from then on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_a_push_replayed_on_another_authorizers_route_is_refused_and_poisons_nothing() {
+    const OTHER: &str = "wxauthorizer000002";
+    const OTHER_GH: &str = "gh_authorizer02";
+    let (_redis, app) = spawn(|_| {}).await;
+    let t = now();
+    let captured = sign(&subscribe(AUTHORIZER_GH, "o1", t));
+    assert_eq!(post(&app, AUTHORIZER, &captured).await.0, 200);
+    app.read_exactly("event.subscribe", 1, SETTLE, "A's own push")
+        .await;
+    // The same request, byte for byte, on B's route.
+    let (replayed, reason) = post(&app, OTHER, &captured).await;
+    tokio::time::sleep(SETTLE).await;
+    let published = app.count("event.subscribe") as usize;
+    let as_other = app
+        .read("event.subscribe", published)
+        .iter()
+        .filter(|(_, _, value)| value["appid"] == OTHER)
+        .count();
+    // B's own first push.
+    let (own, own_reason) = post(&app, OTHER, &sign(&subscribe(OTHER_GH, "o2", t))).await;
+    assert_eq!(
+        (replayed, as_other, own),
+        (403, 0, 200),
+        "replay on B's route: {replayed} {reason:?}, published as B's: {as_other}; \
+         B's own push then: {own} {own_reason:?}"
+    );
+    app.stop().await;
+}

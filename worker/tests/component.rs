@@ -341,3 +341,50 @@ async fn the_component_role_without_a_component_refuses_to_start() {
     let (code, _, stderr) = env.run_command(&[], &["rebuild", "--role", "component"]);
     assert_ne!(code, 0, "{stderr}");
 }
+
+/// Red team (issue 22): an authorizer's token is cached under its AppID alone,
+/// `{p}:token:{A}`, the very key a configured account's own token (its AppSecret's) is cached
+/// under. A follow from the authorizer route `/component/wxtest` (the configured account's
+/// AppID; e.g. a captured push of another authorizer replayed there) with no refresh token
+/// kept for it must wait, never go out with the account's AppSecret token.
+#[tokio::test]
+async fn red_an_authorizer_route_never_borrows_a_configured_accounts_cached_token() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    let t = now();
+    let _worker = component_worker(&env, "welcome,component", &[]);
+    // The configured account (WECHAT_APPID=wxtest) welcomes its own follower: its token, from
+    // its AppSecret, is cached.
+    produce(
+        &env,
+        "event.subscribe",
+        &[subscribe("gh_test", "fan_account", t, None)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || env
+            .wechat
+            .sends_to("fan_account")
+            == 1)
+        .await,
+        "the account's own welcome"
+    );
+    // A follow recorded on the authorizer route named wxtest: no authorization was ever
+    // exchanged for it, so no refresh token is kept.
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxtest", "fan_route", t + 1)],
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let account_token = env.wechat.tokens_sent_to("fan_account");
+    assert_eq!(
+        env.wechat.tokens_sent_to("fan_route"),
+        Vec::<String>::new(),
+        "no refresh token for authorizer wxtest: nothing may be sent, least of all with the \
+         account's AppSecret token {account_token:?} (cached at token:{{wxtest}} too)"
+    );
+}

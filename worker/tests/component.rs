@@ -388,3 +388,55 @@ async fn red_an_authorizer_route_never_borrows_a_configured_accounts_cached_toke
          account's AppSecret token {account_token:?} (cached at token:{{wxtest}} too)"
     );
 }
+
+/// Red team (issue 22): a redelivered release-check text (the same record twice, as after a
+/// worker dies before its commit) must not exchange its code again, nor send
+/// `{code}_from_api` twice: an authorization record's redelivery finds its refresh token
+/// kept and stops; the release check's path goes to `api_query_auth` regardless.
+#[tokio::test]
+async fn red_a_redelivered_release_check_exchanges_and_sends_once() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    let test_account = "wx570bc396a51b8ff8";
+    env.wechat.authorization_code("query-code-r", test_account);
+    let t = now();
+    let (key, value) = event(
+        "text",
+        "gh_3c884a361561",
+        "test_user_r",
+        t,
+        json!({"content": "QUERY_AUTH_CODE:query-code-r", "msg_id": "7"}),
+    );
+    let mut value: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    value["kind"] = json!("message");
+    value["appid"] = json!(test_account);
+    value["id"] = json!(format!(
+        "gh_3c884a361561:test_user_r:{t}:message.text:{test_account}"
+    ));
+    let record = (key, serde_json::to_vec(&value).unwrap());
+    let _worker = component_worker(
+        &env,
+        "component",
+        &[("WECHAT_COMPONENT_RELEASE_CHECK", "true".into())],
+    );
+    produce(&env, "message.text", &[record.clone(), record]);
+    assert!(
+        eventually(Duration::from_secs(30), || env
+            .wechat
+            .sends_to("test_user_r")
+            >= 1)
+        .await,
+        "the test account's user gets {{code}}_from_api"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let exchanges = env.wechat.state.lock().unwrap().code_exchanges.clone();
+    assert_eq!(
+        (exchanges, env.wechat.sends_to("test_user_r")),
+        (vec!["query-code-r".to_owned()], 1),
+        "one exchange and one send for one record delivered twice"
+    );
+}

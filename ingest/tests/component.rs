@@ -781,3 +781,67 @@ async fn red_a_push_replayed_on_another_authorizers_route_is_refused_and_poisons
     );
     app.stop().await;
 }
+
+/// Red team (issue 22): `user_info_modified` (and `user_authorize_invoice`) already had a
+/// typed field `appid` (the push's own `AppID` element, written flat into the record), the
+/// very name the route's AppID now takes. A push on authorizer A's route naming another
+/// AppID must still be published with A's `appid`, once, and valid against its schema; and an
+/// account's own such push must stay valid against the topic's schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_a_pushs_own_appid_element_never_stands_for_the_route() {
+    let (_redis, app) = spawn(|_| {}).await;
+    let modified = |to: &str, appid: Option<&str>| {
+        format!(
+            "<xml><ToUserName><![CDATA[{to}]]></ToUserName><FromUserName><![CDATA[o1]]></FromUserName>\
+             <CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+             <Event><![CDATA[user_info_modified]]></Event><OpenID><![CDATA[o1]]></OpenID>{}\
+             <RevokeInfo><![CDATA[301]]></RevokeInfo></xml>",
+            now(),
+            appid.map_or(String::new(), |a| format!("<AppID><![CDATA[{a}]]></AppID>"))
+        )
+    };
+    let (status, reason) = post(
+        &app,
+        AUTHORIZER,
+        &sign(&modified(AUTHORIZER_GH, Some("wxforgedappid00001"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{reason}");
+    let record = &app
+        .kafka
+        .read(&app.topic("event.user_info_modified"), 1)[0];
+    let raw = String::from_utf8_lossy(&record.value).into_owned();
+    let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+    assert_eq!(
+        (raw.matches("\"appid\"").count(), value["appid"].as_str()),
+        (1, Some(AUTHORIZER)),
+        "one appid, the route's: {raw}"
+    );
+    assert_schema_valid(
+        schemas::Topic::of(schemas::Kind::Event, "user_info_modified"),
+        &value,
+    );
+    app.stop().await;
+}
+
+/// Red team (issue 22): the same collision on an account's own route: its
+/// `user_info_modified` record without an `AppID` element (`"appid": null`, as before the
+/// Open Platform) must still match the topic's schema, which now says `appid` is the route's,
+/// a non-empty string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_an_accounts_user_info_modified_record_matches_its_schema() {
+    let (_redis, app) = spawn(|_| {}).await;
+    let xml = format!(
+        "<xml><ToUserName><![CDATA[gh_default]]></ToUserName><FromUserName><![CDATA[o1]]></FromUserName>\
+         <CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[user_info_modified]]></Event><OpenID><![CDATA[o1]]></OpenID>\
+         <RevokeInfo><![CDATA[301]]></RevokeInfo></xml>",
+        now()
+    );
+    let (status, reason) = app.post_push(&xml).await;
+    assert_eq!(status, 200, "{reason}");
+    let records = app.read("event.user_info_modified", 1);
+    let (_, event, value) = &records[0];
+    assert_schema_valid(event.topic(), value);
+    app.stop().await;
+}

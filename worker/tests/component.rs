@@ -440,3 +440,65 @@ async fn red_a_redelivered_release_check_exchanges_and_sends_once() {
         "one exchange and one send for one record delivered twice"
     );
 }
+
+/// Red team (issue 22): Redis fails in the moment between `api_query_auth` answering (the
+/// code is spent: WeChat takes it once) and the refresh token being kept. The worker must
+/// keep what the exchange gave once Redis is back, not ask WeChat again with the spent code
+/// and lose the authorization: the authorizer's followers would wait for a refresh token
+/// that never comes.
+#[tokio::test]
+async fn red_an_exchanged_code_survives_redis_failing_before_its_refresh_token_is_kept() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    env.wechat.authorization_code("code-r", "wxauth_r");
+    let proxy = testkit::Proxy::start(testkit::redis_addr(&env.redis.url())).await;
+    // The exchange is taken at once and answered late, inside the API timeout.
+    env.wechat.state.lock().unwrap().component_delay = Duration::from_millis(700);
+    let t = now();
+    let _worker = component_worker(
+        &env,
+        "welcome,component",
+        &[("REDIS_URL", proxy.redis_url())],
+    );
+    produce(
+        &env,
+        "component.authorized",
+        &[authorization("authorized", "wxauth_r", Some("code-r"), t)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || !env
+            .wechat
+            .state
+            .lock()
+            .unwrap()
+            .code_exchanges
+            .is_empty())
+        .await,
+        "the code is exchanged"
+    );
+    // Redis goes away while WeChat answers, and comes back.
+    proxy.stall();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.cut();
+    proxy.resume();
+    env.wechat.state.lock().unwrap().component_delay = Duration::ZERO;
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxauth_r", "fan_r1", t + 1)],
+    );
+    let welcomed =
+        eventually(Duration::from_secs(40), || env.wechat.sends_to("fan_r1") == 1).await;
+    let exchanges = env.wechat.state.lock().unwrap().code_exchanges.clone();
+    let kept = store.authorizer(COMPONENT, "wxauth_r").await.unwrap();
+    assert!(
+        welcomed,
+        "the authorization survives a Redis blip: code exchanges {exchanges:?}, refresh token \
+         kept {:?}",
+        kept.refresh_token
+    );
+}

@@ -502,3 +502,54 @@ async fn red_an_exchanged_code_survives_redis_failing_before_its_refresh_token_i
         kept.refresh_token
     );
 }
+
+/// Red team (issue 22): once the ingress has recorded an `unauthorized` (it does so before
+/// answering `success`), nothing more may be sent for that authorizer, even while its
+/// `component.unauthorized` record is not handled yet (the component role lags, or the record
+/// sits in the ingress's spool): the welcome still finds the authorizer's access token cached
+/// and sends with it.
+#[tokio::test]
+async fn red_no_welcome_goes_out_for_an_authorizer_the_ingress_recorded_withdrawn() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    env.wechat.authorization_code("code-w", "wxauth_w");
+    let t = now();
+    let _worker = component_worker(&env, "welcome,component", &[]);
+    produce(
+        &env,
+        "component.authorized",
+        &[authorization("authorized", "wxauth_w", Some("code-w"), t - 20)],
+    );
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxauth_w", "fan_w1", t - 10)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || env.wechat.sends_to("fan_w1")
+            == 1)
+        .await,
+        "welcomed while authorized"
+    );
+    // The ingress records the withdrawal and answers success; its record has not reached
+    // the component role.
+    store
+        .set_authorized(COMPONENT, "wxauth_w", false, t - 5)
+        .await
+        .unwrap();
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxauth_w", "fan_w2", t - 8)],
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        env.wechat.tokens_sent_to("fan_w2"),
+        Vec::<String>::new(),
+        "withdrawn: nothing more is sent for it"
+    );
+}

@@ -807,9 +807,7 @@ async fn red_a_pushs_own_appid_element_never_stands_for_the_route() {
     )
     .await;
     assert_eq!(status, 200, "{reason}");
-    let record = &app
-        .kafka
-        .read(&app.topic("event.user_info_modified"), 1)[0];
+    let record = &app.kafka.read(&app.topic("event.user_info_modified"), 1)[0];
     let raw = String::from_utf8_lossy(&record.value).into_owned();
     let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
     assert_eq!(
@@ -843,5 +841,89 @@ async fn red_an_accounts_user_info_modified_record_matches_its_schema() {
     let records = app.read("event.user_info_modified", 1);
     let (_, event, value) = &records[0];
     assert_schema_valid(event.topic(), value);
+    app.stop().await;
+}
+
+/// Red team (issue 22): a component beside one account that names no `original_id` (which
+/// the configuration allows). The account's Token then speaks for any `gh_` id, the
+/// authorizer's whose id is known included, and the component's for the `gh_` id the
+/// account's own pushes carry: both land on the same topics as the other's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_an_account_without_original_id_and_the_component_never_speak_for_each_other() {
+    let (_redis, app) = spawn(|_| {}).await;
+    let t = now();
+    // The account's own follower, and the authorizer's (its gh_ id learned).
+    assert_eq!(
+        app.post_push(&subscribe("gh_default", "o1", t)).await.0,
+        200
+    );
+    assert_eq!(
+        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o2", t)))
+            .await
+            .0,
+        200
+    );
+    // The account's Token naming the authorizer's gh_ id; the component's naming the
+    // account's.
+    let (by_account, _) = app.post_push(&subscribe(AUTHORIZER_GH, "o3", t)).await;
+    let (by_component, _) = post(
+        &app,
+        "wxauthorizer000009",
+        &sign(&subscribe("gh_default", "o4", t)),
+    )
+    .await;
+    assert_eq!(
+        (by_account, by_component),
+        (403, 403),
+        "the account's Token speaking for the authorizer's gh_ id; the component's for the \
+         account's"
+    );
+    app.stop().await;
+}
+
+/// What held (issue 22 red team): a captured push of one kind replayed on the other kind's
+/// route, and hostile authorization events, get a 4xx, publish nothing, record nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_cross_kind_replays_and_hostile_authorization_events_are_refused() {
+    let (redis, app) = spawn(|_| {}).await;
+    let t = now();
+    let ticket_push = sign(&ticket(t, "ticket@@@x"));
+    let (status, reason) = post(&app, AUTHORIZER, &ticket_push).await;
+    assert_eq!(status, 400, "a ticket on an authorizer's route: {reason}");
+    let follow = sign(&subscribe(AUTHORIZER_GH, "o1", t));
+    let (status, reason) = post(&app, "auth", &follow).await;
+    assert_eq!(status, 400, "a follow on the authorization URL: {reason}");
+    for authorizer in ["wx:a", &"w".repeat(200), "wx a", "wx\u{7}a"] {
+        let (status, reason) = post(
+            &app,
+            "auth",
+            &sign(&authorization("unauthorized", authorizer, t)),
+        )
+        .await;
+        assert_eq!(status, 400, "AuthorizerAppid {authorizer:?}: {reason}");
+        let key = format!("component:{{{COMPONENT}}}:authorizer:{authorizer}");
+        assert_eq!(
+            hget(&redis, &app, &key, "authorized"),
+            None,
+            "{authorizer:?}"
+        );
+    }
+    let deep = format!(
+        "<xml><AppId>{COMPONENT}</AppId><CreateTime>{t}</CreateTime><InfoType>x</InfoType>{}{}</xml>",
+        "<a>".repeat(5000),
+        "</a>".repeat(5000)
+    );
+    let (status, reason) = post(&app, "auth", &sign(&deep)).await;
+    assert!((400..500).contains(&status), "deep: {status} {reason}");
+    // Braces (a Redis hash tag) and unicode in AuthorizerAppid stay inside the component's tag.
+    let odd = "{wx}é";
+    assert_eq!(
+        post(&app, "auth", &sign(&authorization("unauthorized", odd, t))).await,
+        (200, "success".into())
+    );
+    let key = format!("component:{{{COMPONENT}}}:authorizer:{odd}");
+    assert_eq!(hget(&redis, &app, &key, "authorized").as_deref(), Some("0"));
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(app.count_all(), 1, "the braces' withdrawal only");
     app.stop().await;
 }

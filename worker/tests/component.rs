@@ -491,8 +491,10 @@ async fn red_an_exchanged_code_survives_redis_failing_before_its_refresh_token_i
         "event.subscribe",
         &[authorizer_subscribe("wxauth_r", "fan_r1", t + 1)],
     );
-    let welcomed =
-        eventually(Duration::from_secs(40), || env.wechat.sends_to("fan_r1") == 1).await;
+    let welcomed = eventually(Duration::from_secs(40), || {
+        env.wechat.sends_to("fan_r1") == 1
+    })
+    .await;
     let exchanges = env.wechat.state.lock().unwrap().code_exchanges.clone();
     let kept = store.authorizer(COMPONENT, "wxauth_r").await.unwrap();
     assert!(
@@ -522,7 +524,12 @@ async fn red_no_welcome_goes_out_for_an_authorizer_the_ingress_recorded_withdraw
     produce(
         &env,
         "component.authorized",
-        &[authorization("authorized", "wxauth_w", Some("code-w"), t - 20)],
+        &[authorization(
+            "authorized",
+            "wxauth_w",
+            Some("code-w"),
+            t - 20,
+        )],
     );
     produce(
         &env,

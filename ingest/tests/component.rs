@@ -927,3 +927,59 @@ async fn red_cross_kind_replays_and_hostile_authorization_events_are_refused() {
     assert_eq!(app.count_all(), 1, "the braces' withdrawal only");
     app.stop().await;
 }
+
+/// What held (issue 22 red team): Redis paused (a network that swallows bytes) while an
+/// authorizer pushes and WeChat withdraws: each is answered 503 within the ack deadline,
+/// nothing published, and once Redis is back the withdrawal (retried) is answered `success`
+/// and refuses the authorizer from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_a_paused_redis_fails_both_component_routes_closed_and_in_time() {
+    let redis = RedisServer::start();
+    let proxy = testkit::Proxy::start(testkit::redis_addr(&redis.url())).await;
+    let mut config = test_config(&proxy.redis_url());
+    with_component(&mut config);
+    config.ack_deadline_ms = 1500;
+    let app = TestApp::spawn_binary(config).await;
+    let t = now();
+    assert_eq!(
+        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o1", t)))
+            .await
+            .0,
+        200
+    );
+    app.read_exactly("event.subscribe", 1, SETTLE, "o1").await;
+    proxy.stall();
+    let unauthorized = sign(&authorization("unauthorized", AUTHORIZER, t));
+    for attempt in 0..3 {
+        let started = std::time::Instant::now();
+        let (status, reason) =
+            post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o2", t))).await;
+        assert_eq!(status, 503, "{attempt}: {reason}");
+        let (status, reason) = post(&app, "auth", &unauthorized).await;
+        assert_eq!(status, 503, "{attempt}: {reason}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no stall: {:?}",
+            started.elapsed()
+        );
+    }
+    proxy.cut();
+    proxy.resume();
+    let mut answered = (0, String::new());
+    for _ in 0..40 {
+        answered = post(&app, "auth", &unauthorized).await;
+        if answered.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(answered, (200, "success".into()), "WeChat's retry, Redis back");
+    let (status, reason) = post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o3", t))).await;
+    assert_eq!(status, 403, "{reason}");
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        (app.count("event.subscribe"), app.count("component.unauthorized")),
+        (1, 1)
+    );
+    app.stop().await;
+}

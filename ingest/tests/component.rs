@@ -973,12 +973,19 @@ async fn red_a_paused_redis_fails_both_component_routes_closed_and_in_time() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(answered, (200, "success".into()), "WeChat's retry, Redis back");
+    assert_eq!(
+        answered,
+        (200, "success".into()),
+        "WeChat's retry, Redis back"
+    );
     let (status, reason) = post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o3", t))).await;
     assert_eq!(status, 403, "{reason}");
     tokio::time::sleep(SETTLE).await;
     assert_eq!(
-        (app.count("event.subscribe"), app.count("component.unauthorized")),
+        (
+            app.count("event.subscribe"),
+            app.count("component.unauthorized")
+        ),
         (1, 1)
     );
     app.stop().await;

@@ -560,3 +560,77 @@ async fn red_no_welcome_goes_out_for_an_authorizer_the_ingress_recorded_withdraw
         "withdrawn: nothing more is sent for it"
     );
 }
+
+/// Red team (issue 22): a welcome waiting for an authorizer's refresh token holds "only that
+/// authorizer's records", but the hold is keyed by the record's `account` (its `gh_` id), not
+/// by the route's AppID. A record from a route that was never authorized naming authorizer
+/// A's `gh_` id (what a captured push replayed on another route publishes) must not hold A's
+/// own followers' welcomes.
+#[tokio::test]
+async fn red_a_hold_for_an_unauthorized_route_never_holds_another_authorizers_welcomes() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    env.wechat.authorization_code("code-h", "wxauth_h");
+    let t = now();
+    let _worker = component_worker(&env, "welcome,component", &[]);
+    produce(
+        &env,
+        "component.authorized",
+        &[authorization(
+            "authorized",
+            "wxauth_h",
+            Some("code-h"),
+            t - 20,
+        )],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || store_has_refresh(
+            &env, "wxauth_h"
+        ))
+        .await,
+        "A's authorization exchanged"
+    );
+    // On the route of wxnever (no authorization, no refresh token), naming A's gh_ id.
+    let (_, value) = authorizer_subscribe("wxnever", "fan_h0", t - 5);
+    // One key, so one partition: a hold orders records within a partition only.
+    let key = "fan_h".to_owned();
+    let (_, own) = authorizer_subscribe("wxauth_h", "fan_h1", t - 4);
+    let mut value: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    value["account"] = json!("gh_wxauth_h");
+    value["id"] = json!(format!(
+        "gh_wxauth_h:fan_h0:{}:event.subscribe:hwxnever",
+        t - 5
+    ));
+    produce(
+        &env,
+        "event.subscribe",
+        &[
+            (key.clone(), serde_json::to_vec(&value).unwrap()),
+            (key, own),
+        ],
+    );
+    let welcomed = eventually(Duration::from_secs(30), || {
+        env.wechat.sends_to("fan_h1") == 1
+    })
+    .await;
+    assert!(
+        welcomed,
+        "A's own follower waits behind a hold for wxnever's refresh token"
+    );
+}
+
+fn store_has_refresh(env: &Env, authorizer: &str) -> bool {
+    redis::Commands::hexists(
+        &mut env.redis.conn(),
+        format!(
+            "{}:component:{{{COMPONENT}}}:authorizer:{authorizer}",
+            env.key_prefix
+        ),
+        "refresh_token",
+    )
+    .unwrap()
+}

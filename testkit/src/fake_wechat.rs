@@ -338,8 +338,13 @@ fn component_api(s: &mut FakeState, path: &str, body: &Value) -> Value {
                 .get(appid)
                 .cloned()
                 .unwrap_or_else(|| format!("gh_{appid}"));
-            json!({"authorizer_info": {"user_name": user_name, "nick_name": appid},
-                   "authorization_info": {"authorizer_appid": appid}})
+            // Like WeChat's, with the authorizer's current refresh token once it has one.
+            let mut info = json!({"authorizer_info": {"user_name": user_name, "nick_name": appid},
+                   "authorization_info": {"authorizer_appid": appid}});
+            if let Some(refresh) = s.refresh_tokens.get(appid) {
+                info["authorization_info"]["authorizer_refresh_token"] = json!(refresh);
+            }
+            info
         }
         _ => json!({"errcode": 404, "errmsg": "no such API"}),
     }

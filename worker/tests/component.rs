@@ -634,3 +634,56 @@ fn store_has_refresh(env: &Env, authorizer: &str) -> bool {
     )
     .unwrap()
 }
+
+/// Red team (issue 22): WeChat takes the code but its answer to `api_query_auth` comes after
+/// the worker gave up waiting (the request was written: `Unanswered`). The code is spent;
+/// asking again gets 61010. WeChat's `api_get_authorizer_info` answers the authorizer's
+/// refresh token too, so the authorization need not be lost: its followers must be welcomed.
+#[tokio::test]
+async fn red_an_authorization_survives_api_query_auth_answering_too_late() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    env.wechat.authorization_code("code-l", "wxauth_l");
+    // Past WECHAT_API_TIMEOUT_MS (1000) for the first exchange only.
+    env.wechat.state.lock().unwrap().component_delay = Duration::from_millis(1800);
+    let t = now();
+    let _worker = component_worker(&env, "welcome,component", &[]);
+    produce(
+        &env,
+        "component.authorized",
+        &[authorization("authorized", "wxauth_l", Some("code-l"), t)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || !env
+            .wechat
+            .state
+            .lock()
+            .unwrap()
+            .code_exchanges
+            .is_empty())
+        .await,
+        "the code is exchanged"
+    );
+    env.wechat.state.lock().unwrap().component_delay = Duration::ZERO;
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxauth_l", "fan_l1", t + 1)],
+    );
+    let welcomed = eventually(Duration::from_secs(40), || {
+        env.wechat.sends_to("fan_l1") == 1
+    })
+    .await;
+    let exchanges = env.wechat.state.lock().unwrap().code_exchanges.clone();
+    let kept = store.authorizer(COMPONENT, "wxauth_l").await.unwrap();
+    assert!(
+        welcomed,
+        "the authorization survives a late answer: code exchanges {exchanges:?}, refresh \
+         token kept {:?}",
+        kept.refresh_token
+    );
+}

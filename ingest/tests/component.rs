@@ -749,3 +749,246 @@ async fn from_the_ticket_to_a_welcome_sent_with_the_authorizers_own_token() {
     let _ = workers.await;
     app.stop().await;
 }
+
+/// Red team (issue 22): the component's signature covers (timestamp, nonce, ciphertext),
+/// not the route. A push captured on authorizer A's route and replayed within the replay
+/// window on authorizer B's route (whose `gh_` id is not known yet) must not be published as
+/// B's, nor teach B's route A's `gh_` id (which would refuse B's own pushes from then on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_a_push_replayed_on_another_authorizers_route_is_refused_and_poisons_nothing() {
+    const OTHER: &str = "wxauthorizer000002";
+    const OTHER_GH: &str = "gh_authorizer02";
+    let (_redis, app) = spawn(|_| {}).await;
+    let t = now();
+    let captured = sign(&subscribe(AUTHORIZER_GH, "o1", t));
+    assert_eq!(post(&app, AUTHORIZER, &captured).await.0, 200);
+    app.read_exactly("event.subscribe", 1, SETTLE, "A's own push")
+        .await;
+    // The same request, byte for byte, on B's route.
+    let (replayed, reason) = post(&app, OTHER, &captured).await;
+    tokio::time::sleep(SETTLE).await;
+    let published = app.count("event.subscribe") as usize;
+    let as_other = app
+        .read("event.subscribe", published)
+        .iter()
+        .filter(|(_, _, value)| value["appid"] == OTHER)
+        .count();
+    // B's own first push.
+    let (own, own_reason) = post(&app, OTHER, &sign(&subscribe(OTHER_GH, "o2", t))).await;
+    assert_eq!(
+        (replayed, as_other, own),
+        (403, 0, 200),
+        "replay on B's route: {replayed} {reason:?}, published as B's: {as_other}; \
+         B's own push then: {own} {own_reason:?}"
+    );
+    app.stop().await;
+}
+
+/// Red team (issue 22): `user_info_modified` (and `user_authorize_invoice`) already had a
+/// typed field `appid` (the push's own `AppID` element, written flat into the record), the
+/// very name the route's AppID now takes. A push on authorizer A's route naming another
+/// AppID must still be published with A's `appid`, once, and valid against its schema; and an
+/// account's own such push must stay valid against the topic's schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_a_pushs_own_appid_element_never_stands_for_the_route() {
+    let (_redis, app) = spawn(|_| {}).await;
+    let modified = |to: &str, appid: Option<&str>| {
+        format!(
+            "<xml><ToUserName><![CDATA[{to}]]></ToUserName><FromUserName><![CDATA[o1]]></FromUserName>\
+             <CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+             <Event><![CDATA[user_info_modified]]></Event><OpenID><![CDATA[o1]]></OpenID>{}\
+             <RevokeInfo><![CDATA[301]]></RevokeInfo></xml>",
+            now(),
+            appid.map_or(String::new(), |a| format!("<AppID><![CDATA[{a}]]></AppID>"))
+        )
+    };
+    let (status, reason) = post(
+        &app,
+        AUTHORIZER,
+        &sign(&modified(AUTHORIZER_GH, Some("wxforgedappid00001"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{reason}");
+    let record = &app.kafka.read(&app.topic("event.user_info_modified"), 1)[0];
+    let raw = String::from_utf8_lossy(&record.value).into_owned();
+    let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+    assert_eq!(
+        (raw.matches("\"appid\"").count(), value["appid"].as_str()),
+        (1, Some(AUTHORIZER)),
+        "one appid, the route's: {raw}"
+    );
+    assert_schema_valid(
+        schemas::Topic::of(schemas::Kind::Event, "user_info_modified"),
+        &value,
+    );
+    app.stop().await;
+}
+
+/// Red team (issue 22): the same collision on an account's own route: its
+/// `user_info_modified` record without an `AppID` element (`"appid": null`, as before the
+/// Open Platform) must still match the topic's schema, which now says `appid` is the route's,
+/// a non-empty string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_an_accounts_user_info_modified_record_matches_its_schema() {
+    let (_redis, app) = spawn(|_| {}).await;
+    let xml = format!(
+        "<xml><ToUserName><![CDATA[gh_default]]></ToUserName><FromUserName><![CDATA[o1]]></FromUserName>\
+         <CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[user_info_modified]]></Event><OpenID><![CDATA[o1]]></OpenID>\
+         <RevokeInfo><![CDATA[301]]></RevokeInfo></xml>",
+        now()
+    );
+    let (status, reason) = app.post_push(&xml).await;
+    assert_eq!(status, 200, "{reason}");
+    let records = app.read("event.user_info_modified", 1);
+    let (_, event, value) = &records[0];
+    assert_schema_valid(event.topic(), value);
+    app.stop().await;
+}
+
+/// Red team (issue 22): a component beside one account that names no `original_id` (which
+/// the configuration allows). The account's Token then speaks for any `gh_` id, the
+/// authorizer's whose id is known included, and the component's for the `gh_` id the
+/// account's own pushes carry: both land on the same topics as the other's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_an_account_without_original_id_and_the_component_never_speak_for_each_other() {
+    let (_redis, app) = spawn(|_| {}).await;
+    let t = now();
+    // The account's own follower, and the authorizer's (its gh_ id learned).
+    assert_eq!(
+        app.post_push(&subscribe("gh_default", "o1", t)).await.0,
+        200
+    );
+    assert_eq!(
+        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o2", t)))
+            .await
+            .0,
+        200
+    );
+    // The account's Token naming the authorizer's gh_ id; the component's naming the
+    // account's.
+    let (by_account, _) = app.post_push(&subscribe(AUTHORIZER_GH, "o3", t)).await;
+    let (by_component, _) = post(
+        &app,
+        "wxauthorizer000009",
+        &sign(&subscribe("gh_default", "o4", t)),
+    )
+    .await;
+    assert_eq!(
+        (by_account, by_component),
+        (403, 403),
+        "the account's Token speaking for the authorizer's gh_ id; the component's for the \
+         account's"
+    );
+    app.stop().await;
+}
+
+/// What held (issue 22 red team): a captured push of one kind replayed on the other kind's
+/// route, and hostile authorization events, get a 4xx, publish nothing, record nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_cross_kind_replays_and_hostile_authorization_events_are_refused() {
+    let (redis, app) = spawn(|_| {}).await;
+    let t = now();
+    let ticket_push = sign(&ticket(t, "ticket@@@x"));
+    let (status, reason) = post(&app, AUTHORIZER, &ticket_push).await;
+    assert_eq!(status, 400, "a ticket on an authorizer's route: {reason}");
+    let follow = sign(&subscribe(AUTHORIZER_GH, "o1", t));
+    let (status, reason) = post(&app, "auth", &follow).await;
+    assert_eq!(status, 400, "a follow on the authorization URL: {reason}");
+    for authorizer in ["wx:a", &"w".repeat(200), "wx a", "wx\u{7}a"] {
+        let (status, reason) = post(
+            &app,
+            "auth",
+            &sign(&authorization("unauthorized", authorizer, t)),
+        )
+        .await;
+        assert_eq!(status, 400, "AuthorizerAppid {authorizer:?}: {reason}");
+        let key = format!("component:{{{COMPONENT}}}:authorizer:{authorizer}");
+        assert_eq!(
+            hget(&redis, &app, &key, "authorized"),
+            None,
+            "{authorizer:?}"
+        );
+    }
+    let deep = format!(
+        "<xml><AppId>{COMPONENT}</AppId><CreateTime>{t}</CreateTime><InfoType>x</InfoType>{}{}</xml>",
+        "<a>".repeat(5000),
+        "</a>".repeat(5000)
+    );
+    let (status, reason) = post(&app, "auth", &sign(&deep)).await;
+    assert!((400..500).contains(&status), "deep: {status} {reason}");
+    // Braces (a Redis hash tag) and unicode in AuthorizerAppid stay inside the component's tag.
+    let odd = "{wx}é";
+    assert_eq!(
+        post(&app, "auth", &sign(&authorization("unauthorized", odd, t))).await,
+        (200, "success".into())
+    );
+    let key = format!("component:{{{COMPONENT}}}:authorizer:{odd}");
+    assert_eq!(hget(&redis, &app, &key, "authorized").as_deref(), Some("0"));
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(app.count_all(), 1, "the braces' withdrawal only");
+    app.stop().await;
+}
+
+/// What held (issue 22 red team): Redis paused (a network that swallows bytes) while an
+/// authorizer pushes and WeChat withdraws: each is answered 503 within the ack deadline,
+/// nothing published, and once Redis is back the withdrawal (retried) is answered `success`
+/// and refuses the authorizer from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_a_paused_redis_fails_both_component_routes_closed_and_in_time() {
+    let redis = RedisServer::start();
+    let proxy = testkit::Proxy::start(testkit::redis_addr(&redis.url())).await;
+    let mut config = test_config(&proxy.redis_url());
+    with_component(&mut config);
+    config.ack_deadline_ms = 1500;
+    let app = TestApp::spawn_binary(config).await;
+    let t = now();
+    assert_eq!(
+        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o1", t)))
+            .await
+            .0,
+        200
+    );
+    app.read_exactly("event.subscribe", 1, SETTLE, "o1").await;
+    proxy.stall();
+    let unauthorized = sign(&authorization("unauthorized", AUTHORIZER, t));
+    for attempt in 0..3 {
+        let started = std::time::Instant::now();
+        let (status, reason) =
+            post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o2", t))).await;
+        assert_eq!(status, 503, "{attempt}: {reason}");
+        let (status, reason) = post(&app, "auth", &unauthorized).await;
+        assert_eq!(status, 503, "{attempt}: {reason}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no stall: {:?}",
+            started.elapsed()
+        );
+    }
+    proxy.cut();
+    proxy.resume();
+    let mut answered = (0, String::new());
+    for _ in 0..40 {
+        answered = post(&app, "auth", &unauthorized).await;
+        if answered.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        answered,
+        (200, "success".into()),
+        "WeChat's retry, Redis back"
+    );
+    let (status, reason) = post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o3", t))).await;
+    assert_eq!(status, 403, "{reason}");
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        (
+            app.count("event.subscribe"),
+            app.count("component.unauthorized")
+        ),
+        (1, 1)
+    );
+    app.stop().await;
+}

@@ -39,6 +39,8 @@ pub struct FakeState {
     pub refused: HashSet<String>,
     /// Delay before answering stable_token.
     pub token_delay: Duration,
+    /// Delay before answering a component API call (taken, and recorded, at once).
+    pub component_delay: Duration,
     /// Sends answered by a gateway's error page (HTTP 502, HTML) before reaching WeChat: so
     /// many of the next ones, not taken.
     pub bad_gateway: u32,
@@ -278,12 +280,17 @@ async fn answer(
             let token = query
                 .strip_prefix("component_access_token=")
                 .unwrap_or_default();
-            let mut s = state.lock().unwrap();
-            if !token.starts_with("COMPONENT-") || s.expired.contains(token) {
-                json!({"errcode": 42001, "errmsg": "component_access_token expired"})
-            } else {
-                component_api(&mut s, path, &body)
-            }
+            let (reply, delay) = {
+                let mut s = state.lock().unwrap();
+                let reply = if !token.starts_with("COMPONENT-") || s.expired.contains(token) {
+                    json!({"errcode": 42001, "errmsg": "component_access_token expired"})
+                } else {
+                    component_api(&mut s, path, &body)
+                };
+                (reply, s.component_delay)
+            };
+            tokio::time::sleep(delay).await;
+            reply
         }
         _ => json!({"errcode": 404, "errmsg": "no such API"}),
     };
@@ -331,8 +338,13 @@ fn component_api(s: &mut FakeState, path: &str, body: &Value) -> Value {
                 .get(appid)
                 .cloned()
                 .unwrap_or_else(|| format!("gh_{appid}"));
-            json!({"authorizer_info": {"user_name": user_name, "nick_name": appid},
-                   "authorization_info": {"authorizer_appid": appid}})
+            // Like WeChat's, with the authorizer's current refresh token once it has one.
+            let mut info = json!({"authorizer_info": {"user_name": user_name, "nick_name": appid},
+                   "authorization_info": {"authorizer_appid": appid}});
+            if let Some(refresh) = s.refresh_tokens.get(appid) {
+                info["authorization_info"]["authorizer_refresh_token"] = json!(refresh);
+            }
+            info
         }
         _ => json!({"errcode": 404, "errmsg": "no such API"}),
     }

@@ -354,3 +354,349 @@ async fn the_component_role_without_a_component_refuses_to_start() {
     let (code, _, stderr) = env.run_command(&[], &["rebuild", "--role", "component"]);
     assert_ne!(code, 0, "{stderr}");
 }
+
+/// Red team (issue 22): an authorizer's token is cached under its AppID alone,
+/// `{p}:token:{A}`, the very key a configured account's own token (its AppSecret's) is cached
+/// under. A follow from the authorizer route `/component/wxtest` (the configured account's
+/// AppID; e.g. a captured push of another authorizer replayed there) with no refresh token
+/// kept for it must wait, never go out with the account's AppSecret token.
+#[tokio::test]
+async fn red_an_authorizer_route_never_borrows_a_configured_accounts_cached_token() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    let t = now();
+    let _worker = component_worker(&env, "welcome,component", &[]);
+    // The configured account (WECHAT_APPID=wxtest) welcomes its own follower: its token, from
+    // its AppSecret, is cached.
+    produce(
+        &env,
+        "event.subscribe",
+        &[subscribe("gh_test", "fan_account", t, None)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || env
+            .wechat
+            .sends_to("fan_account")
+            == 1)
+        .await,
+        "the account's own welcome"
+    );
+    // A follow recorded on the authorizer route named wxtest: no authorization was ever
+    // exchanged for it, so no refresh token is kept.
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxtest", "fan_route", t + 1)],
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let account_token = env.wechat.tokens_sent_to("fan_account");
+    assert_eq!(
+        env.wechat.tokens_sent_to("fan_route"),
+        Vec::<String>::new(),
+        "no refresh token for authorizer wxtest: nothing may be sent, least of all with the \
+         account's AppSecret token {account_token:?} (cached at token:{{wxtest}} too)"
+    );
+}
+
+/// Red team (issue 22): a redelivered release-check text (the same record twice, as after a
+/// worker dies before its commit) must not exchange its code again, nor send
+/// `{code}_from_api` twice: an authorization record's redelivery finds its refresh token
+/// kept and stops; the release check's path goes to `api_query_auth` regardless.
+#[tokio::test]
+async fn red_a_redelivered_release_check_exchanges_and_sends_once() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    let test_account = "wx570bc396a51b8ff8";
+    env.wechat.authorization_code("query-code-r", test_account);
+    let t = now();
+    let (key, value) = event(
+        "text",
+        "gh_3c884a361561",
+        "test_user_r",
+        t,
+        json!({"content": "QUERY_AUTH_CODE:query-code-r", "msg_id": "7"}),
+    );
+    let mut value: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    value["kind"] = json!("message");
+    value["appid"] = json!(test_account);
+    value["id"] = json!(format!(
+        "gh_3c884a361561:test_user_r:{t}:message.text:{test_account}"
+    ));
+    let record = (key, serde_json::to_vec(&value).unwrap());
+    let _worker = component_worker(
+        &env,
+        "component",
+        &[("WECHAT_COMPONENT_RELEASE_CHECK", "true".into())],
+    );
+    produce(&env, "message.text", &[record.clone(), record]);
+    assert!(
+        eventually(Duration::from_secs(30), || env
+            .wechat
+            .sends_to("test_user_r")
+            >= 1)
+        .await,
+        "the test account's user gets {{code}}_from_api"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let exchanges = env.wechat.state.lock().unwrap().code_exchanges.clone();
+    assert_eq!(
+        (exchanges, env.wechat.sends_to("test_user_r")),
+        (vec!["query-code-r".to_owned()], 1),
+        "one exchange and one send for one record delivered twice"
+    );
+}
+
+/// Red team (issue 22): Redis fails in the moment between `api_query_auth` answering (the
+/// code is spent: WeChat takes it once) and the refresh token being kept. The worker must
+/// keep what the exchange gave once Redis is back, not ask WeChat again with the spent code
+/// and lose the authorization: the authorizer's followers would wait for a refresh token
+/// that never comes.
+#[tokio::test]
+async fn red_an_exchanged_code_survives_redis_failing_before_its_refresh_token_is_kept() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    env.wechat.authorization_code("code-r", "wxauth_r");
+    let proxy = testkit::Proxy::start(testkit::redis_addr(&env.redis.url())).await;
+    // The exchange is taken at once and answered late, inside the API timeout.
+    env.wechat.state.lock().unwrap().component_delay = Duration::from_millis(700);
+    let t = now();
+    let _worker = component_worker(
+        &env,
+        "welcome,component",
+        &[("REDIS_URL", proxy.redis_url())],
+    );
+    produce(
+        &env,
+        "component.authorized",
+        &[authorization("authorized", "wxauth_r", Some("code-r"), t)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || !env
+            .wechat
+            .state
+            .lock()
+            .unwrap()
+            .code_exchanges
+            .is_empty())
+        .await,
+        "the code is exchanged"
+    );
+    // Redis goes away while WeChat answers, and comes back.
+    proxy.stall();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.cut();
+    proxy.resume();
+    env.wechat.state.lock().unwrap().component_delay = Duration::ZERO;
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxauth_r", "fan_r1", t + 1)],
+    );
+    let welcomed = eventually(Duration::from_secs(40), || {
+        env.wechat.sends_to("fan_r1") == 1
+    })
+    .await;
+    let exchanges = env.wechat.state.lock().unwrap().code_exchanges.clone();
+    let kept = store.authorizer(COMPONENT, "wxauth_r").await.unwrap();
+    assert!(
+        welcomed,
+        "the authorization survives a Redis blip: code exchanges {exchanges:?}, refresh token \
+         kept {:?}",
+        kept.refresh_token
+    );
+}
+
+/// Red team (issue 22): once the ingress has recorded an `unauthorized` (it does so before
+/// answering `success`), nothing more may be sent for that authorizer, even while its
+/// `component.unauthorized` record is not handled yet (the component role lags, or the record
+/// sits in the ingress's spool): the welcome still finds the authorizer's access token cached
+/// and sends with it.
+#[tokio::test]
+async fn red_no_welcome_goes_out_for_an_authorizer_the_ingress_recorded_withdrawn() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    env.wechat.authorization_code("code-w", "wxauth_w");
+    let t = now();
+    let _worker = component_worker(&env, "welcome,component", &[]);
+    produce(
+        &env,
+        "component.authorized",
+        &[authorization(
+            "authorized",
+            "wxauth_w",
+            Some("code-w"),
+            t - 20,
+        )],
+    );
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxauth_w", "fan_w1", t - 10)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || env.wechat.sends_to("fan_w1")
+            == 1)
+        .await,
+        "welcomed while authorized"
+    );
+    // The ingress records the withdrawal and answers success; its record has not reached
+    // the component role.
+    store
+        .set_authorized(COMPONENT, "wxauth_w", false, t - 5)
+        .await
+        .unwrap();
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxauth_w", "fan_w2", t - 8)],
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        env.wechat.tokens_sent_to("fan_w2"),
+        Vec::<String>::new(),
+        "withdrawn: nothing more is sent for it"
+    );
+}
+
+/// Red team (issue 22): a welcome waiting for an authorizer's refresh token holds "only that
+/// authorizer's records", but the hold is keyed by the record's `account` (its `gh_` id), not
+/// by the route's AppID. A record from a route that was never authorized naming authorizer
+/// A's `gh_` id (what a captured push replayed on another route publishes) must not hold A's
+/// own followers' welcomes.
+#[tokio::test]
+async fn red_a_hold_for_an_unauthorized_route_never_holds_another_authorizers_welcomes() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    env.wechat.authorization_code("code-h", "wxauth_h");
+    let t = now();
+    let _worker = component_worker(&env, "welcome,component", &[]);
+    produce(
+        &env,
+        "component.authorized",
+        &[authorization(
+            "authorized",
+            "wxauth_h",
+            Some("code-h"),
+            t - 20,
+        )],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || store_has_refresh(
+            &env, "wxauth_h"
+        ))
+        .await,
+        "A's authorization exchanged"
+    );
+    // On the route of wxnever (no authorization, no refresh token), naming A's gh_ id.
+    let (_, value) = authorizer_subscribe("wxnever", "fan_h0", t - 5);
+    // One key, so one partition: a hold orders records within a partition only.
+    let key = "fan_h".to_owned();
+    let (_, own) = authorizer_subscribe("wxauth_h", "fan_h1", t - 4);
+    let mut value: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    value["account"] = json!("gh_wxauth_h");
+    value["id"] = json!(format!(
+        "gh_wxauth_h:fan_h0:{}:event.subscribe:hwxnever",
+        t - 5
+    ));
+    produce(
+        &env,
+        "event.subscribe",
+        &[
+            (key.clone(), serde_json::to_vec(&value).unwrap()),
+            (key, own),
+        ],
+    );
+    let welcomed = eventually(Duration::from_secs(30), || {
+        env.wechat.sends_to("fan_h1") == 1
+    })
+    .await;
+    assert!(
+        welcomed,
+        "A's own follower waits behind a hold for wxnever's refresh token"
+    );
+}
+
+fn store_has_refresh(env: &Env, authorizer: &str) -> bool {
+    redis::Commands::hexists(
+        &mut env.redis.conn(),
+        format!(
+            "{}:component:{{{COMPONENT}}}:authorizer:{authorizer}",
+            env.key_prefix
+        ),
+        "refresh_token",
+    )
+    .unwrap()
+}
+
+/// Red team (issue 22): WeChat takes the code but its answer to `api_query_auth` comes after
+/// the worker gave up waiting (the request was written: `Unanswered`). The code is spent;
+/// asking again gets 61010. WeChat's `api_get_authorizer_info` answers the authorizer's
+/// refresh token too, so the authorization need not be lost: its followers must be welcomed.
+#[tokio::test]
+async fn red_an_authorization_survives_api_query_auth_answering_too_late() {
+    let env = Env::start().await;
+    let store = components(&env);
+    store
+        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .await
+        .unwrap();
+    env.wechat.authorization_code("code-l", "wxauth_l");
+    // Past WECHAT_API_TIMEOUT_MS (1000) for the first exchange only.
+    env.wechat.state.lock().unwrap().component_delay = Duration::from_millis(1800);
+    let t = now();
+    let _worker = component_worker(&env, "welcome,component", &[]);
+    produce(
+        &env,
+        "component.authorized",
+        &[authorization("authorized", "wxauth_l", Some("code-l"), t)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || !env
+            .wechat
+            .state
+            .lock()
+            .unwrap()
+            .code_exchanges
+            .is_empty())
+        .await,
+        "the code is exchanged"
+    );
+    env.wechat.state.lock().unwrap().component_delay = Duration::ZERO;
+    produce(
+        &env,
+        "event.subscribe",
+        &[authorizer_subscribe("wxauth_l", "fan_l1", t + 1)],
+    );
+    let welcomed = eventually(Duration::from_secs(40), || {
+        env.wechat.sends_to("fan_l1") == 1
+    })
+    .await;
+    let exchanges = env.wechat.state.lock().unwrap().code_exchanges.clone();
+    let kept = store.authorizer(COMPONENT, "wxauth_l").await.unwrap();
+    assert!(
+        welcomed,
+        "the authorization survives a late answer: code exchanges {exchanges:?}, refresh \
+         token kept {:?}",
+        kept.refresh_token
+    );
+}

@@ -8,7 +8,7 @@ use crate::spec::{Field, FieldType, TYPES};
 use crate::{Kind, Topic};
 
 /// The version in every schema's `$id`; bumped on an incompatible change.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 fn field_schema(field: &Field) -> Value {
     let mut schema = match field.ty {
@@ -172,6 +172,23 @@ pub fn pretty(topic: Topic) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_typed_field_takes_a_record_field_name() {
+        // `appid` was a typed field of two event types (their `AppID` element) before it
+        // became the route's AppID of every Open Platform record: two values, one name.
+        for spec in TYPES {
+            for field in spec.fields {
+                assert!(
+                    !crate::spec::RECORD_FIELDS.contains(&field.json),
+                    "{}.{}: typed field {}",
+                    spec.kind.as_str(),
+                    spec.name,
+                    field.json
+                );
+            }
+        }
+    }
 
     #[test]
     fn every_schema_compiles() {

@@ -433,7 +433,12 @@ pub const TYPES: &[TypeSpec] = &[
         "user_info_modified",
         "a user changed or revoked their profile authorization",
         &[
-            field("appid", &[&["AppID"]], OptText, "the AppID concerned"),
+            field(
+                "target_appid",
+                &[&["AppID"]],
+                OptText,
+                "the AppID concerned (`AppID`)",
+            ),
             field(
                 "revoke_info",
                 &[&["RevokeInfo"]],
@@ -545,7 +550,12 @@ pub const TYPES: &[TypeSpec] = &[
                 OptText,
                 "failed order",
             ),
-            field("appid", &[&["AppId"]], OptText, "the AppID concerned"),
+            field(
+                "target_appid",
+                &[&["AppId"]],
+                OptText,
+                "the AppID concerned (`AppId`)",
+            ),
             field("source", &[&["Source"]], OptText, "where"),
         ],
     ),
@@ -642,6 +652,20 @@ pub const TYPES: &[TypeSpec] = &[
         "an authorizer withdrew its authorization",
         &[AUTHORIZER],
     ),
+];
+
+/// The names every record has at its top level ([`crate::Event`]'s own fields): no typed
+/// field may take one, or a record would carry two values under one name.
+pub const RECORD_FIELDS: [&str; 9] = [
+    "id",
+    "account",
+    "openid",
+    "appid",
+    "created_at",
+    "received_at",
+    "kind",
+    "type",
+    "extra",
 ];
 
 /// The spec of a (kind, lower-case type), if it is known.

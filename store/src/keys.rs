@@ -19,7 +19,7 @@
 //! | `{p}:geo_at:{account}` | hash OpenID → `created_at` of the location in the GEO set (last write wins there too) |
 //! | `{p}:token:{appid}` | the cached access token, expiring before WeChat's does |
 //! | `{p}:token_lock:{appid}` | the lock held while one process fetches a token |
-//! | `{p}:component:{C}:ticket`, `…:authorizer:{A}`, `…:token`, `…:token_lock` | an Open Platform component's state ([`crate::component`]) |
+//! | `{p}:component:{C}:ticket`, `…:authorizer:{A}`, `…:token`, `…:token_lock`, `…:authorizer_token:{A}`, `…:authorizer_token_lock:{A}` | an Open Platform component's state and tokens ([`crate::component`]) |
 
 use schemas::EventId;
 
@@ -109,16 +109,30 @@ impl Keys {
     /// An account's (or an authorizer's) access token; a component's under its own tag
     /// (named by [`crate::component::component_token`]).
     pub fn token(&self, appid: &str) -> String {
-        match appid.strip_prefix(COMPONENT_TOKEN) {
-            Some(component) => self.key("component", &[component], Some("token")),
-            None => self.key("token", &[appid], None),
-        }
+        self.token_key(appid, "token")
     }
 
     pub fn token_lock(&self, appid: &str) -> String {
-        match appid.strip_prefix(COMPONENT_TOKEN) {
-            Some(component) => self.key("component", &[component], Some("token_lock")),
-            None => self.key("token_lock", &[appid], None),
+        self.token_key(appid, "token_lock")
+    }
+
+    /// An account's `{p}:{kind}:{appid}`; under a component's tag its own
+    /// (`component/{C}`) or an authorizer's (`component/{C}/{A}`).
+    fn token_key(&self, name: &str, kind: &str) -> String {
+        match name
+            .strip_prefix(COMPONENT_TOKEN)
+            .map(|rest| rest.split_once('/'))
+        {
+            None => self.key(kind, &[name], None),
+            Some(None) => {
+                let component = &name[COMPONENT_TOKEN.len()..];
+                self.key("component", &[component], Some(kind))
+            }
+            Some(Some((component, authorizer))) => self.key(
+                "component",
+                &[component],
+                Some(&format!("authorizer_{kind}:{authorizer}")),
+            ),
         }
     }
 
@@ -174,6 +188,32 @@ mod tests {
             keys.dedup("e1"),
             "wx:dedup:{e1}:e1",
             "an id of another shape"
+        );
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+    use crate::component::{authorizer_token, component_token};
+
+    #[test]
+    fn tokens_are_kept_apart_by_whose_they_are() {
+        let keys = Keys::new("wx");
+        assert_eq!(keys.token("wxa"), "wx:token:{wxa}");
+        assert_eq!(keys.token_lock("wxa"), "wx:token_lock:{wxa}");
+        assert_eq!(
+            keys.token(&component_token("wxc")),
+            "wx:component:{wxc}:token"
+        );
+        assert_eq!(
+            keys.token(&authorizer_token("wxc", "wxa")),
+            "wx:component:{wxc}:authorizer_token:wxa",
+            "never the account wxa's token"
+        );
+        assert_eq!(
+            keys.token_lock(&authorizer_token("wxc", "wxa")),
+            "wx:component:{wxc}:authorizer_token_lock:wxa"
         );
     }
 }

@@ -21,11 +21,23 @@ async fn suite(s: &dyn Components) {
     assert_eq!(s.ticket(c).await.unwrap().as_deref(), Some("t300"));
     assert_eq!(s.ticket("wxother").await.unwrap(), None, "per component");
 
-    // An authorizer never seen is admitted, and its first push teaches its gh_ id.
+    // An authorizer never seen is admitted, and admitting teaches nothing (a replay a later
+    // check refuses must not); its first durable push teaches its gh_ id.
     assert_eq!(
         s.admit(c, "wxa", "gh_a").await.unwrap(),
         Admission::Admitted
     );
+    assert_eq!(
+        s.admit(c, "wxa", "gh_other").await.unwrap(),
+        Admission::Admitted
+    );
+    assert_eq!(
+        s.authorizer(c, "wxa").await.unwrap(),
+        Default::default(),
+        "nothing kept"
+    );
+    s.learn_user_name(c, "wxa", "gh_a").await.unwrap();
+    s.learn_user_name(c, "wxa", "gh_later").await.unwrap();
     assert_eq!(
         s.admit(c, "wxa", "gh_a").await.unwrap(),
         Admission::Admitted

@@ -92,7 +92,9 @@ impl Components for MemoryComponents {
         user_name: &'a str,
     ) -> Fut<'a, Admission> {
         self.with(|s| {
-            let a = s.authorizers.entry(key(component, authorizer)).or_default();
+            let Some(a) = s.authorizers.get(&key(component, authorizer)) else {
+                return Admission::Admitted;
+            };
             if a.authorized == Some(false) {
                 return Admission::Unauthorized;
             }
@@ -100,12 +102,20 @@ impl Components for MemoryComponents {
                 Some(known) if known != user_name => Admission::OtherAccount {
                     known: known.clone(),
                 },
-                Some(_) => Admission::Admitted,
-                None => {
-                    a.user_name = Some(user_name.to_owned());
-                    Admission::Admitted
-                }
+                _ => Admission::Admitted,
             }
+        })
+    }
+
+    fn learn_user_name<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        user_name: &'a str,
+    ) -> Fut<'a, ()> {
+        self.with(|s| {
+            let a = s.authorizers.entry(key(component, authorizer)).or_default();
+            a.user_name.get_or_insert_with(|| user_name.to_owned());
         })
     }
 

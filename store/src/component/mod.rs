@@ -9,8 +9,7 @@
 //! | `{p}:component:{C}:ticket` | hash `ticket`, `created_at`: the newest ticket WeChat pushed |
 //! | `{p}:component:{C}:authorizer:{A}` | hash `authorized` (1/0) and `authorized_at`, `user_name` (the `gh_` id), `refresh_token` and `refresh_at` |
 //! | `{p}:component:{C}:token`, `…:token_lock` | the component access token and its fetch lock ([`component_token`]) |
-//!
-//! An authorizer's own access token is kept like an account's, `{p}:token:{A}`.
+//! | `{p}:component:{C}:authorizer_token:{A}`, `…:authorizer_token_lock:{A}` | an authorizer's access token and its fetch lock ([`authorizer_token`]) |
 
 use std::sync::Arc;
 
@@ -50,6 +49,16 @@ pub fn component_token(component_appid: &str) -> String {
     format!("{}{component_appid}", crate::keys::COMPONENT_TOKEN)
 }
 
+/// The name under which [`crate::effects::TokenCache`] keeps an authorizer's access token:
+/// `{p}:component:{C}:authorizer_token:{A}`, apart from any account's `{p}:token:{appid}`
+/// (an account configured with the same AppID never lends its token to the route).
+pub fn authorizer_token(component_appid: &str, authorizer_appid: &str) -> String {
+    format!(
+        "{}{component_appid}/{authorizer_appid}",
+        crate::keys::COMPONENT_TOKEN
+    )
+}
+
 /// A component's state.
 pub trait Components: Send + Sync + std::fmt::Debug {
     /// Keeps `ticket` unless a newer one (by `created_at`) is kept.
@@ -74,13 +83,22 @@ pub trait Components: Send + Sync + std::fmt::Debug {
     ) -> Fut<'a, Applied>;
 
     /// Whether a push on `authorizer`'s route naming `user_name` (its `ToUserName`) may
-    /// pass. The first such push of an authorizer whose `gh_` id is unknown teaches it.
+    /// pass. Reads only: what a push teaches is [`Components::learn_user_name`]'s, once it is
+    /// durable (so a replay a later check refuses teaches nothing).
     fn admit<'a>(
         &'a self,
         component: &'a str,
         authorizer: &'a str,
         user_name: &'a str,
     ) -> Fut<'a, Admission>;
+
+    /// The `gh_` id of an authorizer's first durable push, kept unless one is known.
+    fn learn_user_name<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        user_name: &'a str,
+    ) -> Fut<'a, ()>;
 
     /// The authorizer's `gh_` id from WeChat's API: replaces one learned from a push.
     fn set_user_name<'a>(

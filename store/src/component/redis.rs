@@ -26,16 +26,12 @@ if ARGV[1] == '0' then redis.call('HDEL', KEYS[1], 'refresh_token', 'refresh_at'
 return 1
 ";
 
-/// KEYS: authorizer hash. ARGV: the push's ToUserName. → {0} withdrawn, {1} admitted (the
-/// gh_ id learned if unknown), {2, known} another account's.
+/// KEYS: authorizer hash. ARGV: the push's ToUserName. → {0} withdrawn, {1} admitted, {2,
+/// known} another account's. Reads only.
 const ADMIT: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'authorized', 'user_name')
 if cur[1] == '0' then return {0, ''} end
-if cur[2] then
-  if cur[2] == ARGV[1] then return {1, ''} end
-  return {2, cur[2]}
-end
-redis.call('HSET', KEYS[1], 'user_name', ARGV[1])
+if cur[2] and cur[2] ~= ARGV[1] then return {2, cur[2]} end
 return {1, ''}
 ";
 
@@ -162,6 +158,24 @@ impl Components for RedisComponents {
                 2 => Admission::OtherAccount { known },
                 _ => Admission::Admitted,
             })
+        })
+    }
+
+    fn learn_user_name<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        user_name: &'a str,
+    ) -> Fut<'a, ()> {
+        let key = self.keys.component_authorizer(component, authorizer);
+        Box::pin(async move {
+            self.redis
+                .bounded(
+                    self.redis
+                        .conn()
+                        .hset_nx::<_, _, _, ()>(key, "user_name", user_name),
+                )
+                .await
         })
     }
 

@@ -36,7 +36,8 @@ use crate::cloudevents::CloudEvent;
 use crate::config::{Config, Secret};
 use crate::deliver::{Accepted, Durability};
 use crate::error::{PushError, Rejection, Unavailable};
-use crate::pipeline::{open, unix_now, Opened, Prepared, Signed};
+use crate::pipeline::{open, unix_now, BodyBinding, Opened, Prepared, Signed};
+use sha1::{Digest, Sha1};
 
 /// The metrics' and logs' `account` of both component routes (never an authorizer's AppID:
 /// there may be thousands).
@@ -68,6 +69,9 @@ pub struct Component {
     store: Arc<dyn Components>,
     durability: Arc<Durability>,
     deadline: std::time::Duration,
+    /// The account its (timestamp, nonce) bindings are kept under: `component/{appid}`, which
+    /// no account's name can be.
+    binding_account: String,
 }
 
 impl Component {
@@ -82,7 +86,9 @@ impl Component {
         entry.check("[component]")?;
         let aes_key = AesKey::parse(entry.encoding_aes_key.expose())
             .map_err(|e| format!("[component] encoding_aes_key: {e}"))?;
+        let binding_account = format!("component/{}", entry.appid);
         Ok(Component {
+            binding_account,
             account: Account {
                 name: LABEL.to_owned(),
                 token: Secret::new(entry.token.expose()),
@@ -238,6 +244,17 @@ impl Component {
                 .map(|content| (push.from_user.clone(), push.to_user.clone(), content))
             })
             .flatten();
+        // The route is bound to the request: `msg_signature` covers the timestamp, the nonce
+        // and the ciphertext but not the path, so a captured push replayed on another
+        // authorizer's route finds its (timestamp, nonce) bound to this route and is refused.
+        // WeChat's retries come on the same route, with the same push.
+        let route_sha1: [u8; 20] = {
+            let mut digest = Sha1::new();
+            digest.update(appid.as_bytes());
+            digest.update([0]);
+            digest.update(&xml[..]);
+            digest.finalize().into()
+        };
         let event = normalize_on(push, received_at(), Some(appid))?;
         *topic = Some(event.topic());
         let admission = tokio::time::timeout_at(
@@ -259,7 +276,32 @@ impl Component {
                 return Err(Rejection::WrongAccount.into());
             }
         }
-        let accepted = self.durability.deliver(prepared(event), arrived).await?;
+        let user_name = event.account.clone();
+        let mut record = prepared(event);
+        record.binding = Some(BodyBinding {
+            account: &self.binding_account,
+            timestamp: signed.timestamp(),
+            nonce: signed.nonce(),
+            body_sha1: route_sha1,
+            body_digest: hex::encode(route_sha1),
+        });
+        let accepted = self.durability.deliver(record, arrived).await?;
+        // Its gh_ id, once it is known to be this route's (a replay the binding refused never
+        // gets here), in the background: the answer does not wait for it. The worker's
+        // api_get_authorizer_info has the last word.
+        let (store, component, authorizer) = (
+            Arc::clone(&self.store),
+            self.appid().to_owned(),
+            appid.to_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = store
+                .learn_user_name(&component, &authorizer, &user_name)
+                .await
+            {
+                tracing::warn!(%error, %authorizer, "an authorizer's gh_ id not learned: the next push teaches it");
+            }
+        });
         let body = match reply {
             None => Bytes::new(),
             Some((user, account, content)) => self.seal(&user, &account, &content),

@@ -42,11 +42,11 @@ pub struct Signed {
 }
 
 impl Signed {
-    fn timestamp(&self) -> &str {
+    pub(crate) fn timestamp(&self) -> &str {
         self.query.timestamp.as_deref().unwrap_or_default()
     }
 
-    fn nonce(&self) -> &str {
+    pub(crate) fn nonce(&self) -> &str {
         self.query.nonce.as_deref().unwrap_or_default()
     }
 

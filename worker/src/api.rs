@@ -67,7 +67,10 @@ impl Credentials {
     fn cache_name(&self) -> std::borrow::Cow<'_, str> {
         match &self.grant {
             Grant::Component(_) => store::component::component_token(&self.appid).into(),
-            _ => self.appid.as_str().into(),
+            Grant::Authorizer(component) => {
+                store::component::authorizer_token(&component.appid, &self.appid).into()
+            }
+            Grant::AppSecret(_) => self.appid.as_str().into(),
         }
     }
 }
@@ -703,12 +706,13 @@ impl WeChat {
             .map_err(|e| ApiError::Response(format!("api_query_auth: {e}")))
     }
 
-    /// `api_get_authorizer_info`: the authorizer's `gh_` id (`authorizer_info.user_name`).
-    pub async fn authorizer_user_name(
+    /// `api_get_authorizer_info`: the authorizer's `gh_` id (`authorizer_info.user_name`)
+    /// and, as WeChat answers it, its refresh token (`authorization_info`).
+    pub async fn authorizer_info(
         &self,
         component: &Arc<ComponentCredentials>,
         appid: &str,
-    ) -> Result<String, ApiError> {
+    ) -> Result<(String, Option<String>), ApiError> {
         let reply = self
             .component_call(
                 component,
@@ -716,11 +720,16 @@ impl WeChat {
                 json!({"component_appid": component.appid, "authorizer_appid": appid}),
             )
             .await?;
-        reply["authorizer_info"]["user_name"]
+        let user_name = reply["authorizer_info"]["user_name"]
             .as_str()
             .filter(|name| !name.is_empty())
             .map(str::to_owned)
-            .ok_or_else(|| ApiError::Response("api_get_authorizer_info: no user_name".into()))
+            .ok_or_else(|| ApiError::Response("api_get_authorizer_info: no user_name".into()))?;
+        let refresh_token = reply["authorization_info"]["authorizer_refresh_token"]
+            .as_str()
+            .filter(|token| !token.is_empty())
+            .map(str::to_owned);
+        Ok((user_name, refresh_token))
     }
 
     /// Caches an authorizer token `api_query_auth` handed out, so the first send needs no

@@ -226,7 +226,10 @@ impl Effects {
     }
 
     /// Exchanges an authorization code and keeps the refresh token, the access token it came
-    /// with, and the authorizer's `gh_` id.
+    /// with, and the authorizer's `gh_` id. A code is good once: when its exchange fails
+    /// after WeChat may have taken it (an answer lost, a code already spent by this record's
+    /// earlier attempt whose result Redis did not keep), the refresh token is recovered with
+    /// `api_get_authorizer_info`, which returns it too.
     async fn exchange(
         &self,
         component: &ComponentEffects,
@@ -235,51 +238,75 @@ impl Effects {
         created_at: i64,
     ) -> Outcome {
         let c = &component.credentials.appid;
-        let info = match self.wechat.query_auth(&component.credentials, code).await {
-            Ok(info) => info,
-            Err(error) => {
-                // A copy of this record handled at the same time may have used the code (it
-                // is good once): then its token is kept, and this one is done.
-                let kept = component.store.authorizer(c, authorizer).await;
-                if kept.is_ok_and(|a| a.refresh_at.is_some_and(|at| at >= created_at)) {
-                    return Outcome::Done;
-                }
-                return api_failed(&error);
-            }
-        };
-        if info.authorizer_appid != authorizer {
-            return Outcome::Poison(format!(
-                "the code is {}'s, not {authorizer}'s",
-                info.authorizer_appid
-            ));
-        }
-        match component
-            .store
-            .set_refresh_token(c, authorizer, &info.authorizer_refresh_token, created_at)
-            .await
-        {
-            Ok(Applied::Yes) => {}
-            Ok(Applied::Stale) => {
-                return Outcome::Skipped("withdrawn or reauthorized since".into())
-            }
+        match component.store.authorizer(c, authorizer).await {
+            // Exchanged already, by this record's earlier attempt or a copy of it.
+            Ok(kept) if kept.refresh_at.is_some_and(|at| at >= created_at) => return Outcome::Done,
+            Ok(_) => {}
             Err(error) => return store_failed(&error),
         }
-        let creds = Credentials::authorizer(authorizer, &component.credentials);
-        if let Err(error) = self
+        let (refresh_token, access) = match self
             .wechat
-            .keep_token(&creds, &info.authorizer_access_token, info.expires_in)
+            .query_auth(&component.credentials, code)
             .await
         {
-            tracing::warn!(%error, %authorizer, "authorizer token not cached: the first send fetches one");
+            Ok(info) if info.authorizer_appid != authorizer => {
+                return Outcome::Poison(format!(
+                    "the code is {}'s, not {authorizer}'s",
+                    info.authorizer_appid
+                ))
+            }
+            Ok(info) => (
+                info.authorizer_refresh_token,
+                Some((info.authorizer_access_token, info.expires_in)),
+            ),
+            Err(error) if matches!(error.class(), ErrorClass::Unknown | ErrorClass::Unanswered) => {
+                match self
+                    .wechat
+                    .authorizer_info(&component.credentials, authorizer)
+                    .await
+                {
+                    Ok((_, Some(refresh_token))) => {
+                        tracing::info!(%authorizer, %error, "code exchange failed: refresh token recovered with api_get_authorizer_info");
+                        (refresh_token, None)
+                    }
+                    _ => return api_failed(&error),
+                }
+            }
+            Err(error) => return api_failed(&error),
+        };
+        // WeChat gave the token: keep it whatever Redis does meanwhile (the code is spent).
+        let give_up = tokio::time::Instant::now() + self.send_lease;
+        loop {
+            match component
+                .store
+                .set_refresh_token(c, authorizer, &refresh_token, created_at)
+                .await
+            {
+                Ok(Applied::Yes) => break,
+                Ok(Applied::Stale) => {
+                    return Outcome::Skipped("withdrawn or reauthorized since".into())
+                }
+                Err(error) if tokio::time::Instant::now() >= give_up => {
+                    // Tried again later: the code is spent by then, and the token recovered.
+                    return store_failed(&error);
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        let creds = Credentials::authorizer(authorizer, &component.credentials);
+        if let Some((token, expires_in)) = access {
+            if let Err(error) = self.wechat.keep_token(&creds, &token, expires_in).await {
+                tracing::warn!(%error, %authorizer, "authorizer token not cached: the first send fetches one");
+            }
         }
         // Its gh_ id, so a push on its route naming another account is refused. Learned from
         // its first push otherwise.
         match self
             .wechat
-            .authorizer_user_name(&component.credentials, authorizer)
+            .authorizer_info(&component.credentials, authorizer)
             .await
         {
-            Ok(user_name) => {
+            Ok((user_name, _)) => {
                 if let Err(error) = component
                     .store
                     .set_user_name(c, authorizer, &user_name)
@@ -297,7 +324,8 @@ impl Effects {
     }
 
     /// WeChat's release check: a test account's `QUERY_AUTH_CODE:{code}` text is answered
-    /// with `{code}_from_api`, sent with the authorizer token the code is exchanged for.
+    /// with `{code}_from_api`, sent with the authorizer token the code is exchanged for; once,
+    /// under the record's send claim, as a welcome is.
     async fn release_check(&self, component: &ComponentEffects, event: &Event) -> Outcome {
         let Some(appid) = event.appid.as_deref() else {
             return Outcome::Skipped("not an authorizer's".into());
@@ -309,10 +337,22 @@ impl Effects {
             Some(code) if RELEASE_CHECK_APPIDS.contains(&appid) && !code.is_empty() => code,
             _ => return Outcome::Skipped("not a release check".into()),
         };
+        match self
+            .stores
+            .welcome
+            .begin_send(&event.id, &self.owner, self.send_lease)
+            .await
+        {
+            Ok(Lease::Claimed) => {}
+            Ok(Lease::Done) => return Outcome::Done,
+            Ok(Lease::Held) => return Outcome::Wait("another worker answers this check".into()),
+            Err(error) => return store_failed(&error),
+        }
         let outcome = self
             .exchange(component, appid, code, event.created_at)
             .await;
         if outcome != Outcome::Done {
+            self.abandon(&event.id).await;
             return outcome;
         }
         let creds = Credentials::authorizer(appid, &component.credentials);
@@ -321,8 +361,18 @@ impl Effects {
             .send_text(&creds, &event.openid, &format!("{code}_from_api"))
             .await
         {
-            Ok(()) => Outcome::Done,
-            Err(error) => api_failed(&error),
+            Ok(()) => {
+                self.record_sent(&event.id).await;
+                Outcome::Done
+            }
+            Err(error) if error.class() == ErrorClass::Unanswered => {
+                self.unknown(&event.id, &format!("unanswered: {error}"))
+                    .await
+            }
+            Err(error) => {
+                self.abandon(&event.id).await;
+                api_failed(&error)
+            }
         }
     }
 
@@ -387,6 +437,21 @@ impl Effects {
         // account's credentials.
         let authorizer = match (&event.appid, &self.component) {
             (Some(appid), Some(component)) => {
+                // Withdrawn (the ingress records it before it answers): nothing more goes
+                // out for it, whatever token is still cached.
+                match component
+                    .store
+                    .authorizer(&component.credentials.appid, appid)
+                    .await
+                {
+                    Ok(state) if state.authorized == Some(false) => {
+                        return Outcome::Held(format!(
+                            "authorizer {appid} withdrew its authorization"
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(error) => return store_failed(&error),
+                }
                 Some(Credentials::authorizer(appid, &component.credentials))
             }
             (Some(appid), None) => {

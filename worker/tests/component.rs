@@ -59,7 +59,7 @@ fn component_vars() -> Vec<(&'static str, String)> {
         ("WECHAT_COMPONENT_TOKEN", "component-token".into()),
         ("WECHAT_COMPONENT_ENCODING_AES_KEY", KEY.into()),
         // The WECHAT_* account of the test's Env: beside a component, it needs its gh_ id.
-        ("WECHAT_ORIGINAL_ID", "gh_wxtest".into()),
+        ("WECHAT_ORIGINAL_ID", "gh_test".into()),
     ]
 }
 
@@ -246,7 +246,9 @@ async fn after_unauthorized_nothing_more_is_sent_for_that_authorizer() {
     let state = store.authorizer(COMPONENT, "wxauth_b").await.unwrap();
     assert_eq!(state.refresh_token, None, "its refresh token is forgotten");
     assert!(
-        !env.has_key("token:{wxauth_b}"),
+        !env.has_key(&format!(
+            "component:{{{COMPONENT}}}:authorizer_token:wxauth_b"
+        )),
         "its cached access token is forgotten"
     );
 }

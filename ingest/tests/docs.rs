@@ -246,7 +246,8 @@ fn the_open_platform_page_names_its_routes_topics_keys_and_test_accounts() {
             "{p}:component:{C}:authorizer:{A}",
             "{p}:component:{C}:token",
             "{p}:component:{C}:token_lock",
-            "{p}:token:{A}",
+            "{p}:component:{C}:authorizer_token:{A}",
+            "{p}:component:{C}:authorizer_token_lock:{A}",
         ]
         .map(|key| format!("`{key}`")),
     );

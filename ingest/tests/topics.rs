@@ -100,10 +100,15 @@ fn the_list_covers_the_contract() {
         "wechat.dlq.unbind",
         "wechat.dlq.welcome",
         "wechat.dlq.location",
+        "wechat.dlq.component",
+        "wechat.component.component_verify_ticket",
+        "wechat.component.authorized",
+        "wechat.component.other",
     ] {
         assert!(topics.iter().any(|t| t == name), "{name}");
     }
-    assert_eq!(topics.len(), schemas::Topic::all().count() + 3);
+    // One dead-letter topic per worker role: unbind, welcome, location, component.
+    assert_eq!(topics.len(), schemas::Topic::all().count() + 4);
 }
 
 #[test]

@@ -32,34 +32,17 @@ pub mod check;
 pub mod config;
 pub mod consume;
 pub mod effects;
+mod error;
 pub mod holds;
 pub mod kafka;
 pub mod replay;
+mod setup;
 
 pub use config::{Config, Role};
+pub use error::StartError;
+pub use setup::effects;
 
-use crate::api::WeChat;
 use crate::consume::{ConsumerSettings, RoleConsumer};
-use crate::effects::Effects;
-
-/// Why the workers could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("KAFKA_BROKERS is not set, or empty")]
-    NoBrokers,
-    #[error("{0}")]
-    Accounts(String),
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("store: {0}")]
-    Store(#[from] store::StoreError),
-    #[error("http client: {0}")]
-    Http(#[from] reqwest::Error),
-    #[error("admin listener {0}")]
-    Admin(String),
-    #[error("invalid configuration: {0}")]
-    Config(#[from] ops::settings::ConfigError),
-}
 
 /// How often both dependencies are probed in the background, so `wxpipe_dependency_up` is
 /// current whether or not anyone asks `/readyz`.
@@ -121,58 +104,6 @@ fn readiness(
             Ok("ready".to_owned())
         })
     })
-}
-
-/// Builds the effects a config describes.
-pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
-    let engine = store::Engine::open(config.shared.store_url()?, config.shared.redis_timeout())?;
-    let stores = store::effects::EffectStores::open(&engine, &config.shared.key_prefix);
-    engine.check_at_start(|| stores.round_trip()).await?;
-    let owner = ops::instance_id();
-    let mut wechat = WeChat::new(
-        &config.settings.api_base,
-        Duration::from_millis(config.settings.api_timeout_ms),
-        Arc::clone(&stores.tokens),
-        owner.clone(),
-    )?;
-    let component = match config.shared.component().map_err(StartError::Accounts)? {
-        Some(entry) => match entry.appsecret {
-            Some(appsecret) => {
-                let store = store::component::open(&engine, &config.shared.key_prefix);
-                wechat = wechat.with_components(Arc::clone(&store));
-                Some(effects::ComponentEffects {
-                    credentials: Arc::new(api::ComponentCredentials {
-                        appid: entry.appid,
-                        appsecret,
-                    }),
-                    store,
-                    release_check: entry.release_check,
-                })
-            }
-            None => {
-                tracing::warn!("WECHAT_COMPONENT_APPSECRET is not set: authorizers' welcome messages are logged, not sent");
-                None
-            }
-        },
-        None => None,
-    };
-    let senders = accounts::Senders::load(&config.shared).map_err(StartError::Accounts)?;
-    if !senders.any() && config.roles().contains(&Role::Welcome) {
-        tracing::warn!("no AppSecret configured: welcome messages are logged instead of sent");
-    }
-    Ok(Arc::new(Effects {
-        stores,
-        wechat,
-        senders,
-        welcome_text: config.settings.welcome_text.clone(),
-        scene_texts: config.settings.welcome_scene_texts.clone(),
-        location_history: config.settings.location_history,
-        send_lease: Duration::from_millis(config.settings.api_timeout_ms * 2 + 2000),
-        owner,
-        welcome_max_age: config.settings.welcome_max_age,
-        resend_unknown: config.settings.welcome_resend_unknown,
-        component,
-    }))
 }
 
 /// Workers built and ready to consume: every client created, the admin port bound. Built by

@@ -25,24 +25,10 @@ use schemas::Event;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, Role};
+pub use crate::consume::REDRIVE_ROLE_HEADER;
 use crate::consume::{ConsumerSettings, DEAD_LETTER_HEADERS};
 use crate::effects::{Effects, Outcome};
-use crate::StartError;
-
-/// The header `worker redrive` adds to a record it moves back: the role whose dead letter it
-/// was. Every other role reading the topic skips the record, so it reaches that role only.
-pub const REDRIVE_ROLE_HEADER: &str = "wxpipe_redrive_role";
-
-/// The role a redriven record was moved back for, when that is not `role` (which skips it).
-pub(crate) fn redriven_for_another(message: &impl Message, role: Role) -> Option<String> {
-    let headers = message.headers()?;
-    let target = headers
-        .iter()
-        .find(|h| h.key == REDRIVE_ROLE_HEADER)?
-        .value
-        .map(String::from_utf8_lossy)?;
-    (target != role.name()).then(|| target.into_owned())
-}
+use crate::error::StartError;
 
 /// How long a metadata, watermark or offset query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -255,7 +241,7 @@ pub async fn rebuild(config: &Config, roles: &[Role]) -> Result<(), ReplayError>
         ));
     }
     let settings = ConsumerSettings::from_config(config)?;
-    let effects = crate::effects(config).await?;
+    let effects = crate::setup::effects(config).await?;
     // A group of its own, never committed: no live worker sees it.
     let group = format!("wxpipe-rebuild-{}", ops::instance_id());
     let consumer = consumer(&settings, &group)?;

@@ -35,8 +35,9 @@ use crate::accounts::{Account, Accounts};
 use crate::cloudevents::CloudEvent;
 use crate::config::{Config, Secret};
 use crate::deliver::{Accepted, Durability};
+use crate::deliver::{BodyBinding, Prepared};
 use crate::error::{PushError, Rejection, Unavailable};
-use crate::pipeline::{open, unix_now, BodyBinding, Opened, Prepared, Signed};
+use crate::pipeline::{open, unix_now, Opened, Signed};
 use sha1::{Digest, Sha1};
 
 /// The metrics' and logs' `account` of both component routes (never an authorizer's AppID:

@@ -25,12 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::DeliveryFuture;
+use schemas::Topic;
 use tokio::sync::oneshot;
 
 use crate::cloudevents::CloudEvent;
 use crate::config::Config;
 use crate::error::{PushError, Rejection, Unavailable};
-use crate::pipeline::{BodyBinding, Prepared};
 use crate::publish::{PublishError, Publisher};
 use crate::readiness::Readiness;
 use crate::recent::{Binding, RecentNonces};
@@ -48,6 +48,40 @@ const SPOOL_RESERVE: Duration = Duration::from_millis(500);
 
 /// The least a spool append is given, even when the deadline is (about) reached: one fsync.
 const SPOOL_MIN_WAIT: Duration = Duration::from_millis(50);
+
+/// A push checked and normalized: its Kafka record, and what its claim binds.
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    pub topic: Topic,
+    /// The event id: the dedup identity, the same for every retry of the push.
+    pub id: schemas::EventId,
+    /// The record's key: the user's OpenID, so each user's events keep their order.
+    pub key: schemas::OpenId,
+    /// The record: the normalized event as JSON.
+    pub payload: Vec<u8>,
+    /// The record's CloudEvents attributes (its headers).
+    pub ce: CloudEvent,
+    /// The binding of (timestamp, nonce) to the body: a plaintext push's always, an encrypted
+    /// one's while its account also takes plaintext; otherwise `None` (`msg_signature` covers
+    /// the ciphertext, and plaintext is refused).
+    pub binding: Option<BodyBinding<'a>>,
+}
+
+/// In plaintext mode the signature does not cover the body: the claim binds (timestamp, nonce)
+/// to the body's digest, so a captured query cannot carry another body. While an account takes
+/// plaintext as well as encrypted pushes, an encrypted push binds its pair to its decrypted
+/// push's digest, so its query stripped of `msg_signature` cannot carry another plaintext body
+/// either (only the push itself, which is the same event). Keyed
+/// by the account the request was routed to, never by anything the body says.
+#[derive(Debug)]
+pub struct BodyBinding<'a> {
+    pub account: &'a str,
+    pub timestamp: &'a str,
+    pub nonce: &'a str,
+    pub body_sha1: [u8; 20],
+    /// `body_sha1` in hex, as the store keeps it.
+    pub body_digest: String,
+}
 
 /// A push answered 200.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

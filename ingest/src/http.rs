@@ -12,11 +12,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
 
 use crate::accounts::{Account, Accounts};
+use crate::busy::Busy;
 use crate::component::{self, Component};
 use crate::deliver::Accepted;
 use crate::error::{PushError, Rejection, Unavailable};
 use crate::pipeline::{Pipeline, Query};
-use crate::server::Busy;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 use schemas::Topic;

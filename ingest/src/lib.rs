@@ -8,10 +8,11 @@
 //! ```
 //!
 //! It owns the HTTP side of a push and what a 200 promises:
-//! - [`http`]: routes, body limits, status mapping; [`server`]: the accept loop.
+//! - [`http`]: routes, body limits, status mapping; [`server`]: the accept loop; [`busy`]:
+//!   a connection's busy mark, which the two share.
 //! - [`accounts`]: which account a path serves, with its secrets; [`component`]: the Open
 //!   Platform component's routes (authorization events, and every authorizer's pushes).
-//! - [`pipeline`]: the checks, from a signed query to a [`Prepared`](pipeline::Prepared)
+//! - [`pipeline`]: the checks, from a signed query to a [`Prepared`](deliver::Prepared)
 //!   record; the protocol itself (verify, decrypt, parse, normalize) is the `wechat` crate's.
 //! - [`deliver`]: the durability policy (claim, publish under the deadline, spool, settle),
 //!   with [`recent`] nonces for when the store cannot answer; [`readiness`]: whether that
@@ -32,6 +33,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub mod accounts;
+pub mod busy;
 pub mod cloudevents;
 pub mod component;
 pub mod config;

@@ -15,7 +15,7 @@ use sha1::{Digest, Sha1};
 use crate::accounts::Account;
 use crate::cloudevents::CloudEvent;
 use crate::config::Config;
-use crate::deliver::{Accepted, Durability};
+use crate::deliver::{Accepted, BodyBinding, Durability, Prepared};
 use crate::error::{PushError, Rejection};
 use wechat::normalize::normalize;
 use wechat::parse::{self, ParseError, Push};
@@ -61,40 +61,6 @@ impl Signed {
 pub(crate) struct Opened<'b> {
     pub(crate) xml: Cow<'b, [u8]>,
     bound: Option<[u8; 20]>,
-}
-
-/// A push checked and normalized: its Kafka record, and what its claim binds.
-#[derive(Debug)]
-pub struct Prepared<'a> {
-    pub topic: Topic,
-    /// The event id: the dedup identity, the same for every retry of the push.
-    pub id: schemas::EventId,
-    /// The record's key: the user's OpenID, so each user's events keep their order.
-    pub key: schemas::OpenId,
-    /// The record: the normalized event as JSON.
-    pub payload: Vec<u8>,
-    /// The record's CloudEvents attributes (its headers).
-    pub ce: CloudEvent,
-    /// The binding of (timestamp, nonce) to the body: a plaintext push's always, an encrypted
-    /// one's while its account also takes plaintext; otherwise `None` (`msg_signature` covers
-    /// the ciphertext, and plaintext is refused).
-    pub binding: Option<BodyBinding<'a>>,
-}
-
-/// In plaintext mode the signature does not cover the body: the claim binds (timestamp, nonce)
-/// to the body's digest, so a captured query cannot carry another body. While an account takes
-/// plaintext as well as encrypted pushes, an encrypted push binds its pair to its decrypted
-/// push's digest, so its query stripped of `msg_signature` cannot carry another plaintext body
-/// either (only the push itself, which is the same event). Keyed
-/// by the account the request was routed to, never by anything the body says.
-#[derive(Debug)]
-pub struct BodyBinding<'a> {
-    pub account: &'a str,
-    pub timestamp: &'a str,
-    pub nonce: &'a str,
-    pub body_sha1: [u8; 20],
-    /// `body_sha1` in hex, as the store keeps it.
-    pub body_digest: String,
 }
 
 /// The checks a push needs and where it goes next, shared by all requests.

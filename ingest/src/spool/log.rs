@@ -1,168 +1,24 @@
-//! The segment log: the on-disk format, the writer thread, and recovery at start.
-//!
-//! ```text
-//! {dir}/{seq:016x}.seg  = record*
-//! record                = len:u32 LE ‖ crc32(body):u32 LE ‖ body
-//! body                  = topic_len:u16 LE ‖ topic ‖ key_len:u16 LE ‖ key ‖ id_len:u16 LE ‖ id ‖ value
-//! ```
-//!
-//! One writer thread appends and fsyncs, committing every append that arrived meanwhile with
-//! one fsync. While the spool holds anything, new pushes are spooled too, so records reach
-//! Kafka in the order they were answered. On start, a torn tail (a record cut short by a crash,
-//! or with a bad checksum) is cut off: it was never answered 200.
-//!
-//! After a failed write or fsync the segment is never written again: it is cut back to what
-//! was committed (as far as the disk lets us) and sealed, and the next append starts a new
-//! segment. Reading a segment stops at its first bad record, so anything appended after a
-//! partial one would be lost at the next start; and a failed fsync may have dropped dirty
-//! pages, so fsyncing the same file again proves nothing.
+//! The segment log's handle: what the ingress and the replay ask of the spool. Appends go to the
+//! writer thread ([`super::writer`]), which answers each only once it is fsync'd; the segments'
+//! format is [`super::segment`]'s, and what a crash left is recovered at open
+//! ([`super::recovery`]). While the spool holds anything, new pushes are spooled too, so
+//! records reach Kafka in the order they were answered.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::recovery::recover;
+use super::segment::{sync_dir, SpoolError, SpoolRecord};
+use super::writer::{write_loop, Command, Shared};
+
 /// Held (flock) by the one process using the directory.
 const LOCK: &str = "spool.lock";
-
-/// A segment is sealed for replay past this size.
-const SEGMENT_BYTES: u64 = 8 << 20;
-const HEADER: usize = 8;
-
-/// Why the spool could not open, or take a record.
-#[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
-    #[error("spool full ({0} bytes)")]
-    Full(u64),
-    #[error("spool I/O: {0}")]
-    Io(#[from] io::Error),
-    #[error("spool writer stopped")]
-    Closed,
-    #[error("record field over 64 KiB")]
-    TooLarge,
-    #[error("spool directory {0} is in use by another process (spool.lock)")]
-    Locked(PathBuf),
-}
-
-/// One spooled Kafka record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpoolRecord {
-    pub topic: String,
-    pub key: String,
-    /// The event id, so a copy that Kafka took after all is not replayed again.
-    pub id: String,
-    pub value: Vec<u8>,
-}
-
-impl SpoolRecord {
-    pub(super) fn encode(&self) -> Result<Vec<u8>, SpoolError> {
-        let mut body = Vec::with_capacity(
-            6 + self.topic.len() + self.key.len() + self.id.len() + self.value.len(),
-        );
-        for field in [&self.topic, &self.key, &self.id] {
-            let len = u16::try_from(field.len()).map_err(|_| SpoolError::TooLarge)?;
-            body.extend_from_slice(&len.to_le_bytes());
-            body.extend_from_slice(field.as_bytes());
-        }
-        body.extend_from_slice(&self.value);
-        let mut framed = Vec::with_capacity(HEADER + body.len());
-        framed.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        framed.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        framed.extend_from_slice(&body);
-        Ok(framed)
-    }
-
-    fn decode(body: &[u8]) -> Option<SpoolRecord> {
-        let mut rest = body;
-        let mut field = || {
-            let (len, tail) = rest.split_first_chunk::<2>()?;
-            let (value, tail) = tail.split_at_checked(u16::from_le_bytes(*len) as usize)?;
-            rest = tail;
-            String::from_utf8(value.to_vec()).ok()
-        };
-        let (topic, key, id) = (field()?, field()?, field()?);
-        Some(SpoolRecord {
-            topic,
-            key,
-            id,
-            value: rest.to_vec(),
-        })
-    }
-}
-
-/// Reads a segment's valid records and the length they span; what follows is torn.
-pub fn read_segment(path: &Path) -> io::Result<(Vec<SpoolRecord>, u64)> {
-    let mut data = Vec::new();
-    File::open(path)?.read_to_end(&mut data)?;
-    let mut records = Vec::new();
-    let mut at = 0usize;
-    while let Some(header) = data.get(at..at + HEADER) {
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        let Some(body) = data.get(at + HEADER..at + HEADER + len) else {
-            break;
-        };
-        if crc32fast::hash(body) != crc {
-            break;
-        }
-        let Some(record) = SpoolRecord::decode(body) else {
-            break;
-        };
-        records.push(record);
-        at += HEADER + len;
-    }
-    Ok((records, at as u64))
-}
-
-fn segment_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("{seq:016x}.seg"))
-}
-
-fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let seq = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".seg"))
-            .and_then(|n| u64::from_str_radix(n, 16).ok());
-        if let Some(seq) = seq {
-            found.push((seq, path));
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// What the writer shares with the spool: the committed length of each segment on disk, so
-/// the byte count drops by exactly what each replayed segment held, and the spooled events
-/// whose first produce is still pending, so a segment that holds one is not sealed.
-#[derive(Debug, Default)]
-struct Shared {
-    /// Bytes held: committed segments, and appends under way (reserved before the write, so
-    /// the limit holds; the writer gives back what a failed write reserved, whether or not
-    /// its push still waits).
-    bytes: AtomicU64,
-    committed: Mutex<std::collections::BTreeMap<u64, u64>>,
-    unknown: AtomicU64,
-    /// The last commit failed (the disk is full or failing); the next good one clears it.
-    failing: AtomicBool,
-}
-
-enum Command {
-    Append(Vec<u8>, oneshot::Sender<Result<(), SpoolError>>),
-    /// Start a new segment if the current one holds anything; reply with the sealed ones.
-    Seal(oneshot::Sender<io::Result<Vec<(u64, PathBuf)>>>),
-}
 
 /// Whether the spool holds records not yet on Kafka, and appends under way.
 #[derive(Debug, Default)]
@@ -243,61 +99,8 @@ impl Spool {
             }
             Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
         }
-        let mut bytes = 0;
-        let mut next_seq = 0;
         let shared = Arc::new(Shared::default());
-        let held = &shared.bytes;
-        let mut keep = |seq: u64, len: u64| {
-            bytes += len;
-            held.fetch_add(len, Ordering::SeqCst);
-            shared
-                .committed
-                .lock()
-                .expect("committed lock")
-                .insert(seq, len);
-        };
-        // A rewrite a crash cut short: the segment it was for is still whole.
-        for entry in fs::read_dir(dir)?.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".seg.rewrite")
-            {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-        for (seq, path) in segments(dir)? {
-            next_seq = seq + 1;
-            let (records, valid) = match read_segment(&path) {
-                Ok(read) => read,
-                Err(error) => {
-                    tracing::error!(%error, segment = %path.display(), "spool: a segment cannot be read at start; the replay will set it aside");
-                    keep(seq, fs::metadata(&path).map_or(0, |m| m.len()));
-                    continue;
-                }
-            };
-            let len = fs::metadata(&path).map_or(valid, |m| m.len());
-            if valid < len {
-                tracing::warn!(segment = %path.display(), cut = len - valid, "spool: cutting off a torn tail");
-                let cut = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(valid));
-                if let Err(error) = cut {
-                    tracing::warn!(%error, segment = %path.display(), "spool: the torn tail stays (reading stops before it)");
-                }
-            }
-            if records.is_empty() {
-                if let Err(error) = fs::remove_file(&path) {
-                    tracing::warn!(%error, segment = %path.display(), "spool: an empty segment stays");
-                }
-            } else {
-                keep(seq, valid);
-            }
-        }
-        if let Err(error) = sync_dir(dir) {
-            tracing::warn!(%error, "spool: the directory could not be synced at start");
-        }
+        let (bytes, next_seq) = recover(dir, &shared)?;
         let (tx, rx) = mpsc::channel();
         let spool = Arc::new(Spool {
             dir: dir.to_owned(),
@@ -591,145 +394,13 @@ impl Spool {
     }
 }
 
-/// The segment being written: its file, and how much of it is committed (fsync'd and answered).
-#[derive(Debug, Default)]
-struct Current {
-    seq: u64,
-    file: Option<File>,
-    /// Bytes written since the segment began, committed or not.
-    written: u64,
-    committed: u64,
-}
-
-impl Current {
-    /// Ends the segment; the next append starts a new one.
-    fn seal(&mut self) {
-        if self.file.is_some() || self.written > 0 {
-            self.file = None;
-            self.written = 0;
-            self.committed = 0;
-            self.seq += 1;
-        }
-    }
-}
-
-/// The writer thread: appends, one fsync per batch of appends, and sealing.
-fn write_loop(dir: &Path, seq: u64, commands: &mpsc::Receiver<Command>, shared: &Shared) {
-    let mut current = Current {
-        seq,
-        ..Current::default()
-    };
-    while let Ok(first) = commands.recv() {
-        let mut batch = vec![first];
-        batch.extend(commands.try_iter().take(1023));
-        let mut waiting = Vec::new();
-        let mut result: io::Result<()> = Ok(());
-        for command in batch {
-            match command {
-                Command::Append(framed, reply) => {
-                    if result.is_ok() {
-                        result = (|| {
-                            if current.file.is_none() {
-                                current.file = Some(
-                                    OpenOptions::new()
-                                        .create(true)
-                                        .append(true)
-                                        .open(segment_path(dir, current.seq))?,
-                                );
-                                sync_dir(dir)?;
-                            }
-                            current.written += framed.len() as u64;
-                            current.file.as_mut().expect("open").write_all(&framed)
-                        })();
-                    }
-                    waiting.push((reply, framed.len() as u64));
-                }
-                Command::Seal(reply) => {
-                    // Commit what this batch wrote before sealing it. A segment that may hold
-                    // an event whose first produce is pending is not sealed: its replay must
-                    // know whether to skip it.
-                    let sealed = commit(dir, &mut current, &mut waiting, &mut result, shared)
-                        .and_then(|()| {
-                            if shared.unknown.load(Ordering::SeqCst) > 0 {
-                                return Ok(Vec::new());
-                            }
-                            current.seal();
-                            Ok(segments(dir)?
-                                .into_iter()
-                                .filter(|(s, _)| *s < current.seq)
-                                .collect())
-                        });
-                    let _ = reply.send(sealed);
-                }
-            }
-        }
-        let _ = commit(dir, &mut current, &mut waiting, &mut result, shared);
-        if current.written >= SEGMENT_BYTES {
-            current.seal();
-        }
-    }
-}
-
-/// fsyncs what was written and answers every append waiting on it. On a failed write or
-/// fsync, the segment is cut back to its committed length and sealed for good.
-fn commit(
-    dir: &Path,
-    current: &mut Current,
-    waiting: &mut Vec<(oneshot::Sender<Result<(), SpoolError>>, u64)>,
-    result: &mut io::Result<()>,
-    shared: &Shared,
-) -> io::Result<()> {
-    if waiting.is_empty() {
-        return Ok(());
-    }
-    if result.is_ok() {
-        if let Some(f) = current.file.as_mut() {
-            *result = f.sync_data();
-        }
-    }
-    let outcome = std::mem::replace(result, Ok(()));
-    match &outcome {
-        Ok(()) => {
-            shared.failing.store(false, Ordering::SeqCst);
-            current.committed = current.written;
-            shared
-                .committed
-                .lock()
-                .expect("committed lock")
-                .insert(current.seq, current.committed);
-        }
-        Err(error) => {
-            shared.failing.store(true, Ordering::SeqCst);
-            tracing::error!(%error, segment = current.seq, "spool write failed: sealing the segment at its committed length");
-            metrics::counter!("wxpipe_spool_write_errors_total").increment(1);
-            // Best effort: if the disk refuses even this, the records past the committed
-            // length are replayed too (their pushes were answered 503: a copy at worst).
-            let path = segment_path(dir, current.seq);
-            let cut = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(current.committed));
-            if current.committed == 0 && cut.is_ok() {
-                let _ = fs::remove_file(&path);
-            }
-            current.seal();
-        }
-    }
-    for (reply, len) in waiting.drain(..) {
-        if outcome.is_err() {
-            shared.bytes.fetch_sub(len, Ordering::SeqCst);
-        }
-        let _ = reply.send(match &outcome {
-            Ok(()) => Ok(()),
-            Err(e) => Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))),
-        });
-    }
-    outcome
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
+    use crate::spool::segment::{read_segment, segments};
+    use crate::spool::writer::{commit, Current};
 
     fn record(i: usize) -> SpoolRecord {
         SpoolRecord {
@@ -1053,23 +724,5 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(cleared && !spool.failing());
-    }
-
-    #[test]
-    fn encoding_round_trips() {
-        let r = SpoolRecord {
-            topic: "t".into(),
-            key: "中文".into(),
-            id: "i".into(),
-            value: vec![0, 1, 2, 255],
-        };
-        let framed = r.encode().unwrap();
-        assert_eq!(SpoolRecord::decode(&framed[HEADER..]), Some(r));
-        assert_eq!(SpoolRecord::decode(&[5, 0, b'a']), None);
-        assert_eq!(
-            SpoolRecord::decode(&[1, 0, b'a', 1, 0, b'b']),
-            None,
-            "no id"
-        );
     }
 }

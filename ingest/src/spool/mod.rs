@@ -3,12 +3,17 @@
 //! answered 200 only once it is fsync'd; a background task replays the spool to Kafka, in
 //! order and with the same ids, once Kafka takes writes again.
 //!
-//! - `log`: the segment log, what a 200 rests on: its format, the writer that fsyncs, and
-//!   the recovery of what a crash left.
+//! - `log`: the segment log's handle, what a 200 rests on; `segment`: the record format and
+//!   the segment files; `writer`: the thread that appends and fsyncs; `recovery`: what a crash
+//!   left, made whole at start.
 //! - `replay`: takes sealed segments to Kafka and deletes each once all of it is acknowledged.
 
 mod log;
+mod recovery;
 mod replay;
+mod segment;
+mod writer;
 
-pub use self::log::{read_segment, Spool, SpoolError, SpoolRecord};
+pub use self::log::Spool;
 pub use self::replay::{replay, ReplayError};
+pub use self::segment::{read_segment, SpoolError, SpoolRecord};

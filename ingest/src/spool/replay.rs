@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::log::{read_segment, Spool, SpoolError, SpoolRecord};
+use super::log::Spool;
+use super::segment::{read_segment, SpoolError, SpoolRecord};
 use crate::cloudevents::CloudEvent;
 use crate::publish::{PublishError, Publisher};
 

@@ -13,19 +13,16 @@
 //! every node (for Sentinel, to the primary, not the sentinels).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
-use redis::cluster_async::ClusterConnection;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
-use tokio::sync::watch;
 
-use crate::error::no_reply;
+use crate::cluster::Clustered;
+use crate::redis_url::{parts, Parts};
+use crate::sentinel::Sentineled;
 use crate::StoreError;
 
 /// Where the state lives.
@@ -129,60 +126,6 @@ impl std::fmt::Debug for Redis {
     }
 }
 
-/// The URL's parts: `scheme://[userinfo@]host:port,host:port[/path]`.
-struct Parts<'a> {
-    tls: bool,
-    userinfo: Option<&'a str>,
-    hosts: Vec<&'a str>,
-    path: &'a str,
-}
-
-fn parts(url: &str) -> Parts<'_> {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(userinfo), hosts),
-        None => (None, authority),
-    };
-    Parts {
-        tls: scheme.starts_with("rediss"),
-        userinfo,
-        hosts: hosts.split(',').filter(|h| !h.is_empty()).collect(),
-        path,
-    }
-}
-
-impl Parts<'_> {
-    /// `redis[s]://[userinfo@]host` for each host.
-    fn node_urls(&self, with_userinfo: bool) -> Vec<String> {
-        let scheme = if self.tls { "rediss" } else { "redis" };
-        let userinfo = match (with_userinfo, self.userinfo) {
-            (true, Some(userinfo)) => format!("{userinfo}@"),
-            _ => String::new(),
-        };
-        self.hosts
-            .iter()
-            .map(|host| format!("{scheme}://{userinfo}{host}"))
-            .collect()
-    }
-
-    fn invalid(url: &str, why: &str) -> StoreError {
-        StoreError::Redis(redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "invalid REDIS_URL",
-            format!("{why}: {}", redact(url)),
-        )))
-    }
-}
-
-/// A URL without its password, for errors and logs.
-fn redact(url: &str) -> String {
-    match parts(url).userinfo {
-        Some(userinfo) => url.replacen(userinfo, "…", 1),
-        None => url.to_owned(),
-    }
-}
-
 impl Redis {
     fn single(url: &str, timeout: Duration) -> Result<Conn, StoreError> {
         let client = redis::Client::open(url)?;
@@ -248,12 +191,9 @@ impl Redis {
                 )
             })
             .collect::<redis::RedisResult<Vec<_>>>()?;
-        Ok(Conn::Sentinel(Arc::new(Sentineled {
-            sentinels: Arc::new(tokio::sync::Mutex::new(sentinels)),
-            current: Arc::default(),
-            timeout,
-            lookup: Mutex::new(None),
-        })))
+        Ok(Conn::Sentinel(Arc::new(Sentineled::new(
+            sentinels, timeout,
+        ))))
     }
 
     pub(crate) fn mode(&self) -> Mode {
@@ -363,355 +303,12 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// A Redis Cluster connection, replaced by a fresh one when it has stopped answering
-/// altogether.
-///
-/// The `redis` crate's (1.8) cluster connection can wedge for good during a slot refresh
-/// (after a node dies, or on `MOVED`): a lock request of its own task that takes the lock
-/// while the task is out of tokio's cooperative budget holds it without being polled
-/// again, and the refresh waits for it forever. Every call then times out, on every slot,
-/// long after the cluster has failed over. Seen in about one failover in three on a loaded
-/// machine (`worker/tests/redis_deployments.rs`).
-///
-/// When calls have gone unanswered for the patience, one `PING` to any node tells a wedge
-/// (no answer) from a failover in progress (the live nodes answer). A wedge replaces the
-/// connection with one that learns the topology from the seeds again; so do calls still
-/// unanswered after [`KEPT_CHECKS`] checks in a row whose `PING` passed: the crate does
-/// not refresh its slots when a dead node times out instead of refusing (a host gone, not
-/// a process), and would route to it for good. The old connection's task ends with its
-/// last clone.
-pub(crate) struct Clustered {
-    client: redis::cluster::ClusterClient,
-    config: redis::cluster::ClusterConfig,
-    /// How long calls may go unanswered before the connection is checked, and how often it
-    /// may be checked.
-    patience: Duration,
-    state: Mutex<ClusterState>,
-}
-
-/// Checks whose `PING` passed while calls went on going unanswered, after which the
-/// connection is replaced anyway.
-const KEPT_CHECKS: u32 = 3;
-
-struct ClusterState {
-    conn: ClusterConnection,
-    /// When the oldest call still unanswered (no reply, refused, timed out) was sent.
-    unanswered_since: Option<Instant>,
-    /// When the last call a node answered was sent: an older call's failure is stale.
-    answered_sent: Option<Instant>,
-    checked_at: Option<Instant>,
-    /// Checks in a row whose `PING` passed.
-    kept: u32,
-    replacements: u64,
-}
-
-impl Clustered {
-    fn new(
-        client: redis::cluster::ClusterClient,
-        config: redis::cluster::ClusterConfig,
-        timeout: Duration,
-    ) -> Clustered {
-        let conn = client.get_pending_async_connection_with_config(config.clone());
-        Clustered {
-            client,
-            config,
-            patience: (timeout * 4).max(Duration::from_secs(2)),
-            state: Mutex::new(ClusterState {
-                conn,
-                unanswered_since: None,
-                answered_sent: None,
-                checked_at: None,
-                kept: 0,
-                replacements: 0,
-            }),
-        }
-    }
-
-    /// The connection to use now. When calls have gone unanswered for the patience, starts
-    /// a check of it in the background (a caller's own timeout must not cut the check short).
-    fn connection(self: &Arc<Self>) -> ClusterConnection {
-        let mut state = self.state.lock().expect("cluster lock");
-        let now = Instant::now();
-        let waited = |since: Option<Instant>| {
-            since.is_none_or(|since| now.duration_since(since) >= self.patience)
-        };
-        if state.unanswered_since.is_some()
-            && waited(state.unanswered_since)
-            && waited(state.checked_at)
-        {
-            state.checked_at = Some(now);
-            tokio::spawn(Arc::clone(self).check(state.conn.clone()));
-        }
-        state.conn.clone()
-    }
-
-    /// Replaces `conn` unless a node answers a `PING` through it (given the patience: a
-    /// slot refresh holds every call back for a while, a wedge for good), or after
-    /// [`KEPT_CHECKS`] such answers in a row.
-    async fn check(self: Arc<Self>, mut conn: ClusterConnection) {
-        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-        let ping = conn.route_command(
-            redis::cmd("PING"),
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-        );
-        let answered = matches!(tokio::time::timeout(self.patience, ping).await, Ok(Ok(_)));
-        let mut state = self.state.lock().expect("cluster lock");
-        state.unanswered_since = None;
-        state.checked_at = Some(Instant::now());
-        if answered {
-            state.kept += 1;
-            if state.kept < KEPT_CHECKS {
-                return;
-            }
-        }
-        let why = if answered {
-            "calls still go unanswered though a node answers a PING"
-        } else {
-            "no node answers, not even a PING"
-        };
-        tracing::warn!("Redis Cluster: {why}: reconnecting from the seed nodes");
-        metrics::counter!("wxpipe_redis_cluster_reconnects_total").increment(1);
-        state.conn = self
-            .client
-            .get_pending_async_connection_with_config(self.config.clone());
-        state.kept = 0;
-        state.replacements += 1;
-    }
-
-    /// Runs `call` on the connection, noting whether a node answered it. A call dropped
-    /// before it completes (the caller's timeout) counts as unanswered.
-    async fn call<T, R>(
-        self: &Arc<Self>,
-        call: impl FnOnce(ClusterConnection) -> R,
-    ) -> redis::RedisResult<T>
-    where
-        R: Future<Output = redis::RedisResult<T>>,
-    {
-        let mut pending = Unanswered {
-            clustered: Some(self),
-            sent: Instant::now(),
-        };
-        let result = call(self.connection()).await;
-        let answered = match &result {
-            Ok(_) => true,
-            Err(error) => {
-                !(no_reply(error) || error.kind() == redis::ErrorKind::ClusterConnectionNotFound)
-            }
-        };
-        if answered {
-            pending.clustered = None;
-            let mut state = self.state.lock().expect("cluster lock");
-            state.unanswered_since = None;
-            state.kept = 0;
-            let newest = state
-                .answered_sent
-                .map_or(pending.sent, |at| at.max(pending.sent));
-            state.answered_sent = Some(newest);
-        }
-        result
-    }
-}
-
-/// Marks a cluster call sent at `sent` unanswered unless disarmed.
-struct Unanswered<'a> {
-    clustered: Option<&'a Clustered>,
-    sent: Instant,
-}
-
-impl Drop for Unanswered<'_> {
-    fn drop(&mut self) {
-        if let Some(clustered) = self.clustered {
-            let mut state = clustered.state.lock().expect("cluster lock");
-            if state.answered_sent.is_some_and(|at| at > self.sent) {
-                return; // a later call was answered
-            }
-            let since = state.unanswered_since.get_or_insert(self.sent);
-            *since = (*since).min(self.sent);
-        }
-    }
-}
-
-/// The primary of a Sentinel set: connected on first use, forgotten when it fails.
-///
-/// Every sentinel is asked at once and the first primary found (named by a sentinel, its
-/// `ROLE` checked by the crate, connected) wins. The crate's own client, given them all, takes
-/// their answers in list order, with its own timeouts (longer than a call's bound) on each:
-/// a first-listed sentinel whose host is gone without a reset held up every lookup, so a
-/// failover was never followed.
-pub(crate) struct Sentineled {
-    /// One client per sentinel of `REDIS_URL`, in its order.
-    sentinels: Arc<tokio::sync::Mutex<Vec<SentinelClient>>>,
-    current: Arc<Mutex<Option<MultiplexedConnection>>>,
-    timeout: Duration,
-    /// The lookup under way, if any: it runs in a task of its own, shared by every caller, so
-    /// a caller whose bound runs out stops waiting for it but never cuts it. A lookup takes
-    /// several round trips; cut at each call's bound, one slower than a call would never end.
-    lookup: Mutex<Option<watch::Receiver<Option<Looked>>>>,
-}
-
-/// A finished lookup: the primary's connection, or why there is none.
-type Looked = Result<MultiplexedConnection, LookupFailure>;
-
-/// Why a lookup found no primary, kept to be handed to every caller that waited for it
-/// (`RedisError` is not `Clone`).
-#[derive(Debug, Clone)]
-struct LookupFailure {
-    kind: redis::ErrorKind,
-    text: String,
-    /// No sentinel (or primary) replied: an outage, as the callers must see it.
-    no_reply: bool,
-}
-
-impl LookupFailure {
-    fn of(error: &redis::RedisError) -> Self {
-        LookupFailure {
-            kind: error.kind(),
-            text: error.to_string(),
-            no_reply: no_reply(error),
-        }
-    }
-
-    fn error(&self) -> redis::RedisError {
-        if self.no_reply {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, self.text.clone()).into()
-        } else {
-            (self.kind, "Sentinel lookup", self.text.clone()).into()
-        }
-    }
-}
-
-/// The longest one lookup may take, whatever the callers' bounds: the crate's own timeouts end
-/// each of its steps long before this.
-const LOOKUP_BOUND: Duration = Duration::from_secs(30);
-
-impl Sentineled {
-    /// The primary's connection: the current one, or the outcome of the lookup under way (one
-    /// is started when none is).
-    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        if let Some(conn) = self.current.lock().expect("sentinel lock").clone() {
-            return Ok(conn);
-        }
-        let mut outcome = {
-            let mut lookup = self.lookup.lock().expect("sentinel lock");
-            match lookup.as_ref().filter(|running| running.borrow().is_none()) {
-                Some(running) => running.clone(),
-                None => {
-                    let (done, outcome) = watch::channel(None);
-                    tokio::spawn(Self::look_up(
-                        Arc::clone(&self.sentinels),
-                        Arc::clone(&self.current),
-                        self.timeout,
-                        done,
-                    ));
-                    *lookup = Some(outcome.clone());
-                    outcome
-                }
-            }
-        };
-        let looked = outcome
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| {
-                redis::RedisError::from((redis::ErrorKind::Io, "the Sentinel lookup ended"))
-            })?
-            .clone()
-            .expect("waited for a finished lookup");
-        looked.map_err(|failure| failure.error())
-    }
-
-    /// Asks every sentinel at once; the first primary found (its role checked by the crate)
-    /// wins, and becomes the current connection.
-    async fn look_up(
-        sentinels: Arc<tokio::sync::Mutex<Vec<SentinelClient>>>,
-        current: Arc<Mutex<Option<MultiplexedConnection>>>,
-        timeout: Duration,
-        done: watch::Sender<Option<Looked>>,
-    ) {
-        let looked = tokio::time::timeout(LOOKUP_BOUND, async {
-            let mut sentinels = sentinels.lock().await;
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout));
-            // The lookups still running when one succeeds are dropped: the crate caches only
-            // a sentinel connection it has verified, so that is safe.
-            let mut lookups: FuturesUnordered<_> = sentinels
-                .iter_mut()
-                .map(|sentinel| sentinel.get_async_connection_with_config(&config))
-                .collect();
-            // As the crate does: an error met on a named primary says more than "not found".
-            let (mut about_primary, mut last) = (None, None);
-            while let Some(lookup) = lookups.next().await {
-                match lookup {
-                    Ok(conn) => return Ok(conn),
-                    Err(error)
-                        if error.kind() != redis::ErrorKind::MasterNameNotFoundBySentinel =>
-                    {
-                        about_primary = Some(error);
-                    }
-                    Err(error) => last = Some(error),
-                }
-            }
-            let error = about_primary
-                .or(last)
-                .expect("a Sentinel URL names at least one sentinel");
-            Err(LookupFailure::of(&error))
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(LookupFailure {
-                kind: redis::ErrorKind::Io,
-                text: format!("no sentinel led to the primary within {LOOKUP_BOUND:?}"),
-                no_reply: true,
-            })
-        });
-        if let Ok(conn) = &looked {
-            *current.lock().expect("sentinel lock") = Some(conn.clone());
-        }
-        let _ = done.send(Some(looked));
-    }
-
-    /// Forgets the connection after an error that says the primary is not there or not the
-    /// primary any more.
-    fn settle<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
-        if let Err(error) = &result {
-            if no_reply(error) || error.code() == Some("READONLY") {
-                self.current.lock().expect("sentinel lock").take();
-            }
-        }
-        result
-    }
-
-    /// Runs `call` on the primary's connection.
-    async fn call<T, R>(
-        &self,
-        call: impl FnOnce(MultiplexedConnection) -> R,
-    ) -> redis::RedisResult<T>
-    where
-        R: Future<Output = redis::RedisResult<T>>,
-    {
-        let result = call(self.connection().await?).await;
-        self.settle(result)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Instant;
 
-    #[test]
-    fn urls_name_their_parts() {
-        let p = parts("rediss+cluster://u:secret@a:1,b:2");
-        assert!(p.tls);
-        assert_eq!(p.userinfo, Some("u:secret"));
-        assert_eq!(
-            p.node_urls(true),
-            ["rediss://u:secret@a:1", "rediss://u:secret@b:2"]
-        );
-        let p = parts("redis+sentinel://a:1,b:2/wxpipe");
-        assert_eq!((p.hosts.len(), p.path), (2, "wxpipe"));
-        assert_eq!(p.node_urls(true), ["redis://a:1", "redis://b:2"]);
-        assert!(!redact("redis+cluster://u:secret@a:1").contains("secret"));
-    }
+    use super::*;
+    use crate::cluster::KEPT_CHECKS;
 
     #[tokio::test]
     async fn every_scheme_opens_lazily() {
@@ -843,8 +440,7 @@ mod tests {
 
         /// (replacements, checks whose PING passed in a row, whether a check ran).
         fn state(&self) -> (u64, u32, bool) {
-            let state = self.clustered.state.lock().unwrap();
-            (state.replacements, state.kept, state.checked_at.is_some())
+            self.clustered.health()
         }
     }
 

@@ -2,7 +2,9 @@
 //! every process) or in one process's memory (the embedded default and tests).
 //!
 //! - [`Engine`]: what a `REDIS_URL` names, and the connection policy (lazy, reconnecting,
-//!   every call bounded).
+//!   every call bounded); `redis_url`: the URL's parts; `cluster`: a Cluster connection
+//!   replaced when it wedges; `sentinel`: the primary of a Sentinel set, every sentinel asked
+//!   at once.
 //! - [`lease`]: the one claim / confirm / renew / release primitive behind dedup claims,
 //!   welcome sends and the token fetch lock.
 //! - [`dedup`]: the ingress's claims, with group commit on Redis.
@@ -15,26 +17,22 @@
 //! nothing of HTTP, Kafka or WeChat's protocol, and must never depend on `ingest` or
 //! `worker`.
 
-use std::future::Future;
-use std::pin::Pin;
-
+mod cluster;
 pub mod component;
 pub mod dedup;
 pub mod effects;
 mod engine;
 mod error;
+mod fut;
 mod keys;
 pub mod lease;
 mod memory;
+mod redis_url;
+mod sentinel;
 
 pub use engine::Engine;
 pub use error::StoreError;
+pub use fut::{BoxFuture, Fut};
 pub use lease::Lease;
 
 use keys::Keys;
-
-/// What the stores' trait methods return, so they work behind `dyn`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A store call's outcome.
-pub type Fut<'a, T> = BoxFuture<'a, Result<T, StoreError>>;

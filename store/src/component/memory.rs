@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::{Admission, Authorizer, Components};
+use super::store::{Admission, Authorizer, Components};
 use crate::effects::Applied;
-use crate::Fut;
+use crate::fut::Fut;
 
 #[derive(Debug, Default)]
 struct State {

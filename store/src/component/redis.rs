@@ -2,10 +2,11 @@
 
 use redis::{AsyncCommands, Script};
 
-use super::{Admission, Authorizer, Components};
+use super::store::{Admission, Authorizer, Components};
 use crate::effects::Applied;
 use crate::engine::Redis;
-use crate::{Fut, Keys, StoreError};
+use crate::fut::Fut;
+use crate::{Keys, StoreError};
 
 /// KEYS: ticket hash. ARGV: ticket, created_at. An older ticket than the one kept is dropped.
 const SET_TICKET: &str = r"

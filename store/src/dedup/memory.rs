@@ -3,10 +3,11 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Claim, ClaimRequest, DedupStore};
+use super::store::{Claim, ClaimRequest, DedupStore};
+use crate::fut::Fut;
 use crate::lease::{Lease, DEDUP};
 use crate::memory::TtlMap;
-use crate::{Fut, Keys};
+use crate::Keys;
 
 #[derive(Debug)]
 pub(super) struct MemoryDedup {

@@ -21,11 +21,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Claim, ClaimRequest, DedupStore};
+use super::store::{Claim, ClaimRequest, DedupStore};
 use crate::engine::{Mode, Redis};
+use crate::fut::Fut;
 use crate::keys;
 use crate::lease::{self, Lease, DEDUP};
-use crate::{Fut, Keys, StoreError};
+use crate::{Keys, StoreError};
 
 /// Each op is one command of the batch's pipeline, most of them a plain `SET`: a script
 /// costs Redis twice the CPU of the commands it runs (`INFO commandstats`: 12.5 µs a push

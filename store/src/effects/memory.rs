@@ -5,13 +5,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{
+use super::store::{
     history_member, Applied, LatestLocation, Location, Locations, Subscription, Subscriptions,
     TokenCache, UserState, WelcomeSends,
 };
+use crate::fut::Fut;
 use crate::lease::WELCOME;
 use crate::memory::TtlMap;
-use crate::{Fut, Keys, Lease};
+use crate::{Keys, Lease};
 
 type UserKey = (String, String);
 

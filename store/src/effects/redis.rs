@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
 
-use super::{
+use super::store::{
     history_member, Applied, LatestLocation, Location, Locations, Subscription, Subscriptions,
     TokenCache, UserState, WelcomeSends, GEO_MAX_LATITUDE,
 };
 use crate::engine::Redis;
+use crate::fut::Fut;
 use crate::lease::{self, Scripts, WELCOME};
-use crate::{Fut, Keys, Lease, StoreError};
+use crate::{Keys, Lease, StoreError};
 
 /// KEYS: user hash, binding. ARGV: subscribed (1/0), created_at, scene.
 ///

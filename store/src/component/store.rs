@@ -1,0 +1,106 @@
+//! The component store's trait and the types it speaks, which every engine implements.
+
+use crate::effects::Applied;
+use crate::fut::Fut;
+
+/// What a push on an authorizer's route may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// The authorizer withdrew its authorization (and has not authorized again since).
+    Unauthorized,
+    /// The push names another account than the authorizer's known `gh_` id.
+    OtherAccount {
+        known: String,
+    },
+}
+
+/// What is known of one authorizer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Authorizer {
+    /// `None` before any authorization event was recorded.
+    pub authorized: Option<bool>,
+    pub authorized_at: Option<i64>,
+    pub user_name: Option<String>,
+    pub refresh_token: Option<String>,
+    /// The `created_at` of the authorization that gave the refresh token.
+    pub refresh_at: Option<i64>,
+}
+
+/// The name under which [`crate::effects::TokenCache`] keeps a component's access token:
+/// `{p}:component:{C}:token` (an AppID never holds a `/`).
+pub fn component_token(component_appid: &str) -> String {
+    format!("{}{component_appid}", crate::keys::COMPONENT_TOKEN)
+}
+
+/// The name under which [`crate::effects::TokenCache`] keeps an authorizer's access token:
+/// `{p}:component:{C}:authorizer_token:{A}`, apart from any account's `{p}:token:{appid}`
+/// (an account configured with the same AppID never lends its token to the route).
+pub fn authorizer_token(component_appid: &str, authorizer_appid: &str) -> String {
+    format!(
+        "{}{component_appid}/{authorizer_appid}",
+        crate::keys::COMPONENT_TOKEN
+    )
+}
+
+/// A component's state.
+pub trait Components: Send + Sync + std::fmt::Debug {
+    /// Keeps `ticket` unless a newer one (by `created_at`) is kept.
+    fn set_ticket<'a>(
+        &'a self,
+        component: &'a str,
+        ticket: &'a str,
+        created_at: i64,
+    ) -> Fut<'a, ()>;
+
+    fn ticket<'a>(&'a self, component: &'a str) -> Fut<'a, Option<String>>;
+
+    /// Records an authorization change at `created_at`: `authorized`/`updateauthorized`
+    /// (true) or `unauthorized` (false, which also forgets the refresh token). A change older
+    /// than the one recorded changes nothing; of one second, the withdrawal wins.
+    fn set_authorized<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        authorized: bool,
+        created_at: i64,
+    ) -> Fut<'a, Applied>;
+
+    /// Whether a push on `authorizer`'s route naming `user_name` (its `ToUserName`) may
+    /// pass. Reads only: what a push teaches is [`Components::learn_user_name`]'s, once it is
+    /// durable (so a replay a later check refuses teaches nothing).
+    fn admit<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        user_name: &'a str,
+    ) -> Fut<'a, Admission>;
+
+    /// The `gh_` id of an authorizer's first durable push, kept unless one is known.
+    fn learn_user_name<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        user_name: &'a str,
+    ) -> Fut<'a, ()>;
+
+    /// The authorizer's `gh_` id from WeChat's API: replaces one learned from a push.
+    fn set_user_name<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        user_name: &'a str,
+    ) -> Fut<'a, ()>;
+
+    /// Keeps the refresh token the authorization of `created_at` gave, unless the
+    /// authorizer withdrew since (or a newer authorization's token is kept).
+    fn set_refresh_token<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        refresh_token: &'a str,
+        created_at: i64,
+    ) -> Fut<'a, Applied>;
+
+    fn authorizer<'a>(&'a self, component: &'a str, authorizer: &'a str) -> Fut<'a, Authorizer>;
+}

@@ -33,7 +33,7 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>>
 
 /// `GET /metrics`: this process's metrics.
 pub fn metrics() -> Response<Full<Bytes>> {
-    let mut body = crate::render();
+    let mut body = crate::telemetry::render();
     body.push_str(&crate::process::render());
     let mut response = text(StatusCode::OK, body);
     response.headers_mut().insert(

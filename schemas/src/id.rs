@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Kind;
+use crate::kind::Kind;
 
 /// A user's OpenID (`FromUserName`): the record key, and a personal identifier that logs show
 /// only hashed.

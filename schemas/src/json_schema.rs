@@ -4,8 +4,9 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::kind::Kind;
 use crate::spec::{Field, FieldType, TYPES};
-use crate::{Kind, Topic};
+use crate::topic::Topic;
 
 /// The version in every schema's `$id`; bumped on an incompatible change.
 pub const VERSION: u32 = 3;

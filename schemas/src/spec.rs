@@ -1,7 +1,7 @@
 //! The typed fields of every known type, as data: one table drives normalization in the
 //! ingress, the JSON Schema of every topic, and the sample records of `schemas/README.md`.
 
-use crate::Kind;
+use crate::kind::Kind;
 
 /// How a typed field is read from the XML and written to JSON.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,7 +1,7 @@
 //! Topic names: one topic per known event or message type, by the contract.
 
+use crate::kind::Kind;
 use crate::spec::{TypeSpec, TYPES};
-use crate::Kind;
 
 /// A topic: `{prefix}.event.subscribe`, `{prefix}.message.other`…
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -116,7 +116,7 @@ pub struct SmallDisk {
 
 impl SmallDisk {
     pub fn mount(size: &str) -> Option<SmallDisk> {
-        let path = std::env::temp_dir().join(crate::unique("wxpipe-disk-"));
+        let path = std::env::temp_dir().join(crate::names::unique("wxpipe-disk-"));
         std::fs::create_dir_all(&path).ok()?;
         let mounted = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])

@@ -16,45 +16,22 @@
 
 mod fake_wechat;
 mod faults;
+mod names;
 mod redis_sets;
+
+pub use names::{free_port, unique};
 
 pub use fake_wechat::{FakeState, FakeWeChat};
 pub use faults::{redis_addr, Proxy, SmallDisk};
 pub use redis_sets::{Node, RedisCluster, RedisSentinel};
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-
-/// A name no other test (or run) uses.
-pub fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}{}x{}x{}",
-        std::process::id(),
-        nanos,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Polls `check` every 50 ms until it holds or `within` passes; returns whether it held.
 pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {

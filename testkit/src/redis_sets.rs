@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, unique};
+use crate::names::{free_port, unique};
 
 /// A loopback port below 55536 whose cluster bus port (+10000) is free too.
 fn cluster_port() -> u16 {

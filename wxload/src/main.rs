@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 use wechat::decrypt::AesKey;
 
 mod component;
+mod component_load;
 mod kafka;
 mod push;
 mod run;
@@ -391,7 +392,7 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
     let (outcome, component_report) = match &component {
         None => (run::run(load).await, None),
         Some(component) => {
-            let done = run::run_component(load, component, args.ticket_interval).await;
+            let done = component_load::run_component(load, component, args.ticket_interval).await;
             let Some(mut outcome) = done.load else {
                 bail!(
                     "no authorization event was answered 200 `success` at http://{addr}{} \

@@ -58,6 +58,30 @@ pub(super) struct RedisComponents {
 }
 
 impl RedisComponents {
+    /// Writes an authorizer's `gh_` id: only where none is kept yet with `only_if_new`
+    /// (`HSETNX`), else over it.
+    fn write_user_name<'a>(
+        &'a self,
+        component: &'a str,
+        authorizer: &'a str,
+        user_name: &'a str,
+        only_if_new: bool,
+    ) -> Fut<'a, ()> {
+        let key = self.keys.component_authorizer(component, authorizer);
+        Box::pin(async move {
+            let mut conn = self.redis.conn();
+            if only_if_new {
+                self.redis
+                    .bounded(conn.hset_nx::<_, _, _, ()>(key, "user_name", user_name))
+                    .await
+            } else {
+                self.redis
+                    .bounded(conn.hset::<_, _, _, ()>(key, "user_name", user_name))
+                    .await
+            }
+        })
+    }
+
     pub fn new(redis: Redis, keys: Keys) -> Self {
         RedisComponents {
             redis,
@@ -168,16 +192,7 @@ impl Components for RedisComponents {
         authorizer: &'a str,
         user_name: &'a str,
     ) -> Fut<'a, ()> {
-        let key = self.keys.component_authorizer(component, authorizer);
-        Box::pin(async move {
-            self.redis
-                .bounded(
-                    self.redis
-                        .conn()
-                        .hset_nx::<_, _, _, ()>(key, "user_name", user_name),
-                )
-                .await
-        })
+        self.write_user_name(component, authorizer, user_name, true)
     }
 
     fn set_user_name<'a>(
@@ -186,16 +201,7 @@ impl Components for RedisComponents {
         authorizer: &'a str,
         user_name: &'a str,
     ) -> Fut<'a, ()> {
-        let key = self.keys.component_authorizer(component, authorizer);
-        Box::pin(async move {
-            self.redis
-                .bounded(
-                    self.redis
-                        .conn()
-                        .hset::<_, _, _, ()>(key, "user_name", user_name),
-                )
-                .await
-        })
+        self.write_user_name(component, authorizer, user_name, false)
     }
 
     fn set_refresh_token<'a>(

@@ -7,6 +7,7 @@
 #
 #   git worktree add /tmp/old HEAD~3 && (cd /tmp/old && cargo build --release --bin ingest)
 #   bench/compare.sh /tmp/old/target/release/ingest target/release/ingest
+#   RATE=15000 ROUNDS=5 bench/compare.sh OLD NEW   # both at one offered rate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,9 @@ NEW=${2:?usage: bench/compare.sh OLD_INGEST NEW_INGEST}
 DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-256}
 ROUNDS=${ROUNDS:-3}
+# RATE=N: an open-loop load of N pushes/s instead of a closed loop, so both builds batch alike
+# (Redis's and the broker's CPU per push falls as batches grow with throughput).
+RATE=${RATE:-}
 TOKEN=bench-token
 . bench/lib.sh
 build wxload
@@ -35,7 +39,7 @@ measure() { # label, ingest binary
   $BIN/wxload run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --count 2000 --connections 8 --no-progress >/dev/null
   i0=$(ticks "$pid"); r0=$(ticks "$REDIS_PID"); k0=$(ticks "$KAFKA_PID")
   $BIN/wxload run --url "http://127.0.0.1:$port/wechat" --token "$TOKEN" --connections "$CONNECTIONS" \
-    --duration "$DURATION" --no-progress --json "$json" >/dev/null
+    ${RATE:+--rate "$RATE"} --duration "$DURATION" --no-progress --json "$json" >/dev/null
   python3 - "$1" "$json" $(($(ticks "$pid") - i0)) $(($(ticks "$REDIS_PID") - r0)) $(($(ticks "$KAFKA_PID") - k0)) <<'PY'
 import json, sys
 label, path, ingest, redis, kafka = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])

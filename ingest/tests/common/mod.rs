@@ -536,10 +536,17 @@ pub fn spawn_ingest(port: u16, envs: &[(&str, String)]) -> Ingest {
     Ingest(child)
 }
 
-/// Waits up to 10 s for an ingress on `port` to answer `/healthz`.
+/// Waits up to 60 s for an ingress on `port` to answer `/healthz`.
+///
+/// Not 10 s: an ingress on the embedded default creates every topic in librdkafka's mock
+/// cluster first, one request to the mock's thread each, and with several processes starting
+/// at once that thread sometimes misses its wake-up and sits out its 1 s poll per topic (gdb:
+/// `rd_kafka_mock_topic_create` waiting while `rdk:mock` is in `poll(…, 1000)`); two such
+/// ingresses started together came up after 3 to 17 s, with the binaries of before and after
+/// the Open Platform work alike. A process that never comes up still fails the test.
 pub async fn wait_up(port: u16) {
     let client = reqwest::Client::new();
-    for _ in 0..100 {
+    for _ in 0..600 {
         if client
             .get(format!("http://127.0.0.1:{port}/healthz"))
             .send()

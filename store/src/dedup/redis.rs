@@ -28,24 +28,7 @@ use crate::keys;
 use crate::lease::{self, Lease, DEDUP};
 use crate::{Keys, StoreError};
 
-/// Each op is one command of the batch's pipeline, most of them a plain `SET`: a script
-/// costs Redis twice the CPU of the commands it runs (`INFO commandstats`: 12.5 µs a push
-/// in `EVALSHA`, 7 µs of it in the `SET`s and `GET`s inside). Needs Redis 7.0 or later
-/// (`SET … NX GET`).
-/// - `c` claim: `SET dedup pending NX GET PX lease` → nil claimed (0), `done` done (1), any
-///   other value in flight (2).
-/// - `b` the nonce binding: `SET nonce digest NX GET PX ttl` → nil or this digest bound (0),
-///   another digest replayed (3).
-/// - `n` a claim with its nonce binding (one node): `b` then `c` in the same pipeline; if the
-///   binding finds another body (or fails), a claim it made is released at once (`r`), so
-///   nothing stays claimed for a forged body. On a cluster the two keys are in different
-///   slots: `b`, then `c` once `b` has passed.
-/// - `d` confirm: `SET dedup done PX ttl` → 0.
-/// - `r` release: deleted only if still this attempt's value ([`RELEASE`]) → 0.
-///
-/// A command Redis refuses is -1 (about the op: a key of another type under the prefix, or a
-/// server older than 7.0) or -2 (Redis refuses every write now), and the ops around it are
-/// applied as they would be alone.
+/// A release: deleted only if still this attempt's value (the lease's `lease_release`).
 const RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0";
 
@@ -58,12 +41,73 @@ const REFUSED: &str =
     "Redis refused the op (a key of another type under the prefix? Redis older than 7.0?)";
 const OUTAGE: &str = "Redis refuses writes now (READONLY, OOM, NOREPLICAS, MISCONF, …)";
 
-/// One queued op with its keys and arguments ready, and where its outcome goes.
+/// What one op does: one command of the batch's pipeline (two for [`Step::ClaimBound`]),
+/// most of them a plain `SET`, since a script costs Redis twice the CPU of the commands it
+/// runs (`INFO commandstats`: 12.5 µs a push in `EVALSHA`, 7 µs of it in the `SET`s and
+/// `GET`s inside). Needs Redis 7.0 or later (`SET … NX GET`).
+///
+/// A command Redis refuses is -1 (about the op: a key of another type under the prefix, or a
+/// server older than 7.0) or -2 (Redis refuses every write now), and the ops around it are
+/// applied as they would be alone.
+#[derive(Debug)]
+enum Step {
+    /// `SET dedup holder NX GET PX lease` → nil claimed (0), `done` done (1), any other value
+    /// in flight (2).
+    Claim(Lock),
+    /// `SET nonce digest NX GET PX ttl` → nil or this digest bound (0), another digest
+    /// replayed (3).
+    Bind(Lock),
+    /// A claim with its nonce binding (one node): the binding then the claim in the same
+    /// pipeline; if the binding finds another body (or fails), a claim made is released at
+    /// once, so nothing stays claimed for a forged body. On a cluster the two keys are in
+    /// different slots: a `Bind`, then a `Claim` once it has passed.
+    ClaimBound { claim: Lock, bind: Lock },
+    /// `SET dedup done PX ttl` → 0.
+    Confirm { key: String, ttl_ms: String },
+    /// [`RELEASE`] → 0.
+    Release { key: String, holder: String },
+}
+
+/// A `SET key value NX GET PX ms`: a claim or a nonce binding.
+#[derive(Debug)]
+struct Lock {
+    key: String,
+    value: String,
+    ms: String,
+}
+
+impl Step {
+    /// The key whose hash tag routes the op on a cluster.
+    fn key(&self) -> &str {
+        match self {
+            Step::Claim(lock) | Step::Bind(lock) | Step::ClaimBound { claim: lock, .. } => {
+                &lock.key
+            }
+            Step::Confirm { key, .. } | Step::Release { key, .. } => key,
+        }
+    }
+
+    /// A claim, which is worth nothing once its push stopped waiting.
+    fn claims(&self) -> bool {
+        matches!(
+            self,
+            Step::Claim(_) | Step::Bind(_) | Step::ClaimBound { .. }
+        )
+    }
+
+    /// The replies it gets back.
+    fn replies(&self) -> usize {
+        match self {
+            Step::ClaimBound { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// One queued op, and where its outcome goes.
 #[derive(Debug)]
 struct Op {
-    code: &'static str,
-    keys: [Option<String>; 2],
-    args: Vec<String>,
+    step: Step,
     reply: oneshot::Sender<Result<i64, StoreError>>,
 }
 
@@ -97,24 +141,15 @@ impl RedisDedup {
     }
 
     /// Queues an op and waits for its outcome.
-    async fn call(
-        &self,
-        code: &'static str,
-        keys: [Option<String>; 2],
-        args: Vec<String>,
-    ) -> Result<i64, StoreError> {
+    async fn call(&self, step: Step) -> Result<i64, StoreError> {
         if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(StoreError::batch("the queue to Redis is full", true));
         }
         let (reply, outcome) = oneshot::channel();
-        let op = Op {
-            code,
-            keys,
-            args,
-            reply,
-        };
-        self.queue.send(op).map_err(|_| StoreError::Closed)?;
+        self.queue
+            .send(Op { step, reply })
+            .map_err(|_| StoreError::Closed)?;
         outcome.await.unwrap_or(Err(StoreError::Closed))
     }
 }
@@ -132,7 +167,7 @@ async fn batcher(redis: Redis, mut queue: mpsc::UnboundedReceiver<Op>, queued: A
         // A claim whose push stopped waiting (its budget ran out while Redis was slow) went
         // on without it: claiming now would only make its id look in flight. Confirms and
         // releases are applied whoever waits for them.
-        batch.retain(|op| !(matches!(op.code, "c" | "n" | "b") && op.reply.is_closed()));
+        batch.retain(|op| !(op.step.claims() && op.reply.is_closed()));
         if batch.is_empty() {
             continue;
         }
@@ -147,7 +182,7 @@ async fn batcher(redis: Redis, mut queue: mpsc::UnboundedReceiver<Op>, queued: A
             }
             let mut groups: Vec<(String, Vec<Op>)> = Vec::new();
             for op in batch.drain(..) {
-                let tag = op.keys[0].as_deref().map(keys::tag).unwrap_or_default();
+                let tag = keys::tag(op.step.key());
                 match groups.iter_mut().find(|(t, _)| t == tag) {
                     Some((_, ops)) => ops.push(op),
                     None => groups.push((tag.to_owned(), vec![op])),
@@ -202,14 +237,19 @@ fn found(value: &redis::Value) -> Result<Option<&[u8]>, i64> {
 }
 
 /// `SET key value NX GET PX ms`.
-fn set_nx_get(pipe: &mut redis::Pipeline, key: &str, value: &str, ms: &str) {
+fn set_nx_get(pipe: &mut redis::Pipeline, lock: &Lock) {
     pipe.cmd("SET")
-        .arg(key)
-        .arg(value)
+        .arg(&lock.key)
+        .arg(&lock.value)
         .arg("NX")
         .arg("GET")
         .arg("PX")
-        .arg(ms);
+        .arg(&lock.ms);
+}
+
+/// Whether a binding's `SET … NX GET` found no other body: nil, or this digest.
+fn bound(found: Option<&[u8]>, bind: &Lock) -> bool {
+    found.is_none_or(|seen| seen == bind.value.as_bytes())
 }
 
 /// A claim's code from what its `SET … NX GET` found.
@@ -226,39 +266,25 @@ async fn send(redis: &Redis, ops: Vec<Op>) {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for op in &ops {
-        let (key, second) = (
-            op.keys[0].as_deref().unwrap_or_default(),
-            op.keys[1].as_deref(),
-        );
-        match op.code {
-            "c" => set_nx_get(&mut pipe, key, &op.args[0], &op.args[1]),
-            "b" => set_nx_get(&mut pipe, key, &op.args[0], &op.args[1]),
-            "n" => {
-                set_nx_get(
-                    &mut pipe,
-                    second.unwrap_or_default(),
-                    &op.args[2],
-                    &op.args[3],
-                );
-                set_nx_get(&mut pipe, key, &op.args[0], &op.args[1]);
+        match &op.step {
+            Step::Claim(lock) | Step::Bind(lock) => set_nx_get(&mut pipe, lock),
+            Step::ClaimBound { claim, bind } => {
+                set_nx_get(&mut pipe, bind);
+                set_nx_get(&mut pipe, claim);
             }
-            "d" => {
+            Step::Confirm { key, ttl_ms } => {
                 pipe.cmd("SET")
                     .arg(key)
                     .arg(DEDUP.done)
                     .arg("PX")
-                    .arg(&op.args[0]);
+                    .arg(ttl_ms);
             }
-            _ => {
-                pipe.cmd("EVAL")
-                    .arg(RELEASE)
-                    .arg(1)
-                    .arg(key)
-                    .arg(&op.args[0]);
+            Step::Release { key, holder } => {
+                pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key).arg(holder);
             }
         }
     }
-    let expected = ops.len() + ops.iter().filter(|op| op.code == "n").count();
+    let expected: usize = ops.iter().map(|op| op.step.replies()).sum();
     let result: Result<Vec<redis::Value>, StoreError> =
         redis.bounded(pipe.query_async(&mut redis.conn())).await;
     let replies = match result {
@@ -287,20 +313,16 @@ async fn send(redis: &Redis, ops: Vec<Op>) {
     let mut undo = Vec::new();
     for op in ops {
         let reply = replies.next().expect("counted above");
-        let code = match op.code {
-            "c" => found(reply).map(claim_code),
-            "b" => found(reply).map(|seen| match seen {
-                Some(seen) if seen != op.args[0].as_bytes() => 3,
-                _ => 0,
-            }),
-            "n" => {
-                let claim = replies.next().expect("counted above");
-                let bound =
-                    found(reply).map(|seen| seen.is_none_or(|seen| seen == op.args[2].as_bytes()));
-                let claimed = found(claim).map(claim_code);
+        let code = match &op.step {
+            Step::Claim(_) => found(reply).map(claim_code),
+            Step::Bind(bind) => found(reply).map(|seen| if bound(seen, bind) { 0 } else { 3 }),
+            Step::ClaimBound { claim, bind } => {
+                let claim_reply = replies.next().expect("counted above");
+                let bound = found(reply).map(|seen| bound(seen, bind));
+                let claimed = found(claim_reply).map(claim_code);
                 if claimed == Ok(0) && bound != Ok(true) {
                     // Claimed for a body the binding refused (or could not check): let go.
-                    undo.push((op.keys[0].clone().unwrap_or_default(), op.args[0].clone()));
+                    undo.push((claim.key.clone(), claim.value.clone()));
                 }
                 match bound {
                     Ok(true) => claimed,
@@ -309,7 +331,7 @@ async fn send(redis: &Redis, ops: Vec<Op>) {
                 }
             }
             // A confirm (`OK`) or a release (the script's 0): done unless refused.
-            _ => match reply {
+            Step::Confirm { .. } | Step::Release { .. } => match reply {
                 redis::Value::ServerError(error) => Err(refused(error)),
                 _ => Ok(0),
             },
@@ -340,21 +362,26 @@ fn ms(duration: Duration) -> String {
 impl DedupStore for RedisDedup {
     fn claim<'a>(&'a self, req: ClaimRequest<'a>) -> Fut<'a, Claim> {
         Box::pin(async move {
-            let dedup = Some(self.keys.dedup(req.id));
-            let (value, lease) = (DEDUP.holder(req.token), ms(req.lease));
+            let claim = Lock {
+                key: self.keys.dedup(req.id),
+                value: DEDUP.holder(req.token),
+                ms: ms(req.lease),
+            };
             let code = match &req.nonce {
-                None => self.call("c", [dedup, None], vec![value, lease]).await?,
+                None => self.call(Step::Claim(claim)).await?,
                 Some(nonce) => {
-                    let nonce_key = self.keys.nonce(nonce.account, nonce.timestamp, nonce.nonce);
-                    let binding = vec![nonce.body_digest.to_owned(), ms(nonce.ttl)];
+                    let bind = Lock {
+                        key: self.keys.nonce(nonce.account, nonce.timestamp, nonce.nonce),
+                        value: nonce.body_digest.to_owned(),
+                        ms: ms(nonce.ttl),
+                    };
                     if self.redis.mode() == Mode::Cluster {
-                        match self.call("b", [Some(nonce_key), None], binding).await? {
+                        match self.call(Step::Bind(bind)).await? {
                             3 => 3,
-                            _ => self.call("c", [dedup, None], vec![value, lease]).await?,
+                            _ => self.call(Step::Claim(claim)).await?,
                         }
                     } else {
-                        let args = [vec![value, lease], binding].concat();
-                        self.call("n", [dedup, Some(nonce_key)], args).await?
+                        self.call(Step::ClaimBound { claim, bind }).await?
                     }
                 }
             };
@@ -367,17 +394,15 @@ impl DedupStore for RedisDedup {
 
     fn confirm<'a>(&'a self, id: &'a str, ttl: Duration) -> Fut<'a, ()> {
         Box::pin(async move {
-            let key = Some(self.keys.dedup(id));
-            self.call("d", [key, None], vec![ms(ttl)]).await.map(drop)
+            let (key, ttl_ms) = (self.keys.dedup(id), ms(ttl));
+            self.call(Step::Confirm { key, ttl_ms }).await.map(drop)
         })
     }
 
     fn release<'a>(&'a self, id: &'a str, token: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
-            let key = Some(self.keys.dedup(id));
-            self.call("r", [key, None], vec![DEDUP.holder(token)])
-                .await
-                .map(drop)
+            let (key, holder) = (self.keys.dedup(id), DEDUP.holder(token));
+            self.call(Step::Release { key, holder }).await.map(drop)
         })
     }
 

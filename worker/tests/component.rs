@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -41,15 +42,51 @@ fn authorization(
     (authorizer.to_owned(), serde_json::to_vec(&value).unwrap())
 }
 
+/// `record` with `fields` set in its value: the test events below are the common ones
+/// restamped for another route or kind.
+fn with_fields((key, value): (String, Vec<u8>), fields: serde_json::Value) -> (String, Vec<u8>) {
+    let mut value: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    for (name, field) in fields.as_object().unwrap() {
+        value[name] = field.clone();
+    }
+    (key, serde_json::to_vec(&value).unwrap())
+}
+
 /// A follow of an authorizer's account, as the ingress writes it from the authorizer's route.
 fn authorizer_subscribe(authorizer: &str, openid: &str, at: i64) -> (String, Vec<u8>) {
-    let (key, value) = subscribe(&format!("gh_{authorizer}"), openid, at, None);
-    let mut value: serde_json::Value = serde_json::from_slice(&value).unwrap();
-    value["appid"] = json!(authorizer);
-    value["id"] = json!(format!(
-        "gh_{authorizer}:{openid}:{at}:event.subscribe:h{authorizer}"
-    ));
-    (key, serde_json::to_vec(&value).unwrap())
+    with_fields(
+        subscribe(&format!("gh_{authorizer}"), openid, at, None),
+        json!({
+            "appid": authorizer,
+            "id": format!("gh_{authorizer}:{openid}:{at}:event.subscribe:h{authorizer}"),
+        }),
+    )
+}
+
+/// A text to WeChat's release-check account, as the ingress writes it from `appid`'s
+/// authorizer route.
+fn release_check_text(
+    appid: &str,
+    openid: &str,
+    at: i64,
+    content: &str,
+    msg_id: &str,
+) -> (String, Vec<u8>) {
+    let account = "gh_3c884a361561";
+    with_fields(
+        event(
+            "text",
+            account,
+            openid,
+            at,
+            json!({"content": content, "msg_id": msg_id}),
+        ),
+        json!({
+            "kind": "message",
+            "appid": appid,
+            "id": format!("{account}:{openid}:{at}:message.text:{appid}"),
+        }),
+    )
 }
 
 fn component_vars() -> Vec<(&'static str, String)> {
@@ -77,6 +114,15 @@ fn component_worker(env: &Env, roles: &str, extra: &[(&str, String)]) -> KillOnD
     )
 }
 
+/// The component role answering WeChat's release check.
+fn release_check_worker(env: &Env) -> KillOnDrop {
+    component_worker(
+        env,
+        "component",
+        &[("WECHAT_COMPONENT_RELEASE_CHECK", "true".into())],
+    )
+}
+
 fn produce(env: &Env, suffix: &str, records: &[(String, Vec<u8>)]) {
     let records: Vec<(&str, &[u8])> = records
         .iter()
@@ -86,28 +132,102 @@ fn produce(env: &Env, suffix: &str, records: &[(String, Vec<u8>)]) {
         .produce(&format!("{}.{suffix}", env.prefix), &records);
 }
 
+/// The `authorized` records of `(authorizer, code)`s, in one batch.
+fn produce_authorized(env: &Env, at: i64, authorizers: &[(&str, &str)]) {
+    let records: Vec<_> = authorizers
+        .iter()
+        .map(|(authorizer, code)| authorization("authorized", authorizer, Some(code), at))
+        .collect();
+    produce(env, "component.authorized", &records);
+}
+
+/// Follows of `(authorizer, openid, at)`, in one batch.
+fn produce_follows(env: &Env, follows: &[(&str, &str, i64)]) {
+    let records: Vec<_> = follows
+        .iter()
+        .map(|(authorizer, openid, at)| authorizer_subscribe(authorizer, openid, *at))
+        .collect();
+    produce(env, "event.subscribe", &records);
+}
+
 /// The component store this test's workers share.
-fn components(env: &Env) -> std::sync::Arc<dyn Components> {
+fn components(env: &Env) -> Arc<dyn Components> {
     let engine = store::Engine::open(&env.redis.url(), Duration::from_secs(1)).unwrap();
     store::component::open(&engine, &env.key_prefix)
 }
 
-#[tokio::test]
-async fn an_authorization_is_exchanged_once_and_its_followers_are_welcomed_with_its_token() {
+/// A test's Env and component store, the component's ticket kept and each `(code,
+/// authorizer)` known to the fake WeChat: what every exchange needs first.
+async fn start(codes: &[(&str, &str)]) -> (Env, Arc<dyn Components>) {
     let env = Env::start().await;
     let store = components(&env);
     store
         .set_ticket(COMPONENT, "ticket@@@1", now())
         .await
         .unwrap();
-    env.wechat.authorization_code("code-a", "wxauth_a");
+    for (code, authorizer) in codes {
+        env.wechat.authorization_code(code, authorizer);
+    }
+    (env, store)
+}
+
+/// [`start`] with the welcome and component roles running in one worker binary.
+async fn start_welcoming(codes: &[(&str, &str)]) -> (Env, Arc<dyn Components>, KillOnDrop) {
+    let (env, store) = start(codes).await;
+    let worker = component_worker(&env, "welcome,component", &[]);
+    (env, store, worker)
+}
+
+/// Whether exactly one message has gone to `openid` within `secs` seconds.
+async fn sent_once(env: &Env, openid: &str, secs: u64) -> bool {
+    eventually(Duration::from_secs(secs), || {
+        env.wechat.sends_to(openid) == 1
+    })
+    .await
+}
+
+/// The codes the fake WeChat has exchanged, in order.
+fn exchanges(env: &Env) -> Vec<String> {
+    env.wechat.state.lock().unwrap().code_exchanges.clone()
+}
+
+/// Produces `authorizer`'s authorization and waits until WeChat has taken its code (however
+/// late it answers).
+async fn authorize_until_exchanged(env: &Env, authorizer: &str, code: &str, at: i64) {
+    produce_authorized(env, at, &[(authorizer, code)]);
+    assert!(
+        eventually(Duration::from_secs(30), || !exchanges(env).is_empty()).await,
+        "the code is exchanged"
+    );
+}
+
+/// Once WeChat answers at once again, a follow of `authorizer` by `fan` must be welcomed:
+/// the authorization survived `what`; else the message tells what was exchanged and kept.
+async fn assert_authorization_survives(
+    env: &Env,
+    store: &Arc<dyn Components>,
+    (authorizer, fan, at): (&str, &str, i64),
+    what: &str,
+) {
+    env.wechat.state.lock().unwrap().component_delay = Duration::ZERO;
+    produce_follows(env, &[(authorizer, fan, at)]);
+    let welcomed = sent_once(env, fan, 40).await;
+    let exchanges = exchanges(env);
+    let kept = store.authorizer(COMPONENT, authorizer).await.unwrap();
+    assert!(
+        welcomed,
+        "the authorization survives {what}: code exchanges {exchanges:?}, refresh token kept \
+         {:?}",
+        kept.refresh_token
+    );
+}
+
+#[tokio::test]
+async fn an_authorization_is_exchanged_once_and_its_followers_are_welcomed_with_its_token() {
+    let (env, store) = start(&[("code-a", "wxauth_a")]).await;
     let t = now();
     // A follow that comes before its authorizer's authorization is exchanged waits for it.
-    produce(
-        &env,
-        "event.subscribe",
-        &[authorizer_subscribe("wxauth_a", "fan_a1", t)],
-    );
+    produce_follows(&env, &[("wxauth_a", "fan_a1", t)]);
     let _worker = component_worker(&env, "welcome,component", &[]);
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
@@ -120,15 +240,9 @@ async fn an_authorization_is_exchanged_once_and_its_followers_are_welcomed_with_
         "never with an account's credentials"
     );
 
-    produce(
-        &env,
-        "component.authorized",
-        &[authorization("authorized", "wxauth_a", Some("code-a"), t)],
-    );
+    produce_authorized(&env, t, &[("wxauth_a", "code-a")]);
     assert!(
-        eventually(Duration::from_secs(30), || env.wechat.sends_to("fan_a1")
-            == 1)
-        .await,
+        sent_once(&env, "fan_a1", 30).await,
         "the held follow is welcomed once its authorization is exchanged"
     );
     let state = store.authorizer(COMPONENT, "wxauth_a").await.unwrap();
@@ -152,27 +266,11 @@ async fn an_authorization_is_exchanged_once_and_its_followers_are_welcomed_with_
     );
 
     // A redelivery of the authorization exchanges nothing again (a code is good once).
-    produce(
-        &env,
-        "component.authorized",
-        &[authorization("authorized", "wxauth_a", Some("code-a"), t)],
-    );
-    produce(
-        &env,
-        "event.subscribe",
-        &[authorizer_subscribe("wxauth_a", "fan_a2", t + 1)],
-    );
-    assert!(
-        eventually(Duration::from_secs(30), || env.wechat.sends_to("fan_a2")
-            == 1)
-        .await
-    );
+    produce_authorized(&env, t, &[("wxauth_a", "code-a")]);
+    produce_follows(&env, &[("wxauth_a", "fan_a2", t + 1)]);
+    assert!(sent_once(&env, "fan_a2", 30).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        env.wechat.state.lock().unwrap().code_exchanges,
-        ["code-a"],
-        "exchanged once"
-    );
+    assert_eq!(exchanges(&env), ["code-a"], "exchanged once");
     assert_eq!(env.wechat.sends_to("fan_a1"), 1);
     assert!(
         env.wechat.token_appids().is_empty(),
@@ -182,34 +280,12 @@ async fn an_authorization_is_exchanged_once_and_its_followers_are_welcomed_with_
 
 #[tokio::test]
 async fn after_unauthorized_nothing_more_is_sent_for_that_authorizer() {
-    let env = Env::start().await;
-    let store = components(&env);
-    store
-        .set_ticket(COMPONENT, "ticket@@@1", now())
-        .await
-        .unwrap();
-    env.wechat.authorization_code("code-b", "wxauth_b");
-    env.wechat.authorization_code("code-c", "wxauth_c");
+    let (env, store, _worker) =
+        start_welcoming(&[("code-b", "wxauth_b"), ("code-c", "wxauth_c")]).await;
     let t = now();
-    let _worker = component_worker(&env, "welcome,component", &[]);
-    produce(
-        &env,
-        "component.authorized",
-        &[
-            authorization("authorized", "wxauth_b", Some("code-b"), t),
-            authorization("authorized", "wxauth_c", Some("code-c"), t),
-        ],
-    );
-    produce(
-        &env,
-        "event.subscribe",
-        &[authorizer_subscribe("wxauth_b", "fan_b1", t)],
-    );
-    assert!(
-        eventually(Duration::from_secs(30), || env.wechat.sends_to("fan_b1")
-            == 1)
-        .await
-    );
+    produce_authorized(&env, t, &[("wxauth_b", "code-b"), ("wxauth_c", "code-c")]);
+    produce_follows(&env, &[("wxauth_b", "fan_b1", t)]);
+    assert!(sent_once(&env, "fan_b1", 30).await);
 
     produce(
         &env,
@@ -223,18 +299,15 @@ async fn after_unauthorized_nothing_more_is_sent_for_that_authorizer() {
         .await,
         "the withdrawal is recorded"
     );
-    produce(
+    produce_follows(
         &env,
-        "event.subscribe",
         &[
-            authorizer_subscribe("wxauth_b", "fan_b2", t + 11),
-            authorizer_subscribe("wxauth_c", "fan_c1", t + 11),
+            ("wxauth_b", "fan_b2", t + 11),
+            ("wxauth_c", "fan_c1", t + 11),
         ],
     );
     assert!(
-        eventually(Duration::from_secs(30), || env.wechat.sends_to("fan_c1")
-            == 1)
-        .await,
+        sent_once(&env, "fan_c1", 30).await,
         "another authorizer's follows go on"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -253,67 +326,52 @@ async fn after_unauthorized_nothing_more_is_sent_for_that_authorizer() {
     );
 }
 
+/// The Redis key of the component store's hash for `authorizer`.
+fn authorizer_hash(env: &Env, authorizer: &str) -> String {
+    format!(
+        "{}:component:{{{COMPONENT}}}:authorizer:{authorizer}",
+        env.key_prefix
+    )
+}
+
 /// The authorizer's `authorized` field in Redis (the component store's hash).
 fn authorized(env: &Env, authorizer: &str) -> Option<String> {
-    redis::Commands::hget(
-        &mut env.redis.conn(),
-        format!(
-            "{}:component:{{{COMPONENT}}}:authorizer:{authorizer}",
-            env.key_prefix
-        ),
-        "authorized",
-    )
-    .unwrap()
+    let key = authorizer_hash(env, authorizer);
+    redis::Commands::hget(&mut env.redis.conn(), key, "authorized").unwrap()
 }
 
 #[tokio::test]
 async fn the_release_check_exchanges_the_code_and_answers_through_the_api() {
-    let env = Env::start().await;
-    let store = components(&env);
-    store
-        .set_ticket(COMPONENT, "ticket@@@1", now())
-        .await
-        .unwrap();
     let test_account = "wx570bc396a51b8ff8";
-    env.wechat.authorization_code("query-code-1", test_account);
-    env.wechat
-        .authorization_code("query-code-2", "wxnot_a_test_account");
+    let (env, _store) = start(&[
+        ("query-code-1", test_account),
+        ("query-code-2", "wxnot_a_test_account"),
+    ])
+    .await;
     let t = now();
-    let text = |appid: &str, openid: &str, content: &str| {
-        let (key, value) = event(
-            "text",
-            "gh_3c884a361561",
-            openid,
-            t,
-            json!({"content": content, "msg_id": "1"}),
-        );
-        let mut value: serde_json::Value = serde_json::from_slice(&value).unwrap();
-        value["kind"] = json!("message");
-        value["appid"] = json!(appid);
-        value["id"] = json!(format!("gh_3c884a361561:{openid}:{t}:message.text:{appid}"));
-        (key, serde_json::to_vec(&value).unwrap())
-    };
-    let _worker = component_worker(
-        &env,
-        "component",
-        &[("WECHAT_COMPONENT_RELEASE_CHECK", "true".into())],
-    );
+    let _worker = release_check_worker(&env);
     produce(
         &env,
         "message.text",
         &[
-            text(test_account, "test_user", "QUERY_AUTH_CODE:query-code-1"),
-            text(
+            release_check_text(
+                test_account,
+                "test_user",
+                t,
+                "QUERY_AUTH_CODE:query-code-1",
+                "1",
+            ),
+            release_check_text(
                 "wxnot_a_test_account",
                 "other_user",
+                t,
                 "QUERY_AUTH_CODE:query-code-2",
+                "1",
             ),
         ],
     );
     assert!(
-        eventually(Duration::from_secs(30), || env.wechat.sends_to("test_user")
-            == 1)
-        .await,
+        sent_once(&env, "test_user", 30).await,
         "the test account's user gets {{code}}_from_api"
     );
     let sends = env.wechat.sends();
@@ -330,10 +388,7 @@ async fn the_release_check_exchanges_the_code_and_answers_through_the_api() {
         0,
         "only WeChat's test accounts"
     );
-    assert_eq!(
-        env.wechat.state.lock().unwrap().code_exchanges,
-        ["query-code-1"]
-    );
+    assert_eq!(exchanges(&env), ["query-code-1"]);
 }
 
 #[tokio::test]
@@ -364,14 +419,8 @@ async fn the_component_role_without_a_component_refuses_to_start() {
 /// kept for it must wait, never go out with the account's AppSecret token.
 #[tokio::test]
 async fn red_an_authorizer_route_never_borrows_a_configured_accounts_cached_token() {
-    let env = Env::start().await;
-    let store = components(&env);
-    store
-        .set_ticket(COMPONENT, "ticket@@@1", now())
-        .await
-        .unwrap();
+    let (env, _store, _worker) = start_welcoming(&[]).await;
     let t = now();
-    let _worker = component_worker(&env, "welcome,component", &[]);
     // The configured account (WECHAT_APPID=wxtest) welcomes its own follower: its token, from
     // its AppSecret, is cached.
     produce(
@@ -380,20 +429,12 @@ async fn red_an_authorizer_route_never_borrows_a_configured_accounts_cached_toke
         &[subscribe("gh_test", "fan_account", t, None)],
     );
     assert!(
-        eventually(Duration::from_secs(30), || env
-            .wechat
-            .sends_to("fan_account")
-            == 1)
-        .await,
+        sent_once(&env, "fan_account", 30).await,
         "the account's own welcome"
     );
     // A follow recorded on the authorizer route named wxtest: no authorization was ever
     // exchanged for it, so no refresh token is kept.
-    produce(
-        &env,
-        "event.subscribe",
-        &[authorizer_subscribe("wxtest", "fan_route", t + 1)],
-    );
+    produce_follows(&env, &[("wxtest", "fan_route", t + 1)]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let account_token = env.wechat.tokens_sent_to("fan_account");
     assert_eq!(
@@ -410,34 +451,17 @@ async fn red_an_authorizer_route_never_borrows_a_configured_accounts_cached_toke
 /// kept and stops; the release check's path goes to `api_query_auth` regardless.
 #[tokio::test]
 async fn red_a_redelivered_release_check_exchanges_and_sends_once() {
-    let env = Env::start().await;
-    let store = components(&env);
-    store
-        .set_ticket(COMPONENT, "ticket@@@1", now())
-        .await
-        .unwrap();
     let test_account = "wx570bc396a51b8ff8";
-    env.wechat.authorization_code("query-code-r", test_account);
+    let (env, _store) = start(&[("query-code-r", test_account)]).await;
     let t = now();
-    let (key, value) = event(
-        "text",
-        "gh_3c884a361561",
+    let record = release_check_text(
+        test_account,
         "test_user_r",
         t,
-        json!({"content": "QUERY_AUTH_CODE:query-code-r", "msg_id": "7"}),
+        "QUERY_AUTH_CODE:query-code-r",
+        "7",
     );
-    let mut value: serde_json::Value = serde_json::from_slice(&value).unwrap();
-    value["kind"] = json!("message");
-    value["appid"] = json!(test_account);
-    value["id"] = json!(format!(
-        "gh_3c884a361561:test_user_r:{t}:message.text:{test_account}"
-    ));
-    let record = (key, serde_json::to_vec(&value).unwrap());
-    let _worker = component_worker(
-        &env,
-        "component",
-        &[("WECHAT_COMPONENT_RELEASE_CHECK", "true".into())],
-    );
+    let _worker = release_check_worker(&env);
     produce(&env, "message.text", &[record.clone(), record]);
     assert!(
         eventually(Duration::from_secs(30), || env
@@ -448,9 +472,8 @@ async fn red_a_redelivered_release_check_exchanges_and_sends_once() {
         "the test account's user gets {{code}}_from_api"
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let exchanges = env.wechat.state.lock().unwrap().code_exchanges.clone();
     assert_eq!(
-        (exchanges, env.wechat.sends_to("test_user_r")),
+        (exchanges(&env), env.wechat.sends_to("test_user_r")),
         (vec!["query-code-r".to_owned()], 1),
         "one exchange and one send for one record delivered twice"
     );
@@ -463,13 +486,7 @@ async fn red_a_redelivered_release_check_exchanges_and_sends_once() {
 /// that never comes.
 #[tokio::test]
 async fn red_an_exchanged_code_survives_redis_failing_before_its_refresh_token_is_kept() {
-    let env = Env::start().await;
-    let store = components(&env);
-    store
-        .set_ticket(COMPONENT, "ticket@@@1", now())
-        .await
-        .unwrap();
-    env.wechat.authorization_code("code-r", "wxauth_r");
+    let (env, store) = start(&[("code-r", "wxauth_r")]).await;
     let proxy = testkit::Proxy::start(testkit::redis_addr(&env.redis.url())).await;
     // The exchange is taken at once and answered late, inside the API timeout.
     env.wechat.state.lock().unwrap().component_delay = Duration::from_millis(700);
@@ -479,45 +496,14 @@ async fn red_an_exchanged_code_survives_redis_failing_before_its_refresh_token_i
         "welcome,component",
         &[("REDIS_URL", proxy.redis_url())],
     );
-    produce(
-        &env,
-        "component.authorized",
-        &[authorization("authorized", "wxauth_r", Some("code-r"), t)],
-    );
-    assert!(
-        eventually(Duration::from_secs(30), || !env
-            .wechat
-            .state
-            .lock()
-            .unwrap()
-            .code_exchanges
-            .is_empty())
-        .await,
-        "the code is exchanged"
-    );
+    authorize_until_exchanged(&env, "wxauth_r", "code-r", t).await;
     // Redis goes away while WeChat answers, and comes back.
     proxy.stall();
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.cut();
     proxy.resume();
-    env.wechat.state.lock().unwrap().component_delay = Duration::ZERO;
-    produce(
-        &env,
-        "event.subscribe",
-        &[authorizer_subscribe("wxauth_r", "fan_r1", t + 1)],
-    );
-    let welcomed = eventually(Duration::from_secs(40), || {
-        env.wechat.sends_to("fan_r1") == 1
-    })
-    .await;
-    let exchanges = env.wechat.state.lock().unwrap().code_exchanges.clone();
-    let kept = store.authorizer(COMPONENT, "wxauth_r").await.unwrap();
-    assert!(
-        welcomed,
-        "the authorization survives a Redis blip: code exchanges {exchanges:?}, refresh token \
-         kept {:?}",
-        kept.refresh_token
-    );
+    assert_authorization_survives(&env, &store, ("wxauth_r", "fan_r1", t + 1), "a Redis blip")
+        .await;
 }
 
 /// Red team (issue 22): once the ingress has recorded an `unauthorized` (it does so before
@@ -527,34 +513,12 @@ async fn red_an_exchanged_code_survives_redis_failing_before_its_refresh_token_i
 /// and sends with it.
 #[tokio::test]
 async fn red_no_welcome_goes_out_for_an_authorizer_the_ingress_recorded_withdrawn() {
-    let env = Env::start().await;
-    let store = components(&env);
-    store
-        .set_ticket(COMPONENT, "ticket@@@1", now())
-        .await
-        .unwrap();
-    env.wechat.authorization_code("code-w", "wxauth_w");
+    let (env, store, _worker) = start_welcoming(&[("code-w", "wxauth_w")]).await;
     let t = now();
-    let _worker = component_worker(&env, "welcome,component", &[]);
-    produce(
-        &env,
-        "component.authorized",
-        &[authorization(
-            "authorized",
-            "wxauth_w",
-            Some("code-w"),
-            t - 20,
-        )],
-    );
-    produce(
-        &env,
-        "event.subscribe",
-        &[authorizer_subscribe("wxauth_w", "fan_w1", t - 10)],
-    );
+    produce_authorized(&env, t - 20, &[("wxauth_w", "code-w")]);
+    produce_follows(&env, &[("wxauth_w", "fan_w1", t - 10)]);
     assert!(
-        eventually(Duration::from_secs(30), || env.wechat.sends_to("fan_w1")
-            == 1)
-        .await,
+        sent_once(&env, "fan_w1", 30).await,
         "welcomed while authorized"
     );
     // The ingress records the withdrawal and answers success; its record has not reached
@@ -563,11 +527,7 @@ async fn red_no_welcome_goes_out_for_an_authorizer_the_ingress_recorded_withdraw
         .set_authorized(COMPONENT, "wxauth_w", false, t - 5)
         .await
         .unwrap();
-    produce(
-        &env,
-        "event.subscribe",
-        &[authorizer_subscribe("wxauth_w", "fan_w2", t - 8)],
-    );
+    produce_follows(&env, &[("wxauth_w", "fan_w2", t - 8)]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         env.wechat.tokens_sent_to("fan_w2"),
@@ -583,25 +543,9 @@ async fn red_no_welcome_goes_out_for_an_authorizer_the_ingress_recorded_withdraw
 /// own followers' welcomes.
 #[tokio::test]
 async fn red_a_hold_for_an_unauthorized_route_never_holds_another_authorizers_welcomes() {
-    let env = Env::start().await;
-    let store = components(&env);
-    store
-        .set_ticket(COMPONENT, "ticket@@@1", now())
-        .await
-        .unwrap();
-    env.wechat.authorization_code("code-h", "wxauth_h");
+    let (env, _store, _worker) = start_welcoming(&[("code-h", "wxauth_h")]).await;
     let t = now();
-    let _worker = component_worker(&env, "welcome,component", &[]);
-    produce(
-        &env,
-        "component.authorized",
-        &[authorization(
-            "authorized",
-            "wxauth_h",
-            Some("code-h"),
-            t - 20,
-        )],
-    );
+    produce_authorized(&env, t - 20, &[("wxauth_h", "code-h")]);
     assert!(
         eventually(Duration::from_secs(30), || store_has_refresh(
             &env, "wxauth_h"
@@ -610,28 +554,22 @@ async fn red_a_hold_for_an_unauthorized_route_never_holds_another_authorizers_we
         "A's authorization exchanged"
     );
     // On the route of wxnever (no authorization, no refresh token), naming A's gh_ id.
-    let (_, value) = authorizer_subscribe("wxnever", "fan_h0", t - 5);
+    let (_, forged) = with_fields(
+        authorizer_subscribe("wxnever", "fan_h0", t - 5),
+        json!({
+            "account": "gh_wxauth_h",
+            "id": format!("gh_wxauth_h:fan_h0:{}:event.subscribe:hwxnever", t - 5),
+        }),
+    );
     // One key, so one partition: a hold orders records within a partition only.
     let key = "fan_h".to_owned();
     let (_, own) = authorizer_subscribe("wxauth_h", "fan_h1", t - 4);
-    let mut value: serde_json::Value = serde_json::from_slice(&value).unwrap();
-    value["account"] = json!("gh_wxauth_h");
-    value["id"] = json!(format!(
-        "gh_wxauth_h:fan_h0:{}:event.subscribe:hwxnever",
-        t - 5
-    ));
     produce(
         &env,
         "event.subscribe",
-        &[
-            (key.clone(), serde_json::to_vec(&value).unwrap()),
-            (key, own),
-        ],
+        &[(key.clone(), forged), (key, own)],
     );
-    let welcomed = eventually(Duration::from_secs(30), || {
-        env.wechat.sends_to("fan_h1") == 1
-    })
-    .await;
+    let welcomed = sent_once(&env, "fan_h1", 30).await;
     assert!(
         welcomed,
         "A's own follower waits behind a hold for wxnever's refresh token"
@@ -639,15 +577,8 @@ async fn red_a_hold_for_an_unauthorized_route_never_holds_another_authorizers_we
 }
 
 fn store_has_refresh(env: &Env, authorizer: &str) -> bool {
-    redis::Commands::hexists(
-        &mut env.redis.conn(),
-        format!(
-            "{}:component:{{{COMPONENT}}}:authorizer:{authorizer}",
-            env.key_prefix
-        ),
-        "refresh_token",
-    )
-    .unwrap()
+    let key = authorizer_hash(env, authorizer);
+    redis::Commands::hexists(&mut env.redis.conn(), key, "refresh_token").unwrap()
 }
 
 /// Red team (issue 22): WeChat takes the code but its answer to `api_query_auth` comes after
@@ -656,49 +587,12 @@ fn store_has_refresh(env: &Env, authorizer: &str) -> bool {
 /// refresh token too, so the authorization need not be lost: its followers must be welcomed.
 #[tokio::test]
 async fn red_an_authorization_survives_api_query_auth_answering_too_late() {
-    let env = Env::start().await;
-    let store = components(&env);
-    store
-        .set_ticket(COMPONENT, "ticket@@@1", now())
-        .await
-        .unwrap();
-    env.wechat.authorization_code("code-l", "wxauth_l");
+    let (env, store) = start(&[("code-l", "wxauth_l")]).await;
     // Past WECHAT_API_TIMEOUT_MS (1000) for the first exchange only.
     env.wechat.state.lock().unwrap().component_delay = Duration::from_millis(1800);
     let t = now();
     let _worker = component_worker(&env, "welcome,component", &[]);
-    produce(
-        &env,
-        "component.authorized",
-        &[authorization("authorized", "wxauth_l", Some("code-l"), t)],
-    );
-    assert!(
-        eventually(Duration::from_secs(30), || !env
-            .wechat
-            .state
-            .lock()
-            .unwrap()
-            .code_exchanges
-            .is_empty())
-        .await,
-        "the code is exchanged"
-    );
-    env.wechat.state.lock().unwrap().component_delay = Duration::ZERO;
-    produce(
-        &env,
-        "event.subscribe",
-        &[authorizer_subscribe("wxauth_l", "fan_l1", t + 1)],
-    );
-    let welcomed = eventually(Duration::from_secs(40), || {
-        env.wechat.sends_to("fan_l1") == 1
-    })
-    .await;
-    let exchanges = env.wechat.state.lock().unwrap().code_exchanges.clone();
-    let kept = store.authorizer(COMPONENT, "wxauth_l").await.unwrap();
-    assert!(
-        welcomed,
-        "the authorization survives a late answer: code exchanges {exchanges:?}, refresh \
-         token kept {:?}",
-        kept.refresh_token
-    );
+    authorize_until_exchanged(&env, "wxauth_l", "code-l", t).await;
+    assert_authorization_survives(&env, &store, ("wxauth_l", "fan_l1", t + 1), "a late answer")
+        .await;
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use store::component::{self, Admission, Components};
+use store::component::{self, Admission, Components, UserName};
 use store::effects::Applied;
 use store::Engine;
 use testkit::{unique, RedisServer};
@@ -36,8 +36,12 @@ async fn suite(s: &dyn Components) {
         Default::default(),
         "nothing kept"
     );
-    s.learn_user_name(c, "wxa", "gh_a").await.unwrap();
-    s.learn_user_name(c, "wxa", "gh_later").await.unwrap();
+    s.write_user_name(c, "wxa", UserName::Learned("gh_a"))
+        .await
+        .unwrap();
+    s.write_user_name(c, "wxa", UserName::Learned("gh_later"))
+        .await
+        .unwrap();
     assert_eq!(
         s.admit(c, "wxa", "gh_a").await.unwrap(),
         Admission::Admitted
@@ -49,7 +53,9 @@ async fn suite(s: &dyn Components) {
         }
     );
     // WeChat's API has the last word on the gh_ id.
-    s.set_user_name(c, "wxa", "gh_real").await.unwrap();
+    s.write_user_name(c, "wxa", UserName::FromApi("gh_real"))
+        .await
+        .unwrap();
     assert!(matches!(
         s.admit(c, "wxa", "gh_a").await.unwrap(),
         Admission::OtherAccount { .. }

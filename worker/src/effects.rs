@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::api::{ApiError, ComponentCredentials, Credentials, ErrorClass, WeChat};
 use crate::config::{Role, SceneTexts};
-use store::component::Components;
+use store::component::{Components, UserName};
 use store::effects::{Applied, EffectStores, Location, Subscription};
 use store::Lease;
 
@@ -309,7 +309,7 @@ impl Effects {
             Ok((user_name, _)) => {
                 if let Err(error) = component
                     .store
-                    .set_user_name(c, authorizer, &user_name)
+                    .write_user_name(c, authorizer, UserName::FromApi(&user_name))
                     .await
                 {
                     tracing::warn!(%error, %authorizer, "authorizer's gh_ id not kept: learned from its first push");

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::store::{Admission, Authorizer, Components};
+use super::store::{Admission, Authorizer, Components, UserName};
 use crate::effects::Applied;
 use crate::fut::Fut;
 
@@ -107,29 +107,22 @@ impl Components for MemoryComponents {
         })
     }
 
-    fn learn_user_name<'a>(
+    fn write_user_name<'a>(
         &'a self,
         component: &'a str,
         authorizer: &'a str,
-        user_name: &'a str,
+        name: UserName<'a>,
     ) -> Fut<'a, ()> {
         self.with(|s| {
-            let a = s.authorizers.entry(key(component, authorizer)).or_default();
-            a.user_name.get_or_insert_with(|| user_name.to_owned());
-        })
-    }
-
-    fn set_user_name<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        user_name: &'a str,
-    ) -> Fut<'a, ()> {
-        self.with(|s| {
-            s.authorizers
+            let kept = &mut s
+                .authorizers
                 .entry(key(component, authorizer))
                 .or_default()
-                .user_name = Some(user_name.to_owned());
+                .user_name;
+            match name {
+                UserName::Learned(name) => drop(kept.get_or_insert_with(|| name.to_owned())),
+                UserName::FromApi(name) => *kept = Some(name.to_owned()),
+            }
         })
     }
 

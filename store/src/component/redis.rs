@@ -2,7 +2,7 @@
 
 use redis::{AsyncCommands, Script};
 
-use super::store::{Admission, Authorizer, Components};
+use super::store::{Admission, Authorizer, Components, UserName};
 use crate::effects::Applied;
 use crate::engine::Redis;
 use crate::fut::Fut;
@@ -58,30 +58,6 @@ pub(super) struct RedisComponents {
 }
 
 impl RedisComponents {
-    /// Writes an authorizer's `gh_` id: only where none is kept yet with `only_if_new`
-    /// (`HSETNX`), else over it.
-    fn write_user_name<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        user_name: &'a str,
-        only_if_new: bool,
-    ) -> Fut<'a, ()> {
-        let key = self.keys.component_authorizer(component, authorizer);
-        Box::pin(async move {
-            let mut conn = self.redis.conn();
-            if only_if_new {
-                self.redis
-                    .bounded(conn.hset_nx::<_, _, _, ()>(key, "user_name", user_name))
-                    .await
-            } else {
-                self.redis
-                    .bounded(conn.hset::<_, _, _, ()>(key, "user_name", user_name))
-                    .await
-            }
-        })
-    }
-
     pub fn new(redis: Redis, keys: Keys) -> Self {
         RedisComponents {
             redis,
@@ -119,14 +95,6 @@ type Fields = (
     Option<i64>,
 );
 
-fn applied(code: i64) -> Applied {
-    if code == 1 {
-        Applied::Yes
-    } else {
-        Applied::Stale
-    }
-}
-
 impl Components for RedisComponents {
     fn set_ticket<'a>(
         &'a self,
@@ -163,7 +131,7 @@ impl Components for RedisComponents {
         Box::pin(async move {
             let at = created_at.to_string();
             let flag = if authorized { "1" } else { "0" };
-            Ok(applied(
+            Ok(Applied::from_script(
                 self.run(&self.set_authorized, key, &[flag, &at]).await?,
             ))
         })
@@ -186,22 +154,22 @@ impl Components for RedisComponents {
         })
     }
 
-    fn learn_user_name<'a>(
+    /// `HSETNX` for a learned name, `HSET` for WeChat's.
+    fn write_user_name<'a>(
         &'a self,
         component: &'a str,
         authorizer: &'a str,
-        user_name: &'a str,
+        name: UserName<'a>,
     ) -> Fut<'a, ()> {
-        self.write_user_name(component, authorizer, user_name, true)
-    }
-
-    fn set_user_name<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        user_name: &'a str,
-    ) -> Fut<'a, ()> {
-        self.write_user_name(component, authorizer, user_name, false)
+        let key = self.keys.component_authorizer(component, authorizer);
+        Box::pin(async move {
+            let mut conn = self.redis.conn();
+            let write = match name {
+                UserName::Learned(name) => conn.hset_nx::<_, _, _, ()>(key, "user_name", name),
+                UserName::FromApi(name) => conn.hset::<_, _, _, ()>(key, "user_name", name),
+            };
+            self.redis.bounded(write).await
+        })
     }
 
     fn set_refresh_token<'a>(
@@ -214,7 +182,7 @@ impl Components for RedisComponents {
         let key = self.keys.component_authorizer(component, authorizer);
         Box::pin(async move {
             let at = created_at.to_string();
-            Ok(applied(
+            Ok(Applied::from_script(
                 self.run(&self.set_refresh_token, key, &[refresh_token, &at])
                     .await?,
             ))

@@ -15,6 +15,15 @@ pub enum Admission {
     },
 }
 
+/// An authorizer's `gh_` id, and where it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserName<'a> {
+    /// Its first durable push's `ToUserName`: kept unless one is known.
+    Learned(&'a str),
+    /// WeChat's API (`api_get_authorizer_info`): replaces one learned from a push.
+    FromApi(&'a str),
+}
+
 /// What is known of one authorizer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Authorizer {
@@ -76,20 +85,12 @@ pub trait Components: Send + Sync + std::fmt::Debug {
         user_name: &'a str,
     ) -> Fut<'a, Admission>;
 
-    /// The `gh_` id of an authorizer's first durable push, kept unless one is known.
-    fn learn_user_name<'a>(
+    /// Keeps an authorizer's `gh_` id.
+    fn write_user_name<'a>(
         &'a self,
         component: &'a str,
         authorizer: &'a str,
-        user_name: &'a str,
-    ) -> Fut<'a, ()>;
-
-    /// The authorizer's `gh_` id from WeChat's API: replaces one learned from a push.
-    fn set_user_name<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        user_name: &'a str,
+        name: UserName<'a>,
     ) -> Fut<'a, ()>;
 
     /// Keeps the refresh token the authorization of `created_at` gave, unless the

@@ -139,14 +139,6 @@ impl RedisEffects {
     }
 }
 
-fn applied(code: i64) -> Applied {
-    if code == 1 {
-        Applied::Yes
-    } else {
-        Applied::Stale
-    }
-}
-
 impl Subscriptions for RedisEffects {
     fn subscription<'a>(&'a self, c: Subscription<'a>) -> Fut<'a, Applied> {
         Box::pin(async move {
@@ -160,7 +152,9 @@ impl Subscriptions for RedisEffects {
                 c.created_at.to_string(),
                 c.scene.unwrap_or("").into(),
             ];
-            self.run(&self.subscription, keys, &args).await.map(applied)
+            self.run(&self.subscription, keys, &args)
+                .await
+                .map(Applied::from_script)
         })
     }
 
@@ -226,7 +220,11 @@ impl Locations for RedisEffects {
                 ];
                 self.run(&self.geo, keys, &args).await?;
             }
-            Ok(applied(if user == 0 { 0 } else { 1 }))
+            Ok(if user == 0 {
+                Applied::Stale
+            } else {
+                Applied::Yes
+            })
         })
     }
 

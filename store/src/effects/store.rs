@@ -37,6 +37,17 @@ pub enum Applied {
     Stale,
 }
 
+impl Applied {
+    /// A write script's answer: 1 when it wrote, anything else when a newer state was there.
+    pub(crate) fn from_script(code: i64) -> Applied {
+        if code == 1 {
+            Applied::Yes
+        } else {
+            Applied::Stale
+        }
+    }
+}
+
 /// Users' subscription state, and the host application's bindings it deletes.
 pub trait Subscriptions: Send + Sync + std::fmt::Debug {
     /// Applies a subscribe or unsubscribe, last write wins by `created_at`; an unsubscribe

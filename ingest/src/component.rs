@@ -24,7 +24,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use schemas::{Event, Topic};
-use store::component::{Admission, Components};
+use store::component::{Admission, Components, UserName};
 use wechat::accounts::ComponentEntry;
 use wechat::decrypt::AesKey;
 use wechat::normalize::{normalize_component, normalize_on};
@@ -137,33 +137,49 @@ impl Component {
         arrived: Instant,
     ) -> (Option<Topic>, Result<(Accepted, Bytes), PushError>) {
         let mut topic = None;
-        let result = match route {
-            Route::Auth => self.authorization(signed, body, arrived, &mut topic).await,
-            Route::Authorizer(appid) => {
-                self.authorizer(appid, signed, body, arrived, &mut topic)
-                    .await
+        let result = async {
+            let Opened { xml, .. } = open(&self.account, signed, body)?;
+            let push = self.envelope(route, &xml)?;
+            if signed.create_time_ahead(push.create_time) {
+                return Err(Rejection::CreateTimeAhead.into());
             }
-        };
+            match route {
+                Route::Auth => self.authorization(push, arrived, &mut topic).await,
+                Route::Authorizer(appid) => {
+                    self.authorizer(appid, signed, push, &xml, arrived, &mut topic)
+                        .await
+                }
+            }
+        }
+        .await;
         (topic, result)
+    }
+
+    /// A push's envelope, parsed as `route` takes it and held to the tenant boundary.
+    fn envelope(&self, route: &Route, xml: &[u8]) -> Result<Push, PushError> {
+        let push = match route {
+            Route::Auth => Push::component(xml)?,
+            Route::Authorizer(_) => Push::try_from(xml)?,
+        };
+        let foreign = match route {
+            // The ciphertext named the component already; the AppId beside it must agree.
+            Route::Auth => push.to_user != self.appid(),
+            // The component's key never speaks for a configured account.
+            Route::Authorizer(_) => self.original_ids.contains(&push.to_user),
+        };
+        if foreign {
+            return Err(Rejection::WrongAccount.into());
+        }
+        Ok(push)
     }
 
     /// An authorization event: recorded, then made durable, then `success`.
     async fn authorization(
         &self,
-        signed: &Signed,
-        body: &[u8],
+        push: Push,
         arrived: Instant,
         topic: &mut Option<Topic>,
     ) -> Result<(Accepted, Bytes), PushError> {
-        let Opened { xml, .. } = open(&self.account, signed, body)?;
-        let push = Push::component(&xml)?;
-        // The ciphertext named the component already; the AppId beside it must agree.
-        if push.to_user != self.appid() {
-            return Err(Rejection::WrongAccount.into());
-        }
-        if signed.create_time_ahead(push.create_time) {
-            return Err(Rejection::CreateTimeAhead.into());
-        }
         let event = normalize_component(push, received_at())?;
         *topic = Some(event.topic());
         self.record(&event, arrived).await?;
@@ -213,25 +229,18 @@ impl Component {
         stored.map_err(|e| Unavailable::ComponentStore(e).into())
     }
 
-    /// An authorizer's push: admitted, then made durable; answered empty, or with its fixed
-    /// reply when it is one of WeChat's release-check pushes and that is on.
+    /// An authorizer's push (its `xml` beside it): admitted, then made durable; answered
+    /// empty, or with its fixed reply when it is one of WeChat's release-check pushes and that
+    /// is on.
     async fn authorizer(
         &self,
         appid: &str,
         signed: &Signed,
-        body: &[u8],
+        push: Push,
+        xml: &[u8],
         arrived: Instant,
         topic: &mut Option<Topic>,
     ) -> Result<(Accepted, Bytes), PushError> {
-        let Opened { xml, .. } = open(&self.account, signed, body)?;
-        let push = Push::try_from(&xml[..])?;
-        // The tenant boundary: the component's key never speaks for a configured account.
-        if self.original_ids.contains(&push.to_user) {
-            return Err(Rejection::WrongAccount.into());
-        }
-        if signed.create_time_ahead(push.create_time) {
-            return Err(Rejection::CreateTimeAhead.into());
-        }
         let reply = self
             .release_check
             .then(|| {
@@ -253,7 +262,7 @@ impl Component {
             let mut digest = Sha1::new();
             digest.update(appid.as_bytes());
             digest.update([0]);
-            digest.update(&xml[..]);
+            digest.update(xml);
             digest.finalize().into()
         };
         let event = normalize_on(push, received_at(), Some(appid))?;
@@ -297,7 +306,7 @@ impl Component {
         );
         tokio::spawn(async move {
             if let Err(error) = store
-                .learn_user_name(&component, &authorizer, &user_name)
+                .write_user_name(&component, &authorizer, UserName::Learned(&user_name))
                 .await
             {
                 tracing::warn!(%error, %authorizer, "an authorizer's gh_ id not learned: the next push teaches it");

@@ -84,27 +84,57 @@ impl Push {
     /// `AuthorizerAppid` (the component's `AppId` in a ticket) in the place of
     /// `FromUserName`, and `InfoType` in the place of `MsgType`.
     pub fn component(body: &[u8]) -> Result<Push, ParseError> {
-        let mut fields = parse_document(body)?;
-        let to_user = take_required(&mut fields, "AppId")?;
-        let create_time = create_time(take_required(&mut fields, "CreateTime")?)?;
-        let msg_type = take_required(&mut fields, "InfoType")?;
-        let from_user = fields
+        envelope(
+            body,
+            "AppId",
+            Sender::OrRecipient("AuthorizerAppid"),
+            "InfoType",
+        )
+    }
+}
+
+/// Where a document names its sender.
+enum Sender {
+    /// A leaf that must be there.
+    Required(&'static str),
+    /// A leaf that may be absent or blank (then the recipient stands for it); kept in the
+    /// fields.
+    OrRecipient(&'static str),
+}
+
+/// Parses a document whose envelope (recipient, sender, `CreateTime`, kind) goes by these
+/// names, taking the envelope's leaves out of the fields.
+fn envelope(
+    body: &[u8],
+    recipient: &'static str,
+    sender: Sender,
+    kind: &'static str,
+) -> Result<Push, ParseError> {
+    let mut fields = parse_document(body)?;
+    let to_user = take_required(&mut fields, recipient)?;
+    let from_user = match sender {
+        Sender::Required(name) => Some(take_required(&mut fields, name)?),
+        Sender::OrRecipient(_) => None,
+    };
+    let create_time = create_time(take_required(&mut fields, "CreateTime")?)?;
+    let msg_type = take_required(&mut fields, kind)?;
+    let from_user = match (from_user, sender) {
+        (Some(from), _) => from,
+        (None, Sender::OrRecipient(name) | Sender::Required(name)) => fields
             .iter()
             .find_map(|(n, v)| match v {
-                Value::String(s) if n == "AuthorizerAppid" && !s.trim().is_empty() => {
-                    Some(s.clone())
-                }
+                Value::String(s) if n == name && !s.trim().is_empty() => Some(s.clone()),
                 _ => None,
             })
-            .unwrap_or_else(|| to_user.clone());
-        Ok(Push {
-            to_user,
-            from_user,
-            create_time,
-            msg_type,
-            fields,
-        })
-    }
+            .unwrap_or_else(|| to_user.clone()),
+    };
+    Ok(Push {
+        to_user,
+        from_user,
+        create_time,
+        msg_type,
+        fields,
+    })
 }
 
 /// Removes a leaf that must be there and not blank.
@@ -135,18 +165,12 @@ impl TryFrom<&[u8]> for Push {
     type Error = ParseError;
 
     fn try_from(body: &[u8]) -> Result<Self, ParseError> {
-        let mut fields = parse_document(body)?;
-        let to_user = take_required(&mut fields, "ToUserName")?;
-        let from_user = take_required(&mut fields, "FromUserName")?;
-        let create_time = create_time(take_required(&mut fields, "CreateTime")?)?;
-        let msg_type = take_required(&mut fields, "MsgType")?;
-        Ok(Push {
-            to_user,
-            from_user,
-            create_time,
-            msg_type,
-            fields,
-        })
+        envelope(
+            body,
+            "ToUserName",
+            Sender::Required("FromUserName"),
+            "MsgType",
+        )
     }
 }
 

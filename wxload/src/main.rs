@@ -553,47 +553,26 @@ mod tests {
         if !environment_is_clear() {
             return;
         }
-        let args = run_args(&[
+        const COMPONENT: [&str; 6] = [
             "--component-appid",
             "wxc",
             "--component-token",
             "ct",
             "--component-key",
             KEY,
-            "--authorizers",
-            "5",
-            "--ticket-interval",
-            "30s",
-        ])
-        .unwrap();
+        ];
+        let with = |more: &[&'static str]| run_args(&[&COMPONENT[..], more].concat());
+        let args = with(&["--authorizers", "5", "--ticket-interval", "30s"]).unwrap();
         assert_eq!(args.component_appid.as_deref(), Some("wxc"));
         assert_eq!(args.component_token.as_deref(), Some("ct"));
         assert_eq!(args.component_key.as_deref(), Some(KEY));
         assert_eq!(args.authorizers, 5);
         assert_eq!(args.ticket_interval, Duration::from_secs(30));
-        let defaults = run_args(&[
-            "--component-appid",
-            "wxc",
-            "--component-token",
-            "ct",
-            "--component-key",
-            KEY,
-        ])
-        .unwrap();
+        let defaults = with(&[]).unwrap();
         assert_eq!(defaults.authorizers, 10);
         assert_eq!(defaults.ticket_interval, Duration::from_secs(600));
         assert!(run_args(&["--component-appid", "wxc", "--component-token", "ct"]).is_err());
         assert!(run_args(&["--component-appid", "wxc", "--component-key", KEY]).is_err());
-        assert!(run_args(&[
-            "--component-appid",
-            "wxc",
-            "--component-token",
-            "ct",
-            "--component-key",
-            KEY,
-            "--authorizers",
-            "0"
-        ])
-        .is_err());
+        assert!(with(&["--authorizers", "0"]).is_err());
     }
 }

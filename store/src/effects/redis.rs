@@ -220,11 +220,8 @@ impl Locations for RedisEffects {
                 ];
                 self.run(&self.geo, keys, &args).await?;
             }
-            Ok(if user == 0 {
-                Applied::Stale
-            } else {
-                Applied::Yes
-            })
+            // 0: a newer location is kept; 1 to 3: this one is written (now or before).
+            Ok(Applied::from_script(user.min(1)))
         })
     }
 

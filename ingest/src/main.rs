@@ -14,23 +14,21 @@ use ingest::Config;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // The config file is fed as environment variables: before any thread starts.
-    let file = match ops::config_file::load(&ingest::config::variables()) {
-        Ok(file) => file,
-        Err(message) => {
-            eprintln!("ingest: {message}");
-            return ExitCode::from(2);
-        }
+    let mut started = match ops::cli::start(
+        "ingest",
+        &ingest::config::variables(),
+        Config::from_command_line,
+    ) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
-    ops::init_logs();
-    let (mut config, matches) = Config::from_command_line(&file);
-    let problems = config.resolve_files();
-    if let Some(Command::Validate { connect }) = config.command {
-        return validate(&config, &file, &matches, problems, connect);
+    let problems = started.config.resolve_files();
+    if let Some(Command::Validate { connect }) = started.config.command {
+        return validate(&started, problems, connect);
     }
+    let mut config = started.config;
     if let Some(problem) = problems.first() {
-        eprintln!("ingest: {problem}");
-        return ExitCode::from(2);
+        return ops::cli::refuse("ingest", problem);
     }
     if let Some(Command::Topics {
         partitions,
@@ -48,8 +46,7 @@ fn main() -> ExitCode {
         return create_topics(&config, &layout);
     }
     if let Err(message) = config.validate() {
-        eprintln!("ingest: {message}");
-        return ExitCode::from(2);
+        return ops::cli::refuse("ingest", &message);
     }
     if config.shared.memory_with_kafka() {
         tracing::warn!(
@@ -167,13 +164,13 @@ fn create_topics(config: &Config, layout: &ingest::topics::Layout) -> ExitCode {
 /// `ingest validate [--connect]`: the resolved configuration, its problems, and with
 /// `--connect` what Kafka and Redis answer. Exit 0, 2 on a problem, 1 when one is unreachable.
 fn validate(
-    config: &Config,
-    file: &ops::config_file::FileSettings,
-    matches: &clap::ArgMatches,
+    started: &ops::cli::Started<Config>,
     mut problems: Vec<String>,
     connect: bool,
 ) -> ExitCode {
-    ops::config_file::print_report(&ingest::config::command(), matches, file);
+    let config = &started.config;
+    let command = ingest::config::command();
+    started.report(&command, |c| &mut c.shared, Config::problems, &mut problems);
     let embedded = config.shared.kafka_brokers.is_none();
     if embedded {
         println!("note: no KAFKA_BROKERS: the embedded default (in-process broker and workers, memory://)");
@@ -181,28 +178,11 @@ fn validate(
     if config.shared.memory_with_kafka() {
         println!("WARN REDIS_URL=memory:// with KAFKA_BROKERS: each process dedups alone");
     }
-    ops::settings::Shared::check_apart(
-        config,
-        |config| &mut config.shared,
-        Config::problems,
-        &mut problems,
-    );
     if let Err(problem) = ingest::accounts::Accounts::load(config) {
         problems.push(problem);
     }
     problems.dedup();
-    if let Err(code) = ops::config_file::print_problems(&problems) {
-        return code;
-    }
-    println!("configuration: ok");
-    if !connect {
-        return ExitCode::SUCCESS;
-    }
-    let runtime = match ops::runtime("ingest") {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    let reached = runtime.block_on(async {
+    ops::cli::conclude("ingest", &problems, connect, || async {
         let kafka = match &config.shared.kafka_brokers {
             None => Ok("the embedded broker (nothing to reach)".to_owned()),
             Some(brokers) => {
@@ -226,10 +206,5 @@ fn validate(
             Err(error) => Err(error.to_string()),
         };
         worker::check::say(kafka, redis)
-    });
-    if reached {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    })
 }

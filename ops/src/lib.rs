@@ -7,6 +7,7 @@
 //! - [`instance_id`]: this process's name in claims, locks and leases.
 //! - [`settings`]: the settings both binaries share, and the typed config error.
 //! - [`config_file`]: the config file both binaries read, and what `validate` prints.
+//! - [`cli`]: the steps both binaries' `main` share (start, refusal, `validate`'s verdict).
 //! - [`admin`]: a small HTTP server for `/healthz`, `/readyz` and `/metrics`.
 //!
 //! It knows how to run a binary, not what the binaries do: it must never depend on the
@@ -16,6 +17,7 @@ use sha1::{Digest, Sha1};
 use tracing_subscriber::EnvFilter;
 
 pub mod admin;
+pub mod cli;
 pub mod config_file;
 mod process;
 pub mod settings;

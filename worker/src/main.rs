@@ -12,31 +12,27 @@ use worker::config::Command;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // The config file is fed as environment variables: before any thread starts.
-    let file = match ops::config_file::load(&worker::config::variables()) {
-        Ok(file) => file,
-        Err(message) => {
-            eprintln!("worker: {message}");
-            return ExitCode::from(2);
-        }
+    let mut started = match ops::cli::start(
+        "worker",
+        &worker::config::variables(),
+        worker::Config::from_command_line,
+    ) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
-    ops::init_logs();
-    let (mut config, matches) = worker::Config::from_command_line(&file);
-    let problems = config.resolve_files();
-    if let Some(Command::Validate { connect, .. }) = config.command {
-        return validate(&config, &file, &matches, problems, connect);
+    let problems = started.config.resolve_files();
+    if let Some(Command::Validate { connect, .. }) = started.config.command {
+        return validate(&started, problems, connect);
     }
+    let config = started.config;
     if let Some(problem) = problems.first() {
-        eprintln!("worker: {problem}");
-        return ExitCode::from(2);
+        return ops::cli::refuse("worker", problem);
     }
     if config.brokers().is_none() {
-        eprintln!("worker: {NO_BROKERS}");
-        return ExitCode::from(2);
+        return ops::cli::refuse("worker", &NO_BROKERS);
     }
     if let Err(error) = config.validate() {
-        eprintln!("worker: invalid configuration: {error}");
-        return ExitCode::from(2);
+        return ops::cli::refuse("worker", &format_args!("invalid configuration: {error}"));
     }
     if config.shared.memory_with_kafka() {
         tracing::warn!(
@@ -44,12 +40,9 @@ fn main() -> ExitCode {
              in this process only and are lost on exit"
         );
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match ops::runtime("worker") {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("worker: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let (name, done) = match &config.command {
@@ -92,13 +85,21 @@ const NO_BROKERS: &str =
 /// `worker validate [--connect]`: the resolved configuration, its problems, and with
 /// `--connect` what Kafka and Redis answer. Exit 0, 2 on a problem, 1 when one is unreachable.
 fn validate(
-    config: &worker::Config,
-    file: &ops::config_file::FileSettings,
-    matches: &clap::ArgMatches,
+    started: &ops::cli::Started<worker::Config>,
     mut problems: Vec<String>,
     connect: bool,
 ) -> ExitCode {
-    ops::config_file::print_report(&worker::config::command(), matches, file);
+    let config = &started.config;
+    if config.brokers().is_none() {
+        problems.push(NO_BROKERS.to_owned());
+    }
+    let command = worker::config::command();
+    started.report(
+        &command,
+        |c| &mut c.shared,
+        worker::Config::problems,
+        &mut problems,
+    );
     println!(
         "roles: {}",
         config
@@ -108,36 +109,17 @@ fn validate(
             .collect::<Vec<_>>()
             .join(",")
     );
-    if config.brokers().is_none() {
-        problems.push(NO_BROKERS.to_owned());
-    }
     if config.shared.memory_with_kafka() {
         println!("WARN REDIS_URL=memory:// with KAFKA_BROKERS: effects live in this process only");
     }
-    ops::settings::Shared::check_apart(
-        config,
-        |config| &mut config.shared,
-        worker::Config::problems,
-        &mut problems,
-    );
     if let Err(problem) = worker::accounts::Senders::load(&config.shared) {
         problems.push(problem);
     }
-    if let Err(code) = ops::config_file::print_problems(&problems) {
-        return code;
-    }
-    println!("configuration: ok");
-    if !connect {
-        return ExitCode::SUCCESS;
-    }
-    let Some(brokers) = config.brokers() else {
-        return ExitCode::from(2);
-    };
-    let runtime = match ops::runtime("worker") {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    let reached = runtime.block_on(async {
+    ops::cli::conclude("worker", &problems, connect, || async {
+        // A problem above without them: never reached.
+        let Some(brokers) = config.brokers() else {
+            return false;
+        };
         let kafka = worker::check::kafka(
             brokers,
             &[
@@ -160,10 +142,5 @@ fn validate(
             Err(error) => Err(error),
         };
         worker::check::say(kafka, redis)
-    });
-    if reached {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    })
 }

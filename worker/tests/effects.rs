@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 use common::*;
@@ -15,13 +16,22 @@ async fn wait_for(what: &str, check: impl FnMut() -> bool) {
 
 /// A client of the fake WeChat API, caching its tokens in the test's store, as process `owner`.
 fn api_client(env: &Env, timeout: Duration, owner: &str) -> WeChat {
-    WeChat::new(
-        &env.wechat.base(),
+    api_client_over(
+        env,
         timeout,
         std::sync::Arc::clone(&env.store.tokens),
-        owner.into(),
+        owner,
     )
-    .unwrap()
+}
+
+/// [`api_client`] caching its tokens in `tokens`.
+fn api_client_over(
+    env: &Env,
+    timeout: Duration,
+    tokens: std::sync::Arc<dyn store::effects::TokenCache>,
+    owner: &str,
+) -> WeChat {
+    WeChat::new(&env.wechat.base(), timeout, tokens, owner.into()).unwrap()
 }
 
 fn credentials(appid: &str) -> Credentials {
@@ -34,6 +44,33 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     wait_within_async(WAIT, what, check).await
+}
+
+/// A test's Env with one follow of `openid` (gh_a, at 100) on the log.
+async fn start_with_follow(openid: &str) -> Env {
+    let env = Env::start().await;
+    env.produce("subscribe", &[subscribe("gh_a", openid, 100, None)]);
+    env
+}
+
+/// The location role, running once it has dead-lettered one record (`what`).
+async fn dead_letter_one_location(env: &Env, what: &str) -> Running {
+    let worker = env.spawn(&["--role", "location"]);
+    let dlq = env.dlq("location");
+    wait_for(what, || env.kafka.count(&dlq) == 1).await;
+    worker
+}
+
+/// The worker binary with its admin listener on `port`, logging (`info`, and `envs`) to a
+/// pipe the test reads once it has stopped.
+fn spawn_logging_to_pipe(env: &Env, port: u16, envs: &[(&str, &str)]) -> std::process::Child {
+    env.command()
+        .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,8 +257,7 @@ async fn a_late_older_unsubscribe_does_not_undo_a_newer_subscribe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_is_refreshed_once_and_the_message_sent_once() {
-    let env = Env::start().await;
-    env.produce("subscribe", &[subscribe("gh_a", "first", 100, None)]);
+    let env = start_with_follow("first").await;
     let worker = env.spawn(&["--role", "welcome"]);
     wait_for("the first welcome", || env.wechat.sends_to("first") == 1).await;
     // WeChat expires the token mid-stream.
@@ -386,8 +422,7 @@ async fn poison_and_failing_records_reach_the_dead_letter_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_appsecret_welcomes_are_logged_not_sent() {
-    let env = Env::start().await;
-    env.produce("subscribe", &[subscribe("gh_a", "quiet", 100, None)]);
+    let env = start_with_follow("quiet").await;
     let mut config = env.config(&[]);
     config.shared.appsecret = None;
     let worker = run(config);
@@ -403,17 +438,9 @@ async fn without_an_appsecret_welcomes_are_logged_not_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_reports_health_and_metrics() {
-    let env = Env::start().await;
+    let env = start_with_follow("counted").await;
     let port = free_port();
-    env.produce("subscribe", &[subscribe("gh_a", "counted", 100, None)]);
-    let child = env
-        .command()
-        .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_logging_to_pipe(&env, port, &[("LOG_FORMAT", "json")]);
     wait_for("the welcome", || env.wechat.sends_to("counted") == 1).await;
     let client = reqwest::Client::new();
     let get = |path: &str| client.get(format!("http://127.0.0.1:{port}{path}")).send();
@@ -572,12 +599,7 @@ async fn a_record_larger_than_a_default_producer_takes_is_dead_lettered() {
         .unwrap();
     producer.flush(Duration::from_secs(10)).unwrap();
     env.produce("location", &[location("gh_a", "after_big", 120, 1.0, 2.0)]);
-    let worker = env.spawn(&["--role", "location"]);
-    let dlq = env.dlq("location");
-    wait_for("the big record dead-lettered", || {
-        env.kafka.count(&dlq) == 1
-    })
-    .await;
+    let worker = dead_letter_one_location(&env, "the big record dead-lettered").await;
     wait_for_async("the next record's effect", || async {
         env.store.latest_location("after_big").await.is_some()
     })
@@ -694,12 +716,7 @@ async fn a_location_off_the_globe_is_poison_with_no_effect() {
     let env = Env::start().await;
     env.produce("location", &[location("gh_a", "lost", 120, 23.1, 500.0)]);
     env.produce("location", &[location("gh_a", "lost", 110, 23.2, 113.0)]);
-    let worker = env.spawn(&["--role", "location"]);
-    let dlq = env.dlq("location");
-    wait_for("the bad location dead-lettered", || {
-        env.kafka.count(&dlq) == 1
-    })
-    .await;
+    let worker = dead_letter_one_location(&env, "the bad location dead-lettered").await;
     wait_for_async("the older, valid location applied", || async {
         env.store
             .latest_location("lost")
@@ -729,14 +746,7 @@ async fn a_property_librdkafka_refuses_stops_the_start_and_a_clean_stop_raises_n
 
     // Nothing consumed, then SIGTERM: no "final commit failed" alarm (NoOffset is not one).
     let port = free_port();
-    let mut child = env
-        .command()
-        .env("WORKER_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_logging_to_pipe(&env, port, &[("NO_COLOR", "1")]);
     wait_for_async("ready", || async {
         ready(port).await.is_some_and(|(status, _)| status == 200)
     })
@@ -868,20 +878,35 @@ async fn the_token_lock_outlasts_the_slowest_fetch() {
     );
 }
 
-/// A token cache that fails chosen calls once, at the moment a fault is most harmful: the
-/// look at the cache after the fetch lock is taken, or the unlock.
+/// A token cache that fails or stalls chosen calls, at the moment a fault is most harmful:
+/// the look at the cache after the fetch lock is taken, or the unlock.
 #[derive(Debug)]
 struct FaultyTokens {
     inner: std::sync::Arc<dyn store::effects::TokenCache>,
-    /// Set by a successful `lock_token`: the next `token` fails (once) when `fail_after_lock`.
-    locked: std::sync::atomic::AtomicBool,
-    fail_after_lock: std::sync::atomic::AtomicBool,
-    fail_unlock: std::sync::atomic::AtomicBool,
+    /// Set by a successful `lock_token`: the look at the cache after it is the one faulted.
+    locked: AtomicBool,
+    /// The next `token` after the lock fails (once).
+    fail_after_lock: AtomicBool,
+    /// Every `token` after the lock first stalls for a minute (a Redis that answers late).
+    stall_after_lock: AtomicBool,
+    fail_unlock: AtomicBool,
     /// The next `lock_token` takes the lock, then fails as if its answer were lost.
-    lose_lock_answer: std::sync::atomic::AtomicBool,
+    lose_lock_answer: AtomicBool,
 }
 
 impl FaultyTokens {
+    /// The test's own token cache, with no fault set yet.
+    fn over(env: &Env) -> std::sync::Arc<FaultyTokens> {
+        std::sync::Arc::new(FaultyTokens {
+            inner: std::sync::Arc::clone(&env.store.tokens),
+            locked: AtomicBool::new(false),
+            fail_after_lock: AtomicBool::new(false),
+            stall_after_lock: AtomicBool::new(false),
+            fail_unlock: AtomicBool::new(false),
+            lose_lock_answer: AtomicBool::new(false),
+        })
+    }
+
     fn fault() -> store::StoreError {
         store::StoreError::Timeout
     }
@@ -889,132 +914,14 @@ impl FaultyTokens {
 
 impl store::effects::TokenCache for FaultyTokens {
     fn token<'a>(&'a self, appid: &'a str) -> store::Fut<'a, Option<String>> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self.locked.load(SeqCst) && self.fail_after_lock.swap(false, SeqCst) {
-            return Box::pin(async { Err(FaultyTokens::fault()) });
-        }
-        self.inner.token(appid)
-    }
-
-    fn set_token<'a>(
-        &'a self,
-        appid: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> store::Fut<'a, ()> {
-        self.inner.set_token(appid, token, ttl)
-    }
-
-    fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> store::Fut<'a, ()> {
-        self.inner.drop_token(appid, token)
-    }
-
-    fn lock_token<'a>(
-        &'a self,
-        appid: &'a str,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> store::Fut<'a, bool> {
         Box::pin(async move {
-            let locked = self.inner.lock_token(appid, owner, ttl).await?;
-            if self
-                .lose_lock_answer
-                .swap(false, std::sync::atomic::Ordering::SeqCst)
-            {
-                return Err(FaultyTokens::fault());
-            }
-            self.locked
-                .store(locked, std::sync::atomic::Ordering::SeqCst);
-            Ok(locked)
-        })
-    }
-
-    fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> store::Fut<'a, ()> {
-        if self
-            .fail_unlock
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Box::pin(async { Err(FaultyTokens::fault()) });
-        }
-        self.inner.unlock_token(appid, owner)
-    }
-}
-
-/// A Redis call that fails after the fetch lock is taken releases the lock: another process
-/// takes it at once instead of waiting out its lease (8 s here). An unlock that fails keeps
-/// the token that was fetched.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_token_lock_is_released_whatever_fails_after_it_is_taken() {
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-    let env = Env::start().await;
-    let faulty = std::sync::Arc::new(FaultyTokens {
-        inner: std::sync::Arc::clone(&env.store.tokens),
-        locked: AtomicBool::new(false),
-        fail_after_lock: AtomicBool::new(true),
-        fail_unlock: AtomicBool::new(false),
-        lose_lock_answer: AtomicBool::new(false),
-    });
-    let timeout = Duration::from_secs(3);
-    let a = WeChat::new(
-        &env.wechat.base(),
-        timeout,
-        faulty.clone(),
-        "process-a".into(),
-    )
-    .unwrap();
-    let creds = credentials("wxfault");
-    let failed = a.token(&creds).await;
-    assert!(
-        failed.is_err(),
-        "the cache failed after the lock: {failed:?}"
-    );
-    assert!(env.wechat.token_fetches().is_empty());
-    // The lock is free now, not held for its lease: another process takes it.
-    let lock_is_free = || async {
-        let tokens = &env.store.tokens;
-        let free = tokens
-            .lock_token("wxfault", "process-b", Duration::from_secs(10))
-            .await
-            .unwrap();
-        tokens.unlock_token("wxfault", "process-b").await.unwrap();
-        free
-    };
-    assert!(lock_is_free().await, "the fetch lock was left held");
-
-    // The lock is taken but its answer lost: released too.
-    faulty.lose_lock_answer.store(true, SeqCst);
-    let failed = a.token(&creds).await;
-    assert!(failed.is_err(), "the lock's answer was lost: {failed:?}");
-    assert!(!faulty.lose_lock_answer.load(SeqCst));
-    assert!(
-        lock_is_free().await,
-        "the fetch lock taken unanswered was left held"
-    );
-
-    // The unlock fails: the token fetched is still handed out (and cached).
-    faulty.fail_unlock.store(true, SeqCst);
-    let token = a.token(&creds).await.unwrap();
-    assert_eq!(env.wechat.token_fetches().len(), 1);
-    assert_eq!(
-        env.store.tokens.token("wxfault").await.unwrap().as_deref(),
-        Some(token.as_str())
-    );
-    assert!(!faulty.fail_unlock.load(SeqCst), "the unlock was tried");
-}
-
-/// A token cache whose look at the cache once the fetch lock is taken stalls (a Redis that
-/// answers late), so the caller's own bound cuts the fetch while it holds the lock.
-#[derive(Debug)]
-struct StallingTokens {
-    inner: std::sync::Arc<dyn store::effects::TokenCache>,
-    locked: std::sync::atomic::AtomicBool,
-}
-
-impl store::effects::TokenCache for StallingTokens {
-    fn token<'a>(&'a self, appid: &'a str) -> store::Fut<'a, Option<String>> {
-        Box::pin(async move {
-            if self.locked.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_secs(60)).await;
+            if self.locked.load(SeqCst) {
+                if self.stall_after_lock.load(SeqCst) {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                if self.fail_after_lock.swap(false, SeqCst) {
+                    return Err(FaultyTokens::fault());
+                }
             }
             self.inner.token(appid).await
         })
@@ -1041,15 +948,87 @@ impl store::effects::TokenCache for StallingTokens {
     ) -> store::Fut<'a, bool> {
         Box::pin(async move {
             let locked = self.inner.lock_token(appid, owner, ttl).await?;
-            self.locked
-                .store(locked, std::sync::atomic::Ordering::SeqCst);
+            if self.lose_lock_answer.swap(false, SeqCst) {
+                return Err(FaultyTokens::fault());
+            }
+            self.locked.store(locked, SeqCst);
             Ok(locked)
         })
     }
 
     fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> store::Fut<'a, ()> {
+        if self.fail_unlock.swap(false, SeqCst) {
+            return Box::pin(async { Err(FaultyTokens::fault()) });
+        }
         self.inner.unlock_token(appid, owner)
     }
+}
+
+/// Process A's client (3 s timeout) over a [`FaultyTokens`] with the `fault` chosen set,
+/// and that cache, to set more faults on.
+fn client_with_fault(
+    env: &Env,
+    fault: fn(&FaultyTokens) -> &AtomicBool,
+) -> (std::sync::Arc<FaultyTokens>, WeChat) {
+    let tokens = FaultyTokens::over(env);
+    fault(&tokens).store(true, SeqCst);
+    let client = api_client_over(env, Duration::from_secs(3), tokens.clone(), "process-a");
+    (tokens, client)
+}
+
+/// Whether another process ("process-b") can take `appid`'s fetch lock now (it lets it go
+/// again at once).
+async fn lock_is_free(env: &Env, appid: &str) -> bool {
+    let tokens = &env.store.tokens;
+    let free = tokens
+        .lock_token(appid, "process-b", Duration::from_secs(10))
+        .await
+        .unwrap();
+    if free {
+        tokens.unlock_token(appid, "process-b").await.unwrap();
+    }
+    free
+}
+
+/// A Redis call that fails after the fetch lock is taken releases the lock: another process
+/// takes it at once instead of waiting out its lease (8 s here). An unlock that fails keeps
+/// the token that was fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_lock_is_released_whatever_fails_after_it_is_taken() {
+    let env = Env::start().await;
+    let (faulty, a) = client_with_fault(&env, |tokens| &tokens.fail_after_lock);
+    let creds = credentials("wxfault");
+    let failed = a.token(&creds).await;
+    assert!(
+        failed.is_err(),
+        "the cache failed after the lock: {failed:?}"
+    );
+    assert!(env.wechat.token_fetches().is_empty());
+    // The lock is free now, not held for its lease: another process takes it.
+    assert!(
+        lock_is_free(&env, "wxfault").await,
+        "the fetch lock was left held"
+    );
+
+    // The lock is taken but its answer lost: released too.
+    faulty.lose_lock_answer.store(true, SeqCst);
+    let failed = a.token(&creds).await;
+    assert!(failed.is_err(), "the lock's answer was lost: {failed:?}");
+    assert!(!faulty.lose_lock_answer.load(SeqCst));
+    assert!(
+        lock_is_free(&env, "wxfault").await,
+        "the fetch lock taken unanswered was left held"
+    );
+
+    // The unlock fails: the token fetched is still handed out (and cached).
+    faulty.fail_unlock.store(true, SeqCst);
+    let token = a.token(&creds).await.unwrap();
+    assert_eq!(env.wechat.token_fetches().len(), 1);
+    assert_eq!(
+        env.store.tokens.token("wxfault").await.unwrap().as_deref(),
+        Some(token.as_str())
+    );
+    assert!(!faulty.fail_unlock.load(SeqCst), "the unlock was tried");
 }
 
 /// A token fetch cut while it holds the fetch lock (a welcome's send cut at its bound: its
@@ -1057,32 +1036,15 @@ impl store::effects::TokenCache for StallingTokens {
 /// releases the lock: other processes do not wait out its lease (9 s here) for a token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_fetch_cut_while_it_holds_the_lock_releases_it() {
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let env = Env::start().await;
-    let stalling = std::sync::Arc::new(StallingTokens {
-        inner: std::sync::Arc::clone(&env.store.tokens),
-        locked: AtomicBool::new(false),
-    });
-    let a = WeChat::new(
-        &env.wechat.base(),
-        Duration::from_secs(3),
-        stalling.clone(),
-        "process-a".into(),
-    )
-    .unwrap();
+    let (stalling, a) = client_with_fault(&env, |tokens| &tokens.stall_after_lock);
     let creds = credentials("wxcut");
     let cut = tokio::time::timeout(Duration::from_secs(1), a.token(&creds)).await;
     assert!(cut.is_err(), "the fetch was cut: {cut:?}");
     assert!(stalling.locked.load(SeqCst), "cut while it held the lock");
-    let tokens = &env.store.tokens;
     let mut free = false;
     for _ in 0..40 {
-        if tokens
-            .lock_token("wxcut", "process-b", Duration::from_secs(10))
-            .await
-            .unwrap()
-        {
-            tokens.unlock_token("wxcut", "process-b").await.unwrap();
+        if lock_is_free(&env, "wxcut").await {
             free = true;
             break;
         }

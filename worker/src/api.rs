@@ -536,25 +536,13 @@ impl WeChat {
     ) -> Result<(Reply, bool), ApiError> {
         let mut force = false;
         loop {
-            let reply = async {
-                Ok::<Reply, ApiError>(
-                    self.http
-                        .post(format!("{}/cgi-bin/stable_token", self.base))
-                        .json(&json!({
-                            "grant_type": "client_credential",
-                            "appid": appid,
-                            "secret": secret.expose(),
-                            "force_refresh": force,
-                        }))
-                        .send()
-                        .await?
-                        .json::<Reply>()
-                        .await?,
-                )
-            }
-            .await;
-            count("stable_token", &reply);
-            let reply = reply?.ok()?;
+            let body = json!({
+                "grant_type": "client_credential",
+                "appid": appid,
+                "secret": secret.expose(),
+                "force_refresh": force,
+            });
+            let reply = self.token_call("stable_token", body).await?;
             if !force && failed.is_some() && reply.access_token.as_deref() == failed {
                 force = true;
                 continue;
@@ -577,18 +565,26 @@ impl WeChat {
             .ticket(&component.appid)
             .await?
             .ok_or(ApiError::NoTicket)?;
+        let body = json!({
+            "component_appid": component.appid,
+            "component_appsecret": component.appsecret.expose(),
+            "component_verify_ticket": ticket,
+        });
+        self.token_call("component/api_component_token", body).await
+    }
+
+    /// A token call (`stable_token`, `api_component_token`): `body` posted to
+    /// `/cgi-bin/{api}`, the answer counted, and returned once its errcode is 0.
+    async fn token_call(
+        &self,
+        api: &'static str,
+        body: serde_json::Value,
+    ) -> Result<Reply, ApiError> {
         let reply = async {
             Ok::<Reply, ApiError>(
                 self.http
-                    .post(format!(
-                        "{}/cgi-bin/component/api_component_token",
-                        self.base
-                    ))
-                    .json(&json!({
-                        "component_appid": component.appid,
-                        "component_appsecret": component.appsecret.expose(),
-                        "component_verify_ticket": ticket,
-                    }))
+                    .post(format!("{}/cgi-bin/{api}", self.base))
+                    .json(&body)
                     .send()
                     .await?
                     .json::<Reply>()
@@ -596,7 +592,8 @@ impl WeChat {
             )
         }
         .await;
-        count("api_component_token", &reply);
+        let name = api.rsplit('/').next().unwrap_or(api);
+        count(name, &reply);
         reply?.ok()
     }
 
@@ -617,7 +614,6 @@ impl WeChat {
                 component,
                 "api_authorizer_token",
                 json!({
-                    "component_appid": component.appid,
                     "authorizer_appid": appid,
                     "authorizer_refresh_token": refresh_token,
                 }),
@@ -639,13 +635,15 @@ impl WeChat {
     }
 
     /// A component API call with the component token, refreshed and tried once more when
-    /// WeChat says it is invalid. The answer, once its errcode is 0 (or absent).
+    /// WeChat says it is invalid; `body` gets the `component_appid` every such call names.
+    /// The answer, once its errcode is 0 (or absent).
     fn component_call<'a>(
         &'a self,
         component: &'a Arc<ComponentCredentials>,
         api: &'static str,
-        body: serde_json::Value,
+        mut body: serde_json::Value,
     ) -> store::BoxFuture<'a, Result<serde_json::Value, ApiError>> {
+        body["component_appid"] = json!(component.appid);
         Box::pin(async move {
             let creds = Credentials::component(component);
             let mut token = self.token(&creds).await?;
@@ -699,7 +697,7 @@ impl WeChat {
             .component_call(
                 component,
                 "api_query_auth",
-                json!({"component_appid": component.appid, "authorization_code": code}),
+                json!({"authorization_code": code}),
             )
             .await?;
         serde_json::from_value(reply["authorization_info"].clone())
@@ -717,7 +715,7 @@ impl WeChat {
             .component_call(
                 component,
                 "api_get_authorizer_info",
-                json!({"component_appid": component.appid, "authorizer_appid": appid}),
+                json!({"authorizer_appid": appid}),
             )
             .await?;
         let user_name = reply["authorizer_info"]["user_name"]

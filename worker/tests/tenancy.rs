@@ -9,6 +9,9 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// How long a test gives b's records to be held, most of them.
+const HOLD: Duration = Duration::from_secs(60);
+
 /// Account b without an AppSecret.
 const B_WITHOUT_SECRET: &str =
     "[accounts.b]\ntoken = \"t\"\nappid = \"wxb\"\noriginal_id = \"gh_b\"\n";
@@ -80,6 +83,74 @@ async fn held_on(admin: u16, account: &str) -> Option<f64> {
     )
 }
 
+/// A test's Env, an accounts file with b's AppSecret, and `n` of b's followers whose sends
+/// the API refuses (48001): the start of every test of a held account.
+async fn start_refusing_b(n: usize) -> (Env, std::path::PathBuf, Vec<String>) {
+    let env = Env::start().await;
+    let accounts = accounts_file(B_WITH_SECRET);
+    let b_fans = refused_b_fans(&env, n);
+    (env, accounts, b_fans)
+}
+
+/// A welcome worker with `vars` and an admin port, and a follow of b by each of `b_fans`
+/// (created from 1000 on): (the worker, its admin port).
+fn welcome_b_fans(
+    env: &Env,
+    accounts: &std::path::Path,
+    b_fans: &[String],
+    vars: &[(&str, String)],
+) -> (KillOnDrop, u16) {
+    let admin = free_port();
+    let mut vars = vars.to_vec();
+    vars.push(admin_on(admin));
+    let worker = welcome_worker(env, accounts, &vars);
+    env.produce("subscribe", &subscribes("gh_b", b_fans, 1000));
+    (worker, admin)
+}
+
+/// Waits until the worker on `admin` holds `n` of b's records.
+async fn wait_held(admin: u16, n: f64, within: Duration, what: &str) {
+    wait_within_async(within, what, || async move {
+        held_on(admin, "gh_b").await == Some(n)
+    })
+    .await
+}
+
+/// `n` of a's followers, their follows produced (created from 2000 on).
+fn follow_a(env: &Env, n: usize) -> Vec<String> {
+    let a_fans = fans("a_fan", n);
+    env.produce("subscribe", &subscribes("gh_a", &a_fans, 2000));
+    a_fans
+}
+
+/// Whether each of `fans` has been sent exactly one message.
+fn each_sent_once(env: &Env, fans: &[String]) -> bool {
+    fans.iter().all(|fan| env.wechat.sends_to(fan) == 1)
+}
+
+/// Waits for a's followers' welcomes, and checks that none of b's went meanwhile.
+async fn a_welcomed_while_b_held(
+    env: &Env,
+    a_fans: &[String],
+    b_fans: &[String],
+    within: Duration,
+) {
+    wait_within(within, "a's welcomes while b is held", || {
+        each_sent_once(env, a_fans)
+    })
+    .await;
+    assert!(b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 0));
+}
+
+/// The API takes b again: waits for each of b's held welcomes to go, once.
+async fn take_b_again(env: &Env, b_fans: &[String], within: Duration) {
+    env.wechat.state.lock().unwrap().failures.clear();
+    wait_within(within, "b's welcomes once the API takes it", || {
+        each_sent_once(env, b_fans)
+    })
+    .await;
+}
+
 /// Account b is configured without an AppSecret: its followers' welcomes are logged, and are
 /// never sent with the `WECHAT_*` account's credentials (which once stood in for any account
 /// without its own).
@@ -140,29 +211,14 @@ async fn two_accounts_without_their_original_ids_refuse_the_start() {
 /// each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_accounts_api_errors_hold_only_that_accounts_welcomes() {
-    let env = Env::start().await;
-    let accounts = accounts_file(B_WITH_SECRET);
-    let b_fans = refused_b_fans(&env, 5);
-    let admin = free_port();
-    let worker = welcome_worker(&env, &accounts, &[admin_on(admin)]);
-    let b_records = subscribes("gh_b", &b_fans, 1000);
-    env.produce("subscribe", &b_records);
-    let held = || held_on(admin, "gh_b");
-    wait_within_async(WAIT, "b's five records held", || async {
-        held().await == Some(5.0)
-    })
-    .await;
+    let (env, accounts, b_fans) = start_refusing_b(5).await;
+    let (worker, admin) = welcome_b_fans(&env, &accounts, &b_fans, &[]);
+    wait_held(admin, 5.0, WAIT, "b's five records held").await;
 
     // a's followers come while b is held: each is welcomed.
-    let a_fans = fans("a_fan", 20);
-    let a_records = subscribes("gh_a", &a_fans, 2000);
-    env.produce("subscribe", &a_records);
-    wait_within(WAIT, "a's welcomes while b is held", || {
-        a_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1)
-    })
-    .await;
-    assert!(b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 0));
-    assert_eq!(held().await, Some(5.0));
+    let a_fans = follow_a(&env, 20);
+    a_welcomed_while_b_held(&env, &a_fans, &b_fans, WAIT).await;
+    assert_eq!(held_on(admin, "gh_b").await, Some(5.0));
     // Committed: never past a held record (b's come first in their partitions).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let committed = env
@@ -174,17 +230,8 @@ async fn one_accounts_api_errors_hold_only_that_accounts_welcomes() {
     );
 
     // The API takes b again: its held welcomes go, each once.
-    env.wechat.state.lock().unwrap().failures.clear();
-    wait_within(
-        Duration::from_secs(60),
-        "b's welcomes once the API takes it",
-        || b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
-    )
-    .await;
-    wait_within_async(WAIT, "b's hold over", || async {
-        held().await == Some(0.0)
-    })
-    .await;
+    take_b_again(&env, &b_fans, Duration::from_secs(60)).await;
+    wait_held(admin, 0.0, WAIT, "b's hold over").await;
     wait_within(WAIT, "every offset committed", || {
         env.kafka
             .committed("wxpipe-welcome", &env.topic("subscribe"))
@@ -203,30 +250,13 @@ async fn one_accounts_api_errors_hold_only_that_accounts_welcomes() {
 /// before it tried: once the probe passed, every held record sent at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_records_go_on_within_the_roles_concurrency() {
-    let env = Env::start().await;
-    let accounts = accounts_file(B_WITH_SECRET);
-    let b_fans = refused_b_fans(&env, 8);
+    let (env, accounts, b_fans) = start_refusing_b(8).await;
     env.wechat.set_send_delay(Duration::from_millis(400));
-    let admin = free_port();
-    let worker = welcome_worker(&env, &accounts, &[one_at_a_time(), admin_on(admin)]);
-    let b_records = subscribes("gh_b", &b_fans, 1000);
-    env.produce("subscribe", &b_records);
-    let held = || held_on(admin, "gh_b");
-    wait_within_async(
-        Duration::from_secs(60),
-        "b's eight records held",
-        || async { held().await == Some(8.0) },
-    )
-    .await;
+    let (worker, admin) = welcome_b_fans(&env, &accounts, &b_fans, &[one_at_a_time()]);
+    wait_held(admin, 8.0, HOLD, "b's eight records held").await;
 
     env.wechat.take_max_sends_in_flight();
-    env.wechat.state.lock().unwrap().failures.clear();
-    wait_within(
-        Duration::from_secs(90),
-        "b's welcomes once the API takes it",
-        || b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
-    )
-    .await;
+    take_b_again(&env, &b_fans, Duration::from_secs(90)).await;
     let at_once = env.wechat.take_max_sends_in_flight();
     assert!(
         at_once <= 1,
@@ -242,9 +272,7 @@ async fn held_records_go_on_within_the_roles_concurrency() {
 /// records behind them waited the sum of b's probe pauses: 1 + 2 + 4 + … + 32 s = 63 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_waiting_for_a_held_accounts_probe_do_not_stall_the_role() {
-    let env = Env::start().await;
-    let accounts = accounts_file(B_WITH_SECRET);
-    let b_fans = refused_b_fans(&env, 7);
+    let (env, accounts, b_fans) = start_refusing_b(7).await;
     let a_fans = fans("a_fan", 3);
     // One key: one partition, b's records first.
     let records: Vec<_> = b_fans
@@ -260,13 +288,7 @@ async fn records_waiting_for_a_held_accounts_probe_do_not_stall_the_role() {
     env.produce("subscribe", &records);
     let worker = welcome_worker(&env, &accounts, &[one_at_a_time()]);
     // Well under the 63 s of b's probe pauses; long for a loaded machine.
-    wait_within(
-        Duration::from_secs(30),
-        "a's welcomes while b is held",
-        || a_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
-    )
-    .await;
-    assert!(b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 0));
+    a_welcomed_while_b_held(&env, &a_fans, &b_fans, Duration::from_secs(30)).await;
     drop(worker);
 }
 
@@ -295,9 +317,7 @@ fn produce_to(env: &Env, type_: &str, partition: i32, records: &[(String, Vec<u8
 /// their permits and the role stopped reading for every account.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_partitions_held_records_leave_the_hold() {
-    let env = Env::start().await;
-    let accounts = accounts_file(B_WITH_SECRET);
-    let b_fans = refused_b_fans(&env, 6);
+    let (env, accounts, b_fans) = start_refusing_b(6).await;
     for (partition, fans) in b_fans.chunks(3).enumerate() {
         let records: Vec<_> = fans
             .iter()
@@ -309,16 +329,14 @@ async fn a_revoked_partitions_held_records_leave_the_hold() {
     let worker = |admin: u16| welcome_worker(&env, &accounts, &[admin_on(admin)]);
     let (admin1, admin2) = (free_port(), free_port());
     let first = worker(admin1);
-    wait_within_async(Duration::from_secs(60), "b's six records held", || async {
-        held_on(admin1, "gh_b").await == Some(6.0)
-    })
-    .await;
+    wait_held(admin1, 6.0, HOLD, "b's six records held").await;
     // A second member takes one partition, and holds its three records there.
     let second = worker(admin2);
-    wait_within_async(
+    wait_held(
+        admin2,
+        3.0,
         Duration::from_secs(90),
         "three of b's records held by the second worker",
-        || async { held_on(admin2, "gh_b").await == Some(3.0) },
     )
     .await;
     // The first worker holds only its own partition's three.
@@ -342,18 +360,10 @@ async fn a_revoked_partitions_held_records_leave_the_hold() {
 /// one probe at a time. It opened the hold, and every held record of b tried at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_that_meets_an_outage_keeps_the_hold() {
-    let env = Env::start().await;
-    let accounts = accounts_file(B_WITH_SECRET);
-    let b_fans = refused_b_fans(&env, 4);
+    let (env, accounts, b_fans) = start_refusing_b(4).await;
     env.wechat.set_send_delay(Duration::from_millis(400));
-    let admin = free_port();
-    let worker = welcome_worker(&env, &accounts, &[admin_on(admin)]);
-    let records = subscribes("gh_b", &b_fans, 1000);
-    env.produce("subscribe", &records);
-    wait_within_async(Duration::from_secs(60), "b's four records held", || async {
-        held_on(admin, "gh_b").await == Some(4.0)
-    })
-    .await;
+    let (worker, admin) = welcome_b_fans(&env, &accounts, &b_fans, &[]);
+    wait_held(admin, 4.0, HOLD, "b's four records held").await;
     // Every send in flight now is answered 48001; the next ones meet an outage.
     wait_within(Duration::from_secs(30), "no send under way", || {
         env.wechat.state.lock().unwrap().sends_in_flight == 0
@@ -392,16 +402,8 @@ async fn a_probe_that_meets_an_outage_keeps_the_hold() {
         env.wechat.state.lock().unwrap().send_attempts > at_before + 1
     })
     .await;
-    let a_fans = fans("a_fan", 3);
-    let records = subscribes("gh_a", &a_fans, 2000);
-    env.produce("subscribe", &records);
-    wait_within(
-        Duration::from_secs(60),
-        "a's welcomes while b is held",
-        || a_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
-    )
-    .await;
-    assert!(b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 0));
+    let a_fans = follow_a(&env, 3);
+    a_welcomed_while_b_held(&env, &a_fans, &b_fans, Duration::from_secs(60)).await;
     drop(worker);
 }
 
@@ -411,26 +413,10 @@ async fn a_probe_that_meets_an_outage_keeps_the_hold() {
 /// permit first never went: the 65th held it, waiting for the probe).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_cap_the_probe_still_goes() {
-    let env = Env::start().await;
-    let accounts = accounts_file(B_WITH_SECRET);
-    let b_fans = refused_b_fans(&env, 66);
-    let admin = free_port();
-    let worker = welcome_worker(&env, &accounts, &[one_at_a_time(), admin_on(admin)]);
-    let records = subscribes("gh_b", &b_fans, 1000);
-    env.produce("subscribe", &records);
+    let (env, accounts, b_fans) = start_refusing_b(66).await;
+    let (worker, admin) = welcome_b_fans(&env, &accounts, &b_fans, &[one_at_a_time()]);
     // 64 give their permits back; the 65th keeps the only one, so the 66th is not read.
-    wait_within_async(
-        Duration::from_secs(60),
-        "65 of b's records held",
-        || async { held_on(admin, "gh_b").await == Some(65.0) },
-    )
-    .await;
-    env.wechat.state.lock().unwrap().failures.clear();
-    wait_within(
-        Duration::from_secs(120),
-        "b's welcomes once the API takes it",
-        || b_fans.iter().all(|fan| env.wechat.sends_to(fan) == 1),
-    )
-    .await;
+    wait_held(admin, 65.0, HOLD, "65 of b's records held").await;
+    take_b_again(&env, &b_fans, Duration::from_secs(120)).await;
     drop(worker);
 }

@@ -533,22 +533,14 @@ mod tests {
 
     #[test]
     fn file_keys_follow_the_rule() {
-        assert_eq!(
-            file_key("INGEST_MAX_IN_FLIGHT").unwrap(),
-            "[ingest] max_in_flight"
-        );
-        assert_eq!(
-            file_key("WECHAT_TOKEN_FILE").unwrap(),
-            "[wechat] token_file"
-        );
-        assert_eq!(
-            file_key("KAFKA_CONSUMER_CONFIG").unwrap(),
-            "[kafka.consumer_config]"
-        );
-        assert_eq!(
-            file_key("WECHAT_COMPONENT_TOKEN_FILE").unwrap(),
-            "[component] token_file"
-        );
+        for (variable, key) in [
+            ("INGEST_MAX_IN_FLIGHT", "[ingest] max_in_flight"),
+            ("WECHAT_TOKEN_FILE", "[wechat] token_file"),
+            ("KAFKA_CONSUMER_CONFIG", "[kafka.consumer_config]"),
+            ("WECHAT_COMPONENT_TOKEN_FILE", "[component] token_file"),
+        ] {
+            assert_eq!(file_key(variable).as_deref(), Some(key), "{variable}");
+        }
         assert_eq!(file_key(CONFIG_VARIABLE), None);
     }
 

@@ -424,6 +424,36 @@ mod tests {
         dir
     }
 
+    /// A spool of 1 MiB in a directory of its own.
+    fn fresh() -> (PathBuf, Arc<Spool>) {
+        let dir = temp_dir();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        (dir, spool)
+    }
+
+    async fn append(spool: &Spool, records: std::ops::Range<usize>) {
+        for i in records {
+            spool.append(&record(i)).await.unwrap();
+        }
+    }
+
+    /// The directory of a spool that took `records` and was closed.
+    async fn closed_with(records: std::ops::Range<usize>) -> PathBuf {
+        let (dir, spool) = fresh();
+        append(&spool, records).await;
+        dir
+    }
+
+    /// What a crash or a failed write leaves at a segment's end.
+    fn append_bytes(path: &Path, bytes: &[u8]) {
+        OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
     fn all_records(dir: &Path) -> Vec<SpoolRecord> {
         segments(dir)
             .unwrap()
@@ -434,12 +464,9 @@ mod tests {
 
     #[tokio::test]
     async fn records_survive_a_restart_in_order() {
-        let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        let (dir, spool) = fresh();
         assert!(!spool.active());
-        for i in 0..50 {
-            spool.append(&record(i)).await.unwrap();
-        }
+        append(&spool, 0..50).await;
         assert!(spool.active());
         drop(spool);
         let reopened = Spool::open(&dir, 1 << 20).unwrap();
@@ -449,15 +476,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_rewritten_segment_keeps_its_turn_and_gives_back_its_bytes() {
-        let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 20).unwrap();
-        for i in 0..10 {
-            spool.append(&record(i)).await.unwrap();
-        }
+        let (dir, spool) = fresh();
+        append(&spool, 0..10).await;
         let sealed = spool.seal().await.unwrap();
-        for i in 10..15 {
-            spool.append(&record(i)).await.unwrap();
-        }
+        append(&spool, 10..15).await;
         let full = spool.bytes();
         let (seq, path) = &sealed[0];
         let left: Vec<SpoolRecord> = [3, 7].map(record).to_vec();
@@ -492,13 +514,10 @@ mod tests {
         // not be cut back keeps its records (answered 503, replayed: a copy at worst) but was
         // never counted: the writer gave its bytes back. Rewritten with what Kafka left, it
         // holds bytes that its removal later subtracts, so the rewrite must count them.
-        let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        let (_dir, spool) = fresh();
         spool.append(&record(0)).await.unwrap();
         spool.seal().await.unwrap();
-        for i in 1..4 {
-            spool.append(&record(i)).await.unwrap();
-        }
+        append(&spool, 1..4).await;
         let sealed = spool.seal().await.unwrap();
         let (seq, path) = sealed.last().unwrap().clone();
         assert_eq!(seq, 1);
@@ -531,8 +550,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreadable_segment_does_not_stop_the_start() {
-        let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        let (dir, spool) = fresh();
         spool.append(&record(1)).await.unwrap();
         drop(spool);
         // A segment that cannot be read (here a directory where a file should be).
@@ -543,8 +561,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_appends_all_land() {
-        let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        let (dir, spool) = fresh();
         let tasks: Vec<_> = (0..64)
             .map(|i| {
                 let spool = Arc::clone(&spool);
@@ -563,22 +580,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_torn_tail_is_cut_and_a_bad_checksum_ends_the_valid_part() {
-        let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 20).unwrap();
-        for i in 0..3 {
-            spool.append(&record(i)).await.unwrap();
-        }
-        drop(spool);
+        let dir = closed_with(0..3).await;
         let (_, path) = segments(&dir).unwrap().pop().unwrap();
         // A crash mid-append: half a record at the end.
         let mut torn = record(3).encode().unwrap();
         torn.truncate(torn.len() / 2);
-        OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(&torn)
-            .unwrap();
+        append_bytes(&path, &torn);
         let spool = Spool::open(&dir, 1 << 20).unwrap();
         assert_eq!(all_records(&dir), (0..3).map(record).collect::<Vec<_>>());
         assert_eq!(
@@ -601,9 +608,7 @@ mod tests {
         let dir = temp_dir();
         let one = record(0).encode().unwrap().len() as u64;
         let spool = Spool::open(&dir, one * 3).unwrap();
-        for i in 0..3 {
-            spool.append(&record(i)).await.unwrap();
-        }
+        append(&spool, 0..3).await;
         assert!(matches!(
             spool.append(&record(3)).await,
             Err(SpoolError::Full(_))
@@ -615,8 +620,7 @@ mod tests {
     async fn a_segment_with_a_pending_first_produce_is_not_sealed() {
         // The replay checks for pending outcomes, then seals: a push that times out in
         // between must not land in the sealed segment, or it is replayed and then lands twice.
-        let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        let (_dir, spool) = fresh();
         spool.append(&record(0)).await.unwrap();
         spool.outcome_pending();
         spool.append(&record(1)).await.unwrap();
@@ -631,20 +635,14 @@ mod tests {
     async fn a_failed_write_seals_its_segment_and_later_appends_survive_a_restart() {
         // A record written halfway (the disk filled up) must not make the reader stop before
         // records appended after it.
-        let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        let (dir, spool) = fresh();
         spool.append(&record(0)).await.unwrap();
         let (_, first) = segments(&dir).unwrap().pop().unwrap();
         // The half-written record a failed write leaves behind, then the writer's commit of
         // that batch with the write's error injected.
         let mut torn = record(9).encode().unwrap();
         torn.truncate(5);
-        OpenOptions::new()
-            .append(true)
-            .open(&first)
-            .unwrap()
-            .write_all(&torn)
-            .unwrap();
+        append_bytes(&first, &torn);
         let mut current = Current {
             seq: 0,
             file: None,
@@ -674,8 +672,7 @@ mod tests {
 
     #[test]
     fn a_stalled_disk_counts_as_failing_until_a_probe_write_succeeds() {
-        let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        let (dir, spool) = fresh();
         assert!(spool.writable());
         spool.mark_stalled();
         assert!(!spool.writable(), "readiness no longer counts on it");
@@ -686,8 +683,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_disk_never_hangs_a_probe_nor_piles_up_probes() {
-        let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        let (dir, spool) = fresh();
         spool.mark_stalled();
         // A FIFO where the probe file goes: opening it to write blocks, as a hung disk does.
         let fifo = dir.join("probe");

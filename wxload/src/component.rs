@@ -111,23 +111,30 @@ impl Component {
     }
 }
 
+/// The component the tests load with.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    /// `wxcomponent`, token `ctoken`, its routes below `prefix`.
+    pub(crate) fn component(prefix: &str) -> Component {
+        Component::new("wxcomponent", "ctoken", AesKey::parse(KEY).unwrap(), prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::KEY;
     use super::*;
     use crate::push::{build, Mix};
     use wechat::parse::{parse_document, Push};
     use wechat::verify::check;
     use wechat::Query;
 
-    const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
-
     fn component() -> Component {
-        Component::new(
-            "wxcomponent",
-            "ctoken",
-            AesKey::parse(KEY).unwrap(),
-            "/wechat/",
-        )
+        super::testing::component("/wechat/")
     }
 
     /// Checks a request as the ingress does (both signatures with the component's token, the

@@ -187,8 +187,6 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
 
     use super::*;
     use crate::run::test_load;
@@ -196,7 +194,7 @@ mod tests {
     use wechat::parse::{parse_document, Push};
     use wechat::verify::check;
 
-    const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    use crate::component::testing::KEY;
 
     /// What the fake ingress took, in the order it took it.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,60 +258,42 @@ mod tests {
     /// attempt at each authorization event 200 without `success` (so WeChat must retry), and
     /// `refuse_auth` refuses every authorization event with 403.
     async fn fake_ingress(refuse_auth: bool) -> (String, Arc<Mutex<Fake>>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let fake = Arc::new(Mutex::new(Fake::default()));
-        let state = Arc::clone(&fake);
-        tokio::spawn(crate::servers::serve(
-            listener,
-            move |req: hyper::Request<hyper::body::Incoming>| {
-                let state = Arc::clone(&state);
-                async move {
-                    let path_and_query = req.uri().to_string();
-                    let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let mut fake = state.lock().unwrap();
-                    fake.requests.push(path_and_query.clone());
-                    let answer = |status: u16, body: &'static str| {
-                        let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
-                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        response
-                    };
-                    let Ok((path, nonce, xml)) = open(&path_and_query, &body) else {
-                        fake.refused += 1;
-                        return answer(403, "");
-                    };
-                    if path == "/wechat/component/auth" {
-                        if refuse_auth {
-                            return answer(403, "");
-                        }
-                        if fake.tried.insert(nonce) {
-                            return answer(200, "");
-                        }
-                        let push = Push::component(xml.as_bytes()).unwrap();
-                        let fields = parse_document(xml.as_bytes()).unwrap();
-                        let event =
-                            wechat::normalize::normalize_component(push, String::new()).unwrap();
-                        fake.took.push(Took::Auth(
-                            text(&fields, "InfoType").unwrap(),
-                            text(&fields, "AuthorizerAppid"),
-                            event.id.to_string(),
-                        ));
-                        return answer(200, "success");
-                    }
-                    let Some(appid) = path.strip_prefix("/wechat/component/") else {
-                        fake.refused += 1;
-                        return answer(404, "");
-                    };
-                    let push = Push::try_from(xml.as_bytes()).unwrap();
-                    let to_user = push.to_user.clone();
-                    let event =
-                        wechat::normalize::normalize_on(push, String::new(), Some(appid)).unwrap();
-                    fake.took
-                        .push(Took::Push(appid.to_owned(), to_user, event.id.to_string()));
-                    answer(200, "")
+        let addr = crate::servers::fake(Arc::clone(&fake), move |fake, path_and_query, body| {
+            fake.requests.push(path_and_query.clone());
+            let Ok((path, nonce, xml)) = open(&path_and_query, &body) else {
+                fake.refused += 1;
+                return (403, "");
+            };
+            if path == "/wechat/component/auth" {
+                if refuse_auth {
+                    return (403, "");
                 }
-            },
-        ));
+                if fake.tried.insert(nonce) {
+                    return (200, "");
+                }
+                let push = Push::component(xml.as_bytes()).unwrap();
+                let fields = parse_document(xml.as_bytes()).unwrap();
+                let event = wechat::normalize::normalize_component(push, String::new()).unwrap();
+                fake.took.push(Took::Auth(
+                    text(&fields, "InfoType").unwrap(),
+                    text(&fields, "AuthorizerAppid"),
+                    event.id.to_string(),
+                ));
+                return (200, "success");
+            }
+            let Some(appid) = path.strip_prefix("/wechat/component/") else {
+                fake.refused += 1;
+                return (404, "");
+            };
+            let push = Push::try_from(xml.as_bytes()).unwrap();
+            let to_user = push.to_user.clone();
+            let event = wechat::normalize::normalize_on(push, String::new(), Some(appid)).unwrap();
+            fake.took
+                .push(Took::Push(appid.to_owned(), to_user, event.id.to_string()));
+            (200, "")
+        })
+        .await;
         (addr, fake)
     }
 
@@ -327,12 +307,7 @@ mod tests {
     }
 
     fn component() -> Component {
-        Component::new(
-            "wxcomponent",
-            "ctoken",
-            AesKey::parse(KEY).unwrap(),
-            "/wechat",
-        )
+        crate::component::testing::component("/wechat")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

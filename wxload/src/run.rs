@@ -368,30 +368,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_accounts_load_retries_a_refusal_with_the_same_request() {
         // A plain fake: refuses the first attempt at each push, then takes any 200 body.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
-        let state = Arc::clone(&seen);
-        tokio::spawn(crate::servers::serve(
-            listener,
-            move |req: hyper::Request<hyper::body::Incoming>| {
-                let state = Arc::clone(&state);
-                async move {
-                    let key = req.uri().to_string();
-                    let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let mut seen = state.lock().unwrap();
-                    let tries = seen
-                        .entry(format!("{key}\n{}", String::from_utf8_lossy(&body)))
-                        .or_default();
-                    *tries += 1;
-                    let mut response = hyper::Response::new(Full::new(Bytes::from("whatever")));
-                    if *tries == 1 {
-                        *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    response
-                }
-            },
-        ));
+        let addr = crate::servers::fake(Arc::clone(&seen), |seen, key, body| {
+            let tries = seen
+                .entry(format!("{key}\n{}", String::from_utf8_lossy(&body)))
+                .or_default();
+            *tries += 1;
+            (if *tries == 1 { 503 } else { 200 }, "whatever")
+        })
+        .await;
         let load = test_load(
             &addr,
             vec![Target::account("gh_load", "/wechat")],

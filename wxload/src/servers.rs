@@ -36,6 +36,33 @@ where
     }
 }
 
+/// A test server on a free loopback port, its address returned: `answer` takes each
+/// request's path and query and its body, with `state` locked, and gives the status and body.
+#[cfg(test)]
+pub(crate) async fn fake<S, F>(state: Arc<std::sync::Mutex<S>>, answer: F) -> String
+where
+    S: Send + 'static,
+    F: Fn(&mut S, String, Bytes) -> (u16, &'static str) + Clone + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(serve(
+        listener,
+        move |req: Request<hyper::body::Incoming>| {
+            let (state, answer) = (Arc::clone(&state), answer.clone());
+            async move {
+                let path_and_query = req.uri().to_string();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let (status, body) = answer(&mut state.lock().unwrap(), path_and_query, body);
+                let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                response
+            }
+        },
+    ));
+    addr
+}
+
 /// The bare limit: a hyper server on the same runtime settings as the ingress that reads the
 /// body and answers 200 with an empty body.
 pub async fn baseline(listener: TcpListener) {

@@ -11,20 +11,14 @@ use common::*;
 use testkit::{printed as text, run_to_end as run};
 
 /// The ingest binary with none of the environment's settings that would change the test.
+const INGEST: testkit::Bare = testkit::Bare {
+    program: env!("CARGO_BIN_EXE_ingest"),
+    unset: "WECHAT_TOKEN",
+    admin_listen: "INGEST_ADMIN_LISTEN",
+};
+
 fn ingest(args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut command = testkit::bare_command(
-        env!("CARGO_BIN_EXE_ingest"),
-        &[
-            "KAFKA_BROKERS",
-            "REDIS_URL",
-            "WECHAT_TOKEN",
-            "WXPIPE_CONFIG",
-            "KAFKA_CONFIG",
-        ],
-        &[("INGEST_ADMIN_LISTEN", "")],
-    );
-    command.args(args).envs(envs.iter().copied());
-    command
+    INGEST.command(args, envs)
 }
 
 fn file(name: &str, content: &str) -> PathBuf {

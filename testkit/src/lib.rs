@@ -75,16 +75,49 @@ pub async fn output_within(
     Some(child.wait_with_output().expect("the child's output"))
 }
 
-/// A command for `program` with `unset` removed from its environment, `NO_COLOR=1`, and
-/// `defaults` set (settings given after them override them): a binary run by a test that the
-/// environment around the test must not change.
-pub fn bare_command(program: &str, unset: &[&str], defaults: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(program);
-    for name in unset {
-        command.env_remove(name);
+/// The settings both binaries read (their services and the config file they share).
+const SHARED_SETTINGS: [&str; 4] = [
+    "KAFKA_BROKERS",
+    "REDIS_URL",
+    "WXPIPE_CONFIG",
+    "KAFKA_CONFIG",
+];
+
+/// A binary run by a test that the environment around the test must not change: both
+/// binaries' config tests run theirs so.
+#[derive(Debug)]
+pub struct Bare {
+    pub program: &'static str,
+    /// A setting of its own to take from the environment, beside [`SHARED_SETTINGS`].
+    pub unset: &'static str,
+    /// Its admin listener's setting, set empty (off) unless the test sets it.
+    pub admin_listen: &'static str,
+}
+
+impl Bare {
+    /// The binary with the settings above removed from its environment, `NO_COLOR=1`, its
+    /// admin listener off, then `args` and `envs` (which override all of them).
+    pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(self.program);
+        for name in SHARED_SETTINGS.iter().chain([&self.unset]) {
+            command.env_remove(name);
+        }
+        command
+            .env("NO_COLOR", "1")
+            .env(self.admin_listen, "")
+            .args(args)
+            .envs(envs.iter().copied());
+        command
     }
-    command.env("NO_COLOR", "1").envs(defaults.iter().copied());
-    command
+
+    /// Runs [`Bare::command`] to its end ([`run_to_end`]), asserts that it exited with
+    /// `code`, and returns what it printed ([`printed`]).
+    pub async fn exits_with(&self, code: i32, args: &[&str], envs: &[(&str, &str)]) -> String {
+        let out = run_to_end(self.command(args, envs)).await;
+        let said = printed(&out);
+        assert_eq!(out.status.code(), Some(code), "{said}");
+        said
+    }
 }
 
 /// Runs `command` to its end (60 s at most: a process that should have stopped at once and

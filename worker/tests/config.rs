@@ -5,27 +5,15 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use common::*;
-use testkit::{printed as text, run_to_end as run};
 
 /// The worker binary with none of the environment's settings that would change the test.
-fn worker(args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut command = testkit::bare_command(
-        env!("CARGO_BIN_EXE_worker"),
-        &[
-            "KAFKA_BROKERS",
-            "REDIS_URL",
-            "WXPIPE_CONFIG",
-            "KAFKA_CONFIG",
-            "WECHAT_APPSECRET",
-        ],
-        &[("WORKER_ADMIN_LISTEN", "")],
-    );
-    command.args(args).envs(envs.iter().copied());
-    command
-}
+const WORKER: testkit::Bare = testkit::Bare {
+    program: env!("CARGO_BIN_EXE_worker"),
+    unset: "WECHAT_APPSECRET",
+    admin_listen: "WORKER_ADMIN_LISTEN",
+};
 
 fn file(name: &str, content: &str) -> PathBuf {
     testkit::temp_file("wxpipe-worker-config", name, content)
@@ -34,9 +22,9 @@ fn file(name: &str, content: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_without_redis_url_stops_the_start_naming_it() {
     let brokers = format!("127.0.0.1:{}", testkit::free_port());
-    let out = run(worker(&[], &[("KAFKA_BROKERS", &brokers)])).await;
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let said = WORKER
+        .exits_with(2, &[], &[("KAFKA_BROKERS", &brokers)])
+        .await;
     assert!(
         said.contains("REDIS_URL") && said.contains("memory://") && said.contains("redis://"),
         "{said}"
@@ -61,18 +49,18 @@ async fn the_shared_config_file_configures_the_worker_and_validate_reaches_its_s
             appsecret.display()
         ),
     );
-    let out = run(worker(
-        &[
-            "validate",
-            "--connect",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[("WORKER_CONCURRENCY", "4")],
-    ))
-    .await;
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    let said = WORKER
+        .exits_with(
+            0,
+            &[
+                "validate",
+                "--connect",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            &[("WORKER_CONCURRENCY", "4")],
+        )
+        .await;
     for line in [
         "KAFKA_TOPIC_PREFIX = \"from-file\" (file)",
         "WORKER_ROLES = \"unbind,location\" (file)",
@@ -88,36 +76,36 @@ async fn the_shared_config_file_configures_the_worker_and_validate_reaches_its_s
     assert!(!said.contains("hunter2"), "a secret printed:\n{said}");
 
     // A flag after the subcommand wins over the file and the environment.
-    let out = run(worker(
-        &[
-            "validate",
-            "--config",
-            config.to_str().unwrap(),
-            "--concurrency",
-            "5",
-        ],
-        &[("WORKER_CONCURRENCY", "4")],
-    ))
-    .await;
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    let said = WORKER
+        .exits_with(
+            0,
+            &[
+                "validate",
+                "--config",
+                config.to_str().unwrap(),
+                "--concurrency",
+                "5",
+            ],
+            &[("WORKER_CONCURRENCY", "4")],
+        )
+        .await;
     assert!(said.contains("WORKER_CONCURRENCY = \"5\" (flag)"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_key_stops_the_start_naming_the_closest_known_one() {
     let config = file("wxpipe.toml", "[worker]\nconcurency = 3\n");
-    let out = run(worker(
-        &[],
-        &[
-            ("WXPIPE_CONFIG", config.to_str().unwrap()),
-            ("KAFKA_BROKERS", "127.0.0.1:1"),
-            ("REDIS_URL", "memory://"),
-        ],
-    ))
-    .await;
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let said = WORKER
+        .exits_with(
+            2,
+            &[],
+            &[
+                ("WXPIPE_CONFIG", config.to_str().unwrap()),
+                ("KAFKA_BROKERS", "127.0.0.1:1"),
+                ("REDIS_URL", "memory://"),
+            ],
+        )
+        .await;
     assert!(
         said.contains("concurency") && said.contains("[worker] concurrency"),
         "{said}"
@@ -126,17 +114,17 @@ async fn an_unknown_key_stops_the_start_naming_the_closest_known_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_names_every_problem_and_exits_2() {
-    let out = run(worker(
-        &["validate"],
-        &[
-            ("KAFKA_BROKERS", "127.0.0.1:9092"),
-            ("WORKER_MAX_ATTEMPTS", "0"),
-            ("REDIS_URL_FILE", "/nonexistent/wxpipe-redis-url"),
-        ],
-    ))
-    .await;
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let said = WORKER
+        .exits_with(
+            2,
+            &["validate"],
+            &[
+                ("KAFKA_BROKERS", "127.0.0.1:9092"),
+                ("WORKER_MAX_ATTEMPTS", "0"),
+                ("REDIS_URL_FILE", "/nonexistent/wxpipe-redis-url"),
+            ],
+        )
+        .await;
     for setting in ["REDIS_URL_FILE", "WORKER_MAX_ATTEMPTS"] {
         assert!(said.contains(setting), "{setting} in:\n{said}");
     }

@@ -9,8 +9,36 @@ use store::effects::Applied;
 use store::Engine;
 use testkit::{unique, RedisServer};
 
+/// The store's calls for one authorizer of component `c`, answered (the suite's steps).
+struct Authorizer<'a> {
+    s: &'a dyn Components,
+    c: &'a str,
+    appid: &'a str,
+}
+
+impl Authorizer<'_> {
+    async fn admit(&self, user_name: &str) -> Admission {
+        self.s.admit(self.c, self.appid, user_name).await.unwrap()
+    }
+
+    async fn authorize(&self, authorized: bool, at: i64) -> Applied {
+        let (c, appid) = (self.c, self.appid);
+        self.s
+            .set_authorized(c, appid, authorized, at)
+            .await
+            .unwrap()
+    }
+
+    async fn keep_refresh(&self, token: &str, at: i64) -> Applied {
+        let (c, appid) = (self.c, self.appid);
+        self.s.set_refresh_token(c, appid, token, at).await.unwrap()
+    }
+}
+
 async fn suite(s: &dyn Components) {
     let c = "wxcomponent";
+    let wxa = Authorizer { s, c, appid: "wxa" };
+    let wxb = Authorizer { s, c, appid: "wxb" };
 
     // The newest ticket by CreateTime is kept, whatever order they come in.
     assert_eq!(s.ticket(c).await.unwrap(), None);
@@ -23,14 +51,8 @@ async fn suite(s: &dyn Components) {
 
     // An authorizer never seen is admitted, and admitting teaches nothing (a replay a later
     // check refuses must not); its first durable push teaches its gh_ id.
-    assert_eq!(
-        s.admit(c, "wxa", "gh_a").await.unwrap(),
-        Admission::Admitted
-    );
-    assert_eq!(
-        s.admit(c, "wxa", "gh_other").await.unwrap(),
-        Admission::Admitted
-    );
+    assert_eq!(wxa.admit("gh_a").await, Admission::Admitted);
+    assert_eq!(wxa.admit("gh_other").await, Admission::Admitted);
     assert_eq!(
         s.authorizer(c, "wxa").await.unwrap(),
         Default::default(),
@@ -42,12 +64,9 @@ async fn suite(s: &dyn Components) {
     s.write_user_name(c, "wxa", UserName::Learned("gh_later"))
         .await
         .unwrap();
+    assert_eq!(wxa.admit("gh_a").await, Admission::Admitted);
     assert_eq!(
-        s.admit(c, "wxa", "gh_a").await.unwrap(),
-        Admission::Admitted
-    );
-    assert_eq!(
-        s.admit(c, "wxa", "gh_b").await.unwrap(),
+        wxa.admit("gh_b").await,
         Admission::OtherAccount {
             known: "gh_a".into()
         }
@@ -57,102 +76,56 @@ async fn suite(s: &dyn Components) {
         .await
         .unwrap();
     assert!(matches!(
-        s.admit(c, "wxa", "gh_a").await.unwrap(),
+        wxa.admit("gh_a").await,
         Admission::OtherAccount { .. }
     ));
-    assert_eq!(
-        s.admit(c, "wxa", "gh_real").await.unwrap(),
-        Admission::Admitted
-    );
+    assert_eq!(wxa.admit("gh_real").await, Admission::Admitted);
 
     // Authorization: last write wins by CreateTime; the refresh token follows it.
-    assert_eq!(
-        s.set_authorized(c, "wxa", true, 100).await.unwrap(),
-        Applied::Yes
-    );
-    assert_eq!(
-        s.set_refresh_token(c, "wxa", "r100", 100).await.unwrap(),
-        Applied::Yes
-    );
+    assert_eq!(wxa.authorize(true, 100).await, Applied::Yes);
+    assert_eq!(wxa.keep_refresh("r100", 100).await, Applied::Yes);
     let a = s.authorizer(c, "wxa").await.unwrap();
     assert_eq!((a.authorized, a.authorized_at), (Some(true), Some(100)));
     assert_eq!(a.refresh_token.as_deref(), Some("r100"));
     assert_eq!(a.user_name.as_deref(), Some("gh_real"));
+    assert_eq!(wxa.keep_refresh("r90", 90).await, Applied::Stale);
     assert_eq!(
-        s.set_refresh_token(c, "wxa", "r90", 90).await.unwrap(),
-        Applied::Stale
-    );
-    assert_eq!(
-        s.set_authorized(c, "wxa", true, 150).await.unwrap(),
+        wxa.authorize(true, 150).await,
         Applied::Yes,
         "updateauthorized"
     );
+    assert_eq!(wxa.keep_refresh("r150", 150).await, Applied::Yes);
     assert_eq!(
-        s.set_refresh_token(c, "wxa", "r150", 150).await.unwrap(),
-        Applied::Yes
-    );
-    assert_eq!(
-        s.set_refresh_token(c, "wxa", "r100", 100).await.unwrap(),
+        wxa.keep_refresh("r100", 100).await,
         Applied::Stale,
         "a late exchange of an older code never replaces a newer token"
     );
 
     // A withdrawal refuses the authorizer's pushes and forgets its refresh token.
-    assert_eq!(
-        s.set_authorized(c, "wxa", false, 200).await.unwrap(),
-        Applied::Yes
-    );
-    assert_eq!(
-        s.admit(c, "wxa", "gh_real").await.unwrap(),
-        Admission::Unauthorized
-    );
+    assert_eq!(wxa.authorize(false, 200).await, Applied::Yes);
+    assert_eq!(wxa.admit("gh_real").await, Admission::Unauthorized);
     let a = s.authorizer(c, "wxa").await.unwrap();
     assert_eq!((a.authorized, a.refresh_token), (Some(false), None));
     assert_eq!(
-        s.set_refresh_token(c, "wxa", "r150", 150).await.unwrap(),
+        wxa.keep_refresh("r150", 150).await,
         Applied::Stale,
         "an exchange that finishes after the withdrawal keeps nothing"
     );
+    assert_eq!(wxa.authorize(true, 180).await, Applied::Stale, "late");
     assert_eq!(
-        s.set_authorized(c, "wxa", true, 180).await.unwrap(),
-        Applied::Stale,
-        "late"
-    );
-    assert_eq!(
-        s.set_authorized(c, "wxa", true, 200).await.unwrap(),
+        wxa.authorize(true, 200).await,
         Applied::Stale,
         "a tie: withdrawn"
     );
-    assert_eq!(
-        s.admit(c, "wxa", "gh_real").await.unwrap(),
-        Admission::Unauthorized
-    );
+    assert_eq!(wxa.admit("gh_real").await, Admission::Unauthorized);
     // Until it authorizes again.
-    assert_eq!(
-        s.set_authorized(c, "wxa", true, 300).await.unwrap(),
-        Applied::Yes
-    );
-    assert_eq!(
-        s.admit(c, "wxa", "gh_real").await.unwrap(),
-        Admission::Admitted
-    );
-    assert_eq!(
-        s.set_refresh_token(c, "wxa", "r300", 300).await.unwrap(),
-        Applied::Yes
-    );
+    assert_eq!(wxa.authorize(true, 300).await, Applied::Yes);
+    assert_eq!(wxa.admit("gh_real").await, Admission::Admitted);
+    assert_eq!(wxa.keep_refresh("r300", 300).await, Applied::Yes);
     // Withdrawn and authorized in one second: withdrawn, in either order.
-    assert_eq!(
-        s.set_authorized(c, "wxb", true, 50).await.unwrap(),
-        Applied::Yes
-    );
-    assert_eq!(
-        s.set_authorized(c, "wxb", false, 50).await.unwrap(),
-        Applied::Yes
-    );
-    assert_eq!(
-        s.set_authorized(c, "wxb", true, 50).await.unwrap(),
-        Applied::Stale
-    );
+    assert_eq!(wxb.authorize(true, 50).await, Applied::Yes);
+    assert_eq!(wxb.authorize(false, 50).await, Applied::Yes);
+    assert_eq!(wxb.authorize(true, 50).await, Applied::Stale);
     assert_eq!(
         s.authorizer(c, "wxb").await.unwrap().authorized,
         Some(false)
@@ -188,18 +161,16 @@ async fn redis_engine() {
     suite(&*component::open(&engine, &prefix)).await;
     // The keys the README names.
     let mut conn = redis.conn();
-    let ticket: String = redis::cmd("HGET")
-        .arg(format!("{prefix}:component:{{wxcomponent}}:ticket"))
-        .arg("ticket")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(ticket, "t300");
-    let refresh: String = redis::cmd("HGET")
-        .arg(format!("{prefix}:component:{{wxcomponent}}:authorizer:wxa"))
-        .arg("refresh_token")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(refresh, "r300");
+    let mut field = |key: &str, field: &str| -> String {
+        redis::Commands::hget(
+            &mut conn,
+            format!("{prefix}:component:{{wxcomponent}}:{key}"),
+            field,
+        )
+        .unwrap()
+    };
+    assert_eq!(field("ticket", "ticket"), "t300");
+    assert_eq!(field("authorizer:wxa", "refresh_token"), "r300");
 }
 
 async fn on_url(url: &str) {

@@ -301,20 +301,44 @@ async fn redis_engine_fails_fast_while_redis_is_down_and_recovers() {
     );
 
     let _redis = RedisServer::start_on(port);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let back = retry_within(
+        Duration::from_secs(10),
+        || store.claim(claim("back", "a")),
+        |_, error| format!("the store did not recover: {error}"),
+    )
+    .await;
+    assert_eq!(back, Claim::Claimed);
+}
+
+/// Calls `op` every 100 ms until it succeeds, for `within` at most: its answer; past that,
+/// the test fails with what `failure` says of (the number of calls, the last error).
+async fn retry_within<T, Fut>(
+    within: Duration,
+    mut op: impl FnMut() -> Fut,
+    failure: impl Fn(usize, store::StoreError) -> String,
+) -> T
+where
+    Fut: std::future::Future<Output = Result<T, store::StoreError>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    let mut tries = 0;
     loop {
-        match store.claim(claim("back", "a")).await {
-            Ok(claim) => {
-                assert_eq!(claim, Claim::Claimed);
-                break;
-            }
-            Err(error) if std::time::Instant::now() < deadline => {
-                let _ = error;
+        tries += 1;
+        match op().await {
+            Ok(answer) => return answer,
+            Err(_) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(error) => panic!("the store did not recover: {error}"),
+            Err(error) => panic!("{}", failure(tries, error)),
         }
     }
+}
+
+/// The address of the set's first sentinel.
+fn first_sentinel(set: &RedisSentinel) -> std::net::SocketAddr {
+    format!("127.0.0.1:{}", set.sentinels[0].port)
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,12 +347,7 @@ async fn a_silent_sentinel_never_holds_up_finding_the_new_primary() {
     // the primary dies. The other two sentinels answer: the store must find the primary they
     // promote, within the timeouts it has (250 ms a call), however long the silent one hangs.
     let mut set = RedisSentinel::start();
-    let silent = testkit::Proxy::start(
-        format!("127.0.0.1:{}", set.sentinels[0].port)
-            .parse()
-            .unwrap(),
-    )
-    .await;
+    let silent = testkit::Proxy::start(first_sentinel(&set)).await;
     let url = format!(
         "redis+sentinel://{},127.0.0.1:{},127.0.0.1:{}/{}",
         silent.addr,
@@ -343,24 +362,17 @@ async fn a_silent_sentinel_never_holds_up_finding_the_new_primary() {
     let old = set.primary.port;
     silent.stall();
     set.primary.kill();
+    let promoted = || set.promoted_from(old);
     assert!(
-        testkit::eventually(Duration::from_secs(30), || set
-            .primary_port()
-            .is_some_and(|port| port != old))
-        .await,
+        testkit::eventually(Duration::from_secs(30), promoted).await,
         "the sentinels promoted the replica"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match store.round_trip().await {
-            Ok(()) => break,
-            Err(error) if std::time::Instant::now() < deadline => {
-                let _ = error;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("the new primary was not found past the silent sentinel: {error}"),
-        }
-    }
+    retry_within(
+        Duration::from_secs(20),
+        || store.round_trip(),
+        |_, error| format!("the new primary was not found past the silent sentinel: {error}"),
+    )
+    .await;
     assert_eq!(
         store.claim(claim("after-failover", "a")).await.unwrap(),
         Claim::Claimed
@@ -502,32 +514,26 @@ async fn a_far_sentinel_still_leads_to_the_primary() {
     // the bound 1 s), but finding the primary takes several round trips (1.4 s when nothing
     // cuts it). A call that runs out of time must not throw that progress away, or no call
     // ever finds the primary.
-    let set = RedisSentinel::start();
-    let far = slow_proxy(
-        format!("127.0.0.1:{}", set.sentinels[0].port)
-            .parse()
-            .unwrap(),
-        Duration::from_millis(200),
+    let (_set, store) = far_sentinel(Duration::from_millis(200), Duration::from_millis(1000)).await;
+    retry_within(
+        Duration::from_secs(30),
+        || store.round_trip(),
+        |tries, error| {
+            format!("the primary was never found through a far sentinel ({tries} calls): {error}")
+        },
     )
     .await;
+}
+
+/// A sentinel set, and a store on it that knows only its first sentinel, through a proxy
+/// that delays each way of each request by `delay`; the store's calls are bound by `timeout`.
+async fn far_sentinel(delay: Duration, timeout: Duration) -> (RedisSentinel, Arc<dyn DedupStore>) {
+    let set = RedisSentinel::start();
+    let far = slow_proxy(first_sentinel(&set), delay).await;
     let url = format!("redis+sentinel://{far}/{}", RedisSentinel::MASTER);
-    let engine = Engine::open(&url, Duration::from_millis(1000)).unwrap();
+    let engine = Engine::open(&url, timeout).unwrap();
     let store = dedup::open(&engine, &unique("k"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match store.round_trip().await {
-            Ok(()) => break,
-            Err(error) if std::time::Instant::now() < deadline => {
-                let _ = error;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!(
-                "the primary was never found through a far sentinel ({tries} calls): {error}"
-            ),
-        }
-    }
+    (set, store)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,16 +541,6 @@ async fn a_far_sentinel_still_leads_to_the_primary() {
 async fn a_sentinel_within_redis_timeout_ms_is_used() {
     // Each request to the sentinel takes 600 ms; REDIS_TIMEOUT_MS is 15 s, so even a lookup
     // of several round trips fits in one call.
-    let set = RedisSentinel::start();
-    let far = slow_proxy(
-        format!("127.0.0.1:{}", set.sentinels[0].port)
-            .parse()
-            .unwrap(),
-        Duration::from_millis(300),
-    )
-    .await;
-    let url = format!("redis+sentinel://{far}/{}", RedisSentinel::MASTER);
-    let engine = Engine::open(&url, Duration::from_secs(15)).unwrap();
-    let store = dedup::open(&engine, &unique("k"));
+    let (_set, store) = far_sentinel(Duration::from_millis(300), Duration::from_secs(15)).await;
     store.round_trip().await.unwrap();
 }

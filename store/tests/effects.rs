@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use store::effects::{Applied, EffectStores, LatestLocation, Location, Subscription};
+use store::effects::{Applied, EffectStores, LatestLocation, Location, Subscription, UserState};
 use store::{Engine, Lease};
 use testkit::{unique, RedisServer};
 
@@ -51,9 +51,20 @@ async fn bind(s: &EffectStores, openid: &str, user: &str) {
         .unwrap()
 }
 
-async fn subscribed(s: &EffectStores, openid: &str) -> bool {
+/// The state of a user of gh_a the store has seen.
+async fn user(s: &EffectStores, openid: &str) -> UserState {
     let user = s.subscriptions.user("gh_a", openid).await.unwrap();
-    user.unwrap().subscribed
+    user.unwrap()
+}
+
+/// (subscribed, updated_at, scene) of a user of gh_a the store has seen.
+async fn state_of(s: &EffectStores, openid: &str) -> (bool, i64, String) {
+    let user = user(s, openid).await;
+    (user.subscribed, user.updated_at, user.scene)
+}
+
+async fn subscribed(s: &EffectStores, openid: &str) -> bool {
+    user(s, openid).await.subscribed
 }
 
 async fn locate(s: &EffectStores, location: Location<'_>) -> Applied {
@@ -80,13 +91,10 @@ async fn suite(s: &EffectStores) {
     // Subscribe, then unsubscribe: binding deleted.
     bind(s, "u1", "user-42").await;
     assert_eq!(
-        s.subscriptions
-            .subscription(sub("u1", true, 100, Some("poster")))
-            .await
-            .unwrap(),
+        apply(s, sub("u1", true, 100, Some("poster"))).await,
         Applied::Yes
     );
-    let state = s.subscriptions.user("gh_a", "u1").await.unwrap().unwrap();
+    let state = user(s, "u1").await;
     assert!(state.subscribed);
     assert_eq!((state.updated_at, state.scene.as_str()), (100, "poster"));
     assert_eq!(binding(s, "u1").await.as_deref(), Some("user-42"));
@@ -106,11 +114,7 @@ async fn suite(s: &EffectStores) {
         apply(s, sub("s1", true, 90, Some("old"))).await,
         Applied::Stale
     );
-    let state = s.subscriptions.user("gh_a", "s1").await.unwrap().unwrap();
-    assert_eq!(
-        (state.subscribed, state.updated_at, state.scene.as_str()),
-        (false, 200, "late")
-    );
+    assert_eq!(state_of(s, "s1").await, (false, 200, "late".to_owned()));
 
     // The unfollow comes first (the follow reaches the log late: a retry, the spool, a
     // redrive): the follow changes nothing else, but its scene is the user's, as in a rebuild
@@ -120,18 +124,10 @@ async fn suite(s: &EffectStores) {
         apply(s, sub("s2", true, 100, Some("first"))).await,
         Applied::Stale
     );
-    let state = s.subscriptions.user("gh_a", "s2").await.unwrap().unwrap();
-    assert_eq!(
-        (state.subscribed, state.updated_at, state.scene.as_str()),
-        (false, 200, "first")
-    );
+    assert_eq!(state_of(s, "s2").await, (false, 200, "first".to_owned()));
     apply(s, sub("s2", true, 150, Some("newer"))).await;
     apply(s, sub("s2", true, 120, Some("older"))).await;
-    let state = s.subscriptions.user("gh_a", "s2").await.unwrap().unwrap();
-    assert_eq!(
-        (state.subscribed, state.updated_at, state.scene.as_str()),
-        (false, 200, "newer")
-    );
+    assert_eq!(state_of(s, "s2").await, (false, 200, "newer".to_owned()));
     // Two follows of one second with different scenes resolve the same way in either order
     // (the greater scene), as the rebuild applies a topic's records in any order.
     for (openid, order) in [("s3", ["x", "y"]), ("s4", ["y", "x"])] {
@@ -139,14 +135,14 @@ async fn suite(s: &EffectStores) {
         for scene in order {
             apply(s, sub(openid, true, 250, Some(scene))).await;
         }
-        let state = s.subscriptions.user("gh_a", openid).await.unwrap().unwrap();
+        let state = user(s, openid).await;
         assert_eq!(state.scene, "y", "{openid}");
     }
     for (openid, order) in [("s5", ["x", "y"]), ("s6", ["y", "x"])] {
         for scene in order {
             apply(s, sub(openid, true, 250, Some(scene))).await;
         }
-        let state = s.subscriptions.user("gh_a", openid).await.unwrap().unwrap();
+        let state = user(s, openid).await;
         assert_eq!(
             (state.subscribed, state.scene.as_str()),
             (true, "y"),
@@ -162,15 +158,7 @@ async fn suite(s: &EffectStores) {
     assert_eq!(binding(s, "u2").await.as_deref(), Some("user-7"));
     // Redelivery of the applied subscribe changes nothing: it is stale.
     assert_eq!(apply(s, sub("u2", true, 300, None)).await, Applied::Stale);
-    assert_eq!(
-        s.subscriptions
-            .user("gh_a", "u2")
-            .await
-            .unwrap()
-            .unwrap()
-            .updated_at,
-        300
-    );
+    assert_eq!(user(s, "u2").await.updated_at, 300);
 
     // Same second: unsubscribed wins, in either order.
     apply(s, sub("u3", true, 400, None)).await;
@@ -241,12 +229,7 @@ async fn suite(s: &EffectStores) {
         "{history:?}"
     );
     assert_eq!(
-        s.locations
-            .latest_location("gh_a", "o1")
-            .await
-            .unwrap()
-            .unwrap()
-            .latitude,
+        latest_of(s, "o1").await.latitude,
         89.9,
         "exact, beyond GEO's range"
     );

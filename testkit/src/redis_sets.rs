@@ -328,4 +328,10 @@ impl RedisSentinel {
             Some(port)
         })
     }
+
+    /// Whether the sentinels name a primary now, and not the one on port `old`: a failover
+    /// from it is done.
+    pub fn promoted_from(&self, old: u16) -> bool {
+        self.primary_port().is_some_and(|port| port != old)
+    }
 }

@@ -492,19 +492,19 @@ pub async fn unready_for(port: u16, reason: &str, within: Duration) -> Option<(u
     .await
 }
 
+/// The `/metrics` of the worker whose admin listener is on `port`, or why there is none.
+async fn fetch_metrics(port: u16) -> reqwest::Result<String> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?;
+    response.text().await
+}
+
 /// The `/metrics` of the worker whose admin listener is on `port`; `None` while it does not
 /// answer.
 pub async fn metrics_if_up(port: u16) -> Option<String> {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()
+    fetch_metrics(port).await.ok()
 }
 
 /// The `/metrics` of the worker whose admin listener is on `port`.
 pub async fn metrics(port: u16) -> String {
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await;
-    response.unwrap().text().await.unwrap()
+    fetch_metrics(port).await.unwrap()
 }

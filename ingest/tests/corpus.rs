@@ -450,12 +450,7 @@ async fn several_accounts_each_with_its_own_secrets() {
     let verify = app.get(&format!("/wechat/news?{shop}&echostr=e1")).await;
     assert_eq!(verify.0, 403);
 
-    let mut accounts: Vec<String> = app
-        .read("event.subscribe", 3)
-        .into_iter()
-        .map(|(_, e, _)| e.account)
-        .collect();
-    accounts.sort();
+    let accounts = app.accounts("event.subscribe", 3);
     assert_eq!(accounts, ["gh_default", "gh_news", "gh_shop"]);
     assert_eq!(app.count_all(), 3);
     app.stop().await;

@@ -20,15 +20,27 @@ fn push(to: &str, from: &str, create_time: i64, event: &str, more: &str) -> Stri
     )
 }
 
+/// How long after its records are read a topic must still hold only those.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// The account in safe mode: `wxapp`, with the test's key.
+fn safe_mode(config: &mut ingest::Config) {
+    config.shared.appid = Some("wxapp".into());
+    config.encoding_aes_key = Some(ingest::config::Secret::new(KEY));
+}
+
+/// [`safe_mode`], plaintext still accepted: how an operator switches modes in WeChat's console.
+fn switching_to_safe_mode(config: &mut ingest::Config) {
+    safe_mode(config);
+    config.accept_plaintext = true;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_with_a_key_refuses_plaintext_unless_told_to_accept_it() {
     // A captured safe-mode query with `encrypt_type` and `msg_signature` dropped still has a
     // valid `signature`: it must not carry a plaintext body.
     let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.shared.appid = Some("wxapp".into());
-    config.encoding_aes_key = Some(ingest::config::Secret::new(KEY));
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_configured(&redis.url(), safe_mode).await;
     let forged = push("gh_test", "victim", now(), "unsubscribe", "");
     let (status, reason) = app.post_push(&forged).await;
     assert_eq!(status, 403, "{reason}");
@@ -37,11 +49,7 @@ async fn an_account_with_a_key_refuses_plaintext_unless_told_to_accept_it() {
     app.stop().await;
 
     // While switching modes in WeChat's console, the operator lets plaintext through.
-    let mut config = test_config(&redis.url());
-    config.shared.appid = Some("wxapp".into());
-    config.encoding_aes_key = Some(ingest::config::Secret::new(KEY));
-    config.accept_plaintext = true;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_configured(&redis.url(), switching_to_safe_mode).await;
     assert_eq!(app.post_push(&forged).await.0, 200);
     assert_eq!(app.read("event.unsubscribe", 1).len(), 1);
     app.stop().await;
@@ -143,6 +151,16 @@ async fn a_create_time_ahead_of_the_signed_timestamp_is_refused() {
     app.stop().await;
 }
 
+/// An ingress without Redis that gives a request `read_timeout_ms` to arrive, its config as
+/// `configure` leaves it: for the slow-connection attacks.
+async fn reading_for(read_timeout_ms: u64, configure: impl FnOnce(&mut ingest::Config)) -> TestApp {
+    TestApp::spawn_configured("memory://", |config| {
+        config.read_timeout_ms = read_timeout_ms;
+        configure(config);
+    })
+    .await
+}
+
 /// Sends raw bytes on a new connection and returns it.
 async fn connect_and_send(app: &TestApp, bytes: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
@@ -177,9 +195,7 @@ async fn status_line(stream: &mut TcpStream, within: Duration) -> Option<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_signature_is_refused_before_the_body_is_read() {
-    let mut config = test_config("memory://");
-    config.read_timeout_ms = 5000;
-    let app = TestApp::spawn_with(config).await;
+    let app = reading_for(5000, |_| {}).await;
     let bad = TestApp::signed_query("not-the-token", "x");
     let mut stream = connect_and_send(&app, push_head(&bad, 1000).as_bytes()).await;
     let line = status_line(&mut stream, Duration::from_secs(2)).await;
@@ -189,10 +205,7 @@ async fn a_bad_signature_is_refused_before_the_body_is_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_never_send_their_body_hold_no_permit() {
-    let mut config = test_config("memory://");
-    config.max_in_flight = 4;
-    config.read_timeout_ms = 10_000;
-    let app = TestApp::spawn_with(config).await;
+    let app = reading_for(10_000, |config| config.max_in_flight = 4).await;
     // A valid (replayed) query, headers only: the body never comes.
     let query = TestApp::signed_query(TOKEN, "replayed");
     let silent = open_many(&app, 12, |_| push_head(&query, 500)).await;
@@ -207,10 +220,7 @@ async fn connections_that_never_send_their_body_hold_no_permit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_past_the_limit_are_closed_first() {
-    let mut config = test_config("memory://");
-    config.max_connections = 8;
-    config.read_timeout_ms = 30_000;
-    let app = TestApp::spawn_with(config).await;
+    let app = reading_for(30_000, |config| config.max_connections = 8).await;
     let query = TestApp::signed_query(TOKEN, "slow");
     // 40 connections: idle ones, and ones stuck in their headers or their body.
     let mut held = open_many(&app, 40, |i| match i % 3 {
@@ -301,9 +311,10 @@ async fn pushes_from_outside_the_allowlist_are_refused() {
     app.stop().await;
 
     // A list that holds the address lets it through.
-    let mut config = test_config("memory://");
-    config.allowed_ips = vec!["127.0.0.1/32".parse().unwrap()];
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_configured("memory://", |config| {
+        config.allowed_ips = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
     assert_eq!(app.post_push(&genuine()).await.0, 200);
     app.stop().await;
 }
@@ -311,23 +322,25 @@ async fn pushes_from_outside_the_allowlist_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_that_differ_in_any_field_are_never_merged() {
     let (_redis, app) = on_redis().await;
+    // One user's events of one second, each pair alike but for one field.
     let t = now();
+    let event = |event: &str, more: &str| push("gh_test", "u1", t, event, more);
     let cases = [
         (
             "event.kf_create_session",
-            push("gh_test", "u1", t, "kf_create_session", "<KfAccount>a@x</KfAccount>"),
-            push("gh_test", "u1", t, "kf_create_session", "<KfAccount>b@x</KfAccount>"),
+            event("kf_create_session", "<KfAccount>a@x</KfAccount>"),
+            event("kf_create_session", "<KfAccount>b@x</KfAccount>"),
         ),
         (
             "event.other",
-            push("gh_test", "u1", t, "user_get_card", "<CardId>c</CardId><UserCardCode>1</UserCardCode>"),
-            push("gh_test", "u1", t, "user_get_card", "<CardId>c</CardId><UserCardCode>2</UserCardCode>"),
+            event("user_get_card", "<CardId>c</CardId><UserCardCode>1</UserCardCode>"),
+            event("user_get_card", "<CardId>c</CardId><UserCardCode>2</UserCardCode>"),
         ),
         (
             "event.subscribe_msg_sent_event",
-            push("gh_test", "u1", t, "subscribe_msg_sent_event",
+            event("subscribe_msg_sent_event",
                  "<SubscribeMsgSentEvent><List><TemplateId>t</TemplateId><MsgID>1</MsgID><ErrorCode>0</ErrorCode><ErrorStatus>success</ErrorStatus></List></SubscribeMsgSentEvent>"),
-            push("gh_test", "u1", t, "subscribe_msg_sent_event",
+            event("subscribe_msg_sent_event",
                  "<SubscribeMsgSentEvent><List><TemplateId>t</TemplateId><MsgID>2</MsgID><ErrorCode>0</ErrorCode><ErrorStatus>success</ErrorStatus></List></SubscribeMsgSentEvent>"),
         ),
     ];
@@ -372,12 +385,7 @@ async fn one_accounts_token_never_speaks_for_another() {
     let query = TestApp::signed_query("shop-token", &unique("n"));
     let own = push("gh_shop", "fan", now(), "subscribe", "");
     assert_eq!(app.post_to("/wechat/shop", &query, &own).await.0, 200);
-    let mut accounts: Vec<String> = app
-        .read("event.subscribe", 2)
-        .into_iter()
-        .map(|(_, event, _)| event.account)
-        .collect();
-    accounts.sort();
+    let accounts = app.accounts("event.subscribe", 2);
     assert_eq!(accounts, ["gh_default", "gh_shop"]);
     app.stop().await;
 }
@@ -389,20 +397,12 @@ async fn several_accounts_without_their_original_ids_refuse_the_start() {
     let kafka = Kafka::start(&[]);
     let accounts =
         accounts_file("[accounts.shop]\ntoken = \"shop-token\"\noriginal_id = \"gh_shop\"\n");
-    let output = testkit::output_within(
-        std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
-            .env("INGEST_LISTEN", "127.0.0.1:0")
-            .env("INGEST_ADMIN_LISTEN", "")
-            .env("WECHAT_TOKEN", TOKEN)
-            .env("INGEST_ACCOUNTS", &accounts)
-            .env("KAFKA_BROKERS", kafka.brokers())
-            .env("REDIS_URL", "memory://"),
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("the ingress refuses to start, and exits");
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&[
+        ("INGEST_ACCOUNTS", accounts.display().to_string()),
+        ("KAFKA_BROKERS", kafka.brokers()),
+        ("REDIS_URL", "memory://".to_owned()),
+    ])
+    .await;
     assert!(stderr.contains("WECHAT_ORIGINAL_ID"), "{stderr}");
 }
 
@@ -411,10 +411,7 @@ async fn several_accounts_without_their_original_ids_refuse_the_start() {
 /// WeChat's last retry must still find its claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_dedup_ttl_never_reopens_a_captured_query() {
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.dedup_ttl_secs = Some(1);
-    let app = TestApp::spawn_with(config).await;
+    let (_redis, app) = on_redis_with(|config| config.dedup_ttl_secs = Some(1)).await;
     let query = TestApp::signed_query(TOKEN, "captured");
     let genuine = push("gh_test", "fan", now(), "subscribe", "");
     assert_eq!(app.post_with_query(&query, &genuine).await.0, 200);
@@ -430,13 +427,8 @@ async fn a_short_dedup_ttl_never_reopens_a_captured_query() {
         200,
         "a retry"
     );
-    app.read_exactly(
-        "event.subscribe",
-        1,
-        Duration::from_millis(300),
-        "a retry after INGEST_DEDUP_TTL is still the same event",
-    )
-    .await;
+    let why = "a retry after INGEST_DEDUP_TTL is still the same event";
+    app.read_exactly("event.subscribe", 1, SETTLE, why).await;
     assert_eq!(app.count("event.unsubscribe"), 0);
     app.stop().await;
 }
@@ -446,12 +438,7 @@ async fn a_short_dedup_ttl_never_reopens_a_captured_query() {
 /// `msg_signature`, must not carry a plaintext body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_pushs_query_carries_no_plaintext_body() {
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.shared.appid = Some("wxapp".into());
-    config.encoding_aes_key = Some(ingest::config::Secret::new(KEY));
-    config.accept_plaintext = true;
-    let app = TestApp::spawn_with(config).await;
+    let (_redis, app) = on_redis_with(switching_to_safe_mode).await;
     let key = wechat::decrypt::AesKey::parse(KEY).unwrap();
     let signer = wechat::Signer::encrypted(TOKEN, key, "wxapp");
     let ts = now().to_string();
@@ -475,12 +462,7 @@ async fn an_encrypted_pushs_query_carries_no_plaintext_body() {
     assert_ne!(again.body, genuine.body);
     assert_eq!(app.post_with_query(&again.query, &again.body).await.0, 200);
     assert_eq!(app.count("event.unsubscribe"), 0);
-    app.read_exactly(
-        "event.subscribe",
-        1,
-        Duration::from_millis(300),
-        "one push, retried twice",
-    )
-    .await;
+    app.read_exactly("event.subscribe", 1, SETTLE, "one push, retried twice")
+        .await;
     app.stop().await;
 }

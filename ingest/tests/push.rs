@@ -10,6 +10,9 @@ use redis::Commands;
 use schemas::Kind;
 use serde_json::json;
 
+/// How long after its records are read a topic must still hold only those.
+const SETTLE: Duration = Duration::from_millis(300);
+
 fn seed(fields: &str, from: &str, create_time: i64) -> String {
     format!(
         "<xml> <ToUserName><![CDATA[gh_test]]></ToUserName> <FromUserName><![CDATA[{from}]]></FromUserName> \
@@ -21,48 +24,26 @@ fn seed(fields: &str, from: &str, create_time: i64) -> String {
 async fn url_verification() {
     let app = TestApp::spawn("memory://").await;
     let query = TestApp::signed_query(TOKEN, "n1");
-    let response = app
-        .client
-        .get(app.url(&format!("/wechat?{query}&echostr=hello%20wx")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), "hello wx");
+    let (status, body) = app
+        .get(&format!("/wechat?{query}&echostr=hello%20wx"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "hello wx");
 
     let bad = TestApp::signed_query("other-token", "n1");
-    let response = app
-        .client
-        .get(app.url(&format!("/wechat?{bad}&echostr=x")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 403);
+    let (status, _) = app.get(&format!("/wechat?{bad}&echostr=x")).await;
+    assert_eq!(status, 403);
 
-    let response = app
-        .client
-        .get(app.url(&format!("/wechat?{query}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400, "missing echostr");
-    let response = app
-        .client
-        .get(app.url("/wechat?echostr=x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400, "missing signature");
+    let (status, _) = app.get(&format!("/wechat?{query}")).await;
+    assert_eq!(status, 400, "missing echostr");
+    let (status, _) = app.get("/wechat?echostr=x").await;
+    assert_eq!(status, 400, "missing signature");
 
-    let response = app
-        .client
-        .put(app.url(&format!("/wechat?{query}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 405);
-    let response = app.client.get(app.url("/elsewhere")).send().await.unwrap();
-    assert_eq!(response.status(), 404);
+    let put = reqwest::Method::PUT;
+    let (status, _) = app.request(put, &format!("/wechat?{query}")).await;
+    assert_eq!(status, 405);
+    let (status, _) = app.get("/elsewhere").await;
+    assert_eq!(status, 404);
     app.stop().await;
 }
 
@@ -151,13 +132,8 @@ async fn wechat_retries_publish_once() {
     }
     // A retry that arrives with a fresh nonce is the same event, too.
     assert_eq!(app.post_push(&xml).await.0, 200);
-    app.read_exactly(
-        "event.subscribe",
-        1,
-        Duration::from_millis(300),
-        "once each",
-    )
-    .await;
+    app.read_exactly("event.subscribe", 1, SETTLE, "once each")
+        .await;
     app.stop().await;
 }
 
@@ -187,10 +163,7 @@ async fn different_events_in_one_second_are_all_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_4xx_and_nothing_is_published() {
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.max_body_bytes = 4096;
-    let app = TestApp::spawn_with(config).await;
+    let (_redis, app) = on_redis_with(|config| config.max_body_bytes = 4096).await;
     let good = seed("<Event>subscribe</Event>", "u_bad", now());
     let cases: Vec<(u16, String, String)> = vec![
         (
@@ -277,22 +250,25 @@ async fn a_nonce_replayed_with_another_body_is_refused() {
     app.stop().await;
 }
 
+/// A fresh Redis and the app on it, with a push from `u_warm` published: the broker's
+/// metadata is in, so a fault injected next hits a produce request itself. `None` against
+/// real brokers, where no fault can be injected.
+async fn warmed_up() -> Option<(RedisServer, TestApp)> {
+    let (redis, app) = on_redis().await;
+    app.kafka.mock_cluster()?;
+    let warm = seed("<Event>subscribe</Event>", "u_warm", now());
+    assert_eq!(app.post_push(&warm).await.0, 200);
+    Some((redis, app))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_publish_is_503_releases_the_claim_and_the_retry_lands_once() {
-    let (redis, app) = on_redis().await;
-    let Some(mock) = app.kafka.mock_cluster() else {
+    let Some((redis, app)) = warmed_up().await else {
         return;
     };
     let xml = seed("<Event>subscribe</Event>", "u_fail", now());
     let query = TestApp::signed_query(TOKEN, "fail-nonce");
-    // Warm up metadata so the injected error hits the produce request itself.
-    assert_eq!(
-        app.post_push(&seed("<Event>subscribe</Event>", "u_warm", now()))
-            .await
-            .0,
-        200
-    );
-
+    let mock = app.kafka.mock_cluster().unwrap();
     mock.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
@@ -310,29 +286,17 @@ async fn a_failed_publish_is_503_releases_the_claim_and_the_retry_lands_once() {
     let (status, reason) = app.post_with_query(&query, &xml).await;
     assert_eq!(status, 200, "{reason}");
     assert_eq!(app.post_with_query(&query, &xml).await.0, 200);
-    app.read_exactly(
-        "event.subscribe",
-        2,
-        Duration::from_millis(300),
-        "u_warm and u_fail, once each",
-    )
-    .await;
+    let why = "u_warm and u_fail, once each";
+    app.read_exactly("event.subscribe", 2, SETTLE, why).await;
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_down_is_503_within_the_deadline_and_the_retry_lands_once() {
-    let (_redis, app) = on_redis().await;
-    let Some(mock) = app.kafka.mock_cluster() else {
+    let Some((_redis, app)) = warmed_up().await else {
         return;
     };
-    assert_eq!(
-        app.post_push(&seed("<Event>subscribe</Event>", "u_warm", now()))
-            .await
-            .0,
-        200
-    );
-
+    let mock = app.kafka.mock_cluster().unwrap();
     mock.broker_down(1).unwrap();
     let xml = seed("<Event>unsubscribe</Event>", "u_down", now());
     let query = TestApp::signed_query(TOKEN, "down-nonce");
@@ -437,9 +401,7 @@ async fn redis_unreachable_still_publishes_every_push_answered_200() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut config = test_config("memory://");
-    config.read_timeout_ms = 300;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_configured("memory://", |config| config.read_timeout_ms = 300).await;
 
     // Headers that never finish.
     let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
@@ -500,7 +462,7 @@ async fn readiness_follows_what_can_make_a_push_durable() {
     app.stop().await;
 
     let mut config = test_config(&redis.url());
-    config.spool_dir = Some(std::env::temp_dir().join(unique("wxpipe-spool-")));
+    config.spool_dir = Some(spool_dir());
     let app = TestApp::spawn_binary(config).await;
     let mock = app.kafka.mock_cluster().unwrap();
     assert!(app.wait_ready(Duration::from_secs(5)).await);

@@ -59,6 +59,13 @@ impl TestApp {
         Self::spawn_with(test_config(redis_url)).await
     }
 
+    /// [`TestApp::spawn`], with the test config as `configure` leaves it.
+    pub async fn spawn_configured(redis_url: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = test_config(redis_url);
+        configure(&mut config);
+        Self::spawn_with(config).await
+    }
+
     pub async fn spawn_with(mut config: Config) -> TestApp {
         let kafka = start_kafka(&mut config);
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
@@ -309,6 +316,14 @@ impl TestApp {
             .collect()
     }
 
+    /// The accounts of a topic's `expected` records (read as [`TestApp::read`]), sorted.
+    pub fn accounts(&self, suffix: &str, expected: usize) -> Vec<String> {
+        let records = self.read(suffix, expected).into_iter();
+        let mut accounts: Vec<String> = records.map(|(_, event, _)| event.account).collect();
+        accounts.sort();
+        accounts
+    }
+
     /// Reads a topic's `expected` records, then asserts that `settle` later it holds no
     /// more: each of them once (`why` says what that means to the test).
     pub async fn read_exactly(
@@ -327,7 +342,13 @@ impl TestApp {
 
     /// GETs a path of the public listener: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
+        self.request(reqwest::Method::GET, path).await
+    }
+
+    /// Sends a request without a body to a path of the public listener: (status, body).
+    pub async fn request(&self, method: reqwest::Method, path: &str) -> (u16, String) {
+        let request = self.client.request(method, self.url(path));
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.text().await.unwrap())
     }
@@ -560,6 +581,25 @@ pub async fn wait_up(port: u16) {
     panic!("ingest did not come up on port {port}");
 }
 
+/// Runs the `ingest` binary with the test token, `envs` and no admin listener, which must
+/// refuse to start: exit 2 within 60 s. What it said on stderr.
+pub async fn refused_start(envs: &[(&str, String)]) -> String {
+    let output = testkit::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+            .envs([
+                ("INGEST_LISTEN", "127.0.0.1:0"),
+                ("INGEST_ADMIN_LISTEN", ""),
+                ("WECHAT_TOKEN", TOKEN),
+            ])
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str()))),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .expect("the ingress refuses to start, and exits");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// POSTs a signed push to an ingress on `port`: the status.
 pub async fn post_to_port(port: u16, xml: &str) -> u16 {
     let query = TestApp::signed_query(TOKEN, &unique("n"));
@@ -571,6 +611,31 @@ pub async fn post_to_port(port: u16, xml: &str) -> u16 {
         .map_or(0, |r| r.status().as_u16())
 }
 
+/// A fresh folder for a spool (`INGEST_SPOOL_DIR`), created by the ingress.
+pub fn spool_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(unique("wxpipe-spool-"))
+}
+
+/// `work`'s output and how long it took: for the tests that bound an answer's time.
+pub async fn timed<T>(work: impl std::future::Future<Output = T>) -> (T, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let output = work.await;
+    (output, started.elapsed())
+}
+
+/// Runs `during` with the app's broker down, then brings the broker back: the spool's
+/// scenario. `None`, with nothing run, against real brokers, which a test cannot stop.
+pub async fn with_broker_down<T>(
+    app: &TestApp,
+    during: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mock = app.kafka.mock_cluster()?;
+    mock.broker_down(1).unwrap();
+    let output = during.await;
+    mock.broker_up(1).unwrap();
+    Some(output)
+}
+
 /// The dedup key of an event id, by the contract: `{p}:dedup:{account:openid}:{id}`.
 pub fn dedup_key(prefix: &str, id: &str) -> String {
     let mut parts = id.splitn(3, ':');
@@ -580,8 +645,13 @@ pub fn dedup_key(prefix: &str, id: &str) -> String {
 
 /// A fresh `redis-server` and the app on it (the server lives as long as the first value).
 pub async fn on_redis() -> (RedisServer, TestApp) {
+    on_redis_with(|_| {}).await
+}
+
+/// [`on_redis`], with the test config as `configure` leaves it.
+pub async fn on_redis_with(configure: impl FnOnce(&mut Config)) -> (RedisServer, TestApp) {
     let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis.url()).await;
+    let app = TestApp::spawn_configured(&redis.url(), configure).await;
     (redis, app)
 }
 

@@ -24,7 +24,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use schemas::{Event, Topic};
-use store::component::{Admission, Components, UserName};
+use store::component::{Admission, Authorization, AuthorizerOf, Components, Ticket, UserName};
 use wechat::accounts::ComponentEntry;
 use wechat::decrypt::AesKey;
 use wechat::normalize::{normalize_component, normalize_on};
@@ -116,6 +116,14 @@ impl Component {
         self.account.appid.as_deref().unwrap_or_default()
     }
 
+    /// One of the component's authorizers, as the store names it.
+    fn of<'a>(&'a self, authorizer: &'a str) -> AuthorizerOf<'a> {
+        AuthorizerOf {
+            component: self.appid(),
+            authorizer,
+        }
+    }
+
     /// The component as the pipeline's checks see it (Token, key, AppID).
     pub fn account(&self) -> &Account {
         &self.account
@@ -205,7 +213,11 @@ impl Component {
                 let ticket = field("ticket", "ComponentVerifyTicket")?;
                 tokio::time::timeout_at(
                     by,
-                    self.store.set_ticket(component, ticket, event.created_at),
+                    self.store.set_ticket(Ticket {
+                        component,
+                        ticket,
+                        created_at: event.created_at,
+                    }),
                 )
                 .await
                 .map_err(|_| timeout())?
@@ -217,8 +229,11 @@ impl Component {
                 tracing::info!(authorizer, authorized, "component authorization event");
                 tokio::time::timeout_at(
                     by,
-                    self.store
-                        .set_authorized(component, authorizer, authorized, event.created_at),
+                    self.store.set_authorized(Authorization {
+                        of: self.of(authorizer),
+                        authorized,
+                        created_at: event.created_at,
+                    }),
                 )
                 .await
                 .map_err(|_| timeout())?
@@ -269,7 +284,7 @@ impl Component {
         *topic = Some(event.topic());
         let admission = tokio::time::timeout_at(
             self.store_by(arrived),
-            self.store.admit(self.appid(), appid, &event.account),
+            self.store.admit(self.of(appid), &event.account),
         )
         .await
         .map_err(|_| Unavailable::ComponentStore(store::StoreError::Timeout))?
@@ -306,7 +321,13 @@ impl Component {
         );
         tokio::spawn(async move {
             if let Err(error) = store
-                .write_user_name(&component, &authorizer, UserName::Learned(&user_name))
+                .write_user_name(
+                    AuthorizerOf {
+                        component: &component,
+                        authorizer: &authorizer,
+                    },
+                    UserName::Learned(&user_name),
+                )
                 .await
             {
                 tracing::warn!(%error, %authorizer, "an authorizer's gh_ id not learned: the next push teaches it");

@@ -4,7 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use store::component::{self, Admission, Components, UserName};
+use store::component::{
+    self, Admission, Authorization, AuthorizerOf, Components, RefreshToken, Ticket, UserName,
+};
 use store::effects::Applied;
 use store::Engine;
 use testkit::{unique, RedisServer};
@@ -17,21 +19,43 @@ struct Authorizer<'a> {
 }
 
 impl Authorizer<'_> {
+    fn of(&self) -> AuthorizerOf<'_> {
+        AuthorizerOf {
+            component: self.c,
+            authorizer: self.appid,
+        }
+    }
+
     async fn admit(&self, user_name: &str) -> Admission {
-        self.s.admit(self.c, self.appid, user_name).await.unwrap()
+        self.s.admit(self.of(), user_name).await.unwrap()
     }
 
-    async fn authorize(&self, authorized: bool, at: i64) -> Applied {
-        let (c, appid) = (self.c, self.appid);
-        self.s
-            .set_authorized(c, appid, authorized, at)
-            .await
-            .unwrap()
+    async fn authorize(&self, authorized: bool, created_at: i64) -> Applied {
+        let of = self.of();
+        let change = Authorization {
+            of,
+            authorized,
+            created_at,
+        };
+        self.s.set_authorized(change).await.unwrap()
     }
 
-    async fn keep_refresh(&self, token: &str, at: i64) -> Applied {
-        let (c, appid) = (self.c, self.appid);
-        self.s.set_refresh_token(c, appid, token, at).await.unwrap()
+    async fn keep_refresh(&self, token: &str, created_at: i64) -> Applied {
+        let (of, token) = (self.of(), token);
+        let token = RefreshToken {
+            of,
+            token,
+            created_at,
+        };
+        self.s.set_refresh_token(token).await.unwrap()
+    }
+
+    async fn state(&self) -> store::component::Authorizer {
+        self.s.authorizer(self.of()).await.unwrap()
+    }
+
+    async fn write_user_name(&self, name: UserName<'_>) {
+        self.s.write_user_name(self.of(), name).await.unwrap()
     }
 }
 
@@ -41,11 +65,16 @@ async fn suite(s: &dyn Components) {
     let wxb = Authorizer { s, c, appid: "wxb" };
 
     // The newest ticket by CreateTime is kept, whatever order they come in.
+    let ticket = |ticket, created_at| Ticket {
+        component: c,
+        ticket,
+        created_at,
+    };
     assert_eq!(s.ticket(c).await.unwrap(), None);
-    s.set_ticket(c, "t200", 200).await.unwrap();
-    s.set_ticket(c, "t100", 100).await.unwrap();
+    s.set_ticket(ticket("t200", 200)).await.unwrap();
+    s.set_ticket(ticket("t100", 100)).await.unwrap();
     assert_eq!(s.ticket(c).await.unwrap().as_deref(), Some("t200"));
-    s.set_ticket(c, "t300", 300).await.unwrap();
+    s.set_ticket(ticket("t300", 300)).await.unwrap();
     assert_eq!(s.ticket(c).await.unwrap().as_deref(), Some("t300"));
     assert_eq!(s.ticket("wxother").await.unwrap(), None, "per component");
 
@@ -53,17 +82,9 @@ async fn suite(s: &dyn Components) {
     // check refuses must not); its first durable push teaches its gh_ id.
     assert_eq!(wxa.admit("gh_a").await, Admission::Admitted);
     assert_eq!(wxa.admit("gh_other").await, Admission::Admitted);
-    assert_eq!(
-        s.authorizer(c, "wxa").await.unwrap(),
-        Default::default(),
-        "nothing kept"
-    );
-    s.write_user_name(c, "wxa", UserName::Learned("gh_a"))
-        .await
-        .unwrap();
-    s.write_user_name(c, "wxa", UserName::Learned("gh_later"))
-        .await
-        .unwrap();
+    assert_eq!(wxa.state().await, Default::default(), "nothing kept");
+    wxa.write_user_name(UserName::Learned("gh_a")).await;
+    wxa.write_user_name(UserName::Learned("gh_later")).await;
     assert_eq!(wxa.admit("gh_a").await, Admission::Admitted);
     assert_eq!(
         wxa.admit("gh_b").await,
@@ -72,9 +93,7 @@ async fn suite(s: &dyn Components) {
         }
     );
     // WeChat's API has the last word on the gh_ id.
-    s.write_user_name(c, "wxa", UserName::FromApi("gh_real"))
-        .await
-        .unwrap();
+    wxa.write_user_name(UserName::FromApi("gh_real")).await;
     assert!(matches!(
         wxa.admit("gh_a").await,
         Admission::OtherAccount { .. }
@@ -84,7 +103,7 @@ async fn suite(s: &dyn Components) {
     // Authorization: last write wins by CreateTime; the refresh token follows it.
     assert_eq!(wxa.authorize(true, 100).await, Applied::Yes);
     assert_eq!(wxa.keep_refresh("r100", 100).await, Applied::Yes);
-    let a = s.authorizer(c, "wxa").await.unwrap();
+    let a = wxa.state().await;
     assert_eq!((a.authorized, a.authorized_at), (Some(true), Some(100)));
     assert_eq!(a.refresh_token.as_deref(), Some("r100"));
     assert_eq!(a.user_name.as_deref(), Some("gh_real"));
@@ -104,7 +123,7 @@ async fn suite(s: &dyn Components) {
     // A withdrawal refuses the authorizer's pushes and forgets its refresh token.
     assert_eq!(wxa.authorize(false, 200).await, Applied::Yes);
     assert_eq!(wxa.admit("gh_real").await, Admission::Unauthorized);
-    let a = s.authorizer(c, "wxa").await.unwrap();
+    let a = wxa.state().await;
     assert_eq!((a.authorized, a.refresh_token), (Some(false), None));
     assert_eq!(
         wxa.keep_refresh("r150", 150).await,
@@ -126,14 +145,26 @@ async fn suite(s: &dyn Components) {
     assert_eq!(wxb.authorize(true, 50).await, Applied::Yes);
     assert_eq!(wxb.authorize(false, 50).await, Applied::Yes);
     assert_eq!(wxb.authorize(true, 50).await, Applied::Stale);
-    assert_eq!(
-        s.authorizer(c, "wxb").await.unwrap().authorized,
-        Some(false)
-    );
+    assert_eq!(wxb.state().await.authorized, Some(false));
     // Nothing of one authorizer is another's.
-    assert_eq!(s.authorizer(c, "wxnone").await.unwrap(), Default::default());
     assert_eq!(
-        s.authorizer("wxother", "wxa").await.unwrap(),
+        Authorizer {
+            s,
+            c,
+            appid: "wxnone"
+        }
+        .state()
+        .await,
+        Default::default()
+    );
+    assert_eq!(
+        Authorizer {
+            s,
+            c: "wxother",
+            appid: "wxa"
+        }
+        .state()
+        .await,
         Default::default()
     );
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 use wechat::accounts::Secret;
 
-use store::component::Components;
+use store::component::{AuthorizerOf, Components, RefreshToken};
 use store::effects::TokenCache;
 use store::StoreError;
 
@@ -39,6 +39,16 @@ pub enum Grant {
 pub struct ComponentCredentials {
     pub appid: String,
     pub appsecret: Secret,
+}
+
+impl ComponentCredentials {
+    /// One of this component's authorizers, as the component store names it.
+    pub fn of<'a>(&'a self, authorizer: &'a str) -> AuthorizerOf<'a> {
+        AuthorizerOf {
+            component: &self.appid,
+            authorizer,
+        }
+    }
 }
 
 impl Credentials {
@@ -605,7 +615,7 @@ impl WeChat {
         component: &Arc<ComponentCredentials>,
     ) -> Result<Reply, ApiError> {
         let components = self.components()?;
-        let authorizer = components.authorizer(&component.appid, appid).await?;
+        let authorizer = components.authorizer(component.of(appid)).await?;
         let refresh_token = authorizer
             .refresh_token
             .ok_or_else(|| ApiError::NotAuthorized(appid.to_owned()))?;
@@ -628,7 +638,11 @@ impl WeChat {
         {
             let at = authorizer.refresh_at.unwrap_or(0);
             components
-                .set_refresh_token(&component.appid, appid, fresh, at)
+                .set_refresh_token(RefreshToken {
+                    of: component.of(appid),
+                    token: fresh,
+                    created_at: at,
+                })
                 .await?;
         }
         Ok(reply)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::api::{ApiError, ComponentCredentials, Credentials, ErrorClass, WeChat};
 use crate::config::{Role, SceneTexts};
-use store::component::{Components, UserName};
+use store::component::{Authorization, Components, RefreshToken, UserName};
 use store::effects::{Applied, EffectStores, Location, Subscription};
 use store::Lease;
 
@@ -181,48 +181,45 @@ impl Effects {
             return Outcome::Skipped(format!("another component's ({})", event.account));
         }
         let store = &component.store;
-        match event.type_.as_str() {
-            "authorized" | "updateauthorized" => {
-                // The ingress recorded the authorization before it answered; a record from
-                // the spool or a redrive is recorded here again (idempotent).
-                if let Err(error) = store
-                    .set_authorized(&event.account, &authorizer, true, event.created_at)
-                    .await
-                {
-                    return store_failed(&error);
-                }
-                let known = match store.authorizer(&event.account, &authorizer).await {
-                    Ok(known) => known,
-                    Err(error) => return store_failed(&error),
-                };
-                if known.authorized == Some(false) {
-                    return Outcome::Skipped("withdrawn since".into());
-                }
-                if known.refresh_at.is_some_and(|at| at >= event.created_at) {
-                    // Exchanged already (a code is good once): a redelivery.
-                    return Outcome::Done;
-                }
-                let Some(code) = event.text("authorization_code") else {
-                    return Outcome::Poison("an authorization without its code".into());
-                };
-                self.exchange(component, &authorizer, code, event.created_at)
-                    .await
-            }
-            "unauthorized" => {
-                if let Err(error) = store
-                    .set_authorized(&event.account, &authorizer, false, event.created_at)
-                    .await
-                {
-                    return store_failed(&error);
-                }
-                let creds = Credentials::authorizer(&authorizer, &component.credentials);
-                match self.wechat.forget_token(&creds).await {
-                    Ok(()) => Outcome::Done,
-                    Err(error) => api_failed(&error),
-                }
-            }
-            other => Outcome::Skipped(format!("{other} is not an authorization")),
+        let authorized = match event.type_.as_str() {
+            "authorized" | "updateauthorized" => true,
+            "unauthorized" => false,
+            other => return Outcome::Skipped(format!("{other} is not an authorization")),
+        };
+        let of = component.credentials.of(&authorizer);
+        // The ingress recorded the change before it answered; a record from the spool or a
+        // redrive is recorded here again (idempotent).
+        let change = Authorization {
+            of,
+            authorized,
+            created_at: event.created_at,
+        };
+        if let Err(error) = store.set_authorized(change).await {
+            return store_failed(&error);
         }
+        if !authorized {
+            let creds = Credentials::authorizer(&authorizer, &component.credentials);
+            return match self.wechat.forget_token(&creds).await {
+                Ok(()) => Outcome::Done,
+                Err(error) => api_failed(&error),
+            };
+        }
+        let known = match store.authorizer(of).await {
+            Ok(known) => known,
+            Err(error) => return store_failed(&error),
+        };
+        if known.authorized == Some(false) {
+            return Outcome::Skipped("withdrawn since".into());
+        }
+        if known.refresh_at.is_some_and(|at| at >= event.created_at) {
+            // Exchanged already (a code is good once): a redelivery.
+            return Outcome::Done;
+        }
+        let Some(code) = event.text("authorization_code") else {
+            return Outcome::Poison("an authorization without its code".into());
+        };
+        self.exchange(component, &authorizer, code, event.created_at)
+            .await
     }
 
     /// Exchanges an authorization code and keeps the refresh token, the access token it came
@@ -237,8 +234,8 @@ impl Effects {
         code: &str,
         created_at: i64,
     ) -> Outcome {
-        let c = &component.credentials.appid;
-        match component.store.authorizer(c, authorizer).await {
+        let of = component.credentials.of(authorizer);
+        match component.store.authorizer(of).await {
             // Exchanged already, by this record's earlier attempt or a copy of it.
             Ok(kept) if kept.refresh_at.is_some_and(|at| at >= created_at) => return Outcome::Done,
             Ok(_) => {}
@@ -279,7 +276,11 @@ impl Effects {
         loop {
             match component
                 .store
-                .set_refresh_token(c, authorizer, &refresh_token, created_at)
+                .set_refresh_token(RefreshToken {
+                    of,
+                    token: &refresh_token,
+                    created_at,
+                })
                 .await
             {
                 Ok(Applied::Yes) => break,
@@ -309,7 +310,7 @@ impl Effects {
             Ok((user_name, _)) => {
                 if let Err(error) = component
                     .store
-                    .write_user_name(c, authorizer, UserName::FromApi(&user_name))
+                    .write_user_name(of, UserName::FromApi(&user_name))
                     .await
                 {
                     tracing::warn!(%error, %authorizer, "authorizer's gh_ id not kept: learned from its first push");
@@ -441,7 +442,7 @@ impl Effects {
                 // out for it, whatever token is still cached.
                 match component
                     .store
-                    .authorizer(&component.credentials.appid, appid)
+                    .authorizer(component.credentials.of(appid))
                     .await
                 {
                     Ok(state) if state.authorized == Some(false) => {

@@ -9,10 +9,18 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use store::component::Components;
+use store::component::{Authorization, AuthorizerOf, Components, Ticket};
 
 const COMPONENT: &str = "wxcomponent";
 const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+/// An authorizer of the test's component, as the store names it.
+fn of(authorizer: &str) -> AuthorizerOf<'_> {
+    AuthorizerOf {
+        component: COMPONENT,
+        authorizer,
+    }
+}
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -162,7 +170,11 @@ async fn start(codes: &[(&str, &str)]) -> (Env, Arc<dyn Components>) {
     let env = Env::start().await;
     let store = components(&env);
     store
-        .set_ticket(COMPONENT, "ticket@@@1", now())
+        .set_ticket(Ticket {
+            component: COMPONENT,
+            ticket: "ticket@@@1",
+            created_at: now(),
+        })
         .await
         .unwrap();
     for (code, authorizer) in codes {
@@ -213,7 +225,7 @@ async fn assert_authorization_survives(
     produce_follows(env, &[(authorizer, fan, at)]);
     let welcomed = sent_once(env, fan, 40).await;
     let exchanges = exchanges(env);
-    let kept = store.authorizer(COMPONENT, authorizer).await.unwrap();
+    let kept = store.authorizer(of(authorizer)).await.unwrap();
     assert!(
         welcomed,
         "the authorization survives {what}: code exchanges {exchanges:?}, refresh token kept \
@@ -245,7 +257,7 @@ async fn an_authorization_is_exchanged_once_and_its_followers_are_welcomed_with_
         sent_once(&env, "fan_a1", 30).await,
         "the held follow is welcomed once its authorization is exchanged"
     );
-    let state = store.authorizer(COMPONENT, "wxauth_a").await.unwrap();
+    let state = store.authorizer(of("wxauth_a")).await.unwrap();
     assert!(state
         .refresh_token
         .is_some_and(|r| r.starts_with("refreshtoken@@@wxauth_a")));
@@ -316,7 +328,7 @@ async fn after_unauthorized_nothing_more_is_sent_for_that_authorizer() {
         0,
         "nothing sent for a withdrawn authorizer"
     );
-    let state = store.authorizer(COMPONENT, "wxauth_b").await.unwrap();
+    let state = store.authorizer(of("wxauth_b")).await.unwrap();
     assert_eq!(state.refresh_token, None, "its refresh token is forgotten");
     assert!(
         !env.has_key(&format!(
@@ -524,7 +536,11 @@ async fn red_no_welcome_goes_out_for_an_authorizer_the_ingress_recorded_withdraw
     // The ingress records the withdrawal and answers success; its record has not reached
     // the component role.
     store
-        .set_authorized(COMPONENT, "wxauth_w", false, t - 5)
+        .set_authorized(Authorization {
+            of: of("wxauth_w"),
+            authorized: false,
+            created_at: t - 5,
+        })
         .await
         .unwrap();
     produce_follows(&env, &[("wxauth_w", "fan_w2", t - 8)]);

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::store::{Admission, Authorizer, Components, UserName};
+use super::store::{
+    Admission, Authorization, Authorizer, AuthorizerOf, Components, RefreshToken, Ticket, UserName,
+};
 use crate::effects::Applied;
 use crate::fut::Fut;
 
@@ -35,22 +37,17 @@ impl MemoryComponents {
     }
 }
 
-fn key(component: &str, authorizer: &str) -> (String, String) {
-    (component.to_owned(), authorizer.to_owned())
+fn key(of: AuthorizerOf) -> (String, String) {
+    (of.component.to_owned(), of.authorizer.to_owned())
 }
 
 impl Components for MemoryComponents {
-    fn set_ticket<'a>(
-        &'a self,
-        component: &'a str,
-        ticket: &'a str,
-        created_at: i64,
-    ) -> Fut<'a, ()> {
+    fn set_ticket<'a>(&'a self, t: Ticket<'a>) -> Fut<'a, ()> {
         self.with(|s| {
-            let kept = s.tickets.get(component).map(|(at, _)| *at);
-            if kept.is_none_or(|at| created_at >= at) {
+            let kept = s.tickets.get(t.component).map(|(at, _)| *at);
+            if kept.is_none_or(|at| t.created_at >= at) {
                 s.tickets
-                    .insert(component.to_owned(), (created_at, ticket.to_owned()));
+                    .insert(t.component.to_owned(), (t.created_at, t.ticket.to_owned()));
             }
         })
     }
@@ -59,15 +56,14 @@ impl Components for MemoryComponents {
         self.with(|s| s.tickets.get(component).map(|(_, t)| t.clone()))
     }
 
-    fn set_authorized<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        authorized: bool,
-        created_at: i64,
-    ) -> Fut<'a, Applied> {
-        self.with(|s| {
-            let a = s.authorizers.entry(key(component, authorizer)).or_default();
+    fn set_authorized<'a>(&'a self, change: Authorization<'a>) -> Fut<'a, Applied> {
+        let Authorization {
+            of,
+            authorized,
+            created_at,
+        } = change;
+        self.with(move |s| {
+            let a = s.authorizers.entry(key(of)).or_default();
             if let Some(at) = a.authorized_at {
                 if created_at < at
                     || (created_at == at && (authorized || a.authorized == Some(false)))
@@ -85,14 +81,9 @@ impl Components for MemoryComponents {
         })
     }
 
-    fn admit<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        user_name: &'a str,
-    ) -> Fut<'a, Admission> {
+    fn admit<'a>(&'a self, of: AuthorizerOf<'a>, user_name: &'a str) -> Fut<'a, Admission> {
         self.with(|s| {
-            let Some(a) = s.authorizers.get(&key(component, authorizer)) else {
+            let Some(a) = s.authorizers.get(&key(of)) else {
                 return Admission::Admitted;
             };
             if a.authorized == Some(false) {
@@ -107,18 +98,9 @@ impl Components for MemoryComponents {
         })
     }
 
-    fn write_user_name<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        name: UserName<'a>,
-    ) -> Fut<'a, ()> {
+    fn write_user_name<'a>(&'a self, of: AuthorizerOf<'a>, name: UserName<'a>) -> Fut<'a, ()> {
         self.with(|s| {
-            let kept = &mut s
-                .authorizers
-                .entry(key(component, authorizer))
-                .or_default()
-                .user_name;
+            let kept = &mut s.authorizers.entry(key(of)).or_default().user_name;
             match name {
                 UserName::Learned(name) => drop(kept.get_or_insert_with(|| name.to_owned())),
                 UserName::FromApi(name) => *kept = Some(name.to_owned()),
@@ -126,33 +108,23 @@ impl Components for MemoryComponents {
         })
     }
 
-    fn set_refresh_token<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        refresh_token: &'a str,
-        created_at: i64,
-    ) -> Fut<'a, Applied> {
+    fn set_refresh_token<'a>(&'a self, token: RefreshToken<'a>) -> Fut<'a, Applied> {
         self.with(|s| {
-            let a = s.authorizers.entry(key(component, authorizer)).or_default();
+            let a = s.authorizers.entry(key(token.of)).or_default();
+            let at = token.created_at;
             let current = a.authorized != Some(false)
-                && a.authorized_at.is_none_or(|at| created_at >= at)
-                && a.refresh_at.is_none_or(|at| created_at >= at);
+                && a.authorized_at.is_none_or(|authorized| at >= authorized)
+                && a.refresh_at.is_none_or(|refreshed| at >= refreshed);
             if !current {
                 return Applied::Stale;
             }
-            a.refresh_token = Some(refresh_token.to_owned());
-            a.refresh_at = Some(created_at);
+            a.refresh_token = Some(token.token.to_owned());
+            a.refresh_at = Some(at);
             Applied::Yes
         })
     }
 
-    fn authorizer<'a>(&'a self, component: &'a str, authorizer: &'a str) -> Fut<'a, Authorizer> {
-        self.with(|s| {
-            s.authorizers
-                .get(&key(component, authorizer))
-                .cloned()
-                .unwrap_or_default()
-        })
+    fn authorizer<'a>(&'a self, of: AuthorizerOf<'a>) -> Fut<'a, Authorizer> {
+        self.with(|s| s.authorizers.get(&key(of)).cloned().unwrap_or_default())
     }
 }

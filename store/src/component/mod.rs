@@ -19,7 +19,10 @@ mod memory;
 mod redis;
 mod store;
 
-pub use store::{authorizer_token, component_token, Admission, Authorizer, Components, UserName};
+pub use store::{
+    authorizer_token, component_token, Admission, Authorization, Authorizer, AuthorizerOf,
+    Components, RefreshToken, Ticket, UserName,
+};
 
 /// The component store on `engine`, keys under `prefix`. On the memory engine every opening
 /// with one prefix shares one state, so the embedded default's ingress and workers see the

@@ -2,7 +2,9 @@
 
 use redis::{AsyncCommands, Script};
 
-use super::store::{Admission, Authorizer, Components, UserName};
+use super::store::{
+    Admission, Authorization, Authorizer, AuthorizerOf, Components, RefreshToken, Ticket, UserName,
+};
 use crate::effects::Applied;
 use crate::engine::Redis;
 use crate::fut::Fut;
@@ -58,6 +60,10 @@ pub(super) struct RedisComponents {
 }
 
 impl RedisComponents {
+    fn authorizer_key(&self, of: AuthorizerOf) -> String {
+        self.keys.component_authorizer(of.component, of.authorizer)
+    }
+
     pub fn new(redis: Redis, keys: Keys) -> Self {
         RedisComponents {
             redis,
@@ -96,16 +102,11 @@ type Fields = (
 );
 
 impl Components for RedisComponents {
-    fn set_ticket<'a>(
-        &'a self,
-        component: &'a str,
-        ticket: &'a str,
-        created_at: i64,
-    ) -> Fut<'a, ()> {
-        let key = self.keys.component_ticket(component);
+    fn set_ticket<'a>(&'a self, t: Ticket<'a>) -> Fut<'a, ()> {
+        let key = self.keys.component_ticket(t.component);
         Box::pin(async move {
-            let at = created_at.to_string();
-            self.run::<i64>(&self.set_ticket, key, &[ticket, &at])
+            let at = t.created_at.to_string();
+            self.run::<i64>(&self.set_ticket, key, &[t.ticket, &at])
                 .await?;
             Ok(())
         })
@@ -120,30 +121,19 @@ impl Components for RedisComponents {
         })
     }
 
-    fn set_authorized<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        authorized: bool,
-        created_at: i64,
-    ) -> Fut<'a, Applied> {
-        let key = self.keys.component_authorizer(component, authorizer);
+    fn set_authorized<'a>(&'a self, change: Authorization<'a>) -> Fut<'a, Applied> {
+        let key = self.authorizer_key(change.of);
         Box::pin(async move {
-            let at = created_at.to_string();
-            let flag = if authorized { "1" } else { "0" };
+            let at = change.created_at.to_string();
+            let flag = if change.authorized { "1" } else { "0" };
             Ok(Applied::from_script(
                 self.run(&self.set_authorized, key, &[flag, &at]).await?,
             ))
         })
     }
 
-    fn admit<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        user_name: &'a str,
-    ) -> Fut<'a, Admission> {
-        let key = self.keys.component_authorizer(component, authorizer);
+    fn admit<'a>(&'a self, of: AuthorizerOf<'a>, user_name: &'a str) -> Fut<'a, Admission> {
+        let key = self.authorizer_key(of);
         Box::pin(async move {
             let (code, known): (i64, String) = self.run(&self.admit, key, &[user_name]).await?;
             Ok(match code {
@@ -155,13 +145,8 @@ impl Components for RedisComponents {
     }
 
     /// `HSETNX` for a learned name, `HSET` for WeChat's.
-    fn write_user_name<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        name: UserName<'a>,
-    ) -> Fut<'a, ()> {
-        let key = self.keys.component_authorizer(component, authorizer);
+    fn write_user_name<'a>(&'a self, of: AuthorizerOf<'a>, name: UserName<'a>) -> Fut<'a, ()> {
+        let key = self.authorizer_key(of);
         Box::pin(async move {
             let mut conn = self.redis.conn();
             let write = match name {
@@ -172,25 +157,19 @@ impl Components for RedisComponents {
         })
     }
 
-    fn set_refresh_token<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        refresh_token: &'a str,
-        created_at: i64,
-    ) -> Fut<'a, Applied> {
-        let key = self.keys.component_authorizer(component, authorizer);
+    fn set_refresh_token<'a>(&'a self, token: RefreshToken<'a>) -> Fut<'a, Applied> {
+        let key = self.authorizer_key(token.of);
         Box::pin(async move {
-            let at = created_at.to_string();
+            let at = token.created_at.to_string();
             Ok(Applied::from_script(
-                self.run(&self.set_refresh_token, key, &[refresh_token, &at])
+                self.run(&self.set_refresh_token, key, &[token.token, &at])
                     .await?,
             ))
         })
     }
 
-    fn authorizer<'a>(&'a self, component: &'a str, authorizer: &'a str) -> Fut<'a, Authorizer> {
-        let key = self.keys.component_authorizer(component, authorizer);
+    fn authorizer<'a>(&'a self, of: AuthorizerOf<'a>) -> Fut<'a, Authorizer> {
+        let key = self.authorizer_key(of);
         Box::pin(async move {
             let (authorized, authorized_at, user_name, refresh_token, refresh_at): Fields = self
                 .redis

@@ -52,56 +52,60 @@ pub fn authorizer_token(component_appid: &str, authorizer_appid: &str) -> String
     )
 }
 
-/// A component's state.
+/// One authorizer of one component: whom a read or a write is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthorizerOf<'a> {
+    pub component: &'a str,
+    pub authorizer: &'a str,
+}
+
+/// A `component_verify_ticket` WeChat pushed at `created_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket<'a> {
+    pub component: &'a str,
+    pub ticket: &'a str,
+    pub created_at: i64,
+}
+
+/// An authorization change at its event's `created_at`: `authorized`/`updateauthorized`
+/// (true) or `unauthorized` (false).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authorization<'a> {
+    pub of: AuthorizerOf<'a>,
+    pub authorized: bool,
+    pub created_at: i64,
+}
+
+/// The refresh token the authorization of `created_at` gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshToken<'a> {
+    pub of: AuthorizerOf<'a>,
+    pub token: &'a str,
+    pub created_at: i64,
+}
+
+/// A component's state. Every write is last-write-wins by its event's `created_at`.
 pub trait Components: Send + Sync + std::fmt::Debug {
-    /// Keeps `ticket` unless a newer one (by `created_at`) is kept.
-    fn set_ticket<'a>(
-        &'a self,
-        component: &'a str,
-        ticket: &'a str,
-        created_at: i64,
-    ) -> Fut<'a, ()>;
+    /// Keeps the ticket unless a newer one is kept.
+    fn set_ticket<'a>(&'a self, ticket: Ticket<'a>) -> Fut<'a, ()>;
 
     fn ticket<'a>(&'a self, component: &'a str) -> Fut<'a, Option<String>>;
 
-    /// Records an authorization change at `created_at`: `authorized`/`updateauthorized`
-    /// (true) or `unauthorized` (false, which also forgets the refresh token). A change older
-    /// than the one recorded changes nothing; of one second, the withdrawal wins.
-    fn set_authorized<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        authorized: bool,
-        created_at: i64,
-    ) -> Fut<'a, Applied>;
+    /// Records an authorization change; a withdrawal also forgets the refresh token. A change
+    /// older than the one recorded changes nothing; of one second, the withdrawal wins.
+    fn set_authorized<'a>(&'a self, change: Authorization<'a>) -> Fut<'a, Applied>;
 
-    /// Whether a push on `authorizer`'s route naming `user_name` (its `ToUserName`) may
-    /// pass. Reads only: what a push teaches is [`Components::learn_user_name`]'s, once it is
+    /// Whether a push on the authorizer's route naming `user_name` (its `ToUserName`) may
+    /// pass. Reads only: what a push teaches is [`Components::write_user_name`]'s, once it is
     /// durable (so a replay a later check refuses teaches nothing).
-    fn admit<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        user_name: &'a str,
-    ) -> Fut<'a, Admission>;
+    fn admit<'a>(&'a self, of: AuthorizerOf<'a>, user_name: &'a str) -> Fut<'a, Admission>;
 
     /// Keeps an authorizer's `gh_` id.
-    fn write_user_name<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        name: UserName<'a>,
-    ) -> Fut<'a, ()>;
+    fn write_user_name<'a>(&'a self, of: AuthorizerOf<'a>, name: UserName<'a>) -> Fut<'a, ()>;
 
-    /// Keeps the refresh token the authorization of `created_at` gave, unless the
-    /// authorizer withdrew since (or a newer authorization's token is kept).
-    fn set_refresh_token<'a>(
-        &'a self,
-        component: &'a str,
-        authorizer: &'a str,
-        refresh_token: &'a str,
-        created_at: i64,
-    ) -> Fut<'a, Applied>;
+    /// Keeps the refresh token, unless the authorizer withdrew since (or a newer
+    /// authorization's token is kept).
+    fn set_refresh_token<'a>(&'a self, token: RefreshToken<'a>) -> Fut<'a, Applied>;
 
-    fn authorizer<'a>(&'a self, component: &'a str, authorizer: &'a str) -> Fut<'a, Authorizer>;
+    fn authorizer<'a>(&'a self, of: AuthorizerOf<'a>) -> Fut<'a, Authorizer>;
 }

@@ -106,6 +106,25 @@ fn text(to: &str, from: &str, created_at: i64, content: &str, msg_id: u64) -> St
     )
 }
 
+/// POSTs a subscribe from `from` (at `created_at`) on the authorizer's own route, as WeChat
+/// signs it for the component.
+async fn follow(app: &TestApp, from: &str, created_at: i64) -> (u16, String) {
+    let push = sign(&subscribe(AUTHORIZER_GH, from, created_at));
+    post(app, AUTHORIZER, &push).await
+}
+
+/// POSTs an authorization event (`info_type`) for `authorizer` to the authorization URL, as
+/// WeChat signs it.
+async fn post_authorization(
+    app: &TestApp,
+    info_type: &str,
+    authorizer: &str,
+    created_at: i64,
+) -> (u16, String) {
+    let push = sign(&authorization(info_type, authorizer, created_at));
+    post(app, "auth", &push).await
+}
+
 /// A field of a Redis hash of the app's key prefix.
 fn hget(redis: &RedisServer, app: &TestApp, key: &str, field: &str) -> Option<String> {
     redis::cmd("HGET")
@@ -252,9 +271,7 @@ async fn a_withdrawn_authorizer_is_refused_until_it_authorizes_again() {
     let (_redis, app) = spawn(|_| {}).await;
     let t = now();
     assert_eq!(
-        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o1", t)))
-            .await
-            .0,
+        follow(&app, "o1", t).await.0,
         200,
         "an authorizer wxpipe never saw authorize is taken"
     );
@@ -266,8 +283,7 @@ async fn a_withdrawn_authorizer_is_refused_until_it_authorizes_again() {
     app.read_exactly("component.unauthorized", 1, SETTLE, "one withdrawal")
         .await;
     for from in ["o2", "o3"] {
-        let (status, reason) =
-            post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, from, t))).await;
+        let (status, reason) = follow(&app, from, t).await;
         assert_eq!(status, 403, "withdrawn: {reason}");
     }
     assert_eq!(
@@ -278,21 +294,10 @@ async fn a_withdrawn_authorizer_is_refused_until_it_authorizes_again() {
     // An older authorization (a late retry) changes nothing.
     let older = sign(&authorization("authorized", AUTHORIZER, t - 20));
     assert_eq!(post(&app, "auth", &older).await, (200, "success".into()));
-    assert_eq!(
-        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o4", t)))
-            .await
-            .0,
-        403
-    );
+    assert_eq!(follow(&app, "o4", t).await.0, 403);
     let again = sign(&authorization("authorized", AUTHORIZER, t - 1));
     assert_eq!(post(&app, "auth", &again).await, (200, "success".into()));
-    assert_eq!(
-        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o5", t)))
-            .await
-            .0,
-        200,
-        "authorized again"
-    );
+    assert_eq!(follow(&app, "o5", t).await.0, 200, "authorized again");
     let records = app
         .read_exactly("event.subscribe", 2, SETTLE, "o1 and o5")
         .await;
@@ -327,12 +332,7 @@ async fn a_component_push_never_speaks_for_a_configured_account() {
 async fn an_authorizer_route_takes_its_own_account_only() {
     let (_redis, app) = spawn(|_| {}).await;
     let t = now();
-    assert_eq!(
-        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o1", t)))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(follow(&app, "o1", t).await.0, 200);
     let (status, reason) = post(
         &app,
         AUTHORIZER,
@@ -394,19 +394,9 @@ async fn routes_methods_and_unknown_info_types() {
     }
     // A CreateTime past its signed timestamp would win every last-write-wins comparison.
     let ahead = now() + 3600;
-    let (status, reason) = post(
-        &app,
-        "auth",
-        &sign(&authorization("unauthorized", AUTHORIZER, ahead)),
-    )
-    .await;
+    let (status, reason) = post_authorization(&app, "unauthorized", AUTHORIZER, ahead).await;
     assert_eq!(status, 403, "{reason}");
-    let (status, reason) = post(
-        &app,
-        AUTHORIZER,
-        &sign(&subscribe(AUTHORIZER_GH, "o1", ahead)),
-    )
-    .await;
+    let (status, reason) = follow(&app, "o1", ahead).await;
     assert_eq!(status, 403, "{reason}");
     let path = format!("{}/component/auth?{}", app.config.path, push.query);
     assert_eq!(app.get(&path).await.0, 405);
@@ -423,11 +413,10 @@ fn open_reply(body: &str) -> (String, String, String) {
     let fields =
         wechat::parse::parse_document(body.as_bytes()).unwrap_or_else(|e| panic!("{e}: {body:?}"));
     let field = |name: &str| {
-        fields
+        let text = fields
             .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_str())
-            .unwrap_or_else(|| panic!("no {name} in {body}"))
+            .find_map(|(n, v)| v.as_str().filter(|_| n == name));
+        text.unwrap_or_else(|| panic!("no {name} in {body}"))
             .to_owned()
     };
     let encrypt = field("Encrypt");
@@ -551,23 +540,13 @@ async fn a_component_alone_is_a_configuration() {
 async fn without_redis_the_component_routes_take_nothing() {
     let (mut redis, app) = spawn(|_| {}).await;
     let t = now();
-    assert_eq!(
-        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o1", t)))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(follow(&app, "o1", t).await.0, 200);
     redis.stop();
     // Whether the authorizer withdrew cannot be known: fail closed (WeChat retries).
-    let (status, reason) = post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o2", t))).await;
+    let (status, reason) = follow(&app, "o2", t).await;
     assert_eq!(status, 503, "{reason}");
     // An authorization event must be recorded before it is answered.
-    let (status, reason) = post(
-        &app,
-        "auth",
-        &sign(&authorization("unauthorized", AUTHORIZER, t)),
-    )
-    .await;
+    let (status, reason) = post_authorization(&app, "unauthorized", AUTHORIZER, t).await;
     assert_eq!(status, 503, "{reason}");
     tokio::time::sleep(SETTLE).await;
     assert_eq!(app.count_all(), 1, "o1 only");
@@ -579,15 +558,12 @@ async fn without_redis_the_component_routes_take_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spooled_component_records_are_replayed_with_their_headers() {
-    let spool = std::env::temp_dir().join(unique("wxpipe-spool-"));
-    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool)).await;
-    let Some(mock) = app.kafka.mock_cluster() else {
+    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool_dir())).await;
+    let push = sign(&ticket(now(), "ticket@@@spooled"));
+    let Some((status, body)) = with_broker_down(&app, post(&app, "auth", &push)).await else {
         return;
     };
-    mock.broker_down(1).unwrap();
-    let (status, body) = post(&app, "auth", &sign(&ticket(now(), "ticket@@@spooled"))).await;
     assert_eq!((status, body.as_str()), (200, "success"), "spooled");
-    mock.broker_up(1).unwrap();
     assert!(
         eventually(Duration::from_secs(15), || app
             .count("component.component_verify_ticket")
@@ -858,12 +834,7 @@ async fn red_an_account_without_original_id_and_the_component_never_speak_for_ea
     let t = now();
     // The account's own follower, and the authorizer's (its gh_ id learned).
     assert_eq!(app.post_push(&subscribe("gh_own", "o1", t)).await.0, 200);
-    assert_eq!(
-        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o2", t)))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(follow(&app, "o2", t).await.0, 200);
     // The account's Token naming the authorizer's gh_ id; the component's naming the
     // account's.
     let (by_account, _) = app.post_push(&subscribe(AUTHORIZER_GH, "o3", t)).await;
@@ -895,12 +866,7 @@ async fn red_cross_kind_replays_and_hostile_authorization_events_are_refused() {
     let (status, reason) = post(&app, "auth", &follow).await;
     assert_eq!(status, 400, "a follow on the authorization URL: {reason}");
     for authorizer in ["wx:a", &"w".repeat(200), "wx a", "wx\u{7}a"] {
-        let (status, reason) = post(
-            &app,
-            "auth",
-            &sign(&authorization("unauthorized", authorizer, t)),
-        )
-        .await;
+        let (status, reason) = post_authorization(&app, "unauthorized", authorizer, t).await;
         assert_eq!(status, 400, "AuthorizerAppid {authorizer:?}: {reason}");
         let key = format!("component:{{{COMPONENT}}}:authorizer:{authorizer}");
         assert_eq!(
@@ -919,7 +885,7 @@ async fn red_cross_kind_replays_and_hostile_authorization_events_are_refused() {
     // Braces (a Redis hash tag) and unicode in AuthorizerAppid stay inside the component's tag.
     let odd = "{wx}é";
     assert_eq!(
-        post(&app, "auth", &sign(&authorization("unauthorized", odd, t))).await,
+        post_authorization(&app, "unauthorized", odd, t).await,
         (200, "success".into())
     );
     let key = format!("component:{{{COMPONENT}}}:authorizer:{odd}");
@@ -942,19 +908,13 @@ async fn red_a_paused_redis_fails_both_component_routes_closed_and_in_time() {
     config.ack_deadline_ms = 1500;
     let app = TestApp::spawn_binary(config).await;
     let t = now();
-    assert_eq!(
-        post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o1", t)))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(follow(&app, "o1", t).await.0, 200);
     app.read_exactly("event.subscribe", 1, SETTLE, "o1").await;
     proxy.stall();
     let unauthorized = sign(&authorization("unauthorized", AUTHORIZER, t));
     for attempt in 0..3 {
         let started = std::time::Instant::now();
-        let (status, reason) =
-            post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o2", t))).await;
+        let (status, reason) = follow(&app, "o2", t).await;
         assert_eq!(status, 503, "{attempt}: {reason}");
         let (status, reason) = post(&app, "auth", &unauthorized).await;
         assert_eq!(status, 503, "{attempt}: {reason}");
@@ -979,7 +939,7 @@ async fn red_a_paused_redis_fails_both_component_routes_closed_and_in_time() {
         (200, "success".into()),
         "WeChat's retry, Redis back"
     );
-    let (status, reason) = post(&app, AUTHORIZER, &sign(&subscribe(AUTHORIZER_GH, "o3", t))).await;
+    let (status, reason) = follow(&app, "o3", t).await;
     assert_eq!(status, 403, "{reason}");
     tokio::time::sleep(SETTLE).await;
     assert_eq!(

@@ -17,16 +17,20 @@ fn push(from: &str, created_at: i64) -> String {
     )
 }
 
-fn spool_dir() -> std::path::PathBuf {
-    std::env::temp_dir().join(unique("wxpipe-spool-"))
-}
-
 /// The ingress binary on a fresh Redis, with the test config as `configure` leaves it.
 async fn spawn(configure: impl FnOnce(&mut ingest::Config)) -> (RedisServer, TestApp) {
     let redis = RedisServer::start();
     let mut config = test_config(&redis.url());
     configure(&mut config);
     (redis, TestApp::spawn_binary(config).await)
+}
+
+/// The ingress binary without Redis (`memory://`), with the test config as `configure`
+/// leaves it.
+async fn spawn_on_memory(configure: impl FnOnce(&mut ingest::Config)) -> TestApp {
+    let mut config = test_config("memory://");
+    configure(&mut config);
+    TestApp::spawn_binary(config).await
 }
 
 /// Posts a push from `from`, which must be answered 200.
@@ -46,33 +50,75 @@ async fn subscribes(app: &TestApp, within: Duration, enough: impl Fn(i64) -> boo
     eventually(within, || enough(app.count("event.subscribe"))).await
 }
 
+/// Spools to a fresh folder: for [`with_kafka_down`] and [`spawn`].
+fn spooled(config: &mut ingest::Config) {
+    config.spool_dir = Some(spool_dir());
+}
+
+/// [`spawn`], with a push from `warm` on Kafka, then Kafka down: where the spool and the
+/// deadline tests start. `None` against real brokers, which a test cannot take down.
+async fn with_kafka_down(
+    warm: &str,
+    configure: impl FnOnce(&mut ingest::Config),
+) -> Option<(RedisServer, TestApp)> {
+    let (redis, app) = spawn(configure).await;
+    let mock = app.kafka.mock_cluster()?;
+    assert_accepted(&app, warm).await;
+    mock.broker_down(1).unwrap();
+    Some((redis, app))
+}
+
+/// Posts a push from each of `{prefix}0` to `{prefix}{count - 1}`, each answered 200.
+async fn accept_each(app: &TestApp, prefix: &str, count: usize) {
+    for i in 0..count {
+        assert_accepted(app, &format!("{prefix}{i}")).await;
+    }
+}
+
+/// Reads `event.subscribe`'s `expected` records, and 500 ms later still only those (`why`).
+async fn subscribes_once(app: &TestApp, expected: usize, why: &str) -> Vec<Record> {
+    let settle = Duration::from_millis(500);
+    app.read_exactly("event.subscribe", expected, settle, why)
+        .await
+}
+
+type Record = (String, schemas::Event, serde_json::Value);
+
+/// Asserts that `count` reaches `expected` within `within`; `what` names the records.
+async fn assert_reaches(count: impl Fn() -> i64, expected: i64, within: Duration, what: &str) {
+    assert!(
+        eventually(within, || count() >= expected).await,
+        "{what}: {} of {expected}",
+        count()
+    );
+}
+
+/// Asserts that `settle` on, `count` is `expected` still: nothing came twice (`why`).
+async fn assert_stays(count: impl Fn() -> i64, expected: i64, settle: Duration, why: &str) {
+    tokio::time::sleep(settle).await;
+    assert_eq!(count(), expected, "{why}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_down_longer_than_wechat_retries_loses_nothing_with_a_spool() {
-    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool_dir())).await;
-    let Some(mock) = app.kafka.mock_cluster() else {
+    let Some((_redis, app)) = with_kafka_down("warm", spooled).await else {
         return;
     };
-    assert_accepted(&app, "warm").await;
-
-    mock.broker_down(1).unwrap();
+    let mock = app.kafka.mock_cluster().unwrap();
     let t = now();
     let mut answered = Vec::new();
     for i in 0..20 {
         let xml = push("same_user", t + i);
-        let started = Instant::now();
-        let (status, reason) = app.post_push(&xml).await;
+        let ((status, reason), took) = timed(app.post_push(&xml)).await;
         assert_eq!(status, 200, "spooled: {reason}");
-        assert!(started.elapsed() < Duration::from_millis(4500));
+        assert!(took < Duration::from_millis(4500));
         answered.push(xml);
     }
     // A retry of a spooled push is a duplicate: no second record later.
     assert_eq!(app.post_push(&answered[0]).await.0, 200);
 
     mock.broker_up(1).unwrap();
-    let why = "each spooled push once";
-    let records = app
-        .read_exactly("event.subscribe", 21, Duration::from_millis(500), why)
-        .await;
+    let records = subscribes_once(&app, 21, "each spooled push once").await;
     // One user's events keep their order.
     let times: Vec<i64> = records
         .iter()
@@ -89,16 +135,15 @@ async fn kafka_down_longer_than_wechat_retries_loses_nothing_with_a_spool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_means_503() {
-    let (_redis, app) = spawn(|config| {
-        config.spool_dir = Some(spool_dir());
+    let Some((_redis, app)) = with_kafka_down("warm", |config| {
+        spooled(config);
         config.spool_max_bytes = 800;
     })
-    .await;
-    let Some(mock) = app.kafka.mock_cluster() else {
+    .await
+    else {
         return;
     };
-    assert_accepted(&app, "warm").await;
-    mock.broker_down(1).unwrap();
+    let mock = app.kafka.mock_cluster().unwrap();
     let mut statuses = Vec::new();
     for i in 0..6 {
         statuses.push(app.post_push(&push(&format!("f{i}"), now())).await.0);
@@ -201,9 +246,7 @@ async fn redis_restarted_mid_run_recovers_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_in_flight_cap_a_push_gets_503_at_once() {
-    let mut config = test_config("memory://");
-    config.max_in_flight = 2;
-    let app = TestApp::spawn_binary(config).await;
+    let app = spawn_on_memory(|config| config.max_in_flight = 2).await;
     let Some(mock) = app.kafka.mock_cluster() else {
         return;
     };
@@ -297,12 +340,13 @@ async fn shutdown_under_load_leaves_every_200_on_kafka() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_was_sent() {
     let account = unique("acct").replace('x', "_");
-    let mut config = test_config("memory://");
-    config.shared.accounts_file = Some(accounts_file(&format!(
-        "[accounts.{account}]\ntoken = \"metrics-token\"\noriginal_id = \"gh_faults\"\n"
-    )));
-    config.shared.original_id = Some("gh_default".into());
-    let app = TestApp::spawn_binary(config).await;
+    let app = spawn_on_memory(|config| {
+        config.shared.accounts_file = Some(accounts_file(&format!(
+            "[accounts.{account}]\ntoken = \"metrics-token\"\noriginal_id = \"gh_faults\"\n"
+        )));
+        config.shared.original_id = Some("gh_default".into());
+    })
+    .await;
     let path = format!("/wechat/{account}");
     for i in 0..3 {
         let query = TestApp::signed_query("metrics-token", &unique("n"));
@@ -480,13 +524,7 @@ async fn a_stalled_redis_never_holds_an_answer_past_the_deadline() {
         slowest < Duration::from_millis(2500),
         "the slowest answer took {slowest:?}"
     );
-    app.read_exactly(
-        "event.subscribe",
-        601,
-        Duration::from_millis(500),
-        "no duplicates",
-    )
-    .await;
+    subscribes_once(&app, 601, "no duplicates").await;
     app.stop().await;
 }
 
@@ -497,17 +535,14 @@ async fn a_full_spool_disk_sends_pushes_to_a_healthy_kafka() {
     let Some(disk) = SmallDisk::mount("256k") else {
         return;
     };
-    let (_redis, app) = spawn(|config| {
+    let (_redis, app) = with_kafka_down("warm", |config| {
         config.spool_dir = Some(disk.path.join("spool"));
         config.ack_deadline_ms = 1000;
     })
-    .await;
+    .await
+    .unwrap();
     let mock = app.kafka.mock_cluster().unwrap();
-    assert_accepted(&app, "warm").await;
-    mock.broker_down(1).unwrap();
-    for i in 0..10 {
-        assert_accepted(&app, &format!("s{i}")).await;
-    }
+    accept_each(&app, "s", 10).await;
     // Long enough for the replay to back off to its longest wait.
     tokio::time::sleep(Duration::from_secs(8)).await;
     disk.fill();
@@ -533,14 +568,13 @@ async fn clients_hanging_up_at_every_stage_never_stop_the_replay() {
     // Kafka down and Redis slow, with a spool: clients hang up at every moment of their
     // push (claim, publish wait, deadline, spool append). Afterwards the replay still drains
     // the spool, and new pushes go straight to Kafka.
-    let (redis, app) = spawn(|config| {
-        config.spool_dir = Some(spool_dir());
+    let (redis, app) = with_kafka_down("warm", |config| {
+        spooled(config);
         config.ack_deadline_ms = 1000;
     })
-    .await;
+    .await
+    .unwrap();
     let mock = app.kafka.mock_cluster().unwrap();
-    assert_accepted(&app, "warm").await;
-    mock.broker_down(1).unwrap();
     redis.pause(300);
     // Hang-ups from 5 ms to 1.2 s after sending, densest around the moment the deadline
     // sends the push to the spool (deadline less the fsync reserve: 500 ms here).
@@ -600,14 +634,10 @@ async fn redis_black_holed_or_cut_by_the_network_never_delays_or_loses_a_push() 
 
     proxy.stall();
     for i in 0..20 {
-        let started = Instant::now();
-        let (status, reason) = app.post_push(&push(&format!("net_stall{i}"), now())).await;
+        let xml = push(&format!("net_stall{i}"), now());
+        let ((status, reason), took) = timed(app.post_push(&xml)).await;
         assert_eq!(status, 200, "{reason}");
-        assert!(
-            started.elapsed() < Duration::from_millis(2000),
-            "answered in {:?}",
-            started.elapsed()
-        );
+        assert!(took < Duration::from_millis(2000), "answered in {took:?}");
     }
     proxy.cut();
     proxy.resume();
@@ -622,8 +652,7 @@ async fn redis_black_holed_or_cut_by_the_network_never_delays_or_loses_a_push() 
         assert_eq!(app.post_with_query(&query, &again).await.0, 200);
     }
     let why = "every push answered 200 is on Kafka, the retries deduplicated";
-    app.read_exactly("event.subscribe", 22, Duration::from_millis(500), why)
-        .await;
+    subscribes_once(&app, 22, why).await;
     app.stop().await;
 }
 
@@ -633,12 +662,11 @@ async fn kafka_refusing_every_record_for_its_setup_never_sets_the_spool_aside() 
     // its setup (a missing ACL), not about the records: the spooled pushes, each answered 200,
     // must wait and reach Kafka once access is granted, never be set aside as refused.
     let dir = spool_dir();
-    let (_redis, app) = spawn(|config| config.spool_dir = Some(dir.clone())).await;
-    let Some(mock) = app.kafka.mock_cluster() else {
+    let configure = |config: &mut ingest::Config| config.spool_dir = Some(dir.clone());
+    let Some((_redis, app)) = with_kafka_down("acl_warm", configure).await else {
         return;
     };
-    assert_accepted(&app, "acl_warm").await;
-    mock.broker_down(1).unwrap();
+    let mock = app.kafka.mock_cluster().unwrap();
     for i in 0..10 {
         let (status, reason) = app.post_push(&push(&format!("acl{i}"), now())).await;
         assert_eq!(status, 200, "spooled: {reason}");
@@ -695,15 +723,11 @@ async fn refused_records_are_held_while_the_rest_of_their_segment_moves_on() {
     // not be sent again, and the refused ones reach Kafka once it takes them: each exactly
     // once. (The mock refuses whole requests, never one topic only, so that the other topics'
     // records move on past a held one is not shown here.)
-    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool_dir())).await;
-    let Some(mock) = app.kafka.mock_cluster() else {
+    let Some((_redis, app)) = with_kafka_down("held_warm", spooled).await else {
         return;
     };
-    assert_accepted(&app, "held_warm").await;
-    mock.broker_down(1).unwrap();
-    for i in 0..600 {
-        assert_accepted(&app, &format!("held{i}")).await;
-    }
+    accept_each(&app, "held", 600).await;
+    let mock = app.kafka.mock_cluster().unwrap();
     refuse_produces(mock, 3);
     mock.broker_up(1).unwrap();
     assert!(
@@ -718,6 +742,19 @@ async fn refused_records_are_held_while_the_rest_of_their_segment_moves_on() {
         "each record exactly once"
     );
     app.stop().await;
+}
+
+/// Host 2 of [`spool_then_sicken_one_partition`] comes back: the sick partition's records
+/// arrive, and each of the `pairs` subscribes and `pairs` + 1 unsubscribes is on Kafka once.
+async fn heal_the_sick_partition(app: &TestApp, pairs: i64) {
+    app.kafka.mock_cluster().unwrap().broker_up(2).unwrap();
+    let subscribes = || app.count("event.subscribe");
+    let what = "the healed partition's records";
+    assert_reaches(subscribes, pairs, Duration::from_secs(40), what).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(subscribes(), pairs, "each subscribe once");
+    let unsubscribes = app.count("event.unsubscribe");
+    assert_eq!(unsubscribes, pairs + 1, "each unsubscribe once");
 }
 
 /// A push of `event` (`subscribe`, `unsubscribe`) from `from`.
@@ -782,14 +819,10 @@ async fn one_sick_partition_never_holds_up_the_rest_of_the_spool() {
     else {
         return;
     };
-    let mock = app.kafka.mock_cluster().unwrap();
-    let (subscribe, unsubscribe) = (app.topic("event.subscribe"), app.topic("event.unsubscribe"));
-    let healthy = || app.kafka.count(&unsubscribe);
-    assert!(
-        eventually(Duration::from_secs(40), || healthy() >= 301).await,
-        "the other topic while one partition is sick: {} of 301",
-        healthy()
-    );
+    let subscribe = app.topic("event.subscribe");
+    let healthy = || app.count("event.unsubscribe");
+    let what = "the other topic while one partition is sick";
+    assert_reaches(healthy, 301, Duration::from_secs(40), what).await;
     let other_partition = app.kafka.count_partition(&subscribe, 1);
     assert!(other_partition > 0, "the healthy partition got its records");
     // Rounds go on meeting the sick partition.
@@ -801,17 +834,7 @@ async fn one_sick_partition_never_holds_up_the_rest_of_the_spool() {
         "each record of the healthy partition once"
     );
 
-    mock.broker_up(2).unwrap();
-    assert!(
-        eventually(Duration::from_secs(40), || app.kafka.count(&subscribe)
-            >= 300)
-        .await,
-        "the healed partition's records: {} of 300",
-        app.kafka.count(&subscribe)
-    );
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(app.kafka.count(&subscribe), 300, "each subscribe once");
-    assert_eq!(healthy(), 301, "each unsubscribe once");
+    heal_the_sick_partition(&app, 300).await;
     let sick = 300 - other_partition as usize;
     let order: Vec<String> = app
         .kafka
@@ -834,15 +857,12 @@ async fn a_fatal_producer_exits_the_ingress_and_the_restart_replays_its_spool() 
     // "degraded (spooling)" for good: it exits non-zero (its supervisor restarts it), and the
     // restarted one replays the spool, each record once.
     let dir = spool_dir();
-    let (redis, mut app) = spawn(|config| config.spool_dir = Some(dir.clone())).await;
-    let Some(mock) = app.kafka.mock_cluster() else {
+    let configure = |config: &mut ingest::Config| config.spool_dir = Some(dir.clone());
+    let Some((redis, mut app)) = with_kafka_down("fatal_warm", configure).await else {
         return;
     };
-    assert_accepted(&app, "fatal_warm").await;
-    mock.broker_down(1).unwrap();
-    for i in 0..5 {
-        assert_accepted(&app, &format!("fatal{i}")).await;
-    }
+    accept_each(&app, "fatal", 5).await;
+    let mock = app.kafka.mock_cluster().unwrap();
     mock.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
@@ -867,13 +887,10 @@ async fn a_fatal_producer_exits_the_ingress_and_the_restart_replays_its_spool() 
         ],
     );
     wait_up(port).await;
-    assert!(
-        subscribes(&app, Duration::from_secs(30), |n| n >= 6).await,
-        "the restart replayed the spool: {} of 6",
-        app.count("event.subscribe")
-    );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(app.count("event.subscribe"), 6, "each record once");
+    let on_kafka = || app.count("event.subscribe");
+    let what = "the restart replayed the spool";
+    assert_reaches(on_kafka, 6, Duration::from_secs(30), what).await;
+    assert_stays(on_kafka, 6, Duration::from_secs(3), "each record once").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -881,14 +898,11 @@ async fn a_missing_topic_never_holds_up_the_rest_of_the_spool() {
     // As above with a whole topic missing (auto-creation off, `ingest topics` not run for
     // it): the other topic's spooled records reach Kafka, each once, while it is missing;
     // once it exists, its records arrive, each once.
-    let (_redis, app) = spawn(|config| config.spool_dir = Some(spool_dir())).await;
-    let Some(mock) = app.kafka.mock_cluster() else {
+    let t = now();
+    let Some((_redis, app)) = with_kafka_down("missing_warm", spooled).await else {
         return;
     };
-    let (subscribe, unsubscribe) = (app.topic("event.subscribe"), app.topic("event.unsubscribe"));
-    let t = now();
-    assert_accepted(&app, "missing_warm").await;
-    mock.broker_down(1).unwrap();
+    let mock = app.kafka.mock_cluster().unwrap();
     for i in 0..300 {
         for event in ["subscribe", "unsubscribe"] {
             let (status, reason) = app
@@ -898,28 +912,22 @@ async fn a_missing_topic_never_holds_up_the_rest_of_the_spool() {
         }
     }
     let missing = RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+    let unsubscribe = app.topic("event.unsubscribe");
     mock.topic_error(&unsubscribe, missing).unwrap();
     mock.broker_up(1).unwrap();
-    let healthy = || app.kafka.count(&subscribe);
-    assert!(
-        eventually(Duration::from_secs(40), || healthy() >= 301).await,
-        "the other topic while one is missing: {} of 301",
-        healthy()
-    );
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    assert_eq!(healthy(), 301, "each record of the other topic once");
+    let healthy = || app.count("event.subscribe");
+    let what = "the other topic while one is missing";
+    assert_reaches(healthy, 301, Duration::from_secs(40), what).await;
+    let why = "each record of the other topic once";
+    assert_stays(healthy, 301, Duration::from_secs(8), why).await;
 
     mock.topic_error(&unsubscribe, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
         .unwrap();
-    assert!(
-        eventually(Duration::from_secs(60), || app.kafka.count(&unsubscribe)
-            >= 300)
-        .await,
-        "the missing topic's records once it exists: {} of 300",
-        app.kafka.count(&unsubscribe)
-    );
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(app.kafka.count(&unsubscribe), 300, "each unsubscribe once");
+    let unsubscribes = || app.count("event.unsubscribe");
+    let what = "the missing topic's records once it exists";
+    assert_reaches(unsubscribes, 300, Duration::from_secs(60), what).await;
+    let why = "each unsubscribe once";
+    assert_stays(unsubscribes, 300, Duration::from_secs(6), why).await;
     assert_eq!(healthy(), 301, "each subscribe once");
     app.stop().await;
 }
@@ -948,32 +956,17 @@ async fn a_rewrite_the_disk_refuses_never_sends_what_kafka_took_again_each_round
     else {
         return;
     };
-    let mock = app.kafka.mock_cluster().unwrap();
-    let (subscribe, unsubscribe) = (app.topic("event.subscribe"), app.topic("event.unsubscribe"));
-    let healthy = || app.kafka.count(&unsubscribe);
-    assert!(
-        eventually(Duration::from_secs(40), || healthy() >= 101).await,
-        "the other topic while one partition is sick: {} of 101",
-        healthy()
-    );
+    let healthy = || app.count("event.unsubscribe");
+    let what = "the other topic while one partition is sick";
+    assert_reaches(healthy, 101, Duration::from_secs(40), what).await;
     // Rounds go on meeting the sick partition and the refused rewrite.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(healthy(), 101, "each record of the other topic once");
+    let why = "each record of the other topic once";
+    assert_stays(healthy, 101, Duration::from_secs(10), why).await;
 
     for beside in blocked {
         std::fs::remove_dir(beside).unwrap();
     }
-    mock.broker_up(2).unwrap();
-    assert!(
-        eventually(Duration::from_secs(40), || app.kafka.count(&subscribe)
-            >= 100)
-        .await,
-        "the healed partition's records: {} of 100",
-        app.kafka.count(&subscribe)
-    );
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(app.kafka.count(&subscribe), 100, "each subscribe once");
-    assert_eq!(healthy(), 101, "each unsubscribe once");
+    heal_the_sick_partition(&app, 100).await;
     app.stop().await;
 }
 
@@ -1006,16 +999,7 @@ async fn a_stopping_replay_never_waits_out_kafka_for_the_rest_of_its_segment() {
         append.await.unwrap().unwrap();
     }
     // Nobody listens there: every record waits for its delivery timeout (2.1 s).
-    let publisher = Arc::new(
-        ingest::publish::Publisher::new("127.0.0.1:1", "t", Duration::from_millis(100), &[])
-            .unwrap(),
-    );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let replay = tokio::spawn(ingest::spool::replay(
-        Arc::clone(&spool),
-        publisher,
-        stopped,
-    ));
+    let (stop, replay) = start_replay(&spool, "127.0.0.1:1", Duration::from_millis(100));
     // The first round is under way.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.send(true).unwrap();
@@ -1047,7 +1031,6 @@ async fn a_rejected_record_the_disk_cannot_keep_never_resends_its_segment_each_r
     // disk fails the append the same way), the records of its segment Kafka took must not be
     // sent again round after round.
     use ingest::spool::{Spool, SpoolRecord};
-    use std::sync::Arc;
     let topic = unique("t.rejected");
     let kafka = testkit::Kafka::start(std::slice::from_ref(&topic));
     let dir = spool_dir();
@@ -1062,16 +1045,7 @@ async fn a_rejected_record_the_disk_cannot_keep_never_resends_its_segment_each_r
         spool.append(&record).await.unwrap();
     }
     std::fs::create_dir(dir.join("rejected.seg.kept")).unwrap();
-    let publisher = Arc::new(
-        ingest::publish::Publisher::new(&kafka.brokers(), "t", Duration::from_secs(5), &[])
-            .unwrap(),
-    );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let replay = tokio::spawn(ingest::spool::replay(
-        Arc::clone(&spool),
-        publisher,
-        stopped,
-    ));
+    let (stop, replay) = start_replay(&spool, &kafka.brokers(), Duration::from_secs(5));
     assert!(
         eventually(Duration::from_secs(30), || kafka.count(&topic) >= 2).await,
         "the records Kafka takes: {} of 2",
@@ -1082,4 +1056,19 @@ async fn a_rejected_record_the_disk_cannot_keep_never_resends_its_segment_each_r
     assert_eq!(kafka.count(&topic), 2, "each record Kafka took once");
     stop.send(true).unwrap();
     replay.await.unwrap();
+}
+
+/// The spool's replay to `brokers` as a task (`timeout` the publisher's), and its stop switch.
+fn start_replay(
+    spool: &std::sync::Arc<ingest::spool::Spool>,
+    brokers: &str,
+    timeout: Duration,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let publisher = ingest::publish::Publisher::new(brokers, "t", timeout, &[]).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let replay = ingest::spool::replay(spool.clone(), std::sync::Arc::new(publisher), stopped);
+    (stop, tokio::spawn(replay))
 }

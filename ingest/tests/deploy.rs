@@ -814,14 +814,14 @@ fn check_manifests(dir: &str, docs: &[serde_json::Value], known: &BTreeSet<Strin
             port_named(container, &get["port"]),
         )
     };
-    assert_eq!(
-        probe(container, "readinessProbe"),
-        ("/readyz".to_owned(), Some(ingest_admin))
-    );
-    assert_eq!(
-        probe(container, "livenessProbe"),
-        ("/healthz".to_owned(), Some(ingest_admin))
-    );
+    // Both probes ask the admin listener, each its own question.
+    let assert_probes = |container: &serde_json::Value, admin: u64| {
+        let ready = probe(container, "readinessProbe");
+        assert_eq!(ready, ("/readyz".to_owned(), Some(admin)));
+        let live = probe(container, "livenessProbe");
+        assert_eq!(live, ("/healthz".to_owned(), Some(admin)));
+    };
+    assert_probes(container, ingest_admin);
     let pre_stop = &container["lifecycle"]["preStop"]["exec"]["command"];
     let pre_stop_secs: u64 = pre_stop[1]
         .as_str()
@@ -904,14 +904,7 @@ fn check_manifests(dir: &str, docs: &[serde_json::Value], known: &BTreeSet<Strin
             "{dir}: one role per Deployment: {role}"
         );
         assert!(roles.insert(role.to_owned()), "{dir}: {role} twice");
-        assert_eq!(
-            probe(container, "readinessProbe"),
-            ("/readyz".to_owned(), Some(worker_admin))
-        );
-        assert_eq!(
-            probe(container, "livenessProbe"),
-            ("/healthz".to_owned(), Some(worker_admin))
-        );
+        assert_probes(container, worker_admin);
         // worker::Workers::run: 10 s for the records in flight, 5 s to commit and leave.
         assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 15);
     }

@@ -187,7 +187,6 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
-
     use super::*;
     use crate::run::test_load;
     use wechat::decrypt::AesKey;

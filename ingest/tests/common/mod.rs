@@ -559,12 +559,10 @@ pub fn spawn_ingest(port: u16, envs: &[(&str, String)]) -> Ingest {
 
 /// Waits up to 60 s for an ingress on `port` to answer `/healthz`.
 ///
-/// Not 10 s: an ingress on the embedded default creates every topic in librdkafka's mock
-/// cluster first, one request to the mock's thread each, and with several processes starting
-/// at once that thread sometimes misses its wake-up and sits out its 1 s poll per topic (gdb:
-/// `rd_kafka_mock_topic_create` waiting while `rdk:mock` is in `poll(…, 1000)`); two such
-/// ingresses started together came up after 3 to 17 s, with the binaries of before and after
-/// the Open Platform work alike. A process that never comes up still fails the test.
+/// Generous for a busy test machine: an ingress on the embedded default creates every topic in
+/// librdkafka's mock cluster first (0.1 s here since `embedded::nudging` works around the
+/// mock's lost wake-ups, which had made it 3 to 17 s). A process that never comes up still
+/// fails the test.
 pub async fn wait_up(port: u16) {
     let client = reqwest::Client::new();
     for _ in 0..600 {

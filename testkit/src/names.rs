@@ -30,12 +30,12 @@ pub fn free_port() -> u16 {
     if low > FIRST + 1_000 {
         // A stride coprime to the span visits every port once before any again, from a start
         // of this process's own.
-        let span = low - FIRST;
+        let span = u64::from(low - FIRST);
         let stride = 7_919;
-        let start = std::process::id().wrapping_mul(2_654_435_761);
+        let start = u64::from(std::process::id()) * 2_654_435_761 % span;
         for _ in 0..256 {
-            let step = NEXT.fetch_add(1, Ordering::Relaxed);
-            let port = FIRST + start.wrapping_add(step.wrapping_mul(stride)) % span;
+            let step = u64::from(NEXT.fetch_add(1, Ordering::Relaxed));
+            let port = u64::from(FIRST) + (start + step * stride) % span;
             if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
                 return port as u16;
             }

@@ -37,6 +37,7 @@ pub mod holds;
 pub mod kafka;
 pub mod replay;
 mod setup;
+pub mod tokens;
 
 pub use config::{Config, Role};
 pub use error::StartError;

@@ -19,7 +19,7 @@ pub async fn effects(config: &Config) -> Result<Arc<Effects>, StartError> {
     let mut wechat = WeChat::new(
         &config.settings.api_base,
         Duration::from_millis(config.settings.api_timeout_ms),
-        Arc::clone(&stores.tokens),
+        Arc::new(crate::tokens::MemoTokens::over(Arc::clone(&stores.tokens))),
         owner.clone(),
     )?;
     let component = match config.shared.component().map_err(StartError::Accounts)? {

@@ -261,12 +261,9 @@ impl Locations for RedisEffects {
 impl WelcomeSends for RedisEffects {
     fn begin_send<'a>(&'a self, id: &'a str, owner: &'a str, lease: Duration) -> Fut<'a, Lease> {
         let (key, holder) = (self.keys.welcome(id), WELCOME.holder(owner));
-        Box::pin(async move {
-            let leases = &self.leases;
-            leases
-                .claim(&self.redis, key, &holder, lease, WELCOME.done)
-                .await
-        })
+        Box::pin(
+            async move { Scripts::claim(&self.redis, key, &holder, lease, WELCOME.done).await },
+        )
     }
 
     fn finish_send<'a>(&'a self, id: &'a str, ttl: Duration) -> Fut<'a, ()> {
@@ -307,7 +304,7 @@ impl TokenCache for RedisEffects {
     fn lock_token<'a>(&'a self, appid: &'a str, owner: &'a str, ttl: Duration) -> Fut<'a, bool> {
         let key = self.keys.token_lock(appid);
         Box::pin(async move {
-            let lock = self.leases.claim(&self.redis, key, owner, ttl, "").await?;
+            let lock = Scripts::claim(&self.redis, key, owner, ttl, "").await?;
             Ok(lock == Lease::Claimed)
         })
     }

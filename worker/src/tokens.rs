@@ -1,0 +1,235 @@
+//! The shared token cache with a short memory of its own in front: a welcome send would
+//! otherwise read its account's token from Redis every time, a third of the role's round
+//! trips to Redis.
+//!
+//! What it remembers is what this process last read or wrote, for [`MEMO_FOR`] at most, so a
+//! token another process replaced is used that long at most; WeChat keeps accepting a token for
+//! minutes after its cache entry's TTL (the cache's [expiry margin](crate::api)), and one it
+//! refuses is dropped here and in Redis before the refresh, so the refresh never finds it
+//! here again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use store::effects::TokenCache;
+use store::Fut;
+
+/// How long a token read or written here is used without asking the shared cache again.
+pub const MEMO_FOR: Duration = Duration::from_secs(1);
+
+/// Entries past which the stale ones are swept at the next write (a component may speak for
+/// thousands of authorizers).
+const SWEEP_AT: usize = 1024;
+
+/// A [`TokenCache`] that remembers its answers for [`MEMO_FOR`].
+#[derive(Debug)]
+pub struct MemoTokens {
+    shared: Arc<dyn TokenCache>,
+    memo: Mutex<HashMap<String, (String, Instant)>>,
+    memo_for: Duration,
+    /// Counts the writes and drops: a read from the shared cache that one overtook is not
+    /// remembered (it may be the token just dropped).
+    changes: AtomicU64,
+}
+
+impl MemoTokens {
+    pub fn over(shared: Arc<dyn TokenCache>) -> Self {
+        Self::remembering(shared, MEMO_FOR)
+    }
+
+    /// With a memory of `memo_for` (tests).
+    pub fn remembering(shared: Arc<dyn TokenCache>, memo_for: Duration) -> Self {
+        MemoTokens {
+            shared,
+            memo: Mutex::default(),
+            memo_for,
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    fn recall(&self, name: &str) -> Option<String> {
+        let memo = self.memo.lock().expect("token memo lock");
+        memo.get(name)
+            .filter(|(_, at)| at.elapsed() < self.memo_for)
+            .map(|(token, _)| token.clone())
+    }
+
+    /// Remembers `name`'s token (forgets it for `None`), unless a write or drop came after
+    /// change number `seen`.
+    fn note(&self, name: &str, token: Option<&str>, seen: u64) {
+        let mut memo = self.memo.lock().expect("token memo lock");
+        if self.changes.load(Ordering::SeqCst) != seen {
+            return;
+        }
+        let Some(token) = token else {
+            memo.remove(name);
+            return;
+        };
+        if memo.len() >= SWEEP_AT {
+            memo.retain(|_, (_, at)| at.elapsed() < self.memo_for);
+        }
+        memo.insert(name.to_owned(), (token.to_owned(), Instant::now()));
+    }
+
+    /// Forgets `name`'s token if it is `token` (any token when `None`); reads under way are
+    /// not remembered. Returns the change's number.
+    fn forget(&self, name: &str, token: Option<&str>) -> u64 {
+        let mut memo = self.memo.lock().expect("token memo lock");
+        if memo
+            .get(name)
+            .is_some_and(|(kept, _)| token.is_none_or(|token| kept == token))
+        {
+            memo.remove(name);
+        }
+        self.changes.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+impl TokenCache for MemoTokens {
+    fn token<'a>(&'a self, appid: &'a str) -> Fut<'a, Option<String>> {
+        Box::pin(async move {
+            if let Some(token) = self.recall(appid) {
+                return Ok(Some(token));
+            }
+            let seen = self.changes.load(Ordering::SeqCst);
+            let token = self.shared.token(appid).await?;
+            self.note(appid, token.as_deref(), seen);
+            Ok(token)
+        })
+    }
+
+    fn set_token<'a>(&'a self, appid: &'a str, token: &'a str, ttl: Duration) -> Fut<'a, ()> {
+        Box::pin(async move {
+            // Forgotten first: were the write's answer lost, the old token is not kept.
+            let seen = self.forget(appid, None);
+            self.shared.set_token(appid, token, ttl).await?;
+            self.note(appid, Some(token), seen);
+            Ok(())
+        })
+    }
+
+    fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> Fut<'a, ()> {
+        // Forgotten here whatever Redis answers: the refresh that follows must not find it.
+        self.forget(appid, Some(token));
+        self.shared.drop_token(appid, token)
+    }
+
+    fn lock_token<'a>(&'a self, appid: &'a str, owner: &'a str, ttl: Duration) -> Fut<'a, bool> {
+        self.shared.lock_token(appid, owner, ttl)
+    }
+
+    fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> Fut<'a, ()> {
+        self.shared.unlock_token(appid, owner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<dyn TokenCache> {
+        let engine = store::Engine::open("memory://", Duration::from_secs(1)).expect("memory");
+        store::effects::EffectStores::open(&engine, "t").tokens
+    }
+
+    const TTL: Duration = Duration::from_secs(600);
+
+    #[tokio::test]
+    async fn a_token_is_read_from_the_shared_cache_once_per_memo() {
+        let cache = shared();
+        cache.set_token("wx", "T1", TTL).await.unwrap();
+        let memo = MemoTokens::remembering(Arc::clone(&cache), Duration::from_millis(300));
+        assert_eq!(memo.token("wx").await.unwrap().as_deref(), Some("T1"));
+        // Another process replaces it: this one keeps its memory for the memo's time only.
+        cache.set_token("wx", "T2", TTL).await.unwrap();
+        assert_eq!(memo.token("wx").await.unwrap().as_deref(), Some("T1"));
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(memo.token("wx").await.unwrap().as_deref(), Some("T2"));
+        // Nothing cached is not remembered as a token.
+        assert_eq!(memo.token("other").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_token_is_never_served_from_memory() {
+        let cache = shared();
+        let memo = MemoTokens::remembering(Arc::clone(&cache), Duration::from_secs(60));
+        memo.set_token("wx", "T1", TTL).await.unwrap();
+        assert_eq!(
+            cache.token("wx").await.unwrap().as_deref(),
+            Some("T1"),
+            "written through"
+        );
+        assert_eq!(memo.token("wx").await.unwrap().as_deref(), Some("T1"));
+        // WeChat refused it; another process had already cached a new one.
+        cache.set_token("wx", "T2", TTL).await.unwrap();
+        memo.drop_token("wx", "T1").await.unwrap();
+        assert_eq!(memo.token("wx").await.unwrap().as_deref(), Some("T2"));
+        // Dropping a token that is not the remembered one keeps the remembered one.
+        memo.drop_token("wx", "T0").await.unwrap();
+        cache.set_token("wx", "T3", TTL).await.unwrap();
+        assert_eq!(memo.token("wx").await.unwrap().as_deref(), Some("T2"));
+    }
+
+    /// A shared cache whose reads wait for the test's word.
+    #[derive(Debug)]
+    struct Stalled {
+        inner: Arc<dyn TokenCache>,
+        go: tokio::sync::Semaphore,
+    }
+
+    impl TokenCache for Stalled {
+        fn token<'a>(&'a self, appid: &'a str) -> Fut<'a, Option<String>> {
+            Box::pin(async move {
+                let token = self.inner.token(appid).await;
+                self.go.acquire().await.expect("open").forget();
+                token
+            })
+        }
+        fn set_token<'a>(&'a self, appid: &'a str, token: &'a str, ttl: Duration) -> Fut<'a, ()> {
+            self.inner.set_token(appid, token, ttl)
+        }
+        fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> Fut<'a, ()> {
+            self.inner.drop_token(appid, token)
+        }
+        fn lock_token<'a>(
+            &'a self,
+            appid: &'a str,
+            owner: &'a str,
+            ttl: Duration,
+        ) -> Fut<'a, bool> {
+            self.inner.lock_token(appid, owner, ttl)
+        }
+        fn unlock_token<'a>(&'a self, appid: &'a str, owner: &'a str) -> Fut<'a, ()> {
+            self.inner.unlock_token(appid, owner)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_a_drop_overtook_is_not_remembered() {
+        let cache = shared();
+        cache.set_token("wx", "OLD", TTL).await.unwrap();
+        let stalled = Arc::new(Stalled {
+            inner: Arc::clone(&cache),
+            go: tokio::sync::Semaphore::new(0),
+        });
+        let memo = Arc::new(MemoTokens::remembering(
+            Arc::clone(&stalled) as Arc<dyn TokenCache>,
+            Duration::from_secs(60),
+        ));
+        // A send reads OLD, and its answer is late...
+        let late = tokio::spawn({
+            let memo = Arc::clone(&memo);
+            async move { memo.token("wx").await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ...while another send finds OLD refused, drops it, and a new one is cached.
+        memo.drop_token("wx", "OLD").await.unwrap();
+        memo.set_token("wx", "NEW", TTL).await.unwrap();
+        stalled.go.add_permits(1);
+        assert_eq!(late.await.unwrap().unwrap().as_deref(), Some("OLD"));
+        // The late read is not what the next send gets.
+        assert_eq!(memo.token("wx").await.unwrap().as_deref(), Some("NEW"));
+    }
+}

@@ -3,7 +3,7 @@
 # exit, and the helpers to build, start and watch them.
 
 BIN=target/release
-OUT=bench/results
+OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 
 # build BINARY...: release builds of these binaries of the workspace.

@@ -16,6 +16,8 @@
 #
 #   bench/run.sh                 # everything, a few minutes
 #   DURATION=5s bench/run.sh     # shorter loads
+#   INGEST=… WORKER=… bench/run.sh   # other builds of the ingress and the worker (a "before"),
+#                                # under this run's generator, broker and Redis
 #   bench/run.sh cluster         # the cluster variant: the full ingress on one redis-server and
 #                                # on a six-node Redis Cluster, under the same load, in one run
 set -euo pipefail
@@ -29,6 +31,8 @@ BACKLOG=${BACKLOG:-100000}
 TOKEN=bench-token
 . bench/lib.sh
 build ingest worker wxload
+INGEST=${INGEST:-$BIN/ingest}
+WORKER=${WORKER:-$BIN/worker}
 
 rss_peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
@@ -45,7 +49,7 @@ if [ "${1:-}" = cluster ]; then
     port=$(free_port); admin=$(free_port)
     INGEST_LISTEN=127.0.0.1:$port INGEST_ADMIN_LISTEN=127.0.0.1:$admin WECHAT_TOKEN=$TOKEN \
       KAFKA_BROKERS=$BROKERS KAFKA_TOPIC_PREFIX=$PREFIX REDIS_KEY_PREFIX="$1" \
-      REDIS_URL=$2 RUST_LOG=warn $BIN/ingest &
+      REDIS_URL=$2 RUST_LOG=warn "$INGEST" &
     pid=$!
     PIDS+=($pid)
     wait_ingest "$port" "$admin"
@@ -92,7 +96,7 @@ INGEST_PORT=$(free_port)
 INGEST_ADMIN_PORT=$(free_port)
 INGEST_LISTEN=127.0.0.1:$INGEST_PORT INGEST_ADMIN_LISTEN=127.0.0.1:$INGEST_ADMIN_PORT WECHAT_TOKEN=$TOKEN \
   KAFKA_BROKERS=$BROKERS KAFKA_TOPIC_PREFIX=$PREFIX \
-  REDIS_URL=redis://127.0.0.1:$REDIS_PORT/ RUST_LOG=warn $BIN/ingest &
+  REDIS_URL=redis://127.0.0.1:$REDIS_PORT/ RUST_LOG=warn "$INGEST" &
 INGEST_PID=$!
 PIDS+=($INGEST_PID)
 wait_ingest "$INGEST_PORT" "$INGEST_ADMIN_PORT"
@@ -129,6 +133,10 @@ PEAK_KIB=$(rss_peak_kib "$INGEST_PID")
 kill "$INGEST_PID"; wait "$INGEST_PID" 2>/dev/null || true
 
 echo "== workers" >&2
+# A Redis and a broker of their own: the ingress's runs left a million keys and records behind,
+# whose upkeep would weigh on the workers' figures, more or less with each ingress build.
+kill "$REDIS_PID" "$KAFKA_PID"
+start_redis
 FAKE_PORT=$(free_port)
 $BIN/wxload fake-wechat --listen "127.0.0.1:$FAKE_PORT" >/dev/null &
 PIDS+=($!)
@@ -148,7 +156,7 @@ run_role() { # role, events
   start=$(date +%s.%N)
   KAFKA_BROKERS=$WBROKERS KAFKA_TOPIC_PREFIX=$WPREFIX REDIS_URL=redis://127.0.0.1:$REDIS_PORT/ REDIS_KEY_PREFIX=$WPREFIX \
     WECHAT_APPID=wxbench WECHAT_APPSECRET=secret WECHAT_API_BASE=http://127.0.0.1:$FAKE_PORT \
-    WORKER_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT RUST_LOG=warn $BIN/worker --role "$role" &
+    WORKER_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT RUST_LOG=warn "$WORKER" --role "$role" &
   local pid=$!
   wait_http "http://127.0.0.1:$ADMIN_PORT/healthz"
   for _ in $(seq 2400); do

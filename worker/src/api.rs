@@ -12,6 +12,8 @@ use wechat::accounts::Secret;
 
 use store::component::{AuthorizerOf, Components, RefreshToken};
 use store::effects::TokenCache;
+
+use crate::tokens::HeldLock;
 use store::StoreError;
 
 /// Whose access token, and how it is fetched.
@@ -233,38 +235,6 @@ const LOCK_WAIT_MARGIN: Duration = Duration::from_secs(2);
 static LOCK_ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// A cached token expires this much before WeChat's own expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
-
-/// A fetch lock an attempt may hold: released in a task of its own if the attempt is dropped
-/// before it releases it (only this attempt's holder is deleted, so a lock it never got is
-/// left alone).
-struct HeldLock<'a> {
-    store: Arc<dyn TokenCache>,
-    appid: &'a str,
-    holder: &'a str,
-    armed: bool,
-}
-
-impl Drop for HeldLock<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (store, appid, holder) = (
-            Arc::clone(&self.store),
-            self.appid.to_owned(),
-            self.holder.to_owned(),
-        );
-        runtime.spawn(async move {
-            if let Err(error) = store.unlock_token(&appid, &holder).await {
-                tracing::warn!(%appid, %error,
-                    "token fetch lock of a cut fetch not released: other processes wait for its lease to run out");
-            }
-        });
-    }
-}
 
 /// The API client.
 #[derive(Debug, Clone)]
@@ -755,10 +725,14 @@ impl WeChat {
         self.cache(creds, token, expires_in).await.map(drop)
     }
 
-    /// Forgets the cached token of `creds` (an authorizer that withdrew).
+    /// Forgets the cached token of `creds` (an authorizer that withdrew), until none is found:
+    /// the first may be this process's memory of one another process has just replaced.
     pub async fn forget_token(&self, creds: &Credentials) -> Result<(), ApiError> {
-        if let Some(token) = self.store.token(&creds.cache_name()).await? {
-            self.store.drop_token(&creds.cache_name(), &token).await?;
+        for _ in 0..3 {
+            match self.store.token(&creds.cache_name()).await? {
+                Some(token) => self.store.drop_token(&creds.cache_name(), &token).await?,
+                None => break,
+            }
         }
         Ok(())
     }

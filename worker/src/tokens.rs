@@ -125,6 +125,38 @@ impl TokenCache for MemoTokens {
     }
 }
 
+/// A fetch lock an attempt may hold: released in a task of its own if the attempt is dropped
+/// before it releases it (only this attempt's holder is deleted, so a lock it never got is
+/// left alone).
+pub(crate) struct HeldLock<'a> {
+    pub store: Arc<dyn TokenCache>,
+    pub appid: &'a str,
+    pub holder: &'a str,
+    pub armed: bool,
+}
+
+impl Drop for HeldLock<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, appid, holder) = (
+            Arc::clone(&self.store),
+            self.appid.to_owned(),
+            self.holder.to_owned(),
+        );
+        runtime.spawn(async move {
+            if let Err(error) = store.unlock_token(&appid, &holder).await {
+                tracing::warn!(%appid, %error,
+                    "token fetch lock of a cut fetch not released: other processes wait for its lease to run out");
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

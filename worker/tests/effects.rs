@@ -577,6 +577,32 @@ async fn concurrent_token_requests_fetch_one_token_per_round() {
     }
 }
 
+/// A withdrawal forgets the shared cache's token even when this process remembers an older
+/// one (`MemoTokens`, as the worker runs): the token another process cached meanwhile goes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_a_token_clears_the_shared_cache_past_this_processs_memory() {
+    let env = Env::start().await;
+    let shared = std::sync::Arc::clone(&env.store.tokens);
+    let memo = worker::tokens::MemoTokens::remembering(
+        std::sync::Arc::clone(&shared),
+        Duration::from_secs(60),
+    );
+    let client = api_client_over(&env, Duration::from_secs(2), std::sync::Arc::new(memo), "p");
+    let creds = credentials("wxgone");
+    let ttl = Duration::from_secs(600);
+    shared.set_token("wxgone", "T1", ttl).await.unwrap();
+    assert_eq!(client.token(&creds).await.unwrap(), "T1");
+    // Another process refreshed it; this one still remembers T1.
+    shared.set_token("wxgone", "T2", ttl).await.unwrap();
+    client.forget_token(&creds).await.unwrap();
+    assert_eq!(
+        shared.token("wxgone").await.unwrap(),
+        None,
+        "nothing cached"
+    );
+    assert!(env.wechat.token_fetches().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_larger_than_a_default_producer_takes_is_dead_lettered() {
     // The consumer reads a 1,010,000-byte record; the dead-letter producer's default limit

@@ -358,6 +358,15 @@ async fn redis_engine() {
     );
 }
 
+/// Behind a `redis://` URL that refuses scripts spanning slots (a proxy sharding by slot), a
+/// location's one call is refused once and its steps go as two calls: the whole suite holds.
+#[tokio::test]
+async fn slot_checking_server_behind_a_single_url() {
+    let redis = testkit::SlotCheckingRedis::start();
+    let engine = Engine::open(&redis.url(), Duration::from_secs(1)).unwrap();
+    suite(&EffectStores::open(&engine, &unique("k"))).await;
+}
+
 /// The suite on stores the start-up check passed on.
 async fn checked_suite(url: &str) {
     let engine = Engine::open(url, Duration::from_secs(1)).unwrap();

@@ -23,7 +23,7 @@ pub use names::{free_port, unique};
 
 pub use fake_wechat::{FakeState, FakeWeChat};
 pub use faults::{redis_addr, Proxy, SmallDisk};
-pub use redis_sets::{Node, RedisCluster, RedisSentinel};
+pub use redis_sets::{Node, RedisCluster, RedisSentinel, SlotCheckingRedis};
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

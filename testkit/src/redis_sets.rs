@@ -139,6 +139,44 @@ impl Drop for Node {
     }
 }
 
+/// One cluster node that owns every slot, reached as a single server: it answers each
+/// single-slot command as one server does, and refuses a script whose keys span slots
+/// (`CROSSSLOT`), as a proxy that shards by slot does behind a `redis://` URL.
+#[derive(Debug)]
+pub struct SlotCheckingRedis {
+    pub node: Node,
+    _dir: Scratch,
+}
+
+impl SlotCheckingRedis {
+    pub fn start() -> SlotCheckingRedis {
+        let dir = Scratch::new();
+        let port = cluster_port();
+        let config = format!("nodes-{port}.conf");
+        let args = server_args(
+            port,
+            &["--cluster-enabled", "yes", "--cluster-config-file", &config],
+        );
+        let node = Node::spawn(port, &dir, &args);
+        node.wait_for(
+            |reply| reply.is_some(),
+            "CLUSTER",
+            &["ADDSLOTSRANGE", "0", "16383"],
+        );
+        node.wait_for(
+            |info| info.is_some_and(|i| i.contains("cluster_state:ok")),
+            "CLUSTER",
+            &["INFO"],
+        );
+        SlotCheckingRedis { node, _dir: dir }
+    }
+
+    /// `redis://`: a single server, as far as the client knows.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.node.port)
+    }
+}
+
 /// Three masters and three replicas joined by `redis-cli --cluster create`.
 #[derive(Debug)]
 pub struct RedisCluster {

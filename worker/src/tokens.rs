@@ -9,7 +9,7 @@
 //! here again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ pub struct MemoTokens {
     /// Counts the writes and drops: a read from the shared cache that one overtook is not
     /// remembered (it may be the token just dropped).
     changes: AtomicU64,
+    /// The size at which the next write sweeps (changed under the memo's lock).
+    sweep_at: AtomicUsize,
 }
 
 impl MemoTokens {
@@ -46,6 +48,7 @@ impl MemoTokens {
             memo: Mutex::default(),
             memo_for,
             changes: AtomicU64::new(0),
+            sweep_at: AtomicUsize::new(SWEEP_AT),
         }
     }
 
@@ -67,8 +70,12 @@ impl MemoTokens {
             memo.remove(name);
             return;
         };
-        if memo.len() >= SWEEP_AT {
+        if memo.len() >= self.sweep_at.load(Ordering::Relaxed) {
             memo.retain(|_, (_, at)| at.elapsed() < self.memo_for);
+            // Swept again only once it has doubled: sweeping stays a fraction of the writes
+            // however many names are active at once.
+            let next = (2 * memo.len()).max(SWEEP_AT);
+            self.sweep_at.store(next, Ordering::Relaxed);
         }
         memo.insert(name.to_owned(), (token.to_owned(), Instant::now()));
     }
@@ -111,9 +118,15 @@ impl TokenCache for MemoTokens {
     }
 
     fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> Fut<'a, ()> {
-        // Forgotten here whatever Redis answers: the refresh that follows must not find it.
-        self.forget(appid, Some(token));
-        self.shared.drop_token(appid, token)
+        Box::pin(async move {
+            // Forgotten before and after the delete, whatever Redis answers: a read that
+            // reached Redis before the delete, and noted it meanwhile, is forgotten too, so
+            // the refresh that follows never finds it here.
+            self.forget(appid, Some(token));
+            let dropped = self.shared.drop_token(appid, token).await;
+            self.forget(appid, Some(token));
+            dropped
+        })
     }
 
     fn lock_token<'a>(&'a self, appid: &'a str, owner: &'a str, ttl: Duration) -> Fut<'a, bool> {
@@ -204,18 +217,36 @@ mod tests {
         assert_eq!(memo.token("wx").await.unwrap().as_deref(), Some("T2"));
     }
 
-    /// A shared cache whose reads wait for the test's word.
+    /// A shared cache whose reads (answered late) or drops (applied late) wait for the
+    /// test's word.
     #[derive(Debug)]
     struct Stalled {
         inner: Arc<dyn TokenCache>,
         go: tokio::sync::Semaphore,
+        stall_drops: bool,
+    }
+
+    impl Stalled {
+        fn new(inner: &Arc<dyn TokenCache>, stall_drops: bool) -> Arc<Self> {
+            Arc::new(Stalled {
+                inner: Arc::clone(inner),
+                go: tokio::sync::Semaphore::new(0),
+                stall_drops,
+            })
+        }
+
+        async fn wait(&self) {
+            self.go.acquire().await.expect("open").forget();
+        }
     }
 
     impl TokenCache for Stalled {
         fn token<'a>(&'a self, appid: &'a str) -> Fut<'a, Option<String>> {
             Box::pin(async move {
                 let token = self.inner.token(appid).await;
-                self.go.acquire().await.expect("open").forget();
+                if !self.stall_drops {
+                    self.wait().await;
+                }
                 token
             })
         }
@@ -223,7 +254,12 @@ mod tests {
             self.inner.set_token(appid, token, ttl)
         }
         fn drop_token<'a>(&'a self, appid: &'a str, token: &'a str) -> Fut<'a, ()> {
-            self.inner.drop_token(appid, token)
+            Box::pin(async move {
+                if self.stall_drops {
+                    self.wait().await;
+                }
+                self.inner.drop_token(appid, token).await
+            })
         }
         fn lock_token<'a>(
             &'a self,
@@ -242,10 +278,7 @@ mod tests {
     async fn a_read_a_drop_overtook_is_not_remembered() {
         let cache = shared();
         cache.set_token("wx", "OLD", TTL).await.unwrap();
-        let stalled = Arc::new(Stalled {
-            inner: Arc::clone(&cache),
-            go: tokio::sync::Semaphore::new(0),
-        });
+        let stalled = Stalled::new(&cache, false);
         let memo = Arc::new(MemoTokens::remembering(
             Arc::clone(&stalled) as Arc<dyn TokenCache>,
             Duration::from_secs(60),
@@ -262,6 +295,30 @@ mod tests {
         stalled.go.add_permits(1);
         assert_eq!(late.await.unwrap().unwrap().as_deref(), Some("OLD"));
         // The late read is not what the next send gets.
+        assert_eq!(memo.token("wx").await.unwrap().as_deref(), Some("NEW"));
+    }
+
+    #[tokio::test]
+    async fn a_read_that_reached_redis_before_a_drop_is_not_remembered() {
+        let cache = shared();
+        cache.set_token("wx", "OLD", TTL).await.unwrap();
+        let stalled = Stalled::new(&cache, true);
+        let memo = Arc::new(MemoTokens::remembering(
+            Arc::clone(&stalled) as Arc<dyn TokenCache>,
+            Duration::from_secs(60),
+        ));
+        // A send found OLD refused: its drop is on its way to Redis...
+        let dropping = tokio::spawn({
+            let memo = Arc::clone(&memo);
+            async move { memo.drop_token("wx", "OLD").await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ...when another send reads the cache, before the delete lands.
+        assert_eq!(memo.token("wx").await.unwrap().as_deref(), Some("OLD"));
+        stalled.go.add_permits(1);
+        dropping.await.unwrap().unwrap();
+        // Another process cached a new token: the refused one is not what comes next.
+        cache.set_token("wx", "NEW", TTL).await.unwrap();
         assert_eq!(memo.token("wx").await.unwrap().as_deref(), Some("NEW"));
     }
 }

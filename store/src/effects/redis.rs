@@ -1,6 +1,7 @@
 //! The effect stores on Redis: Lua scripts make each step of an effect one atomic round
 //! trip on one slot.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
@@ -117,11 +118,15 @@ pub(super) struct RedisEffects {
     location: Script,
     geo: Script,
     location_and_geo: Script,
+    /// A location's steps go as two calls: on a cluster, or once the server refused the
+    /// one call whose keys span slots (`CROSSSLOT`: a proxy that shards by slot).
+    split_locations: AtomicBool,
     leases: Scripts,
 }
 
 impl RedisEffects {
     pub fn new(redis: Redis, keys: Keys) -> Self {
+        let split = redis.mode() == Mode::Cluster;
         RedisEffects {
             redis,
             keys,
@@ -129,6 +134,7 @@ impl RedisEffects {
             location: Script::new(LOCATION),
             geo: Script::new(GEO),
             location_and_geo: Script::new(&location_and_geo()),
+            split_locations: AtomicBool::new(split),
             leases: Scripts::new(),
         }
     }
@@ -232,17 +238,22 @@ impl Locations for RedisEffects {
                 openid.into(),
                 geo_latitude.to_string(),
             ];
-            let user = if self.redis.mode() == Mode::Cluster {
-                // The user's slot, then the account's.
-                let user = self.run(&self.location, &keys[..2], &args[..7]).await?;
-                if matches!(user, 1 | 2) {
-                    let geo = [&args[7], &args[1], &args[8], &args[3], &args[6]].map(String::clone);
-                    self.run(&self.geo, &keys[2..], &geo).await?;
+            if !self.split_locations.load(Ordering::Relaxed) {
+                match self.run(&self.location_and_geo, &keys, &args).await {
+                    Err(error) if error.kind() == "CROSSSLOT" => {
+                        tracing::warn!("Redis refuses a script whose keys span slots (a proxy sharding by slot?): a location's steps go as two calls from now on");
+                        self.split_locations.store(true, Ordering::Relaxed);
+                    }
+                    // 0: a newer location is kept; 1 to 3: this one is written (now or before).
+                    done => return done.map(|user| Applied::from_script(user.min(1))),
                 }
-                user
-            } else {
-                self.run(&self.location_and_geo, &keys, &args).await?
-            };
+            }
+            // The user's slot, then the account's.
+            let user = self.run(&self.location, &keys[..2], &args[..7]).await?;
+            if matches!(user, 1 | 2) {
+                let geo = [&args[7], &args[1], &args[8], &args[3], &args[6]].map(String::clone);
+                self.run(&self.geo, &keys[2..], &geo).await?;
+            }
             // 0: a newer location is kept; 1 to 3: this one is written (now or before).
             Ok(Applied::from_script(user.min(1)))
         })

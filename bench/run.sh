@@ -148,12 +148,14 @@ WBROKERS=$BROKERS
 # holds for group.initial.rebalance.delay.ms (3 s on Kafka and on librdkafka's mock alike) before
 # a new group's first assignment; events_per_s_after_first counts from the first event done, the
 # rate a worker sustains.
-echo "role,events,seconds,events_per_s,first_event_s,events_per_s_after_first" >"$OUT/workers.csv"
+# The CPU each event cost the worker and Redis, from /proc, over the whole role's run.
+echo "role,events,seconds,events_per_s,first_event_s,events_per_s_after_first,worker_cpu_us_per_event,redis_cpu_us_per_event" >"$OUT/workers.csv"
 ADMIN_PORT=$(free_port)
 metric_sum() { curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v r="role=\"$1\"" '/^wxpipe_worker_events_total/ && index($0, r) {s += $NF} END {print s+0}'; }
 run_role() { # role, events
-  local role=$1 events=$2 start end first=""
+  local role=$1 events=$2 start end first="" redis0 worker_ticks redis_ticks
   start=$(date +%s.%N)
+  redis0=$(ticks "$REDIS_PID")
   KAFKA_BROKERS=$WBROKERS KAFKA_TOPIC_PREFIX=$WPREFIX REDIS_URL=redis://127.0.0.1:$REDIS_PORT/ REDIS_KEY_PREFIX=$WPREFIX \
     WECHAT_APPID=wxbench WECHAT_APPSECRET=secret WECHAT_API_BASE=http://127.0.0.1:$FAKE_PORT \
     WORKER_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT RUST_LOG=warn "$WORKER" --role "$role" &
@@ -166,8 +168,9 @@ run_role() { # role, events
     sleep 0.05
   done
   end=$(date +%s.%N)
+  worker_ticks=$(ticks "$pid"); redis_ticks=$(($(ticks "$REDIS_PID") - redis0))
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  python3 -c "print(f'$role,$events,{$end-$start:.2f},{$events/($end-$start):.0f},{${first:-$end}-$start:.2f},{$events/max($end-${first:-$start},1e-3):.0f}')" >>"$OUT/workers.csv"
+  python3 -c "print(f'$role,$events,{$end-$start:.2f},{$events/($end-$start):.0f},{${first:-$end}-$start:.2f},{$events/max($end-${first:-$start},1e-3):.0f},{$worker_ticks*1e4/$events:.1f},{$redis_ticks*1e4/$events:.1f}')" >>"$OUT/workers.csv"
 }
 BACKLOG_AT=$(python3 -c 'import time; print(int(time.time()*1000))')
 $BIN/wxload produce --kafka-brokers "$WBROKERS" --topic-prefix "$WPREFIX" --type subscribe --count "$BACKLOG" --users "$BACKLOG" >&2

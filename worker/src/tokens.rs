@@ -274,15 +274,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_read_a_drop_overtook_is_not_remembered() {
+    /// A memo over a [`Stalled`] cache that holds `OLD`.
+    async fn over_stalled(
+        stall_drops: bool,
+    ) -> (Arc<dyn TokenCache>, Arc<Stalled>, Arc<MemoTokens>) {
         let cache = shared();
         cache.set_token("wx", "OLD", TTL).await.unwrap();
-        let stalled = Stalled::new(&cache, false);
+        let stalled = Stalled::new(&cache, stall_drops);
         let memo = Arc::new(MemoTokens::remembering(
             Arc::clone(&stalled) as Arc<dyn TokenCache>,
             Duration::from_secs(60),
         ));
+        (cache, stalled, memo)
+    }
+
+    #[tokio::test]
+    async fn a_read_a_drop_overtook_is_not_remembered() {
+        let (_, stalled, memo) = over_stalled(false).await;
         // A send reads OLD, and its answer is late...
         let late = tokio::spawn({
             let memo = Arc::clone(&memo);
@@ -300,13 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_that_reached_redis_before_a_drop_is_not_remembered() {
-        let cache = shared();
-        cache.set_token("wx", "OLD", TTL).await.unwrap();
-        let stalled = Stalled::new(&cache, true);
-        let memo = Arc::new(MemoTokens::remembering(
-            Arc::clone(&stalled) as Arc<dyn TokenCache>,
-            Duration::from_secs(60),
-        ));
+        let (cache, stalled, memo) = over_stalled(true).await;
         // A send found OLD refused: its drop is on its way to Redis...
         let dropping = tokio::spawn({
             let memo = Arc::clone(&memo);

@@ -102,7 +102,7 @@ pub(crate) fn ms(duration: Duration) -> u64 {
 
 /// What a claim's `SET key holder NX GET PX ms` found: nothing (claimed), the kind's `done`
 /// value, or another holder's.
-pub(crate) fn claimed_over(found: Option<&[u8]>, done: &str) -> Lease {
+fn claimed_over(found: Option<&[u8]>, done: &str) -> Lease {
     match found {
         None => Lease::Claimed,
         Some(value) if value == done.as_bytes() => Lease::Done,

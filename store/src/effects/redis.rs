@@ -1,5 +1,6 @@
 //! The effect stores on Redis: Lua scripts make each step of an effect one atomic round
-//! trip on one slot.
+//! trip on one slot (a location's two steps one round trip where one server holds both
+//! slots).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -12,9 +12,9 @@ use wechat::accounts::Secret;
 
 use store::component::{AuthorizerOf, Components, RefreshToken};
 use store::effects::TokenCache;
+use store::StoreError;
 
 use crate::tokens::HeldLock;
-use store::StoreError;
 
 /// Whose access token, and how it is fetched.
 #[derive(Debug, Clone)]

@@ -9,7 +9,6 @@
 //! here again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,13 +26,19 @@ const SWEEP_AT: usize = 1024;
 #[derive(Debug)]
 pub struct MemoTokens {
     shared: Arc<dyn TokenCache>,
-    memo: Mutex<HashMap<String, (String, Instant)>>,
+    memo: Mutex<Memo>,
     memo_for: Duration,
+}
+
+/// What [`MemoTokens`] remembers, and what it needs to know whether it may.
+#[derive(Debug)]
+struct Memo {
+    tokens: HashMap<String, (String, Instant)>,
     /// Counts the writes and drops: a read from the shared cache that one overtook is not
     /// remembered (it may be the token just dropped).
-    changes: AtomicU64,
-    /// The size at which the next write sweeps (changed under the memo's lock).
-    sweep_at: AtomicUsize,
+    changes: u64,
+    /// The size at which the next write sweeps.
+    sweep_at: usize,
 }
 
 impl MemoTokens {
@@ -45,62 +50,75 @@ impl MemoTokens {
     pub fn remembering(shared: Arc<dyn TokenCache>, memo_for: Duration) -> Self {
         MemoTokens {
             shared,
-            memo: Mutex::default(),
+            memo: Mutex::new(Memo {
+                tokens: HashMap::new(),
+                changes: 0,
+                sweep_at: SWEEP_AT,
+            }),
             memo_for,
-            changes: AtomicU64::new(0),
-            sweep_at: AtomicUsize::new(SWEEP_AT),
         }
     }
 
-    fn recall(&self, name: &str) -> Option<String> {
-        let memo = self.memo.lock().expect("token memo lock");
-        memo.get(name)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.memo.lock().expect("token memo lock")
+    }
+
+    /// `name`'s token if remembered, else the change number a read of the shared cache
+    /// starts from.
+    fn recall(&self, name: &str) -> Result<String, u64> {
+        let memo = self.lock();
+        memo.tokens
+            .get(name)
             .filter(|(_, at)| at.elapsed() < self.memo_for)
             .map(|(token, _)| token.clone())
+            .ok_or(memo.changes)
     }
 
     /// Remembers `name`'s token (forgets it for `None`), unless a write or drop came after
     /// change number `seen`.
     fn note(&self, name: &str, token: Option<&str>, seen: u64) {
-        let mut memo = self.memo.lock().expect("token memo lock");
-        if self.changes.load(Ordering::SeqCst) != seen {
+        let mut memo = self.lock();
+        if memo.changes != seen {
             return;
         }
         let Some(token) = token else {
-            memo.remove(name);
+            memo.tokens.remove(name);
             return;
         };
-        if memo.len() >= self.sweep_at.load(Ordering::Relaxed) {
-            memo.retain(|_, (_, at)| at.elapsed() < self.memo_for);
+        if memo.tokens.len() >= memo.sweep_at {
+            memo.tokens
+                .retain(|_, (_, at)| at.elapsed() < self.memo_for);
             // Swept again only once it has doubled: sweeping stays a fraction of the writes
             // however many names are active at once.
-            let next = (2 * memo.len()).max(SWEEP_AT);
-            self.sweep_at.store(next, Ordering::Relaxed);
+            memo.sweep_at = (2 * memo.tokens.len()).max(SWEEP_AT);
         }
-        memo.insert(name.to_owned(), (token.to_owned(), Instant::now()));
+        let at = Instant::now();
+        memo.tokens.insert(name.to_owned(), (token.to_owned(), at));
     }
 
     /// Forgets `name`'s token if it is `token` (any token when `None`); reads under way are
     /// not remembered. Returns the change's number.
     fn forget(&self, name: &str, token: Option<&str>) -> u64 {
-        let mut memo = self.memo.lock().expect("token memo lock");
+        let mut memo = self.lock();
         if memo
+            .tokens
             .get(name)
             .is_some_and(|(kept, _)| token.is_none_or(|token| kept == token))
         {
-            memo.remove(name);
+            memo.tokens.remove(name);
         }
-        self.changes.fetch_add(1, Ordering::SeqCst) + 1
+        memo.changes += 1;
+        memo.changes
     }
 }
 
 impl TokenCache for MemoTokens {
     fn token<'a>(&'a self, appid: &'a str) -> Fut<'a, Option<String>> {
         Box::pin(async move {
-            if let Some(token) = self.recall(appid) {
-                return Ok(Some(token));
-            }
-            let seen = self.changes.load(Ordering::SeqCst);
+            let seen = match self.recall(appid) {
+                Ok(token) => return Ok(Some(token)),
+                Err(seen) => seen,
+            };
             let token = self.shared.token(appid).await?;
             self.note(appid, token.as_deref(), seen);
             Ok(token)

@@ -95,17 +95,30 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[4] .. '/' .. ARGV[5])
 return 1
 ";
 
+/// A location's arguments: [`LOCATION`]'s are the first [`USER_ARGS`], [`GEO`]'s those at
+/// [`GEO_ARGS`] (openid, longitude, GEO latitude, created_at, event id).
+const USER_ARGS: usize = 7;
+const GEO_ARGS: [usize; 5] = [7, 1, 8, 3, 6];
+
 /// Both steps of a location in one call, where one server holds every key (a single node,
-/// or Sentinel's master): [`LOCATION`] on KEYS 1–2 with ARGV 1–7, then, after 1 or 2,
-/// [`GEO`] on KEYS 3–4 with ARGV 8 (openid), 2, 9 (GEO latitude), 4 and 7. Half the calls,
-/// and a script's own cost is about that of the commands it runs.
+/// or Sentinel's master): [`LOCATION`] on KEYS 1–2, then, after 1 or 2, [`GEO`] on KEYS 3–4.
+/// Half the calls, and a script's own cost is about that of the commands it runs.
 fn location_and_geo() -> String {
+    /// A Lua list of ARGV's entries at these (0-based) places.
+    fn argv(places: impl IntoIterator<Item = usize>) -> String {
+        let entries: Vec<String> = places
+            .into_iter()
+            .map(|at| format!("ARGV[{}]", at + 1))
+            .collect();
+        format!("{{{}}}", entries.join(", "))
+    }
+    let (user_args, geo_args) = (argv(0..USER_ARGS), argv(GEO_ARGS));
     format!(
         "local function user_step(KEYS, ARGV)\n{LOCATION}\nend\n\
          local function geo_step(KEYS, ARGV)\n{GEO}\nend\n\
-         local code = user_step({{KEYS[1], KEYS[2]}}, {{ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}})\n\
+         local code = user_step({{KEYS[1], KEYS[2]}}, {user_args})\n\
          if code == 1 or code == 2 then\n\
-           geo_step({{KEYS[3], KEYS[4]}}, {{ARGV[8], ARGV[2], ARGV[9], ARGV[4], ARGV[7]}})\n\
+           geo_step({{KEYS[3], KEYS[4]}}, {geo_args})\n\
          end\n\
          return code\n"
     )
@@ -239,22 +252,32 @@ impl Locations for RedisEffects {
                 openid.into(),
                 geo_latitude.to_string(),
             ];
-            if !self.split_locations.load(Ordering::Relaxed) {
+            let combined = if self.split_locations.load(Ordering::Relaxed) {
+                None
+            } else {
                 match self.run(&self.location_and_geo, &keys, &args).await {
                     Err(error) if error.kind() == "CROSSSLOT" => {
                         tracing::warn!("Redis refuses a script whose keys span slots (a proxy sharding by slot?): a location's steps go as two calls from now on");
                         self.split_locations.store(true, Ordering::Relaxed);
+                        None
                     }
-                    // 0: a newer location is kept; 1 to 3: this one is written (now or before).
-                    done => return done.map(|user| Applied::from_script(user.min(1))),
+                    user => Some(user?),
                 }
-            }
-            // The user's slot, then the account's.
-            let user = self.run(&self.location, &keys[..2], &args[..7]).await?;
-            if matches!(user, 1 | 2) {
-                let geo = [&args[7], &args[1], &args[8], &args[3], &args[6]].map(String::clone);
-                self.run(&self.geo, &keys[2..], &geo).await?;
-            }
+            };
+            let user = match combined {
+                Some(user) => user,
+                None => {
+                    // The user's slot, then the account's.
+                    let user = self
+                        .run(&self.location, &keys[..2], &args[..USER_ARGS])
+                        .await?;
+                    if matches!(user, 1 | 2) {
+                        let geo = GEO_ARGS.map(|at| args[at].clone());
+                        self.run(&self.geo, &keys[2..], &geo).await?;
+                    }
+                    user
+                }
+            };
             // 0: a newer location is kept; 1 to 3: this one is written (now or before).
             Ok(Applied::from_script(user.min(1)))
         })

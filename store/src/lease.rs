@@ -35,6 +35,15 @@ impl Lease {
             _ => Lease::Held,
         }
     }
+
+    /// Its code, as [`Lease::from_code`] reads it.
+    pub(crate) fn code(self) -> i64 {
+        match self {
+            Lease::Claimed => 0,
+            Lease::Done => 1,
+            Lease::Held => 2,
+        }
+    }
 }
 
 /// The values a kind of lease writes: `{held}:{holder}` while held, `done` once confirmed.
@@ -102,7 +111,7 @@ pub(crate) fn ms(duration: Duration) -> u64 {
 
 /// What a claim's `SET key holder NX GET PX ms` found: nothing (claimed), the kind's `done`
 /// value, or another holder's.
-fn claimed_over(found: Option<&[u8]>, done: &str) -> Lease {
+pub(crate) fn claimed_over(found: Option<&[u8]>, done: &str) -> Lease {
     match found {
         None => Lease::Claimed,
         Some(value) if value == done.as_bytes() => Lease::Done,

@@ -254,11 +254,7 @@ fn bound(found: Option<&[u8]>, bind: &Lock) -> bool {
 
 /// A claim's code from what its `SET … NX GET` found.
 fn claim_code(found: Option<&[u8]>) -> i64 {
-    match found {
-        None => 0,
-        Some(value) if value == DEDUP.done.as_bytes() => 1,
-        Some(_) => 2,
-    }
+    lease::claimed_over(found, DEDUP.done).code()
 }
 
 /// One pipeline of `ops`, and each op's outcome to its caller.
